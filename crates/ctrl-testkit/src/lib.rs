@@ -1,0 +1,52 @@
+//! Real dependencies for tests, benchmarks and the local dev stack.
+//!
+//! `ctrl-testkit` starts the servers ctrl depends on — [`RestateServer`],
+//! [`MariaDb`] (and fresh databases in it via [`test_database`]) and
+//! [`Podman`]'s Docker-compatible API — as child processes on loopback ports
+//! with their own directories, waits until they are ready, and guarantees they
+//! go away: handles kill their process group on drop, the kernel kills them if
+//! the owner dies (panic, timeout, SIGKILL), and stale leftovers of crashed
+//! runs are reaped through pid files (see [`process`] and [`reaper`]).
+//! Startup failures carry the dependency's log tail.
+//!
+//! It does not install anything: `cargo xtask deps` does, into the locations
+//! named in [`paths`]. Nothing here is a mock; each handle is the real server.
+
+pub mod mariadb;
+pub mod paths;
+pub mod podman;
+pub mod process;
+pub mod reaper;
+pub mod restate;
+
+mod error;
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::time::Duration;
+
+pub use error::Error;
+pub use mariadb::{MariaDb, TestDatabase, test_database};
+pub use podman::{Podman, StorageDriver};
+pub use restate::{RestatePorts, RestateServer};
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+///
+/// Another process may take it before it is used; the starters retry with a
+/// new port when a bind fails for that reason.
+pub fn free_port() -> Result<u16, Error> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| Error::io("find a free port on 127.0.0.1", e))
+}
+
+/// An HTTP client for talking to local dependencies: short timeouts, and no
+/// proxy (an `HTTP_PROXY` in the environment must not catch loopback calls).
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("build an HTTP client")
+}

@@ -1,0 +1,68 @@
+//! Where the dependencies are installed and where their throwaway state lives.
+//!
+//! `cargo xtask deps` installs into these locations and the testkit finds
+//! binaries here, so both sides share one definition.
+
+use std::env;
+use std::path::{Path, PathBuf};
+
+use crate::Error;
+
+/// The pinned restate-server version (must match `restate-sdk` in Cargo.toml).
+pub const RESTATE_VERSION: &str = "1.7.12";
+
+/// The user-level cache for downloaded tools and templates:
+/// `$CTRL_CACHE_DIR`, else `$XDG_CACHE_HOME/ctrl`, else `~/.cache/ctrl`.
+/// It survives fresh clones, so CI runs on one machine install once.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = env::var_os("CTRL_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("ctrl");
+    }
+    let home = env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    home.join(".cache").join("ctrl")
+}
+
+/// Where `cargo xtask deps` puts the static restate-server binary.
+pub fn restate_server_install_path() -> PathBuf {
+    cache_dir()
+        .join(format!("restate-server-{RESTATE_VERSION}"))
+        .join("restate-server")
+}
+
+/// The restate-server binary: `$RESTATE_SERVER_BIN` if set, else the cached install.
+pub fn restate_server_bin() -> Result<PathBuf, Error> {
+    let candidates: Vec<PathBuf> = env::var_os("RESTATE_SERVER_BIN")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([restate_server_install_path()])
+        .collect();
+    first_existing("restate-server", &candidates)
+}
+
+/// A system program (MariaDB's and podman's live in `/usr/sbin` or `/usr/bin`,
+/// and `/usr/sbin` is not on every user's `PATH`).
+pub fn system_program(name: &'static str) -> Result<PathBuf, Error> {
+    let mut candidates: Vec<PathBuf> = env::var_os("PATH")
+        .map(|p| env::split_paths(&p).map(|d| d.join(name)).collect())
+        .unwrap_or_default();
+    candidates.extend(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(|d| Path::new(d).join(name)));
+    first_existing(name, &candidates)
+}
+
+fn first_existing(what: &'static str, candidates: &[PathBuf]) -> Result<PathBuf, Error> {
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| Error::NotInstalled {
+            what,
+            looked: candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}

@@ -1,0 +1,293 @@
+//! A real `restate-server` on loopback ports.
+//!
+//! Tests get a fresh server with its own data directory and free ports, tuned
+//! for speed (one partition, a 1 s retry-backoff cap so a restarted service is
+//! retried at once, small RocksDB budget). The dev stack uses the same type
+//! with fixed ports and a persistent data directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+use tempfile::TempDir;
+
+use crate::process::{Supervised, wait_ready};
+use crate::{Error, free_port, http_client, paths, reaper};
+
+/// How to start a Restate server; see [`RestateServer::builder`].
+#[derive(Debug, Clone)]
+pub struct RestateBuilder {
+    data_dir: Option<PathBuf>,
+    ports: Option<RestatePorts>,
+    fast_retries: bool,
+    inactivity_timeout: Option<Duration>,
+    log_filter: String,
+    startup_timeout: Duration,
+}
+
+/// The three ports of a single-node server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestatePorts {
+    /// Ingress (invoking handlers): Restate's default is 8080.
+    pub ingress: u16,
+    /// Admin API (registration, invocations, SQL): default 9070.
+    pub admin: u16,
+    /// Node-to-node fabric and metrics: default 5122.
+    pub fabric: u16,
+}
+
+impl RestatePorts {
+    fn free() -> Result<Self, Error> {
+        Ok(Self {
+            ingress: free_port()?,
+            admin: free_port()?,
+            fabric: free_port()?,
+        })
+    }
+}
+
+impl RestateBuilder {
+    /// Keep the server's data in `dir` (created if missing) instead of a
+    /// throwaway directory; the directory is not deleted on drop.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Use these ports instead of free ones.
+    pub fn ports(mut self, ports: RestatePorts) -> Self {
+        self.ports = Some(ports);
+        self
+    }
+
+    /// Cap invocation retry backoff at 1 s (default `true`; Restate's own
+    /// default grows to 1 min, which makes recovery tests slow).
+    pub fn fast_retries(mut self, on: bool) -> Self {
+        self.fast_retries = on;
+        self
+    }
+
+    /// Suspend idle invocations after this long (Restate's default is 1 min);
+    /// lower it to exercise suspension and resumption.
+    pub fn inactivity_timeout(mut self, timeout: Duration) -> Self {
+        self.inactivity_timeout = Some(timeout);
+        self
+    }
+
+    /// The server's log filter (default `warn`).
+    pub fn log_filter(mut self, filter: impl Into<String>) -> Self {
+        self.log_filter = filter.into();
+        self
+    }
+
+    /// Starts the server and waits until admin and ingress are healthy.
+    pub async fn start(self) -> Result<RestateServer, Error> {
+        let binary = paths::restate_server_bin()?;
+        let (dir, scratch) = match &self.data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+                (dir.clone(), None)
+            }
+            None => {
+                let tmp = tempfile::Builder::new()
+                    .prefix("restate-")
+                    .tempdir_in(reaper::scratch_dir())
+                    .map_err(|e| Error::io("create a Restate scratch directory", e))?;
+                (tmp.path().to_owned(), Some(tmp))
+            }
+        };
+        // Free ports can be taken by a parallel test between our probe and the
+        // server's bind; retry with new ports if that is what went wrong.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let ports = match self.ports {
+                Some(p) => p,
+                None => RestatePorts::free()?,
+            };
+            let mut server = RestateServer {
+                binary: binary.clone(),
+                dir: dir.clone(),
+                ports,
+                options: self.clone(),
+                process: None,
+                client: http_client(),
+                _scratch: None,
+            };
+            match server.spawn().await {
+                Ok(()) => {
+                    server._scratch = scratch;
+                    return Ok(server);
+                }
+                Err(Error::Startup { tail, .. })
+                    if self.ports.is_none() && attempt < 3 && tail.contains("in use") =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// A running `restate-server`; killed (and its throwaway data deleted) on drop.
+#[derive(Debug)]
+pub struct RestateServer {
+    binary: PathBuf,
+    dir: PathBuf,
+    ports: RestatePorts,
+    options: RestateBuilder,
+    process: Option<Supervised>,
+    client: reqwest::Client,
+    // Declared last: the directory is removed after the process is killed.
+    _scratch: Option<TempDir>,
+}
+
+impl RestateServer {
+    /// A builder with test defaults: throwaway data, free ports, fast retries.
+    pub fn builder() -> RestateBuilder {
+        RestateBuilder {
+            data_dir: None,
+            ports: None,
+            fast_retries: true,
+            inactivity_timeout: None,
+            log_filter: "warn".into(),
+            startup_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Starts a server with the test defaults.
+    pub async fn start() -> Result<Self, Error> {
+        Self::builder().start().await
+    }
+
+    /// The ingress base URL, e.g. `http://127.0.0.1:8080`.
+    pub fn ingress_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.ingress)
+    }
+
+    /// The admin API base URL, e.g. `http://127.0.0.1:9070`.
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.admin)
+    }
+
+    /// The ports in use.
+    pub fn ports(&self) -> RestatePorts {
+        self.ports
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The server's pid, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.process.as_ref().map(|p| p.id().pid)
+    }
+
+    /// Registers (or re-registers, with `force`) a service endpoint served
+    /// over h2c at `uri`, and returns the admin API's answer.
+    pub async fn register(&self, uri: &str) -> Result<serde_json::Value, Error> {
+        let context = format!("register the Restate endpoint {uri}");
+        let response = self
+            .client
+            .post(format!("{}/deployments", self.admin_url()))
+            .json(&json!({ "uri": uri, "force": true }))
+            .send()
+            .await
+            .map_err(|e| Error::request(&context, e))?;
+        let status = response.status();
+        let body = response
+            .text()
+            .await
+            .map_err(|e| Error::request(&context, e))?;
+        if !status.is_success() {
+            return Err(Error::request(context, format!("{status}: {body}")));
+        }
+        serde_json::from_str(&body).map_err(|e| Error::request(context, e))
+    }
+
+    /// Kills the server with SIGKILL, keeping its data directory and ports
+    /// (to simulate a crash; follow with [`RestateServer::restart`]).
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+    }
+
+    /// Stops the server gracefully (SIGTERM, then SIGKILL after `grace`).
+    pub fn stop(&mut self, grace: Duration) {
+        if let Some(mut process) = self.process.take() {
+            process.terminate(grace);
+        }
+    }
+
+    /// Starts the server again on the same data directory and ports.
+    pub async fn restart(&mut self) -> Result<(), Error> {
+        self.kill();
+        self.spawn().await
+    }
+
+    async fn spawn(&mut self) -> Result<(), Error> {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--no-logo")
+            .arg("--base-dir")
+            .arg(self.dir.join("data"))
+            .args(["--log-disable-ansi-codes", "true"]);
+        // Only our settings: a RESTATE_* variable in the caller's environment
+        // (the dev stack exports RESTATE_ADMIN_URL, say) must not leak in.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("RESTATE_") {
+                cmd.env_remove(key);
+            }
+        }
+        let o = &self.options;
+        cmd.env("RESTATE_BIND_IP", "127.0.0.1")
+            .env("RESTATE_LISTEN_MODE", "tcp")
+            .env("RESTATE_NODE_NAME", "ctrl")
+            .env("RESTATE_DISABLE_TELEMETRY", "true")
+            .env("RESTATE_DEFAULT_NUM_PARTITIONS", "1")
+            .env("RESTATE_ROCKSDB_TOTAL_MEMORY_SIZE", "256MiB")
+            .env("RESTATE_LOG_FILTER", &o.log_filter)
+            .env("RESTATE_INGRESS__BIND_PORT", self.ports.ingress.to_string())
+            .env("RESTATE_ADMIN__BIND_PORT", self.ports.admin.to_string())
+            .env("RESTATE_BIND_PORT", self.ports.fabric.to_string());
+        if o.fast_retries {
+            cmd.env("RESTATE_DEFAULT_RETRY_POLICY__MAX_INTERVAL", "1s");
+        }
+        if let Some(t) = o.inactivity_timeout {
+            cmd.env(
+                "RESTATE_WORKER__INVOKER__INACTIVITY_TIMEOUT",
+                format!("{}ms", t.as_millis()),
+            );
+        }
+        let log = self.dir.join("restate.log");
+        let pid_file = self.dir.join("restate.pid");
+        let mut process = Supervised::spawn("restate-server", cmd, &log, Some(&pid_file))?;
+        let (admin, ingress) = (
+            format!("{}/health", self.admin_url()),
+            format!("{}/restate/health", self.ingress_url()),
+        );
+        let client = &self.client;
+        wait_ready(&mut process, o.startup_timeout, || async {
+            is_ok(client, &admin).await && is_ok(client, &ingress).await
+        })
+        .await?;
+        self.process = Some(process);
+        Ok(())
+    }
+}
+
+/// A readiness probe: a quick request, so a port held by something that
+/// accepts but never answers cannot stall the startup loop.
+async fn is_ok(client: &reqwest::Client, url: &str) -> bool {
+    client
+        .get(url)
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}

@@ -1,0 +1,375 @@
+//! `cargo xtask deps`: install or verify every real dependency the tests and
+//! the dev stack use.
+//!
+//! Each dependency is one entry in [`all`]: how to tell that a usable version
+//! is present, and how to install it (apt packages, a binary shipped in an
+//! npm package, or `cargo install`). Adding one (pebble, a DNS server, ...) is
+//! one more entry. Checks are cheap `--version`/`dpkg-query` calls, so a warm
+//! run takes well under a second; installs happen only for what is missing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::{env, fs};
+
+use anyhow::{Context, Result, bail};
+use ctrl_testkit::paths;
+
+/// One dependency: what it is for, how to check it, how to install it.
+struct Dep {
+    name: &'static str,
+    purpose: &'static str,
+    /// `Ok(description of what was found)` or `Err(why it is not usable)`.
+    check: fn() -> Result<String, String>,
+    install: Install,
+}
+
+enum Install {
+    /// Debian packages; needs root (or password-less sudo).
+    Apt(&'static [&'static str]),
+    /// A static binary inside an npm package, copied into the user cache.
+    NpmBinary {
+        package: fn() -> String,
+        path_in_package: &'static str,
+        dest: fn() -> PathBuf,
+    },
+    /// `cargo install --locked <crate>`.
+    Cargo(&'static str),
+}
+
+/// Everything the tests and the dev stack need, in install order.
+fn all() -> Vec<Dep> {
+    vec![
+        Dep {
+            name: "restate-server",
+            purpose: "durable workflows (tests, dev stack)",
+            check: check_restate,
+            install: Install::NpmBinary {
+                package: || {
+                    format!(
+                        "@restatedev/restate-server-{}@{}",
+                        npm_platform(),
+                        paths::RESTATE_VERSION
+                    )
+                },
+                path_in_package: "package/bin/restate-server",
+                dest: paths::restate_server_install_path,
+            },
+        },
+        Dep {
+            name: "mariadb",
+            purpose: "the database (tests, dev stack)",
+            check: check_mariadb,
+            install: Install::Apt(&["mariadb-server"]),
+        },
+        Dep {
+            name: "podman",
+            purpose: "containers behind the Docker-compatible API (tests, dev stack)",
+            check: check_podman,
+            // runc must be named: podman depends on `crun | runc`, and crun
+            // fails on this kind of host (cgroups in hybrid mode).
+            install: Install::Apt(&[
+                "podman",
+                "runc",
+                "netavark",
+                "aardvark-dns",
+                "catatonit",
+                "fuse-overlayfs",
+                "slirp4netns",
+                "uidmap",
+            ]),
+        },
+        Dep {
+            name: "busybox-static",
+            purpose: "tiny test images built without a registry",
+            check: || dpkg_installed("busybox-static"),
+            install: Install::Apt(&["busybox-static"]),
+        },
+        Dep {
+            name: "cargo-nextest",
+            purpose: "the test runner",
+            check: || version_of(Command::new(cargo()).args(["nextest", "--version"])),
+            install: Install::Cargo("cargo-nextest"),
+        },
+    ]
+}
+
+/// Checks every dependency and installs what is missing. With `check_only`,
+/// reports and fails instead of installing.
+pub(crate) fn ensure(check_only: bool) -> Result<()> {
+    let deps = all();
+    let mut missing = Vec::new();
+    for dep in &deps {
+        match (dep.check)() {
+            Ok(found) => eprintln!("  ok       {:<15} {found}", dep.name),
+            Err(why) => {
+                eprintln!(
+                    "  missing  {:<15} {why} (needed for {})",
+                    dep.name, dep.purpose
+                );
+                missing.push(dep);
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if check_only {
+        bail!(
+            "missing: {}; run `cargo xtask deps` to install",
+            missing
+                .iter()
+                .map(|d| d.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+
+    // All apt packages in one transaction, then the rest one by one.
+    let apt: Vec<&str> = missing
+        .iter()
+        .filter_map(|d| match d.install {
+            Install::Apt(pkgs) => Some(pkgs.iter().copied()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    if !apt.is_empty() {
+        apt_install(&apt)?;
+    }
+    for dep in &missing {
+        match &dep.install {
+            Install::Apt(_) => {}
+            Install::NpmBinary {
+                package,
+                path_in_package,
+                dest,
+            } => {
+                npm_binary(&package(), path_in_package, &dest())
+                    .with_context(|| format!("installing {}", dep.name))?;
+            }
+            Install::Cargo(krate) => cargo_install(krate)?,
+        }
+        match (dep.check)() {
+            Ok(found) => eprintln!("  ok       {:<15} {found} (installed)", dep.name),
+            Err(why) => bail!(
+                "{} is still not usable after installing it: {why}",
+                dep.name
+            ),
+        }
+    }
+    Ok(())
+}
+
+// === checks ===
+
+fn check_restate() -> Result<String, String> {
+    let path = paths::restate_server_bin().map_err(|e| e.to_string())?;
+    let version = version_of(Command::new(&path).arg("--version"))?;
+    if !version.contains(paths::RESTATE_VERSION) {
+        return Err(format!(
+            "{} is {version}, expected {}",
+            path.display(),
+            paths::RESTATE_VERSION
+        ));
+    }
+    Ok(format!("{version} ({})", path.display()))
+}
+
+fn check_mariadb() -> Result<String, String> {
+    let server = paths::system_program("mariadbd").map_err(|e| e.to_string())?;
+    paths::system_program("mariadb-install-db").map_err(|e| e.to_string())?;
+    let version = version_of(Command::new(server).arg("--version"))?;
+    // "mariadbd  Ver 10.11.19-MariaDB-0+deb12u1 for debian-linux-gnu ..."
+    let number = version
+        .split_whitespace()
+        .find(|w| w.contains("-MariaDB"))
+        .and_then(|w| w.split('-').next())
+        .ok_or_else(|| format!("cannot read the version from {version:?}"))?;
+    if !at_least(number, (10, 11)) {
+        return Err(format!(
+            "MariaDB {number} is too old, 10.11 or newer is needed"
+        ));
+    }
+    Ok(format!("MariaDB {number}"))
+}
+
+fn check_podman() -> Result<String, String> {
+    for program in ["runc", "netavark", "catatonit"] {
+        if paths::system_program(program).is_err()
+            && !Path::new("/usr/lib/podman").join(program).is_file()
+            && !Path::new("/usr/libexec/podman").join(program).is_file()
+        {
+            return Err(format!("{program} not found"));
+        }
+    }
+    let podman = paths::system_program("podman").map_err(|e| e.to_string())?;
+    let version = version_of(Command::new(podman).arg("--version"))?;
+    let number = version.rsplit(' ').next().unwrap_or_default();
+    if !at_least(number, (4, 3)) {
+        return Err(format!(
+            "podman {number} is too old, 4.3 or newer is needed"
+        ));
+    }
+    Ok(format!("podman {number} with runc"))
+}
+
+fn dpkg_installed(package: &str) -> Result<String, String> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status} ${Version}", package])
+        .output()
+        .map_err(|e| format!("dpkg-query: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.strip_prefix("install ok installed ") {
+        Some(version) => Ok(format!("{package} {version}")),
+        None => Err(format!("package {package} is not installed")),
+    }
+}
+
+/// The first line a `--version` command prints.
+fn version_of(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("cannot run it: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("`--version` failed with {}", out.status));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.lines().next().unwrap_or_default().trim().to_owned())
+}
+
+/// Whether a dotted version is at least `(major, minor)`.
+fn at_least(version: &str, min: (u32, u32)) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    found >= min
+}
+
+// === installers ===
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let list = packages.join(" ");
+    let manual = format!(
+        "sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {list}"
+    );
+    let sudo = if nix::unistd::geteuid().is_root() {
+        None
+    } else if Command::new("sudo")
+        .args(["-n", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        Some("sudo")
+    } else {
+        bail!("installing {list} needs root. Run by hand:\n    {manual}");
+    };
+    let apt = |args: &[&str]| -> Result<bool> {
+        let mut cmd = match sudo {
+            Some(s) => {
+                let mut c = Command::new(s);
+                c.arg("apt-get");
+                c
+            }
+            None => Command::new("apt-get"),
+        };
+        cmd.env("DEBIAN_FRONTEND", "noninteractive").args(args);
+        eprintln!("  running  apt-get {}", args.join(" "));
+        Ok(cmd.status().context("run apt-get")?.success())
+    };
+    let install: Vec<&str> = ["install", "-y", "--no-install-recommends"]
+        .into_iter()
+        .chain(packages.iter().copied())
+        .collect();
+    // A fresh machine may have empty package lists: update once, then install.
+    if !apt(&["update"])? || !apt(&install)? {
+        bail!("apt-get could not install {list}. Run by hand and read its errors:\n    {manual}");
+    }
+    Ok(())
+}
+
+/// Copies the binary at `path_in_package` of an npm package into `dest`,
+/// using `npm pack` (no install scripts, no node_modules, no Node wrapper).
+fn npm_binary(package: &str, path_in_package: &str, dest: &Path) -> Result<()> {
+    let manual = format!(
+        "cd /tmp && npm pack {package} && tar -xzf <the .tgz> && install -D {path_in_package} {}",
+        dest.display()
+    );
+    let parent = dest.parent().context("install path has a parent")?;
+    fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    let work = tempfile::Builder::new()
+        .prefix(".download-")
+        .tempdir_in(parent)
+        .context("create a download directory")?;
+    eprintln!("  running  npm pack {package}");
+    let out = Command::new("npm")
+        .args(["pack", "--silent", package, "--pack-destination"])
+        .arg(work.path())
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run npm ({e}); install Node.js and npm (`apt-get install npm`), or by hand:\n    {manual}"))?;
+    if !out.status.success() {
+        bail!(
+            "npm pack {package} failed: {}\nInstall by hand:\n    {manual}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let tarball = fs::read_dir(work.path())?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "tgz"))
+        .context("npm pack wrote no .tgz")?;
+    let status = Command::new("tar")
+        .arg("-xzf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(work.path())
+        .arg(path_in_package)
+        .status()
+        .context("run tar")?;
+    if !status.success() {
+        bail!(
+            "could not extract {path_in_package} from {}",
+            tarball.display()
+        );
+    }
+    // Rename into place so a concurrent reader never sees half a binary.
+    fs::rename(work.path().join(path_in_package), dest)
+        .with_context(|| format!("move the binary to {}", dest.display()))?;
+    Ok(())
+}
+
+fn cargo_install(krate: &str) -> Result<()> {
+    eprintln!("  running  cargo install --locked {krate} (a few minutes, once)");
+    let status = Command::new(cargo())
+        .args(["install", "--locked", krate])
+        .status()
+        .context("run cargo install")?;
+    if !status.success() {
+        bail!("cargo install {krate} failed; run by hand: cargo install --locked {krate}");
+    }
+    Ok(())
+}
+
+/// The cargo that runs us (`$CARGO`), or `cargo` from `PATH`.
+pub(crate) fn cargo() -> PathBuf {
+    env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from)
+}
+
+/// The suffix of the npm platform packages for this machine.
+fn npm_platform() -> &'static str {
+    match env::consts::ARCH {
+        "aarch64" => "linux-arm64",
+        _ => "linux-x64",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::at_least;
+
+    #[test]
+    fn compares_dotted_versions() {
+        assert!(at_least("10.11.19", (10, 11)));
+        assert!(at_least("11.4", (10, 11)));
+        assert!(!at_least("10.6.12", (10, 11)));
+        assert!(at_least("4.3.1", (4, 3)));
+        assert!(!at_least("3.4", (4, 3)));
+        assert!(!at_least("garbage", (1, 0)));
+    }
+}

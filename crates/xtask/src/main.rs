@@ -1,0 +1,56 @@
+//! Project automation, run as `cargo xtask <task>` (see `.cargo/config.toml`).
+//!
+//! - `deps`: install or verify the real dependencies (restate-server,
+//!   MariaDB, podman, ...), idempotently;
+//! - `test`: `deps`, then the whole workspace's tests with cargo-nextest;
+//! - `dev`: `deps`, then the local stack until Ctrl-C.
+
+mod deps;
+mod dev;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "ctrl project automation")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install or verify every dependency the tests and the dev stack use.
+    Deps {
+        /// Only report; install nothing, fail if something is missing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Install what is missing, then run all tests with cargo-nextest.
+    Test {
+        /// Arguments passed to `cargo nextest run` (e.g. a test filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Start the local stack (state and logs in .dev/) until Ctrl-C.
+    Dev(dev::DevArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Deps { check } => deps::ensure(check).map(|()| ExitCode::SUCCESS),
+        Task::Test { args } => test::run(&args).await,
+        Task::Dev(args) => dev::run(args).await.map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
