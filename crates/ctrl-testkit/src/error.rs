@@ -55,7 +55,7 @@ impl Error {
         }
     }
 
-    pub(crate) fn request(context: impl Into<String>, message: impl ToString) -> Self {
+    pub(crate) fn request(context: impl Into<String>, message: impl std::fmt::Display) -> Self {
         Self::Request {
             context: context.into(),
             message: message.to_string(),

@@ -111,7 +111,10 @@ impl MariaDbBuilder {
             )?;
             let url = format!("mysql://{USER}:{PASSWORD}@127.0.0.1:{port}");
             let ready = wait_ready(&mut process, self.startup_timeout, || async {
-                MySqlConnection::connect(&url).await.is_ok()
+                match MySqlConnection::connect(&url).await {
+                    Ok(conn) => conn.close().await.is_ok(),
+                    Err(_) => false,
+                }
             })
             .await;
             match ready {
@@ -239,6 +242,7 @@ pub async fn test_database() -> Result<TestDatabase, Error> {
         .execute(&mut admin)
         .await
         .map_err(|e| Error::request(format!("create database {name}"), e))?;
+    let _ = admin.close().await;
     let url = format!("{admin_url}/{name}");
     let pool = MySqlPoolOptions::new()
         .max_connections(8)

@@ -100,8 +100,9 @@ pub fn reap_orphans(dir: &Path) -> usize {
     killed
 }
 
-/// Reads a pid file: the process and its owner.
-pub(crate) fn read_pid_file(path: &Path) -> Option<(ProcessId, ProcessId)> {
+/// Reads a pid file (`pid start-time owner-pid owner-start-time`): the
+/// process and its owner.
+pub fn read_pid_file(path: &Path) -> Option<(ProcessId, ProcessId)> {
     let text = fs::read_to_string(path).ok()?;
     let f: Vec<&str> = text.split_whitespace().collect();
     match f[..] {

@@ -155,29 +155,27 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
 /// crashed (its processes are found through their pid files).
 fn claim(dir: &Path) -> Result<()> {
     let lock = dir.join("xtask-dev.pid");
-    if let Ok(text) = fs::read_to_string(&lock) {
-        let mut f = text.split_whitespace();
-        if let (Some(pid), Some(start)) = (f.next(), f.next())
-            && let (Ok(pid), Ok(start)) = (pid.parse(), start.parse())
-            && (ProcessId {
-                pid,
-                start_time: start,
-            })
-            .is_alive()
-        {
-            bail!(
-                "a dev stack is already running from {} (pid {pid}); stop it first (Ctrl-C in its terminal, or `kill {pid}`)",
-                dir.display()
-            );
-        }
+    if let Some((running, _)) = reaper::read_pid_file(&lock)
+        && running.is_alive()
+    {
+        bail!(
+            "a dev stack is already running from {} (pid {}); stop it first (Ctrl-C in its terminal, or `kill {}`)",
+            dir.display(),
+            running.pid,
+            running.pid,
+        );
     }
     let killed = reaper::reap_orphans(dir);
     if killed > 0 {
         eprintln!("cleaned up {killed} process(es) left by a dev stack that did not stop cleanly");
     }
+    // The stack's own pid file: this process, owned by itself.
     let me = ProcessId::current();
-    fs::write(&lock, format!("{} {}\n", me.pid, me.start_time))
-        .with_context(|| format!("write {}", lock.display()))
+    let line = format!(
+        "{} {} {} {}\n",
+        me.pid, me.start_time, me.pid, me.start_time
+    );
+    fs::write(&lock, line).with_context(|| format!("write {}", lock.display()))
 }
 
 /// Creates the `ctrl` database if needed and applies the migrations.

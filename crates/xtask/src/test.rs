@@ -31,6 +31,8 @@ pub(crate) async fn run(args: &[String]) -> Result<ExitCode> {
         .await?
         .context("run cargo nextest")?;
     drop(mariadb);
+    // Tidy the scratch directories the test processes left (they are dead now).
+    ctrl_testkit::reaper::reap_stale(&ctrl_testkit::reaper::scratch_root());
     eprintln!("cargo xtask test finished in {:.1?}", started.elapsed());
     Ok(match status.code() {
         Some(0) => ExitCode::SUCCESS,

@@ -1,0 +1,31 @@
+# Recipes mirror `cargo xtask` (which works without `just`).
+
+default:
+    @just --list
+
+# Start the local stack until Ctrl-C (state and logs in .dev/).
+dev:
+    cargo xtask dev
+
+# Install what is missing, then run every test with cargo-nextest.
+test *ARGS:
+    cargo xtask test {{ARGS}}
+
+# Install or verify the real dependencies.
+deps:
+    cargo xtask deps
+
+fmt:
+    cargo fmt --all
+
+check-fmt:
+    cargo fmt --all -- --check
+
+clippy:
+    cargo clippy --workspace --all-targets -- -D warnings
+
+lint: check-fmt clippy
+
+# What CI runs.
+ci:
+    bash .ci/run
