@@ -58,16 +58,7 @@ impl MariaDbBuilder {
     pub async fn start(self) -> Result<MariaDb, Error> {
         let server = paths::system_program("mariadbd")?;
         let template = template_datadir(&server)?;
-        let (dir, scratch) = match &self.dir {
-            Some(dir) => (dir.clone(), None),
-            None => {
-                let tmp = tempfile::Builder::new()
-                    .prefix("mariadb-")
-                    .tempdir_in(reaper::scratch_dir())
-                    .map_err(|e| Error::io("create a MariaDB scratch directory", e))?;
-                (tmp.path().to_owned(), Some(tmp))
-            }
-        };
+        let (dir, scratch) = reaper::instance_dir(self.dir.as_deref(), "mariadb-")?;
         let data = dir.join("data");
         if !data.join("mysql").is_dir() {
             copy_dir(&template, &data)?;

@@ -63,16 +63,7 @@ impl PodmanBuilder {
     pub async fn start(self) -> Result<Podman, Error> {
         let podman = paths::system_program("podman")?;
         paths::system_program("runc")?;
-        let (dir, scratch) = match &self.dir {
-            Some(dir) => (dir.clone(), None),
-            None => {
-                let tmp = tempfile::Builder::new()
-                    .prefix("podman-")
-                    .tempdir_in(reaper::scratch_dir())
-                    .map_err(|e| Error::io("create a podman scratch directory", e))?;
-                (tmp.path().to_owned(), Some(tmp))
-            }
-        };
+        let (dir, scratch) = reaper::instance_dir(self.dir.as_deref(), "podman-")?;
         write_config(&dir, self.driver)?;
         let socket = dir.join("podman.sock");
         let _ = fs::remove_file(&socket);

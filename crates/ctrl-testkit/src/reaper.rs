@@ -14,6 +14,9 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use tempfile::TempDir;
+
+use crate::Error;
 use crate::process::{ProcessId, kill_recorded};
 
 /// The directory under which all owners' scratch directories live.
@@ -32,6 +35,29 @@ pub fn scratch_dir() -> &'static Path {
         fs::create_dir_all(&dir).expect("create the testkit scratch directory");
         dir
     })
+}
+
+/// The directory for one dependency instance: `given` (created if missing,
+/// kept afterwards), or a fresh directory in this process's scratch dir that
+/// is deleted when the returned guard drops.
+pub(crate) fn instance_dir(
+    given: Option<&Path>,
+    prefix: &str,
+) -> Result<(PathBuf, Option<TempDir>), Error> {
+    match given {
+        Some(dir) => {
+            fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+            Ok((dir.to_owned(), None))
+        }
+        None => {
+            let tmp = tempfile::Builder::new()
+                .prefix(prefix)
+                .tempdir_in(scratch_dir())
+                .map_err(|e| Error::io(format!("create a {prefix}* scratch directory"), e))?;
+            Ok((tmp.path().to_owned(), Some(tmp)))
+        }
+    }
 }
 
 /// What [`reap_stale`] cleaned up.

@@ -84,20 +84,7 @@ impl RestateBuilder {
     /// Starts the server and waits until admin and ingress are healthy.
     pub async fn start(self) -> Result<RestateServer, Error> {
         let binary = paths::restate_server_bin()?;
-        let (dir, scratch) = match &self.data_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-                (dir.clone(), None)
-            }
-            None => {
-                let tmp = tempfile::Builder::new()
-                    .prefix("restate-")
-                    .tempdir_in(reaper::scratch_dir())
-                    .map_err(|e| Error::io("create a Restate scratch directory", e))?;
-                (tmp.path().to_owned(), Some(tmp))
-            }
-        };
+        let (dir, scratch) = reaper::instance_dir(self.data_dir.as_deref(), "restate-")?;
         // Free ports can be taken by a parallel test between our probe and the
         // server's bind; retry with new ports if that is what went wrong.
         let mut attempt = 0;
