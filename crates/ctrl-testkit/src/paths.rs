@@ -11,6 +11,9 @@ use crate::Error;
 /// The pinned restate-server version (must match `restate-sdk` in Cargo.toml).
 pub const RESTATE_VERSION: &str = "1.7.12";
 
+/// The pinned buf version (proto lint and breaking-change checks).
+pub const BUF_VERSION: &str = "1.75.0";
+
 /// The user-level cache for downloaded tools and templates:
 /// `$CTRL_CACHE_DIR`, else `$XDG_CACHE_HOME/ctrl`, else `~/.cache/ctrl`.
 /// It survives fresh clones, so CI runs on one machine install once.
@@ -40,6 +43,21 @@ pub fn restate_server_bin() -> Result<PathBuf, Error> {
         .chain([restate_server_install_path()])
         .collect();
     first_existing("restate-server", &candidates)
+}
+
+/// Where `cargo xtask deps` puts the static buf binary.
+pub fn buf_install_path() -> PathBuf {
+    cache_dir().join(format!("buf-{BUF_VERSION}")).join("buf")
+}
+
+/// The buf binary: `$BUF_BIN` if set, else the cached install.
+pub fn buf_bin() -> Result<PathBuf, Error> {
+    let candidates: Vec<PathBuf> = env::var_os("BUF_BIN")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([buf_install_path()])
+        .collect();
+    first_existing("buf", &candidates)
 }
 
 /// A system program (MariaDB's and podman's live in `/usr/sbin` or `/usr/bin`,

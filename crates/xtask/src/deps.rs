@@ -56,6 +56,22 @@ fn all() -> Vec<Dep> {
             },
         },
         Dep {
+            name: "buf",
+            purpose: "proto lint (tests)",
+            check: check_buf,
+            install: Install::NpmBinary {
+                package: || {
+                    let arch = match env::consts::ARCH {
+                        "aarch64" => "linux-aarch64",
+                        _ => "linux-x64",
+                    };
+                    format!("@bufbuild/buf-{arch}@{}", paths::BUF_VERSION)
+                },
+                path_in_package: "package/bin/buf",
+                dest: paths::buf_install_path,
+            },
+        },
+        Dep {
             name: "mariadb",
             purpose: "the database (tests, dev stack)",
             check: check_mariadb,
@@ -173,6 +189,19 @@ fn check_restate() -> Result<String, String> {
         ));
     }
     Ok(format!("{version} ({})", path.display()))
+}
+
+fn check_buf() -> Result<String, String> {
+    let path = paths::buf_bin().map_err(|e| e.to_string())?;
+    let version = version_of(Command::new(&path).arg("--version"))?;
+    if version != paths::BUF_VERSION {
+        return Err(format!(
+            "{} is {version}, expected {}",
+            path.display(),
+            paths::BUF_VERSION
+        ));
+    }
+    Ok(format!("buf {version} ({})", path.display()))
 }
 
 fn check_mariadb() -> Result<String, String> {
