@@ -1,10 +1,18 @@
 //! Pure domain logic of the ctrl control plane.
 //!
-//! Ids, the deployment status machine, generated domain names and the
-//! deploy-gate rules (rollback, promote, stop) shared by ctrl-api and
-//! ctrl-worker, so both give the same answers and the same messages.
+//! Ids ([`id`]), names for DNS and Kubernetes ([`names`]), the deployment
+//! status machine ([`status`]), generated hostnames ([`domains`]), the
+//! deploy-gate rules for rollback, promote, stop and wake ([`gate`]) and the
+//! validation of settings and image references ([`settings`]). The API and
+//! the worker both call these, so they give the same answers and messages.
 //!
-//! Deliberately free of I/O and async: everything here is a plain function of
-//! its inputs and is unit-tested as such. The contents arrive with the
-//! contracts issue; the crate exists now so the dependency arrows
-//! (binaries → services → core/db/proto) are fixed from the start.
+//! Deliberately free of I/O and async: every function is a plain function of
+//! its inputs (randomness is passed in, so Restate handlers can supply their
+//! deterministic generator) and is unit- and property-tested as such.
+
+pub mod domains;
+pub mod gate;
+pub mod id;
+pub mod names;
+pub mod settings;
+pub mod status;

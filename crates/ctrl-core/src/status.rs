@@ -1,0 +1,420 @@
+//! The deployment status machine, desired state and progress steps.
+//!
+//! The database stores these as the lowercase names returned by `as_str`;
+//! the API maps them to the `ctrl.v1` enums.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Where a deployment is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeploymentStatus {
+    /// Recorded; the workflow has not started.
+    Pending,
+    /// Waiting for approval (e.g. a fork's pull request).
+    AwaitingApproval,
+    /// Loading context.
+    Starting,
+    /// Building or resolving the image.
+    Building,
+    /// Starting instances and waiting for health.
+    Deploying,
+    /// Assigning routes.
+    Network,
+    /// Going live / retiring older deployments.
+    Finalizing,
+    /// Serving traffic.
+    Ready,
+    /// Failed.
+    Failed,
+    /// Not deployed on purpose.
+    Skipped,
+    /// Instances stopped.
+    Stopped,
+    /// Replaced by a newer deployment before finishing.
+    Superseded,
+    /// Cancelled by a user.
+    Cancelled,
+}
+
+use DeploymentStatus as S;
+
+impl DeploymentStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [Self; 13] = [
+        S::Pending,
+        S::AwaitingApproval,
+        S::Starting,
+        S::Building,
+        S::Deploying,
+        S::Network,
+        S::Finalizing,
+        S::Ready,
+        S::Failed,
+        S::Skipped,
+        S::Stopped,
+        S::Superseded,
+        S::Cancelled,
+    ];
+
+    /// The database and log name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            S::Pending => "pending",
+            S::AwaitingApproval => "awaiting_approval",
+            S::Starting => "starting",
+            S::Building => "building",
+            S::Deploying => "deploying",
+            S::Network => "network",
+            S::Finalizing => "finalizing",
+            S::Ready => "ready",
+            S::Failed => "failed",
+            S::Skipped => "skipped",
+            S::Stopped => "stopped",
+            S::Superseded => "superseded",
+            S::Cancelled => "cancelled",
+        }
+    }
+
+    /// The workflow is done with it: ready, failed, skipped, stopped,
+    /// superseded or cancelled. ("Ready" counts: the workflow ended.)
+    pub fn is_terminal(self) -> bool {
+        !self.is_progressing()
+    }
+
+    /// Still on its way: pending, awaiting approval, or one of the pipeline phases.
+    pub fn is_progressing(self) -> bool {
+        matches!(
+            self,
+            S::Pending
+                | S::AwaitingApproval
+                | S::Starting
+                | S::Building
+                | S::Deploying
+                | S::Network
+                | S::Finalizing
+        )
+    }
+
+    /// No way out: failed, skipped, superseded, cancelled. (Ready and
+    /// stopped can still move between each other.)
+    pub fn is_final(self) -> bool {
+        matches!(self, S::Failed | S::Skipped | S::Superseded | S::Cancelled)
+    }
+
+    /// Counts as "active" for superseding: anything but failed, skipped,
+    /// stopped, superseded and cancelled (so ready counts as active).
+    pub fn is_active(self) -> bool {
+        !matches!(
+            self,
+            S::Failed | S::Skipped | S::Stopped | S::Superseded | S::Cancelled
+        )
+    }
+
+    /// Position of a pipeline phase (pending → ready), `None` otherwise.
+    fn phase(self) -> Option<u8> {
+        Some(match self {
+            S::Pending => 0,
+            S::Starting => 1,
+            S::Building => 2,
+            S::Deploying => 3,
+            S::Network => 4,
+            S::Finalizing => 5,
+            S::Ready => 6,
+            _ => return None,
+        })
+    }
+
+    /// Whether the status may change from `self` to `to`.
+    ///
+    /// - pipeline phases only move forward (phases may be skipped, e.g. no build);
+    /// - pending ⇄ awaiting approval;
+    /// - anything progressing may fail or be cancelled;
+    /// - superseded only before instances start (pending … building);
+    /// - skipped only before the pipeline starts;
+    /// - ready ⇄ stopped (stop and wake);
+    /// - final statuses never change; no status changes to itself.
+    pub fn can_transition_to(self, to: Self) -> bool {
+        if self == to || self.is_final() {
+            return false;
+        }
+        match (self, to) {
+            (S::Pending, S::AwaitingApproval) | (S::AwaitingApproval, S::Pending) => true,
+            (S::Pending | S::AwaitingApproval, S::Skipped) => true,
+            (S::Pending | S::AwaitingApproval | S::Starting | S::Building, S::Superseded) => true,
+            (from, S::Failed | S::Cancelled) => from.is_progressing(),
+            (S::Ready, S::Stopped) | (S::Stopped, S::Ready) => true,
+            (from, to) => match (from.phase(), to.phase()) {
+                (Some(a), Some(b)) => b > a && from != S::Ready,
+                _ => false,
+            },
+        }
+    }
+
+    /// The progress step a pipeline status belongs to.
+    pub fn step(self) -> Option<StepKind> {
+        Some(match self {
+            S::Pending | S::AwaitingApproval => StepKind::Queued,
+            S::Starting => StepKind::Starting,
+            S::Building => StepKind::Building,
+            S::Deploying => StepKind::Deploying,
+            S::Network => StepKind::Network,
+            S::Finalizing => StepKind::Finalizing,
+            _ => return None,
+        })
+    }
+}
+
+/// An unknown status, step or state name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {value:?}")]
+pub struct UnknownName {
+    /// What was being parsed.
+    pub what: &'static str,
+    /// The rejected input.
+    pub value: String,
+}
+
+impl FromStr for DeploymentStatus {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| UnknownName {
+                what: "deployment status",
+                value: s.to_owned(),
+            })
+    }
+}
+
+impl fmt::Display for DeploymentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether a deployment's instances should run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DesiredState {
+    /// Instances should run.
+    Running,
+    /// Instances should be removed.
+    Stopped,
+}
+
+impl DesiredState {
+    /// The database name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+impl FromStr for DesiredState {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "running" => Ok(Self::Running),
+            "stopped" => Ok(Self::Stopped),
+            _ => Err(UnknownName {
+                what: "desired state",
+                value: s.to_owned(),
+            }),
+        }
+    }
+}
+
+/// The progress phases shown to users, one `deployment_steps` row each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StepKind {
+    /// Waiting for the workflow.
+    Queued,
+    /// Loading context.
+    Starting,
+    /// Building or resolving the image.
+    Building,
+    /// Starting instances and waiting for health.
+    Deploying,
+    /// Assigning routes.
+    Network,
+    /// Going live or retiring older deployments.
+    Finalizing,
+}
+
+impl StepKind {
+    /// Every step, in order.
+    pub const ALL: [Self; 6] = [
+        Self::Queued,
+        Self::Starting,
+        Self::Building,
+        Self::Deploying,
+        Self::Network,
+        Self::Finalizing,
+    ];
+
+    /// The database name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Starting => "starting",
+            Self::Building => "building",
+            Self::Deploying => "deploying",
+            Self::Network => "network",
+            Self::Finalizing => "finalizing",
+        }
+    }
+}
+
+impl FromStr for StepKind {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| UnknownName {
+                what: "deployment step",
+                value: s.to_owned(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for s in DeploymentStatus::ALL {
+            assert_eq!(s.as_str().parse::<DeploymentStatus>(), Ok(s));
+        }
+        for s in StepKind::ALL {
+            assert_eq!(s.as_str().parse::<StepKind>(), Ok(s));
+        }
+        for s in [DesiredState::Running, DesiredState::Stopped] {
+            assert_eq!(s.as_str().parse::<DesiredState>(), Ok(s));
+        }
+        let err = "Ready".parse::<DeploymentStatus>().unwrap_err();
+        assert_eq!(err.to_string(), "unknown deployment status \"Ready\"");
+    }
+
+    #[test]
+    fn terminal_and_progressing_partition_the_statuses() {
+        let terminal: Vec<_> = DeploymentStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .collect();
+        assert_eq!(
+            terminal,
+            [
+                S::Ready,
+                S::Failed,
+                S::Skipped,
+                S::Stopped,
+                S::Superseded,
+                S::Cancelled
+            ]
+        );
+        for s in DeploymentStatus::ALL {
+            assert_ne!(s.is_terminal(), s.is_progressing(), "{s}");
+            if s.is_final() {
+                assert!(s.is_terminal(), "{s}");
+            }
+        }
+        assert!(S::Ready.is_active() && S::Pending.is_active() && !S::Stopped.is_active());
+    }
+
+    #[test]
+    fn the_happy_path_is_legal_step_by_step() {
+        let path = [
+            S::Pending,
+            S::Starting,
+            S::Building,
+            S::Deploying,
+            S::Network,
+            S::Finalizing,
+            S::Ready,
+        ];
+        for pair in path.windows(2) {
+            assert!(
+                pair[0].can_transition_to(pair[1]),
+                "{} -> {}",
+                pair[0],
+                pair[1]
+            );
+        }
+        // An image deploy skips building.
+        assert!(S::Starting.can_transition_to(S::Deploying));
+    }
+
+    #[test]
+    fn illegal_transitions() {
+        let illegal = [
+            (S::Deploying, S::Building), // backwards
+            (S::Ready, S::Deploying),    // a finished pipeline does not restart
+            (S::Ready, S::Failed),       // ready is terminal for the workflow
+            (S::Ready, S::Cancelled),
+            (S::Deploying, S::Superseded), // instances already started
+            (S::Starting, S::Skipped),
+            (S::Stopped, S::Deploying),
+            (S::Pending, S::Pending),
+            (S::Pending, S::Stopped),
+        ];
+        for (from, to) in illegal {
+            assert!(
+                !from.can_transition_to(to),
+                "{from} -> {to} must be illegal"
+            );
+        }
+        for from in DeploymentStatus::ALL.into_iter().filter(|s| s.is_final()) {
+            for to in DeploymentStatus::ALL {
+                assert!(
+                    !from.can_transition_to(to),
+                    "{from} is final but may become {to}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_progressing_status_can_fail_or_be_cancelled() {
+        for s in DeploymentStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_progressing())
+        {
+            assert!(
+                s.can_transition_to(S::Failed) && s.can_transition_to(S::Cancelled),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_status_reaches_a_terminal_one() {
+        for start in DeploymentStatus::ALL {
+            let mut seen = vec![start];
+            let mut frontier = vec![start];
+            while let Some(s) = frontier.pop() {
+                for to in DeploymentStatus::ALL {
+                    if s.can_transition_to(to) && !seen.contains(&to) {
+                        seen.push(to);
+                        frontier.push(to);
+                    }
+                }
+            }
+            assert!(
+                seen.iter().any(|s| s.is_terminal()),
+                "{start} cannot terminate"
+            );
+        }
+    }
+
+    #[test]
+    fn pipeline_statuses_map_to_their_step() {
+        assert_eq!(S::Pending.step(), Some(StepKind::Queued));
+        assert_eq!(S::Network.step(), Some(StepKind::Network));
+        assert_eq!(S::Ready.step(), None);
+    }
+}
