@@ -58,17 +58,26 @@ impl Sticky {
         }
     }
 
-    /// Parses the database name.
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::None,
-            Self::Branch,
-            Self::Environment,
-            Self::Live,
-            Self::Deployment,
-        ]
-        .into_iter()
-        .find(|v| v.as_str() == s)
+    /// Every stickiness.
+    pub const ALL: [Self; 5] = [
+        Self::None,
+        Self::Branch,
+        Self::Environment,
+        Self::Live,
+        Self::Deployment,
+    ];
+}
+
+impl std::str::FromStr for Sticky {
+    type Err = crate::status::UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| crate::status::UnknownName {
+                what: "route stickiness",
+                value: s.to_owned(),
+            })
     }
 }
 
@@ -583,14 +592,8 @@ mod tests {
 
     #[test]
     fn sticky_names_round_trip() {
-        for s in [
-            Sticky::None,
-            Sticky::Branch,
-            Sticky::Environment,
-            Sticky::Live,
-            Sticky::Deployment,
-        ] {
-            assert_eq!(Sticky::parse(s.as_str()), Some(s));
+        for s in Sticky::ALL {
+            assert_eq!(s.as_str().parse::<Sticky>(), Ok(s));
         }
     }
 

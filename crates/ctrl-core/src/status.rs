@@ -281,6 +281,26 @@ impl FromStr for StepKind {
     }
 }
 
+/// `TryFrom<String>` through `FromStr`, so the database crate can decode
+/// these from their ENUM columns without ctrl-core knowing about sqlx.
+macro_rules! try_from_string {
+    ($($t:ty),*) => {$(
+        impl TryFrom<String> for $t {
+            type Error = UnknownName;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                s.parse()
+            }
+        }
+    )*};
+}
+
+try_from_string!(
+    DeploymentStatus,
+    DesiredState,
+    StepKind,
+    crate::domains::Sticky
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,13 +1,47 @@
 //! MySQL access for the control plane.
 //!
-//! The only crate with SQL: it owns the migrations in the workspace's
-//! `migrations/` directory (embedded at compile time as [`MIGRATOR`]) and,
-//! as the schema grows, every query with its typed rows. Functions take an
-//! executor so callers choose between a pool and a transaction. No business
-//! rules live here: the domain crate decides, this crate persists.
+//! The only crate with SQL. It owns the migrations in the workspace's
+//! `migrations/` directory (embedded at compile time as [`MIGRATOR`]) and
+//! every query, grouped by table family: [`tenancy`] (workspaces, projects,
+//! apps, environments), [`settings`] (build/runtime/regional settings and
+//! sealed environment variables), [`cluster`] (regions, clusters),
+//! [`deployment`] (deployments and steps), [`topology`] (versioned desired
+//! state per region), [`instance`] and [`route`].
+//!
+//! Functions take an executor (pool, connection or transaction) and the
+//! current time in unix milliseconds, so callers decide transactions and
+//! Restate handlers pass journaled time. Functions that must run inside a
+//! transaction take `&mut MySqlConnection` and say so. Conditional updates
+//! return whether they applied. No business rules live here: ctrl-core
+//! decides, this crate persists.
 //!
 //! Works with MySQL 8 and MariaDB 10.11+ (tests run on MariaDB).
+
+pub mod cluster;
+pub mod deployment;
+pub mod instance;
+pub mod route;
+pub mod settings;
+pub mod tenancy;
+pub mod topology;
+pub mod types;
+
+mod error;
+
+use std::time::Duration;
+
+pub use error::{Error, Result};
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 
 /// The forward-only migrations of `migrations/`, applied by the services'
 /// `migrate` commands, the dev stack and `ctrl_testkit::test_database`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// Opens a pool with bounded waits: 5 s to connect or acquire a connection.
+pub async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool> {
+    Ok(MySqlPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await?)
+}

@@ -1,0 +1,562 @@
+//! Deployments and their progress steps.
+//!
+//! Status changes are conditional updates with explicit names
+//! ([`compare_and_set_status`], [`set_status_if_active`]) so races between
+//! the workflow, cancellation and superseding resolve in the database: the
+//! first writer wins and the loser sees `false`.
+
+use ctrl_core::status::{DeploymentStatus, DesiredState, StepKind};
+use sqlx::types::Json;
+use sqlx::{FromRow, MySqlExecutor};
+
+use crate::types::{
+    ActorType, HealthCheck, Page, ShutdownSignal, SourceKind, TriggerKind, UpstreamProtocol,
+};
+use crate::{Error, Result};
+
+/// A deployment row.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct Deployment {
+    /// Paging cursor.
+    pub pk: u64,
+    /// `d_…`
+    pub id: String,
+    /// Workload name.
+    pub k8s_name: String,
+    /// Owner.
+    pub workspace_id: String,
+    /// Owner.
+    pub project_id: String,
+    /// The app.
+    pub app_id: String,
+    /// The environment.
+    pub environment_id: String,
+    /// Lifecycle status.
+    #[sqlx(try_from = "String")]
+    pub status: DeploymentStatus,
+    /// Why it failed.
+    pub error_message: Option<String>,
+    /// Whether instances should run.
+    #[sqlx(try_from = "String")]
+    pub desired_state: DesiredState,
+    /// Image or git.
+    pub source_kind: SourceKind,
+    /// The image (set once known).
+    pub image: Option<String>,
+    /// The build that produced it.
+    pub build_id: Option<String>,
+    /// "owner/repo".
+    pub git_repository: Option<String>,
+    /// Commit SHA.
+    pub git_commit_sha: Option<String>,
+    /// Exact branch name.
+    pub git_branch: Option<String>,
+    /// Commit message.
+    pub git_commit_message: Option<String>,
+    /// Author handle.
+    pub git_commit_author_handle: Option<String>,
+    /// Author avatar.
+    pub git_commit_author_avatar_url: Option<String>,
+    /// Commit time, unix ms.
+    pub git_commit_timestamp: Option<i64>,
+    /// Fork "owner/repo".
+    pub fork_repository: Option<String>,
+    /// Snapshot: port.
+    pub port: i32,
+    /// Snapshot: CPU.
+    pub cpu_millicores: i32,
+    /// Snapshot: memory.
+    pub memory_mib: i32,
+    /// Snapshot: disk.
+    pub storage_mib: i32,
+    /// Snapshot: command.
+    pub command: Json<Vec<String>>,
+    /// Snapshot: health check.
+    pub healthcheck: Option<Json<HealthCheck>>,
+    /// Snapshot: stop signal.
+    pub shutdown_signal: ShutdownSignal,
+    /// Snapshot: grace period.
+    pub termination_grace_seconds: i32,
+    /// Snapshot: edge protocol.
+    pub upstream_protocol: UpstreamProtocol,
+    /// Snapshot of the sealed environment variables (encoded `ctrl.v1.EncryptedEnvironment`).
+    pub encrypted_environment: Vec<u8>,
+    /// Why it was created.
+    pub trigger_kind: TriggerKind,
+    /// Free text.
+    pub trigger_reason: Option<String>,
+    /// Who created it.
+    pub actor_id: Option<String>,
+    /// Their name.
+    pub actor_name: Option<String>,
+    /// Their kind.
+    pub actor_type: Option<ActorType>,
+    /// Client idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Restate invocation of its Deploy workflow.
+    pub invocation_id: Option<String>,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub updated_at: i64,
+}
+
+/// A deployment to insert (status pending, desired state running).
+#[derive(Debug, Clone)]
+pub struct NewDeployment {
+    /// `d_…`
+    pub id: String,
+    /// Workload name.
+    pub k8s_name: String,
+    /// Owner.
+    pub workspace_id: String,
+    /// Owner.
+    pub project_id: String,
+    /// The app.
+    pub app_id: String,
+    /// The environment.
+    pub environment_id: String,
+    /// Image or git.
+    pub source_kind: SourceKind,
+    /// The image, for image deployments.
+    pub image: Option<String>,
+    /// "owner/repo".
+    pub git_repository: Option<String>,
+    /// Commit SHA.
+    pub git_commit_sha: Option<String>,
+    /// Exact branch name.
+    pub git_branch: Option<String>,
+    /// Commit message.
+    pub git_commit_message: Option<String>,
+    /// Author handle.
+    pub git_commit_author_handle: Option<String>,
+    /// Author avatar.
+    pub git_commit_author_avatar_url: Option<String>,
+    /// Commit time.
+    pub git_commit_timestamp: Option<i64>,
+    /// Fork "owner/repo".
+    pub fork_repository: Option<String>,
+    /// Runtime snapshot.
+    pub runtime: crate::settings::RuntimeSettings,
+    /// Sealed environment snapshot.
+    pub encrypted_environment: Vec<u8>,
+    /// Why.
+    pub trigger_kind: TriggerKind,
+    /// Free text.
+    pub trigger_reason: Option<String>,
+    /// Who.
+    pub actor_id: Option<String>,
+    /// Their name.
+    pub actor_name: Option<String>,
+    /// Their kind.
+    pub actor_type: Option<ActorType>,
+    /// Client idempotency key; a repeat for the same app is
+    /// `AlreadyExists { key: "deployments_idempotency" }`.
+    pub idempotency_key: Option<String>,
+}
+
+/// Inserts a deployment.
+pub async fn insert(ex: impl MySqlExecutor<'_>, d: &NewDeployment, now: i64) -> Result<()> {
+    let r = &d.runtime;
+    sqlx::query(
+        "INSERT INTO deployments
+           (id, k8s_name, workspace_id, project_id, app_id, environment_id, source_kind, image,
+            git_repository, git_commit_sha, git_branch, git_commit_message, git_commit_author_handle,
+            git_commit_author_avatar_url, git_commit_timestamp, fork_repository,
+            port, cpu_millicores, memory_mib, storage_mib, command, healthcheck, shutdown_signal,
+            termination_grace_seconds, upstream_protocol, encrypted_environment,
+            trigger_kind, trigger_reason, actor_id, actor_name, actor_type, idempotency_key,
+            created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&d.id)
+    .bind(&d.k8s_name)
+    .bind(&d.workspace_id)
+    .bind(&d.project_id)
+    .bind(&d.app_id)
+    .bind(&d.environment_id)
+    .bind(d.source_kind)
+    .bind(&d.image)
+    .bind(&d.git_repository)
+    .bind(&d.git_commit_sha)
+    .bind(&d.git_branch)
+    .bind(&d.git_commit_message)
+    .bind(&d.git_commit_author_handle)
+    .bind(&d.git_commit_author_avatar_url)
+    .bind(d.git_commit_timestamp)
+    .bind(&d.fork_repository)
+    .bind(r.port)
+    .bind(r.cpu_millicores)
+    .bind(r.memory_mib)
+    .bind(r.storage_mib)
+    .bind(&r.command)
+    .bind(&r.healthcheck)
+    .bind(r.shutdown_signal)
+    .bind(r.termination_grace_seconds)
+    .bind(r.upstream_protocol)
+    .bind(&d.encrypted_environment)
+    .bind(d.trigger_kind)
+    .bind(&d.trigger_reason)
+    .bind(&d.actor_id)
+    .bind(&d.actor_name)
+    .bind(d.actor_type)
+    .bind(&d.idempotency_key)
+    .bind(now)
+    .bind(now)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+const DEPLOYMENT: &str = "SELECT pk, id, k8s_name, workspace_id, project_id, app_id, environment_id, status,
+    error_message, desired_state, source_kind, image, build_id, git_repository, git_commit_sha, git_branch,
+    git_commit_message, git_commit_author_handle, git_commit_author_avatar_url, git_commit_timestamp,
+    fork_repository, port, cpu_millicores, memory_mib, storage_mib, command, healthcheck, shutdown_signal,
+    termination_grace_seconds, upstream_protocol, encrypted_environment, trigger_kind, trigger_reason,
+    actor_id, actor_name, actor_type, idempotency_key, invocation_id, created_at, updated_at FROM deployments";
+
+/// The deployment with this id.
+pub async fn get(ex: impl MySqlExecutor<'_>, id: &str) -> Result<Deployment> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("{DEPLOYMENT} WHERE id = ?")))
+        .bind(id)
+        .fetch_optional(ex)
+        .await?
+        .ok_or(Error::NotFound("deployment"))
+}
+
+/// The deployment created for this app with this idempotency key, if any.
+pub async fn find_by_idempotency_key(
+    ex: impl MySqlExecutor<'_>,
+    app_id: &str,
+    key: &str,
+) -> Result<Option<Deployment>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{DEPLOYMENT} WHERE app_id = ? AND idempotency_key = ?"
+    )))
+    .bind(app_id)
+    .bind(key)
+    .fetch_optional(ex)
+    .await?)
+}
+
+/// Filters for [`list`].
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter<'a> {
+    /// The app (required).
+    pub app_id: &'a str,
+    /// Only this environment.
+    pub environment_id: Option<&'a str>,
+    /// Only this exact branch.
+    pub branch: Option<&'a str>,
+    /// Only these statuses (empty = all).
+    pub statuses: &'a [DeploymentStatus],
+}
+
+/// An app's deployments, newest first; `before` is the cursor (0 = start).
+pub async fn list(
+    ex: impl MySqlExecutor<'_>,
+    f: &ListFilter<'_>,
+    before: u64,
+    limit: u32,
+) -> Result<Page<Deployment>> {
+    let mut sql = format!("{DEPLOYMENT} WHERE app_id = ?");
+    if f.environment_id.is_some() {
+        sql.push_str(" AND environment_id = ?");
+    }
+    if f.branch.is_some() {
+        sql.push_str(" AND git_branch = ?");
+    }
+    if !f.statuses.is_empty() {
+        sql.push_str(&format!(
+            " AND status IN ({})",
+            vec!["?"; f.statuses.len()].join(", ")
+        ));
+    }
+    if before > 0 {
+        sql.push_str(" AND pk < ?");
+    }
+    sql.push_str(" ORDER BY pk DESC LIMIT ?");
+    let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(f.app_id);
+    if let Some(env) = f.environment_id {
+        q = q.bind(env);
+    }
+    if let Some(branch) = f.branch {
+        q = q.bind(branch);
+    }
+    for s in f.statuses {
+        q = q.bind(s.as_str());
+    }
+    if before > 0 {
+        q = q.bind(before);
+    }
+    let rows: Vec<Deployment> = q.bind(limit + 1).fetch_all(ex).await?;
+    Ok(Page::from_rows(rows, limit, |d| d.pk))
+}
+
+/// Sets the status to `to` only if it is still `from`; false if it was not.
+pub async fn compare_and_set_status(
+    ex: impl MySqlExecutor<'_>,
+    id: &str,
+    from: DeploymentStatus,
+    to: DeploymentStatus,
+    now: i64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE deployments SET status = ?, updated_at = ? WHERE id = ? AND status = ?",
+    )
+    .bind(to.as_str())
+    .bind(now)
+    .bind(id)
+    .bind(from.as_str())
+    .execute(ex)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Sets the status (and error message, if given) only while the deployment
+/// is still progressing; false if it already reached a terminal status.
+pub async fn set_status_if_active(
+    ex: impl MySqlExecutor<'_>,
+    id: &str,
+    to: DeploymentStatus,
+    error_message: Option<&str>,
+    now: i64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE deployments SET status = ?, error_message = COALESCE(?, error_message), updated_at = ?
+         WHERE id = ? AND status IN ('pending', 'awaiting_approval', 'starting', 'building', 'deploying', 'network', 'finalizing')",
+    )
+    .bind(to.as_str())
+    .bind(error_message)
+    .bind(now)
+    .bind(id)
+    .execute(ex)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Records the image (and build) a deployment runs.
+pub async fn set_image(
+    ex: impl MySqlExecutor<'_>,
+    id: &str,
+    image: &str,
+    build_id: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    let done = sqlx::query("UPDATE deployments SET image = ?, build_id = COALESCE(?, build_id), updated_at = ? WHERE id = ?")
+        .bind(image)
+        .bind(build_id)
+        .bind(now)
+        .bind(id)
+        .execute(ex)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(Error::NotFound("deployment"));
+    }
+    Ok(())
+}
+
+/// Records the Restate invocation id of the deployment's workflow.
+pub async fn set_invocation_id(
+    ex: impl MySqlExecutor<'_>,
+    id: &str,
+    invocation_id: &str,
+    now: i64,
+) -> Result<()> {
+    sqlx::query("UPDATE deployments SET invocation_id = ?, updated_at = ? WHERE id = ?")
+        .bind(invocation_id)
+        .bind(now)
+        .bind(id)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+/// Sets whether the deployment's instances should run.
+pub async fn set_desired_state(
+    ex: impl MySqlExecutor<'_>,
+    id: &str,
+    state: DesiredState,
+    now: i64,
+) -> Result<()> {
+    let done = sqlx::query("UPDATE deployments SET desired_state = ?, updated_at = ? WHERE id = ?")
+        .bind(state.as_str())
+        .bind(now)
+        .bind(id)
+        .execute(ex)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(Error::NotFound("deployment"));
+    }
+    Ok(())
+}
+
+/// Whether a newer, still active (ready counts) deployment exists on the
+/// same app, environment and branch (NULL-safe on the branch).
+pub async fn has_newer_active(ex: impl MySqlExecutor<'_>, d: &Deployment) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM deployments WHERE app_id = ? AND environment_id = ? AND git_branch <=> ?
+           AND pk > ? AND status NOT IN ('failed', 'skipped', 'stopped', 'superseded', 'cancelled'))",
+    )
+    .bind(&d.app_id)
+    .bind(&d.environment_id)
+    .bind(&d.git_branch)
+    .bind(d.pk)
+    .fetch_one(ex)
+    .await?)
+}
+
+/// Older deployments of the same app, environment and branch that have not
+/// started (pending or awaiting approval): candidates to supersede.
+pub async fn list_older_not_started(
+    ex: impl MySqlExecutor<'_>,
+    d: &Deployment,
+) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM deployments WHERE app_id = ? AND environment_id = ? AND git_branch <=> ?
+           AND pk < ? AND status IN ('pending', 'awaiting_approval') ORDER BY pk",
+    )
+    .bind(&d.app_id)
+    .bind(&d.environment_id)
+    .bind(&d.git_branch)
+    .bind(d.pk)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// Other deployments of the same app, environment and branch whose
+/// instances should run (preview clean-up after a newer one is ready).
+pub async fn list_running_siblings(
+    ex: impl MySqlExecutor<'_>,
+    d: &Deployment,
+) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM deployments WHERE app_id = ? AND environment_id = ? AND git_branch <=> ?
+           AND id <> ? AND desired_state = 'running' AND status IN ('ready', 'stopped') ORDER BY pk",
+    )
+    .bind(&d.app_id)
+    .bind(&d.environment_id)
+    .bind(&d.git_branch)
+    .bind(&d.id)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// Marks a deployment `stopped` if its desired state is stopped, it is ready,
+/// and no instance of it remains anywhere; true if it changed.
+pub async fn mark_stopped_if_drained(
+    ex: impl MySqlExecutor<'_>,
+    id: &str,
+    now: i64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE deployments d SET d.status = 'stopped', d.updated_at = ?
+         WHERE d.id = ? AND d.desired_state = 'stopped' AND d.status = 'ready'
+           AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.deployment_id = d.id)",
+    )
+    .bind(now)
+    .bind(id)
+    .execute(ex)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// One progress step.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct Step {
+    /// Which phase.
+    #[sqlx(try_from = "String")]
+    pub step: StepKind,
+    /// What it does.
+    pub message: String,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Unix ms.
+    pub started_at: i64,
+    /// Unix ms; `None` while running.
+    pub ended_at: Option<i64>,
+}
+
+/// Starts (or restarts, on a workflow retry) a step: clears its end and error.
+pub async fn start_step(
+    ex: impl MySqlExecutor<'_>,
+    workspace_id: &str,
+    deployment_id: &str,
+    step: StepKind,
+    message: &str,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO deployment_steps (workspace_id, deployment_id, step, message, started_at)
+         VALUES (?, ?, ?, ?, ?)
+         ON DUPLICATE KEY UPDATE message = VALUES(message), started_at = VALUES(started_at),
+           ended_at = NULL, error = NULL",
+    )
+    .bind(workspace_id)
+    .bind(deployment_id)
+    .bind(step.as_str())
+    .bind(truncate(message, 512))
+    .bind(now)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+/// Ends a running step, with an error if it failed. The first end wins:
+/// false if the step had already ended (e.g. "Cancelled by user").
+pub async fn end_step(
+    ex: impl MySqlExecutor<'_>,
+    deployment_id: &str,
+    step: StepKind,
+    error: Option<&str>,
+    now: i64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE deployment_steps SET ended_at = ?, error = ? WHERE deployment_id = ? AND step = ? AND ended_at IS NULL",
+    )
+    .bind(now)
+    .bind(error.map(|e| truncate(e, 512)))
+    .bind(deployment_id)
+    .bind(step.as_str())
+    .execute(ex)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Ends every running step of a deployment with `error`; returns how many.
+pub async fn end_running_steps(
+    ex: impl MySqlExecutor<'_>,
+    deployment_id: &str,
+    error: &str,
+    now: i64,
+) -> Result<u64> {
+    let done = sqlx::query("UPDATE deployment_steps SET ended_at = ?, error = ? WHERE deployment_id = ? AND ended_at IS NULL")
+        .bind(now)
+        .bind(truncate(error, 512))
+        .bind(deployment_id)
+        .execute(ex)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// A deployment's steps in phase order.
+pub async fn list_steps(ex: impl MySqlExecutor<'_>, deployment_id: &str) -> Result<Vec<Step>> {
+    Ok(sqlx::query_as(
+        "SELECT step, message, error, started_at, ended_at FROM deployment_steps WHERE deployment_id = ? ORDER BY step",
+    )
+    .bind(deployment_id)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// At most `max` bytes, cut at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

@@ -1,0 +1,218 @@
+//! Observed instances, written only from agent reports.
+
+use sqlx::{FromRow, MySqlConnection, MySqlExecutor};
+
+use crate::Result;
+use crate::types::InstanceStatus;
+
+/// An instance row.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct Instance {
+    /// `ins_…`
+    pub id: String,
+    /// The deployment.
+    pub deployment_id: String,
+    /// The region.
+    pub region_id: String,
+    /// Pod or container name.
+    pub name: String,
+    /// "host:port".
+    pub address: String,
+    /// CPU limit.
+    pub cpu_millicores: i32,
+    /// Memory limit.
+    pub memory_mib: i32,
+    /// State.
+    pub status: InstanceStatus,
+    /// Restarts so far.
+    pub restart_count: i32,
+    /// Last exit code.
+    pub last_exit_code: Option<i32>,
+    /// Last exit reason.
+    pub last_exit_reason: Option<String>,
+    /// Last exit time, unix ms.
+    pub last_exit_at: Option<i64>,
+    /// Killed for exceeding its memory limit.
+    pub oom_killed: bool,
+    /// Why it waits to start.
+    pub waiting_reason: Option<String>,
+}
+
+/// An instance as an agent reports it.
+#[derive(Debug, Clone)]
+pub struct ReportedInstance {
+    /// Id to use if the instance is new.
+    pub new_id: String,
+    /// Pod or container name.
+    pub name: String,
+    /// "host:port".
+    pub address: String,
+    /// CPU limit.
+    pub cpu_millicores: i32,
+    /// Memory limit.
+    pub memory_mib: i32,
+    /// State.
+    pub status: InstanceStatus,
+}
+
+/// Replaces the set of a deployment's instances in a region with `reported`
+/// (a complete report: instances not in it are deleted). Call inside a
+/// transaction. Returns whether anything changed.
+pub async fn replace_for_deployment(
+    conn: &mut MySqlConnection,
+    workspace_id: &str,
+    deployment_id: &str,
+    region_id: &str,
+    reported: &[ReportedInstance],
+    now: i64,
+) -> Result<bool> {
+    let mut changed = false;
+    let existing: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM instances WHERE deployment_id = ? AND region_id = ? FOR UPDATE",
+    )
+    .bind(deployment_id)
+    .bind(region_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for name in existing
+        .iter()
+        .filter(|n| !reported.iter().any(|r| &r.name == *n))
+    {
+        sqlx::query("DELETE FROM instances WHERE region_id = ? AND name = ?")
+            .bind(region_id)
+            .bind(name)
+            .execute(&mut *conn)
+            .await?;
+        changed = true;
+    }
+    for r in reported {
+        let done = sqlx::query(
+            "INSERT INTO instances
+               (id, workspace_id, deployment_id, region_id, name, address, cpu_millicores, memory_mib, status,
+                created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON DUPLICATE KEY UPDATE deployment_id = VALUES(deployment_id), address = VALUES(address),
+               cpu_millicores = VALUES(cpu_millicores), memory_mib = VALUES(memory_mib),
+               status = VALUES(status), updated_at = VALUES(updated_at)",
+        )
+        .bind(&r.new_id)
+        .bind(workspace_id)
+        .bind(deployment_id)
+        .bind(region_id)
+        .bind(&r.name)
+        .bind(&r.address)
+        .bind(r.cpu_millicores)
+        .bind(r.memory_mib)
+        .bind(r.status)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        // MySQL reports 1 for an insert, 2 for a changed row, 0 for no change
+        // (`updated_at` alone counts, so compare the fields that matter).
+        changed |= done.rows_affected() == 1;
+    }
+    Ok(changed)
+}
+
+/// Deletes all of a deployment's instances in a region (its workload is gone).
+pub async fn delete_for_deployment(
+    ex: impl MySqlExecutor<'_>,
+    deployment_id: &str,
+    region_id: &str,
+) -> Result<u64> {
+    let done = sqlx::query("DELETE FROM instances WHERE deployment_id = ? AND region_id = ?")
+        .bind(deployment_id)
+        .bind(region_id)
+        .execute(ex)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+const INSTANCE: &str = "SELECT id, deployment_id, region_id, name, address, cpu_millicores, memory_mib, status,
+    restart_count, last_exit_code, last_exit_reason, last_exit_at, oom_killed, waiting_reason FROM instances";
+
+/// A deployment's instances in all regions.
+pub async fn list_by_deployment(
+    ex: impl MySqlExecutor<'_>,
+    deployment_id: &str,
+) -> Result<Vec<Instance>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{INSTANCE} WHERE deployment_id = ? ORDER BY region_id, name"
+    )))
+    .bind(deployment_id)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// Running instances of a deployment per region (regions without any omitted).
+pub async fn count_running_by_region(
+    ex: impl MySqlExecutor<'_>,
+    deployment_id: &str,
+) -> Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT region_id, COUNT(*) FROM instances WHERE deployment_id = ? AND status = 'running'
+         GROUP BY region_id ORDER BY region_id",
+    )
+    .bind(deployment_id)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// An exit or wait event of an instance.
+#[derive(Debug, Clone)]
+pub struct InstanceEvent<'a> {
+    /// Instance name.
+    pub name: &'a str,
+    /// Restarts so far.
+    pub restart_count: i32,
+    /// Exit code, for an exit.
+    pub exit_code: Option<i32>,
+    /// Exit or wait reason.
+    pub reason: Option<&'a str>,
+    /// Killed for memory.
+    pub oom_killed: bool,
+    /// Event time, unix ms.
+    pub at: i64,
+    /// Whether it is waiting to start (crash loop) rather than exited.
+    pub waiting: bool,
+}
+
+/// Records an exit or wait on the instance row; stale events (lower restart
+/// count, or same count and older) are ignored. Returns whether it applied.
+pub async fn record_event(
+    ex: impl MySqlExecutor<'_>,
+    region_id: &str,
+    e: &InstanceEvent<'_>,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE instances SET restart_count = ?,
+           last_exit_code = IF(?, last_exit_code, ?), last_exit_reason = IF(?, last_exit_reason, ?),
+           last_exit_at = IF(?, last_exit_at, ?), oom_killed = IF(?, oom_killed, ?),
+           waiting_reason = IF(?, ?, NULL), status = IF(? OR ?, 'failed', status), updated_at = ?
+         WHERE region_id = ? AND name = ?
+           AND (restart_count < ? OR (restart_count = ? AND COALESCE(last_exit_at, 0) <= ?))",
+    )
+    .bind(e.restart_count)
+    .bind(e.waiting)
+    .bind(e.exit_code)
+    .bind(e.waiting)
+    .bind(e.reason)
+    .bind(e.waiting)
+    .bind(e.at)
+    .bind(e.waiting)
+    .bind(e.oom_killed)
+    .bind(e.waiting)
+    .bind(e.reason)
+    .bind(e.waiting)
+    .bind(e.exit_code.is_some_and(|c| c != 0))
+    .bind(e.at)
+    .bind(region_id)
+    .bind(e.name)
+    .bind(e.restart_count)
+    .bind(e.restart_count)
+    .bind(e.at)
+    .execute(ex)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

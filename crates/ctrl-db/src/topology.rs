@@ -1,0 +1,372 @@
+//! Desired state per deployment and region, versioned per region.
+//!
+//! **Invariant:** once a reader has seen version v of a region, no change
+//! with a version ≤ v can appear later. Every write goes through
+//! [`next_version`] inside the same transaction as the row it stamps: the
+//! `region_versions` row stays locked until commit, so writers of one region
+//! commit in version order and a reader polling `version > cursor` never
+//! skips one. (The original allocated versions in a separate step and could
+//! skip changes; see the reference, §1.13.)
+
+use ctrl_core::status::DesiredState;
+use sqlx::types::Json;
+use sqlx::{FromRow, MySqlConnection, MySqlExecutor};
+
+use crate::types::{HealthCheck, ShutdownSignal, UpstreamProtocol};
+use crate::{Error, Result};
+
+/// Takes the next version of `region_id`, locking the region's counter until
+/// the surrounding transaction ends. Call only inside a transaction, and
+/// before touching the rows it stamps: taking the region lock first in every
+/// writer keeps the lock order fixed (no deadlocks between writers).
+pub async fn next_version(conn: &mut MySqlConnection, region_id: &str) -> Result<u64> {
+    let bump = || {
+        sqlx::query("UPDATE region_versions SET version = version + 1 WHERE region_id = ?")
+            .bind(region_id)
+    };
+    if bump().execute(&mut *conn).await?.rows_affected() == 0 {
+        // Regions get their counter row when they are created; this covers rows
+        // created any other way.
+        sqlx::query("INSERT IGNORE INTO region_versions (region_id, version) VALUES (?, 0)")
+            .bind(region_id)
+            .execute(&mut *conn)
+            .await?;
+        bump().execute(&mut *conn).await?;
+    }
+    Ok(
+        sqlx::query_scalar("SELECT version FROM region_versions WHERE region_id = ?")
+            .bind(region_id)
+            .fetch_one(&mut *conn)
+            .await?,
+    )
+}
+
+/// The highest version handed out in a region (0 if none).
+pub async fn current_version(ex: impl MySqlExecutor<'_>, region_id: &str) -> Result<u64> {
+    Ok(
+        sqlx::query_scalar("SELECT version FROM region_versions WHERE region_id = ?")
+            .bind(region_id)
+            .fetch_optional(ex)
+            .await?
+            .unwrap_or(0),
+    )
+}
+
+/// A topology row.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct Topology {
+    /// Paging cursor.
+    pub pk: u64,
+    /// The deployment.
+    pub deployment_id: String,
+    /// The region.
+    pub region_id: String,
+    /// Replica bounds.
+    pub min_replicas: u32,
+    /// Replica bounds.
+    pub max_replicas: u32,
+    /// CPU threshold.
+    pub cpu_threshold_percent: u8,
+    /// Memory threshold.
+    pub memory_threshold_percent: u8,
+    /// Run or remove.
+    #[sqlx(try_from = "String")]
+    pub desired_status: DesiredState,
+    /// Region version of the last change.
+    pub version: u64,
+}
+
+/// A topology row to create.
+#[derive(Debug, Clone)]
+pub struct NewTopology<'a> {
+    /// Owner.
+    pub workspace_id: &'a str,
+    /// The deployment.
+    pub deployment_id: &'a str,
+    /// The region.
+    pub region_id: &'a str,
+    /// Replica bounds (clamped to at least 1).
+    pub min_replicas: u32,
+    /// Replica bounds (clamped to at least min).
+    pub max_replicas: u32,
+    /// CPU threshold.
+    pub cpu_threshold_percent: u8,
+    /// Memory threshold.
+    pub memory_threshold_percent: u8,
+}
+
+/// Creates the deployment's row in a region with desired status running, or
+/// sets an existing one back to running; stamps a new version either way.
+/// Call inside a transaction. Returns the version.
+pub async fn upsert_running(
+    conn: &mut MySqlConnection,
+    t: &NewTopology<'_>,
+    now: i64,
+) -> Result<u64> {
+    let version = next_version(&mut *conn, t.region_id).await?;
+    let min = t.min_replicas.max(1);
+    let max = t.max_replicas.max(min);
+    sqlx::query(
+        "INSERT INTO deployment_topology
+           (workspace_id, deployment_id, region_id, min_replicas, max_replicas, cpu_threshold_percent,
+            memory_threshold_percent, desired_status, version, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)
+         ON DUPLICATE KEY UPDATE min_replicas = VALUES(min_replicas), max_replicas = VALUES(max_replicas),
+           cpu_threshold_percent = VALUES(cpu_threshold_percent),
+           memory_threshold_percent = VALUES(memory_threshold_percent),
+           desired_status = 'running', version = VALUES(version), updated_at = VALUES(updated_at)",
+    )
+    .bind(t.workspace_id)
+    .bind(t.deployment_id)
+    .bind(t.region_id)
+    .bind(min)
+    .bind(max)
+    .bind(t.cpu_threshold_percent)
+    .bind(t.memory_threshold_percent)
+    .bind(version)
+    .bind(now)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(version)
+}
+
+/// Sets the desired status of every region row of a deployment, each with a
+/// new version of its region; rows already in that state are left alone.
+/// Call inside a transaction. Returns the (region, version) pairs written.
+pub async fn set_desired_status(
+    conn: &mut MySqlConnection,
+    deployment_id: &str,
+    status: DesiredState,
+    now: i64,
+) -> Result<Vec<(String, u64)>> {
+    // Read without locking, then lock each region's counter before its row.
+    let regions: Vec<String> = sqlx::query_scalar(
+        "SELECT region_id FROM deployment_topology WHERE deployment_id = ? AND desired_status <> ? ORDER BY region_id",
+    )
+    .bind(deployment_id)
+    .bind(status.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut written = Vec::with_capacity(regions.len());
+    for region in regions {
+        let version = next_version(&mut *conn, &region).await?;
+        let done = sqlx::query(
+            "UPDATE deployment_topology SET desired_status = ?, version = ?, updated_at = ?
+             WHERE deployment_id = ? AND region_id = ? AND desired_status <> ?",
+        )
+        .bind(status.as_str())
+        .bind(version)
+        .bind(now)
+        .bind(deployment_id)
+        .bind(&region)
+        .bind(status.as_str())
+        .execute(&mut *conn)
+        .await?;
+        // A concurrent writer may have changed it first; the version is then
+        // simply unused (readers need increasing versions, not contiguous ones).
+        if done.rows_affected() == 1 {
+            written.push((region, version));
+        }
+    }
+    Ok(written)
+}
+
+const TOPOLOGY: &str =
+    "SELECT pk, deployment_id, region_id, min_replicas, max_replicas, cpu_threshold_percent,
+    memory_threshold_percent, desired_status, version FROM deployment_topology";
+
+/// A deployment's rows in every region.
+pub async fn list_by_deployment(
+    ex: impl MySqlExecutor<'_>,
+    deployment_id: &str,
+) -> Result<Vec<Topology>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{TOPOLOGY} WHERE deployment_id = ? ORDER BY region_id"
+    )))
+    .bind(deployment_id)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// Everything an agent needs to apply one deployment in one region: the
+/// topology row joined with its deployment, workspace, environment and region.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct DesiredDeployment {
+    /// Topology paging cursor.
+    pub pk: u64,
+    /// Region version of this state.
+    pub version: u64,
+    /// Run or remove.
+    #[sqlx(try_from = "String")]
+    pub desired_status: DesiredState,
+    /// Region name.
+    pub region_name: String,
+    /// Workspace namespace (may be unset before the first deploy finished starting).
+    pub k8s_namespace: Option<String>,
+    /// Workload name.
+    pub k8s_name: String,
+    /// Ids.
+    pub workspace_id: String,
+    /// Ids.
+    pub project_id: String,
+    /// Ids.
+    pub app_id: String,
+    /// Ids.
+    pub environment_id: String,
+    /// Environment slug.
+    pub environment_slug: String,
+    /// Ids.
+    pub deployment_id: String,
+    /// Image (None before the build finished).
+    pub image: Option<String>,
+    /// Build id.
+    pub build_id: Option<String>,
+    /// Command.
+    pub command: Json<Vec<String>>,
+    /// Port.
+    pub port: i32,
+    /// CPU.
+    pub cpu_millicores: i32,
+    /// Memory.
+    pub memory_mib: i32,
+    /// Disk.
+    pub storage_mib: i32,
+    /// Sealed environment.
+    pub encrypted_environment: Vec<u8>,
+    /// Health check.
+    pub healthcheck: Option<Json<HealthCheck>>,
+    /// Stop signal.
+    pub shutdown_signal: ShutdownSignal,
+    /// Grace period.
+    pub termination_grace_seconds: i32,
+    /// Edge protocol.
+    pub upstream_protocol: UpstreamProtocol,
+    /// Replica bounds.
+    pub min_replicas: u32,
+    /// Replica bounds.
+    pub max_replicas: u32,
+    /// CPU threshold.
+    pub cpu_threshold_percent: u8,
+    /// Memory threshold.
+    pub memory_threshold_percent: u8,
+    /// Git metadata.
+    pub git_commit_sha: Option<String>,
+    /// Git metadata.
+    pub git_branch: Option<String>,
+    /// Git metadata.
+    pub git_repository: Option<String>,
+    /// Network policy document, if one was written.
+    pub network_policy: Option<Json<serde_json::Value>>,
+}
+
+const DESIRED: &str = "SELECT t.pk, t.version, t.desired_status, r.name AS region_name, w.k8s_namespace,
+    d.k8s_name, d.workspace_id, d.project_id, d.app_id, d.environment_id, e.slug AS environment_slug,
+    d.id AS deployment_id, d.image, d.build_id, d.command, d.port, d.cpu_millicores, d.memory_mib,
+    d.storage_mib, d.encrypted_environment, d.healthcheck, d.shutdown_signal, d.termination_grace_seconds,
+    d.upstream_protocol, t.min_replicas, t.max_replicas, t.cpu_threshold_percent, t.memory_threshold_percent,
+    d.git_commit_sha, d.git_branch, d.git_repository, np.policy AS network_policy
+    FROM deployment_topology t
+    JOIN deployments d ON d.id = t.deployment_id
+    JOIN workspaces w ON w.id = d.workspace_id
+    JOIN environments e ON e.id = d.environment_id
+    JOIN regions r ON r.id = t.region_id
+    LEFT JOIN network_policies np ON np.deployment_id = t.deployment_id AND np.region_id = t.region_id";
+
+/// Changes in a region after `after_version`, in version order (the Watch
+/// stream): every row whose latest change has a higher version.
+pub async fn list_changes(
+    ex: impl MySqlExecutor<'_>,
+    region_id: &str,
+    after_version: u64,
+    limit: u32,
+) -> Result<Vec<DesiredDeployment>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{DESIRED} WHERE t.region_id = ? AND t.version > ? ORDER BY t.version LIMIT ?"
+    )))
+    .bind(region_id)
+    .bind(after_version)
+    .bind(limit)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// One page of everything that should run in a region (the full snapshot),
+/// by topology pk after `after_pk`.
+pub async fn snapshot_page(
+    ex: impl MySqlExecutor<'_>,
+    region_id: &str,
+    after_pk: u64,
+    limit: u32,
+) -> Result<Vec<DesiredDeployment>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{DESIRED} WHERE t.region_id = ? AND t.desired_status = 'running' AND t.pk > ? ORDER BY t.pk LIMIT ?"
+    )))
+    .bind(region_id)
+    .bind(after_pk)
+    .bind(limit)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// The desired state of one deployment in one region (point lookup).
+pub async fn find_desired(
+    ex: impl MySqlExecutor<'_>,
+    region_id: &str,
+    deployment_id: &str,
+) -> Result<DesiredDeployment> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{DESIRED} WHERE t.region_id = ? AND t.deployment_id = ?"
+    )))
+    .bind(region_id)
+    .bind(deployment_id)
+    .fetch_optional(ex)
+    .await?
+    .ok_or(Error::NotFound("deployment topology"))
+}
+
+/// The network policy of a deployment in a region.
+#[derive(Debug, Clone, Copy)]
+pub struct NetworkPolicy<'a> {
+    /// Id to use if the row is new.
+    pub id: &'a str,
+    /// Owner.
+    pub workspace_id: &'a str,
+    /// The deployment.
+    pub deployment_id: &'a str,
+    /// The region.
+    pub region_id: &'a str,
+    /// Namespace of the workload.
+    pub k8s_namespace: &'a str,
+    /// Name of the policy object.
+    pub k8s_name: &'a str,
+    /// The policy document (`ctrl.v1.NetworkPolicy` as JSON).
+    pub policy: &'a serde_json::Value,
+}
+
+/// Stores the network policy of a deployment in a region (replacing it).
+pub async fn upsert_network_policy(
+    ex: impl MySqlExecutor<'_>,
+    np: NetworkPolicy<'_>,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO network_policies
+           (id, workspace_id, deployment_id, region_id, k8s_namespace, k8s_name, policy, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON DUPLICATE KEY UPDATE k8s_namespace = VALUES(k8s_namespace), k8s_name = VALUES(k8s_name),
+           policy = VALUES(policy), updated_at = VALUES(updated_at)",
+    )
+    .bind(np.id)
+    .bind(np.workspace_id)
+    .bind(np.deployment_id)
+    .bind(np.region_id)
+    .bind(np.k8s_namespace)
+    .bind(np.k8s_name)
+    .bind(Json(np.policy))
+    .bind(now)
+    .bind(now)
+    .execute(ex)
+    .await?;
+    Ok(())
+}

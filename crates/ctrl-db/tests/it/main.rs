@@ -1,0 +1,12 @@
+//! Every query of ctrl-db against a real MariaDB (a fresh, migrated
+//! database per test, from ctrl-testkit).
+
+mod cluster;
+mod deployment;
+mod fixtures;
+mod instance;
+mod migrations;
+mod route;
+mod settings;
+mod tenancy;
+mod topology;
