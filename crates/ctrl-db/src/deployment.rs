@@ -560,3 +560,26 @@ fn truncate(s: &str, max: usize) -> &str {
     }
     &s[..end]
 }
+
+/// Number of deployments of an app.
+pub async fn count_for_app(ex: impl MySqlExecutor<'_>, app_id: &str) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT COUNT(*) FROM deployments WHERE app_id = ?")
+            .bind(app_id)
+            .fetch_one(ex)
+            .await?,
+    )
+}
+
+/// Number of deployments in an environment.
+pub async fn count_for_environment(
+    ex: impl MySqlExecutor<'_>,
+    environment_id: &str,
+) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT COUNT(*) FROM deployments WHERE environment_id = ?")
+            .bind(environment_id)
+            .fetch_one(ex)
+            .await?,
+    )
+}

@@ -294,3 +294,23 @@ async fn steps_restart_on_retry_and_the_first_end_wins() -> Result<()> {
     assert_eq!(step.error.unwrap().len(), 512);
     Ok(())
 }
+
+#[tokio::test]
+async fn deployments_are_counted_per_app_and_environment() -> Result<()> {
+    let db = test_database().await?;
+    let t = tree(&db.pool).await?;
+    assert_eq!(deployment::count_for_app(&db.pool, &t.app).await?, 0);
+    deploy(&db.pool, &t, &t.production, None).await?;
+    deploy(&db.pool, &t, &t.preview, None).await?;
+    deploy(&db.pool, &t, &t.preview, None).await?;
+    assert_eq!(deployment::count_for_app(&db.pool, &t.app).await?, 3);
+    assert_eq!(
+        deployment::count_for_environment(&db.pool, &t.preview).await?,
+        2
+    );
+    assert_eq!(
+        deployment::count_for_environment(&db.pool, &t.production).await?,
+        1
+    );
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! The public API server of ctrl: every `ctrl.v1` service over Connect
+//! (JSON and binary) and gRPC on one port.
+//!
+//! [`services`] holds the RPC implementations as plain functions over
+//! [`state::AppState`] — validation with ctrl-core, persistence with ctrl-db —
+//! returning [`error::ApiError`], which maps to Connect/gRPC codes in one place.
+
+pub mod error;
+pub mod paging;
+pub mod services;
+pub mod state;
+pub mod validate;

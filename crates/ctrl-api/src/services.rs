@@ -1,0 +1,7 @@
+//! The RPC implementations as plain async functions over [`AppState`]
+//! (transport-independent, so tests can call them directly and the Connect
+//! and gRPC adapters stay thin).
+//!
+//! [`AppState`]: crate::state::AppState
+
+pub mod tenancy;
