@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod paging;
+pub mod rpc;
 pub mod services;
 pub mod state;
 pub mod validate;

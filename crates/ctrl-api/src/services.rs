@@ -4,4 +4,5 @@
 //!
 //! [`AppState`]: crate::state::AppState
 
+pub mod settings;
 pub mod tenancy;

@@ -4,25 +4,46 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ctrl_vault::Vault;
+use sha2::{Digest, Sha256};
 use sqlx::MySqlPool;
+use subtle::ConstantTimeEq;
 
 /// Shared, cheaply cloned handler state.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     db: MySqlPool,
     vault: Vault,
+    /// SHA-256 of each accepted bearer token (the tokens themselves are not kept).
+    token_digests: Vec<[u8; 32]>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("vault", &self.inner.vault)
+            .field("tokens", &self.inner.token_digests.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl AppState {
-    /// State over a database pool and a vault.
-    pub fn new(db: MySqlPool, vault: Vault) -> Self {
+    /// State over a database pool, a vault and the accepted bearer tokens
+    /// (several, so tokens can rotate).
+    pub fn new(db: MySqlPool, vault: Vault, tokens: &[String]) -> Self {
+        let token_digests = tokens
+            .iter()
+            .map(|t| Sha256::digest(t.as_bytes()).into())
+            .collect();
         Self {
-            inner: Arc::new(Inner { db, vault }),
+            inner: Arc::new(Inner {
+                db,
+                vault,
+                token_digests,
+            }),
         }
     }
 
@@ -34,6 +55,18 @@ impl AppState {
     /// The vault for environment variables.
     pub fn vault(&self) -> &Vault {
         &self.inner.vault
+    }
+
+    /// Whether `token` is one of the accepted tokens. Compares SHA-256
+    /// digests in constant time, so neither a token's content nor its length
+    /// leaks through timing; every configured token is checked.
+    pub fn accepts_token(&self, token: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.inner
+            .token_digests
+            .iter()
+            .fold(subtle::Choice::from(0), |found, d| found | d.ct_eq(&digest))
+            .into()
     }
 
     /// The current time in unix milliseconds.

@@ -1,16 +1,27 @@
-//! ctrl-api against a real MariaDB.
+//! ctrl-api against a real MariaDB, called as a library and over real
+//! sockets with the Connect and gRPC clients.
 
+mod server;
+mod settings;
 mod tenancy;
 
 use ctrl_api::state::AppState;
 use ctrl_vault::{KeyConfig, Vault};
 
-/// State over a fresh database and a test vault key.
+/// The token tests authenticate with.
+pub(crate) const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// State over a fresh database, a test vault key and [`TOKEN`] (plus a
+/// second, rotated-in token).
 pub(crate) async fn state() -> anyhow::Result<AppState> {
     let db = ctrl_testkit::test_database().await?;
     let vault = Vault::new(&[KeyConfig {
         id: "test".into(),
         base64: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into(),
     }])?;
-    Ok(AppState::new(db.pool, vault))
+    Ok(AppState::new(
+        db.pool,
+        vault,
+        &[TOKEN.to_owned(), "second-token-abcdefghijklmnop".to_owned()],
+    ))
 }

@@ -1,0 +1,212 @@
+//! The transport: every service function exposed over Connect (JSON and
+//! binary) and gRPC by one handler, behind bearer authentication, plus the
+//! health endpoints, all on one axum router.
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::routing::get;
+use connectrpc_axum::{Code, ConnectError, ConnectRequest, ConnectResponse, MakeServiceBuilder};
+use ctrl_proto::ctrl::v1 as pb;
+
+use crate::error::ApiError;
+use crate::services::{settings, tenancy};
+use crate::state::AppState;
+
+/// Largest accepted request body.
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+
+/// Proof that the request carried an accepted bearer token. Taking it as a
+/// handler argument is what protects an RPC; a rejection is answered as
+/// `unauthenticated` in the caller's protocol (Connect or gRPC).
+#[derive(Debug, Clone, Copy)]
+pub struct Authorized;
+
+impl FromRequestParts<AppState> for Authorized {
+    type Rejection = ConnectError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty());
+        match token {
+            Some(token) if state.accepts_token(token) => Ok(Self),
+            Some(_) => Err(ConnectError::new_unauthenticated("invalid bearer token")),
+            None => Err(ConnectError::new_unauthenticated(
+                "missing bearer token (Authorization: Bearer <token>)",
+            )),
+        }
+    }
+}
+
+/// The one mapping from [`ApiError`] to the wire.
+pub fn to_connect(e: ApiError) -> ConnectError {
+    match e {
+        ApiError::InvalidArgument { field, message } => ConnectError::new_invalid_argument(format!("{field}: {message}")),
+        ApiError::NotFound(m) => ConnectError::new_not_found(m),
+        ApiError::AlreadyExists(m) => ConnectError::new_already_exists(m),
+        ApiError::FailedPrecondition(m) => ConnectError::new_failed_precondition(m),
+        ApiError::Unauthenticated => ConnectError::new_unauthenticated(ApiError::Unauthenticated.to_string()),
+        ApiError::Unavailable(m) => ConnectError::new_unavailable(m),
+        ApiError::Internal(m) => ConnectError::new(Code::Internal, m),
+    }
+}
+
+/// Defines an authenticated handler that calls a service function.
+macro_rules! unary {
+    ($handler:ident => $service:path, $req:ty, $resp:ty) => {
+        async fn $handler(
+            State(state): State<AppState>,
+            _auth: Authorized,
+            ConnectRequest(req): ConnectRequest<$req>,
+        ) -> Result<ConnectResponse<$resp>, ConnectError> {
+            $service(&state, req)
+                .await
+                .map(ConnectResponse::new)
+                .map_err(to_connect)
+        }
+    };
+}
+
+unary!(create_workspace => tenancy::create_workspace, pb::CreateWorkspaceRequest, pb::CreateWorkspaceResponse);
+unary!(get_workspace => tenancy::get_workspace, pb::GetWorkspaceRequest, pb::GetWorkspaceResponse);
+unary!(list_workspaces => tenancy::list_workspaces, pb::ListWorkspacesRequest, pb::ListWorkspacesResponse);
+unary!(delete_workspace => tenancy::delete_workspace, pb::DeleteWorkspaceRequest, pb::DeleteWorkspaceResponse);
+unary!(create_project => tenancy::create_project, pb::CreateProjectRequest, pb::CreateProjectResponse);
+unary!(get_project => tenancy::get_project, pb::GetProjectRequest, pb::GetProjectResponse);
+unary!(list_projects => tenancy::list_projects, pb::ListProjectsRequest, pb::ListProjectsResponse);
+unary!(delete_project => tenancy::delete_project, pb::DeleteProjectRequest, pb::DeleteProjectResponse);
+unary!(create_app => tenancy::create_app, pb::CreateAppRequest, pb::CreateAppResponse);
+unary!(get_app => tenancy::get_app, pb::GetAppRequest, pb::GetAppResponse);
+unary!(list_apps => tenancy::list_apps, pb::ListAppsRequest, pb::ListAppsResponse);
+unary!(delete_app => tenancy::delete_app, pb::DeleteAppRequest, pb::DeleteAppResponse);
+unary!(get_app_settings => settings::get_app_settings, pb::GetAppSettingsRequest, pb::GetAppSettingsResponse);
+unary!(update_app_settings => settings::update_app_settings, pb::UpdateAppSettingsRequest, pb::UpdateAppSettingsResponse);
+unary!(list_environment_variables => settings::list_environment_variables, pb::ListEnvironmentVariablesRequest, pb::ListEnvironmentVariablesResponse);
+unary!(set_environment_variables => settings::set_environment_variables, pb::SetEnvironmentVariablesRequest, pb::SetEnvironmentVariablesResponse);
+unary!(delete_environment_variables => settings::delete_environment_variables, pb::DeleteEnvironmentVariablesRequest, pb::DeleteEnvironmentVariablesResponse);
+unary!(create_environment => tenancy::create_environment, pb::CreateEnvironmentRequest, pb::CreateEnvironmentResponse);
+unary!(get_environment => tenancy::get_environment, pb::GetEnvironmentRequest, pb::GetEnvironmentResponse);
+unary!(list_environments => tenancy::list_environments, pb::ListEnvironmentsRequest, pb::ListEnvironmentsResponse);
+unary!(delete_environment => tenancy::delete_environment, pb::DeleteEnvironmentRequest, pb::DeleteEnvironmentResponse);
+unary!(list_regions => tenancy::list_regions, pb::ListRegionsRequest, pb::ListRegionsResponse);
+unary!(update_region => tenancy::update_region, pb::UpdateRegionRequest, pb::UpdateRegionResponse);
+
+/// CtrlService.Liveness: the one RPC without a token.
+async fn liveness(
+    State(_state): State<AppState>,
+    ConnectRequest(_req): ConnectRequest<pb::LivenessRequest>,
+) -> Result<ConnectResponse<pb::LivenessResponse>, ConnectError> {
+    Ok(ConnectResponse::new(pb::LivenessResponse {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        instance_id: instance_id().into(),
+    }))
+}
+
+/// Identifies this process behind a load balancer.
+fn instance_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| ctrl_core::names::random_dns1035(12, &mut rand::rng()))
+}
+
+/// `/health/ready`: the database answers.
+async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    let ping = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(state.db()),
+    )
+    .await;
+    match ping {
+        Ok(Ok(_)) => (StatusCode::OK, "ready"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable"),
+    }
+}
+
+/// Every service and endpoint on one router (Connect, gRPC, health).
+pub fn router(state: AppState) -> axum::Router {
+    use pb::*;
+    let (ctrl, ctrl_grpc) = ctrl_service_connect::CtrlServiceTonicCompatibleBuilder::new()
+        .liveness(liveness)
+        .with_state(state.clone())
+        .build();
+    let (workspaces, workspaces_grpc) =
+        workspace_service_connect::WorkspaceServiceTonicCompatibleBuilder::new()
+            .create_workspace(create_workspace)
+            .get_workspace(get_workspace)
+            .list_workspaces(list_workspaces)
+            .delete_workspace(delete_workspace)
+            .with_state(state.clone())
+            .build();
+    let (projects, projects_grpc) =
+        project_service_connect::ProjectServiceTonicCompatibleBuilder::new()
+            .create_project(create_project)
+            .get_project(get_project)
+            .list_projects(list_projects)
+            .delete_project(delete_project)
+            .with_state(state.clone())
+            .build();
+    let (apps, apps_grpc) = app_service_connect::AppServiceTonicCompatibleBuilder::new()
+        .create_app(create_app)
+        .get_app(get_app)
+        .list_apps(list_apps)
+        .delete_app(delete_app)
+        .get_app_settings(get_app_settings)
+        .update_app_settings(update_app_settings)
+        .list_environment_variables(list_environment_variables)
+        .set_environment_variables(set_environment_variables)
+        .delete_environment_variables(delete_environment_variables)
+        .with_state(state.clone())
+        .build();
+    let (environments, environments_grpc) =
+        environment_service_connect::EnvironmentServiceTonicCompatibleBuilder::new()
+            .create_environment(create_environment)
+            .get_environment(get_environment)
+            .list_environments(list_environments)
+            .delete_environment(delete_environment)
+            .with_state(state.clone())
+            .build();
+    let (regions, regions_grpc) =
+        region_service_connect::RegionServiceTonicCompatibleBuilder::new()
+            .list_regions(list_regions)
+            .update_region(update_region)
+            .with_state(state.clone())
+            .build();
+    let health = axum::Router::new()
+        .route("/health/live", get(|| async { "ok" }))
+        .route("/health/ready", get(ready))
+        .with_state(state);
+
+    let dispatch = MakeServiceBuilder::new()
+        .add_routers([ctrl, workspaces, projects, apps, environments, regions])
+        .add_grpc_service_with(ctrl_grpc, |s| {
+            s.max_decoding_message_size(MAX_REQUEST_BYTES)
+        })
+        .add_grpc_service_with(workspaces_grpc, |s| {
+            s.max_decoding_message_size(MAX_REQUEST_BYTES)
+        })
+        .add_grpc_service_with(projects_grpc, |s| {
+            s.max_decoding_message_size(MAX_REQUEST_BYTES)
+        })
+        .add_grpc_service_with(apps_grpc, |s| {
+            s.max_decoding_message_size(MAX_REQUEST_BYTES)
+        })
+        .add_grpc_service_with(environments_grpc, |s| {
+            s.max_decoding_message_size(MAX_REQUEST_BYTES)
+        })
+        .add_grpc_service_with(regions_grpc, |s| {
+            s.max_decoding_message_size(MAX_REQUEST_BYTES)
+        })
+        .add_axum_router_raw(health)
+        .receive_max_bytes(MAX_REQUEST_BYTES)
+        .build();
+    axum::Router::new().fallback_service(dispatch)
+}
