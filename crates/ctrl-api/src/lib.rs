@@ -5,9 +5,11 @@
 //! [`state::AppState`] — validation with ctrl-core, persistence with ctrl-db —
 //! returning [`error::ApiError`], which maps to Connect/gRPC codes in one place.
 
+pub mod config;
 pub mod error;
 pub mod paging;
 pub mod rpc;
+pub mod server;
 pub mod services;
 pub mod state;
 pub mod validate;

@@ -50,11 +50,15 @@ impl FromRequestParts<AppState> for Authorized {
 /// The one mapping from [`ApiError`] to the wire.
 pub fn to_connect(e: ApiError) -> ConnectError {
     match e {
-        ApiError::InvalidArgument { field, message } => ConnectError::new_invalid_argument(format!("{field}: {message}")),
+        ApiError::InvalidArgument { field, message } => {
+            ConnectError::new_invalid_argument(format!("{field}: {message}"))
+        }
         ApiError::NotFound(m) => ConnectError::new_not_found(m),
         ApiError::AlreadyExists(m) => ConnectError::new_already_exists(m),
         ApiError::FailedPrecondition(m) => ConnectError::new_failed_precondition(m),
-        ApiError::Unauthenticated => ConnectError::new_unauthenticated(ApiError::Unauthenticated.to_string()),
+        ApiError::Unauthenticated => {
+            ConnectError::new_unauthenticated(ApiError::Unauthenticated.to_string())
+        }
         ApiError::Unavailable(m) => ConnectError::new_unavailable(m),
         ApiError::Internal(m) => ConnectError::new(Code::Internal, m),
     }

@@ -132,7 +132,11 @@ async fn environment_variables_are_sealed_revealed_on_request_and_write_only_sta
         environment_slug: "production".into(),
         variables: vec![
             var("OK_KEY", "1", pb::EnvironmentVariableType::Recoverable),
-            var("1BAD", "sentinel-secret-value", pb::EnvironmentVariableType::Recoverable),
+            var(
+                "1BAD",
+                "sentinel-secret-value",
+                pb::EnvironmentVariableType::Recoverable,
+            ),
         ],
         actor: None,
     };
@@ -141,7 +145,10 @@ async fn environment_variables_are_sealed_revealed_on_request_and_write_only_sta
         matches!(&err, ApiError::InvalidArgument { field, .. } if field == "variables[1].key"),
         "{err:?}"
     );
-    assert!(!err.to_string().contains("sentinel-secret-value"), "values never in errors");
+    assert!(
+        !err.to_string().contains("sentinel-secret-value"),
+        "values never in errors"
+    );
     assert_eq!(
         svc::list_environment_variables(&s, list(false))
             .await?

@@ -1,0 +1,80 @@
+//! Startup and shutdown, in the order the services share: validated config →
+//! logging → database (bounded retry) → listener → serve → drain on signal.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use sqlx::MySqlPool;
+use tokio::net::TcpListener;
+
+use crate::config::{Config, redact_url};
+use crate::state::AppState;
+
+/// Connects to the database, retrying every second for up to
+/// `database.connect_timeout_seconds`, then fails with the last error.
+pub async fn connect_database(config: &Config) -> Result<MySqlPool> {
+    let deadline = Instant::now() + Duration::from_secs(config.database.connect_timeout_seconds);
+    let url = redact_url(&config.database.url);
+    loop {
+        match ctrl_db::connect(&config.database.url, config.database.max_connections).await {
+            Ok(pool) => return Ok(pool),
+            Err(e) if Instant::now() < deadline => {
+                tracing::warn!(database = %url, error = %e, "database not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot connect to the database at {url} (gave up after {} s)",
+                        config.database.connect_timeout_seconds
+                    )
+                });
+            }
+        }
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then lets
+/// in-flight requests finish for up to the configured grace period.
+pub async fn serve(
+    config: &Config,
+    listener: TcpListener,
+    db: MySqlPool,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let state = AppState::new(
+        db,
+        config.vault().context("vault keys")?,
+        &config.auth.tokens,
+    );
+    let app = crate::rpc::router(state);
+    let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: draining in-flight requests");
+        let _ = signalled_tx.send(());
+    });
+    let server = tokio::spawn(async move { server.await });
+    // Once the signal came, give the drain `grace`, then stop regardless.
+    tokio::select! {
+        result = server => result.context("server task")?.context("server")?,
+        () = async {
+            let _ = signalled_rx.await;
+            tokio::time::sleep(grace).await;
+        } => tracing::warn!("drain took longer than {grace:?}; exiting"),
+    }
+    Ok(())
+}
+
+/// SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

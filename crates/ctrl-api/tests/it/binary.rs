@@ -1,0 +1,127 @@
+//! The `ctrl-api` binary as operators run it.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ctrl_proto::ctrl::v1 as pb;
+use ctrl_testkit::process::Supervised;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use pb::ctrl_service_connect_client::CtrlServiceClient;
+use sqlx::Connection;
+
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+fn config(dir: &Path, database_url: &str, port: u16, token: &str) -> Result<std::path::PathBuf> {
+    let path = dir.join("ctrl-api.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_seconds = 5\n\
+             [auth]\ntokens = [\"${{API_TOKEN}}\"]\n\
+             [database]\nurl = \"{database_url}\"\nconnect_timeout_seconds = 5\n\
+             [vault]\nkeys = [{{ id = \"k1\", key = \"{KEY}\" }}]\n"
+        ),
+    )?;
+    std::fs::write(dir.join("token"), token)?;
+    Ok(path)
+}
+
+fn ctrl_api(config: &Path, token: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ctrl-api"));
+    cmd.arg("--config")
+        .arg(config)
+        .env("API_TOKEN", token)
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+#[tokio::test]
+async fn bad_configuration_exits_before_any_port_opens_and_names_the_field() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = ctrl_testkit::free_port()?;
+    let path = config(
+        dir.path(),
+        "mysql://ctrl:ctrl@127.0.0.1:1/none",
+        port,
+        "short",
+    )?;
+    let out = ctrl_api(&path, "short").output()?;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`auth.tokens[0]` must be at least 16 characters"),
+        "{stderr}"
+    );
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        "the port was never taken"
+    );
+
+    let out = ctrl_api(&dir.path().join("missing.toml"), "x").output()?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn migrate_then_serve_then_drain_on_sigterm() -> Result<()> {
+    // An empty database (not migrated) on the shared test server.
+    let seed = ctrl_testkit::test_database().await?;
+    let name = format!("{}_bin", seed.name);
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
+        .execute(&seed.pool)
+        .await?;
+    let url = seed.url.replace(&seed.name, &name);
+
+    let dir = tempfile::tempdir()?;
+    let port = ctrl_testkit::free_port()?;
+    let token = "binary-test-token-0123456789";
+    let path = config(dir.path(), &url, port, token)?;
+
+    let out = ctrl_api(&path, token).arg("migrate").output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut conn = sqlx::mysql::MySqlConnection::connect(&url).await?;
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE()",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    assert!(tables >= 20, "{tables}");
+
+    let log = dir.path().join("api.log");
+    let mut server = Supervised::spawn("ctrl-api", ctrl_api(&path, token), &log, None)?;
+    let client = CtrlServiceClient::builder(format!("http://127.0.0.1:{port}")).build()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if client.liveness(&pb::LivenessRequest {}).await.is_ok() {
+            break;
+        }
+        if server.exit_status().is_some() || Instant::now() > deadline {
+            bail!("ctrl-api did not start:\n{}", server.log_tail(30));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    kill(Pid::from_raw(server.id().pid), Signal::SIGTERM)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.exit_status() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            bail!("ctrl-api did not exit on SIGTERM:\n{}", server.log_tail(30));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}: {}", server.log_tail(20));
+    let log_text = std::fs::read_to_string(&log).context("log")?;
+    assert!(log_text.contains("shutting down"), "{log_text}");
+    assert!(!log_text.contains(token), "the token must never be logged");
+    Ok(())
+}
