@@ -12,10 +12,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use base64::Engine;
 use clap::Args;
-use ctrl_testkit::process::ProcessId;
+use ctrl_testkit::process::{ProcessId, Supervised};
 use ctrl_testkit::{MariaDb, Podman, RestatePorts, RestateServer, reaper};
-use rand::Rng;
+use rand::RngCore;
 use sqlx::Connection;
 use sqlx::mysql::MySqlConnection;
 use tokio::signal::unix::{SignalKind, signal};
@@ -38,6 +39,12 @@ pub(crate) struct DevArgs {
     /// Restate's node-to-node port.
     #[arg(long, env = "CTRL_DEV_RESTATE_FABRIC_PORT", default_value_t = 5122)]
     restate_fabric_port: u16,
+    /// ctrl-api's port (Connect, gRPC and health).
+    #[arg(long, env = "CTRL_DEV_API_PORT", default_value_t = 7091)]
+    api_port: u16,
+    /// A ctrl-api binary to run instead of building it with cargo.
+    #[arg(long, env = "CTRL_DEV_API_BIN")]
+    api_bin: Option<PathBuf>,
 }
 
 const DATABASE: &str = "ctrl";
@@ -81,6 +88,11 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
     let database_url = mariadb.database_url(DATABASE);
     migrate(&mariadb.admin_url(), &database_url).await?;
 
+    let api_bin = match &args.api_bin {
+        Some(bin) => bin.clone(),
+        None => build_ctrl_api()?,
+    };
+
     eprintln!(
         "starting restate-server on 127.0.0.1:{}",
         args.restate_ingress_port
@@ -99,13 +111,27 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
     eprintln!("starting the podman Docker API");
     let mut podman = Podman::builder().dir(dir.join("podman")).start().await?;
 
+    let token = secret(&dir.join("token"), 24, Encoding::Hex)?;
+    let vault_key = secret(&dir.join("vault.key"), 32, Encoding::Base64)?;
+    eprintln!("starting ctrl-api on 127.0.0.1:{}", args.api_port);
+    let api_url = format!("http://127.0.0.1:{}", args.api_port);
+    let mut api = start_ctrl_api(
+        &dir,
+        &api_bin,
+        args.api_port,
+        &database_url,
+        &token,
+        &vault_key,
+    )?;
+    wait_for_api(&mut api, &api_url).await?;
+
     let env_file = dir.join("stack.env");
-    let token = api_token(&dir)?;
     write_private(
         &env_file,
         &format!(
             "# Written by `cargo xtask dev`; removed when the stack stops.\n\
              # Load it with: set -a; . {env}; set +a\n\
+             CTRL_API_URL={api_url}\n\
              CTRL_TOKEN={token}\n\
              DATABASE_URL={database_url}\n\
              RESTATE_INGRESS_URL={ingress}\n\
@@ -120,10 +146,11 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
 
     println!(
         "\nctrl dev stack is up in {:.1?}\n\
+         \x20 ctrl API     {api_url}  (Connect, gRPC; token in stack.env)\n\
          \x20 MariaDB      {database_url}\n\
          \x20 Restate      ingress {}  admin {}\n\
          \x20 Docker API   {}\n\
-         \x20 logs         {}/{{mariadb/error.log,restate/restate.log,podman/service.log}}\n\
+         \x20 logs         {}/{{ctrl-api.log,mariadb/error.log,restate/restate.log,podman/service.log}}\n\
          \x20 env          {} (endpoints and API token)\n\
          Press Ctrl-C to stop.",
         started.elapsed(),
@@ -143,6 +170,7 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
 
     eprintln!("stopping the dev stack");
     let _ = fs::remove_file(&env_file);
+    api.terminate(Duration::from_secs(15));
     podman.stop(Duration::from_secs(10));
     restate.stop(Duration::from_secs(10));
     mariadb.stop(Duration::from_secs(30));
@@ -192,18 +220,101 @@ async fn migrate(admin_url: &str, database_url: &str) -> Result<()> {
     Ok(())
 }
 
-/// The dev API token: generated once, kept in `.dev/token` (mode 0600).
-fn api_token(dir: &Path) -> Result<String> {
-    let path = dir.join("token");
-    if let Ok(token) = fs::read_to_string(&path)
-        && !token.trim().is_empty()
+#[derive(Debug, Clone, Copy)]
+enum Encoding {
+    Hex,
+    Base64,
+}
+
+/// A random secret kept in `path` (mode 0600): created once, reused after.
+fn secret(path: &Path, bytes: usize, encoding: Encoding) -> Result<String> {
+    if let Ok(existing) = fs::read_to_string(path)
+        && !existing.trim().is_empty()
     {
-        return Ok(token.trim().to_owned());
+        return Ok(existing.trim().to_owned());
     }
-    let bytes: [u8; 24] = rand::rng().random();
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    write_private(&path, &token)?;
-    Ok(token)
+    let mut raw = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut raw);
+    let value = match encoding {
+        Encoding::Hex => raw.iter().map(|b| format!("{b:02x}")).collect(),
+        Encoding::Base64 => base64::engine::general_purpose::STANDARD.encode(&raw),
+    };
+    write_private(path, &value)?;
+    Ok(value)
+}
+
+/// Builds ctrl-api with the cargo that runs us and returns the binary.
+fn build_ctrl_api() -> Result<PathBuf> {
+    eprintln!("building ctrl-api");
+    let status = std::process::Command::new(crate::deps::cargo())
+        .args(["build", "--quiet", "-p", "ctrl-api", "--bin", "ctrl-api"])
+        .status()
+        .context("run cargo build")?;
+    if !status.success() {
+        bail!("cargo build -p ctrl-api failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    Ok(target.join("debug").join("ctrl-api"))
+}
+
+/// Writes ctrl-api's config (secrets come in through the environment, by
+/// `${VAR}`) and starts it with its log in `.dev/ctrl-api.log`.
+fn start_ctrl_api(
+    dir: &Path,
+    bin: &Path,
+    port: u16,
+    database_url: &str,
+    token: &str,
+    vault_key: &str,
+) -> Result<Supervised> {
+    let config = dir.join("ctrl-api.toml");
+    write_private(
+        &config,
+        &format!(
+            "# Written by `cargo xtask dev`.\n\
+             [http]\nlisten = \"127.0.0.1:{port}\"\n\
+             [auth]\ntokens = [\"${{CTRL_TOKEN}}\"]\n\
+             [database]\nurl = \"${{CTRL_DEV_DATABASE_URL}}\"\n\
+             [vault]\nkeys = [{{ id = \"dev\", key = \"${{CTRL_DEV_VAULT_KEY}}\" }}]\n"
+        ),
+    )?;
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .env("CTRL_TOKEN", token)
+        .env("CTRL_DEV_DATABASE_URL", database_url)
+        .env("CTRL_DEV_VAULT_KEY", vault_key);
+    Ok(Supervised::spawn(
+        "ctrl-api",
+        cmd,
+        &dir.join("ctrl-api.log"),
+        Some(&dir.join("ctrl-api.pid")),
+    )?)
+}
+
+/// Waits until ctrl-api answers CtrlService.Liveness.
+async fn wait_for_api(api: &mut Supervised, url: &str) -> Result<()> {
+    let client = ctrl_testkit::http_client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let live = client
+            .post(format!("{url}/ctrl.v1.CtrlService/Liveness"))
+            .header("content-type", "application/json")
+            .body("{}")
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await;
+        if live.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        if api.exit_status().is_some() || Instant::now() > deadline {
+            return Err(api.startup_error("did not answer Liveness").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Writes a file readable only by its owner (it holds a secret).

@@ -24,7 +24,9 @@ struct Stack {
 }
 
 /// Starts `xtask dev` in `dir` and waits until it has written stack.env.
-fn start(dir: &Path, ports: &[u16; 4]) -> Result<Stack> {
+fn start(dir: &Path, ports: &[u16; 5]) -> Result<Stack> {
+    // The ctrl-api the workspace build put next to this xtask binary.
+    let api_bin = Path::new(env!("CARGO_BIN_EXE_xtask")).with_file_name("ctrl-api");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
     cmd.arg("dev")
         .arg("--dir")
@@ -32,7 +34,10 @@ fn start(dir: &Path, ports: &[u16; 4]) -> Result<Stack> {
         .args(["--mysql-port", &ports[0].to_string()])
         .args(["--restate-ingress-port", &ports[1].to_string()])
         .args(["--restate-admin-port", &ports[2].to_string()])
-        .args(["--restate-fabric-port", &ports[3].to_string()]);
+        .args(["--restate-fabric-port", &ports[3].to_string()])
+        .args(["--api-port", &ports[4].to_string()])
+        .arg("--api-bin")
+        .arg(&api_bin);
     let log = dir.with_extension("log");
     let mut xtask = Supervised::spawn("xtask dev", cmd, &log, None)?;
     let env_file = dir.join("stack.env");
@@ -81,11 +86,18 @@ fn assert_gone(ids: &[ProcessId]) {
 async fn dev_stack_comes_up_keeps_data_and_stops_cleanly() -> Result<()> {
     let root = tempfile::tempdir()?;
     let dir = root.path().join("dev");
-    let ports = [free_port()?, free_port()?, free_port()?, free_port()?];
+    let ports = [
+        free_port()?,
+        free_port()?,
+        free_port()?,
+        free_port()?,
+        free_port()?,
+    ];
 
     // First run: everything is reachable through what stack.env says.
     let mut stack = start(&dir, &ports)?;
     for key in [
+        "CTRL_API_URL",
         "CTRL_TOKEN",
         "DATABASE_URL",
         "RESTATE_INGRESS_URL",
@@ -113,6 +125,22 @@ async fn dev_stack_comes_up_keeps_data_and_stops_cleanly() -> Result<()> {
         .await?;
     assert!(health.status().is_success());
     assert!(Path::new(stack.env["DOCKER_HOST"].trim_start_matches("unix://")).exists());
+    // The API answers with the token from stack.env, and refuses without it.
+    let list = |token: Option<&str>| {
+        let mut req = http_client()
+            .post(format!(
+                "{}/ctrl.v1.WorkspaceService/ListWorkspaces",
+                stack.env["CTRL_API_URL"]
+            ))
+            .header("content-type", "application/json")
+            .body("{}");
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.send()
+    };
+    assert_eq!(list(Some(&stack.env["CTRL_TOKEN"])).await?.status(), 200);
+    assert_eq!(list(None).await?.status(), 401);
 
     // Ctrl-C: a clean stop, no process left, stack.env removed.
     kill(Pid::from_raw(stack.xtask.id().pid), Signal::SIGINT)?;
