@@ -7,11 +7,14 @@ use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::routing::get;
-use connectrpc_axum::{Code, ConnectError, ConnectRequest, ConnectResponse, MakeServiceBuilder};
+use connectrpc_axum::tonic::BoxedStream;
+use connectrpc_axum::{
+    Code, ConnectError, ConnectRequest, ConnectResponse, MakeServiceBuilder, StreamBody,
+};
 use ctrl_proto::ctrl::v1 as pb;
 
 use crate::error::ApiError;
-use crate::services::{settings, tenancy};
+use crate::services::{deployment, settings, tenancy};
 use crate::state::AppState;
 
 /// Largest accepted request body.
@@ -101,8 +104,85 @@ unary!(create_environment => tenancy::create_environment, pb::CreateEnvironmentR
 unary!(get_environment => tenancy::get_environment, pb::GetEnvironmentRequest, pb::GetEnvironmentResponse);
 unary!(list_environments => tenancy::list_environments, pb::ListEnvironmentsRequest, pb::ListEnvironmentsResponse);
 unary!(delete_environment => tenancy::delete_environment, pb::DeleteEnvironmentRequest, pb::DeleteEnvironmentResponse);
+unary!(get_deployment => deployment::get_deployment, pb::GetDeploymentRequest, pb::GetDeploymentResponse);
+unary!(list_deployments => deployment::list_deployments, pb::ListDeploymentsRequest, pb::ListDeploymentsResponse);
 unary!(list_regions => tenancy::list_regions, pb::ListRegionsRequest, pb::ListRegionsResponse);
 unary!(update_region => tenancy::update_region, pb::UpdateRegionRequest, pb::UpdateRegionResponse);
+
+/// How often a watch re-reads its deployment.
+const WATCH_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// DeploymentService.WatchDeployment: the current state, then every change,
+/// until a terminal status, the client leaving, or server shutdown.
+async fn watch_deployment(
+    State(state): State<AppState>,
+    _auth: Authorized,
+    ConnectRequest(req): ConnectRequest<pb::WatchDeploymentRequest>,
+) -> Result<ConnectResponse<StreamBody<BoxedStream<pb::WatchDeploymentResponse>>>, ConnectError> {
+    crate::validate::id(
+        "deployment_id",
+        ctrl_core::id::IdKind::Deployment,
+        &req.deployment_id,
+    )
+    .map_err(to_connect)?;
+    let first = deployment::load_full(&state, &req.deployment_id)
+        .await
+        .map_err(to_connect)?;
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<Result<pb::WatchDeploymentResponse, ConnectError>>(8);
+    tokio::spawn(async move {
+        let shutdown = state.shutdown_signal();
+        tokio::pin!(shutdown);
+        let mut last = first;
+        if tx
+            .send(Ok(pb::WatchDeploymentResponse {
+                deployment: Some(last.clone()),
+            }))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        while !is_terminal(&last) {
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tx.closed() => return,
+                () = tokio::time::sleep(WATCH_POLL) => {}
+            }
+            match deployment::load_full(&state, &last.id).await {
+                Ok(now) if now != last => {
+                    if tx
+                        .send(Ok(pb::WatchDeploymentResponse {
+                            deployment: Some(now.clone()),
+                        }))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    last = now;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(to_connect(e))).await;
+                    return;
+                }
+            }
+        }
+    });
+    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    Ok(ConnectResponse::new(StreamBody::new(
+        Box::pin(stream) as BoxedStream<_>
+    )))
+}
+
+fn is_terminal(d: &pb::Deployment) -> bool {
+    use pb::DeploymentStatus as P;
+    matches!(
+        P::try_from(d.status),
+        Ok(P::Ready | P::Failed | P::Skipped | P::Stopped | P::Superseded | P::Cancelled)
+    )
+}
 
 /// CtrlService.Liveness: the one RPC without a token.
 async fn liveness(
@@ -178,6 +258,13 @@ pub fn router(state: AppState) -> axum::Router {
             .delete_environment(delete_environment)
             .with_state(state.clone())
             .build();
+    let (deployments, deployments_grpc) =
+        deployment_service_connect::DeploymentServiceTonicCompatibleBuilder::new()
+            .get_deployment(get_deployment)
+            .list_deployments(list_deployments)
+            .watch_deployment(watch_deployment)
+            .with_state(state.clone())
+            .build();
     let (regions, regions_grpc) =
         region_service_connect::RegionServiceTonicCompatibleBuilder::new()
             .list_regions(list_regions)
@@ -190,7 +277,15 @@ pub fn router(state: AppState) -> axum::Router {
         .with_state(state);
 
     let dispatch = MakeServiceBuilder::new()
-        .add_routers([ctrl, workspaces, projects, apps, environments, regions])
+        .add_routers([
+            ctrl,
+            workspaces,
+            projects,
+            apps,
+            environments,
+            deployments,
+            regions,
+        ])
         .add_grpc_service_with(ctrl_grpc, |s| {
             s.max_decoding_message_size(MAX_REQUEST_BYTES)
         })
@@ -204,6 +299,9 @@ pub fn router(state: AppState) -> axum::Router {
             s.max_decoding_message_size(MAX_REQUEST_BYTES)
         })
         .add_grpc_service_with(environments_grpc, |s| {
+            s.max_decoding_message_size(MAX_REQUEST_BYTES)
+        })
+        .add_grpc_service_with(deployments_grpc, |s| {
             s.max_decoding_message_size(MAX_REQUEST_BYTES)
         })
         .add_grpc_service_with(regions_grpc, |s| {

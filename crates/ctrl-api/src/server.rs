@@ -48,12 +48,13 @@ pub async fn serve(
         config.vault().context("vault keys")?,
         &config.auth.tokens,
     );
-    let app = crate::rpc::router(state);
+    let app = crate::rpc::router(state.clone());
     let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: draining in-flight requests");
+        state.begin_shutdown();
         let _ = signalled_tx.send(());
     });
     let server = tokio::spawn(async move { server.await });

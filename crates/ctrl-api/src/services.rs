@@ -4,5 +4,6 @@
 //!
 //! [`AppState`]: crate::state::AppState
 
+pub mod deployment;
 pub mod settings;
 pub mod tenancy;

@@ -15,6 +15,7 @@ pub struct AppState {
 }
 
 struct Inner {
+    shutdown: tokio::sync::watch::Sender<bool>,
     db: MySqlPool,
     vault: Vault,
     /// SHA-256 of each accepted bearer token (the tokens themselves are not kept).
@@ -38,12 +39,28 @@ impl AppState {
             .iter()
             .map(|t| Sha256::digest(t.as_bytes()).into())
             .collect();
+        let (shutdown, _) = tokio::sync::watch::channel(false);
         Self {
             inner: Arc::new(Inner {
+                shutdown,
                 db,
                 vault,
                 token_digests,
             }),
+        }
+    }
+
+    /// Tells long-lived streams to finish (called when the server starts
+    /// draining, so open watches do not hold the process).
+    pub fn begin_shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+
+    /// Resolves once [`AppState::begin_shutdown`] was called.
+    pub fn shutdown_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.inner.shutdown.subscribe();
+        async move {
+            let _ = rx.wait_for(|stopping| *stopping).await;
         }
     }
 

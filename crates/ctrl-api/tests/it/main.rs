@@ -2,6 +2,7 @@
 //! sockets with the Connect and gRPC clients.
 
 mod binary;
+mod deployments;
 mod server;
 mod settings;
 mod tenancy;
@@ -25,4 +26,15 @@ pub(crate) async fn state() -> anyhow::Result<AppState> {
         vault,
         &[TOKEN.to_owned(), "second-token-abcdefghijklmnop".to_owned()],
     ))
+}
+
+/// Serves the API for `state` on 127.0.0.1:<free port>; returns the base URL.
+pub(crate) async fn serve(state: AppState) -> anyhow::Result<String> {
+    let app = ctrl_api::rpc::router(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.expect("serve");
+    });
+    Ok(base)
 }
