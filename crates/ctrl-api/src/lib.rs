@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod error;
+pub mod observe;
 pub mod paging;
 pub mod rpc;
 pub mod server;

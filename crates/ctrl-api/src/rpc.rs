@@ -310,5 +310,15 @@ pub fn router(state: AppState) -> axum::Router {
         .add_axum_router_raw(health)
         .receive_max_bytes(MAX_REQUEST_BYTES)
         .build();
-    axum::Router::new().fallback_service(dispatch)
+    let metrics = crate::observe::Metrics::default();
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(crate::observe::metrics_endpoint).with_state(metrics.clone()),
+        )
+        .fallback_service(dispatch)
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            crate::observe::observe,
+        ))
 }

@@ -184,3 +184,77 @@ async fn health_endpoints_and_request_limits() -> Result<()> {
     assert!(!response.status().is_success(), "{}", response.status());
     Ok(())
 }
+
+#[tokio::test]
+async fn metrics_count_requests_by_rpc_protocol_and_code_and_request_ids_are_echoed() -> Result<()>
+{
+    let (base, _server) = serve().await?;
+    let http = ctrl_testkit::http_client();
+    let call = |token: Option<&str>, request_id: Option<&str>| {
+        let mut req = http
+            .post(format!("{base}/ctrl.v1.WorkspaceService/ListWorkspaces"))
+            .header("content-type", "application/json")
+            .body("{}");
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(id) = request_id {
+            req = req.header("x-request-id", id);
+        }
+        req.send()
+    };
+    let ok = call(Some(TOKEN), Some("trace-abc_1.2")).await?;
+    assert_eq!(ok.status(), 200);
+    assert_eq!(
+        ok.headers()["x-request-id"],
+        "trace-abc_1.2",
+        "a sane caller id is kept"
+    );
+    let denied = call(None, Some("bad id with spaces")).await?;
+    assert_eq!(denied.status(), 401);
+    let generated = denied.headers()["x-request-id"].to_str()?.to_owned();
+    assert!(
+        !generated.contains(' ') && !generated.is_empty(),
+        "a bad id is replaced: {generated}"
+    );
+
+    let mut grpc = GrpcWorkspaces::connect(base.clone()).await?;
+    let missing = pb::GetWorkspaceRequest {
+        workspace_id: "ws_0000000000000000".into(),
+    };
+    assert!(
+        grpc.get_workspace(grpc_request(missing, Some(TOKEN)))
+            .await
+            .is_err()
+    );
+
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let has = |needle: &str| {
+        text.lines()
+            .any(|l| l.starts_with("ctrl_api_requests_total") && l.contains(needle))
+    };
+    assert!(
+        has(r#"rpc="/ctrl.v1.WorkspaceService/ListWorkspaces",protocol="connect",code="ok"} 1"#),
+        "{text}"
+    );
+    assert!(
+        has(
+            r#"rpc="/ctrl.v1.WorkspaceService/ListWorkspaces",protocol="connect",code="unauthenticated"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        has(r#"rpc="/ctrl.v1.WorkspaceService/GetWorkspace",protocol="grpc",code="not_found"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("ctrl_api_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    Ok(())
+}
