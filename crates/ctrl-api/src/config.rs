@@ -22,6 +22,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// Keys sealing environment variables.
     pub vault: VaultConfig,
+    /// The Restate server running the worker's services.
+    pub restate: RestateConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -129,6 +131,14 @@ impl std::fmt::Debug for VaultKey {
     }
 }
 
+/// The Restate server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestateConfig {
+    /// Ingress base URL, e.g. `http://restate:8080`.
+    pub ingress_url: String,
+}
+
 /// Logging.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -202,6 +212,11 @@ impl Validate for Config {
             "log.format",
             "must be \"text\" or \"json\"",
         );
+        v.url(
+            "restate.ingress_url",
+            &self.restate.ingress_url,
+            &["http", "https"],
+        );
     }
 }
 
@@ -246,6 +261,8 @@ mod tests {
         url = "mysql://ctrl:${DB_PASSWORD}@127.0.0.1:3307/ctrl"
         [vault]
         keys = [{ id = "k1", key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=" }]
+        [restate]
+        ingress_url = "http://127.0.0.1:8080"
     "#;
 
     fn env() -> HashMap<String, String> {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod observe;
 pub mod paging;
+pub mod restate;
 pub mod rpc;
 pub mod server;
 pub mod services;

@@ -104,6 +104,7 @@ unary!(create_environment => tenancy::create_environment, pb::CreateEnvironmentR
 unary!(get_environment => tenancy::get_environment, pb::GetEnvironmentRequest, pb::GetEnvironmentResponse);
 unary!(list_environments => tenancy::list_environments, pb::ListEnvironmentsRequest, pb::ListEnvironmentsResponse);
 unary!(delete_environment => tenancy::delete_environment, pb::DeleteEnvironmentRequest, pb::DeleteEnvironmentResponse);
+unary!(create_deployment => deployment::create_deployment, pb::CreateDeploymentRequest, pb::CreateDeploymentResponse);
 unary!(get_deployment => deployment::get_deployment, pb::GetDeploymentRequest, pb::GetDeploymentResponse);
 unary!(list_deployments => deployment::list_deployments, pb::ListDeploymentsRequest, pb::ListDeploymentsResponse);
 unary!(list_regions => tenancy::list_regions, pb::ListRegionsRequest, pb::ListRegionsResponse);
@@ -204,11 +205,8 @@ fn instance_id() -> &'static str {
 
 /// `/health/ready`: the database answers.
 async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    let ping = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(state.db()),
-    )
-    .await;
+    let ping =
+        tokio::time::timeout(std::time::Duration::from_secs(2), ctrl_db::ping(state.db())).await;
     match ping {
         Ok(Ok(_)) => (StatusCode::OK, "ready"),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable"),
@@ -260,6 +258,7 @@ pub fn router(state: AppState) -> axum::Router {
             .build();
     let (deployments, deployments_grpc) =
         deployment_service_connect::DeploymentServiceTonicCompatibleBuilder::new()
+            .create_deployment(create_deployment)
             .get_deployment(get_deployment)
             .list_deployments(list_deployments)
             .watch_deployment(watch_deployment)

@@ -43,10 +43,12 @@ pub async fn serve(
     db: MySqlPool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let ingress = crate::restate::Ingress::new(&config.restate.ingress_url);
     let state = AppState::new(
         db,
         config.vault().context("vault keys")?,
         &config.auth.tokens,
+        ingress,
     );
     let app = crate::rpc::router(state.clone());
     let grace = Duration::from_secs(config.http.shutdown_grace_seconds);

@@ -16,6 +16,7 @@ pub struct AppState {
 
 struct Inner {
     shutdown: tokio::sync::watch::Sender<bool>,
+    ingress: crate::restate::Ingress,
     db: MySqlPool,
     vault: Vault,
     /// SHA-256 of each accepted bearer token (the tokens themselves are not kept).
@@ -32,9 +33,14 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// State over a database pool, a vault and the accepted bearer tokens
-    /// (several, so tokens can rotate).
-    pub fn new(db: MySqlPool, vault: Vault, tokens: &[String]) -> Self {
+    /// State over a database pool, a vault, the accepted bearer tokens
+    /// (several, so tokens can rotate) and Restate's ingress.
+    pub fn new(
+        db: MySqlPool,
+        vault: Vault,
+        tokens: &[String],
+        ingress: crate::restate::Ingress,
+    ) -> Self {
         let token_digests = tokens
             .iter()
             .map(|t| Sha256::digest(t.as_bytes()).into())
@@ -43,6 +49,7 @@ impl AppState {
         Self {
             inner: Arc::new(Inner {
                 shutdown,
+                ingress,
                 db,
                 vault,
                 token_digests,
@@ -67,6 +74,11 @@ impl AppState {
     /// The database pool.
     pub fn db(&self) -> &MySqlPool {
         &self.inner.db
+    }
+
+    /// Restate's ingress, to start worker invocations.
+    pub fn ingress(&self) -> &crate::restate::Ingress {
+        &self.inner.ingress
     }
 
     /// The vault for environment variables.

@@ -2,8 +2,9 @@
 //!
 //! Ids ([`id`]), names for DNS and Kubernetes ([`names`]), the deployment
 //! status machine ([`status`]), generated hostnames ([`domains`]), the
-//! deploy-gate rules for rollback, promote, stop and wake ([`gate`]) and the
-//! validation of settings and image references ([`settings`]). The API and
+//! deploy-gate rules for rollback, promote, stop and wake ([`gate`]), the
+//! validation of settings and image references ([`settings`]) and the names and
+//! inputs of the worker's Restate services ([`workflows`]). The API and
 //! the worker both call these, so they give the same answers and messages.
 //!
 //! Deliberately free of I/O and async: every function is a plain function of
@@ -16,3 +17,4 @@ pub mod id;
 pub mod names;
 pub mod settings;
 pub mod status;
+pub mod workflows;

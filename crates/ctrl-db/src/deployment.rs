@@ -583,3 +583,15 @@ pub async fn count_for_environment(
             .await?,
     )
 }
+
+/// Deletes a deployment whose workflow was never started (still pending,
+/// no invocation id); true if it was deleted.
+pub async fn delete_unstarted(ex: impl MySqlExecutor<'_>, id: &str) -> Result<bool> {
+    let done = sqlx::query(
+        "DELETE FROM deployments WHERE id = ? AND status = 'pending' AND invocation_id IS NULL",
+    )
+    .bind(id)
+    .execute(ex)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

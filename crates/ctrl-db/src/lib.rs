@@ -45,3 +45,9 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool> {
         .connect(url)
         .await?)
 }
+
+/// A round trip to the database (readiness checks).
+pub async fn ping(ex: impl sqlx::MySqlExecutor<'_>) -> Result<()> {
+    sqlx::query("SELECT 1").execute(ex).await?;
+    Ok(())
+}

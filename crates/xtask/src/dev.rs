@@ -122,6 +122,7 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
         &database_url,
         &token,
         &vault_key,
+        &restate.ingress_url(),
     )?;
     wait_for_api(&mut api, &api_url).await?;
 
@@ -268,6 +269,7 @@ fn start_ctrl_api(
     database_url: &str,
     token: &str,
     vault_key: &str,
+    restate_ingress: &str,
 ) -> Result<Supervised> {
     let config = dir.join("ctrl-api.toml");
     write_private(
@@ -277,7 +279,8 @@ fn start_ctrl_api(
              [http]\nlisten = \"127.0.0.1:{port}\"\n\
              [auth]\ntokens = [\"${{CTRL_TOKEN}}\"]\n\
              [database]\nurl = \"${{CTRL_DEV_DATABASE_URL}}\"\n\
-             [vault]\nkeys = [{{ id = \"dev\", key = \"${{CTRL_DEV_VAULT_KEY}}\" }}]\n"
+             [vault]\nkeys = [{{ id = \"dev\", key = \"${{CTRL_DEV_VAULT_KEY}}\" }}]\n\
+             [restate]\ningress_url = \"${{CTRL_DEV_RESTATE_INGRESS_URL}}\"\n"
         ),
     )?;
     let mut cmd = std::process::Command::new(bin);
@@ -286,7 +289,8 @@ fn start_ctrl_api(
         .arg("serve")
         .env("CTRL_TOKEN", token)
         .env("CTRL_DEV_DATABASE_URL", database_url)
-        .env("CTRL_DEV_VAULT_KEY", vault_key);
+        .env("CTRL_DEV_VAULT_KEY", vault_key)
+        .env("CTRL_DEV_RESTATE_INGRESS_URL", restate_ingress);
     Ok(Supervised::spawn(
         "ctrl-api",
         cmd,

@@ -283,3 +283,220 @@ pub async fn list_deployments(
         page: Some(paging::response(rows.next_cursor)),
     })
 }
+
+/// Longest client idempotency key.
+const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+/// DeploymentService.CreateDeployment: validate, snapshot the runtime
+/// settings and the sealed environment, insert the row (pending), then start
+/// the worker's Deploy pipeline through Restate (key and idempotency key =
+/// deployment id) and return at once.
+///
+/// The row is committed before the send, so the worker always finds it; if
+/// the send fails the row is removed again and the caller gets `unavailable`
+/// (nothing half-created; a retry with the same idempotency key works).
+pub async fn create_deployment(
+    s: &AppState,
+    req: pb::CreateDeploymentRequest,
+) -> Result<pb::CreateDeploymentResponse, ApiError> {
+    use ctrl_db::types::{ActorType as DbActor, SourceKind};
+    use prost::Message;
+
+    validate::id("app_id", IdKind::App, &req.app_id)?;
+    validate::slug("environment_slug", &req.environment_slug)?;
+    let idempotency_key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key.as_str());
+    if let Some(key) = idempotency_key
+        && (key.len() > MAX_IDEMPOTENCY_KEY || key.chars().any(char::is_control))
+    {
+        return Err(ApiError::invalid(
+            "idempotency_key",
+            format!("must be at most {MAX_IDEMPOTENCY_KEY} characters without control characters"),
+        ));
+    }
+    let image = match &req.source {
+        Some(pb::create_deployment_request::Source::Image(img)) => {
+            ctrl_core::settings::validate_image_reference(&img.image)
+                .map_err(|e| ApiError::invalid("image.image", e.message))?;
+            img.image.clone()
+        }
+        Some(pb::create_deployment_request::Source::GitBuild(_)) => {
+            return Err(ApiError::FailedPrecondition(
+                "building from git is not available yet; deploy a built image".into(),
+            ));
+        }
+        None => {
+            return Err(ApiError::invalid(
+                "source",
+                "set image (a built image) or git_build",
+            ));
+        }
+    };
+    let git = req.git.clone().unwrap_or_default();
+    if !git.commit_sha.is_empty()
+        && (git.commit_sha.len() != 40 || !git.commit_sha.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(ApiError::invalid(
+            "git.commit_sha",
+            "must be a full 40-character hex SHA",
+        ));
+    }
+    if !git.branch.is_empty() {
+        validate::branch("git.branch", &git.branch)?;
+    }
+    if req.command.len() > 64 || req.command.iter().any(|c| c.len() > 4096) {
+        return Err(ApiError::invalid(
+            "command",
+            "at most 64 arguments of at most 4096 bytes",
+        ));
+    }
+    let trigger = match pb::DeploymentTrigger::try_from(req.trigger) {
+        Ok(pb::DeploymentTrigger::Cli) => TriggerKind::Cli,
+        Ok(pb::DeploymentTrigger::Dashboard) => TriggerKind::Dashboard,
+        Ok(pb::DeploymentTrigger::Github) => TriggerKind::Github,
+        Ok(pb::DeploymentTrigger::System) => TriggerKind::System,
+        Ok(_) => TriggerKind::Api,
+        Err(_) => return Err(ApiError::invalid("trigger", "unknown trigger")),
+    };
+
+    let app = tenancy::get_app(s.db(), &req.app_id).await?;
+    if let Some(key) = idempotency_key
+        && let Some(existing) = deployment::find_by_idempotency_key(s.db(), &app.id, key).await?
+    {
+        return Ok(pb::CreateDeploymentResponse {
+            deployment_id: existing.id,
+            status: status_to_pb(existing.status) as i32,
+            deduplicated: true,
+        });
+    }
+    let env = tenancy::find_environment_by_slug(s.db(), &app.id, &req.environment_slug)
+        .await
+        .map_err(|_| {
+            ApiError::NotFound(format!(
+                "environment {:?} not found for this app",
+                req.environment_slug
+            ))
+        })?;
+    let schedulable = ctrl_db::settings::list_regional(s.db(), &env.id)
+        .await?
+        .into_iter()
+        .filter(|r| r.can_schedule)
+        .count();
+    if schedulable == 0 {
+        return Err(ApiError::FailedPrecondition(
+            "No regions configured. Please configure at least one region before deploying.".into(),
+        ));
+    }
+    let mut runtime = ctrl_db::settings::get_runtime(s.db(), &env.id).await?;
+    if !req.command.is_empty() {
+        runtime.command = sqlx::types::Json(req.command.clone());
+    }
+    let sealed = ctrl_db::settings::list_env_vars(s.db(), &env.id).await?;
+    let environment = pb::EncryptedEnvironment {
+        keyring: env.id.clone(),
+        variables: sealed
+            .into_iter()
+            .map(|v| (v.key, v.encrypted_value))
+            .collect(),
+    };
+    let actor = req.actor.clone().unwrap_or_default();
+
+    let id = ctrl_core::id::generate(IdKind::Deployment, &mut rand::rng());
+    let new = deployment::NewDeployment {
+        id: id.clone(),
+        k8s_name: ctrl_core::names::random_dns1035(12, &mut rand::rng()),
+        workspace_id: app.workspace_id.clone(),
+        project_id: app.project_id.clone(),
+        app_id: app.id.clone(),
+        environment_id: env.id.clone(),
+        source_kind: SourceKind::Image,
+        image: Some(image),
+        git_repository: None,
+        git_commit_sha: (!git.commit_sha.is_empty()).then(|| git.commit_sha.to_ascii_lowercase()),
+        git_branch: (!git.branch.is_empty()).then(|| git.branch.clone()),
+        git_commit_message: (!git.commit_message.is_empty())
+            .then(|| truncate(&git.commit_message, 10240)),
+        git_commit_author_handle: (!git.author_handle.is_empty())
+            .then(|| truncate(&git.author_handle, 256)),
+        git_commit_author_avatar_url: (!git.author_avatar_url.is_empty())
+            .then(|| truncate(&git.author_avatar_url, 512)),
+        git_commit_timestamp: (git.timestamp != 0).then_some(git.timestamp),
+        fork_repository: (!git.fork_repository.is_empty())
+            .then(|| truncate(&git.fork_repository, 256)),
+        runtime,
+        encrypted_environment: environment.encode_to_vec(),
+        trigger_kind: trigger,
+        trigger_reason: (!req.trigger_reason.is_empty())
+            .then(|| truncate(&req.trigger_reason, 512)),
+        actor_id: (!actor.id.is_empty()).then(|| truncate(&actor.id, 256)),
+        actor_name: (!actor.name.is_empty()).then(|| truncate(&actor.name, 256)),
+        actor_type: match pb::ActorType::try_from(actor.r#type) {
+            Ok(pb::ActorType::User) => Some(DbActor::User),
+            Ok(pb::ActorType::Token) => Some(DbActor::Token),
+            Ok(pb::ActorType::System) => Some(DbActor::System),
+            _ => None,
+        },
+        idempotency_key: idempotency_key.map(str::to_owned),
+    };
+    match deployment::insert(s.db(), &new, s.now_ms()).await {
+        Ok(()) => {}
+        // A concurrent request with the same idempotency key won the race.
+        Err(ctrl_db::Error::AlreadyExists { key }) if key == "deployments_idempotency" => {
+            let existing = deployment::find_by_idempotency_key(
+                s.db(),
+                &app.id,
+                idempotency_key.unwrap_or_default(),
+            )
+            .await?
+            .ok_or_else(|| ApiError::Internal("internal error".into()))?;
+            return Ok(pb::CreateDeploymentResponse {
+                deployment_id: existing.id,
+                status: status_to_pb(existing.status) as i32,
+                deduplicated: true,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
+
+    let input = ctrl_core::workflows::DeployInput {
+        deployment_id: id.clone(),
+    };
+    let invocation = s
+        .ingress()
+        .send(
+            ctrl_core::workflows::DEPLOY_SERVICE,
+            &id,
+            ctrl_core::workflows::DEPLOY_HANDLER,
+            &input,
+            &id,
+        )
+        .await;
+    match invocation {
+        Ok(invocation_id) => {
+            deployment::set_invocation_id(s.db(), &id, &invocation_id, s.now_ms()).await?;
+        }
+        Err(e) => {
+            if let Err(cleanup) = deployment::delete_unstarted(s.db(), &id).await {
+                tracing::error!(deployment_id = %id, error = %cleanup, "could not remove a deployment whose workflow did not start");
+            }
+            return Err(e);
+        }
+    }
+    tracing::info!(deployment_id = %id, app_id = %app.id, environment = %env.slug, "deployment created");
+    Ok(pb::CreateDeploymentResponse {
+        deployment_id: id,
+        status: pb::DeploymentStatus::Pending as i32,
+        deduplicated: false,
+    })
+}

@@ -2,6 +2,7 @@
 //! sockets with the Connect and gRPC clients.
 
 mod binary;
+mod create;
 mod deployments;
 mod server;
 mod settings;
@@ -16,15 +17,24 @@ pub(crate) const TOKEN: &str = "test-token-0123456789abcdef";
 /// State over a fresh database, a test vault key and [`TOKEN`] (plus a
 /// second, rotated-in token).
 pub(crate) async fn state() -> anyhow::Result<AppState> {
+    // No Restate behind this address: tests that start workflows use
+    // `state_with_ingress` with a real server.
+    state_with_ingress(&format!("http://127.0.0.1:{}", ctrl_testkit::free_port()?)).await
+}
+
+/// Like [`state`], with Restate's ingress at `ingress`.
+pub(crate) async fn state_with_ingress(ingress: &str) -> anyhow::Result<AppState> {
     let db = ctrl_testkit::test_database().await?;
     let vault = Vault::new(&[KeyConfig {
         id: "test".into(),
         base64: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into(),
     }])?;
+    let tokens = [TOKEN.to_owned(), "second-token-abcdefghijklmnop".to_owned()];
     Ok(AppState::new(
         db.pool,
         vault,
-        &[TOKEN.to_owned(), "second-token-abcdefghijklmnop".to_owned()],
+        &tokens,
+        ctrl_api::restate::Ingress::new(ingress),
     ))
 }
 

@@ -314,3 +314,22 @@ async fn deployments_are_counted_per_app_and_environment() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn only_a_never_started_deployment_can_be_deleted_as_unstarted() -> Result<()> {
+    let db = test_database().await?;
+    let t = tree(&db.pool).await?;
+    let started = deploy(&db.pool, &t, &t.production, None).await?;
+    deployment::set_invocation_id(&db.pool, &started.id, "inv_1", NOW).await?;
+    assert!(!deployment::delete_unstarted(&db.pool, &started.id).await?);
+    let running = deploy(&db.pool, &t, &t.production, None).await?;
+    deployment::compare_and_set_status(&db.pool, &running.id, S::Pending, S::Starting, NOW).await?;
+    assert!(!deployment::delete_unstarted(&db.pool, &running.id).await?);
+    let orphan = deploy(&db.pool, &t, &t.production, None).await?;
+    assert!(deployment::delete_unstarted(&db.pool, &orphan.id).await?);
+    assert!(matches!(
+        deployment::get(&db.pool, &orphan.id).await,
+        Err(Error::NotFound(_))
+    ));
+    Ok(())
+}

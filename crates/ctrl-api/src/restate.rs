@@ -1,0 +1,75 @@
+//! Starting worker invocations through Restate's ingress.
+//!
+//! Every call has a timeout; "send" returns as soon as Restate has durably
+//! accepted the invocation (the worker runs it later). Idempotency keys make
+//! a retried send return the first invocation instead of starting another.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::ApiError;
+
+/// A client for one Restate ingress.
+#[derive(Debug, Clone)]
+pub struct Ingress {
+    base: String,
+    http: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SendResponse {
+    invocation_id: String,
+}
+
+impl Ingress {
+    /// A client for the ingress at `base` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("build the Restate HTTP client");
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+        }
+    }
+
+    /// Sends `input` to `service/key/handler` without waiting for the
+    /// result; returns the invocation id.
+    pub async fn send<T: serde::Serialize>(
+        &self,
+        service: &str,
+        key: &str,
+        handler: &str,
+        input: &T,
+        idempotency_key: &str,
+    ) -> Result<String, ApiError> {
+        let url = format!("{}/{service}/{key}/{handler}/send", self.base);
+        let unavailable = |why: String| {
+            tracing::warn!(%service, %handler, %key, error = %why, "could not start an invocation");
+            ApiError::Unavailable("the workflow engine is not reachable; retry the request".into())
+        };
+        let response = self
+            .http
+            .post(&url)
+            .header("idempotency-key", idempotency_key)
+            .json(input)
+            .send()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(unavailable(format!("{status}: {body}")));
+        }
+        let accepted: SendResponse = response
+            .json()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        Ok(accepted.invocation_id)
+    }
+}

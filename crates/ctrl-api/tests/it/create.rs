@@ -1,0 +1,288 @@
+//! CreateDeployment against a real Restate server. The worker does not
+//! exist yet, so a small `Deploy` object registered on the real server
+//! records what it is asked to run (it stands in for ctrl-worker's pipeline,
+//! not for Restate).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use ctrl_api::error::ApiError;
+use ctrl_api::services::{deployment as svc, settings, tenancy};
+use ctrl_api::state::AppState;
+use ctrl_core::workflows::DeployInput;
+use ctrl_db::{cluster, deployment};
+use ctrl_proto::ctrl::v1 as pb;
+use ctrl_testkit::RestateServer;
+use prost::Message;
+use restate_sdk::prelude::*;
+
+use crate::{state, state_with_ingress};
+
+/// Records the deployment ids it is invoked for.
+#[derive(Clone, Default)]
+struct Recorder {
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+#[restate_sdk::object(name = "Deploy")]
+impl Recorder {
+    #[handler(name = "Deploy")]
+    async fn deploy(
+        &self,
+        ctx: ObjectContext<'_>,
+        Json(input): Json<DeployInput>,
+    ) -> HandlerResult<()> {
+        assert_eq!(ctx.key(), input.deployment_id, "keyed by the deployment id");
+        self.seen.lock().expect("lock").push(input.deployment_id);
+        Ok(())
+    }
+}
+
+/// A real Restate server with the recorder registered.
+async fn restate_with_recorder() -> Result<(RestateServer, Recorder)> {
+    let restate = RestateServer::start().await?;
+    let recorder = Recorder::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let uri = format!("http://{}", listener.local_addr()?);
+    let endpoint = HttpServer::new(Endpoint::builder().bind(recorder.clone()).build());
+    tokio::spawn(async move {
+        endpoint
+            .serve_with_cancel(listener, std::future::pending::<()>())
+            .await
+    });
+    restate.register(&uri).await?;
+    Ok((restate, recorder))
+}
+
+async fn wait_for(recorder: &Recorder, count: usize) -> Result<Vec<String>> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let seen = recorder.seen.lock().expect("lock").clone();
+        if seen.len() >= count {
+            return Ok(seen);
+        }
+        if Instant::now() > deadline {
+            bail!("the Deploy object saw {seen:?}, expected {count} invocation(s)");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An app with one schedulable region and a sealed variable in production.
+async fn app(s: &AppState, with_region: bool) -> Result<pb::App> {
+    let ws = tenancy::create_workspace(
+        s,
+        pb::CreateWorkspaceRequest {
+            name: "A".into(),
+            slug: "acme".into(),
+            actor: None,
+        },
+    )
+    .await?
+    .workspace
+    .unwrap();
+    let p = tenancy::create_project(
+        s,
+        pb::CreateProjectRequest {
+            workspace_id: ws.id,
+            name: "P".into(),
+            slug: "shop".into(),
+            actor: None,
+        },
+    )
+    .await?
+    .project
+    .unwrap();
+    if with_region {
+        let mut conn = s.db().acquire().await?;
+        cluster::upsert_region(&mut conn, "rgn_00000000000000cd", "local", "dev", 1).await?;
+    }
+    let app = tenancy::create_app(
+        s,
+        pb::CreateAppRequest {
+            project_id: p.id,
+            name: "Web".into(),
+            slug: "web".into(),
+            default_branch: String::new(),
+            actor: None,
+        },
+    )
+    .await?
+    .app
+    .unwrap();
+    let var = pb::EnvironmentVariable {
+        key: "SECRET".into(),
+        value: "s3cr3t".into(),
+        r#type: 0,
+        description: String::new(),
+        updated_at: 0,
+    };
+    settings::set_environment_variables(
+        s,
+        pb::SetEnvironmentVariablesRequest {
+            app_id: app.id.clone(),
+            environment_slug: "production".into(),
+            variables: vec![var],
+            actor: None,
+        },
+    )
+    .await?;
+    Ok(app)
+}
+
+fn request(app: &pb::App, image: &str, key: &str) -> pb::CreateDeploymentRequest {
+    pb::CreateDeploymentRequest {
+        app_id: app.id.clone(),
+        environment_slug: "production".into(),
+        source: Some(pb::create_deployment_request::Source::Image(
+            pb::ImageSource {
+                image: image.into(),
+            },
+        )),
+        git: Some(pb::GitCommitInfo {
+            commit_sha: "ABC1234DEF5678901234567890123456789ABCDE".into(),
+            branch: "main".into(),
+            ..Default::default()
+        }),
+        command: vec!["./serve".into()],
+        trigger: pb::DeploymentTrigger::Cli as i32,
+        idempotency_key: key.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn create_snapshots_the_settings_and_starts_the_deploy_object_once() -> Result<()> {
+    let (restate, recorder) = restate_with_recorder().await?;
+    let s = state_with_ingress(&restate.ingress_url()).await?;
+    let app = app(&s, true).await?;
+
+    let created = svc::create_deployment(&s, request(&app, "localhost/demo:1", "ci-42")).await?;
+    assert!(!created.deduplicated);
+    assert_eq!(created.status, pb::DeploymentStatus::Pending as i32);
+    assert_eq!(
+        wait_for(&recorder, 1).await?,
+        std::slice::from_ref(&created.deployment_id)
+    );
+
+    let row = deployment::get(s.db(), &created.deployment_id).await?;
+    assert!(
+        row.invocation_id
+            .as_deref()
+            .is_some_and(|i| i.starts_with("inv_")),
+        "{:?}",
+        row.invocation_id
+    );
+    assert_eq!(row.image.as_deref(), Some("localhost/demo:1"));
+    assert_eq!(
+        row.command.0,
+        ["./serve"],
+        "the command override is part of the snapshot"
+    );
+    assert_eq!(
+        row.git_commit_sha.as_deref(),
+        Some("abc1234def5678901234567890123456789abcde"),
+        "normalised"
+    );
+    assert!(ctrl_core::names::is_dns1035_label(&row.k8s_name));
+    let env = pb::EncryptedEnvironment::decode(row.encrypted_environment.as_slice())?;
+    let sealed = &env.variables["SECRET"];
+    assert_eq!(
+        s.vault().open(&env.keyring, sealed)?.as_slice(),
+        b"s3cr3t",
+        "sealed, openable for its environment"
+    );
+
+    // The same idempotency key returns the same deployment and starts nothing.
+    let again = svc::create_deployment(&s, request(&app, "localhost/demo:1", "ci-42")).await?;
+    assert!(again.deduplicated);
+    assert_eq!(again.deployment_id, created.deployment_id);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(recorder.seen.lock().expect("lock").len(), 1);
+    // A new key is a new deployment.
+    let other = svc::create_deployment(&s, request(&app, "localhost/demo:2", "ci-43")).await?;
+    assert_ne!(other.deployment_id, created.deployment_id);
+    wait_for(&recorder, 2).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn create_rejects_bad_input_and_missing_regions_with_clear_errors() -> Result<()> {
+    let s = state().await?;
+    let app = app(&s, false).await?;
+    let err = svc::create_deployment(&s, request(&app, "localhost/demo:1", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ApiError::FailedPrecondition(
+            "No regions configured. Please configure at least one region before deploying.".into()
+        )
+    );
+
+    let field = |e: ApiError| match e {
+        ApiError::InvalidArgument { field, .. } => field,
+        other => panic!("expected invalid_argument, got {other:?}"),
+    };
+    assert_eq!(
+        field(
+            svc::create_deployment(&s, request(&app, "Not An Image!", ""))
+                .await
+                .unwrap_err()
+        ),
+        "image.image"
+    );
+    let mut no_source = request(&app, "x", "");
+    no_source.source = None;
+    assert_eq!(
+        field(svc::create_deployment(&s, no_source).await.unwrap_err()),
+        "source"
+    );
+    let mut bad_sha = request(&app, "localhost/demo:1", "");
+    bad_sha.git.as_mut().unwrap().commit_sha = "abc".into();
+    assert_eq!(
+        field(svc::create_deployment(&s, bad_sha).await.unwrap_err()),
+        "git.commit_sha"
+    );
+    let mut bad_env = request(&app, "localhost/demo:1", "");
+    bad_env.environment_slug = "staging".into();
+    assert!(matches!(
+        svc::create_deployment(&s, bad_env).await,
+        Err(ApiError::NotFound(_))
+    ));
+    let mut git = request(&app, "x", "");
+    git.source = Some(pb::create_deployment_request::Source::GitBuild(
+        pb::GitSource {
+            repository: "acme/web".into(),
+            ..Default::default()
+        },
+    ));
+    assert!(matches!(
+        svc::create_deployment(&s, git).await,
+        Err(ApiError::FailedPrecondition(_))
+    ));
+    assert_eq!(
+        deployment::count_for_app(s.db(), &app.id).await?,
+        0,
+        "nothing was created"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn when_restate_is_unreachable_create_fails_as_unavailable_and_leaves_nothing() -> Result<()>
+{
+    let s = state().await?; // the ingress address has no server behind it
+    let app = app(&s, true).await?;
+    let err = svc::create_deployment(&s, request(&app, "localhost/demo:1", "retry-me"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ApiError::Unavailable(_)), "{err:?}");
+    assert_eq!(
+        deployment::count_for_app(s.db(), &app.id).await?,
+        0,
+        "the row was removed again"
+    );
+    Ok(())
+}
