@@ -137,6 +137,8 @@ impl std::fmt::Debug for VaultKey {
 pub struct RestateConfig {
     /// Ingress base URL, e.g. `http://restate:8080`.
     pub ingress_url: String,
+    /// Admin API base URL, e.g. `http://restate:9070` (cancelling invocations).
+    pub admin_url: String,
 }
 
 /// Logging.
@@ -217,6 +219,11 @@ impl Validate for Config {
             &self.restate.ingress_url,
             &["http", "https"],
         );
+        v.url(
+            "restate.admin_url",
+            &self.restate.admin_url,
+            &["http", "https"],
+        );
     }
 }
 
@@ -263,6 +270,7 @@ mod tests {
         keys = [{ id = "k1", key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=" }]
         [restate]
         ingress_url = "http://127.0.0.1:8080"
+        admin_url = "http://127.0.0.1:9070"
     "#;
 
     fn env() -> HashMap<String, String> {

@@ -73,3 +73,48 @@ impl Ingress {
         Ok(accepted.invocation_id)
     }
 }
+
+/// A client for Restate's admin API (invocation control).
+#[derive(Debug, Clone)]
+pub struct Admin {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Admin {
+    /// A client for the admin API at `base` (e.g. `http://127.0.0.1:9070`).
+    pub fn new(base: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("build the Restate admin HTTP client");
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+        }
+    }
+
+    /// Cancels an invocation; cancelling one that already finished (or is
+    /// unknown) is not an error, so the call is idempotent.
+    pub async fn cancel(&self, invocation_id: &str) -> Result<(), ApiError> {
+        let url = format!("{}/invocations/{invocation_id}/cancel", self.base);
+        let response = self.http.patch(&url).send().await.map_err(|e| {
+            tracing::warn!(%invocation_id, error = %e, "could not reach the Restate admin API");
+            ApiError::Unavailable("the workflow engine is not reachable; retry the request".into())
+        })?;
+        let status = response.status();
+        if status.is_success()
+            || status == reqwest::StatusCode::NOT_FOUND
+            || status == reqwest::StatusCode::CONFLICT
+        {
+            return Ok(());
+        }
+        let body = response.text().await.unwrap_or_default();
+        tracing::warn!(%invocation_id, %status, %body, "Restate refused to cancel an invocation");
+        Err(ApiError::Unavailable(
+            "the workflow engine refused to cancel; retry the request".into(),
+        ))
+    }
+}

@@ -105,6 +105,7 @@ unary!(get_environment => tenancy::get_environment, pb::GetEnvironmentRequest, p
 unary!(list_environments => tenancy::list_environments, pb::ListEnvironmentsRequest, pb::ListEnvironmentsResponse);
 unary!(delete_environment => tenancy::delete_environment, pb::DeleteEnvironmentRequest, pb::DeleteEnvironmentResponse);
 unary!(create_deployment => deployment::create_deployment, pb::CreateDeploymentRequest, pb::CreateDeploymentResponse);
+unary!(cancel_deployment => deployment::cancel_deployment, pb::CancelDeploymentRequest, pb::CancelDeploymentResponse);
 unary!(get_deployment => deployment::get_deployment, pb::GetDeploymentRequest, pb::GetDeploymentResponse);
 unary!(list_deployments => deployment::list_deployments, pb::ListDeploymentsRequest, pb::ListDeploymentsResponse);
 unary!(list_regions => tenancy::list_regions, pb::ListRegionsRequest, pb::ListRegionsResponse);
@@ -259,6 +260,7 @@ pub fn router(state: AppState) -> axum::Router {
     let (deployments, deployments_grpc) =
         deployment_service_connect::DeploymentServiceTonicCompatibleBuilder::new()
             .create_deployment(create_deployment)
+            .cancel_deployment(cancel_deployment)
             .get_deployment(get_deployment)
             .list_deployments(list_deployments)
             .watch_deployment(watch_deployment)

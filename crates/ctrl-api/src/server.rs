@@ -43,12 +43,15 @@ pub async fn serve(
     db: MySqlPool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let ingress = crate::restate::Ingress::new(&config.restate.ingress_url);
+    let restate = (
+        crate::restate::Ingress::new(&config.restate.ingress_url),
+        crate::restate::Admin::new(&config.restate.admin_url),
+    );
     let state = AppState::new(
         db,
         config.vault().context("vault keys")?,
         &config.auth.tokens,
-        ingress,
+        restate,
     );
     let app = crate::rpc::router(state.clone());
     let grace = Duration::from_secs(config.http.shutdown_grace_seconds);

@@ -17,6 +17,7 @@ pub struct AppState {
 struct Inner {
     shutdown: tokio::sync::watch::Sender<bool>,
     ingress: crate::restate::Ingress,
+    admin: crate::restate::Admin,
     db: MySqlPool,
     vault: Vault,
     /// SHA-256 of each accepted bearer token (the tokens themselves are not kept).
@@ -39,8 +40,9 @@ impl AppState {
         db: MySqlPool,
         vault: Vault,
         tokens: &[String],
-        ingress: crate::restate::Ingress,
+        restate: (crate::restate::Ingress, crate::restate::Admin),
     ) -> Self {
+        let (ingress, admin) = restate;
         let token_digests = tokens
             .iter()
             .map(|t| Sha256::digest(t.as_bytes()).into())
@@ -50,6 +52,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 shutdown,
                 ingress,
+                admin,
                 db,
                 vault,
                 token_digests,
@@ -79,6 +82,11 @@ impl AppState {
     /// Restate's ingress, to start worker invocations.
     pub fn ingress(&self) -> &crate::restate::Ingress {
         &self.inner.ingress
+    }
+
+    /// Restate's admin API, to cancel invocations.
+    pub fn admin(&self) -> &crate::restate::Admin {
+        &self.inner.admin
     }
 
     /// The vault for environment variables.

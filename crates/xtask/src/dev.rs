@@ -122,7 +122,7 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
         &database_url,
         &token,
         &vault_key,
-        &restate.ingress_url(),
+        &restate,
     )?;
     wait_for_api(&mut api, &api_url).await?;
 
@@ -269,7 +269,7 @@ fn start_ctrl_api(
     database_url: &str,
     token: &str,
     vault_key: &str,
-    restate_ingress: &str,
+    restate: &RestateServer,
 ) -> Result<Supervised> {
     let config = dir.join("ctrl-api.toml");
     write_private(
@@ -280,7 +280,8 @@ fn start_ctrl_api(
              [auth]\ntokens = [\"${{CTRL_TOKEN}}\"]\n\
              [database]\nurl = \"${{CTRL_DEV_DATABASE_URL}}\"\n\
              [vault]\nkeys = [{{ id = \"dev\", key = \"${{CTRL_DEV_VAULT_KEY}}\" }}]\n\
-             [restate]\ningress_url = \"${{CTRL_DEV_RESTATE_INGRESS_URL}}\"\n"
+             [restate]\ningress_url = \"${{CTRL_DEV_RESTATE_INGRESS_URL}}\"\n\
+             admin_url = \"${{CTRL_DEV_RESTATE_ADMIN_URL}}\"\n"
         ),
     )?;
     let mut cmd = std::process::Command::new(bin);
@@ -290,7 +291,8 @@ fn start_ctrl_api(
         .env("CTRL_TOKEN", token)
         .env("CTRL_DEV_DATABASE_URL", database_url)
         .env("CTRL_DEV_VAULT_KEY", vault_key)
-        .env("CTRL_DEV_RESTATE_INGRESS_URL", restate_ingress);
+        .env("CTRL_DEV_RESTATE_INGRESS_URL", restate.ingress_url())
+        .env("CTRL_DEV_RESTATE_ADMIN_URL", restate.admin_url());
     Ok(Supervised::spawn(
         "ctrl-api",
         cmd,

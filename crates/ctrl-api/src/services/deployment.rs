@@ -500,3 +500,42 @@ pub async fn create_deployment(
         deduplicated: false,
     })
 }
+
+/// The message stamped on steps and the deployment when a user cancels.
+pub const CANCELLED_BY_USER: &str = "Cancelled by user";
+
+/// DeploymentService.CancelDeployment: stamps running steps and sets the
+/// status to cancelled — both only if the deployment is still progressing
+/// (first writer wins against the workflow) — then cancels its Restate
+/// invocation. Idempotent: a repeat (or a deployment that already finished)
+/// returns its terminal status.
+pub async fn cancel_deployment(
+    s: &AppState,
+    req: pb::CancelDeploymentRequest,
+) -> Result<pb::CancelDeploymentResponse, ApiError> {
+    validate::id("deployment_id", IdKind::Deployment, &req.deployment_id)?;
+    let d = deployment::get(s.db(), &req.deployment_id).await?;
+    if d.status.is_progressing() {
+        let now = s.now_ms();
+        deployment::end_running_steps(s.db(), &d.id, CANCELLED_BY_USER, now).await?;
+        deployment::set_status_if_active(
+            s.db(),
+            &d.id,
+            DeploymentStatus::Cancelled,
+            Some(CANCELLED_BY_USER),
+            now,
+        )
+        .await?;
+    }
+    let after = deployment::get(s.db(), &d.id).await?;
+    if after.status == DeploymentStatus::Cancelled
+        && let Some(invocation) = &after.invocation_id
+    {
+        // Also on repeats: an earlier call may have failed to reach Restate.
+        s.admin().cancel(invocation).await?;
+        tracing::info!(deployment_id = %d.id, "deployment cancelled");
+    }
+    Ok(pb::CancelDeploymentResponse {
+        status: status_to_pb(after.status) as i32,
+    })
+}

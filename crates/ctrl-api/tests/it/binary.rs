@@ -23,7 +23,7 @@ fn config(dir: &Path, database_url: &str, port: u16, token: &str) -> Result<std:
              [auth]\ntokens = [\"${{API_TOKEN}}\"]\n\
              [database]\nurl = \"{database_url}\"\nconnect_timeout_seconds = 5\n\
              [vault]\nkeys = [{{ id = \"k1\", key = \"{KEY}\" }}]\n\
-             [restate]\ningress_url = \"http://127.0.0.1:1\"\n"
+             [restate]\ningress_url = \"http://127.0.0.1:1\"\nadmin_url = \"http://127.0.0.1:1\"\n"
         ),
     )?;
     std::fs::write(dir.join("token"), token)?;

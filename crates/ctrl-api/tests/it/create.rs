@@ -17,12 +17,14 @@ use ctrl_testkit::RestateServer;
 use prost::Message;
 use restate_sdk::prelude::*;
 
-use crate::{state, state_with_ingress};
+use crate::{state, state_with_restate};
 
-/// Records the deployment ids it is invoked for.
+/// Records the deployment ids it is invoked for; with `block`, then waits
+/// (a durable sleep) like a pipeline waiting for instances.
 #[derive(Clone, Default)]
 struct Recorder {
     seen: Arc<Mutex<Vec<String>>>,
+    block: bool,
 }
 
 #[restate_sdk::object(name = "Deploy")]
@@ -35,14 +37,20 @@ impl Recorder {
     ) -> HandlerResult<()> {
         assert_eq!(ctx.key(), input.deployment_id, "keyed by the deployment id");
         self.seen.lock().expect("lock").push(input.deployment_id);
+        if self.block {
+            ctx.sleep(Duration::from_secs(600)).await?;
+        }
         Ok(())
     }
 }
 
 /// A real Restate server with the recorder registered.
 async fn restate_with_recorder() -> Result<(RestateServer, Recorder)> {
+    restate_with(Recorder::default()).await
+}
+
+async fn restate_with(recorder: Recorder) -> Result<(RestateServer, Recorder)> {
     let restate = RestateServer::start().await?;
-    let recorder = Recorder::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let uri = format!("http://{}", listener.local_addr()?);
     let endpoint = HttpServer::new(Endpoint::builder().bind(recorder.clone()).build());
@@ -155,7 +163,7 @@ fn request(app: &pb::App, image: &str, key: &str) -> pb::CreateDeploymentRequest
 #[tokio::test]
 async fn create_snapshots_the_settings_and_starts_the_deploy_object_once() -> Result<()> {
     let (restate, recorder) = restate_with_recorder().await?;
-    let s = state_with_ingress(&restate.ingress_url()).await?;
+    let s = state_with_restate(&restate.ingress_url(), &restate.admin_url()).await?;
     let app = app(&s, true).await?;
 
     let created = svc::create_deployment(&s, request(&app, "localhost/demo:1", "ci-42")).await?;
@@ -284,5 +292,107 @@ async fn when_restate_is_unreachable_create_fails_as_unavailable_and_leaves_noth
         0,
         "the row was removed again"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn cancel_stamps_steps_sets_cancelled_cancels_the_invocation_and_is_idempotent() -> Result<()>
+{
+    let (restate, recorder) = restate_with(Recorder {
+        block: true,
+        ..Default::default()
+    })
+    .await?;
+    let s = state_with_restate(&restate.ingress_url(), &restate.admin_url()).await?;
+    let app = app(&s, true).await?;
+    let created = svc::create_deployment(&s, request(&app, "localhost/demo:1", "")).await?;
+    wait_for(&recorder, 1).await?;
+    let now = s.now_ms();
+    deployment::compare_and_set_status(
+        s.db(),
+        &created.deployment_id,
+        ctrl_core::status::DeploymentStatus::Pending,
+        ctrl_core::status::DeploymentStatus::Deploying,
+        now,
+    )
+    .await?;
+    deployment::start_step(
+        s.db(),
+        &app.workspace_id,
+        &created.deployment_id,
+        ctrl_core::status::StepKind::Deploying,
+        "waiting for instances",
+        now,
+    )
+    .await?;
+
+    let cancel = || pb::CancelDeploymentRequest {
+        deployment_id: created.deployment_id.clone(),
+        actor: None,
+    };
+    assert_eq!(
+        svc::cancel_deployment(&s, cancel()).await?.status,
+        pb::DeploymentStatus::Cancelled as i32
+    );
+    let row = deployment::get(s.db(), &created.deployment_id).await?;
+    assert_eq!(row.error_message.as_deref(), Some(svc::CANCELLED_BY_USER));
+    let steps = deployment::list_steps(s.db(), &created.deployment_id).await?;
+    assert!(
+        steps
+            .iter()
+            .all(|st| st.ended_at.is_some() && st.error.as_deref() == Some(svc::CANCELLED_BY_USER)),
+        "{steps:?}"
+    );
+
+    // Restate ends the invocation as cancelled.
+    let invocation = row.invocation_id.clone().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let rows: serde_json::Value = ctrl_testkit::http_client()
+            .post(format!("{}/query", restate.admin_url()))
+            .header("accept", "application/json")
+            .json(&serde_json::json!({ "query": format!("SELECT status, completion_failure FROM sys_invocation WHERE id = '{invocation}'") }))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let status = rows["rows"][0]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if status == "completed" {
+            let failure = rows["rows"][0]["completion_failure"].to_string();
+            assert!(failure.contains("cancel"), "{failure}");
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the invocation was not cancelled: {rows}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Again: same answer, nothing changes; a finished deployment keeps its status.
+    assert_eq!(
+        svc::cancel_deployment(&s, cancel()).await?.status,
+        pb::DeploymentStatus::Cancelled as i32
+    );
+    let other = svc::create_deployment(&s, request(&app, "localhost/demo:2", "")).await?;
+    deployment::compare_and_set_status(
+        s.db(),
+        &other.deployment_id,
+        ctrl_core::status::DeploymentStatus::Pending,
+        ctrl_core::status::DeploymentStatus::Ready,
+        now,
+    )
+    .await?;
+    let ready = svc::cancel_deployment(
+        &s,
+        pb::CancelDeploymentRequest {
+            deployment_id: other.deployment_id,
+            actor: None,
+        },
+    )
+    .await?;
+    assert_eq!(ready.status, pb::DeploymentStatus::Ready as i32);
     Ok(())
 }

@@ -19,23 +19,23 @@ pub(crate) const TOKEN: &str = "test-token-0123456789abcdef";
 pub(crate) async fn state() -> anyhow::Result<AppState> {
     // No Restate behind this address: tests that start workflows use
     // `state_with_ingress` with a real server.
-    state_with_ingress(&format!("http://127.0.0.1:{}", ctrl_testkit::free_port()?)).await
+    let nowhere = format!("http://127.0.0.1:{}", ctrl_testkit::free_port()?);
+    state_with_restate(&nowhere, &nowhere).await
 }
 
-/// Like [`state`], with Restate's ingress at `ingress`.
-pub(crate) async fn state_with_ingress(ingress: &str) -> anyhow::Result<AppState> {
+/// Like [`state`], with Restate's ingress and admin API at these URLs.
+pub(crate) async fn state_with_restate(ingress: &str, admin: &str) -> anyhow::Result<AppState> {
     let db = ctrl_testkit::test_database().await?;
     let vault = Vault::new(&[KeyConfig {
         id: "test".into(),
         base64: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into(),
     }])?;
     let tokens = [TOKEN.to_owned(), "second-token-abcdefghijklmnop".to_owned()];
-    Ok(AppState::new(
-        db.pool,
-        vault,
-        &tokens,
+    let restate = (
         ctrl_api::restate::Ingress::new(ingress),
-    ))
+        ctrl_api::restate::Admin::new(admin),
+    );
+    Ok(AppState::new(db.pool, vault, &tokens, restate))
 }
 
 /// Serves the API for `state` on 127.0.0.1:<free port>; returns the base URL.
