@@ -38,6 +38,16 @@ impl Ingress {
         }
     }
 
+    /// Whether the ingress answers its health endpoint (within 2 s).
+    pub async fn is_healthy(&self) -> bool {
+        self.http
+            .get(format!("{}/restate/health", self.base))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+
     /// Sends `input` to `service/key/handler` without waiting for the
     /// result; returns the invocation id.
     pub async fn send<T: serde::Serialize>(

@@ -204,13 +204,15 @@ fn instance_id() -> &'static str {
     ID.get_or_init(|| ctrl_core::names::random_dns1035(12, &mut rand::rng()))
 }
 
-/// `/health/ready`: the database answers.
+/// `/health/ready`: the database and Restate's ingress answer.
 async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    let ping =
-        tokio::time::timeout(std::time::Duration::from_secs(2), ctrl_db::ping(state.db())).await;
-    match ping {
-        Ok(Ok(_)) => (StatusCode::OK, "ready"),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable"),
+    let database =
+        tokio::time::timeout(std::time::Duration::from_secs(2), ctrl_db::ping(state.db()));
+    let (database, restate) = tokio::join!(database, state.ingress().is_healthy());
+    match (matches!(database, Ok(Ok(()))), restate) {
+        (true, true) => (StatusCode::OK, "ready"),
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable"),
+        (true, false) => (StatusCode::SERVICE_UNAVAILABLE, "restate unreachable"),
     }
 }
 

@@ -166,6 +166,14 @@ async fn create_snapshots_the_settings_and_starts_the_deploy_object_once() -> Re
     let s = state_with_restate(&restate.ingress_url(), &restate.admin_url()).await?;
     let app = app(&s, true).await?;
 
+    // With a real Restate behind it, the server is ready.
+    let base = crate::serve(s.clone()).await?;
+    let ready = ctrl_testkit::http_client()
+        .get(format!("{base}/health/ready"))
+        .send()
+        .await?;
+    assert_eq!(ready.status(), 200, "{}", ready.text().await?);
+
     let created = svc::create_deployment(&s, request(&app, "localhost/demo:1", "ci-42")).await?;
     assert!(!created.deduplicated);
     assert_eq!(created.status, pb::DeploymentStatus::Pending as i32);
