@@ -216,6 +216,41 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
     }
 }
 
+/// A tonic service with the request size limit, also reachable over
+/// gRPC-Web (browsers): `application/grpc-web*` requests are translated.
+fn grpc<S>(service: S) -> tonic_web::GrpcWebService<S>
+where
+    S: MaxDecoding,
+{
+    use tower_layer::Layer;
+    tonic_web::GrpcWebLayer::new().layer(service.limit(MAX_REQUEST_BYTES))
+}
+
+/// The generated tonic servers' size limit, as one trait.
+trait MaxDecoding: Sized {
+    fn limit(self, bytes: usize) -> Self;
+}
+
+macro_rules! max_decoding {
+    ($($server:ty),* $(,)?) => {$(
+        impl MaxDecoding for $server {
+            fn limit(self, bytes: usize) -> Self {
+                self.max_decoding_message_size(bytes)
+            }
+        }
+    )*};
+}
+
+max_decoding!(
+    pb::ctrl_service_server::CtrlServiceServer<pb::CtrlTonicService>,
+    pb::workspace_service_server::WorkspaceServiceServer<pb::WorkspaceTonicService>,
+    pb::project_service_server::ProjectServiceServer<pb::ProjectTonicService>,
+    pb::app_service_server::AppServiceServer<pb::AppTonicService>,
+    pb::environment_service_server::EnvironmentServiceServer<pb::EnvironmentTonicService>,
+    pb::deployment_service_server::DeploymentServiceServer<pb::DeploymentTonicService>,
+    pb::region_service_server::RegionServiceServer<pb::RegionTonicService>,
+);
+
 /// Every service and endpoint on one router (Connect, gRPC, health).
 pub fn router(state: AppState) -> axum::Router {
     use pb::*;
@@ -289,27 +324,13 @@ pub fn router(state: AppState) -> axum::Router {
             deployments,
             regions,
         ])
-        .add_grpc_service_with(ctrl_grpc, |s| {
-            s.max_decoding_message_size(MAX_REQUEST_BYTES)
-        })
-        .add_grpc_service_with(workspaces_grpc, |s| {
-            s.max_decoding_message_size(MAX_REQUEST_BYTES)
-        })
-        .add_grpc_service_with(projects_grpc, |s| {
-            s.max_decoding_message_size(MAX_REQUEST_BYTES)
-        })
-        .add_grpc_service_with(apps_grpc, |s| {
-            s.max_decoding_message_size(MAX_REQUEST_BYTES)
-        })
-        .add_grpc_service_with(environments_grpc, |s| {
-            s.max_decoding_message_size(MAX_REQUEST_BYTES)
-        })
-        .add_grpc_service_with(deployments_grpc, |s| {
-            s.max_decoding_message_size(MAX_REQUEST_BYTES)
-        })
-        .add_grpc_service_with(regions_grpc, |s| {
-            s.max_decoding_message_size(MAX_REQUEST_BYTES)
-        })
+        .add_grpc_service(grpc(ctrl_grpc))
+        .add_grpc_service(grpc(workspaces_grpc))
+        .add_grpc_service(grpc(projects_grpc))
+        .add_grpc_service(grpc(apps_grpc))
+        .add_grpc_service(grpc(environments_grpc))
+        .add_grpc_service(grpc(deployments_grpc))
+        .add_grpc_service(grpc(regions_grpc))
         .add_axum_router_raw(health)
         .receive_max_bytes(MAX_REQUEST_BYTES)
         .build();

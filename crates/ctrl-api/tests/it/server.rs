@@ -260,3 +260,90 @@ async fn metrics_count_requests_by_rpc_protocol_and_code_and_request_ids_are_ech
     );
     Ok(())
 }
+
+/// Frames a message as gRPC(-Web) does: flag 0, big-endian length, bytes.
+fn grpc_web_frame(message: &impl prost::Message) -> Vec<u8> {
+    let bytes = message.encode_to_vec();
+    let mut out = vec![0u8];
+    out.extend_from_slice(&u32::try_from(bytes.len()).expect("small").to_be_bytes());
+    out.extend_from_slice(&bytes);
+    out
+}
+
+/// Splits a gRPC-Web response body into (data frames, trailer text).
+fn grpc_web_frames(body: &[u8]) -> (Vec<Vec<u8>>, String) {
+    let (mut data, mut trailers, mut rest) = (Vec::new(), String::new(), body);
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes(rest[1..5].try_into().expect("4 bytes")) as usize;
+        let payload = &rest[5..5 + len];
+        if rest[0] & 0x80 != 0 {
+            trailers.push_str(&String::from_utf8_lossy(payload));
+        } else {
+            data.push(payload.to_vec());
+        }
+        rest = &rest[5 + len..];
+    }
+    (data, trailers)
+}
+
+#[tokio::test]
+async fn browsers_can_call_over_grpc_web() -> Result<()> {
+    use prost::Message;
+    let (base, _server) = serve().await?;
+    let http = ctrl_testkit::http_client();
+    let call = |path: &str, body: Vec<u8>, token: Option<&str>| {
+        let mut req = http
+            .post(format!("{base}{path}"))
+            .header("content-type", "application/grpc-web+proto")
+            .header("x-grpc-web", "1")
+            .body(body);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.send()
+    };
+
+    let response = call(
+        "/ctrl.v1.CtrlService/Liveness",
+        grpc_web_frame(&pb::LivenessRequest {}),
+        None,
+    )
+    .await?;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()?
+            .starts_with("application/grpc-web")
+    );
+    let (data, trailers) = grpc_web_frames(&response.bytes().await?);
+    let live = pb::LivenessResponse::decode(data.first().expect("a message").as_slice())?;
+    assert_eq!(live.status, "ok");
+    assert!(trailers.contains("grpc-status:0"), "{trailers}");
+
+    let list = grpc_web_frame(&pb::ListWorkspacesRequest { page: None });
+    let denied = call(
+        "/ctrl.v1.WorkspaceService/ListWorkspaces",
+        list.clone(),
+        None,
+    )
+    .await?;
+    let status = denied
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap_or_default().to_owned());
+    let (_, trailers) = grpc_web_frames(&denied.bytes().await?);
+    assert!(
+        status.as_deref() == Some("16") || trailers.contains("grpc-status:16"),
+        "unauthenticated: {status:?} {trailers}"
+    );
+    let allowed = call(
+        "/ctrl.v1.WorkspaceService/ListWorkspaces",
+        list,
+        Some(TOKEN),
+    )
+    .await?;
+    let (data, trailers) = grpc_web_frames(&allowed.bytes().await?);
+    assert!(trailers.contains("grpc-status:0"), "{trailers}");
+    pb::ListWorkspacesResponse::decode(data.first().expect("a message").as_slice())?;
+    Ok(())
+}
