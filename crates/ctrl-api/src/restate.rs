@@ -48,6 +48,59 @@ impl Ingress {
             .is_ok_and(|r| r.status().is_success())
     }
 
+    /// Calls `service/key/handler` and waits for its JSON result. A terminal
+    /// error of the handler (a rule it enforces) is `failed_precondition`
+    /// with the handler's message (404: `not_found`); transport problems and
+    /// server errors are `unavailable`.
+    pub async fn call<I: serde::Serialize, O: serde::de::DeserializeOwned>(
+        &self,
+        service: &str,
+        key: &str,
+        handler: &str,
+        input: &I,
+    ) -> Result<O, ApiError> {
+        #[derive(Deserialize)]
+        struct Failure {
+            #[serde(default)]
+            message: String,
+        }
+        let url = format!("{}/{service}/{key}/{handler}", self.base);
+        let unavailable = |why: String| {
+            tracing::warn!(%service, %handler, %key, error = %why, "call to the worker failed");
+            ApiError::Unavailable("the workflow engine is not reachable; retry the request".into())
+        };
+        let response = self
+            .http
+            .post(&url)
+            .json(input)
+            .send()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let status = response.status();
+        if status.is_success() {
+            // A handler without output answers with an empty body: JSON null.
+            let body = response
+                .bytes()
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            let body: &[u8] = if body.is_empty() { b"null" } else { &body };
+            return serde_json::from_slice(body).map_err(|e| unavailable(e.to_string()));
+        }
+        let body = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<Failure>(&body)
+            .map(|f| f.message)
+            .unwrap_or_default();
+        match status.as_u16() {
+            404 => Err(ApiError::NotFound(if message.is_empty() {
+                "not found".into()
+            } else {
+                message
+            })),
+            400..=499 if !message.is_empty() => Err(ApiError::FailedPrecondition(message)),
+            _ => Err(unavailable(format!("{status}: {body}"))),
+        }
+    }
+
     /// Sends `input` to `service/key/handler` without waiting for the
     /// result; returns the invocation id.
     pub async fn send<T: serde::Serialize>(

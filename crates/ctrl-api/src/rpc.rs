@@ -106,6 +106,10 @@ unary!(list_environments => tenancy::list_environments, pb::ListEnvironmentsRequ
 unary!(delete_environment => tenancy::delete_environment, pb::DeleteEnvironmentRequest, pb::DeleteEnvironmentResponse);
 unary!(create_deployment => deployment::create_deployment, pb::CreateDeploymentRequest, pb::CreateDeploymentResponse);
 unary!(cancel_deployment => deployment::cancel_deployment, pb::CancelDeploymentRequest, pb::CancelDeploymentResponse);
+unary!(rollback => deployment::rollback, pb::RollbackRequest, pb::RollbackResponse);
+unary!(promote => deployment::promote, pb::PromoteRequest, pb::PromoteResponse);
+unary!(stop_deployment => deployment::stop_deployment, pb::StopDeploymentRequest, pb::StopDeploymentResponse);
+unary!(wake_deployment => deployment::wake_deployment, pb::WakeDeploymentRequest, pb::WakeDeploymentResponse);
 unary!(get_deployment => deployment::get_deployment, pb::GetDeploymentRequest, pb::GetDeploymentResponse);
 unary!(list_deployments => deployment::list_deployments, pb::ListDeploymentsRequest, pb::ListDeploymentsResponse);
 unary!(list_regions => tenancy::list_regions, pb::ListRegionsRequest, pb::ListRegionsResponse);
@@ -298,6 +302,10 @@ pub fn router(state: AppState) -> axum::Router {
         deployment_service_connect::DeploymentServiceTonicCompatibleBuilder::new()
             .create_deployment(create_deployment)
             .cancel_deployment(cancel_deployment)
+            .rollback(rollback)
+            .promote(promote)
+            .stop_deployment(stop_deployment)
+            .wake_deployment(wake_deployment)
             .get_deployment(get_deployment)
             .list_deployments(list_deployments)
             .watch_deployment(watch_deployment)

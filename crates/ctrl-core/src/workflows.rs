@@ -18,6 +18,54 @@ pub struct DeployInput {
     pub deployment_id: String,
 }
 
+/// Rollback, on the Deploy object of the deployment live now (the source),
+/// so it never waits behind a newer deployment's pipeline.
+pub const ROLLBACK_HANDLER: &str = "Rollback";
+
+/// Input of `Deploy/{source_deployment_id}/Rollback`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackInput {
+    /// The deployment live now.
+    pub source_deployment_id: String,
+    /// The earlier deployment to make live.
+    pub target_deployment_id: String,
+}
+
+/// Promote, on the Deploy object of the deployment to make live.
+pub const PROMOTE_HANDLER: &str = "Promote";
+
+/// Input of `Deploy/{target_deployment_id}/Promote`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromoteInput {
+    /// The deployment to make live.
+    pub target_deployment_id: String,
+}
+
+/// Output of Rollback and Promote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveSwap {
+    /// The deployment that was live before (empty if none).
+    #[serde(default)]
+    pub previous_deployment_id: String,
+}
+
+/// The virtual object serialising a deployment's desired-state changes,
+/// keyed by deployment id.
+pub const DEPLOYMENT_SERVICE: &str = "Deployment";
+/// Its handler scheduling a change (delay 0 = now; last writer wins).
+pub const SCHEDULE_DESIRED_STATE_HANDLER: &str = "ScheduleDesiredStateChange";
+
+/// Input of `Deployment/{deployment_id}/ScheduleDesiredStateChange`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleDesiredStateChange {
+    /// Milliseconds to wait before applying it.
+    pub delay_millis: u64,
+    /// `"running"` or `"stopped"`.
+    pub state: String,
+    /// Replace a change already scheduled (false: keep it, do nothing).
+    pub overwrite: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

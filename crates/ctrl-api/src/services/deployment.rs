@@ -539,3 +539,150 @@ pub async fn cancel_deployment(
         status: status_to_pb(after.status) as i32,
     })
 }
+
+/// What the deploy-gate rules need to know about one deployment.
+struct GateView {
+    row: Deployment,
+    is_production: bool,
+}
+
+impl GateView {
+    fn facts(&self) -> ctrl_core::gate::DeploymentFacts<'_> {
+        ctrl_core::gate::DeploymentFacts {
+            id: &self.row.id,
+            project_id: &self.row.project_id,
+            app_id: &self.row.app_id,
+            environment_id: &self.row.environment_id,
+            status: self.row.status,
+            desired_state: self.row.desired_state,
+            is_production: self.is_production,
+        }
+    }
+}
+
+async fn gate_view(s: &AppState, field: &str, id: &str) -> Result<GateView, ApiError> {
+    validate::id(field, IdKind::Deployment, id)?;
+    let row = deployment::get(s.db(), id).await?;
+    let env = tenancy::get_environment(s.db(), &row.environment_id).await?;
+    Ok(GateView {
+        is_production: env.kind == ctrl_db::types::EnvironmentKind::Production,
+        row,
+    })
+}
+
+fn app_facts(app: &tenancy::App) -> ctrl_core::gate::AppFacts<'_> {
+    ctrl_core::gate::AppFacts {
+        live_deployment_id: app.live_deployment_id.as_deref(),
+        is_rolled_back: app.is_rolled_back,
+    }
+}
+
+/// DeploymentService.Rollback: the deploy-gate rules first (same messages
+/// as the worker), then the worker's Rollback on the live deployment's
+/// Deploy object; returns what was live before.
+pub async fn rollback(
+    s: &AppState,
+    req: pb::RollbackRequest,
+) -> Result<pb::RollbackResponse, ApiError> {
+    use ctrl_core::workflows::{DEPLOY_SERVICE, LiveSwap, ROLLBACK_HANDLER, RollbackInput};
+    let target = gate_view(s, "target_deployment_id", &req.target_deployment_id).await?;
+    let app = tenancy::get_app(s.db(), &target.row.app_id).await?;
+    let source = if req.source_deployment_id.is_empty() {
+        match &app.live_deployment_id {
+            Some(live) => Some(gate_view(s, "source_deployment_id", live).await?),
+            None => None,
+        }
+    } else {
+        Some(gate_view(s, "source_deployment_id", &req.source_deployment_id).await?)
+    };
+    ctrl_core::gate::check_rollback(
+        source.as_ref().map(GateView::facts).as_ref(),
+        &target.facts(),
+        &app_facts(&app),
+    )?;
+    let source_id = source
+        .map(|v| v.row.id)
+        .ok_or(ApiError::FailedPrecondition(
+            ctrl_core::gate::GateError::NoLiveDeployment.message(),
+        ))?;
+    let input = RollbackInput {
+        source_deployment_id: source_id.clone(),
+        target_deployment_id: target.row.id.clone(),
+    };
+    let swap: LiveSwap = s
+        .ingress()
+        .call(DEPLOY_SERVICE, &source_id, ROLLBACK_HANDLER, &input)
+        .await?;
+    tracing::info!(app_id = %app.id, from = %source_id, to = %target.row.id, "rolled back");
+    Ok(pb::RollbackResponse {
+        previous_deployment_id: swap.previous_deployment_id,
+    })
+}
+
+/// DeploymentService.Promote: the deploy-gate rules, then the worker's
+/// Promote on the target's Deploy object.
+pub async fn promote(
+    s: &AppState,
+    req: pb::PromoteRequest,
+) -> Result<pb::PromoteResponse, ApiError> {
+    use ctrl_core::workflows::{DEPLOY_SERVICE, LiveSwap, PROMOTE_HANDLER, PromoteInput};
+    let target = gate_view(s, "target_deployment_id", &req.target_deployment_id).await?;
+    let app = tenancy::get_app(s.db(), &target.row.app_id).await?;
+    ctrl_core::gate::check_promote(&target.facts(), &app_facts(&app))?;
+    let input = PromoteInput {
+        target_deployment_id: target.row.id.clone(),
+    };
+    let swap: LiveSwap = s
+        .ingress()
+        .call(DEPLOY_SERVICE, &target.row.id, PROMOTE_HANDLER, &input)
+        .await?;
+    tracing::info!(app_id = %app.id, to = %target.row.id, "promoted");
+    Ok(pb::PromoteResponse {
+        previous_deployment_id: swap.previous_deployment_id,
+    })
+}
+
+/// Schedules an immediate desired-state change on the worker's Deployment object.
+async fn change_desired_state(s: &AppState, id: &str, state: DesiredState) -> Result<(), ApiError> {
+    use ctrl_core::workflows::{
+        DEPLOYMENT_SERVICE, SCHEDULE_DESIRED_STATE_HANDLER, ScheduleDesiredStateChange,
+    };
+    let input = ScheduleDesiredStateChange {
+        delay_millis: 0,
+        state: state.as_str().into(),
+        overwrite: true,
+    };
+    let _: serde_json::Value = s
+        .ingress()
+        .call(
+            DEPLOYMENT_SERVICE,
+            id,
+            SCHEDULE_DESIRED_STATE_HANDLER,
+            &input,
+        )
+        .await?;
+    Ok(())
+}
+
+/// DeploymentService.StopDeployment: the stop rules, then the change.
+pub async fn stop_deployment(
+    s: &AppState,
+    req: pb::StopDeploymentRequest,
+) -> Result<pb::StopDeploymentResponse, ApiError> {
+    let d = gate_view(s, "deployment_id", &req.deployment_id).await?;
+    let app = tenancy::get_app(s.db(), &d.row.app_id).await?;
+    ctrl_core::gate::check_stop(&d.facts(), &app_facts(&app))?;
+    change_desired_state(s, &d.row.id, DesiredState::Stopped).await?;
+    Ok(pb::StopDeploymentResponse {})
+}
+
+/// DeploymentService.WakeDeployment: the wake rules, then the change.
+pub async fn wake_deployment(
+    s: &AppState,
+    req: pb::WakeDeploymentRequest,
+) -> Result<pb::WakeDeploymentResponse, ApiError> {
+    let d = gate_view(s, "deployment_id", &req.deployment_id).await?;
+    ctrl_core::gate::check_wake(&d.facts())?;
+    change_desired_state(s, &d.row.id, DesiredState::Running).await?;
+    Ok(pb::WakeDeploymentResponse {})
+}

@@ -1,0 +1,397 @@
+//! Rollback, Promote, Stop and Wake: the deploy-gate rules in the API, then
+//! the worker's handlers through a real Restate server (small stand-ins for
+//! the unbuilt worker record what they are asked and answer like it).
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use ctrl_api::error::ApiError;
+use ctrl_api::services::{deployment as svc, tenancy};
+use ctrl_api::state::AppState;
+use ctrl_core::status::{DeploymentStatus as S, DesiredState};
+use ctrl_core::workflows::{LiveSwap, PromoteInput, RollbackInput, ScheduleDesiredStateChange};
+use ctrl_db::deployment;
+use ctrl_db::types::{SourceKind, TriggerKind};
+use ctrl_proto::ctrl::v1 as pb;
+use ctrl_testkit::RestateServer;
+use restate_sdk::prelude::*;
+
+use crate::{state, state_with_restate};
+
+type Calls = Arc<Mutex<Vec<String>>>;
+
+/// Stands in for the worker's Deploy object (Rollback, Promote).
+#[derive(Clone, Default)]
+struct DeployStandIn {
+    calls: Calls,
+}
+
+#[restate_sdk::object(name = "Deploy")]
+impl DeployStandIn {
+    #[handler(name = "Rollback")]
+    async fn rollback(
+        &self,
+        ctx: ObjectContext<'_>,
+        Json(input): Json<RollbackInput>,
+    ) -> HandlerResult<Json<LiveSwap>> {
+        self.calls.lock().expect("lock").push(format!(
+            "rollback@{} -> {}",
+            ctx.key(),
+            input.target_deployment_id
+        ));
+        Ok(Json(LiveSwap {
+            previous_deployment_id: input.source_deployment_id,
+        }))
+    }
+
+    #[handler(name = "Promote")]
+    async fn promote(
+        &self,
+        ctx: ObjectContext<'_>,
+        Json(input): Json<PromoteInput>,
+    ) -> HandlerResult<Json<LiveSwap>> {
+        if input.target_deployment_id.ends_with("refuse") {
+            return Err(TerminalError::new_with_code(
+                409,
+                "The deployment is shutting down and cannot serve traffic.",
+            )
+            .into());
+        }
+        self.calls
+            .lock()
+            .expect("lock")
+            .push(format!("promote@{}", ctx.key()));
+        Ok(Json(LiveSwap {
+            previous_deployment_id: "d_previous".into(),
+        }))
+    }
+}
+
+/// Stands in for the worker's Deployment object (desired-state changes).
+#[derive(Clone, Default)]
+struct DeploymentStandIn {
+    calls: Calls,
+}
+
+#[restate_sdk::object(name = "Deployment")]
+impl DeploymentStandIn {
+    #[handler(name = "ScheduleDesiredStateChange")]
+    async fn schedule(
+        &self,
+        ctx: ObjectContext<'_>,
+        Json(input): Json<ScheduleDesiredStateChange>,
+    ) -> HandlerResult<()> {
+        self.calls.lock().expect("lock").push(format!(
+            "{}@{} delay={} overwrite={}",
+            input.state,
+            ctx.key(),
+            input.delay_millis,
+            input.overwrite
+        ));
+        Ok(())
+    }
+}
+
+async fn restate(calls: &Calls) -> Result<RestateServer> {
+    let restate = RestateServer::start().await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let uri = format!("http://{}", listener.local_addr()?);
+    let endpoint = HttpServer::new(
+        Endpoint::builder()
+            .bind(DeployStandIn {
+                calls: calls.clone(),
+            })
+            .bind(DeploymentStandIn {
+                calls: calls.clone(),
+            })
+            .build(),
+    );
+    tokio::spawn(async move {
+        endpoint
+            .serve_with_cancel(listener, std::future::pending::<()>())
+            .await
+    });
+    restate.register(&uri).await?;
+    Ok(restate)
+}
+
+struct App {
+    app: pb::App,
+    production: String,
+    preview: String,
+}
+
+async fn app(s: &AppState) -> Result<App> {
+    let ws = tenancy::create_workspace(
+        s,
+        pb::CreateWorkspaceRequest {
+            name: "A".into(),
+            slug: "acme".into(),
+            actor: None,
+        },
+    )
+    .await?
+    .workspace
+    .unwrap();
+    let p = tenancy::create_project(
+        s,
+        pb::CreateProjectRequest {
+            workspace_id: ws.id,
+            name: "P".into(),
+            slug: "shop".into(),
+            actor: None,
+        },
+    )
+    .await?
+    .project
+    .unwrap();
+    let created = tenancy::create_app(
+        s,
+        pb::CreateAppRequest {
+            project_id: p.id,
+            name: "Web".into(),
+            slug: "web".into(),
+            default_branch: String::new(),
+            actor: None,
+        },
+    )
+    .await?;
+    Ok(App {
+        app: created.app.unwrap(),
+        production: created.environments[0].id.clone(),
+        preview: created.environments[1].id.clone(),
+    })
+}
+
+/// A deployment row in `status` (ids end in `suffix` for the stand-ins).
+async fn deployment_in(
+    s: &AppState,
+    a: &App,
+    env: &str,
+    status: S,
+    suffix: &str,
+) -> Result<String> {
+    let random = ctrl_core::id::generate(ctrl_core::id::IdKind::Deployment, &mut rand::rng());
+    let id = format!("{}{suffix}", &random[..random.len() - suffix.len()]);
+    let d = deployment::NewDeployment {
+        id: id.clone(),
+        k8s_name: ctrl_core::names::random_dns1035(12, &mut rand::rng()),
+        workspace_id: a.app.workspace_id.clone(),
+        project_id: a.app.project_id.clone(),
+        app_id: a.app.id.clone(),
+        environment_id: env.into(),
+        source_kind: SourceKind::Image,
+        image: Some("localhost/demo:1".into()),
+        git_repository: None,
+        git_commit_sha: None,
+        git_branch: None,
+        git_commit_message: None,
+        git_commit_author_handle: None,
+        git_commit_author_avatar_url: None,
+        git_commit_timestamp: None,
+        fork_repository: None,
+        runtime: ctrl_db::settings::RuntimeSettings::default(),
+        encrypted_environment: Vec::new(),
+        trigger_kind: TriggerKind::Api,
+        trigger_reason: None,
+        actor_id: None,
+        actor_name: None,
+        actor_type: None,
+        idempotency_key: None,
+    };
+    deployment::insert(s.db(), &d, 1).await?;
+    if status != S::Pending {
+        deployment::compare_and_set_status(s.db(), &id, S::Pending, status, 2).await?;
+    }
+    Ok(id)
+}
+
+async fn make_live(s: &AppState, a: &App, id: &str, rolled_back: bool) -> Result<()> {
+    let mut conn = s.db().acquire().await?;
+    ctrl_db::tenancy::swap_live_deployment(&mut conn, &a.app.id, id, rolled_back, 3).await?;
+    Ok(())
+}
+
+fn precondition(e: ApiError) -> String {
+    match e {
+        ApiError::FailedPrecondition(m) => m,
+        other => panic!("expected failed_precondition, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_gate_refuses_before_anything_is_called_with_the_catalogue_messages() -> Result<()> {
+    let s = state().await?; // no Restate: a refusal must not need it
+    let a = app(&s).await?;
+    let live = deployment_in(&s, &a, &a.production, S::Ready, "").await?;
+    let building = deployment_in(&s, &a, &a.production, S::Building, "").await?;
+    let preview = deployment_in(&s, &a, &a.preview, S::Ready, "").await?;
+    let old = deployment_in(&s, &a, &a.production, S::Ready, "").await?;
+
+    let promote = |id: &str| pb::PromoteRequest {
+        target_deployment_id: id.into(),
+        actor: None,
+    };
+    assert_eq!(
+        precondition(svc::promote(&s, promote(&old)).await.unwrap_err()),
+        "The app has no current deployment."
+    );
+    make_live(&s, &a, &live, false).await?;
+    assert_eq!(
+        precondition(svc::promote(&s, promote(&building)).await.unwrap_err()),
+        "The deployment is not ready."
+    );
+    assert_eq!(
+        precondition(svc::promote(&s, promote(&preview)).await.unwrap_err()),
+        "Only production deployments can be promoted or rolled back."
+    );
+    assert_eq!(
+        precondition(svc::promote(&s, promote(&live)).await.unwrap_err()),
+        "The deployment is already the current deployment."
+    );
+
+    let rollback = |source: &str, target: &str| pb::RollbackRequest {
+        source_deployment_id: source.into(),
+        target_deployment_id: target.into(),
+        actor: None,
+    };
+    assert_eq!(
+        precondition(svc::rollback(&s, rollback("", &live)).await.unwrap_err()),
+        "The deployment is already the current deployment."
+    );
+    assert_eq!(
+        precondition(
+            svc::rollback(&s, rollback(&old, &building))
+                .await
+                .unwrap_err()
+        ),
+        "The deployment is not ready."
+    );
+    let other_old = deployment_in(&s, &a, &a.production, S::Ready, "").await?;
+    assert_eq!(
+        precondition(
+            svc::rollback(&s, rollback(&other_old, &old))
+                .await
+                .unwrap_err()
+        ),
+        "The source deployment is not the current live deployment."
+    );
+
+    deployment::set_desired_state(s.db(), &old, DesiredState::Stopped, 4).await?;
+    assert_eq!(
+        precondition(svc::rollback(&s, rollback("", &old)).await.unwrap_err()),
+        "The deployment is shutting down and cannot serve traffic."
+    );
+
+    let stop = |id: &str| pb::StopDeploymentRequest {
+        deployment_id: id.into(),
+        actor: None,
+    };
+    assert_eq!(
+        precondition(svc::stop_deployment(&s, stop(&live)).await.unwrap_err()),
+        "Production deployments cannot be stopped."
+    );
+    let preview_building = deployment_in(&s, &a, &a.preview, S::Building, "").await?;
+    assert_eq!(
+        precondition(
+            svc::stop_deployment(&s, stop(&preview_building))
+                .await
+                .unwrap_err()
+        ),
+        "The deployment is not running."
+    );
+    let wake = |id: &str| pb::WakeDeploymentRequest {
+        deployment_id: id.into(),
+        actor: None,
+    };
+    assert_eq!(
+        precondition(svc::wake_deployment(&s, wake(&preview)).await.unwrap_err()),
+        "The deployment is not stopped."
+    );
+
+    let missing = svc::promote(&s, promote("d_0000000000000000"))
+        .await
+        .unwrap_err();
+    assert!(matches!(missing, ApiError::NotFound(_)));
+    Ok(())
+}
+
+#[tokio::test]
+async fn allowed_changes_call_the_worker_on_the_right_keys_and_return_its_answer() -> Result<()> {
+    let calls = Calls::default();
+    let restate = restate(&calls).await?;
+    let s = state_with_restate(&restate.ingress_url(), &restate.admin_url()).await?;
+    let a = app(&s).await?;
+    let live = deployment_in(&s, &a, &a.production, S::Ready, "").await?;
+    let old = deployment_in(&s, &a, &a.production, S::Ready, "").await?;
+    make_live(&s, &a, &live, false).await?;
+
+    let rolled = svc::rollback(
+        &s,
+        pb::RollbackRequest {
+            source_deployment_id: String::new(),
+            target_deployment_id: old.clone(),
+            actor: None,
+        },
+    )
+    .await?;
+    assert_eq!(rolled.previous_deployment_id, live);
+    make_live(&s, &a, &old, true).await?;
+    // Promoting the rolled-back-to deployment confirms the rollback.
+    let promoted = svc::promote(
+        &s,
+        pb::PromoteRequest {
+            target_deployment_id: old.clone(),
+            actor: None,
+        },
+    )
+    .await?;
+    assert_eq!(promoted.previous_deployment_id, "d_previous");
+
+    let preview = deployment_in(&s, &a, &a.preview, S::Ready, "").await?;
+    svc::stop_deployment(
+        &s,
+        pb::StopDeploymentRequest {
+            deployment_id: preview.clone(),
+            actor: None,
+        },
+    )
+    .await?;
+    deployment::set_desired_state(s.db(), &preview, DesiredState::Stopped, 5).await?;
+    svc::wake_deployment(
+        &s,
+        pb::WakeDeploymentRequest {
+            deployment_id: preview.clone(),
+            actor: None,
+        },
+    )
+    .await?;
+
+    let seen = calls.lock().expect("lock").clone();
+    assert_eq!(
+        seen,
+        [
+            format!("rollback@{live} -> {old}"),
+            format!("promote@{old}"),
+            format!("stopped@{preview} delay=0 overwrite=true"),
+            format!("running@{preview} delay=0 overwrite=true"),
+        ]
+    );
+
+    // A rule the worker enforces comes back as failed_precondition with its message.
+    let refused = deployment_in(&s, &a, &a.production, S::Ready, "refuse").await?;
+    let err = svc::promote(
+        &s,
+        pb::PromoteRequest {
+            target_deployment_id: refused,
+            actor: None,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        precondition(err),
+        "The deployment is shutting down and cannot serve traffic."
+    );
+    Ok(())
+}
