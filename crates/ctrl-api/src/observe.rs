@@ -101,6 +101,16 @@ pub async fn metrics_endpoint(State(metrics): State<Metrics>) -> impl IntoRespon
     )
 }
 
+tokio::task_local! {
+    /// The id of the request being handled (for propagation to Restate).
+    static REQUEST_ID: String;
+}
+
+/// The current request's id, inside a handler.
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
 /// The middleware: request id, span, log line, metrics.
 pub async fn observe(State(metrics): State<Metrics>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -124,7 +134,9 @@ pub async fn observe(State(metrics): State<Metrics>, mut req: Request, next: Nex
         req.headers_mut().insert("x-request-id", value);
     }
     let span = tracing::info_span!("request", request_id = %request_id, rpc = %rpc, protocol);
-    let mut response = next.run(req).instrument(span.clone()).await;
+    let mut response = REQUEST_ID
+        .scope(request_id.clone(), next.run(req).instrument(span.clone()))
+        .await;
     let code = code_of(protocol, &response);
     let elapsed = started.elapsed();
     span.in_scope(|| {

@@ -72,6 +72,10 @@ impl Ingress {
         let response = self
             .http
             .post(&url)
+            .header(
+                "x-request-id",
+                crate::observe::current_request_id().unwrap_or_default(),
+            )
             .json(input)
             .send()
             .await
@@ -119,6 +123,10 @@ impl Ingress {
         let response = self
             .http
             .post(&url)
+            .header(
+                "x-request-id",
+                crate::observe::current_request_id().unwrap_or_default(),
+            )
             .header("idempotency-key", idempotency_key)
             .json(input)
             .send()

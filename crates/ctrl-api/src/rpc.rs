@@ -255,6 +255,31 @@ max_decoding!(
     pb::region_service_server::RegionServiceServer<pb::RegionTonicService>,
 );
 
+/// tonic reports a request it cannot decode as `internal` (13); it is the
+/// caller's malformed message, so answer `invalid_argument` (3) instead. The
+/// decode fails before any handler runs, so the status is in the headers of
+/// a trailers-only response (gRPC and gRPC-Web alike).
+async fn grpc_decode_errors_are_bad_input(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let mut response = next.run(req).await;
+    let headers = response.headers();
+    let is_decode_error = headers.get("grpc-status").is_some_and(|v| v == "13")
+        && headers
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|m| {
+                m.starts_with("failed to decode") || m.starts_with("failed%20to%20decode")
+            });
+    if is_decode_error {
+        response
+            .headers_mut()
+            .insert("grpc-status", axum::http::HeaderValue::from_static("3"));
+    }
+    response
+}
+
 /// Every service and endpoint on one router (Connect, gRPC, health).
 pub fn router(state: AppState) -> axum::Router {
     use pb::*;
@@ -349,6 +374,7 @@ pub fn router(state: AppState) -> axum::Router {
             get(crate::observe::metrics_endpoint).with_state(metrics.clone()),
         )
         .fallback_service(dispatch)
+        .layer(axum::middleware::from_fn(grpc_decode_errors_are_bad_input))
         .layer(axum::middleware::from_fn_with_state(
             metrics,
             crate::observe::observe,

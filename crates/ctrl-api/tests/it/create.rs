@@ -24,6 +24,7 @@ use crate::{state, state_with_restate};
 #[derive(Clone, Default)]
 struct Recorder {
     seen: Arc<Mutex<Vec<String>>>,
+    request_ids: Arc<Mutex<Vec<String>>>,
     block: bool,
 }
 
@@ -37,6 +38,12 @@ impl Recorder {
     ) -> HandlerResult<()> {
         assert_eq!(ctx.key(), input.deployment_id, "keyed by the deployment id");
         self.seen.lock().expect("lock").push(input.deployment_id);
+        let request_id = ctx
+            .headers()
+            .get("x-request-id")
+            .cloned()
+            .unwrap_or_default();
+        self.request_ids.lock().expect("lock").push(request_id);
         if self.block {
             ctx.sleep(Duration::from_secs(600)).await?;
         }
@@ -403,4 +410,75 @@ async fn cancel_stamps_steps_sets_cancelled_cancels_the_invocation_and_is_idempo
     .await?;
     assert_eq!(ready.status, pb::DeploymentStatus::Ready as i32);
     Ok(())
+}
+
+#[tokio::test]
+async fn over_the_wire_create_is_idempotent_and_cancel_twice_answers_the_same() -> Result<()> {
+    use pb::deployment_service_client::DeploymentServiceClient as Grpc;
+    use pb::deployment_service_connect_client::DeploymentServiceClient as Connect;
+
+    let (restate, recorder) = restate_with(Recorder {
+        block: true,
+        ..Default::default()
+    })
+    .await?;
+    let s = state_with_restate(&restate.ingress_url(), &restate.admin_url()).await?;
+    let app = app(&s, true).await?;
+    let base = crate::serve(s.clone()).await?;
+    let connect = Connect::builder(base.clone())
+        .default_header("authorization", format!("Bearer {}", crate::TOKEN))
+        .default_header("x-request-id", "wire-request-1")
+        .build()?;
+    let mut grpc = Grpc::connect(base).await?;
+
+    let first = connect
+        .create_deployment(&request(&app, "localhost/demo:1", "wire-1"))
+        .await?
+        .into_inner();
+    let again = grpc
+        .create_deployment(auth(request(&app, "localhost/demo:1", "wire-1")))
+        .await?
+        .into_inner();
+    assert_eq!(again.deployment_id, first.deployment_id);
+    assert!(!first.deduplicated && again.deduplicated);
+    wait_for(&recorder, 1).await?;
+    assert_eq!(
+        recorder.request_ids.lock().expect("lock").clone(),
+        ["wire-request-1"],
+        "the request id reaches the worker"
+    );
+
+    let bad = connect
+        .create_deployment(&request(&app, "NOT VALID", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), connectrpc_axum_client::Code::InvalidArgument);
+    assert!(
+        bad.message()
+            .unwrap_or_default()
+            .starts_with("image.image:"),
+        "{bad:?}"
+    );
+
+    let cancel = pb::CancelDeploymentRequest {
+        deployment_id: first.deployment_id.clone(),
+        actor: None,
+    };
+    let once = connect.cancel_deployment(&cancel).await?.into_inner();
+    let twice = grpc
+        .cancel_deployment(auth(cancel.clone()))
+        .await?
+        .into_inner();
+    assert_eq!(once.status, pb::DeploymentStatus::Cancelled as i32);
+    assert_eq!(twice, once);
+    Ok(())
+}
+
+fn auth<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", crate::TOKEN).parse().expect("header"),
+    );
+    req
 }

@@ -4,6 +4,7 @@
 mod binary;
 mod create;
 mod deployments;
+mod fuzz;
 mod live;
 mod server;
 mod settings;
