@@ -10,6 +10,17 @@ use serde::Deserialize;
 
 use crate::error::ApiError;
 
+/// The HTTP client for Restate: bounded connect and request times, and no
+/// proxy (Restate is reached directly).
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("build the Restate HTTP client")
+}
+
 /// A client for one Restate ingress.
 #[derive(Debug, Clone)]
 pub struct Ingress {
@@ -26,12 +37,7 @@ struct SendResponse {
 impl Ingress {
     /// A client for the ingress at `base` (e.g. `http://127.0.0.1:8080`).
     pub fn new(base: &str) -> Self {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("build the Restate HTTP client");
+        let http = http_client();
         Self {
             base: base.trim_end_matches('/').to_owned(),
             http,
@@ -155,12 +161,7 @@ pub struct Admin {
 impl Admin {
     /// A client for the admin API at `base` (e.g. `http://127.0.0.1:9070`).
     pub fn new(base: &str) -> Self {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("build the Restate admin HTTP client");
+        let http = http_client();
         Self {
             base: base.trim_end_matches('/').to_owned(),
             http,

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use ctrl_api::error::ApiError;
-use ctrl_api::services::{deployment as svc, settings, tenancy};
+use ctrl_api::services::{deployment as svc, settings};
 use ctrl_api::state::AppState;
 use ctrl_core::workflows::DeployInput;
-use ctrl_db::{cluster, deployment};
+use ctrl_db::deployment;
 use ctrl_proto::ctrl::v1 as pb;
 use ctrl_testkit::RestateServer;
 use prost::Message;
@@ -86,46 +86,7 @@ async fn wait_for(recorder: &Recorder, count: usize) -> Result<Vec<String>> {
 
 /// An app with one schedulable region and a sealed variable in production.
 async fn app(s: &AppState, with_region: bool) -> Result<pb::App> {
-    let ws = tenancy::create_workspace(
-        s,
-        pb::CreateWorkspaceRequest {
-            name: "A".into(),
-            slug: "acme".into(),
-            actor: None,
-        },
-    )
-    .await?
-    .workspace
-    .unwrap();
-    let p = tenancy::create_project(
-        s,
-        pb::CreateProjectRequest {
-            workspace_id: ws.id,
-            name: "P".into(),
-            slug: "shop".into(),
-            actor: None,
-        },
-    )
-    .await?
-    .project
-    .unwrap();
-    if with_region {
-        let mut conn = s.db().acquire().await?;
-        cluster::upsert_region(&mut conn, "rgn_00000000000000cd", "local", "dev", 1).await?;
-    }
-    let app = tenancy::create_app(
-        s,
-        pb::CreateAppRequest {
-            project_id: p.id,
-            name: "Web".into(),
-            slug: "web".into(),
-            default_branch: String::new(),
-            actor: None,
-        },
-    )
-    .await?
-    .app
-    .unwrap();
+    let app = crate::fixtures::app(s, with_region).await?.app;
     let var = pb::EnvironmentVariable {
         key: "SECRET".into(),
         value: "s3cr3t".into(),

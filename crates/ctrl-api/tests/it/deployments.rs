@@ -3,14 +3,13 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ctrl_api::services::{deployment as svc, tenancy};
+use ctrl_api::services::deployment as svc;
 use ctrl_api::state::AppState;
 use ctrl_core::domains::Sticky;
 use ctrl_core::status::{DeploymentStatus as S, StepKind};
-use ctrl_db::deployment::{self, NewDeployment};
-use ctrl_db::settings::RuntimeSettings;
-use ctrl_db::types::{InstanceStatus, SourceKind, TriggerKind};
-use ctrl_db::{cluster, instance, route, topology};
+use ctrl_db::deployment::{self};
+use ctrl_db::types::InstanceStatus;
+use ctrl_db::{instance, route, topology};
 use ctrl_proto::ctrl::v1 as pb;
 use futures::StreamExt;
 use pb::deployment_service_client::DeploymentServiceClient as GrpcDeployments;
@@ -18,92 +17,14 @@ use pb::deployment_service_connect_client::DeploymentServiceClient as ConnectDep
 
 use crate::{TOKEN, serve, state};
 
-struct Fixture {
-    app: pb::App,
-    production: pb::Environment,
-    preview: pb::Environment,
-    region: String,
-}
+use crate::fixtures::{AppFixture as Fixture, REGION_ID};
 
 async fn fixture(s: &AppState) -> Result<Fixture> {
-    let ws = tenancy::create_workspace(
-        s,
-        pb::CreateWorkspaceRequest {
-            name: "A".into(),
-            slug: "acme".into(),
-            actor: None,
-        },
-    )
-    .await?
-    .workspace
-    .unwrap();
-    let p = tenancy::create_project(
-        s,
-        pb::CreateProjectRequest {
-            workspace_id: ws.id,
-            name: "P".into(),
-            slug: "shop".into(),
-            actor: None,
-        },
-    )
-    .await?
-    .project
-    .unwrap();
-    let mut conn = s.db().acquire().await?;
-    let region = cluster::upsert_region(&mut conn, "rgn_00000000000000ab", "local", "dev", 1)
-        .await?
-        .id;
-    drop(conn);
-    let created = tenancy::create_app(
-        s,
-        pb::CreateAppRequest {
-            project_id: p.id,
-            name: "Web".into(),
-            slug: "web".into(),
-            default_branch: String::new(),
-            actor: None,
-        },
-    )
-    .await?;
-    let mut envs = created.environments.into_iter();
-    Ok(Fixture {
-        app: created.app.unwrap(),
-        production: envs.next().unwrap(),
-        preview: envs.next().unwrap(),
-        region,
-    })
+    crate::fixtures::app(s, true).await
 }
 
 async fn insert(s: &AppState, f: &Fixture, env: &pb::Environment, branch: &str) -> Result<String> {
-    let id = ctrl_core::id::generate(ctrl_core::id::IdKind::Deployment, &mut rand::rng());
-    let d = NewDeployment {
-        id: id.clone(),
-        k8s_name: ctrl_core::names::random_dns1035(12, &mut rand::rng()),
-        workspace_id: f.app.workspace_id.clone(),
-        project_id: f.app.project_id.clone(),
-        app_id: f.app.id.clone(),
-        environment_id: env.id.clone(),
-        source_kind: SourceKind::Image,
-        image: Some("localhost/demo:1".into()),
-        git_repository: None,
-        git_commit_sha: Some("abc1234def5678901234567890123456789abcde".into()),
-        git_branch: Some(branch.into()),
-        git_commit_message: Some("ship it".into()),
-        git_commit_author_handle: None,
-        git_commit_author_avatar_url: None,
-        git_commit_timestamp: None,
-        fork_repository: None,
-        runtime: RuntimeSettings::default(),
-        encrypted_environment: Vec::new(),
-        trigger_kind: TriggerKind::Cli,
-        trigger_reason: None,
-        actor_id: Some("dev".into()),
-        actor_name: None,
-        actor_type: None,
-        idempotency_key: None,
-    };
-    deployment::insert(s.db(), &d, s.now_ms()).await?;
-    Ok(id)
+    crate::fixtures::deployment(s, &f.app, &env.id, Some(branch), S::Pending, "").await
 }
 
 #[tokio::test]
@@ -137,7 +58,7 @@ async fn get_shows_steps_hostnames_regions_and_the_live_flag() -> Result<()> {
         &topology::NewTopology {
             workspace_id: &f.app.workspace_id,
             deployment_id: &id,
-            region_id: &f.region,
+            region_id: REGION_ID,
             min_replicas: 1,
             max_replicas: 2,
             cpu_threshold_percent: 0,
@@ -150,7 +71,7 @@ async fn get_shows_steps_hostnames_regions_and_the_live_flag() -> Result<()> {
         &mut tx,
         &f.app.workspace_id,
         &id,
-        &f.region,
+        REGION_ID,
         &[instance::ReportedInstance {
             new_id: "ins_0000000000000001".into(),
             name: "c1".into(),

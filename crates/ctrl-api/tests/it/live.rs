@@ -6,12 +6,11 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 use ctrl_api::error::ApiError;
-use ctrl_api::services::{deployment as svc, tenancy};
+use ctrl_api::services::deployment as svc;
 use ctrl_api::state::AppState;
 use ctrl_core::status::{DeploymentStatus as S, DesiredState};
 use ctrl_core::workflows::{LiveSwap, PromoteInput, RollbackInput, ScheduleDesiredStateChange};
 use ctrl_db::deployment;
-use ctrl_db::types::{SourceKind, TriggerKind};
 use ctrl_proto::ctrl::v1 as pb;
 use ctrl_testkit::RestateServer;
 use restate_sdk::prelude::*;
@@ -122,44 +121,11 @@ struct App {
 }
 
 async fn app(s: &AppState) -> Result<App> {
-    let ws = tenancy::create_workspace(
-        s,
-        pb::CreateWorkspaceRequest {
-            name: "A".into(),
-            slug: "acme".into(),
-            actor: None,
-        },
-    )
-    .await?
-    .workspace
-    .unwrap();
-    let p = tenancy::create_project(
-        s,
-        pb::CreateProjectRequest {
-            workspace_id: ws.id,
-            name: "P".into(),
-            slug: "shop".into(),
-            actor: None,
-        },
-    )
-    .await?
-    .project
-    .unwrap();
-    let created = tenancy::create_app(
-        s,
-        pb::CreateAppRequest {
-            project_id: p.id,
-            name: "Web".into(),
-            slug: "web".into(),
-            default_branch: String::new(),
-            actor: None,
-        },
-    )
-    .await?;
+    let f = crate::fixtures::app(s, false).await?;
     Ok(App {
-        app: created.app.unwrap(),
-        production: created.environments[0].id.clone(),
-        preview: created.environments[1].id.clone(),
+        app: f.app,
+        production: f.production.id,
+        preview: f.preview.id,
     })
 }
 
@@ -171,39 +137,7 @@ async fn deployment_in(
     status: S,
     suffix: &str,
 ) -> Result<String> {
-    let random = ctrl_core::id::generate(ctrl_core::id::IdKind::Deployment, &mut rand::rng());
-    let id = format!("{}{suffix}", &random[..random.len() - suffix.len()]);
-    let d = deployment::NewDeployment {
-        id: id.clone(),
-        k8s_name: ctrl_core::names::random_dns1035(12, &mut rand::rng()),
-        workspace_id: a.app.workspace_id.clone(),
-        project_id: a.app.project_id.clone(),
-        app_id: a.app.id.clone(),
-        environment_id: env.into(),
-        source_kind: SourceKind::Image,
-        image: Some("localhost/demo:1".into()),
-        git_repository: None,
-        git_commit_sha: None,
-        git_branch: None,
-        git_commit_message: None,
-        git_commit_author_handle: None,
-        git_commit_author_avatar_url: None,
-        git_commit_timestamp: None,
-        fork_repository: None,
-        runtime: ctrl_db::settings::RuntimeSettings::default(),
-        encrypted_environment: Vec::new(),
-        trigger_kind: TriggerKind::Api,
-        trigger_reason: None,
-        actor_id: None,
-        actor_name: None,
-        actor_type: None,
-        idempotency_key: None,
-    };
-    deployment::insert(s.db(), &d, 1).await?;
-    if status != S::Pending {
-        deployment::compare_and_set_status(s.db(), &id, S::Pending, status, 2).await?;
-    }
-    Ok(id)
+    crate::fixtures::deployment(s, &a.app, env, None, status, suffix).await
 }
 
 async fn make_live(s: &AppState, a: &App, id: &str, rolled_back: bool) -> Result<()> {

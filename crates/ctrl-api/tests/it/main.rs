@@ -4,6 +4,7 @@
 mod binary;
 mod create;
 mod deployments;
+mod fixtures;
 mod fuzz;
 mod live;
 mod server;

@@ -1,47 +1,13 @@
 use anyhow::Result;
 use ctrl_api::error::ApiError;
-use ctrl_api::services::{settings as svc, tenancy};
+use ctrl_api::services::settings as svc;
 use ctrl_db::cluster;
 use ctrl_proto::ctrl::v1 as pb;
 
 use crate::state;
 
 async fn app(s: &ctrl_api::state::AppState) -> Result<String> {
-    let ws = tenancy::create_workspace(
-        s,
-        pb::CreateWorkspaceRequest {
-            name: "A".into(),
-            slug: "acme".into(),
-            actor: None,
-        },
-    )
-    .await?
-    .workspace
-    .unwrap();
-    let p = tenancy::create_project(
-        s,
-        pb::CreateProjectRequest {
-            workspace_id: ws.id,
-            name: "P".into(),
-            slug: "shop".into(),
-            actor: None,
-        },
-    )
-    .await?
-    .project
-    .unwrap();
-    let a = tenancy::create_app(
-        s,
-        pb::CreateAppRequest {
-            project_id: p.id,
-            name: "Web".into(),
-            slug: "web".into(),
-            default_branch: String::new(),
-            actor: None,
-        },
-    )
-    .await?;
-    Ok(a.app.unwrap().id)
+    Ok(crate::fixtures::app(s, false).await?.app.id)
 }
 
 fn var(key: &str, value: &str, kind: pb::EnvironmentVariableType) -> pb::EnvironmentVariable {
