@@ -1,0 +1,180 @@
+//! ctrl-worker's configuration (TOML; `${VAR}` expanded; overrides from
+//! `CTRL_WORKER__SECTION__KEY`).
+
+use std::net::SocketAddr;
+
+use ctrl_runtime::config::{Validate, Validator};
+use serde::Deserialize;
+
+/// The environment prefix for overrides.
+pub const ENV_PREFIX: &str = "CTRL_WORKER";
+
+/// Everything ctrl-worker reads at startup.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The Restate endpoint and its registration.
+    pub restate: RestateConfig,
+    /// The database.
+    pub database: DatabaseConfig,
+    /// Liveness/readiness endpoint.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// Timings of the deploy pipeline.
+    #[serde(default)]
+    pub deploy: DeployConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// The Restate side.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestateConfig {
+    /// Where this worker serves the Restate protocol (h2c).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Restate's admin API, for self-registration.
+    pub admin_url: String,
+    /// The URL Restate uses to reach this worker; empty = do not register
+    /// (registration happens elsewhere, e.g. in Kubernetes).
+    #[serde(default)]
+    pub register_as: String,
+    /// Registration attempts before giving up (one per second, backing off to 5 s).
+    #[serde(default = "default_register_attempts")]
+    pub register_attempts: u32,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9080))
+}
+
+fn default_register_attempts() -> u32 {
+    30
+}
+
+/// The database.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `mysql://user:password@host:port/database`.
+    pub url: String,
+    /// Pool size.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// How long to keep retrying the first connection at startup.
+    #[serde(default = "default_connect_seconds")]
+    pub connect_timeout_seconds: u64,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_max_connections() -> u32 {
+    20
+}
+
+fn default_connect_seconds() -> u64 {
+    30
+}
+
+/// The health endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Address of `/health/live` and `/health/ready`.
+    pub listen: SocketAddr,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9081)),
+        }
+    }
+}
+
+/// Timings of the deploy pipeline (configurable so tests take seconds).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeployConfig {
+    /// How long a replaced live deployment keeps running (instant rollback window).
+    pub retire_previous_live_seconds: u64,
+    /// How long older preview deployments of a branch keep running after a newer one is ready.
+    pub retire_previous_preview_seconds: u64,
+    /// How long to wait for instances before failing a deployment.
+    pub readiness_timeout_seconds: u64,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        Self {
+            retire_previous_live_seconds: 30 * 60,
+            retire_previous_preview_seconds: 60,
+            readiness_timeout_seconds: 15 * 60,
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter (RUST_LOG wins when set).
+    pub filter: String,
+    /// "text" or "json".
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self, v: &mut Validator) {
+        v.url(
+            "restate.admin_url",
+            &self.restate.admin_url,
+            &["http", "https"],
+        );
+        if !self.restate.register_as.is_empty() {
+            v.url(
+                "restate.register_as",
+                &self.restate.register_as,
+                &["http", "https"],
+            );
+        }
+        v.range(
+            "restate.register_attempts",
+            self.restate.register_attempts,
+            1..=1000,
+        );
+        v.url("database.url", &self.database.url, &["mysql"]);
+        v.range(
+            "database.max_connections",
+            self.database.max_connections,
+            1..=1000,
+        );
+        v.range(
+            "deploy.readiness_timeout_seconds",
+            self.deploy.readiness_timeout_seconds,
+            1..=24 * 3600,
+        );
+        v.check(
+            matches!(self.log.format.as_str(), "text" | "json"),
+            "log.format",
+            "must be \"text\" or \"json\"",
+        );
+    }
+}

@@ -1,0 +1,60 @@
+//! `ctrl-worker`: the Restate endpoint hosting ctrl's durable services.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use ctrl_worker::config::{Config, ENV_PREFIX};
+use ctrl_worker::startup;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ctrl-worker",
+    version,
+    about = "ctrl's durable workflow worker"
+)]
+struct Cli {
+    /// The configuration file (TOML; ${VAR} expanded; CTRL_WORKER__SECTION__KEY overrides).
+    #[arg(
+        long,
+        short,
+        env = "CTRL_WORKER_CONFIG",
+        default_value = "ctrl-worker.toml"
+    )]
+    config: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config: Config = match ctrl_runtime::config::load(&cli.config, ENV_PREFIX) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ctrl-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let result = async {
+        let db = startup::connect_database(&config).await?;
+        startup::run(&config, db, startup::shutdown_signal()).await
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("ctrl-worker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

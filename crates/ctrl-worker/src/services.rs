@@ -1,0 +1,4 @@
+//! The Restate services, one per file. Names are part of the wire contract
+//! (see `ctrl_core::workflows`) and pinned with `name = "..."`.
+
+pub mod deployment;

@@ -1,0 +1,182 @@
+//! The Deployment object: delayed desired-state changes, last writer wins,
+//! clearing, and the live deployment never stopped.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use ctrl_core::status::DesiredState;
+use ctrl_db::{deployment, tenancy, topology};
+
+use crate::harness::{Harness, eventually};
+
+async fn desired(h: &Harness, id: &str) -> Result<(DesiredState, Vec<(DesiredState, u64)>)> {
+    let d = deployment::get(&h.db.pool, id).await?;
+    let rows = topology::list_by_deployment(&h.db.pool, id)
+        .await?
+        .into_iter()
+        .map(|t| (t.desired_status, t.version))
+        .collect();
+    Ok((d.desired_state, rows))
+}
+
+fn schedule(state: &str, delay_millis: u64, overwrite: bool) -> serde_json::Value {
+    serde_json::json!({ "delay_millis": delay_millis, "state": state, "overwrite": overwrite })
+}
+
+#[tokio::test]
+async fn a_scheduled_stop_applies_after_the_delay_with_new_region_versions() -> Result<()> {
+    let h = Harness::start().await?;
+    let id = h.ready_deployment(&h.preview).await?;
+    let (_, before) = desired(&h, &id).await?;
+    h.send(
+        &format!("Deployment/{id}/ScheduleDesiredStateChange"),
+        Some(schedule("stopped", 600, true)),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        desired(&h, &id).await?.0,
+        DesiredState::Running,
+        "not before the delay"
+    );
+    eventually(Duration::from_secs(15), || async {
+        Ok(desired(&h, &id).await?.0 == DesiredState::Stopped)
+    })
+    .await?;
+    let (_, after) = desired(&h, &id).await?;
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].0, DesiredState::Stopped);
+    assert!(
+        after[0].1 > before[0].1,
+        "a new region version: {before:?} -> {after:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_last_schedule_wins_and_a_cleared_change_never_applies() -> Result<()> {
+    let h = Harness::start().await?;
+    let replaced = h.ready_deployment(&h.preview).await?;
+    h.send(
+        &format!("Deployment/{replaced}/ScheduleDesiredStateChange"),
+        Some(schedule("stopped", 800, true)),
+    )
+    .await?;
+    h.send(
+        &format!("Deployment/{replaced}/ScheduleDesiredStateChange"),
+        Some(schedule("running", 0, true)),
+    )
+    .await?;
+    let cleared = h.ready_deployment(&h.preview).await?;
+    h.send(
+        &format!("Deployment/{cleared}/ScheduleDesiredStateChange"),
+        Some(schedule("stopped", 800, true)),
+    )
+    .await?;
+    h.send(
+        &format!("Deployment/{cleared}/ClearScheduledStateChanges"),
+        None,
+    )
+    .await?;
+    let kept = h.ready_deployment(&h.preview).await?;
+    h.send(
+        &format!("Deployment/{kept}/ScheduleDesiredStateChange"),
+        Some(schedule("stopped", 600, false)),
+    )
+    .await?;
+    h.send(
+        &format!("Deployment/{kept}/ScheduleDesiredStateChange"),
+        Some(schedule("running", 0, false)),
+    )
+    .await?;
+
+    // Wait until both delayed calls have run (they complete as no-ops or changes).
+    eventually(Duration::from_secs(15), || async {
+        let done = |rows: Vec<serde_json::Value>| {
+            rows.iter().filter(|r| r["status"] == "completed").count()
+        };
+        Ok(done(
+            h.invocations("Deployment", &replaced, "ChangeDesiredState")
+                .await?,
+        ) == 2
+            && done(
+                h.invocations("Deployment", &cleared, "ChangeDesiredState")
+                    .await?,
+            ) == 1
+            && done(
+                h.invocations("Deployment", &kept, "ChangeDesiredState")
+                    .await?,
+            ) == 1)
+    })
+    .await?;
+    assert_eq!(
+        desired(&h, &replaced).await?.0,
+        DesiredState::Running,
+        "the later schedule replaced the stop"
+    );
+    assert_eq!(
+        desired(&h, &cleared).await?.0,
+        DesiredState::Running,
+        "the cleared stop never applied"
+    );
+    assert_eq!(
+        desired(&h, &kept).await?.0,
+        DesiredState::Stopped,
+        "overwrite=false keeps the first schedule"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_live_deployment_is_never_stopped() -> Result<()> {
+    let h = Harness::start().await?;
+    let live = h.ready_deployment(&h.production).await?;
+    let mut conn = h.db.pool.acquire().await?;
+    tenancy::swap_live_deployment(&mut conn, &h.app, &live, false, 3).await?;
+    drop(conn);
+    h.send(
+        &format!("Deployment/{live}/ScheduleDesiredStateChange"),
+        Some(schedule("stopped", 0, true)),
+    )
+    .await?;
+    eventually(Duration::from_secs(15), || async {
+        let rows = h
+            .invocations("Deployment", &live, "ChangeDesiredState")
+            .await?;
+        Ok(rows.iter().any(|r| r["status"] == "completed"))
+    })
+    .await?;
+    let rows = h
+        .invocations("Deployment", &live, "ChangeDesiredState")
+        .await?;
+    let failure = rows[0]["completion_failure"].to_string();
+    assert!(
+        failure.contains("The live deployment cannot be stopped."),
+        "{failure}"
+    );
+    assert_eq!(desired(&h, &live).await?.0, DesiredState::Running);
+    let versions: Vec<_> = desired(&h, &live).await?.1;
+    assert_eq!(versions[0].0, DesiredState::Running, "topology untouched");
+    Ok(())
+}
+
+#[test]
+fn a_bad_configuration_exits_2_naming_the_field() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("worker.toml");
+    std::fs::write(
+        &config,
+        "[restate]\nadmin_url = \"ftp://nope\"\n[database]\nurl = \"mysql://x@127.0.0.1:1/db\"\n",
+    )?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ctrl-worker"))
+        .arg("--config")
+        .arg(&config)
+        .output()?;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`restate.admin_url` must be a http or https URL"),
+        "{stderr}"
+    );
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! Starts the worker binary registered on a fresh Restate server, over a
+//! fresh database with an app, its environments, a region and deployments.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use ctrl_core::id::{IdKind, generate};
+use ctrl_core::status::DeploymentStatus;
+use ctrl_db::deployment::NewDeployment;
+use ctrl_db::settings::RuntimeSettings;
+use ctrl_db::tenancy::{NewApp, NewEnvironment};
+use ctrl_db::topology::NewTopology;
+use ctrl_db::types::{EnvironmentKind, SourceKind, TriggerKind};
+use ctrl_db::{cluster, deployment, tenancy, topology};
+use ctrl_testkit::process::Supervised;
+use ctrl_testkit::{RestateServer, TestDatabase, free_port, http_client};
+
+pub(crate) struct Harness {
+    pub(crate) restate: RestateServer,
+    pub(crate) db: TestDatabase,
+    /// Kept so the worker runs (and is killed) with the harness.
+    _worker: Supervised,
+    pub(crate) app: String,
+    pub(crate) workspace: String,
+    pub(crate) production: String,
+    pub(crate) preview: String,
+    pub(crate) region: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    pub(crate) async fn start() -> Result<Self> {
+        let restate = RestateServer::start().await?;
+        let db = ctrl_testkit::test_database().await?;
+        let dir = tempfile::tempdir()?;
+        let (port, health_port) = (free_port()?, free_port()?);
+        let config = dir.path().join("worker.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[restate]\nlisten = \"127.0.0.1:{port}\"\nadmin_url = \"{admin}\"\nregister_as = \"http://127.0.0.1:{port}\"\n\
+                 [database]\nurl = \"{url}\"\n[health]\nlisten = \"127.0.0.1:{health_port}\"\n",
+                admin = restate.admin_url(),
+                url = db.url,
+            ),
+        )?;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ctrl-worker"));
+        cmd.arg("--config").arg(&config).env_remove("RUST_LOG");
+        let mut worker =
+            Supervised::spawn("ctrl-worker", cmd, &dir.path().join("worker.log"), None)?;
+        let ready = format!("http://127.0.0.1:{health_port}/health/ready");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if http_client()
+                .get(&ready)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            if worker.exit_status().is_some() || Instant::now() > deadline {
+                bail!("ctrl-worker did not become ready:\n{}", worker.log_tail(40));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        let p = &db.pool;
+        let (workspace, project, app) = (
+            generate(IdKind::Workspace, &mut rand::rng()),
+            generate(IdKind::Project, &mut rand::rng()),
+            generate(IdKind::App, &mut rand::rng()),
+        );
+        tenancy::insert_workspace(p, &workspace, "Acme", "acme", 1).await?;
+        tenancy::insert_project(p, &project, &workspace, "Shop", "shop", 1).await?;
+        tenancy::insert_app(
+            p,
+            &NewApp {
+                id: &app,
+                workspace_id: &workspace,
+                project_id: &project,
+                name: "Web",
+                slug: "web",
+                default_branch: "main",
+            },
+            1,
+        )
+        .await?;
+        let (production, preview) = (
+            generate(IdKind::Environment, &mut rand::rng()),
+            generate(IdKind::Environment, &mut rand::rng()),
+        );
+        for (id, slug, kind) in [
+            (&production, "production", EnvironmentKind::Production),
+            (&preview, "preview", EnvironmentKind::Preview),
+        ] {
+            tenancy::insert_environment(
+                p,
+                &NewEnvironment {
+                    id,
+                    workspace_id: &workspace,
+                    project_id: &project,
+                    app_id: &app,
+                    slug,
+                    kind,
+                    description: "",
+                },
+                1,
+            )
+            .await?;
+        }
+        let mut conn = p.acquire().await?;
+        let region = cluster::upsert_region(
+            &mut conn,
+            &generate(IdKind::Region, &mut rand::rng()),
+            "local",
+            "dev",
+            1,
+        )
+        .await?
+        .id;
+        Ok(Self {
+            restate,
+            db,
+            _worker: worker,
+            app,
+            workspace,
+            production,
+            preview,
+            region,
+            _dir: dir,
+        })
+    }
+
+    /// A ready deployment with a running topology row in the region.
+    pub(crate) async fn ready_deployment(&self, environment: &str) -> Result<String> {
+        let id = generate(IdKind::Deployment, &mut rand::rng());
+        let project = tenancy::get_app(&self.db.pool, &self.app).await?.project_id;
+        let d = NewDeployment {
+            id: id.clone(),
+            k8s_name: ctrl_core::names::random_dns1035(12, &mut rand::rng()),
+            workspace_id: self.workspace.clone(),
+            project_id: project,
+            app_id: self.app.clone(),
+            environment_id: environment.into(),
+            source_kind: SourceKind::Image,
+            image: Some("localhost/demo:1".into()),
+            git_repository: None,
+            git_commit_sha: None,
+            git_branch: None,
+            git_commit_message: None,
+            git_commit_author_handle: None,
+            git_commit_author_avatar_url: None,
+            git_commit_timestamp: None,
+            fork_repository: None,
+            runtime: RuntimeSettings::default(),
+            encrypted_environment: Vec::new(),
+            trigger_kind: TriggerKind::Api,
+            trigger_reason: None,
+            actor_id: None,
+            actor_name: None,
+            actor_type: None,
+            idempotency_key: None,
+        };
+        deployment::insert(&self.db.pool, &d, 1).await?;
+        deployment::compare_and_set_status(
+            &self.db.pool,
+            &id,
+            DeploymentStatus::Pending,
+            DeploymentStatus::Ready,
+            2,
+        )
+        .await?;
+        let mut tx = self.db.pool.begin().await?;
+        let t = NewTopology {
+            workspace_id: &self.workspace,
+            deployment_id: &id,
+            region_id: &self.region,
+            min_replicas: 1,
+            max_replicas: 1,
+            cpu_threshold_percent: 0,
+            memory_threshold_percent: 0,
+        };
+        topology::upsert_running(&mut tx, &t, 2).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Calls a handler through the ingress without waiting (`/send`).
+    pub(crate) async fn send(&self, path: &str, body: Option<serde_json::Value>) -> Result<()> {
+        let mut request = http_client().post(format!("{}/{path}/send", self.restate.ingress_url()));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        if !response.status().is_success() {
+            bail!("{path}: {} {}", response.status(), response.text().await?);
+        }
+        Ok(())
+    }
+
+    /// Rows of Restate's `sys_invocation` for a handler of a key.
+    pub(crate) async fn invocations(
+        &self,
+        service: &str,
+        key: &str,
+        handler: &str,
+    ) -> Result<Vec<serde_json::Value>> {
+        let query = format!(
+            "SELECT status, completion_failure FROM sys_invocation WHERE target_service_name = '{service}' AND target_service_key = '{key}' AND target_handler_name = '{handler}'"
+        );
+        let rows: serde_json::Value = http_client()
+            .post(format!("{}/query", self.restate.admin_url()))
+            .header("accept", "application/json")
+            .json(&serde_json::json!({ "query": query }))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(rows["rows"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+/// Polls `check` every 50 ms for up to `limit`.
+pub(crate) async fn eventually<F, Fut>(limit: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("condition not met within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,4 @@
+//! The real ctrl-worker process on a real restate-server and MariaDB.
+
+mod deployment_object;
+mod harness;
