@@ -42,9 +42,16 @@ pub(crate) struct DevArgs {
     /// ctrl-api's port (Connect, gRPC and health).
     #[arg(long, env = "CTRL_DEV_API_PORT", default_value_t = 7091)]
     api_port: u16,
-    /// A ctrl-api binary to run instead of building it with cargo.
-    #[arg(long, env = "CTRL_DEV_API_BIN")]
-    api_bin: Option<PathBuf>,
+    /// ctrl-worker's Restate endpoint port.
+    #[arg(long, env = "CTRL_DEV_WORKER_PORT", default_value_t = 9080)]
+    worker_port: u16,
+    /// ctrl-worker's health port.
+    #[arg(long, env = "CTRL_DEV_WORKER_HEALTH_PORT", default_value_t = 9081)]
+    worker_health_port: u16,
+    /// A directory with built ctrl-api and ctrl-worker binaries to run
+    /// instead of building them with cargo.
+    #[arg(long, env = "CTRL_DEV_BIN_DIR")]
+    bin_dir: Option<PathBuf>,
 }
 
 const DATABASE: &str = "ctrl";
@@ -88,9 +95,9 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
     let database_url = mariadb.database_url(DATABASE);
     migrate(&mariadb.admin_url(), &database_url).await?;
 
-    let api_bin = match &args.api_bin {
-        Some(bin) => bin.clone(),
-        None => build_ctrl_api()?,
+    let bin_dir = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => build_services()?,
     };
 
     eprintln!(
@@ -111,13 +118,28 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
     eprintln!("starting the podman Docker API");
     let mut podman = Podman::builder().dir(dir.join("podman")).start().await?;
 
+    eprintln!("starting ctrl-worker on 127.0.0.1:{}", args.worker_port);
+    let mut worker = start_ctrl_worker(
+        &dir,
+        &bin_dir.join("ctrl-worker"),
+        args.worker_port,
+        args.worker_health_port,
+        &database_url,
+        &restate,
+    )?;
+    wait_for_http(
+        &mut worker,
+        &format!("http://127.0.0.1:{}/health/ready", args.worker_health_port),
+    )
+    .await?;
+
     let token = secret(&dir.join("token"), 24, Encoding::Hex)?;
     let vault_key = secret(&dir.join("vault.key"), 32, Encoding::Base64)?;
     eprintln!("starting ctrl-api on 127.0.0.1:{}", args.api_port);
     let api_url = format!("http://127.0.0.1:{}", args.api_port);
     let mut api = start_ctrl_api(
         &dir,
-        &api_bin,
+        &bin_dir.join("ctrl-api"),
         args.api_port,
         &database_url,
         &token,
@@ -148,10 +170,11 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
     println!(
         "\nctrl dev stack is up in {:.1?}\n\
          \x20 ctrl API     {api_url}  (Connect, gRPC; token in stack.env)\n\
+         \x20 ctrl-worker  registered with Restate (health http://127.0.0.1:{worker_health}/health/ready)\n\
          \x20 MariaDB      {database_url}\n\
          \x20 Restate      ingress {}  admin {}\n\
          \x20 Docker API   {}\n\
-         \x20 logs         {}/{{ctrl-api.log,mariadb/error.log,restate/restate.log,podman/service.log}}\n\
+         \x20 logs         {}/{{ctrl-api.log,ctrl-worker.log,mariadb/error.log,restate/restate.log,podman/service.log}}\n\
          \x20 env          {} (endpoints and API token)\n\
          Press Ctrl-C to stop.",
         started.elapsed(),
@@ -160,6 +183,7 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
         podman.docker_host(),
         dir.display(),
         env_file.display(),
+        worker_health = args.worker_health_port,
     );
 
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -172,6 +196,7 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
     eprintln!("stopping the dev stack");
     let _ = fs::remove_file(&env_file);
     api.terminate(Duration::from_secs(15));
+    worker.terminate(Duration::from_secs(15));
     podman.stop(Duration::from_secs(10));
     restate.stop(Duration::from_secs(10));
     mariadb.stop(Duration::from_secs(30));
@@ -244,20 +269,83 @@ fn secret(path: &Path, bytes: usize, encoding: Encoding) -> Result<String> {
     Ok(value)
 }
 
-/// Builds ctrl-api with the cargo that runs us and returns the binary.
-fn build_ctrl_api() -> Result<PathBuf> {
-    eprintln!("building ctrl-api");
+/// Builds the service binaries with the cargo that runs us; returns their directory.
+fn build_services() -> Result<PathBuf> {
+    eprintln!("building ctrl-api and ctrl-worker");
     let status = std::process::Command::new(crate::deps::cargo())
-        .args(["build", "--quiet", "-p", "ctrl-api", "--bin", "ctrl-api"])
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "ctrl-api",
+            "-p",
+            "ctrl-worker",
+            "--bins",
+        ])
         .status()
         .context("run cargo build")?;
     if !status.success() {
-        bail!("cargo build -p ctrl-api failed");
+        bail!("cargo build -p ctrl-api -p ctrl-worker failed");
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    Ok(target.join("debug").join("ctrl-api"))
+    Ok(target.join("debug"))
+}
+
+/// Writes ctrl-worker's config and starts it; it registers itself with Restate.
+fn start_ctrl_worker(
+    dir: &Path,
+    bin: &Path,
+    port: u16,
+    health_port: u16,
+    database_url: &str,
+    restate: &RestateServer,
+) -> Result<Supervised> {
+    let config = dir.join("ctrl-worker.toml");
+    write_private(
+        &config,
+        &format!(
+            "# Written by `cargo xtask dev`.\n\
+             [restate]\nlisten = \"127.0.0.1:{port}\"\nadmin_url = \"{admin}\"\nregister_as = \"http://127.0.0.1:{port}\"\n\
+             [database]\nurl = \"${{CTRL_DEV_DATABASE_URL}}\"\n\
+             [health]\nlisten = \"127.0.0.1:{health_port}\"\n",
+            admin = restate.admin_url(),
+        ),
+    )?;
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("--config")
+        .arg(&config)
+        .env("CTRL_DEV_DATABASE_URL", database_url);
+    Ok(Supervised::spawn(
+        "ctrl-worker",
+        cmd,
+        &dir.join("ctrl-worker.log"),
+        Some(&dir.join("ctrl-worker.pid")),
+    )?)
+}
+
+/// Waits until `url` answers 200.
+async fn wait_for_http(process: &mut Supervised, url: &str) -> Result<()> {
+    let client = ctrl_testkit::http_client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if client
+            .get(url)
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(());
+        }
+        if process.exit_status().is_some() || Instant::now() > deadline {
+            return Err(process
+                .startup_error(format!("{url} did not answer"))
+                .into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Writes ctrl-api's config (secrets come in through the environment, by

@@ -24,9 +24,12 @@ struct Stack {
 }
 
 /// Starts `xtask dev` in `dir` and waits until it has written stack.env.
-fn start(dir: &Path, ports: &[u16; 5]) -> Result<Stack> {
-    // The ctrl-api the workspace build put next to this xtask binary.
-    let api_bin = Path::new(env!("CARGO_BIN_EXE_xtask")).with_file_name("ctrl-api");
+fn start(dir: &Path, ports: &[u16; 7]) -> Result<Stack> {
+    // The service binaries the workspace build put next to this xtask binary.
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_xtask"))
+        .parent()
+        .expect("a directory")
+        .to_owned();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
     cmd.arg("dev")
         .arg("--dir")
@@ -36,8 +39,10 @@ fn start(dir: &Path, ports: &[u16; 5]) -> Result<Stack> {
         .args(["--restate-admin-port", &ports[2].to_string()])
         .args(["--restate-fabric-port", &ports[3].to_string()])
         .args(["--api-port", &ports[4].to_string()])
-        .arg("--api-bin")
-        .arg(&api_bin);
+        .args(["--worker-port", &ports[5].to_string()])
+        .args(["--worker-health-port", &ports[6].to_string()])
+        .arg("--bin-dir")
+        .arg(&bin_dir);
     let log = dir.with_extension("log");
     let mut xtask = Supervised::spawn("xtask dev", cmd, &log, None)?;
     let env_file = dir.join("stack.env");
@@ -58,6 +63,8 @@ fn start(dir: &Path, ports: &[u16; 5]) -> Result<Stack> {
         "restate/restate.pid",
         "mariadb/mariadbd.testkit.pid",
         "podman/service.pid",
+        "ctrl-api.pid",
+        "ctrl-worker.pid",
     ]
     .iter()
     .map(|f| {
@@ -87,6 +94,8 @@ async fn dev_stack_comes_up_keeps_data_and_stops_cleanly() -> Result<()> {
     let root = tempfile::tempdir()?;
     let dir = root.path().join("dev");
     let ports = [
+        free_port()?,
+        free_port()?,
         free_port()?,
         free_port()?,
         free_port()?,
