@@ -19,7 +19,9 @@ use sqlx::MySqlPool;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::services::deploy::DeployObject;
 use crate::services::deployment::DeploymentObject;
+use crate::services::routing::RoutingObject;
 
 /// Connects to the database, retrying every second for up to the configured time.
 pub async fn connect_database(config: &Config) -> Result<MySqlPool> {
@@ -37,9 +39,12 @@ pub async fn connect_database(config: &Config) -> Result<MySqlPool> {
 }
 
 /// Every Restate service of the worker.
-pub fn endpoint(db: &MySqlPool) -> Endpoint {
+pub fn endpoint(db: &MySqlPool, config: &Config) -> Endpoint {
+    let retire = Duration::from_secs(config.deploy.retire_previous_live_seconds);
     Endpoint::builder()
         .bind(DeploymentObject::new(db.clone()))
+        .bind(RoutingObject::new(db.clone()))
+        .bind(DeployObject::new(db.clone(), retire))
         .build()
 }
 
@@ -114,7 +119,7 @@ pub async fn run(
     tracing::info!(restate = %listener.local_addr()?, health = %health_listener.local_addr()?, "ctrl-worker listening");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = HttpServer::new(endpoint(&db));
+    let server = HttpServer::new(endpoint(&db, config));
     let mut endpoint_stop = stop_rx.clone();
     let serving = tokio::spawn(async move {
         server

@@ -5,9 +5,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
+use ctrl_core::domains::Sticky;
 use ctrl_core::id::{IdKind, generate};
 use ctrl_core::status::DeploymentStatus;
 use ctrl_db::deployment::NewDeployment;
+use ctrl_db::route::NewRoute;
 use ctrl_db::settings::RuntimeSettings;
 use ctrl_db::tenancy::{NewApp, NewEnvironment};
 use ctrl_db::topology::NewTopology;
@@ -31,6 +33,11 @@ pub(crate) struct Harness {
 
 impl Harness {
     pub(crate) async fn start() -> Result<Self> {
+        Self::start_with("").await
+    }
+
+    /// Like [`Harness::start`], with extra TOML for the `[deploy]` section.
+    pub(crate) async fn start_with(deploy: &str) -> Result<Self> {
         let restate = RestateServer::start().await?;
         let db = ctrl_testkit::test_database().await?;
         let dir = tempfile::tempdir()?;
@@ -40,7 +47,7 @@ impl Harness {
             &config,
             format!(
                 "[restate]\nlisten = \"127.0.0.1:{port}\"\nadmin_url = \"{admin}\"\nregister_as = \"http://127.0.0.1:{port}\"\n\
-                 [database]\nurl = \"{url}\"\n[health]\nlisten = \"127.0.0.1:{health_port}\"\n",
+                 [database]\nurl = \"{url}\"\n[health]\nlisten = \"127.0.0.1:{health_port}\"\n[deploy]\n{deploy}\n",
                 admin = restate.admin_url(),
                 url = db.url,
             ),
@@ -184,6 +191,48 @@ impl Harness {
         };
         topology::upsert_running(&mut tx, &t, 2).await?;
         tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Calls a handler through the ingress and waits: (HTTP status, body as
+    /// JSON, or as a JSON string when it is not JSON).
+    pub(crate) async fn call(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<(u16, serde_json::Value)> {
+        let response = http_client()
+            .post(format!("{}/{path}", self.restate.ingress_url()))
+            .json(&body)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        Ok((status, body))
+    }
+
+    /// A frontline route of the app to `deployment_id`.
+    pub(crate) async fn route(
+        &self,
+        environment: &str,
+        deployment_id: &str,
+        fqdn: &str,
+        sticky: Sticky,
+    ) -> Result<String> {
+        let id = generate(IdKind::FrontlineRoute, &mut rand::rng());
+        let project = tenancy::get_app(&self.db.pool, &self.app).await?.project_id;
+        let route = NewRoute {
+            id: &id,
+            workspace_id: &self.workspace,
+            project_id: &project,
+            app_id: &self.app,
+            environment_id: environment,
+            deployment_id,
+            fqdn,
+            sticky,
+        };
+        ctrl_db::route::insert(&self.db.pool, &route, 1).await?;
         Ok(id)
     }
 

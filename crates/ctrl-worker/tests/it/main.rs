@@ -2,3 +2,4 @@
 
 mod deployment_object;
 mod harness;
+mod live;

@@ -1,0 +1,113 @@
+//! `Routing` (virtual object keyed by environment id): every change of an
+//! environment's routes and of its app's live pointer goes through here, so
+//! concurrent deploys, rollbacks and promotes of one environment apply one
+//! at a time. Each handler is one database transaction inside a named
+//! `ctx.run`, so it holds the key only for that long.
+
+use ctrl_db::{route, tenancy};
+use restate_sdk::prelude::*;
+use serde::{Deserialize, Serialize};
+use sqlx::MySqlPool;
+
+use crate::errors::{db_error, now_ms};
+
+/// Input of `AssignFrontlineRoutes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AssignRoutes {
+    /// The deployment the routes should point at.
+    pub deployment_id: String,
+    /// The routes (`flr_…`) to move.
+    pub route_ids: Vec<String>,
+}
+
+/// Input of `SwapLiveDeployment`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwapLive {
+    /// The app whose live pointer moves.
+    pub app_id: String,
+    /// The deployment to make live.
+    pub deployment_id: String,
+    /// The live and environment routes to move with it.
+    pub route_ids: Vec<String>,
+    /// True for a rollback (freezes auto-promotion), false for a promote.
+    pub rolled_back: bool,
+}
+
+/// Output of `SwapLiveDeployment`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Swapped {
+    /// The deployment that was live before (empty if none).
+    pub previous_deployment_id: String,
+}
+
+/// The Routing object.
+#[derive(Debug, Clone)]
+pub struct RoutingObject {
+    db: MySqlPool,
+}
+
+impl RoutingObject {
+    /// The object over a database pool.
+    pub fn new(db: MySqlPool) -> Self {
+        Self { db }
+    }
+}
+
+#[restate_sdk::object(name = "Routing")]
+impl RoutingObject {
+    /// Points routes at a deployment.
+    #[handler(name = "AssignFrontlineRoutes")]
+    async fn assign(
+        &self,
+        ctx: ObjectContext<'_>,
+        Json(req): Json<AssignRoutes>,
+    ) -> HandlerResult<()> {
+        let db = self.db.clone();
+        ctx.run(|| async move {
+            let mut tx = db.begin().await.map_err(|e| db_error(e.into()))?;
+            route::reassign(&mut tx, &req.route_ids, &req.deployment_id, now_ms())
+                .await
+                .map_err(db_error)?;
+            tx.commit().await.map_err(|e| db_error(e.into()))?;
+            Ok(())
+        })
+        .name("assign routes")
+        .await?;
+        Ok(())
+    }
+
+    /// Moves the routes and the app's live pointer (with the rolled-back
+    /// flag) in one transaction; returns what was live before.
+    #[handler(name = "SwapLiveDeployment")]
+    async fn swap(
+        &self,
+        ctx: ObjectContext<'_>,
+        Json(req): Json<SwapLive>,
+    ) -> HandlerResult<Json<Swapped>> {
+        let db = self.db.clone();
+        let previous = ctx
+            .run(|| async move {
+                let now = now_ms();
+                let mut tx = db.begin().await.map_err(|e| db_error(e.into()))?;
+                route::reassign(&mut tx, &req.route_ids, &req.deployment_id, now)
+                    .await
+                    .map_err(db_error)?;
+                let previous = tenancy::swap_live_deployment(
+                    &mut tx,
+                    &req.app_id,
+                    &req.deployment_id,
+                    req.rolled_back,
+                    now,
+                )
+                .await
+                .map_err(db_error)?;
+                tx.commit().await.map_err(|e| db_error(e.into()))?;
+                Ok(previous.unwrap_or_default())
+            })
+            .name("swap live deployment")
+            .await?;
+        Ok(Json(Swapped {
+            previous_deployment_id: previous,
+        }))
+    }
+}
