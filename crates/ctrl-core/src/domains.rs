@@ -117,7 +117,60 @@ pub enum RouteOwner {
     },
 }
 
+/// What decides who an existing route belongs to: the route and the
+/// deployment it points at now.
+#[derive(Debug, Clone, Copy)]
+pub struct ExistingRoute<'a> {
+    /// The route's environment.
+    pub environment_id: &'a str,
+    /// The route's stickiness.
+    pub sticky: Sticky,
+    /// The deployment the route points at.
+    pub deployment_id: &'a str,
+    /// That deployment's commit.
+    pub git_commit_sha: Option<&'a str>,
+    /// That deployment's branch.
+    pub git_branch: Option<&'a str>,
+}
+
 impl RouteOwner {
+    /// Whether `route` (found under this owner's readable hostname) belongs
+    /// to this owner, so a deployment may take it over; if not, the
+    /// deployment uses the owner's fallback hostname instead.
+    pub fn owns(&self, route: &ExistingRoute<'_>) -> bool {
+        match self {
+            Self::Commit {
+                environment_id,
+                sha,
+                deployment_id,
+            } => {
+                route.sticky == Sticky::None
+                    && route.environment_id == environment_id
+                    && route.git_commit_sha == Some(sha.as_str())
+                    && deployment_id
+                        .as_deref()
+                        .is_none_or(|d| d == route.deployment_id)
+            }
+            Self::Branch {
+                environment_id,
+                branch,
+            } => {
+                route.sticky == Sticky::Branch
+                    && route.environment_id == environment_id
+                    && route.git_branch == Some(branch.as_str())
+            }
+            Self::Environment { environment_id } => {
+                route.sticky == Sticky::Environment && route.environment_id == environment_id
+            }
+            Self::Live { environment_id } => {
+                route.sticky == Sticky::Live && route.environment_id == environment_id
+            }
+            Self::Deployment { deployment_id } => {
+                route.sticky == Sticky::Deployment && route.deployment_id == deployment_id
+            }
+        }
+    }
+
     fn hash_parts(&self) -> Vec<&str> {
         match self {
             Self::Commit {
@@ -198,6 +251,9 @@ impl fmt::Display for HostError {
 
 impl std::error::Error for HostError {}
 
+/// Longest apex domain: one full label must still fit in front of it.
+pub const MAX_APEX_LEN: usize = MAX_HOSTNAME_LEN - MAX_LABEL_LEN - 1;
+
 /// Length of the hash in shortened or lossy labels (31 bits).
 const HASH_LEN: usize = 6;
 /// Length of the hash in owner fallbacks (41 bits).
@@ -213,11 +269,10 @@ pub fn generate_hosts(i: &HostInputs<'_>) -> Result<Vec<GeneratedHost>, HostErro
     ] {
         names::validate_slug(slug).map_err(|e| HostError(format!("{what} slug {slug:?} {e}")))?;
     }
-    if !names::is_hostname(i.apex) || i.apex.len() > MAX_HOSTNAME_LEN - MAX_LABEL_LEN - 1 {
+    if !names::is_hostname(i.apex) || i.apex.len() > MAX_APEX_LEN {
         return Err(HostError(format!(
             "apex domain {:?} must be a lowercase hostname of at most {} characters",
-            i.apex,
-            MAX_HOSTNAME_LEN - MAX_LABEL_LEN - 1
+            i.apex, MAX_APEX_LEN
         )));
     }
 
@@ -588,6 +643,53 @@ mod tests {
                 .to_string()
                 .contains("apex")
         );
+    }
+
+    #[test]
+    fn a_route_belongs_to_an_owner_only_with_matching_kind_and_identity() {
+        let route = |sticky, deployment_id, sha, branch| ExistingRoute {
+            environment_id: "env_a",
+            sticky,
+            deployment_id,
+            git_commit_sha: sha,
+            git_branch: branch,
+        };
+        let commit = RouteOwner::Commit {
+            environment_id: "env_a".into(),
+            sha: "abc".into(),
+            deployment_id: None,
+        };
+        assert!(commit.owns(&route(Sticky::None, "d_1", Some("abc"), None)));
+        assert!(!commit.owns(&route(Sticky::None, "d_1", Some("abd"), None)));
+        assert!(!commit.owns(&route(Sticky::Branch, "d_1", Some("abc"), None)));
+        let cli_commit = RouteOwner::Commit {
+            environment_id: "env_a".into(),
+            sha: "abc".into(),
+            deployment_id: Some("d_2".into()),
+        };
+        assert!(!cli_commit.owns(&route(Sticky::None, "d_1", Some("abc"), None)));
+        assert!(cli_commit.owns(&route(Sticky::None, "d_2", Some("abc"), None)));
+        let branch = RouteOwner::Branch {
+            environment_id: "env_a".into(),
+            branch: "feat/x".into(),
+        };
+        assert!(branch.owns(&route(Sticky::Branch, "d_1", None, Some("feat/x"))));
+        // "feat-x" shortens to the same label but is another branch.
+        assert!(!branch.owns(&route(Sticky::Branch, "d_1", None, Some("feat-x"))));
+        let other_env = RouteOwner::Environment {
+            environment_id: "env_b".into(),
+        };
+        assert!(!other_env.owns(&route(Sticky::Environment, "d_1", None, None)));
+        let live = RouteOwner::Live {
+            environment_id: "env_a".into(),
+        };
+        assert!(live.owns(&route(Sticky::Live, "d_1", None, None)));
+        assert!(!live.owns(&route(Sticky::Environment, "d_1", None, None)));
+        let own = RouteOwner::Deployment {
+            deployment_id: "d_1".into(),
+        };
+        assert!(own.owns(&route(Sticky::Deployment, "d_1", None, None)));
+        assert!(!own.owns(&route(Sticky::Deployment, "d_2", None, None)));
     }
 
     #[test]

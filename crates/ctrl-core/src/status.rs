@@ -301,9 +301,38 @@ try_from_string!(
     crate::domains::Sticky
 );
 
+/// Whether enough regions run enough instances for a deployment to be
+/// ready. Each entry is one region's (minimum replicas, running instances).
+/// All regions but one must be healthy (at least one), so a single regional
+/// outage does not block every deploy.
+pub fn enough_regions_ready(regions: &[(u32, u64)]) -> bool {
+    if regions.is_empty() {
+        return false;
+    }
+    let healthy = regions
+        .iter()
+        .filter(|(min, running)| *running >= u64::from((*min).max(1)))
+        .count();
+    healthy >= regions.len().saturating_sub(1).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_regions_but_one_must_run_their_minimum() {
+        assert!(!enough_regions_ready(&[]));
+        assert!(!enough_regions_ready(&[(1, 0)]));
+        assert!(enough_regions_ready(&[(1, 1)]));
+        assert!(!enough_regions_ready(&[(3, 2)]));
+        // A minimum of 0 still needs one instance.
+        assert!(!enough_regions_ready(&[(0, 0)]));
+        assert!(enough_regions_ready(&[(2, 2), (2, 0)]));
+        assert!(!enough_regions_ready(&[(2, 1), (2, 0)]));
+        assert!(!enough_regions_ready(&[(1, 1), (1, 0), (1, 0)]));
+        assert!(enough_regions_ready(&[(1, 1), (1, 5), (1, 0)]));
+    }
 
     #[test]
     fn names_round_trip() {

@@ -539,6 +539,23 @@ pub async fn end_running_steps(
     Ok(done.rows_affected())
 }
 
+/// Ends every running step of a deployment as done (no error), e.g. when
+/// the pipeline moves on to its next phase; returns how many.
+pub async fn complete_running_steps(
+    ex: impl MySqlExecutor<'_>,
+    deployment_id: &str,
+    now: i64,
+) -> Result<u64> {
+    let done = sqlx::query(
+        "UPDATE deployment_steps SET ended_at = ? WHERE deployment_id = ? AND ended_at IS NULL",
+    )
+    .bind(now)
+    .bind(deployment_id)
+    .execute(ex)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// A deployment's steps in phase order.
 pub async fn list_steps(ex: impl MySqlExecutor<'_>, deployment_id: &str) -> Result<Vec<Step>> {
     Ok(sqlx::query_as(

@@ -274,6 +274,18 @@ pub async fn get_app(ex: impl MySqlExecutor<'_>, id: &str) -> Result<App> {
         .ok_or(Error::NotFound("app"))
 }
 
+/// The app with this id, locked until the transaction ends (so a decision
+/// on its live pointer or rolled-back flag holds until the write).
+pub async fn lock_app(conn: &mut MySqlConnection, id: &str) -> Result<App> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{APP} WHERE id = ? FOR UPDATE"
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or(Error::NotFound("app"))
+}
+
 /// A project's apps in creation order, after the cursor.
 pub async fn list_apps(
     ex: impl MySqlExecutor<'_>,

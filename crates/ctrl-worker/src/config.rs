@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use ctrl_core::domains::MAX_APEX_LEN;
 use ctrl_runtime::config::{Validate, Validator};
 use serde::Deserialize;
 
@@ -110,6 +111,8 @@ pub struct DeployConfig {
     pub retire_previous_preview_seconds: u64,
     /// How long to wait for instances before failing a deployment.
     pub readiness_timeout_seconds: u64,
+    /// The platform's apex domain: generated hostnames end in it.
+    pub apex_domain: String,
 }
 
 impl Default for DeployConfig {
@@ -118,6 +121,7 @@ impl Default for DeployConfig {
             retire_previous_live_seconds: 30 * 60,
             retire_previous_preview_seconds: 60,
             readiness_timeout_seconds: 15 * 60,
+            apex_domain: "ctrl.localhost".into(),
         }
     }
 }
@@ -172,9 +176,44 @@ impl Validate for Config {
             1..=24 * 3600,
         );
         v.check(
+            ctrl_core::names::is_hostname(&self.deploy.apex_domain)
+                && self.deploy.apex_domain.len() <= MAX_APEX_LEN,
+            "deploy.apex_domain",
+            format!(
+                "must be a lowercase hostname of at most {MAX_APEX_LEN} characters, e.g. \"ctrl.example.com\""
+            ),
+        );
+        v.check(
             matches!(self.log.format.as_str(), "text" | "json"),
             "log.format",
             "must be \"text\" or \"json\"",
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ctrl_runtime::config::ConfigError> {
+        let env = HashMap::from([("CTRL_DB_PASSWORD".to_owned(), "secret".to_owned())]);
+        ctrl_runtime::config::parse(text, "test", &env, ENV_PREFIX)
+    }
+
+    #[test]
+    fn the_example_configuration_is_valid() {
+        let text = include_str!("../../../deploy/ctrl-worker.example.toml");
+        let config = parse(text).expect("example parses");
+        assert_eq!(config.deploy.apex_domain, "ctrl.example.com");
+        assert_eq!(config.deploy.retire_previous_live_seconds, 1800);
+    }
+
+    #[test]
+    fn a_bad_apex_domain_is_named() {
+        let text = "[restate]\nadmin_url = \"http://r:9070\"\n[database]\nurl = \"mysql://u@h/db\"\n[deploy]\napex_domain = \"Not A Host\"\n";
+        let err = parse(text).expect_err("invalid apex").to_string();
+        assert!(err.contains("deploy.apex_domain"), "{err}");
     }
 }

@@ -2,9 +2,9 @@
 //! rows and broken rules are terminal (no retry); everything else is
 //! retried by Restate's (durable, bounded) retry policy.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use restate_sdk::prelude::{HandlerError, TerminalError};
+use restate_sdk::prelude::{HandlerError, RunRetryPolicy, TerminalError};
 
 /// A database error as a handler error.
 pub fn db_error(e: ctrl_db::Error) -> HandlerError {
@@ -28,4 +28,16 @@ pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Retries of one `ctx.run` step: about half a minute of exponential backoff
+/// (0.2 s doubling to 5 s, 8 attempts), then the step fails terminally and
+/// the handler's compensation runs. A worker crash is not an attempt: Restate
+/// replays the journal and the step runs again from the start.
+pub fn step_retry() -> RunRetryPolicy {
+    RunRetryPolicy::new()
+        .initial_delay(Duration::from_millis(200))
+        .exponentiation_factor(2.0)
+        .max_delay(Duration::from_secs(5))
+        .max_attempts(8)
 }

@@ -19,7 +19,7 @@ use sqlx::MySqlPool;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::services::deploy::DeployObject;
+use crate::services::deploy::{DeployObject, DeploySettings};
 use crate::services::deployment::DeploymentObject;
 use crate::services::routing::RoutingObject;
 
@@ -40,11 +40,13 @@ pub async fn connect_database(config: &Config) -> Result<MySqlPool> {
 
 /// Every Restate service of the worker.
 pub fn endpoint(db: &MySqlPool, config: &Config) -> Endpoint {
-    let retire = Duration::from_secs(config.deploy.retire_previous_live_seconds);
     Endpoint::builder()
         .bind(DeploymentObject::new(db.clone()))
         .bind(RoutingObject::new(db.clone()))
-        .bind(DeployObject::new(db.clone(), retire))
+        .bind(DeployObject::new(
+            db.clone(),
+            DeploySettings::from(&config.deploy),
+        ))
         .build()
 }
 

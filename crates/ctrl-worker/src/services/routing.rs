@@ -4,6 +4,7 @@
 //! at a time. Each handler is one database transaction inside a named
 //! `ctx.run`, so it holds the key only for that long.
 
+use ctrl_core::domains::Sticky;
 use ctrl_db::{route, tenancy};
 use restate_sdk::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,24 @@ pub struct SwapLive {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Swapped {
     /// The deployment that was live before (empty if none).
+    pub previous_deployment_id: String,
+}
+
+/// Input of `AutoPromote`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AutoPromote {
+    /// The app whose live pointer may move.
+    pub app_id: String,
+    /// The freshly ready deployment.
+    pub deployment_id: String,
+}
+
+/// Output of `AutoPromote`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AutoPromoted {
+    /// False when the app is rolled back (auto-promotion is frozen).
+    pub promoted: bool,
+    /// The deployment that was live before (empty if none or not promoted).
     pub previous_deployment_id: String,
 }
 
@@ -109,5 +128,58 @@ impl RoutingObject {
         Ok(Json(Swapped {
             previous_deployment_id: previous,
         }))
+    }
+
+    /// A new production deployment is ready: unless the app is rolled back,
+    /// make it live and move the environment's live and environment routes
+    /// to it. The flag is read under the app's row lock in the same
+    /// transaction as the move, so a concurrent rollback is never undone.
+    #[handler(name = "AutoPromote")]
+    async fn auto_promote(
+        &self,
+        ctx: ObjectContext<'_>,
+        Json(req): Json<AutoPromote>,
+    ) -> HandlerResult<Json<AutoPromoted>> {
+        let db = self.db.clone();
+        let environment_id = ctx.key().to_owned();
+        let Json(out) = ctx
+            .run(|| async move {
+                let now = now_ms();
+                let mut tx = db.begin().await.map_err(|e| db_error(e.into()))?;
+                let app = tenancy::lock_app(&mut tx, &req.app_id)
+                    .await
+                    .map_err(db_error)?;
+                if app.is_rolled_back {
+                    return Ok(Json(AutoPromoted::default()));
+                }
+                let routes = route::list_by_environment_sticky(
+                    &mut *tx,
+                    &environment_id,
+                    &[Sticky::Live, Sticky::Environment],
+                )
+                .await
+                .map_err(db_error)?;
+                let ids: Vec<String> = routes.into_iter().map(|r| r.id).collect();
+                route::reassign(&mut tx, &ids, &req.deployment_id, now)
+                    .await
+                    .map_err(db_error)?;
+                let previous = tenancy::swap_live_deployment(
+                    &mut tx,
+                    &req.app_id,
+                    &req.deployment_id,
+                    false,
+                    now,
+                )
+                .await
+                .map_err(db_error)?;
+                tx.commit().await.map_err(|e| db_error(e.into()))?;
+                Ok(Json(AutoPromoted {
+                    promoted: true,
+                    previous_deployment_id: previous.unwrap_or_default(),
+                }))
+            })
+            .name("auto-promote")
+            .await?;
+        Ok(Json(out))
     }
 }

@@ -9,12 +9,15 @@ use ctrl_core::domains::Sticky;
 use ctrl_core::id::{IdKind, generate};
 use ctrl_core::status::DeploymentStatus;
 use ctrl_db::deployment::NewDeployment;
+use ctrl_db::instance::ReportedInstance;
 use ctrl_db::route::NewRoute;
 use ctrl_db::settings::RuntimeSettings;
+use ctrl_db::settings::{RegionPolicy, Scope};
 use ctrl_db::tenancy::{NewApp, NewEnvironment};
 use ctrl_db::topology::NewTopology;
+use ctrl_db::types::InstanceStatus;
 use ctrl_db::types::{EnvironmentKind, SourceKind, TriggerKind};
-use ctrl_db::{cluster, deployment, tenancy, topology};
+use ctrl_db::{cluster, deployment, instance, settings, tenancy, topology};
 use ctrl_testkit::process::Supervised;
 use ctrl_testkit::{RestateServer, TestDatabase, free_port, http_client};
 
@@ -127,6 +130,24 @@ impl Harness {
         )
         .await?
         .id;
+        drop(conn);
+        for environment_id in [&production, &preview] {
+            let mut tx = p.begin().await?;
+            let scope = Scope {
+                workspace_id: &workspace,
+                app_id: &app,
+                environment_id,
+            };
+            let policy = RegionPolicy {
+                region_id: &region,
+                min_replicas: 1,
+                max_replicas: 1,
+                cpu_threshold_percent: 0,
+                memory_threshold_percent: 0,
+            };
+            settings::replace_regional(&mut tx, scope, &[policy], 1).await?;
+            tx.commit().await?;
+        }
         Ok(Self {
             restate,
             db,
@@ -142,35 +163,7 @@ impl Harness {
 
     /// A ready deployment with a running topology row in the region.
     pub(crate) async fn ready_deployment(&self, environment: &str) -> Result<String> {
-        let id = generate(IdKind::Deployment, &mut rand::rng());
-        let project = tenancy::get_app(&self.db.pool, &self.app).await?.project_id;
-        let d = NewDeployment {
-            id: id.clone(),
-            k8s_name: ctrl_core::names::random_dns1035(12, &mut rand::rng()),
-            workspace_id: self.workspace.clone(),
-            project_id: project,
-            app_id: self.app.clone(),
-            environment_id: environment.into(),
-            source_kind: SourceKind::Image,
-            image: Some("localhost/demo:1".into()),
-            git_repository: None,
-            git_commit_sha: None,
-            git_branch: None,
-            git_commit_message: None,
-            git_commit_author_handle: None,
-            git_commit_author_avatar_url: None,
-            git_commit_timestamp: None,
-            fork_repository: None,
-            runtime: RuntimeSettings::default(),
-            encrypted_environment: Vec::new(),
-            trigger_kind: TriggerKind::Api,
-            trigger_reason: None,
-            actor_id: None,
-            actor_name: None,
-            actor_type: None,
-            idempotency_key: None,
-        };
-        deployment::insert(&self.db.pool, &d, 1).await?;
+        let id = self.pending_deployment(environment, None).await?;
         deployment::compare_and_set_status(
             &self.db.pool,
             &id,
@@ -192,6 +185,120 @@ impl Harness {
         topology::upsert_running(&mut tx, &t, 2).await?;
         tx.commit().await?;
         Ok(id)
+    }
+
+    /// A pending image deployment, from a commit on `branch` if given.
+    pub(crate) async fn pending_deployment(
+        &self,
+        environment: &str,
+        branch: Option<&str>,
+    ) -> Result<String> {
+        let id = generate(IdKind::Deployment, &mut rand::rng());
+        let sha = branch.map(|_| format!("{:040x}", rand::random::<u128>()));
+        let project = tenancy::get_app(&self.db.pool, &self.app).await?.project_id;
+        let d = NewDeployment {
+            id: id.clone(),
+            k8s_name: ctrl_core::names::random_dns1035(12, &mut rand::rng()),
+            workspace_id: self.workspace.clone(),
+            project_id: project,
+            app_id: self.app.clone(),
+            environment_id: environment.into(),
+            source_kind: SourceKind::Image,
+            image: Some("localhost/demo:1".into()),
+            git_repository: branch.map(|_| "acme/shop".into()),
+            git_commit_sha: sha,
+            git_branch: branch.map(Into::into),
+            git_commit_message: None,
+            git_commit_author_handle: None,
+            git_commit_author_avatar_url: None,
+            git_commit_timestamp: None,
+            fork_repository: None,
+            runtime: RuntimeSettings::default(),
+            encrypted_environment: Vec::new(),
+            trigger_kind: TriggerKind::Api,
+            trigger_reason: None,
+            actor_id: None,
+            actor_name: None,
+            actor_type: None,
+            idempotency_key: None,
+        };
+        deployment::insert(&self.db.pool, &d, 1).await?;
+        Ok(id)
+    }
+
+    /// Starts the deployment's pipeline the way ctrl-api does (the
+    /// deployment id is the idempotency key).
+    pub(crate) async fn deploy(&self, id: &str) -> Result<()> {
+        let response = http_client()
+            .post(format!(
+                "{}/Deploy/{id}/Deploy/send",
+                self.restate.ingress_url()
+            ))
+            .header("idempotency-key", id)
+            .json(&serde_json::json!({ "deployment_id": id }))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!(
+                "Deploy {id}: {} {}",
+                response.status(),
+                response.text().await?
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits until the deployment's pipeline invocation has completed.
+    pub(crate) async fn wait_finished(&self, id: &str) -> Result<()> {
+        eventually(Duration::from_secs(30), || async {
+            let rows = self.invocations("Deploy", id, "Deploy").await?;
+            Ok(rows.iter().any(|r| r["status"] == "completed"))
+        })
+        .await
+    }
+
+    /// Reports `n` running instances in the region and wakes the pipeline,
+    /// the way cluster-sync does when an agent reports.
+    pub(crate) async fn report_running(&self, id: &str, n: usize) -> Result<()> {
+        let reported: Vec<ReportedInstance> = (0..n)
+            .map(|i| ReportedInstance {
+                new_id: generate(IdKind::Instance, &mut rand::rng()),
+                name: format!("{id}-{i}"),
+                address: format!("127.0.0.1:{}", 20000 + i),
+                cpu_millicores: 250,
+                memory_mib: 256,
+                status: InstanceStatus::Running,
+            })
+            .collect();
+        let mut tx = self.db.pool.begin().await?;
+        instance::replace_for_deployment(&mut tx, &self.workspace, id, &self.region, &reported, 5)
+            .await?;
+        tx.commit().await?;
+        self.send(&format!("Deploy/{id}/NotifyInstancesReady"), None)
+            .await
+    }
+
+    /// Waits until the deployment has `status`.
+    pub(crate) async fn wait_status(&self, id: &str, status: DeploymentStatus) -> Result<()> {
+        let waited = eventually(Duration::from_secs(30), || async {
+            Ok(deployment::get(&self.db.pool, id).await?.status == status)
+        })
+        .await;
+        if let Err(e) = waited {
+            let d = deployment::get(&self.db.pool, id).await?;
+            bail!(
+                "{id} is {} ({:?}), not {status}: {e}\nworker log:\n{}",
+                d.status,
+                d.error_message,
+                self.worker_log(30)
+            );
+        }
+        Ok(())
+    }
+
+    /// The last `n` lines of the worker's log (for failure messages).
+    pub(crate) fn worker_log(&self, n: usize) -> String {
+        self._worker.log_tail(n)
     }
 
     /// Calls a handler through the ingress and waits: (HTTP status, body as
@@ -257,7 +364,7 @@ impl Harness {
         handler: &str,
     ) -> Result<Vec<serde_json::Value>> {
         let query = format!(
-            "SELECT status, completion_failure FROM sys_invocation WHERE target_service_name = '{service}' AND target_service_key = '{key}' AND target_handler_name = '{handler}'"
+            "SELECT id, status, completion_failure FROM sys_invocation WHERE target_service_name = '{service}' AND target_service_key = '{key}' AND target_handler_name = '{handler}'"
         );
         let rows: serde_json::Value = http_client()
             .post(format!("{}/query", self.restate.admin_url()))

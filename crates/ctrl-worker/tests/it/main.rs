@@ -3,3 +3,4 @@
 mod deployment_object;
 mod harness;
 mod live;
+mod pipeline;

@@ -1,0 +1,221 @@
+//! Rollback and Promote.
+//!
+//! Rollback runs on the Deploy object of the deployment that is live now
+//! and Promote on the target's, and both move traffic through
+//! `Routing(environment)` in one short transaction — so neither ever waits
+//! behind a newer deployment's pipeline that is waiting for instances.
+
+use std::time::Duration;
+
+use ctrl_core::domains::Sticky;
+use ctrl_core::gate::{self, AppFacts, DeploymentFacts};
+use ctrl_core::workflows::{LiveSwap, PromoteInput, RollbackInput, ScheduleDesiredStateChange};
+use ctrl_db::types::EnvironmentKind;
+use ctrl_db::{deployment, route, tenancy};
+use restate_sdk::prelude::*;
+use serde::{Deserialize, Serialize};
+use sqlx::MySqlPool;
+
+use crate::errors::db_error;
+use crate::services::deployment::DeploymentObjectClient;
+use crate::services::routing::{RoutingObjectClient, SwapLive};
+
+/// What the deploy-gate rules and the swap need, read in one `ctx.run`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LiveContext {
+    app_id: String,
+    environment_id: String,
+    live_deployment_id: Option<String>,
+    is_rolled_back: bool,
+    /// (id, project, app, environment, status, desired state, production?)
+    deployments: Vec<GateRow>,
+    /// The environment's live and environment routes.
+    route_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct GateRow {
+    id: String,
+    project_id: String,
+    app_id: String,
+    environment_id: String,
+    status: String,
+    desired_state: String,
+    is_production: bool,
+}
+
+impl GateRow {
+    fn facts(&self) -> Result<DeploymentFacts<'_>, HandlerError> {
+        let corrupt = |e: ctrl_core::status::UnknownName| {
+            HandlerError::from(TerminalError::new_with_code(500, e.to_string()))
+        };
+        Ok(DeploymentFacts {
+            id: &self.id,
+            project_id: &self.project_id,
+            app_id: &self.app_id,
+            environment_id: &self.environment_id,
+            status: self.status.parse().map_err(corrupt)?,
+            desired_state: self.desired_state.parse().map_err(corrupt)?,
+            is_production: self.is_production,
+        })
+    }
+}
+
+/// Loads the target, the app's live deployment and (for a rollback) the
+/// given source, plus the routes that follow the live deployment.
+async fn load(
+    db: &MySqlPool,
+    target_id: &str,
+    source_id: Option<&str>,
+) -> Result<LiveContext, HandlerError> {
+    let row = |d: deployment::Deployment, is_production: bool| GateRow {
+        id: d.id,
+        project_id: d.project_id,
+        app_id: d.app_id,
+        environment_id: d.environment_id,
+        status: d.status.as_str().into(),
+        desired_state: d.desired_state.as_str().into(),
+        is_production,
+    };
+    let target = deployment::get(db, target_id).await.map_err(db_error)?;
+    let env = tenancy::get_environment(db, &target.environment_id)
+        .await
+        .map_err(db_error)?;
+    let app = tenancy::get_app(db, &target.app_id)
+        .await
+        .map_err(db_error)?;
+    let production = env.kind == EnvironmentKind::Production;
+    let routes =
+        route::list_by_environment_sticky(db, &env.id, &[Sticky::Live, Sticky::Environment])
+            .await
+            .map_err(db_error)?;
+    let mut deployments = vec![row(target, production)];
+    if let Some(source_id) = source_id.filter(|s| *s != target_id) {
+        let source = deployment::get(db, source_id).await.map_err(db_error)?;
+        let source_env = tenancy::get_environment(db, &source.environment_id)
+            .await
+            .map_err(db_error)?;
+        deployments.push(row(source, source_env.kind == EnvironmentKind::Production));
+    }
+    Ok(LiveContext {
+        app_id: app.id,
+        environment_id: env.id,
+        live_deployment_id: app.live_deployment_id,
+        is_rolled_back: app.is_rolled_back,
+        deployments,
+        route_ids: routes.into_iter().map(|r| r.id).collect(),
+    })
+}
+
+fn refused(e: gate::GateError) -> HandlerError {
+    TerminalError::new_with_code(409, e.message()).into()
+}
+
+/// Moves the app's live traffic back to `target` and freezes
+/// auto-promotion. Runs on the live (source) deployment's key.
+pub(super) async fn rollback(
+    db: &MySqlPool,
+    ctx: &ObjectContext<'_>,
+    req: RollbackInput,
+) -> HandlerResult<Json<LiveSwap>> {
+    if req.source_deployment_id != ctx.key() {
+        return Err(TerminalError::new_with_code(
+            400,
+            "Rollback must be invoked on the source deployment's key",
+        )
+        .into());
+    }
+    let db = db.clone();
+    let (target_id, source_id) = (
+        req.target_deployment_id.clone(),
+        req.source_deployment_id.clone(),
+    );
+    let Json(live) = ctx
+        .run(|| async move { load(&db, &target_id, Some(&source_id)).await.map(Json) })
+        .name("load rollback context")
+        .await?;
+    let app = AppFacts {
+        live_deployment_id: live.live_deployment_id.as_deref(),
+        is_rolled_back: live.is_rolled_back,
+    };
+    let target = live.deployments[0].facts()?;
+    let source = live.deployments.get(1).map(GateRow::facts).transpose()?;
+    gate::check_rollback(source.as_ref(), &target, &app).map_err(refused)?;
+
+    let swap = SwapLive {
+        app_id: live.app_id.clone(),
+        deployment_id: req.target_deployment_id.clone(),
+        route_ids: live.route_ids.clone(),
+        rolled_back: true,
+    };
+    let Json(swapped) = ctx
+        .object_client::<RoutingObjectClient<'_>>(&live.environment_id)
+        .swap(Json(swap))
+        .call()
+        .await?;
+    // The target may have been scheduled to retire; it is live again now.
+    ctx.object_client::<DeploymentObjectClient<'_>>(&req.target_deployment_id)
+        .clear()
+        .send();
+    Ok(Json(LiveSwap {
+        previous_deployment_id: swapped.previous_deployment_id,
+    }))
+}
+
+/// Makes `target` live and re-enables auto-promotion; the previous live
+/// deployment retires after `retire_previous_live`. Runs on the target's key.
+pub(super) async fn promote(
+    db: &MySqlPool,
+    ctx: &ObjectContext<'_>,
+    req: PromoteInput,
+    retire_previous_live: Duration,
+) -> HandlerResult<Json<LiveSwap>> {
+    if req.target_deployment_id != ctx.key() {
+        return Err(TerminalError::new_with_code(
+            400,
+            "Promote must be invoked on the target deployment's key",
+        )
+        .into());
+    }
+    let db = db.clone();
+    let target_id = req.target_deployment_id.clone();
+    let Json(live) = ctx
+        .run(|| async move { load(&db, &target_id, None).await.map(Json) })
+        .name("load promote context")
+        .await?;
+    let app = AppFacts {
+        live_deployment_id: live.live_deployment_id.as_deref(),
+        is_rolled_back: live.is_rolled_back,
+    };
+    gate::check_promote(&live.deployments[0].facts()?, &app).map_err(refused)?;
+
+    let swap = SwapLive {
+        app_id: live.app_id.clone(),
+        deployment_id: req.target_deployment_id.clone(),
+        route_ids: live.route_ids.clone(),
+        rolled_back: false,
+    };
+    let Json(swapped) = ctx
+        .object_client::<RoutingObjectClient<'_>>(&live.environment_id)
+        .swap(Json(swap))
+        .call()
+        .await?;
+    ctx.object_client::<DeploymentObjectClient<'_>>(&req.target_deployment_id)
+        .clear()
+        .send();
+    if !swapped.previous_deployment_id.is_empty()
+        && swapped.previous_deployment_id != req.target_deployment_id
+    {
+        let retire = ScheduleDesiredStateChange {
+            delay_millis: u64::try_from(retire_previous_live.as_millis()).unwrap_or(u64::MAX),
+            state: "stopped".into(),
+            overwrite: false,
+        };
+        ctx.object_client::<DeploymentObjectClient<'_>>(&swapped.previous_deployment_id)
+            .schedule(Json(retire))
+            .send();
+    }
+    Ok(Json(LiveSwap {
+        previous_deployment_id: swapped.previous_deployment_id,
+    }))
+}

@@ -1,0 +1,107 @@
+//! `Deploy` (virtual object keyed by deployment id): the deployment
+//! pipeline (`Deploy`), `Rollback`, `Promote`, and the shared
+//! `NotifyInstancesReady` through which cluster-sync wakes a pipeline that
+//! waits for instances. Names and inputs are in `ctrl_core::workflows`.
+
+mod live;
+mod pipeline;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ctrl_core::workflows::{DeployInput, LiveSwap, PromoteInput, RollbackInput};
+use restate_sdk::prelude::*;
+use sqlx::MySqlPool;
+
+pub use pipeline::SUPERSEDED;
+
+use crate::config::DeployConfig;
+
+/// State key of the awakeable the pipeline waits on for instances.
+const READINESS_AWAKEABLE: &str = "instances_ready_awakeable";
+
+/// What the Deploy object takes from the configuration.
+#[derive(Debug, Clone)]
+pub struct DeploySettings {
+    /// How long a replaced live deployment keeps running (instant rollback).
+    pub retire_previous_live: Duration,
+    /// How long older previews of a branch keep running after a newer one.
+    pub retire_previous_preview: Duration,
+    /// How long to wait for instances before failing.
+    pub readiness_timeout: Duration,
+    /// Generated hostnames end in this domain.
+    pub apex_domain: String,
+}
+
+impl From<&DeployConfig> for DeploySettings {
+    fn from(c: &DeployConfig) -> Self {
+        Self {
+            retire_previous_live: Duration::from_secs(c.retire_previous_live_seconds),
+            retire_previous_preview: Duration::from_secs(c.retire_previous_preview_seconds),
+            readiness_timeout: Duration::from_secs(c.readiness_timeout_seconds),
+            apex_domain: c.apex_domain.clone(),
+        }
+    }
+}
+
+/// The Deploy object.
+#[derive(Debug, Clone)]
+pub struct DeployObject {
+    db: MySqlPool,
+    settings: Arc<DeploySettings>,
+}
+
+impl DeployObject {
+    /// The object over a database pool.
+    pub fn new(db: MySqlPool, settings: DeploySettings) -> Self {
+        Self {
+            db,
+            settings: Arc::new(settings),
+        }
+    }
+}
+
+#[restate_sdk::object(name = "Deploy")]
+impl DeployObject {
+    /// Runs the deployment's pipeline (see `pipeline`).
+    #[handler(name = "Deploy")]
+    async fn deploy(
+        &self,
+        ctx: ObjectContext<'_>,
+        Json(req): Json<DeployInput>,
+    ) -> HandlerResult<()> {
+        pipeline::run(&self.db, &self.settings, &ctx, req).await
+    }
+
+    /// Moves the app's live traffic back to an earlier deployment and
+    /// freezes auto-promotion. Keyed by the live (source) deployment.
+    #[handler(name = "Rollback")]
+    async fn rollback(
+        &self,
+        ctx: ObjectContext<'_>,
+        Json(req): Json<RollbackInput>,
+    ) -> HandlerResult<Json<LiveSwap>> {
+        live::rollback(&self.db, &ctx, req).await
+    }
+
+    /// Makes a deployment live and re-enables auto-promotion. Keyed by the
+    /// target.
+    #[handler(name = "Promote")]
+    async fn promote(
+        &self,
+        ctx: ObjectContext<'_>,
+        Json(req): Json<PromoteInput>,
+    ) -> HandlerResult<Json<LiveSwap>> {
+        live::promote(&self.db, &ctx, req, self.settings.retire_previous_live).await
+    }
+
+    /// Wakes the pipeline if it waits for instances. It re-checks the
+    /// database when woken, so an early or repeated call is harmless.
+    #[handler(name = "NotifyInstancesReady")]
+    async fn notify_instances_ready(&self, ctx: SharedObjectContext<'_>) -> HandlerResult<()> {
+        if let Some(id) = ctx.get::<String>(READINESS_AWAKEABLE).await? {
+            ctx.resolve_awakeable(&id, ());
+        }
+        Ok(())
+    }
+}
