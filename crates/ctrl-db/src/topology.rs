@@ -41,6 +41,25 @@ pub async fn next_version(conn: &mut MySqlConnection, region_id: &str) -> Result
     )
 }
 
+/// Locks the region's version counter until the transaction ends, without
+/// taking a version (creating the counter row if it is missing).
+async fn lock_region(conn: &mut MySqlConnection, region_id: &str) -> Result<()> {
+    let lock = || {
+        sqlx::query_scalar::<_, u64>(
+            "SELECT version FROM region_versions WHERE region_id = ? FOR UPDATE",
+        )
+        .bind(region_id)
+    };
+    if lock().fetch_optional(&mut *conn).await?.is_none() {
+        sqlx::query("INSERT IGNORE INTO region_versions (region_id, version) VALUES (?, 0)")
+            .bind(region_id)
+            .execute(&mut *conn)
+            .await?;
+        lock().fetch_one(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// The highest version handed out in a region (0 if none).
 pub async fn current_version(ex: impl MySqlExecutor<'_>, region_id: &str) -> Result<u64> {
     Ok(
@@ -96,16 +115,40 @@ pub struct NewTopology<'a> {
 }
 
 /// Creates the deployment's row in a region with desired status running, or
-/// sets an existing one back to running; stamps a new version either way.
-/// Call inside a transaction. Returns the version.
+/// sets an existing one back to running, stamping a new version. A row that
+/// already says exactly this keeps its version (a retried step changes
+/// nothing an agent could see). Call inside a transaction. Returns the version.
 pub async fn upsert_running(
     conn: &mut MySqlConnection,
     t: &NewTopology<'_>,
     now: i64,
 ) -> Result<u64> {
-    let version = next_version(&mut *conn, t.region_id).await?;
     let min = t.min_replicas.max(1);
     let max = t.max_replicas.max(min);
+    // The region's counter first (the fixed lock order), then the row.
+    lock_region(&mut *conn, t.region_id).await?;
+    let existing: Option<(u32, u32, u8, u8, String, u64)> = sqlx::query_as(
+        "SELECT min_replicas, max_replicas, cpu_threshold_percent, memory_threshold_percent,
+                desired_status, version
+         FROM deployment_topology WHERE deployment_id = ? AND region_id = ? FOR UPDATE",
+    )
+    .bind(t.deployment_id)
+    .bind(t.region_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some((emin, emax, ecpu, emem, status, version)) = existing
+        && (emin, emax, ecpu, emem)
+            == (
+                min,
+                max,
+                t.cpu_threshold_percent,
+                t.memory_threshold_percent,
+            )
+        && status == DesiredState::Running.as_str()
+    {
+        return Ok(version);
+    }
+    let version = next_version(&mut *conn, t.region_id).await?;
     sqlx::query(
         "INSERT INTO deployment_topology
            (workspace_id, deployment_id, region_id, min_replicas, max_replicas, cpu_threshold_percent,
@@ -369,4 +412,33 @@ pub async fn upsert_network_policy(
     .execute(ex)
     .await?;
     Ok(())
+}
+
+/// A stored network policy.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct StoredNetworkPolicy {
+    /// `net_…`
+    pub id: String,
+    /// The region.
+    pub region_id: String,
+    /// Namespace of the workload.
+    pub k8s_namespace: String,
+    /// Name of the policy object.
+    pub k8s_name: String,
+    /// The policy document (`ctrl.v1.NetworkPolicy` as JSON).
+    pub policy: Json<serde_json::Value>,
+}
+
+/// A deployment's network policies, one per region, by region.
+pub async fn list_network_policies(
+    ex: impl MySqlExecutor<'_>,
+    deployment_id: &str,
+) -> Result<Vec<StoredNetworkPolicy>> {
+    Ok(sqlx::query_as(
+        "SELECT id, region_id, k8s_namespace, k8s_name, policy FROM network_policies
+         WHERE deployment_id = ? ORDER BY region_id",
+    )
+    .bind(deployment_id)
+    .fetch_all(ex)
+    .await?)
 }

@@ -48,6 +48,14 @@ async fn versions_increase_per_region_and_stamp_each_change() -> Result<()> {
         (rows[0].version, rows[0].desired_status),
         (1, DesiredState::Running)
     );
+    // Writing the same again (a retried step) takes no version.
+    let mut tx = db.pool.begin().await?;
+    assert_eq!(
+        topology::upsert_running(&mut tx, &new(&t, &d.id), NOW).await?,
+        1
+    );
+    tx.commit().await?;
+    assert_eq!(topology::current_version(&db.pool, &t.region).await?, 1);
 
     let mut tx = db.pool.begin().await?;
     let written = topology::set_desired_status(&mut tx, &d.id, DesiredState::Stopped, NOW).await?;

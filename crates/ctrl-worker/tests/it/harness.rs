@@ -24,14 +24,15 @@ use ctrl_testkit::{RestateServer, TestDatabase, free_port, http_client};
 pub(crate) struct Harness {
     pub(crate) restate: RestateServer,
     pub(crate) db: TestDatabase,
-    /// Kept so the worker runs (and is killed) with the harness.
-    _worker: Supervised,
+    /// The worker process (killed with the harness).
+    worker: Supervised,
+    health_port: u16,
     pub(crate) app: String,
     pub(crate) workspace: String,
     pub(crate) production: String,
     pub(crate) preview: String,
     pub(crate) region: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Harness {
@@ -55,26 +56,7 @@ impl Harness {
                 url = db.url,
             ),
         )?;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ctrl-worker"));
-        cmd.arg("--config").arg(&config).env_remove("RUST_LOG");
-        let mut worker =
-            Supervised::spawn("ctrl-worker", cmd, &dir.path().join("worker.log"), None)?;
-        let ready = format!("http://127.0.0.1:{health_port}/health/ready");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if http_client()
-                .get(&ready)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                break;
-            }
-            if worker.exit_status().is_some() || Instant::now() > deadline {
-                bail!("ctrl-worker did not become ready:\n{}", worker.log_tail(40));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let worker = spawn_worker(dir.path(), health_port).await?;
 
         let p = &db.pool;
         let (workspace, project, app) = (
@@ -151,13 +133,14 @@ impl Harness {
         Ok(Self {
             restate,
             db,
-            _worker: worker,
+            worker,
+            health_port,
             app,
             workspace,
             production,
             preview,
             region,
-            _dir: dir,
+            dir,
         })
     }
 
@@ -296,9 +279,17 @@ impl Harness {
         Ok(())
     }
 
+    /// Kills the worker with SIGKILL (a crash: nothing is flushed or
+    /// finished) and starts it again with the same configuration.
+    pub(crate) async fn crash_worker(&mut self) -> Result<()> {
+        self.worker.kill();
+        self.worker = spawn_worker(self.dir.path(), self.health_port).await?;
+        Ok(())
+    }
+
     /// The last `n` lines of the worker's log (for failure messages).
     pub(crate) fn worker_log(&self, n: usize) -> String {
-        self._worker.log_tail(n)
+        self.worker.log_tail(n)
     }
 
     /// Calls a handler through the ingress and waits: (HTTP status, body as
@@ -375,6 +366,32 @@ impl Harness {
             .json()
             .await?;
         Ok(rows["rows"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+/// Starts the worker with `dir/worker.toml` and waits until it is ready
+/// (registered with Restate).
+async fn spawn_worker(dir: &std::path::Path, health_port: u16) -> Result<Supervised> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ctrl-worker"));
+    cmd.arg("--config")
+        .arg(dir.join("worker.toml"))
+        .env_remove("RUST_LOG");
+    let mut worker = Supervised::spawn("ctrl-worker", cmd, &dir.join("worker.log"), None)?;
+    let ready = format!("http://127.0.0.1:{health_port}/health/ready");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if http_client()
+            .get(&ready)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(worker);
+        }
+        if worker.exit_status().is_some() || Instant::now() > deadline {
+            bail!("ctrl-worker did not become ready:\n{}", worker.log_tail(40));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

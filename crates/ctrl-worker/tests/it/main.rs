@@ -1,6 +1,7 @@
 //! The real ctrl-worker process on a real restate-server and MariaDB.
 
 mod deployment_object;
+mod durability;
 mod harness;
 mod live;
 mod pipeline;

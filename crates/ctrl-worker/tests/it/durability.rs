@@ -1,0 +1,185 @@
+//! Crashes during a deploy: the worker is SIGKILLed in the middle of steps
+//! (held there by a row lock the test owns, so the kill lands inside the
+//! step's transaction) and while it waits; Restate itself restarts. Each
+//! time the deployment finishes with every effect applied exactly once:
+//! one topology row with exactly one region version, one network policy,
+//! one route per hostname, one row per step.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Result;
+use ctrl_core::domains::Sticky;
+use ctrl_core::status::{DeploymentStatus, DesiredState};
+use ctrl_db::{deployment, route, tenancy, topology};
+use ctrl_testkit::http_client;
+use serde_json::json;
+
+use crate::harness::{Harness, eventually};
+
+/// Gives the worker time to reach the lock the test holds.
+const REACH_THE_LOCK: Duration = Duration::from_millis(700);
+
+async fn ready(h: &Harness, id: &str) -> Result<()> {
+    h.deploy(id).await?;
+    h.wait_status(id, DeploymentStatus::Deploying).await?;
+    running_topology(h, id).await?;
+    h.report_running(id, 1).await?;
+    h.wait_finished(id).await
+}
+
+async fn running_topology(h: &Harness, id: &str) -> Result<()> {
+    eventually(Duration::from_secs(30), || async {
+        let rows = topology::list_by_deployment(&h.db.pool, id).await?;
+        Ok(rows
+            .iter()
+            .any(|t| t.desired_status == DesiredState::Running))
+    })
+    .await
+}
+
+/// Every effect of one finished production deploy, exactly once.
+async fn assert_applied_once(h: &Harness, id: &str, versions_before: u64) -> Result<()> {
+    let d = deployment::get(&h.db.pool, id).await?;
+    assert_eq!(d.status, DeploymentStatus::Ready);
+    let app = tenancy::get_app(&h.db.pool, &h.app).await?;
+    assert_eq!(
+        (app.live_deployment_id.as_deref(), app.is_rolled_back),
+        (Some(id), false)
+    );
+
+    let rows = topology::list_by_deployment(&h.db.pool, id).await?;
+    assert_eq!(rows.len(), 1, "one topology row: {rows:?}");
+    assert_eq!(
+        topology::current_version(&h.db.pool, &h.region).await?,
+        versions_before + 1,
+        "exactly one region version was taken (no step wrote twice)"
+    );
+    assert_eq!(rows[0].version, versions_before + 1);
+    let policies = topology::list_network_policies(&h.db.pool, id).await?;
+    assert_eq!(policies.len(), 1, "{policies:?}");
+
+    let routes = route::list_by_deployment(&h.db.pool, id).await?;
+    let mut per_sticky = BTreeMap::new();
+    for r in &routes {
+        *per_sticky.entry(r.sticky.as_str()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        per_sticky,
+        BTreeMap::from([("deployment", 1), ("environment", 1), ("live", 1)])
+    );
+    let following = route::list_by_environment_sticky(
+        &h.db.pool,
+        &h.production,
+        &[Sticky::Live, Sticky::Environment],
+    )
+    .await?;
+    assert_eq!(following.len(), 2, "no duplicate live/environment routes");
+
+    let steps = deployment::list_steps(&h.db.pool, id).await?;
+    assert_eq!(steps.len(), 6, "{steps:?}");
+    assert!(
+        steps
+            .iter()
+            .all(|s| s.ended_at.is_some() && s.error.is_none()),
+        "{steps:?}"
+    );
+    let runs = h.invocations("Deploy", id, "Deploy").await?;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(runs[0]["completion_failure"].is_null(), "{runs:?}");
+    Ok(())
+}
+
+/// The keys of a virtual object's state.
+async fn state_keys(h: &Harness, service: &str, key: &str) -> Result<Vec<String>> {
+    let query =
+        format!("SELECT key FROM state WHERE service_name = '{service}' AND service_key = '{key}'");
+    let rows: serde_json::Value = http_client()
+        .post(format!("{}/query", h.restate.admin_url()))
+        .header("accept", "application/json")
+        .json(&json!({ "query": query }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(rows["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["key"].as_str().map(str::to_owned))
+        .collect())
+}
+
+#[tokio::test]
+async fn a_deploy_survives_worker_crashes_inside_its_steps_and_while_it_waits() -> Result<()> {
+    let mut h = Harness::start().await?;
+    let previous = h.pending_deployment(&h.production, None).await?;
+    ready(&h, &previous).await?;
+    let versions_before = topology::current_version(&h.db.pool, &h.region).await?;
+    let d = h.pending_deployment(&h.production, None).await?;
+
+    // 1. Inside the claim: the test holds the deployment's row.
+    let mut hold = h.db.pool.begin().await?;
+    deployment::set_desired_state(&mut *hold, &d, DesiredState::Running, 9).await?;
+    h.deploy(&d).await?;
+    tokio::time::sleep(REACH_THE_LOCK).await;
+    h.crash_worker().await?;
+    hold.rollback().await?;
+
+    // 2. Inside "create topology": the test holds the region's version counter.
+    let mut hold = h.db.pool.begin().await?;
+    topology::next_version(&mut hold, &h.region).await?;
+    h.wait_status(&d, DeploymentStatus::Deploying).await?;
+    tokio::time::sleep(REACH_THE_LOCK).await;
+    assert!(
+        topology::list_by_deployment(&h.db.pool, &d)
+            .await?
+            .is_empty(),
+        "held before the topology write"
+    );
+    h.crash_worker().await?;
+    hold.rollback().await?;
+
+    // 3. While suspended, waiting for instances.
+    running_topology(&h, &d).await?;
+    h.crash_worker().await?;
+
+    // 4. Inside the auto-promotion: the test holds the app's row.
+    let mut hold = h.db.pool.begin().await?;
+    tenancy::lock_app(&mut hold, &h.app).await?;
+    h.report_running(&d, 1).await?;
+    h.wait_status(&d, DeploymentStatus::Ready).await?;
+    tokio::time::sleep(REACH_THE_LOCK).await;
+    h.crash_worker().await?;
+    hold.rollback().await?;
+
+    h.wait_finished(&d).await?;
+    assert_applied_once(&h, &d, versions_before).await?;
+    // The replaced deployment is scheduled to retire (30 min by default), once.
+    assert_eq!(
+        state_keys(&h, "Deployment", &previous).await?,
+        ["transition"]
+    );
+    assert_eq!(
+        deployment::get(&h.db.pool, &previous).await?.desired_state,
+        DesiredState::Running,
+        "not before the delay"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_deploy_survives_a_restate_restart_while_it_waits() -> Result<()> {
+    let mut h = Harness::start().await?;
+    let previous = h.pending_deployment(&h.production, None).await?;
+    ready(&h, &previous).await?;
+    let versions_before = topology::current_version(&h.db.pool, &h.region).await?;
+    let d = h.pending_deployment(&h.production, None).await?;
+    h.deploy(&d).await?;
+    running_topology(&h, &d).await?;
+
+    h.restate.restart().await?;
+    h.report_running(&d, 1).await?;
+    h.wait_finished(&d).await?;
+    assert_applied_once(&h, &d, versions_before).await
+}
