@@ -11,6 +11,10 @@ dev:
 test *ARGS:
     cargo xtask test {{ARGS}}
 
+# Control-plane overhead of a deploy next to a bare Restate handler.
+bench *ARGS:
+    cargo bench -p ctrl-worker --bench deploy_overhead -- {{ARGS}}
+
 # Install or verify the real dependencies.
 deps:
     cargo xtask deps

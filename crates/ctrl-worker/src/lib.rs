@@ -10,5 +10,6 @@
 
 pub mod config;
 pub mod errors;
+pub mod serve;
 pub mod services;
 pub mod startup;

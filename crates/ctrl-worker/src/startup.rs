@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use restate_sdk::prelude::{Endpoint, HttpServer};
+use restate_sdk::prelude::Endpoint;
 use sqlx::MySqlPool;
 use tokio::net::TcpListener;
 
@@ -121,15 +121,17 @@ pub async fn run(
     tracing::info!(restate = %listener.local_addr()?, health = %health_listener.local_addr()?, "ctrl-worker listening");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = HttpServer::new(endpoint(&db, config));
+    let services = endpoint(&db, config);
     let mut endpoint_stop = stop_rx.clone();
-    let serving = tokio::spawn(async move {
-        server
-            .serve_with_cancel(listener, async move {
-                let _ = endpoint_stop.wait_for(|s| *s).await;
-            })
-            .await;
-    });
+    let serving = tokio::spawn(crate::serve::serve(
+        services,
+        listener,
+        async move {
+            let _ = endpoint_stop.wait_for(|s| *s).await;
+        },
+        // In-flight handlers get this long to finish or suspend.
+        Duration::from_secs(10),
+    ));
 
     let registered = Arc::new(AtomicBool::new(config.restate.register_as.is_empty()));
     let health = axum::Router::new()
