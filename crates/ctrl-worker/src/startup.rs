@@ -14,7 +14,9 @@ use anyhow::{Context, Result, bail};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use restate_sdk::endpoint::ServiceOptions;
 use restate_sdk::prelude::Endpoint;
+use restate_sdk::service::IntoServiceDefinition;
 use sqlx::MySqlPool;
 use tokio::net::TcpListener;
 
@@ -38,15 +40,38 @@ pub async fn connect_database(config: &Config) -> Result<MySqlPool> {
     }
 }
 
-/// Every Restate service of the worker.
+/// Every Restate service of the worker, with its invocation retry policy:
+/// the backstop behind each step's own bounded retries. Retries start fast
+/// (a restarted worker is picked up within 100 ms) and back off to 30 s, about
+/// six minutes in all; then the invocation pauses rather than dies, so an
+/// operator can resume or cancel it and a cancelled pipeline still runs its
+/// compensation.
 pub fn endpoint(db: &MySqlPool, config: &Config) -> Endpoint {
+    let options = || {
+        ServiceOptions::new()
+            .retry_policy_initial_interval(Duration::from_millis(100))
+            .retry_policy_exponentiation_factor(2.0)
+            .retry_policy_max_interval(Duration::from_secs(30))
+            .retry_policy_max_attempts(20)
+            .retry_policy_pause_on_max_attempts()
+    };
     Endpoint::builder()
-        .bind(DeploymentObject::new(db.clone()))
-        .bind(RoutingObject::new(db.clone()))
-        .bind(DeployObject::new(
-            db.clone(),
-            DeploySettings::from(&config.deploy),
-        ))
+        .bind(
+            DeploymentObject::new(db.clone())
+                .into_service_definition()
+                .options(options()),
+        )
+        // Only other handlers move routes.
+        .bind(
+            RoutingObject::new(db.clone())
+                .into_service_definition()
+                .options(options().ingress_private(true)),
+        )
+        .bind(
+            DeployObject::new(db.clone(), DeploySettings::from(&config.deploy))
+                .into_service_definition()
+                .options(options()),
+        )
         .build()
 }
 

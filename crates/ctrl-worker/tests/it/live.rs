@@ -177,3 +177,23 @@ async fn gate_violations_answer_with_their_message() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn routes_cannot_be_moved_from_outside_the_worker() -> Result<()> {
+    let h = Harness::start().await?;
+    let d = h.ready_deployment(&h.production).await?;
+    let route = h
+        .route(&h.production, &d, "shop-acme.ctrl.test", Sticky::Live)
+        .await?;
+    let other = h.ready_deployment(&h.production).await?;
+    let (status, body) = h
+        .call(
+            &format!("Routing/{}/AssignFrontlineRoutes", h.production),
+            json!({"deployment_id": other, "route_ids": [route]}),
+        )
+        .await?;
+    assert!((400..500).contains(&status), "{status} {body}");
+    let routes = route::list_by_deployment(&h.db.pool, &d).await?;
+    assert_eq!(routes.len(), 1, "the route still points at {d}");
+    Ok(())
+}
