@@ -40,6 +40,24 @@ pub fn free_port() -> Result<u16, Error> {
         .map_err(|e| Error::io("find a free port on 127.0.0.1", e))
 }
 
+/// `N` distinct TCP ports on 127.0.0.1 that were free a moment ago. Unlike
+/// `N` calls of [`free_port`], which may return the same port twice, every
+/// port is held until all are chosen.
+pub fn free_ports<const N: usize>() -> Result<[u16; N], Error> {
+    let listeners = (0..N)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::io("find free ports on 127.0.0.1", e))?;
+    let mut ports = [0; N];
+    for (port, listener) in ports.iter_mut().zip(&listeners) {
+        *port = listener
+            .local_addr()
+            .map_err(|e| Error::io("find free ports on 127.0.0.1", e))?
+            .port();
+    }
+    Ok(ports)
+}
+
 /// An HTTP client for talking to local dependencies: short timeouts, and no
 /// proxy (an `HTTP_PROXY` in the environment must not catch loopback calls).
 pub fn http_client() -> reqwest::Client {

@@ -13,7 +13,7 @@ use serde_json::json;
 use tempfile::TempDir;
 
 use crate::process::{Supervised, wait_ready};
-use crate::{Error, free_port, http_client, paths, reaper};
+use crate::{Error, free_ports, http_client, paths, reaper};
 
 /// How to start a Restate server; see [`RestateServer::builder`].
 #[derive(Debug, Clone)]
@@ -39,10 +39,11 @@ pub struct RestatePorts {
 
 impl RestatePorts {
     fn free() -> Result<Self, Error> {
+        let [ingress, admin, fabric] = free_ports()?;
         Ok(Self {
-            ingress: free_port()?,
-            admin: free_port()?,
-            fabric: free_port()?,
+            ingress,
+            admin,
+            fabric,
         })
     }
 }

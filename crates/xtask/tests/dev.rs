@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use ctrl_testkit::process::{ProcessId, Supervised};
 use ctrl_testkit::reaper::read_pid_file;
-use ctrl_testkit::{free_port, http_client};
+use ctrl_testkit::{free_ports, http_client};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sqlx::Connection;
@@ -93,15 +93,7 @@ fn assert_gone(ids: &[ProcessId]) {
 async fn dev_stack_comes_up_keeps_data_and_stops_cleanly() -> Result<()> {
     let root = tempfile::tempdir()?;
     let dir = root.path().join("dev");
-    let ports = [
-        free_port()?,
-        free_port()?,
-        free_port()?,
-        free_port()?,
-        free_port()?,
-        free_port()?,
-        free_port()?,
-    ];
+    let ports: [u16; 7] = free_ports()?;
 
     // First run: everything is reachable through what stack.env says.
     let mut stack = start(&dir, &ports)?;

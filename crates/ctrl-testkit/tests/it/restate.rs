@@ -1,7 +1,7 @@
 use std::net::TcpListener;
 
 use anyhow::Result;
-use ctrl_testkit::{Error, RestatePorts, RestateServer, free_port, http_client};
+use ctrl_testkit::{Error, RestatePorts, RestateServer, free_ports, http_client};
 use restate_sdk::prelude::*;
 use tokio::net::TcpListener as TokioListener;
 
@@ -67,10 +67,11 @@ async fn registers_an_h2c_service_and_invokes_it_through_ingress() -> Result<()>
 async fn a_startup_failure_reports_the_log_tail() -> Result<()> {
     // Occupy the admin port so the server cannot bind it.
     let taken = TcpListener::bind("127.0.0.1:0")?;
+    let [ingress, fabric] = free_ports()?;
     let ports = RestatePorts {
-        ingress: free_port()?,
+        ingress,
         admin: taken.local_addr()?.port(),
-        fabric: free_port()?,
+        fabric,
     };
     let err = RestateServer::builder()
         .ports(ports)

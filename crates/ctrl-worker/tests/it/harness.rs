@@ -19,7 +19,7 @@ use ctrl_db::types::InstanceStatus;
 use ctrl_db::types::{EnvironmentKind, SourceKind, TriggerKind};
 use ctrl_db::{cluster, deployment, instance, settings, tenancy, topology};
 use ctrl_testkit::process::Supervised;
-use ctrl_testkit::{RestateServer, TestDatabase, free_port, http_client};
+use ctrl_testkit::{RestateServer, TestDatabase, free_ports, http_client};
 
 pub(crate) struct Harness {
     pub(crate) restate: RestateServer,
@@ -45,7 +45,7 @@ impl Harness {
         let restate = RestateServer::start().await?;
         let db = ctrl_testkit::test_database().await?;
         let dir = tempfile::tempdir()?;
-        let (port, health_port) = (free_port()?, free_port()?);
+        let [port, health_port] = free_ports()?;
         let config = dir.path().join("worker.toml");
         std::fs::write(
             &config,

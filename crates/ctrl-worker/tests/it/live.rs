@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use ctrl_core::domains::Sticky;
+use ctrl_core::gate::GateError;
 use ctrl_core::status::DesiredState;
 use ctrl_db::{deployment, route, tenancy};
 use serde_json::json;
@@ -161,18 +162,68 @@ async fn gate_violations_answer_with_their_message() -> Result<()> {
             Some("The deployment is already the current deployment.")
         )
     );
+    // Rolling back from a deployment that is not live.
     let other = h.ready_deployment(&h.production).await?;
+    let earlier = h.ready_deployment(&h.production).await?;
     let (status, body) = h
         .call(
             &format!("Deploy/{other}/Rollback"),
-            json!({"source_deployment_id": other, "target_deployment_id": live}),
+            json!({"source_deployment_id": other, "target_deployment_id": earlier}),
         )
         .await?;
-    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (409, Some(GateError::SourceNotLive.message().as_str()))
+    );
+
+    // A target that is not ready, or is being stopped.
+    let pending = h.pending_deployment(&h.production, None).await?;
+    let draining = h.ready_deployment(&h.production).await?;
+    deployment::set_desired_state(&h.db.pool, &draining, DesiredState::Stopped, 9).await?;
+    for (target, violation) in [
+        (&pending, GateError::TargetNotReady),
+        (&draining, GateError::TargetIsDraining),
+    ] {
+        let (status, body) = h
+            .call(
+                &format!("Deploy/{target}/Promote"),
+                json!({"target_deployment_id": target}),
+            )
+            .await?;
+        assert_eq!(
+            (status, body["message"].as_str()),
+            (409, Some(violation.message().as_str()))
+        );
+        let (status, body) = h
+            .call(
+                &format!("Deploy/{live}/Rollback"),
+                json!({"source_deployment_id": live, "target_deployment_id": target}),
+            )
+            .await?;
+        assert_eq!(
+            (status, body["message"].as_str()),
+            (409, Some(violation.message().as_str()))
+        );
+    }
+    // A source in another environment than the target.
+    let (status, body) = h
+        .call(
+            &format!("Deploy/{preview}/Rollback"),
+            json!({"source_deployment_id": preview, "target_deployment_id": other}),
+        )
+        .await?;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (
+            409,
+            Some(GateError::DifferentEnvironment.message().as_str())
+        )
+    );
+
     let app = tenancy::get_app(&h.db.pool, &h.app).await?;
     assert_eq!(
-        app.live_deployment_id.as_deref(),
-        Some(live.as_str()),
+        (app.live_deployment_id.as_deref(), app.is_rolled_back),
+        (Some(live.as_str()), false),
         "nothing moved"
     );
     Ok(())
