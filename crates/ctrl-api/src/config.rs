@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use ctrl_runtime::config::{Validate, Validator};
+use ctrl_runtime::sections::{DatabaseConfig, LogConfig};
 use serde::Deserialize;
 
 /// The environment prefix for overrides.
@@ -64,37 +65,6 @@ impl std::fmt::Debug for AuthConfig {
     }
 }
 
-/// The database.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DatabaseConfig {
-    /// `mysql://user:password@host:port/database`.
-    pub url: String,
-    /// Pool size.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: u32,
-    /// How long to keep retrying the first connection at startup.
-    #[serde(default = "default_connect_seconds")]
-    pub connect_timeout_seconds: u64,
-}
-
-impl std::fmt::Debug for DatabaseConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DatabaseConfig")
-            .field("url", &redact_url(&self.url))
-            .field("max_connections", &self.max_connections)
-            .finish_non_exhaustive()
-    }
-}
-
-fn default_max_connections() -> u32 {
-    20
-}
-
-fn default_connect_seconds() -> u64 {
-    30
-}
-
 /// Keys that seal environment variables (the first seals new values).
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -141,25 +111,6 @@ pub struct RestateConfig {
     pub admin_url: String,
 }
 
-/// Logging.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// `tracing` filter, e.g. "info" or "info,ctrl_api=debug" (RUST_LOG wins when set).
-    pub filter: String,
-    /// "text" or "json".
-    pub format: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            filter: "info".into(),
-            format: "text".into(),
-        }
-    }
-}
-
 impl Validate for Config {
     fn validate(&self, v: &mut Validator) {
         v.check(
@@ -174,17 +125,7 @@ impl Validate for Config {
                 "must be at least 16 characters",
             );
         }
-        v.url("database.url", &self.database.url, &["mysql"]);
-        v.range(
-            "database.max_connections",
-            self.database.max_connections,
-            1..=1000,
-        );
-        v.range(
-            "database.connect_timeout_seconds",
-            self.database.connect_timeout_seconds,
-            0..=600,
-        );
+        self.database.validate(v);
         v.range(
             "http.shutdown_grace_seconds",
             self.http.shutdown_grace_seconds,
@@ -209,11 +150,7 @@ impl Validate for Config {
         {
             v.check(false, "vault.keys", e.to_string());
         }
-        v.check(
-            matches!(self.log.format.as_str(), "text" | "json"),
-            "log.format",
-            "must be \"text\" or \"json\"",
-        );
+        self.log.validate(v);
         v.url(
             "restate.ingress_url",
             &self.restate.ingress_url,
@@ -244,17 +181,6 @@ impl Config {
 }
 
 /// `mysql://user:***@host/db`: the URL without its password, for logs.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            let user = creds.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -301,10 +227,6 @@ mod tests {
                 && !debug.contains(":pw@")
                 && !debug.contains("AAEC"),
             "{debug}"
-        );
-        assert_eq!(
-            redact_url("mysql://ctrl:secret@db:3306/x"),
-            "mysql://ctrl:***@db:3306/x"
         );
     }
 

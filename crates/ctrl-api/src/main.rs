@@ -36,7 +36,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config);
+    config.log.init();
     match run(cli.command.unwrap_or(Command::Serve), &config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -48,7 +48,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(command: Command, config: &Config) -> anyhow::Result<()> {
-    let db = server::connect_database(config).await?;
+    let db = config.database.connect().await?;
     match command {
         Command::Migrate => {
             ctrl_db::MIGRATOR.run(&db).await?;
@@ -62,18 +62,5 @@ async fn run(command: Command, config: &Config) -> anyhow::Result<()> {
             tracing::info!(address = %listener.local_addr()?, "ctrl-api listening (Connect, gRPC, /health)");
             server::serve(config, listener, db, server::shutdown_signal()).await
         }
-    }
-}
-
-fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    if config.log.format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }

@@ -2,38 +2,14 @@
 //! logging → database (bounded retry) → listener → serve → drain on signal.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sqlx::MySqlPool;
 use tokio::net::TcpListener;
 
-use crate::config::{Config, redact_url};
+use crate::config::Config;
 use crate::state::AppState;
-
-/// Connects to the database, retrying every second for up to
-/// `database.connect_timeout_seconds`, then fails with the last error.
-pub async fn connect_database(config: &Config) -> Result<MySqlPool> {
-    let deadline = Instant::now() + Duration::from_secs(config.database.connect_timeout_seconds);
-    let url = redact_url(&config.database.url);
-    loop {
-        match ctrl_db::connect(&config.database.url, config.database.max_connections).await {
-            Ok(pool) => return Ok(pool),
-            Err(e) if Instant::now() < deadline => {
-                tracing::warn!(database = %url, error = %e, "database not reachable yet; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "cannot connect to the database at {url} (gave up after {} s)",
-                        config.database.connect_timeout_seconds
-                    )
-                });
-            }
-        }
-    }
-}
 
 /// Serves the API on `listener` until `shutdown` resolves, then lets
 /// in-flight requests finish for up to the configured grace period.

@@ -46,6 +46,29 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool> {
         .await?)
 }
 
+/// Like [`connect`], retrying every second while the database is not
+/// reachable, for up to `give_up_after` (services start before their
+/// database in compose and Kubernetes). `what` names the database in the
+/// retry warnings, without its password.
+pub async fn connect_retrying(
+    url: &str,
+    max_connections: u32,
+    give_up_after: Duration,
+    what: &str,
+) -> Result<MySqlPool> {
+    let deadline = tokio::time::Instant::now() + give_up_after;
+    loop {
+        match connect(url, max_connections).await {
+            Ok(pool) => return Ok(pool),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(database = %what, error = %e, "database not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// A round trip to the database (readiness checks).
 pub async fn ping(ex: impl sqlx::MySqlExecutor<'_>) -> Result<()> {
     sqlx::query("SELECT 1").execute(ex).await?;

@@ -2,7 +2,10 @@
 //!
 //! Today: [`config`] — one TOML file per service, `${VAR}` expanded from the
 //! environment, environment overrides, defaults, and validation whose errors
-//! name the field, all before any port opens. Telemetry initialisation,
-//! shutdown signals and the admin server join it as the services need them.
+//! name the field, all before any port opens — and [`sections`], the
+//! `[database]` and `[log]` sections every service shares (with logging
+//! initialisation). Shutdown signals and the admin server join as the
+//! services need them.
 
 pub mod config;
+pub mod sections;

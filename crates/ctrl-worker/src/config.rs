@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use ctrl_core::domains::MAX_APEX_LEN;
 use ctrl_runtime::config::{Validate, Validator};
+use ctrl_runtime::sections::{DatabaseConfig, LogConfig};
 use serde::Deserialize;
 
 /// The environment prefix for overrides.
@@ -55,36 +56,6 @@ fn default_register_attempts() -> u32 {
     30
 }
 
-/// The database.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DatabaseConfig {
-    /// `mysql://user:password@host:port/database`.
-    pub url: String,
-    /// Pool size.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: u32,
-    /// How long to keep retrying the first connection at startup.
-    #[serde(default = "default_connect_seconds")]
-    pub connect_timeout_seconds: u64,
-}
-
-impl std::fmt::Debug for DatabaseConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DatabaseConfig")
-            .field("max_connections", &self.max_connections)
-            .finish_non_exhaustive()
-    }
-}
-
-fn default_max_connections() -> u32 {
-    20
-}
-
-fn default_connect_seconds() -> u64 {
-    30
-}
-
 /// The health endpoint.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -126,25 +97,6 @@ impl Default for DeployConfig {
     }
 }
 
-/// Logging.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// `tracing` filter (RUST_LOG wins when set).
-    pub filter: String,
-    /// "text" or "json".
-    pub format: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            filter: "info".into(),
-            format: "text".into(),
-        }
-    }
-}
-
 impl Validate for Config {
     fn validate(&self, v: &mut Validator) {
         v.url(
@@ -164,12 +116,7 @@ impl Validate for Config {
             self.restate.register_attempts,
             1..=1000,
         );
-        v.url("database.url", &self.database.url, &["mysql"]);
-        v.range(
-            "database.max_connections",
-            self.database.max_connections,
-            1..=1000,
-        );
+        self.database.validate(v);
         v.range(
             "deploy.readiness_timeout_seconds",
             self.deploy.readiness_timeout_seconds,
@@ -183,11 +130,7 @@ impl Validate for Config {
                 "must be a lowercase hostname of at most {MAX_APEX_LEN} characters, e.g. \"ctrl.example.com\""
             ),
         );
-        v.check(
-            matches!(self.log.format.as_str(), "text" | "json"),
-            "log.format",
-            "must be \"text\" or \"json\"",
-        );
+        self.log.validate(v);
     }
 }
 

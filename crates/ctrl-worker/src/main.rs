@@ -34,18 +34,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    if config.log.format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    config.log.init();
     let result = async {
-        let db = startup::connect_database(&config).await?;
+        let db = config.database.connect().await?;
         startup::run(&config, db, startup::shutdown_signal()).await
     }
     .await;

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use axum::extract::State;
@@ -24,21 +24,6 @@ use crate::config::Config;
 use crate::services::deploy::{DeployObject, DeploySettings};
 use crate::services::deployment::DeploymentObject;
 use crate::services::routing::RoutingObject;
-
-/// Connects to the database, retrying every second for up to the configured time.
-pub async fn connect_database(config: &Config) -> Result<MySqlPool> {
-    let deadline = Instant::now() + Duration::from_secs(config.database.connect_timeout_seconds);
-    loop {
-        match ctrl_db::connect(&config.database.url, config.database.max_connections).await {
-            Ok(pool) => return Ok(pool),
-            Err(e) if Instant::now() < deadline => {
-                tracing::warn!(error = %e, "database not reachable yet; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => return Err(e).context("cannot connect to the database"),
-        }
-    }
-}
 
 /// Every Restate service of the worker, with its invocation retry policy:
 /// the backstop behind each step's own bounded retries. Retries start fast

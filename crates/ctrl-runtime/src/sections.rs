@@ -1,0 +1,148 @@
+//! Configuration sections every service has, with their validation, so the
+//! binaries read `[database]` and `[log]` the same way.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::Validator;
+
+/// `[database]`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `mysql://user:password@host:port/database`.
+    pub url: String,
+    /// Pool size.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// How long to keep retrying the first connection at startup.
+    #[serde(default = "default_connect_seconds")]
+    pub connect_timeout_seconds: u64,
+}
+
+fn default_max_connections() -> u32 {
+    20
+}
+
+fn default_connect_seconds() -> u64 {
+    30
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DatabaseConfig {
+    /// Connects, retrying every second for up to `connect_timeout_seconds`,
+    /// then fails with the last error (the URL in it without its password).
+    pub async fn connect(&self) -> anyhow::Result<sqlx::MySqlPool> {
+        use anyhow::Context as _;
+        let url = redact_url(&self.url);
+        ctrl_db::connect_retrying(
+            &self.url,
+            self.max_connections,
+            Duration::from_secs(self.connect_timeout_seconds),
+            &url,
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to the database at {url} (gave up after {} s)",
+                self.connect_timeout_seconds
+            )
+        })
+    }
+
+    /// Adds the section's problems (fields named `database.*`).
+    pub fn validate(&self, v: &mut Validator) {
+        v.url("database.url", &self.url, &["mysql"]);
+        v.range("database.max_connections", self.max_connections, 1..=1000);
+        v.range(
+            "database.connect_timeout_seconds",
+            self.connect_timeout_seconds,
+            0..=600,
+        );
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. "info" or "info,ctrl_api=debug" (RUST_LOG wins when set).
+    pub filter: String,
+    /// "text" or "json".
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+impl LogConfig {
+    /// Adds the section's problems (fields named `log.*`).
+    pub fn validate(&self, v: &mut Validator) {
+        v.check(
+            matches!(self.format.as_str(), "text" | "json"),
+            "log.format",
+            "must be \"text\" or \"json\"",
+        );
+    }
+
+    /// Installs the global `tracing` subscriber (`RUST_LOG` overrides the filter).
+    pub fn init(&self) {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&self.filter));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_target(false);
+        if self.format == "json" {
+            builder.json().init();
+        } else {
+            builder.init();
+        }
+    }
+}
+
+/// A connection URL with its password replaced by `***`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            let user = creds.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("mysql://ctrl:secret@db:3306/x"),
+            "mysql://ctrl:***@db:3306/x"
+        );
+        assert_eq!(redact_url("mysql://db/x"), "mysql://db/x");
+        let c = DatabaseConfig {
+            url: "mysql://ctrl:secret@db/x".into(),
+            max_connections: 1,
+            connect_timeout_seconds: 1,
+        };
+        assert!(!format!("{c:?}").contains("secret"));
+    }
+}
