@@ -142,18 +142,12 @@ async fn run_steps(h: &Harness, id: &str) -> Result<u32> {
         .and_then(|r| r["id"].as_str())
         .context("no Deploy invocation")?
         .to_owned();
-    let query = format!(
-        "SELECT COUNT(*) AS n FROM sys_journal WHERE id = '{invocation}' AND entry_type = 'Command: Run'"
-    );
-    let rows: serde_json::Value = http_client()
-        .post(format!("{}/query", h.restate.admin_url()))
-        .header("accept", "application/json")
-        .json(&json!({ "query": query }))
-        .send()
-        .await?
-        .json()
+    let rows = h
+        .query(&format!(
+            "SELECT COUNT(*) AS n FROM sys_journal WHERE id = '{invocation}' AND entry_type = 'Command: Run'"
+        ))
         .await?;
-    let n = rows["rows"][0]["n"].as_u64().context("journal count")?;
+    let n = rows[0]["n"].as_u64().context("journal count")?;
     Ok(u32::try_from(n)?)
 }
 

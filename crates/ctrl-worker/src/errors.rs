@@ -5,6 +5,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use restate_sdk::prelude::{HandlerError, RunRetryPolicy, TerminalError};
+use sqlx::{MySql, MySqlPool, Transaction};
 
 /// A database error as a handler error.
 pub fn db_error(e: ctrl_db::Error) -> HandlerError {
@@ -20,6 +21,16 @@ pub fn db_error(e: ctrl_db::Error) -> HandlerError {
             HandlerError::from(other)
         }
     }
+}
+
+/// Starts a database transaction (errors as [`db_error`]).
+pub async fn begin(db: &MySqlPool) -> Result<Transaction<'static, MySql>, HandlerError> {
+    db.begin().await.map_err(|e| db_error(e.into()))
+}
+
+/// Commits a transaction (errors as [`db_error`]).
+pub async fn commit(tx: Transaction<'_, MySql>) -> Result<(), HandlerError> {
+    tx.commit().await.map_err(|e| db_error(e.into()))
 }
 
 /// The wall clock in unix milliseconds. Only call it inside `ctx.run`, whose

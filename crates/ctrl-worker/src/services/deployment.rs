@@ -20,7 +20,7 @@ use restate_sdk::prelude::*;
 use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
 
-use crate::errors::{db_error, now_ms};
+use crate::errors::{begin, commit, db_error, now_ms};
 
 const TRANSITION: &str = "transition";
 
@@ -127,7 +127,7 @@ impl DeploymentObject {
 /// Sets the deployment's desired state and its topology rows' desired status
 /// (new region versions) in one transaction; refuses to stop the live deployment.
 async fn apply(db: &MySqlPool, id: &str, state: DesiredState) -> Result<(), HandlerError> {
-    let mut tx = db.begin().await.map_err(|e| db_error(e.into()))?;
+    let mut tx = begin(db).await?;
     let d = deployment::get(&mut *tx, id).await.map_err(db_error)?;
     let app = tenancy::get_app(&mut *tx, &d.app_id)
         .await
@@ -159,7 +159,7 @@ async fn apply(db: &MySqlPool, id: &str, state: DesiredState) -> Result<(), Hand
     topology::set_desired_status(&mut tx, id, state, now)
         .await
         .map_err(db_error)?;
-    tx.commit().await.map_err(|e| db_error(e.into()))?;
+    commit(tx).await?;
     tracing::info!(deployment_id = %id, state = state.as_str(), "desired state changed");
     Ok(())
 }

@@ -10,7 +10,7 @@ use restate_sdk::prelude::*;
 use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
 
-use crate::errors::{db_error, now_ms};
+use crate::errors::{begin, commit, db_error, now_ms};
 
 /// Input of `AssignFrontlineRoutes`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,11 +83,11 @@ impl RoutingObject {
     ) -> HandlerResult<()> {
         let db = self.db.clone();
         ctx.run(|| async move {
-            let mut tx = db.begin().await.map_err(|e| db_error(e.into()))?;
+            let mut tx = begin(&db).await?;
             route::reassign(&mut tx, &req.route_ids, &req.deployment_id, now_ms())
                 .await
                 .map_err(db_error)?;
-            tx.commit().await.map_err(|e| db_error(e.into()))?;
+            commit(tx).await?;
             Ok(())
         })
         .name("assign routes")
@@ -107,7 +107,7 @@ impl RoutingObject {
         let previous = ctx
             .run(|| async move {
                 let now = now_ms();
-                let mut tx = db.begin().await.map_err(|e| db_error(e.into()))?;
+                let mut tx = begin(&db).await?;
                 route::reassign(&mut tx, &req.route_ids, &req.deployment_id, now)
                     .await
                     .map_err(db_error)?;
@@ -120,7 +120,7 @@ impl RoutingObject {
                 )
                 .await
                 .map_err(db_error)?;
-                tx.commit().await.map_err(|e| db_error(e.into()))?;
+                commit(tx).await?;
                 Ok(previous.unwrap_or_default())
             })
             .name("swap live deployment")
@@ -145,7 +145,7 @@ impl RoutingObject {
         let Json(out) = ctx
             .run(|| async move {
                 let now = now_ms();
-                let mut tx = db.begin().await.map_err(|e| db_error(e.into()))?;
+                let mut tx = begin(&db).await?;
                 let app = tenancy::lock_app(&mut tx, &req.app_id)
                     .await
                     .map_err(db_error)?;
@@ -172,7 +172,7 @@ impl RoutingObject {
                 )
                 .await
                 .map_err(db_error)?;
-                tx.commit().await.map_err(|e| db_error(e.into()))?;
+                commit(tx).await?;
                 Ok(Json(AutoPromoted {
                     promoted: true,
                     previous_deployment_id: previous.unwrap_or_default(),

@@ -12,31 +12,11 @@ use anyhow::Result;
 use ctrl_core::domains::Sticky;
 use ctrl_core::status::{DeploymentStatus, DesiredState};
 use ctrl_db::{deployment, route, tenancy, topology};
-use ctrl_testkit::http_client;
-use serde_json::json;
 
-use crate::harness::{Harness, eventually};
+use crate::harness::Harness;
 
 /// Gives the worker time to reach the lock the test holds.
 const REACH_THE_LOCK: Duration = Duration::from_millis(700);
-
-async fn ready(h: &Harness, id: &str) -> Result<()> {
-    h.deploy(id).await?;
-    h.wait_status(id, DeploymentStatus::Deploying).await?;
-    running_topology(h, id).await?;
-    h.report_running(id, 1).await?;
-    h.wait_finished(id).await
-}
-
-async fn running_topology(h: &Harness, id: &str) -> Result<()> {
-    eventually(Duration::from_secs(30), || async {
-        let rows = topology::list_by_deployment(&h.db.pool, id).await?;
-        Ok(rows
-            .iter()
-            .any(|t| t.desired_status == DesiredState::Running))
-    })
-    .await
-}
 
 /// Every effect of one finished production deploy, exactly once.
 async fn assert_applied_once(h: &Harness, id: &str, versions_before: u64) -> Result<()> {
@@ -92,20 +72,13 @@ async fn assert_applied_once(h: &Harness, id: &str, versions_before: u64) -> Res
 
 /// The keys of a virtual object's state.
 async fn state_keys(h: &Harness, service: &str, key: &str) -> Result<Vec<String>> {
-    let query =
-        format!("SELECT key FROM state WHERE service_name = '{service}' AND service_key = '{key}'");
-    let rows: serde_json::Value = http_client()
-        .post(format!("{}/query", h.restate.admin_url()))
-        .header("accept", "application/json")
-        .json(&json!({ "query": query }))
-        .send()
-        .await?
-        .json()
+    let rows = h
+        .query(&format!(
+            "SELECT key FROM state WHERE service_name = '{service}' AND service_key = '{key}'"
+        ))
         .await?;
-    Ok(rows["rows"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    Ok(rows
+        .iter()
         .filter_map(|r| r["key"].as_str().map(str::to_owned))
         .collect())
 }
@@ -114,7 +87,7 @@ async fn state_keys(h: &Harness, service: &str, key: &str) -> Result<Vec<String>
 async fn a_deploy_survives_worker_crashes_inside_its_steps_and_while_it_waits() -> Result<()> {
     let mut h = Harness::start().await?;
     let previous = h.pending_deployment(&h.production, None).await?;
-    ready(&h, &previous).await?;
+    h.deploy_to_ready(&previous).await?;
     let versions_before = topology::current_version(&h.db.pool, &h.region).await?;
     let d = h.pending_deployment(&h.production, None).await?;
 
@@ -141,7 +114,7 @@ async fn a_deploy_survives_worker_crashes_inside_its_steps_and_while_it_waits() 
     hold.rollback().await?;
 
     // 3. While suspended, waiting for instances.
-    running_topology(&h, &d).await?;
+    h.wait_topology(&d, DesiredState::Running).await?;
     h.crash_worker().await?;
 
     // 4. Inside the auto-promotion: the test holds the app's row.
@@ -172,11 +145,11 @@ async fn a_deploy_survives_worker_crashes_inside_its_steps_and_while_it_waits() 
 async fn a_deploy_survives_a_restate_restart_while_it_waits() -> Result<()> {
     let mut h = Harness::start().await?;
     let previous = h.pending_deployment(&h.production, None).await?;
-    ready(&h, &previous).await?;
+    h.deploy_to_ready(&previous).await?;
     let versions_before = topology::current_version(&h.db.pool, &h.region).await?;
     let d = h.pending_deployment(&h.production, None).await?;
     h.deploy(&d).await?;
-    running_topology(&h, &d).await?;
+    h.wait_topology(&d, DesiredState::Running).await?;
 
     h.restate.restart().await?;
     h.report_running(&d, 1).await?;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use ctrl_core::domains::Sticky;
 use ctrl_core::id::{IdKind, generate};
-use ctrl_core::status::DeploymentStatus;
+use ctrl_core::status::{DeploymentStatus, DesiredState};
 use ctrl_db::deployment::NewDeployment;
 use ctrl_db::instance::ReportedInstance;
 use ctrl_db::route::NewRoute;
@@ -205,7 +205,11 @@ impl Harness {
             actor_type: None,
             idempotency_key: None,
         };
-        deployment::insert(&self.db.pool, &d, 1).await?;
+        // Created now, so the queued step measures real time.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis();
+        deployment::insert(&self.db.pool, &d, i64::try_from(now)?).await?;
         Ok(id)
     }
 
@@ -354,18 +358,41 @@ impl Harness {
         key: &str,
         handler: &str,
     ) -> Result<Vec<serde_json::Value>> {
-        let query = format!(
+        self.query(&format!(
             "SELECT id, status, completion_failure FROM sys_invocation WHERE target_service_name = '{service}' AND target_service_key = '{key}' AND target_handler_name = '{handler}'"
-        );
+        ))
+        .await
+    }
+
+    /// Rows of a query on Restate's introspection tables (admin `/query`).
+    pub(crate) async fn query(&self, sql: &str) -> Result<Vec<serde_json::Value>> {
         let rows: serde_json::Value = http_client()
             .post(format!("{}/query", self.restate.admin_url()))
             .header("accept", "application/json")
-            .json(&serde_json::json!({ "query": query }))
+            .json(&serde_json::json!({ "query": sql }))
             .send()
             .await?
             .json()
             .await?;
         Ok(rows["rows"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Waits until the deployment has topology rows and all of them have `state`.
+    pub(crate) async fn wait_topology(&self, id: &str, state: DesiredState) -> Result<()> {
+        eventually(Duration::from_secs(30), || async {
+            let rows = topology::list_by_deployment(&self.db.pool, id).await?;
+            Ok(!rows.is_empty() && rows.iter().all(|t| t.desired_status == state))
+        })
+        .await
+    }
+
+    /// Deploys `id` all the way: starts the pipeline, reports its instance
+    /// once it asked for one, and waits until the pipeline has finished.
+    pub(crate) async fn deploy_to_ready(&self, id: &str) -> Result<()> {
+        self.deploy(id).await?;
+        self.wait_topology(id, DesiredState::Running).await?;
+        self.report_running(id, 1).await?;
+        self.wait_finished(id).await
     }
 }
 

@@ -109,73 +109,59 @@ async fn rollback_then_promote_move_routes_and_the_live_pointer_and_retire_the_p
     Ok(())
 }
 
+/// Promote's answer: (HTTP status, error message).
+async fn promote(h: &Harness, target: &str) -> Result<(u16, Option<String>)> {
+    let (status, body) = h
+        .call(
+            &format!("Deploy/{target}/Promote"),
+            json!({"target_deployment_id": target}),
+        )
+        .await?;
+    Ok((status, body["message"].as_str().map(str::to_owned)))
+}
+
+/// Rollback's answer: (HTTP status, error message).
+async fn rollback(h: &Harness, source: &str, target: &str) -> Result<(u16, Option<String>)> {
+    let (status, body) = h
+        .call(
+            &format!("Deploy/{source}/Rollback"),
+            json!({"source_deployment_id": source, "target_deployment_id": target}),
+        )
+        .await?;
+    Ok((status, body["message"].as_str().map(str::to_owned)))
+}
+
+/// What a refusal for `violation` looks like.
+fn refused(violation: GateError) -> (u16, Option<String>) {
+    (409, Some(violation.message()))
+}
+
 #[tokio::test]
 async fn gate_violations_answer_with_their_message() -> Result<()> {
     let h = Harness::start().await?;
     let live = h.ready_deployment(&h.production).await?;
     let preview = h.ready_deployment(&h.preview).await?;
-    let (status, body) = h
-        .call(
-            &format!("Deploy/{live}/Promote"),
-            json!({"target_deployment_id": live}),
-        )
-        .await?;
-    assert_eq!(status, 409, "{body}");
-    assert_eq!(body["message"], "The app has no current deployment.");
+    assert_eq!(
+        promote(&h, &live).await?,
+        refused(GateError::NoLiveDeployment)
+    );
     make_live(&h, &live).await?;
-    let (status, body) = h
-        .call(
-            &format!("Deploy/{preview}/Promote"),
-            json!({"target_deployment_id": preview}),
-        )
-        .await?;
     assert_eq!(
-        (status, body["message"].as_str()),
-        (
-            409,
-            Some("Only production deployments can be promoted or rolled back.")
-        )
+        promote(&h, &preview).await?,
+        refused(GateError::TargetNotProduction)
     );
-    let (status, body) = h
-        .call(
-            &format!("Deploy/{live}/Promote"),
-            json!({"target_deployment_id": live}),
-        )
-        .await?;
+    assert_eq!(promote(&h, &live).await?, refused(GateError::TargetIsLive));
     assert_eq!(
-        (status, body["message"].as_str()),
-        (
-            409,
-            Some("The deployment is already the current deployment.")
-        )
-    );
-    let (status, body) = h
-        .call(
-            &format!("Deploy/{live}/Rollback"),
-            json!({"source_deployment_id": live, "target_deployment_id": live}),
-        )
-        .await?;
-    assert_eq!(
-        (status, body["message"].as_str()),
-        (
-            409,
-            Some("The deployment is already the current deployment.")
-        )
+        rollback(&h, &live, &live).await?,
+        refused(GateError::TargetIsLive)
     );
     // Rolling back from a deployment that is not live.
     let other = h.ready_deployment(&h.production).await?;
     let earlier = h.ready_deployment(&h.production).await?;
-    let (status, body) = h
-        .call(
-            &format!("Deploy/{other}/Rollback"),
-            json!({"source_deployment_id": other, "target_deployment_id": earlier}),
-        )
-        .await?;
     assert_eq!(
-        (status, body["message"].as_str()),
-        (409, Some(GateError::SourceNotLive.message().as_str()))
+        rollback(&h, &other, &earlier).await?,
+        refused(GateError::SourceNotLive)
     );
-
     // A target that is not ready, or is being stopped.
     let pending = h.pending_deployment(&h.production, None).await?;
     let draining = h.ready_deployment(&h.production).await?;
@@ -184,40 +170,13 @@ async fn gate_violations_answer_with_their_message() -> Result<()> {
         (&pending, GateError::TargetNotReady),
         (&draining, GateError::TargetIsDraining),
     ] {
-        let (status, body) = h
-            .call(
-                &format!("Deploy/{target}/Promote"),
-                json!({"target_deployment_id": target}),
-            )
-            .await?;
-        assert_eq!(
-            (status, body["message"].as_str()),
-            (409, Some(violation.message().as_str()))
-        );
-        let (status, body) = h
-            .call(
-                &format!("Deploy/{live}/Rollback"),
-                json!({"source_deployment_id": live, "target_deployment_id": target}),
-            )
-            .await?;
-        assert_eq!(
-            (status, body["message"].as_str()),
-            (409, Some(violation.message().as_str()))
-        );
+        assert_eq!(promote(&h, target).await?, refused(violation));
+        assert_eq!(rollback(&h, &live, target).await?, refused(violation));
     }
     // A source in another environment than the target.
-    let (status, body) = h
-        .call(
-            &format!("Deploy/{preview}/Rollback"),
-            json!({"source_deployment_id": preview, "target_deployment_id": other}),
-        )
-        .await?;
     assert_eq!(
-        (status, body["message"].as_str()),
-        (
-            409,
-            Some(GateError::DifferentEnvironment.message().as_str())
-        )
+        rollback(&h, &preview, &other).await?,
+        refused(GateError::DifferentEnvironment)
     );
 
     let app = tenancy::get_app(&h.db.pool, &h.app).await?;

@@ -13,7 +13,7 @@ use ctrl_db::{deployment, route, tenancy, topology};
 use ctrl_testkit::http_client;
 use serde_json::json;
 
-use crate::harness::{Harness, eventually};
+use crate::harness::Harness;
 
 /// The stickiness of every route pointing at `id`.
 async fn stickies(h: &Harness, id: &str) -> Result<BTreeSet<&'static str>> {
@@ -24,22 +24,13 @@ async fn stickies(h: &Harness, id: &str) -> Result<BTreeSet<&'static str>> {
         .collect())
 }
 
-/// Waits until every topology row of `id` has `state`.
-async fn wait_topology(h: &Harness, id: &str, state: DesiredState) -> Result<()> {
-    eventually(Duration::from_secs(20), || async {
-        let rows = topology::list_by_deployment(&h.db.pool, id).await?;
-        Ok(!rows.is_empty() && rows.iter().all(|t| t.desired_status == state))
-    })
-    .await
-}
-
 #[tokio::test]
 async fn a_deploy_becomes_ready_once_instances_run_and_replaces_the_live_one() -> Result<()> {
     let h = Harness::start_with("retire_previous_live_seconds = 1").await?;
     let a = h.pending_deployment(&h.production, None).await?;
     h.deploy(&a).await?;
     h.wait_status(&a, DeploymentStatus::Deploying).await?;
-    wait_topology(&h, &a, DesiredState::Running).await?;
+    h.wait_topology(&a, DesiredState::Running).await?;
     let rows = topology::list_by_deployment(&h.db.pool, &a).await?;
     assert_eq!(rows.len(), 1, "one region configured");
     assert_eq!(
@@ -98,7 +89,7 @@ async fn a_deploy_becomes_ready_once_instances_run_and_replaces_the_live_one() -
         BTreeSet::from(["deployment", "environment", "live"])
     );
     assert_eq!(stickies(&h, &a).await?, BTreeSet::from(["deployment"]));
-    wait_topology(&h, &a, DesiredState::Stopped).await?;
+    h.wait_topology(&a, DesiredState::Stopped).await?;
     assert_eq!(
         deployment::get(&h.db.pool, &a).await?.desired_state,
         DesiredState::Stopped
@@ -121,7 +112,7 @@ async fn a_readiness_timeout_fails_the_deployment_and_stops_its_instances() -> R
         row.error_message.as_deref(),
         Some("Not enough regions became healthy within 2 s.")
     );
-    wait_topology(&h, &d, DesiredState::Stopped).await?;
+    h.wait_topology(&d, DesiredState::Stopped).await?;
     let steps = deployment::list_steps(&h.db.pool, &d).await?;
     let deploying = steps
         .iter()
@@ -147,7 +138,7 @@ async fn cancelling_a_waiting_deploy_cancels_it_and_stops_its_instances() -> Res
     h.deploy(&d).await?;
     h.wait_status(&d, DeploymentStatus::Deploying).await?;
     // Instances were asked for: cancelling now must stop them again.
-    wait_topology(&h, &d, DesiredState::Running).await?;
+    h.wait_topology(&d, DesiredState::Running).await?;
     let rows = h.invocations("Deploy", &d, "Deploy").await?;
     let [row] = rows.as_slice() else {
         bail!("expected one Deploy invocation, got {rows:?}");
@@ -162,7 +153,7 @@ async fn cancelling_a_waiting_deploy_cancels_it_and_stops_its_instances() -> Res
         .await?;
     assert!(response.status().is_success(), "{}", response.status());
     h.wait_status(&d, DeploymentStatus::Cancelled).await?;
-    wait_topology(&h, &d, DesiredState::Stopped).await?;
+    h.wait_topology(&d, DesiredState::Stopped).await?;
     // A late readiness report changes nothing.
     h.report_running(&d, 1).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -178,16 +169,9 @@ async fn a_rollback_completes_while_a_deploy_of_the_same_app_waits() -> Result<(
     let h = Harness::start().await?;
     // A is live, B was live before it.
     let b = h.pending_deployment(&h.production, None).await?;
-    h.deploy(&b).await?;
-    h.wait_status(&b, DeploymentStatus::Deploying).await?;
-    h.report_running(&b, 1).await?;
-    h.wait_status(&b, DeploymentStatus::Ready).await?;
+    h.deploy_to_ready(&b).await?;
     let a = h.pending_deployment(&h.production, None).await?;
-    h.deploy(&a).await?;
-    h.wait_status(&a, DeploymentStatus::Deploying).await?;
-    h.report_running(&a, 1).await?;
-    h.wait_status(&a, DeploymentStatus::Ready).await?;
-    h.wait_finished(&a).await?;
+    h.deploy_to_ready(&a).await?;
 
     // C waits for instances that never come.
     let c = h.pending_deployment(&h.production, None).await?;
@@ -275,7 +259,7 @@ async fn a_newer_commit_supersedes_deployments_that_have_not_started() -> Result
     h.wait_status(&next, DeploymentStatus::Deploying).await?;
     h.report_running(&next, 1).await?;
     h.wait_status(&next, DeploymentStatus::Ready).await?;
-    wait_topology(&h, &newest, DesiredState::Stopped).await?;
+    h.wait_topology(&newest, DesiredState::Stopped).await?;
     assert_eq!(
         stickies(&h, &next).await?,
         BTreeSet::from(["branch", "deployment", "environment", "none"])

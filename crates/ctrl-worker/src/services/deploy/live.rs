@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use ctrl_core::domains::Sticky;
 use ctrl_core::gate::{self, AppFacts, DeploymentFacts};
-use ctrl_core::workflows::{LiveSwap, PromoteInput, RollbackInput, ScheduleDesiredStateChange};
+use ctrl_core::workflows::{LiveSwap, PromoteInput, RollbackInput};
 use ctrl_db::types::EnvironmentKind;
 use ctrl_db::{deployment, route, tenancy};
 use restate_sdk::prelude::*;
 use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
 
+use super::retire;
 use crate::errors::db_error;
 use crate::services::deployment::DeploymentObjectClient;
 use crate::services::routing::{RoutingObjectClient, SwapLive};
@@ -58,6 +59,41 @@ impl GateRow {
             desired_state: self.desired_state.parse().map_err(corrupt)?,
             is_production: self.is_production,
         })
+    }
+}
+
+impl LiveContext {
+    fn app(&self) -> AppFacts<'_> {
+        AppFacts {
+            live_deployment_id: self.live_deployment_id.as_deref(),
+            is_rolled_back: self.is_rolled_back,
+        }
+    }
+
+    /// Moves the live pointer and the live/environment routes to `target`
+    /// through `Routing(environment)`, and drops the target's pending
+    /// retirement (it is live now). Returns what was live before.
+    async fn swap(
+        &self,
+        ctx: &ObjectContext<'_>,
+        target: &str,
+        rolled_back: bool,
+    ) -> Result<String, TerminalError> {
+        let swap = SwapLive {
+            app_id: self.app_id.clone(),
+            deployment_id: target.to_owned(),
+            route_ids: self.route_ids.clone(),
+            rolled_back,
+        };
+        let Json(swapped) = ctx
+            .object_client::<RoutingObjectClient<'_>>(&self.environment_id)
+            .swap(Json(swap))
+            .call()
+            .await?;
+        ctx.object_client::<DeploymentObjectClient<'_>>(target)
+            .clear()
+            .send();
+        Ok(swapped.previous_deployment_id)
     }
 }
 
@@ -134,31 +170,12 @@ pub(super) async fn rollback(
         .run(|| async move { load(&db, &target_id, Some(&source_id)).await.map(Json) })
         .name("load rollback context")
         .await?;
-    let app = AppFacts {
-        live_deployment_id: live.live_deployment_id.as_deref(),
-        is_rolled_back: live.is_rolled_back,
-    };
     let target = live.deployments[0].facts()?;
     let source = live.deployments.get(1).map(GateRow::facts).transpose()?;
-    gate::check_rollback(source.as_ref(), &target, &app).map_err(refused)?;
-
-    let swap = SwapLive {
-        app_id: live.app_id.clone(),
-        deployment_id: req.target_deployment_id.clone(),
-        route_ids: live.route_ids.clone(),
-        rolled_back: true,
-    };
-    let Json(swapped) = ctx
-        .object_client::<RoutingObjectClient<'_>>(&live.environment_id)
-        .swap(Json(swap))
-        .call()
-        .await?;
-    // The target may have been scheduled to retire; it is live again now.
-    ctx.object_client::<DeploymentObjectClient<'_>>(&req.target_deployment_id)
-        .clear()
-        .send();
+    gate::check_rollback(source.as_ref(), &target, &live.app()).map_err(refused)?;
+    let previous = live.swap(ctx, &req.target_deployment_id, true).await?;
     Ok(Json(LiveSwap {
-        previous_deployment_id: swapped.previous_deployment_id,
+        previous_deployment_id: previous,
     }))
 }
 
@@ -183,39 +200,12 @@ pub(super) async fn promote(
         .run(|| async move { load(&db, &target_id, None).await.map(Json) })
         .name("load promote context")
         .await?;
-    let app = AppFacts {
-        live_deployment_id: live.live_deployment_id.as_deref(),
-        is_rolled_back: live.is_rolled_back,
-    };
-    gate::check_promote(&live.deployments[0].facts()?, &app).map_err(refused)?;
-
-    let swap = SwapLive {
-        app_id: live.app_id.clone(),
-        deployment_id: req.target_deployment_id.clone(),
-        route_ids: live.route_ids.clone(),
-        rolled_back: false,
-    };
-    let Json(swapped) = ctx
-        .object_client::<RoutingObjectClient<'_>>(&live.environment_id)
-        .swap(Json(swap))
-        .call()
-        .await?;
-    ctx.object_client::<DeploymentObjectClient<'_>>(&req.target_deployment_id)
-        .clear()
-        .send();
-    if !swapped.previous_deployment_id.is_empty()
-        && swapped.previous_deployment_id != req.target_deployment_id
-    {
-        let retire = ScheduleDesiredStateChange {
-            delay_millis: u64::try_from(retire_previous_live.as_millis()).unwrap_or(u64::MAX),
-            state: "stopped".into(),
-            overwrite: false,
-        };
-        ctx.object_client::<DeploymentObjectClient<'_>>(&swapped.previous_deployment_id)
-            .schedule(Json(retire))
-            .send();
+    gate::check_promote(&live.deployments[0].facts()?, &live.app()).map_err(refused)?;
+    let previous = live.swap(ctx, &req.target_deployment_id, false).await?;
+    if !previous.is_empty() && previous != req.target_deployment_id {
+        retire(ctx, &previous, retire_previous_live, false);
     }
     Ok(Json(LiveSwap {
-        previous_deployment_id: swapped.previous_deployment_id,
+        previous_deployment_id: previous,
     }))
 }

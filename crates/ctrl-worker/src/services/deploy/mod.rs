@@ -9,13 +9,17 @@ mod pipeline;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ctrl_core::workflows::{DeployInput, LiveSwap, PromoteInput, RollbackInput};
+use ctrl_core::status::DesiredState;
+use ctrl_core::workflows::{
+    DeployInput, LiveSwap, PromoteInput, RollbackInput, ScheduleDesiredStateChange,
+};
 use restate_sdk::prelude::*;
 use sqlx::MySqlPool;
 
 pub use pipeline::SUPERSEDED;
 
 use crate::config::DeployConfig;
+use crate::services::deployment::DeploymentObjectClient;
 
 /// State key of the awakeable the pipeline waits on for instances.
 const READINESS_AWAKEABLE: &str = "instances_ready_awakeable";
@@ -104,4 +108,16 @@ impl DeployObject {
         }
         Ok(())
     }
+}
+
+/// Schedules a deployment to stop after `after` (fire-and-forget, durable).
+fn retire(ctx: &ObjectContext<'_>, deployment_id: &str, after: Duration, overwrite: bool) {
+    let change = ScheduleDesiredStateChange {
+        delay_millis: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+        state: DesiredState::Stopped.as_str().into(),
+        overwrite,
+    };
+    ctx.object_client::<DeploymentObjectClient<'_>>(deployment_id)
+        .schedule(Json(change))
+        .send();
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use ctrl_core::domains::{ExistingRoute, GeneratedHost, HostInputs, Sticky, generate_hosts};
 use ctrl_core::id::{IdKind, generate};
 use ctrl_core::status::{DeploymentStatus, DesiredState, StepKind, enough_regions_ready};
-use ctrl_core::workflows::{DeployInput, ScheduleDesiredStateChange};
+use ctrl_core::workflows::DeployInput;
 use ctrl_db::route::NewRoute;
 use ctrl_db::topology::{NetworkPolicy, NewTopology};
 use ctrl_db::types::{EnvironmentKind, SourceKind, TriggerKind};
@@ -25,9 +25,8 @@ use restate_sdk::prelude::*;
 use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
 
-use super::{DeploySettings, READINESS_AWAKEABLE};
-use crate::errors::{db_error, now_ms, step_retry};
-use crate::services::deployment::DeploymentObjectClient;
+use super::{DeploySettings, READINESS_AWAKEABLE, retire};
+use crate::errors::{begin, commit, db_error, now_ms, step_retry};
 use crate::services::routing::{AssignRoutes, AutoPromote, RoutingObjectClient};
 
 /// Stamped on the steps and status of deployments a newer commit replaced.
@@ -202,7 +201,7 @@ async fn phases(
     for (region_id, min, max, cpu, memory) in regions {
         let (pool, plan_) = (db.clone(), plan.clone());
         ctx.run(|| async move {
-            let mut tx = pool.begin().await.map_err(|e| db_error(e.into()))?;
+            let mut tx = begin(&pool).await?;
             let t = NewTopology {
                 workspace_id: &plan_.workspace_id,
                 deployment_id: &plan_.deployment_id,
@@ -230,7 +229,7 @@ async fn phases(
             topology::upsert_network_policy(&mut *tx, np, now_ms())
                 .await
                 .map_err(db_error)?;
-            tx.commit().await.map_err(|e| db_error(e.into()))?;
+            commit(tx).await?;
             Ok(())
         })
         .name("create topology and network policy")
@@ -323,7 +322,7 @@ async fn phases(
     let ready = ctx
         .run(|| async move {
             let now = now_ms();
-            let mut tx = pool.begin().await.map_err(|e| db_error(e.into()))?;
+            let mut tx = begin(&pool).await?;
             let ready =
                 deployment::set_status_if_active(&mut *tx, &id, DeploymentStatus::Ready, None, now)
                     .await
@@ -336,7 +335,7 @@ async fn phases(
                     .await
                     .map_err(db_error)?;
             }
-            tx.commit().await.map_err(|e| db_error(e.into()))?;
+            commit(tx).await?;
             Ok(ready)
         })
         .name("mark ready")
@@ -386,12 +385,12 @@ async fn phases(
 /// `starting` and loads what the pipeline needs — in one transaction.
 async fn claim(db: &MySqlPool, id: &str) -> Result<Claim, HandlerError> {
     let now = now_ms();
-    let mut tx = db.begin().await.map_err(|e| db_error(e.into()))?;
+    let mut tx = begin(db).await?;
     let d = deployment::get(&mut *tx, id).await.map_err(db_error)?;
     match d.status {
         DeploymentStatus::Pending => {
             if let Some(skipped) = start(&mut tx, &d, now).await? {
-                tx.commit().await.map_err(|e| db_error(e.into()))?;
+                commit(tx).await?;
                 return Ok(skipped);
             }
         }
@@ -426,7 +425,7 @@ async fn claim(db: &MySqlPool, id: &str) -> Result<Claim, HandlerError> {
     deployment::end_step(&mut *tx, id, StepKind::Starting, None, now)
         .await
         .map_err(db_error)?;
-    tx.commit().await.map_err(|e| db_error(e.into()))?;
+    commit(tx).await?;
     Ok(Claim::Started(Box::new(Plan {
         deployment_id: d.id,
         workspace_id: d.workspace_id,
@@ -553,7 +552,7 @@ async fn advance(
     let active = ctx
         .run(|| async move {
             let now = now_ms();
-            let mut tx = pool.begin().await.map_err(|e| db_error(e.into()))?;
+            let mut tx = begin(&pool).await?;
             let active =
                 deployment::set_status_if_active(&mut *tx, &plan_.deployment_id, status, None, now)
                     .await
@@ -573,7 +572,7 @@ async fn advance(
                 .await
                 .map_err(db_error)?;
             }
-            tx.commit().await.map_err(|e| db_error(e.into()))?;
+            commit(tx).await?;
             Ok(active)
         })
         .name(format!("start {}", step.as_str()))
@@ -740,18 +739,6 @@ fn network_policy(port: i32) -> serde_json::Value {
     })
 }
 
-/// Schedules a deployment to stop after `after` (fire-and-forget, durable).
-fn retire(ctx: &ObjectContext<'_>, deployment_id: &str, after: Duration, overwrite: bool) {
-    let change = ScheduleDesiredStateChange {
-        delay_millis: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
-        state: DesiredState::Stopped.as_str().into(),
-        overwrite,
-    };
-    ctx.object_client::<DeploymentObjectClient<'_>>(deployment_id)
-        .schedule(Json(change))
-        .send();
-}
-
 /// Runs the compensations in reverse. Failures are logged, not raised: the
 /// pipeline's own error is what the caller sees.
 async fn unwind(
@@ -776,7 +763,7 @@ async fn unwind(
                 let marked = ctx
                     .run(|| async move {
                         let now = now_ms();
-                        let mut tx = pool.begin().await.map_err(|e| db_error(e.into()))?;
+                        let mut tx = begin(&pool).await?;
                         deployment::end_running_steps(&mut *tx, &id, &message, now)
                             .await
                             .map_err(db_error)?;
@@ -789,7 +776,7 @@ async fn unwind(
                         )
                         .await
                         .map_err(db_error)?;
-                        tx.commit().await.map_err(|e| db_error(e.into()))?;
+                        commit(tx).await?;
                         Ok(())
                     })
                     .name("[compensation] mark failed")
