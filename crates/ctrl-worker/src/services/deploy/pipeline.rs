@@ -586,8 +586,9 @@ async fn advance(
 }
 
 fn no_longer_active() -> TerminalError {
+    // 410, not 409: 409 is how Restate reports a cancel (see `CANCELLED`).
     TerminalError::new_with_code(
-        409,
+        410,
         "The deployment was cancelled or finished while its pipeline ran.",
     )
 }
