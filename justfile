@@ -15,6 +15,10 @@ test *ARGS:
 bench *ARGS:
     cargo bench -p ctrl-worker --bench deploy_overhead -- {{ARGS}}
 
+# Provision-to-healthy and rolling-deploy times of the Docker backend on podman.
+bench-docker *ARGS:
+    cargo bench -p ctrl-provider --bench docker_rollout -- {{ARGS}}
+
 # Install or verify the real dependencies.
 deps:
     cargo xtask deps

@@ -12,6 +12,7 @@
 //! It does not install anything: `cargo xtask deps` does, into the locations
 //! named in [`paths`]. Nothing here is a mock; each handle is the real server.
 
+pub mod images;
 pub mod mariadb;
 pub mod paths;
 pub mod podman;

@@ -1,0 +1,34 @@
+//! One workload API over container backends.
+//!
+//! A [`Provider`] provisions a [`WorkloadSpec`] (services with init, main
+//! and sidecar roles, ordered by their dependencies), rolls out new
+//! releases gated on health, rolls back to earlier ones, scales, starts and
+//! stops, reports [`WorkloadStatus`], streams logs and runs commands.
+//! Providers advertise [`Capabilities`]; an operation a backend cannot do
+//! returns [`Error::Unsupported`] — never a pretend success. A [`Registry`]
+//! holds named providers with a default.
+//!
+//! Backends: [`docker`] (Docker Engine or podman's Docker-compatible API,
+//! through bollard). [`desired`] turns the ClusterService desired-state
+//! message into a spec, which is how the regional agent (krane) uses this
+//! crate.
+
+pub mod capability;
+pub mod desired;
+pub mod docker;
+mod error;
+pub mod provider;
+mod registry;
+pub mod spec;
+pub mod status;
+
+pub use capability::{Capabilities, Capability};
+pub use error::Error;
+pub use provider::{
+    DeployRequest, DeployResult, ExecRequest, ExecResult, LogLine, LogOptions, LogStream,
+    NoSecrets, Provider, ProviderInfo, ProvisionResult, ScaleRequest, SecretResolver,
+    ServiceUpdate, has_capability,
+};
+pub use registry::{Registry, RegistryError};
+pub use spec::{ServiceSpec, WorkloadSpec};
+pub use status::{Endpoint, ResourceUsage, ServiceStatus, State, WorkloadStatus};

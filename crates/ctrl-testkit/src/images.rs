@@ -1,0 +1,134 @@
+//! Tiny images built locally through the Docker API (no registry is
+//! reachable here): a static busybox with an HTTP server.
+//!
+//! [`build_http_image`] sends a build context (`FROM scratch`, the rootfs,
+//! `CMD`) to `POST /build`. The image's start script prints a line,
+//! writes `$VERSION` (default `v1`) to `/index.html`, writes `/health`
+//! after `$HEALTHY_AFTER` seconds (default 0) unless `UNHEALTHY` is set, and `exec`s `httpd -f -p ${PORT:-8080}`.
+//! [`derive_image`] layers `ENV` lines on top, which makes a different image
+//! with the same code — enough for rollout and rollback tests.
+
+use bollard::Docker;
+use bollard::query_parameters::BuildImageOptions;
+use futures::StreamExt;
+
+use crate::{Error, paths};
+
+/// Applets linked into the image's `/bin`.
+const APPLETS: &[&str] = &[
+    "sh", "httpd", "sleep", "cat", "echo", "env", "ls", "true", "false", "wget", "kill", "head",
+    "mkdir", "rm", "ps", "dd",
+];
+
+const START: &str = r#"#!/bin/sh
+echo "starting ${VERSION:-v1} on port ${PORT:-8080}"
+echo "${VERSION:-v1}" > /www/index.html
+if [ -z "$UNHEALTHY" ]; then (sleep "${HEALTHY_AFTER:-0}"; echo ok > /www/health) & fi
+exec httpd -f -v -p "${PORT:-8080}" -h /www
+"#;
+
+/// Builds the HTTP image as `tag` through `POST /build`.
+pub async fn build_http_image(docker: &Docker, tag: &str) -> Result<(), Error> {
+    let busybox = std::fs::read(paths::system_program("busybox")?)
+        .map_err(|e| Error::io("read the busybox binary", e))?;
+    let mut tar = tar::Builder::new(Vec::new());
+    let io = |e| Error::io("pack the build context", e);
+    append(
+        &mut tar,
+        "Dockerfile",
+        0o644,
+        b"FROM scratch\nCOPY rootfs/ /\nEXPOSE 8080\nCMD [\"/bin/start.sh\"]\n",
+    )
+    .map_err(io)?;
+    for dir in [
+        "rootfs",
+        "rootfs/bin",
+        "rootfs/www",
+        "rootfs/etc",
+        "rootfs/tmp",
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(if dir.ends_with("tmp") { 0o1777 } else { 0o755 });
+        header.set_size(0);
+        tar.append_data(&mut header, dir, std::io::empty())
+            .map_err(io)?;
+    }
+    append(&mut tar, "rootfs/bin/busybox", 0o755, &busybox).map_err(io)?;
+    for applet in APPLETS {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_mode(0o777);
+        header.set_size(0);
+        tar.append_link(&mut header, format!("rootfs/bin/{applet}"), "busybox")
+            .map_err(io)?;
+    }
+    append(&mut tar, "rootfs/bin/start.sh", 0o755, START.as_bytes()).map_err(io)?;
+    append(
+        &mut tar,
+        "rootfs/etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/:/bin/sh\n",
+    )
+    .map_err(io)?;
+    let context = tar.into_inner().map_err(io)?;
+    build(docker, tag, context).await
+}
+
+/// Builds `tag` as `base` plus `ENV` lines.
+pub async fn derive_image(
+    docker: &Docker,
+    base: &str,
+    tag: &str,
+    env: &[(&str, &str)],
+) -> Result<(), Error> {
+    let mut dockerfile = format!("FROM {base}\n");
+    for (key, value) in env {
+        dockerfile.push_str(&format!("ENV {key}={value}\n"));
+    }
+    let mut tar = tar::Builder::new(Vec::new());
+    append(&mut tar, "Dockerfile", 0o644, dockerfile.as_bytes())
+        .map_err(|e| Error::io("pack the build context", e))?;
+    let context = tar
+        .into_inner()
+        .map_err(|e| Error::io("pack the build context", e))?;
+    build(docker, tag, context).await
+}
+
+fn append(
+    tar: &mut tar::Builder<Vec<u8>>,
+    path: &str,
+    mode: u32,
+    data: &[u8],
+) -> std::io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(data.len() as u64);
+    header.set_mode(mode);
+    tar.append_data(&mut header, path, data)
+}
+
+async fn build(docker: &Docker, tag: &str, context: Vec<u8>) -> Result<(), Error> {
+    let what = format!("build image {tag}");
+    let mut progress = docker.build_image(
+        BuildImageOptions {
+            t: Some(tag.to_owned()),
+            dockerfile: "Dockerfile".into(),
+            rm: true,
+            ..Default::default()
+        },
+        None,
+        Some(bollard::body_full(bytes::Bytes::from(context))),
+    );
+    let run = async {
+        while let Some(step) = progress.next().await {
+            let step = step.map_err(|e| Error::request(&what, e))?;
+            if let Some(error) = step.error_detail.and_then(|d| d.message) {
+                return Err(Error::request(&what, error));
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(120), run)
+        .await
+        .map_err(|_| Error::request(&what, "timed out after 120 s"))?
+}
