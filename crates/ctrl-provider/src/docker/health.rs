@@ -8,7 +8,6 @@ use bollard::query_parameters::LogsOptions;
 use futures::StreamExt;
 
 use super::DockerProvider;
-use super::labels::ReleaseRecord;
 use super::observe::Instance;
 use crate::spec::{HealthCheck, HttpMethod, Probe, RestartPolicy, Role, ServiceSpec};
 use crate::status::{Endpoint, ServiceStatus, State, WorkloadStatus};
@@ -116,27 +115,8 @@ impl DockerProvider {
             return Err(Error::NotFound(workload.to_owned()));
         };
         let current = observed.current_spec(workload)?;
-        let records: Vec<ReleaseRecord> = observed.releases()?;
-        let spec_of = |instance: &Instance| -> Option<ServiceSpec> {
-            serde_json::from_str::<Vec<ReleaseRecord>>(&instance.releases_json)
-                .ok()
-                .and_then(|r| r.into_iter().find(|r| r.release == instance.release))
-                .or_else(|| {
-                    records
-                        .iter()
-                        .find(|r| r.release == instance.release)
-                        .cloned()
-                })
-                .and_then(|r| {
-                    r.spec
-                        .services
-                        .into_iter()
-                        .find(|s| s.name == instance.service)
-                })
-        };
-
         let probes = observed.instances.iter().map(|instance| {
-            let service = spec_of(instance);
+            let service = instance.service_spec();
             async move {
                 let (ready, detail) = match (&service, instance.role) {
                     (_, Role::Init) => (instance.completed(), String::new()),

@@ -133,11 +133,6 @@ impl DockerProvider {
         })
     }
 
-    /// Another handle on the same provider (for background tasks).
-    fn handle(&self) -> Self {
-        self.clone()
-    }
-
     /// The engine client.
     pub fn docker(&self) -> &Docker {
         &self.docker

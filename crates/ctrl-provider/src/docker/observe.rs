@@ -44,6 +44,19 @@ impl Instance {
         )
     }
 
+    /// This container's own service definition, from the release records
+    /// it carries (its own release is always among them).
+    pub(super) fn service_spec(&self) -> Option<crate::ServiceSpec> {
+        serde_json::from_str::<Vec<ReleaseRecord>>(&self.releases_json)
+            .ok()?
+            .into_iter()
+            .find(|r| r.release == self.release)?
+            .spec
+            .services
+            .into_iter()
+            .find(|s| s.name == self.service)
+    }
+
     /// An init that finished successfully.
     pub(super) fn completed(&self) -> bool {
         self.role == Role::Init && self.exited() && self.exit_code == Some(0)

@@ -373,7 +373,7 @@ impl DockerProvider {
 
     /// Schedules `instance` to stop after `delay` and be removed.
     fn retire(&self, drains: &mut JoinSet<Result<(), Error>>, instance: Instance, delay: Duration) {
-        let provider = self.handle();
+        let provider = self.clone();
         drains.spawn(async move {
             tokio::time::sleep(delay).await;
             provider.stop_gracefully(&instance).await?;
@@ -406,15 +406,7 @@ impl DockerProvider {
     }
 
     fn stop_settings(&self, instance: &Instance) -> (Option<String>, i32) {
-        let spec = serde_json::from_str::<Vec<ReleaseRecord>>(&instance.releases_json)
-            .ok()
-            .and_then(|r| r.into_iter().find(|r| r.release == instance.release))
-            .and_then(|r| {
-                r.spec
-                    .services
-                    .into_iter()
-                    .find(|s| s.name == instance.service)
-            });
+        let spec = instance.service_spec();
         match spec {
             Some(s) => (
                 Some(s.stop_signal.as_str().to_owned()),
