@@ -69,6 +69,9 @@ impl PodmanBuilder {
         let _ = fs::remove_file(&socket);
         let mut cmd = Command::new(podman);
         configure(&mut cmd, &dir);
+        // conmon drops files (an `oom` marker after an OOM kill) into the
+        // service's working directory: keep them in the instance directory.
+        cmd.current_dir(&dir);
         cmd.args(["system", "service", "--time=0"])
             .arg(format!("unix://{}", socket.display()));
         let mut process = Supervised::spawn(
