@@ -18,13 +18,17 @@ pub struct Config {
     #[serde(default)]
     pub http: HttpConfig,
     /// Who may call the API.
-    pub auth: AuthConfig,
+    pub auth: ctrl_runtime::auth::AuthConfig,
     /// The database.
     pub database: DatabaseConfig,
     /// Keys sealing environment variables.
-    pub vault: VaultConfig,
+    pub vault: ctrl_runtime::sections::VaultConfig,
     /// The Restate server running the worker's services.
     pub restate: RestateConfig,
+    /// Also serve the agents' ClusterService on this port (present =
+    /// enabled; otherwise run ctrl-cluster-sync on its own).
+    #[serde(default)]
+    pub cluster_sync: Option<ctrl_cluster_sync::config::SyncConfig>,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -49,58 +53,6 @@ impl Default for HttpConfig {
     }
 }
 
-/// Bearer tokens.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthConfig {
-    /// Accepted tokens; several allow rotation. At least 16 characters each.
-    pub tokens: Vec<String>,
-}
-
-impl std::fmt::Debug for AuthConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthConfig")
-            .field("tokens", &format!("<{} redacted>", self.tokens.len()))
-            .finish()
-    }
-}
-
-/// Keys that seal environment variables (the first seals new values).
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VaultConfig {
-    /// `{ id, key }` pairs; `key` is base64 of 32 random bytes.
-    pub keys: Vec<VaultKey>,
-}
-
-impl std::fmt::Debug for VaultConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ids: Vec<&str> = self.keys.iter().map(|k| k.id.as_str()).collect();
-        f.debug_struct("VaultConfig")
-            .field("key_ids", &ids)
-            .finish()
-    }
-}
-
-/// One vault key.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VaultKey {
-    /// Short id stored with every value it seals.
-    pub id: String,
-    /// Base64 of 32 random bytes.
-    pub key: String,
-}
-
-impl std::fmt::Debug for VaultKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VaultKey")
-            .field("id", &self.id)
-            .field("key", &"<redacted>")
-            .finish()
-    }
-}
-
 /// The Restate server.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -113,43 +65,17 @@ pub struct RestateConfig {
 
 impl Validate for Config {
     fn validate(&self, v: &mut Validator) {
-        v.check(
-            !self.auth.tokens.is_empty(),
-            "auth.tokens",
-            "must list at least one token",
-        );
-        for (i, t) in self.auth.tokens.iter().enumerate() {
-            v.check(
-                t.len() >= 16,
-                &format!("auth.tokens[{i}]"),
-                "must be at least 16 characters",
-            );
-        }
+        self.auth.validate(v);
         self.database.validate(v);
+        if let Some(sync) = &self.cluster_sync {
+            sync.validate("cluster_sync", v);
+        }
         v.range(
             "http.shutdown_grace_seconds",
             self.http.shutdown_grace_seconds,
             0..=600,
         );
-        v.check(
-            !self.vault.keys.is_empty(),
-            "vault.keys",
-            "must list at least one key",
-        );
-        let keys: Vec<ctrl_vault::KeyConfig> = self
-            .vault
-            .keys
-            .iter()
-            .map(|k| ctrl_vault::KeyConfig {
-                id: k.id.clone(),
-                base64: k.key.clone(),
-            })
-            .collect();
-        if !keys.is_empty()
-            && let Err(e) = ctrl_vault::Vault::new(&keys)
-        {
-            v.check(false, "vault.keys", e.to_string());
-        }
+        self.vault.validate(v);
         self.log.validate(v);
         v.url(
             "restate.ingress_url",
@@ -167,16 +93,7 @@ impl Validate for Config {
 impl Config {
     /// The vault described by `vault.keys` (valid after validation).
     pub fn vault(&self) -> Result<ctrl_vault::Vault, ctrl_vault::Error> {
-        let keys: Vec<ctrl_vault::KeyConfig> = self
-            .vault
-            .keys
-            .iter()
-            .map(|k| ctrl_vault::KeyConfig {
-                id: k.id.clone(),
-                base64: k.key.clone(),
-            })
-            .collect();
-        ctrl_vault::Vault::new(&keys)
+        self.vault.vault()
     }
 }
 

@@ -33,20 +33,15 @@ impl FromRequestParts<AppState> for Authorized {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = parts
+        let header = parts
             .headers
             .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty());
-        match token {
-            Some(token) if state.accepts_token(token) => Ok(Self),
-            Some(_) => Err(ConnectError::new_unauthenticated("invalid bearer token")),
-            None => Err(ConnectError::new_unauthenticated(
-                "missing bearer token (Authorization: Bearer <token>)",
-            )),
-        }
+            .and_then(|v| v.to_str().ok());
+        state
+            .tokens()
+            .check_header(header)
+            .map(|()| Self)
+            .map_err(ConnectError::new_unauthenticated)
     }
 }
 
@@ -282,6 +277,15 @@ async fn grpc_decode_errors_are_bad_input(
 
 /// Every service and endpoint on one router (Connect, gRPC, health).
 pub fn router(state: AppState) -> axum::Router {
+    router_with(state, None)
+}
+
+/// [`router`], also serving the agents' ClusterService when given (the
+/// `[cluster_sync]` section: one process instead of two).
+pub fn router_with(
+    state: AppState,
+    cluster: Option<ctrl_cluster_sync::ClusterSync>,
+) -> axum::Router {
     use pb::*;
     let (ctrl, ctrl_grpc) = ctrl_service_connect::CtrlServiceTonicCompatibleBuilder::new()
         .liveness(liveness)
@@ -365,8 +369,15 @@ pub fn router(state: AppState) -> axum::Router {
         .add_grpc_service(grpc(deployments_grpc))
         .add_grpc_service(grpc(regions_grpc))
         .add_axum_router_raw(health)
-        .receive_max_bytes(MAX_REQUEST_BYTES)
-        .build();
+        .receive_max_bytes(MAX_REQUEST_BYTES);
+    let dispatch = match cluster {
+        Some(cluster) => {
+            let (connect, grpc) = ctrl_cluster_sync::service::parts(cluster);
+            dispatch.add_router(connect).add_grpc_service(grpc)
+        }
+        None => dispatch,
+    }
+    .build();
     let metrics = crate::observe::Metrics::default();
     axum::Router::new()
         .route(

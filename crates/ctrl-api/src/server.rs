@@ -24,18 +24,29 @@ pub async fn serve(
         crate::restate::Admin::new(&config.restate.admin_url),
     );
     let state = AppState::new(
-        db,
+        db.clone(),
         config.vault().context("vault keys")?,
         &config.auth.tokens,
         restate,
     );
-    let app = crate::rpc::router(state.clone());
+    let cluster = config.cluster_sync.as_ref().map(|sync| {
+        ctrl_cluster_sync::ClusterSync::new(
+            db.clone(),
+            config.auth.bearer_tokens(),
+            &config.restate.ingress_url,
+            sync.settings(),
+        )
+    });
+    let app = crate::rpc::router_with(state.clone(), cluster.clone());
     let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: draining in-flight requests");
         state.begin_shutdown();
+        if let Some(cluster) = &cluster {
+            cluster.begin_shutdown();
+        }
         let _ = signalled_tx.send(());
     });
     let server = tokio::spawn(async move { server.await });

@@ -4,9 +4,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ctrl_vault::Vault;
-use sha2::{Digest, Sha256};
 use sqlx::MySqlPool;
-use subtle::ConstantTimeEq;
 
 /// Shared, cheaply cloned handler state.
 #[derive(Clone)]
@@ -20,15 +18,14 @@ struct Inner {
     admin: crate::restate::Admin,
     db: MySqlPool,
     vault: Vault,
-    /// SHA-256 of each accepted bearer token (the tokens themselves are not kept).
-    token_digests: Vec<[u8; 32]>,
+    tokens: ctrl_runtime::auth::BearerTokens,
 }
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
             .field("vault", &self.inner.vault)
-            .field("tokens", &self.inner.token_digests.len())
+            .field("tokens", &self.inner.tokens)
             .finish_non_exhaustive()
     }
 }
@@ -43,10 +40,6 @@ impl AppState {
         restate: (crate::restate::Ingress, crate::restate::Admin),
     ) -> Self {
         let (ingress, admin) = restate;
-        let token_digests = tokens
-            .iter()
-            .map(|t| Sha256::digest(t.as_bytes()).into())
-            .collect();
         let (shutdown, _) = tokio::sync::watch::channel(false);
         Self {
             inner: Arc::new(Inner {
@@ -55,7 +48,7 @@ impl AppState {
                 admin,
                 db,
                 vault,
-                token_digests,
+                tokens: ctrl_runtime::auth::BearerTokens::new(tokens),
             }),
         }
     }
@@ -94,16 +87,9 @@ impl AppState {
         &self.inner.vault
     }
 
-    /// Whether `token` is one of the accepted tokens. Compares SHA-256
-    /// digests in constant time, so neither a token's content nor its length
-    /// leaks through timing; every configured token is checked.
-    pub fn accepts_token(&self, token: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.inner
-            .token_digests
-            .iter()
-            .fold(subtle::Choice::from(0), |found, d| found | d.ct_eq(&digest))
-            .into()
+    /// The accepted bearer tokens.
+    pub fn tokens(&self) -> &ctrl_runtime::auth::BearerTokens {
+        &self.inner.tokens
     }
 
     /// The current time in unix milliseconds.

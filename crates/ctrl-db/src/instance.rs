@@ -159,6 +159,29 @@ pub async fn count_running_by_region(
     .await?)
 }
 
+/// Per region where the deployment should run: its minimum replica count and
+/// how many instances run there now — the input of
+/// `ctrl_core::status::enough_regions_ready`, shared by the Deploy workflow
+/// and cluster-sync so both decide readiness the same way.
+pub async fn readiness_by_region(
+    ex: impl MySqlExecutor<'_>,
+    deployment_id: &str,
+) -> Result<Vec<(u32, u64)>> {
+    let rows: Vec<(u32, i64)> = sqlx::query_as(
+        "SELECT t.min_replicas, (SELECT COUNT(*) FROM instances i
+             WHERE i.deployment_id = t.deployment_id AND i.region_id = t.region_id AND i.status = 'running')
+         FROM deployment_topology t
+         WHERE t.deployment_id = ? AND t.desired_status = 'running' ORDER BY t.region_id",
+    )
+    .bind(deployment_id)
+    .fetch_all(ex)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(min, running)| (min, u64::try_from(running).unwrap_or(0)))
+        .collect())
+}
+
 /// An exit or wait event of an instance.
 #[derive(Debug, Clone)]
 pub struct InstanceEvent<'a> {

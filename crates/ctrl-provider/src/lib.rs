@@ -27,7 +27,7 @@ pub use error::Error;
 pub use provider::{
     DeployRequest, DeployResult, ExecRequest, ExecResult, LogLine, LogOptions, LogStream,
     NoSecrets, Provider, ProviderInfo, ProvisionResult, ScaleRequest, SecretResolver,
-    ServiceUpdate, has_capability,
+    ServiceUpdate, WorkloadSummary, has_capability,
 };
 pub use registry::{Registry, RegistryError};
 pub use spec::{ServiceSpec, WorkloadSpec};

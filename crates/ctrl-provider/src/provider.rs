@@ -28,6 +28,18 @@ pub struct ProviderInfo {
     pub region: String,
 }
 
+/// A workload the provider manages, as listed (what an agent compares
+/// with the desired state to find orphans).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadSummary {
+    /// The workload id.
+    pub id: String,
+    /// The release its newest objects run.
+    pub release: String,
+    /// The workload's labels (from its spec).
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
 /// What provisioning produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProvisionResult {
@@ -188,6 +200,11 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     async fn provision(&self, spec: &WorkloadSpec) -> Result<ProvisionResult, Error> {
         let _ = spec;
         Err(self.unsupported("provision", Capability::Provision))
+    }
+
+    /// Every workload this provider manages.
+    async fn list(&self) -> Result<Vec<WorkloadSummary>, Error> {
+        Err(self.unsupported("list", Capability::Provision))
     }
 
     /// Removes everything the workload owns. Removing a missing workload succeeds.

@@ -4,8 +4,9 @@
 //! environment, environment overrides, defaults, and validation whose errors
 //! name the field, all before any port opens — and [`sections`], the
 //! `[database]` and `[log]` sections every service shares (with logging
-//! initialisation). Shutdown signals and the admin server join as the
+//! initialisation) — and [`auth`], the accepted bearer tokens. Shutdown signals and the admin server join as the
 //! services need them.
 
+pub mod auth;
 pub mod config;
 pub mod sections;

@@ -146,3 +146,69 @@ mod tests {
         assert!(!format!("{c:?}").contains("secret"));
     }
 }
+
+/// The `[vault]` section: keys that seal (ctrl-api) and open (krane)
+/// environment variables; the first seals new values.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// `{ id, key }` pairs; `key` is base64 of 32 random bytes.
+    pub keys: Vec<VaultKey>,
+}
+
+impl std::fmt::Debug for VaultConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<&str> = self.keys.iter().map(|k| k.id.as_str()).collect();
+        f.debug_struct("VaultConfig")
+            .field("key_ids", &ids)
+            .finish()
+    }
+}
+
+/// One vault key.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultKey {
+    /// Short id stored with every value it seals.
+    pub id: String,
+    /// Base64 of 32 random bytes.
+    pub key: String,
+}
+
+impl std::fmt::Debug for VaultKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultKey")
+            .field("id", &self.id)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl VaultConfig {
+    /// At least one key, each valid.
+    pub fn validate(&self, v: &mut Validator) {
+        v.check(
+            !self.keys.is_empty(),
+            "vault.keys",
+            "must list at least one key",
+        );
+        if !self.keys.is_empty()
+            && let Err(e) = self.vault()
+        {
+            v.check(false, "vault.keys", e.to_string());
+        }
+    }
+
+    /// The vault these keys describe.
+    pub fn vault(&self) -> Result<ctrl_vault::Vault, ctrl_vault::Error> {
+        let keys: Vec<ctrl_vault::KeyConfig> = self
+            .keys
+            .iter()
+            .map(|k| ctrl_vault::KeyConfig {
+                id: k.id.clone(),
+                base64: k.key.clone(),
+            })
+            .collect();
+        ctrl_vault::Vault::new(&keys)
+    }
+}

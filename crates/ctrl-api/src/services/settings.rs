@@ -105,28 +105,13 @@ pub fn runtime_to_pb(r: db::RuntimeSettings) -> pb::RuntimeSettings {
         memory_mib: r.memory_mib,
         storage_mib: r.storage_mib,
         command: r.command.0,
-        health_check: r.healthcheck.map(|Json(h)| pb::HealthCheck {
-            method: match h.method.as_str() {
-                "POST" => pb::HealthCheckMethod::Post,
-                _ => pb::HealthCheckMethod::Get,
-            } as i32,
-            path: h.path,
-            interval_seconds: h.interval_seconds,
-            timeout_seconds: h.timeout_seconds,
-            failure_threshold: h.failure_threshold,
-            initial_delay_seconds: h.initial_delay_seconds,
-        }),
-        shutdown_signal: match r.shutdown_signal {
-            ShutdownSignal::Sigterm => pb::ShutdownSignal::Sigterm,
-            ShutdownSignal::Sigint => pb::ShutdownSignal::Sigint,
-            ShutdownSignal::Sigquit => pb::ShutdownSignal::Sigquit,
-            ShutdownSignal::Sigkill => pb::ShutdownSignal::Sigkill,
-        } as i32,
+        health_check: r
+            .healthcheck
+            .map(|Json(h)| ctrl_cluster_sync::convert::health_check(&h)),
+        shutdown_signal: ctrl_cluster_sync::convert::shutdown_signal(r.shutdown_signal) as i32,
         termination_grace_seconds: r.termination_grace_seconds,
-        upstream_protocol: match r.upstream_protocol {
-            UpstreamProtocol::Http1 => pb::UpstreamProtocol::Http1,
-            UpstreamProtocol::H2c => pb::UpstreamProtocol::H2c,
-        } as i32,
+        upstream_protocol: ctrl_cluster_sync::convert::upstream_protocol(r.upstream_protocol)
+            as i32,
         openapi_spec_path: r.openapi_spec_path.unwrap_or_default(),
     }
 }

@@ -21,6 +21,14 @@ pub(super) const SPEC_HASH: &str = "ctrl.dev/spec-hash";
 /// JSON list of [`ReleaseRecord`]s, current first.
 pub(super) const RELEASES: &str = "ctrl.dev/releases";
 
+/// Whether a label is the backend's own (not one of the spec's).
+pub(super) fn is_internal(key: &str) -> bool {
+    [
+        MANAGED_BY, WORKLOAD, SERVICE, ROLE, REPLICA, REVISION, RELEASE, SPEC_HASH, RELEASES,
+    ]
+    .contains(&key)
+}
+
 /// The network of a workload.
 pub(super) fn network_name(workload: &str) -> String {
     format!("ctrl-{workload}")

@@ -40,7 +40,7 @@ use crate::provider::{
 };
 use crate::spec::WorkloadSpec;
 use crate::status::{ResourceUsage, WorkloadStatus};
-use crate::{Capabilities, Capability, Error, Provider, SecretResolver};
+use crate::{Capabilities, Capability, Error, Provider, SecretResolver, WorkloadSummary};
 
 /// Settings of a [`DockerProvider`].
 #[derive(Debug, Clone)]
@@ -296,6 +296,10 @@ impl Provider for DockerProvider {
             changed: outcome.changed,
             endpoints: status.endpoints,
         })
+    }
+
+    async fn list(&self) -> Result<Vec<WorkloadSummary>, Error> {
+        self.list_workloads().await
     }
 
     async fn deprovision(&self, workload: &str) -> Result<(), Error> {

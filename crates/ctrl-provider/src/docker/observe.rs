@@ -229,6 +229,57 @@ impl DockerProvider {
         Ok(Observed { instances })
     }
 
+    /// Every managed workload, from the labels of its containers (the
+    /// newest revision's).
+    pub(super) async fn list_workloads(&self) -> Result<Vec<crate::WorkloadSummary>, Error> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!(
+                "{}={}",
+                labels::MANAGED_BY,
+                labels::MANAGED_BY_VALUE
+            )],
+        )]);
+        let summaries = self
+            .read_raw("list containers", || {
+                self.docker.list_containers(Some(ListContainersOptions {
+                    all: true,
+                    filters: Some(filters.clone()),
+                    ..Default::default()
+                }))
+            })
+            .await?
+            .map_err(|e| Error::backend("list containers", e))?;
+        let mut newest: BTreeMap<String, (u64, crate::WorkloadSummary)> = BTreeMap::new();
+        for container in summaries {
+            let Some(all) = container.labels else {
+                continue;
+            };
+            let Some(workload) = all.get(labels::WORKLOAD).cloned() else {
+                continue;
+            };
+            let revision = all
+                .get(labels::REVISION)
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0);
+            if newest.get(&workload).is_some_and(|(r, _)| *r >= revision) {
+                continue;
+            }
+            let release = all.get(labels::RELEASE).cloned().unwrap_or_default();
+            let spec_labels = all
+                .into_iter()
+                .filter(|(k, _)| !labels::is_internal(k))
+                .collect();
+            let summary = crate::WorkloadSummary {
+                id: workload.clone(),
+                release,
+                labels: spec_labels,
+            };
+            newest.insert(workload, (revision, summary));
+        }
+        Ok(newest.into_values().map(|(_, s)| s).collect())
+    }
+
     pub(super) async fn inspect(
         &self,
         id: &str,

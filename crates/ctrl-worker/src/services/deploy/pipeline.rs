@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use ctrl_core::domains::{ExistingRoute, GeneratedHost, HostInputs, Sticky, generate_hosts};
 use ctrl_core::id::{IdKind, generate};
-use ctrl_core::status::{DeploymentStatus, DesiredState, StepKind, enough_regions_ready};
+use ctrl_core::status::{DeploymentStatus, StepKind, enough_regions_ready};
 use ctrl_core::workflows::DeployInput;
 use ctrl_db::route::NewRoute;
 use ctrl_db::topology::{NetworkPolicy, NewTopology};
@@ -648,23 +648,9 @@ async fn wait_for_instances(
 
 /// Whether the deployment's running instances satisfy its regions.
 async fn instances_ready(db: &MySqlPool, id: &str) -> Result<bool, HandlerError> {
-    let regions = topology::list_by_deployment(db, id)
+    let per_region = instance::readiness_by_region(db, id)
         .await
         .map_err(db_error)?;
-    let running = instance::count_running_by_region(db, id)
-        .await
-        .map_err(db_error)?;
-    let per_region: Vec<(u32, u64)> = regions
-        .iter()
-        .filter(|t| t.desired_status == DesiredState::Running)
-        .map(|t| {
-            let n = running
-                .iter()
-                .find(|(region, _)| *region == t.region_id)
-                .map_or(0, |(_, n)| u64::try_from(*n).unwrap_or(0));
-            (t.min_replicas, n)
-        })
-        .collect();
     Ok(enough_regions_ready(&per_region))
 }
 

@@ -1,0 +1,24 @@
+//! ctrl-cluster-sync: the `ctrl.v1.ClusterService` the regional agents
+//! (krane) call. Agents only call out: they register with `Heartbeat`, follow
+//! their region's desired state with `Watch` (and `SyncDesiredState` for full
+//! snapshots, `GetDesiredDeploymentState` for point lookups), and report what
+//! runs; a report that makes a waiting deployment ready wakes its Deploy
+//! workflow through Restate's ingress.
+//!
+//! - [`feed`]: one change feed per region — a single database poll loop
+//!   fanned out to every agent of the region, with catch-up from the database
+//!   for agents that are behind.
+//! - [`service`]: the RPCs over [`ClusterSync`] state, and the router that
+//!   serves them over Connect and gRPC (standalone, or mounted in ctrl-api).
+//! - [`convert`]: database rows → wire messages.
+//! - [`notify`]: the readiness notification to the Deploy workflow.
+//! - [`config`], [`server`]: the standalone binary.
+
+pub mod config;
+pub mod convert;
+pub mod feed;
+pub mod notify;
+pub mod server;
+pub mod service;
+
+pub use service::{ClusterSync, Settings};

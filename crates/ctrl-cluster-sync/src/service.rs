@@ -1,0 +1,680 @@
+//! The ClusterService RPCs over [`ClusterSync`], and their router.
+
+// Handlers answer with connectrpc-axum's error type (the wire error); it is
+// large, and boxing it on every path would only move the allocation.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use connectrpc_axum::tonic::BoxedStream;
+use connectrpc_axum::{ConnectError, ConnectRequest, ConnectResponse, StreamBody};
+use ctrl_core::id::{IdKind, generate};
+use ctrl_core::status::DesiredState;
+use ctrl_db::cluster::Cluster;
+use ctrl_db::types::Backend;
+use ctrl_proto::ctrl::v1 as pb;
+use ctrl_runtime::auth::BearerTokens;
+use sqlx::MySqlPool;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::feed::{FeedSettings, Feeds};
+use crate::notify::Notifier;
+
+/// Tunables of the service.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How often agents should send heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Rows per query for catch-up and snapshots (also the snapshot's
+    /// in-flight bound: memory stays at about one page per stream).
+    pub page_size: u32,
+    /// A watch that sent nothing for this long sends a keepalive.
+    pub keepalive: Duration,
+    /// A watch cursor more than this many versions behind is told to take a
+    /// snapshot instead of replaying the whole history (0 = always replay).
+    pub resync_after_versions: u64,
+    /// The per-region change feeds.
+    pub feed: FeedSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(30),
+            page_size: 500,
+            keepalive: Duration::from_secs(15),
+            resync_after_versions: 100_000,
+            feed: FeedSettings::default(),
+        }
+    }
+}
+
+/// Shared, cheaply cloned state of the service.
+#[derive(Debug, Clone)]
+pub struct ClusterSync {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: MySqlPool,
+    tokens: BearerTokens,
+    feeds: Arc<Feeds>,
+    notifier: Notifier,
+    settings: Settings,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl ClusterSync {
+    /// The service over a database, the accepted agent tokens and Restate's
+    /// ingress (to wake Deploy workflows).
+    pub fn new(db: MySqlPool, tokens: BearerTokens, ingress_url: &str, settings: Settings) -> Self {
+        let (shutdown, _) = tokio::sync::watch::channel(false);
+        Self {
+            inner: Arc::new(Inner {
+                feeds: Feeds::new(db.clone(), settings.feed.clone()),
+                notifier: Notifier::new(ingress_url),
+                db,
+                tokens,
+                settings,
+                shutdown,
+            }),
+        }
+    }
+
+    /// Ends every open stream (server drain); agents reconnect elsewhere.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+
+    /// The change feeds (for metrics and tests).
+    pub fn feeds(&self) -> &Arc<Feeds> {
+        &self.inner.feeds
+    }
+
+    fn db(&self) -> &MySqlPool {
+        &self.inner.db
+    }
+
+    fn shutdown_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.inner.shutdown.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
+    /// The cluster of a request's key; `not_found` until it sent a heartbeat.
+    async fn cluster(&self, key: Option<&pb::ClusterKey>) -> Result<Cluster, ConnectError> {
+        let key = cluster_key(key)?;
+        ctrl_db::cluster::find_cluster(self.db(), &key.platform, &key.region, &key.cell_id)
+            .await
+            .map_err(|e| match e {
+                ctrl_db::Error::NotFound(_) => ConnectError::new_not_found(format!(
+                    "cluster {}/{}/{} is not registered: send a Heartbeat first",
+                    key.platform, key.region, key.cell_id
+                )),
+                other => db_error(other),
+            })
+    }
+}
+
+/// Proof that the request carried an accepted agent token.
+#[derive(Debug, Clone, Copy)]
+pub struct Authorized;
+
+impl FromRequestParts<ClusterSync> for Authorized {
+    type Rejection = ConnectError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ClusterSync,
+    ) -> Result<Self, ConnectError> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        state
+            .inner
+            .tokens
+            .check_header(header)
+            .map(|()| Self)
+            .map_err(ConnectError::new_unauthenticated)
+    }
+}
+
+/// Database trouble is the agent's cue to retry: `unavailable`, details in
+/// the log only.
+fn db_error(e: ctrl_db::Error) -> ConnectError {
+    match e {
+        ctrl_db::Error::NotFound(what) => ConnectError::new_not_found(format!("{what} not found")),
+        other => {
+            tracing::warn!(error = %other, "database call failed");
+            ConnectError::new_unavailable("the control plane database is not reachable; retry")
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Validates a cluster key: each part a DNS label (lowercase letters,
+/// digits, hyphens; at most 63).
+fn cluster_key(key: Option<&pb::ClusterKey>) -> Result<&pb::ClusterKey, ConnectError> {
+    let key = key.ok_or_else(|| ConnectError::new_invalid_argument("cluster: is required"))?;
+    for (field, value) in [
+        ("cluster.platform", &key.platform),
+        ("cluster.region", &key.region),
+        ("cluster.cell_id", &key.cell_id),
+    ] {
+        if !ctrl_core::names::is_dns_label(value) {
+            return Err(ConnectError::new_invalid_argument(format!(
+                "{field}: {value:?} must be a DNS label (lowercase letters, digits and '-', 1-63 characters)"
+            )));
+        }
+    }
+    Ok(key)
+}
+
+/// ClusterService.Heartbeat: registers or refreshes the agent's cluster.
+pub async fn heartbeat(
+    sync: &ClusterSync,
+    req: pb::HeartbeatRequest,
+) -> Result<pb::HeartbeatResponse, ConnectError> {
+    let key = cluster_key(req.cluster.as_ref())?;
+    let backend = match req.backend() {
+        pb::AgentBackend::Kubernetes => Backend::Kubernetes,
+        pb::AgentBackend::Docker => Backend::Docker,
+        pb::AgentBackend::Unspecified => {
+            return Err(ConnectError::new_invalid_argument(
+                "backend: must be AGENT_BACKEND_DOCKER or AGENT_BACKEND_KUBERNETES",
+            ));
+        }
+    };
+    if req.agent_version.len() > 64 {
+        return Err(ConnectError::new_invalid_argument(
+            "agent_version: at most 64 characters",
+        ));
+    }
+    let (cluster_id, region_id) = {
+        let mut rng = rand::rng();
+        (
+            generate(IdKind::Cluster, &mut rng),
+            generate(IdKind::Region, &mut rng),
+        )
+    };
+    let hb = ctrl_db::cluster::Heartbeat {
+        new_cluster_id: &cluster_id,
+        new_region_id: &region_id,
+        region: &key.region,
+        platform: &key.platform,
+        cell_id: &key.cell_id,
+        backend,
+        agent_version: &req.agent_version,
+    };
+    let mut tx = sync.db().begin().await.map_err(|e| db_error(e.into()))?;
+    let cluster = match ctrl_db::cluster::heartbeat(&mut tx, &hb, now_ms()).await {
+        Ok(c) => c,
+        Err(ctrl_db::Error::AlreadyExists { .. }) => {
+            return Err(ConnectError::new_already_exists(format!(
+                "cell {:?} already serves another region",
+                key.cell_id
+            )));
+        }
+        Err(e) => return Err(db_error(e)),
+    };
+    tx.commit().await.map_err(|e| db_error(e.into()))?;
+    Ok(pb::HeartbeatResponse {
+        cluster_id: cluster.id,
+        region_id: cluster.region_id,
+        heartbeat_interval_ms: i64::try_from(sync.inner.settings.heartbeat_interval.as_millis())
+            .unwrap_or(i64::MAX),
+    })
+}
+
+/// ClusterService.GetDesiredDeploymentState: one deployment's desired state
+/// in the caller's region; `not_found` means "remove it".
+pub async fn get_desired_deployment_state(
+    sync: &ClusterSync,
+    req: pb::GetDesiredDeploymentStateRequest,
+) -> Result<pb::GetDesiredDeploymentStateResponse, ConnectError> {
+    let cluster = sync.cluster(req.cluster.as_ref()).await?;
+    if req.deployment_id.is_empty() {
+        return Err(ConnectError::new_invalid_argument(
+            "deployment_id: is required",
+        ));
+    }
+    let row = ctrl_db::topology::find_desired(sync.db(), &cluster.region_id, &req.deployment_id)
+        .await
+        .map_err(|e| match e {
+            ctrl_db::Error::NotFound(_) => ConnectError::new_not_found(format!(
+                "deployment {} has no desired state in region {}",
+                req.deployment_id, cluster.region_name
+            )),
+            other => db_error(other),
+        })?;
+    let state = crate::convert::deployment_state(row, 0).map_err(|e| {
+        tracing::warn!(error = %e, "desired state not sendable");
+        ConnectError::new_failed_precondition(e.to_string())
+    })?;
+    Ok(pb::GetDesiredDeploymentStateResponse { state: Some(state) })
+}
+
+/// ClusterService.ReportDeploymentStatus: replaces the region's instances of
+/// a deployment (or removes them), then marks a stopped deployment `stopped`
+/// once nothing runs, or wakes a waiting pipeline once enough regions run it.
+pub async fn report_deployment_status(
+    sync: &ClusterSync,
+    req: pb::ReportDeploymentStatusRequest,
+) -> Result<pb::ReportDeploymentStatusResponse, ConnectError> {
+    use pb::report_deployment_status_request::Change;
+    let cluster = sync.cluster(req.cluster.as_ref()).await?;
+    let now = now_ms();
+    let deployment_id = match req.change {
+        Some(Change::Update(update)) => {
+            let deployment = ctrl_db::deployment::get(sync.db(), &update.deployment_id)
+                .await
+                .map_err(db_error)?;
+            let reported: Vec<ctrl_db::instance::ReportedInstance> = update
+                .instances
+                .iter()
+                .map(|i| instance(i, &mut rand::rng()))
+                .collect::<Result<_, _>>()?;
+            let mut tx = sync.db().begin().await.map_err(|e| db_error(e.into()))?;
+            ctrl_db::instance::replace_for_deployment(
+                &mut tx,
+                &deployment.workspace_id,
+                &deployment.id,
+                &cluster.region_id,
+                &reported,
+                now,
+            )
+            .await
+            .map_err(db_error)?;
+            tx.commit().await.map_err(|e| db_error(e.into()))?;
+            deployment.id
+        }
+        Some(Change::Removed(removed)) => {
+            if removed.deployment_id.is_empty() {
+                return Err(ConnectError::new_invalid_argument(
+                    "removed.deployment_id: is required",
+                ));
+            }
+            ctrl_db::instance::delete_for_deployment(
+                sync.db(),
+                &removed.deployment_id,
+                &cluster.region_id,
+            )
+            .await
+            .map_err(db_error)?;
+            removed.deployment_id
+        }
+        None => return Err(ConnectError::new_invalid_argument("change: is required")),
+    };
+    after_report(sync, &deployment_id, now).await;
+    Ok(pb::ReportDeploymentStatusResponse {})
+}
+
+/// What follows a report; failures are logged, never the agent's problem.
+async fn after_report(sync: &ClusterSync, deployment_id: &str, now: i64) {
+    match ctrl_db::deployment::get(sync.db(), deployment_id).await {
+        Ok(d) if d.desired_state == DesiredState::Stopped => {
+            match ctrl_db::deployment::mark_stopped_if_drained(sync.db(), deployment_id, now).await
+            {
+                Ok(true) => {
+                    tracing::info!(deployment = %deployment_id, "no instance left: stopped")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(deployment = %deployment_id, error = %e, "could not mark stopped")
+                }
+            }
+        }
+        Ok(_) => {
+            if let Err(e) = sync
+                .inner
+                .notifier
+                .after_report(sync.db(), deployment_id)
+                .await
+            {
+                tracing::warn!(deployment = %deployment_id, error = %e, "readiness notification failed");
+            }
+        }
+        Err(ctrl_db::Error::NotFound(_)) => {}
+        Err(e) => {
+            tracing::warn!(deployment = %deployment_id, error = %e, "could not read deployment")
+        }
+    }
+}
+
+fn instance(
+    i: &pb::Instance,
+    rng: &mut impl rand::Rng,
+) -> Result<ctrl_db::instance::ReportedInstance, ConnectError> {
+    if i.name.is_empty() || i.name.len() > 253 {
+        return Err(ConnectError::new_invalid_argument(format!(
+            "instances.name: {:?} must be 1-253 characters",
+            i.name
+        )));
+    }
+    let clamp = |v: i64| i32::try_from(v.max(0)).unwrap_or(i32::MAX);
+    Ok(ctrl_db::instance::ReportedInstance {
+        new_id: generate(IdKind::Instance, rng),
+        name: i.name.clone(),
+        address: i.address.clone(),
+        cpu_millicores: clamp(i.cpu_millicores),
+        memory_mib: clamp(i.memory_mib),
+        status: crate::convert::instance_status(i.status()),
+    })
+}
+
+/// ClusterService.ReportInstanceEvents: exits and crash loops onto the
+/// instance rows (stale events are ignored by the query's guard).
+pub async fn report_instance_events(
+    sync: &ClusterSync,
+    req: pb::ReportInstanceEventsRequest,
+) -> Result<pb::ReportInstanceEventsResponse, ConnectError> {
+    use pb::instance_event::State;
+    let cluster = sync.cluster(req.cluster.as_ref()).await?;
+    for event in &req.events {
+        let recorded = match &event.state {
+            Some(State::Terminated(t)) if t.exit_code != 0 || t.oom_killed => {
+                ctrl_db::instance::InstanceEvent {
+                    name: &event.instance_name,
+                    restart_count: event.restart_count,
+                    exit_code: Some(t.exit_code),
+                    reason: Some(t.reason.as_str()).filter(|r| !r.is_empty()),
+                    oom_killed: t.oom_killed,
+                    at: if t.finished_at > 0 {
+                        t.finished_at
+                    } else {
+                        event.time
+                    },
+                    waiting: false,
+                }
+            }
+            Some(State::Waiting(w)) => ctrl_db::instance::InstanceEvent {
+                name: &event.instance_name,
+                restart_count: event.restart_count,
+                exit_code: None,
+                reason: Some(w.reason.as_str()).filter(|r| !r.is_empty()),
+                oom_killed: false,
+                at: event.time,
+                waiting: true,
+            },
+            _ => continue,
+        };
+        ctrl_db::instance::record_event(sync.db(), &cluster.region_id, &recorded)
+            .await
+            .map_err(db_error)?;
+    }
+    Ok(pb::ReportInstanceEventsResponse {})
+}
+
+type Stream<T> = StreamBody<BoxedStream<T>>;
+
+/// Turns a channel into a response stream.
+fn stream<T: Send + 'static>(mut rx: mpsc::Receiver<Result<T, ConnectError>>) -> Stream<T> {
+    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    StreamBody::new(Box::pin(stream) as BoxedStream<T>)
+}
+
+/// ClusterService.SyncDesiredState: every deployment that should run in the
+/// caller's region, page by page (at most one page in memory), then the
+/// version to resume Watch from — read before the first page, so a change
+/// made while paging is sent again by Watch rather than missed.
+pub async fn sync_desired_state(
+    sync: &ClusterSync,
+    req: pb::SyncDesiredStateRequest,
+) -> Result<Stream<pb::SyncDesiredStateResponse>, ConnectError> {
+    use pb::sync_desired_state_response::Event;
+    let cluster = sync.cluster(req.cluster.as_ref()).await?;
+    let version = ctrl_db::topology::current_version(sync.db(), &cluster.region_id)
+        .await
+        .map_err(db_error)?;
+    let page_size = sync.inner.settings.page_size;
+    let (tx, rx) = mpsc::channel(page_size as usize);
+    let sync = sync.clone();
+    tokio::spawn(async move {
+        let mut after_pk = 0;
+        let mut sent = 0u64;
+        loop {
+            let page = match ctrl_db::topology::snapshot_page(
+                sync.db(),
+                &cluster.region_id,
+                after_pk,
+                page_size,
+            )
+            .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = tx.send(Err(db_error(e))).await;
+                    return;
+                }
+            };
+            let full = page.len() == page_size as usize;
+            for row in page {
+                after_pk = row.pk;
+                let deployment = row.deployment_id.clone();
+                let version = row.version;
+                match crate::convert::deployment_state(row, version) {
+                    Ok(state) => {
+                        sent += 1;
+                        let msg = pb::SyncDesiredStateResponse {
+                            event: Some(Event::Deployment(state)),
+                        };
+                        if tx.send(Ok(msg)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::warn!(%deployment, error = %e, "left out of the snapshot"),
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        let done = pb::SyncDesiredStateResponse {
+            event: Some(Event::Complete(pb::SyncComplete {
+                version,
+                deployments: sent,
+            })),
+        };
+        let _ = tx.send(Ok(done)).await;
+    });
+    Ok(stream(rx))
+}
+
+/// ClusterService.Watch: catch up from the database, then follow the
+/// region's shared feed (see [`crate::feed`] for why nothing is lost), with
+/// keepalives; a lagging watcher catches up again.
+pub async fn watch(
+    sync: &ClusterSync,
+    req: pb::WatchRequest,
+) -> Result<Stream<pb::WatchResponse>, ConnectError> {
+    let cluster = sync.cluster(req.cluster.as_ref()).await?;
+    let current = ctrl_db::topology::current_version(sync.db(), &cluster.region_id)
+        .await
+        .map_err(db_error)?;
+    let (tx, rx) = mpsc::channel(64);
+    let resync = |reason: String| {
+        Ok(pb::WatchResponse {
+            version: current,
+            event: Some(pb::watch_response::Event::ResyncRequired(
+                pb::ResyncRequired { reason },
+            )),
+        })
+    };
+    let cursor = req.version_last_seen;
+    let limit = sync.inner.settings.resync_after_versions;
+    if cursor > current {
+        // The agent's cursor comes from another database (a restore, or a
+        // different installation): its state cannot be trusted.
+        let _ = tx.try_send(resync(format!(
+            "cursor {cursor} is ahead of the region's version {current}"
+        )));
+        return Ok(stream(rx));
+    }
+    if limit > 0 && current - cursor > limit {
+        let _ = tx.try_send(resync(format!(
+            "cursor {cursor} is {} versions behind (more than {limit}); a snapshot is cheaper",
+            current - cursor
+        )));
+        return Ok(stream(rx));
+    }
+    let sync = sync.clone();
+    tokio::spawn(async move {
+        let region = cluster.region_id.clone();
+        if let Err(e) = follow(&sync, &region, cursor, &tx).await {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    Ok(stream(rx))
+}
+
+/// Why a watch loop ended without an error.
+enum Stop {
+    /// The agent left or the server drains.
+    Done,
+    /// The feed lost messages for this watcher: catch up again.
+    Lagged,
+}
+
+async fn follow(
+    sync: &ClusterSync,
+    region: &str,
+    mut cursor: u64,
+    tx: &mpsc::Sender<Result<pb::WatchResponse, ConnectError>>,
+) -> Result<(), ConnectError> {
+    let shutdown = sync.shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let mut sub = sync.inner.feeds.subscribe(region).await.map_err(db_error)?;
+        // Catch up from the database.
+        let page_size = sync.inner.settings.page_size;
+        loop {
+            let rows = ctrl_db::topology::list_changes(sync.db(), region, cursor, page_size)
+                .await
+                .map_err(db_error)?;
+            let full = rows.len() == page_size as usize;
+            for row in rows {
+                let version = row.version;
+                let deployment = row.deployment_id.clone();
+                match crate::convert::deployment_state(row, version) {
+                    Ok(state) => {
+                        if send(tx, version, Some(state)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => tracing::warn!(%deployment, error = %e, "change not sent"),
+                }
+                cursor = version;
+            }
+            if !full {
+                break;
+            }
+        }
+        // Follow the feed.
+        let stop = live(sync, &mut sub, &mut cursor, tx, &mut shutdown).await;
+        match stop {
+            Stop::Done => return Ok(()),
+            Stop::Lagged => tracing::debug!(%region, cursor, "watcher lagged; catching up"),
+        }
+    }
+}
+
+async fn live(
+    sync: &ClusterSync,
+    sub: &mut crate::feed::Subscription,
+    cursor: &mut u64,
+    tx: &mpsc::Sender<Result<pb::WatchResponse, ConnectError>>,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Stop {
+    let keepalive = sync.inner.settings.keepalive;
+    loop {
+        tokio::select! {
+            () = shutdown.as_mut() => return Stop::Done,
+            () = tx.closed() => return Stop::Done,
+            change = sub.changes.recv() => match change {
+                Ok(change) if change.version > *cursor => {
+                    if send(tx, change.version, Some((*change.state).clone())).await.is_err() {
+                        return Stop::Done;
+                    }
+                    *cursor = change.version;
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => return Stop::Lagged,
+                // The feed stopped (it never does while watched); resubscribe.
+                Err(broadcast::error::RecvError::Closed) => return Stop::Lagged,
+            },
+            () = tokio::time::sleep(keepalive) => {
+                // Nothing pending means every change up to the head was
+                // already handled (the head is raised after publishing), so
+                // the cursor may skip versions no row carries any more.
+                let head = sub.head();
+                if sub.changes.is_empty() && head > *cursor {
+                    *cursor = head;
+                }
+                if send(tx, *cursor, None).await.is_err() {
+                    return Stop::Done;
+                }
+            }
+        }
+    }
+}
+
+async fn send(
+    tx: &mpsc::Sender<Result<pb::WatchResponse, ConnectError>>,
+    version: u64,
+    state: Option<pb::DeploymentState>,
+) -> Result<(), ()> {
+    let event = state.map(pb::watch_response::Event::Deployment);
+    tx.send(Ok(pb::WatchResponse { version, event }))
+        .await
+        .map_err(|_| ())
+}
+
+macro_rules! unary {
+    ($handler:ident => $service:path, $req:ty, $resp:ty) => {
+        async fn $handler(
+            State(sync): State<ClusterSync>,
+            _auth: Authorized,
+            ConnectRequest(req): ConnectRequest<$req>,
+        ) -> Result<ConnectResponse<$resp>, ConnectError> {
+            $service(&sync, req).await.map(ConnectResponse::new)
+        }
+    };
+}
+
+unary!(heartbeat_rpc => heartbeat, pb::HeartbeatRequest, pb::HeartbeatResponse);
+unary!(get_desired_rpc => get_desired_deployment_state, pb::GetDesiredDeploymentStateRequest, pb::GetDesiredDeploymentStateResponse);
+unary!(report_status_rpc => report_deployment_status, pb::ReportDeploymentStatusRequest, pb::ReportDeploymentStatusResponse);
+unary!(report_events_rpc => report_instance_events, pb::ReportInstanceEventsRequest, pb::ReportInstanceEventsResponse);
+unary!(watch_rpc => watch, pb::WatchRequest, Stream<pb::WatchResponse>);
+unary!(sync_rpc => sync_desired_state, pb::SyncDesiredStateRequest, Stream<pb::SyncDesiredStateResponse>);
+
+/// The gRPC side of the service (tonic).
+pub type GrpcService = pb::cluster_service_server::ClusterServiceServer<pb::ClusterTonicService>;
+
+/// The service's Connect router and gRPC service, for a
+/// `connectrpc_axum::MakeServiceBuilder` (the standalone server's, or
+/// ctrl-api's when mounted there).
+pub fn parts(sync: ClusterSync) -> (axum::Router, GrpcService) {
+    let (router, grpc) = pb::cluster_service_connect::ClusterServiceTonicCompatibleBuilder::new()
+        .heartbeat(heartbeat_rpc)
+        .watch(watch_rpc)
+        .sync_desired_state(sync_rpc)
+        .get_desired_deployment_state(get_desired_rpc)
+        .report_deployment_status(report_status_rpc)
+        .report_instance_events(report_events_rpc)
+        .with_state(sync)
+        .build();
+    (router, grpc.max_decoding_message_size(4 << 20))
+}

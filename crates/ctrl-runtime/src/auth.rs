@@ -1,0 +1,127 @@
+//! Bearer tokens shared by the services that accept them (ctrl-api,
+//! ctrl-cluster-sync): kept only as SHA-256 digests, compared in constant
+//! time, several at once so a token can rotate.
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::Validator;
+
+/// The `[auth]` section: accepted bearer tokens.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Accepted tokens; several allow rotation. At least 16 characters each.
+    pub tokens: Vec<String>,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("tokens", &format!("<{} redacted>", self.tokens.len()))
+            .finish()
+    }
+}
+
+impl AuthConfig {
+    /// At least one token, each at least 16 characters.
+    pub fn validate(&self, v: &mut Validator) {
+        v.check(
+            !self.tokens.is_empty(),
+            "auth.tokens",
+            "must list at least one token",
+        );
+        for (i, t) in self.tokens.iter().enumerate() {
+            v.check(
+                t.len() >= 16,
+                &format!("auth.tokens[{i}]"),
+                "must be at least 16 characters",
+            );
+        }
+    }
+
+    /// The tokens, ready for checking requests.
+    pub fn bearer_tokens(&self) -> BearerTokens {
+        BearerTokens::new(&self.tokens)
+    }
+}
+
+/// The accepted bearer tokens, as digests.
+#[derive(Clone, Default)]
+pub struct BearerTokens {
+    digests: Vec<[u8; 32]>,
+}
+
+impl std::fmt::Debug for BearerTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BearerTokens({} accepted)", self.digests.len())
+    }
+}
+
+impl BearerTokens {
+    /// Accepts each of `tokens` (the tokens themselves are not kept).
+    pub fn new(tokens: &[String]) -> Self {
+        Self {
+            digests: tokens
+                .iter()
+                .map(|t| Sha256::digest(t.as_bytes()).into())
+                .collect(),
+        }
+    }
+
+    /// How many tokens are accepted.
+    pub fn len(&self) -> usize {
+        self.digests.len()
+    }
+
+    /// Whether no token is accepted.
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+
+    /// Whether `token` is one of the accepted tokens. Compares SHA-256
+    /// digests in constant time, so neither a token's content nor its length
+    /// leaks through timing; every configured token is checked.
+    pub fn accepts(&self, token: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.digests
+            .iter()
+            .fold(subtle::Choice::from(0), |found, d| found | d.ct_eq(&digest))
+            .into()
+    }
+
+    /// Checks an `Authorization` header value (`Bearer <token>`); the error
+    /// says what is wrong without echoing the token.
+    pub fn check_header(&self, header: Option<&str>) -> Result<(), &'static str> {
+        let token = header
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty());
+        match token {
+            Some(token) if self.accepts(token) => Ok(()),
+            Some(_) => Err("invalid bearer token"),
+            None => Err("missing bearer token (Authorization: Bearer <token>)"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_only_configured_tokens() {
+        let tokens = BearerTokens::new(&["old".into(), "new".into()]);
+        assert!(tokens.accepts("old") && tokens.accepts("new"));
+        assert!(!tokens.accepts("ne") && !tokens.accepts(""));
+        assert_eq!(tokens.check_header(Some("Bearer new")), Ok(()));
+        assert_eq!(
+            tokens.check_header(Some("Bearer nope")),
+            Err("invalid bearer token")
+        );
+        assert!(tokens.check_header(Some("Basic new")).is_err());
+        assert!(tokens.check_header(None).is_err());
+        assert!(!format!("{tokens:?}").contains("old"));
+    }
+}

@@ -1,0 +1,171 @@
+//! The ClusterService client: gRPC over one HTTP/2 connection, the bearer
+//! token on every call, a timeout on every unary call (streams are bounded
+//! by HTTP/2 keepalives instead: a dead server ends them).
+
+use std::time::Duration;
+
+use ctrl_proto::ctrl::v1 as pb;
+use pb::cluster_service_client::ClusterServiceClient;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+/// Adds `Authorization: Bearer <token>`.
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<tonic::metadata::Ascii>);
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bearer(<redacted>)")
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// A cheaply cloned client for one cluster.
+#[derive(Debug, Clone)]
+pub struct Control {
+    client: ClusterServiceClient<InterceptedService<Channel, Bearer>>,
+    key: pb::ClusterKey,
+    call_timeout: Duration,
+}
+
+impl Control {
+    /// A client for the server at `url` (connects lazily, reconnects on its own).
+    pub fn new(
+        url: &str,
+        token: &str,
+        key: pb::ClusterKey,
+        call_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let channel = Endpoint::from_shared(url.to_owned())?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        let header = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
+            anyhow::anyhow!("control.token contains characters not allowed in a header")
+        })?;
+        let client = ClusterServiceClient::with_interceptor(channel, Bearer(header))
+            .max_decoding_message_size(16 << 20);
+        Ok(Self {
+            client,
+            key,
+            call_timeout,
+        })
+    }
+
+    /// This agent's cluster key.
+    pub fn key(&self) -> &pb::ClusterKey {
+        &self.key
+    }
+
+    fn unary<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.set_timeout(self.call_timeout);
+        req
+    }
+
+    /// Registers or refreshes the cluster.
+    pub async fn heartbeat(
+        &self,
+        backend: pb::AgentBackend,
+    ) -> Result<pb::HeartbeatResponse, tonic::Status> {
+        let req = pb::HeartbeatRequest {
+            cluster: Some(self.key.clone()),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            backend: backend as i32,
+        };
+        let mut client = self.client.clone();
+        tokio::time::timeout(self.call_timeout, client.heartbeat(self.unary(req)))
+            .await
+            .map_err(|_| tonic::Status::deadline_exceeded("heartbeat timed out"))?
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Opens the change stream after `version_last_seen`.
+    pub async fn watch(
+        &self,
+        version_last_seen: u64,
+    ) -> Result<tonic::Streaming<pb::WatchResponse>, tonic::Status> {
+        let req = pb::WatchRequest {
+            cluster: Some(self.key.clone()),
+            version_last_seen,
+        };
+        let mut client = self.client.clone();
+        // Only opening the stream is bounded; the stream itself lives on.
+        tokio::time::timeout(self.call_timeout, client.watch(req))
+            .await
+            .map_err(|_| tonic::Status::deadline_exceeded("opening the watch timed out"))?
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Opens a full snapshot.
+    pub async fn snapshot(
+        &self,
+    ) -> Result<tonic::Streaming<pb::SyncDesiredStateResponse>, tonic::Status> {
+        let req = pb::SyncDesiredStateRequest {
+            cluster: Some(self.key.clone()),
+        };
+        let mut client = self.client.clone();
+        tokio::time::timeout(self.call_timeout, client.sync_desired_state(req))
+            .await
+            .map_err(|_| tonic::Status::deadline_exceeded("opening the snapshot timed out"))?
+            .map(tonic::Response::into_inner)
+    }
+
+    /// One deployment's desired state; `Ok(None)` = it should not exist.
+    pub async fn desired(
+        &self,
+        deployment_id: &str,
+    ) -> Result<Option<pb::DeploymentState>, tonic::Status> {
+        let req = pb::GetDesiredDeploymentStateRequest {
+            cluster: Some(self.key.clone()),
+            deployment_id: deployment_id.to_owned(),
+        };
+        let mut client = self.client.clone();
+        match client.get_desired_deployment_state(self.unary(req)).await {
+            Ok(r) => Ok(r.into_inner().state),
+            Err(s) if s.code() == tonic::Code::NotFound && !s.message().contains("Heartbeat") => {
+                Ok(None)
+            }
+            Err(s) => Err(s),
+        }
+    }
+
+    /// Reports a deployment's instances or their removal.
+    pub async fn report(
+        &self,
+        change: pb::report_deployment_status_request::Change,
+    ) -> Result<(), tonic::Status> {
+        let req = pb::ReportDeploymentStatusRequest {
+            cluster: Some(self.key.clone()),
+            change: Some(change),
+        };
+        let mut client = self.client.clone();
+        client
+            .report_deployment_status(self.unary(req))
+            .await
+            .map(|_| ())
+    }
+
+    /// Reports instance lifecycle events.
+    pub async fn events(&self, events: Vec<pb::InstanceEvent>) -> Result<(), tonic::Status> {
+        let req = pb::ReportInstanceEventsRequest {
+            cluster: Some(self.key.clone()),
+            events,
+        };
+        let mut client = self.client.clone();
+        client
+            .report_instance_events(self.unary(req))
+            .await
+            .map(|_| ())
+    }
+}

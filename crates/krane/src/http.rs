@@ -1,0 +1,69 @@
+//! `/health/live`, `/health/ready` (registered and a snapshot applied) and
+//! `/metrics`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::metrics::Metrics;
+use crate::stream::StreamState;
+
+#[derive(Clone)]
+struct Health {
+    stream: Arc<StreamState>,
+    metrics: Metrics,
+}
+
+/// The router.
+pub fn router(stream: Arc<StreamState>, metrics: Metrics) -> axum::Router {
+    axum::Router::new()
+        .route("/health/live", get(|| async { "ok" }))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics_endpoint))
+        .with_state(Health { stream, metrics })
+}
+
+async fn ready(State(h): State<Health>) -> (StatusCode, &'static str) {
+    if !h.stream.registered.load(Ordering::SeqCst) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not registered with cluster-sync yet",
+        )
+    } else if !h.stream.synced.load(Ordering::SeqCst) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "first snapshot not applied yet",
+        )
+    } else {
+        (StatusCode::OK, "ready")
+    }
+}
+
+async fn metrics_endpoint(State(h): State<Health>) -> impl IntoResponse {
+    let mut body = String::new();
+    let registry = h.metrics.registry();
+    if prometheus_client::encoding::text::encode(&mut body, &registry).is_err() {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding failed".to_owned(),
+        )
+            .into_response();
+    }
+    let cursor = h.stream.cursor.load(Ordering::Relaxed);
+    body = body.replace(
+        "# EOF\n",
+        &format!("# HELP krane_cursor_version Newest region version received.\n# TYPE krane_cursor_version gauge\nkrane_cursor_version {cursor}\n# EOF\n"),
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}

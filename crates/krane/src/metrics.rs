@@ -1,0 +1,81 @@
+//! Prometheus metrics of the agent.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Every metric krane exports (cheap to clone; clones share values).
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    /// Desired-state changes received (snapshot and watch).
+    pub changes: Counter,
+    /// Snapshots completed.
+    pub snapshots: Counter,
+    /// Watch reconnects.
+    pub reconnects: Counter,
+    /// Applies that succeeded.
+    pub applies_ok: Counter,
+    /// Applies that failed.
+    pub applies_failed: Counter,
+    /// Workloads removed.
+    pub deletes: Counter,
+    /// Reconcile passes that found drift and fixed it.
+    pub reconcile_corrections: Counter,
+    /// Status reports sent.
+    pub reports: Counter,
+    /// Deployments krane knows it should run.
+    pub desired: Gauge,
+}
+
+impl Metrics {
+    /// A registry exposing these metrics.
+    pub fn registry(&self) -> Registry {
+        let mut r = Registry::with_prefix("krane");
+        r.register(
+            "changes_received",
+            "Desired-state changes received",
+            self.changes.clone(),
+        );
+        r.register(
+            "snapshots",
+            "Full snapshots applied",
+            self.snapshots.clone(),
+        );
+        r.register(
+            "watch_reconnects",
+            "Watch stream reconnects",
+            self.reconnects.clone(),
+        );
+        r.register(
+            "applies_succeeded",
+            "Deployment applies that succeeded",
+            self.applies_ok.clone(),
+        );
+        r.register(
+            "applies_failed",
+            "Deployment applies that failed",
+            self.applies_failed.clone(),
+        );
+        r.register(
+            "deletes",
+            "Deployment workloads removed",
+            self.deletes.clone(),
+        );
+        r.register(
+            "reconcile_corrections",
+            "Drift found and fixed by the reconcile loop",
+            self.reconcile_corrections.clone(),
+        );
+        r.register(
+            "status_reports",
+            "Instance reports sent",
+            self.reports.clone(),
+        );
+        r.register(
+            "desired_deployments",
+            "Deployments that should run here",
+            self.desired.clone(),
+        );
+        r
+    }
+}

@@ -1,0 +1,180 @@
+//! The krane process: config → logging → provider → heartbeat, stream,
+//! reconcile and report loops, health endpoint → on SIGTERM stop taking
+//! work, let running applies finish, exit. Workloads keep running.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ctrl_proto::ctrl::v1 as pb;
+use ctrl_provider::docker::{DockerConfig, DockerProvider};
+use tokio::sync::watch;
+
+use crate::agent::Agent;
+use crate::config::Config;
+use crate::control::Control;
+use crate::metrics::Metrics;
+use crate::stream::{StreamSettings, StreamState};
+
+/// Connects to the Docker-API engine the config names.
+pub async fn docker_provider(config: &Config) -> Result<DockerProvider> {
+    let docker = match &config.docker.socket {
+        Some(path) => bollard::Docker::connect_with_unix(
+            &path.to_string_lossy(),
+            60,
+            bollard::API_DEFAULT_VERSION,
+        ),
+        None => bollard::Docker::connect_with_local_defaults(),
+    }
+    .context("connect to the Docker API")?;
+    let vault = config
+        .vault
+        .as_ref()
+        .map(ctrl_runtime::sections::VaultConfig::vault)
+        .transpose()
+        .context("vault keys")?;
+    let settings = DockerConfig {
+        region: config.cluster.region.clone(),
+        bind_address: config.docker.bind_address,
+        advertise_host: config.docker.advertise_host.clone(),
+        allow_exec: config.docker.allow_exec,
+        drain_delay: Duration::from_millis(config.docker.drain_delay_ms),
+        ..DockerConfig::default()
+    };
+    DockerProvider::connect(
+        docker,
+        settings,
+        Arc::new(crate::secrets::VaultSecrets::new(vault)),
+    )
+    .await
+    .context("the Docker API does not answer")
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(
+    config: &Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let provider = docker_provider(config).await?;
+    let key = pb::ClusterKey {
+        platform: config.cluster.platform.clone(),
+        region: config.cluster.region.clone(),
+        cell_id: config.cluster.cell_id.clone(),
+    };
+    let control = Control::new(
+        &config.control.url,
+        &config.control.token,
+        key,
+        Duration::from_secs(config.control.call_timeout_seconds),
+    )?;
+    let metrics = Metrics::default();
+    let agent = Agent::new(
+        control.clone(),
+        Arc::new(provider),
+        metrics.clone(),
+        config.agent.max_concurrent_applies,
+    );
+    let state = Arc::new(StreamState::default());
+    let (stop_tx, stop) = watch::channel(false);
+
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http.listen))?;
+    tracing::info!(health = %listener.local_addr()?, control = %config.control.url, "krane starting");
+    let mut http_stop = stop.clone();
+    let app = crate::http::router(state.clone(), metrics.clone());
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+
+    let reconnect = config.agent.reconnect();
+    let heartbeat = tokio::spawn(crate::stream::heartbeat_loop(
+        control.clone(),
+        pb::AgentBackend::Docker,
+        state.clone(),
+        reconnect,
+        stop.clone(),
+    ));
+    let follow = tokio::spawn(crate::stream::follow(
+        control,
+        Arc::new(agent.clone()),
+        StreamSettings {
+            full_sync: Duration::from_secs(config.agent.full_sync_seconds),
+            reconnect,
+        },
+        state.clone(),
+        metrics,
+        stop.clone(),
+    ));
+    let reconcile = tokio::spawn(every(
+        Duration::from_secs(config.agent.reconcile_seconds),
+        stop.clone(),
+        state.clone(),
+        {
+            let agent = agent.clone();
+            move || {
+                let agent = agent.clone();
+                async move { agent.reconcile().await }
+            }
+        },
+    ));
+    let reports = tokio::spawn(every(
+        Duration::from_secs(config.agent.report_seconds),
+        stop.clone(),
+        state,
+        {
+            let agent = agent.clone();
+            move || {
+                let agent = agent.clone();
+                async move { agent.report_all().await }
+            }
+        },
+    ));
+
+    shutdown.await;
+    tracing::info!("shutting down: finishing running applies (workloads keep running)");
+    let _ = stop_tx.send(true);
+    agent.drain(Duration::from_secs(30)).await;
+    for task in [heartbeat, follow, reconcile, reports] {
+        let _ = task.await;
+    }
+    let _ = http.await;
+    Ok(())
+}
+
+/// Runs `pass` every `interval` once the first snapshot is in, until stopped.
+async fn every<F, Fut>(
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+    state: Arc<StreamState>,
+    pass: F,
+) where
+    F: Fn() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        if state.synced.load(std::sync::atomic::Ordering::SeqCst) {
+            pass().await;
+        }
+    }
+}
+
+/// SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

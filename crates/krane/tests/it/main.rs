@@ -1,0 +1,6 @@
+//! krane and ctrl-cluster-sync together: the sync protocol against a real
+//! MariaDB (`sync`), and the whole loop on real processes and podman (`e2e`).
+
+mod e2e;
+mod support;
+mod sync;
