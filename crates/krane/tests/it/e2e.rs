@@ -1,1 +1,445 @@
-//! Placeholder replaced below.
+//! The whole loop on real processes: MariaDB, restate-server, ctrl-worker,
+//! ctrl-api and ctrl-cluster-sync (in this process, on loopback ports) and
+//! the krane binary on podman. A deployment becomes a container that
+//! answers HTTP; the workflow learns it is healthy through cluster-sync.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use ctrl_proto::ctrl::v1 as pb;
+use ctrl_testkit::process::Supervised;
+use ctrl_testkit::{Podman, RestateServer, free_ports, http_client, images};
+use tonic::transport::Channel;
+
+use crate::support::{SyncServer, TOKEN, eventually};
+
+const VAULT_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const V1: &str = "localhost/demo:v1";
+const V2: &str = "localhost/demo:v2";
+
+struct Stack {
+    db: ctrl_testkit::TestDatabase,
+    podman: Podman,
+    _restate: RestateServer,
+    _sync: SyncServer,
+    krane: Option<Supervised>,
+    krane_config: std::path::PathBuf,
+    krane_health: u16,
+    api: Channel,
+    dir: tempfile::TempDir,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for stop in self.stops.drain(..) {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned + ctrl_runtime::config::Validate>(
+    text: &str,
+    prefix: &str,
+) -> Result<T> {
+    ctrl_runtime::config::parse(text, "test.toml", &HashMap::new(), prefix)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+impl Stack {
+    async fn start() -> Result<Self> {
+        let restate = RestateServer::start().await?;
+        let db = ctrl_testkit::test_database().await?;
+        let podman = Podman::start().await?;
+        images::build_http_image(podman.docker(), V1).await?;
+        images::derive_image(podman.docker(), V1, V2, &[("VERSION", "v2")]).await?;
+        let dir = tempfile::tempdir()?;
+        let [worker_port, worker_health, api_port, krane_health] = free_ports()?;
+        let mut stops = Vec::new();
+
+        // ctrl-worker, registered with Restate.
+        let worker: ctrl_worker::config::Config = parse(
+            &format!(
+                "[restate]\nlisten = \"127.0.0.1:{worker_port}\"\nadmin_url = \"{admin}\"\nregister_as = \"http://127.0.0.1:{worker_port}\"\n\
+                 [database]\nurl = \"{url}\"\n[health]\nlisten = \"127.0.0.1:{worker_health}\"\n\
+                 [deploy]\nreadiness_timeout_seconds = 120\n",
+                admin = restate.admin_url(),
+                url = db.url,
+            ),
+            ctrl_worker::config::ENV_PREFIX,
+        )?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        stops.push(tx);
+        let pool = db.pool.clone();
+        tokio::spawn(async move {
+            if let Err(e) = ctrl_worker::startup::run(&worker, pool, async {
+                let _ = rx.await;
+            })
+            .await
+            {
+                eprintln!("worker: {e:#}");
+            }
+        });
+
+        // ctrl-cluster-sync, waking workflows through the real ingress.
+        let mut settings = ctrl_cluster_sync::Settings::default();
+        settings.feed.poll_interval = Duration::from_millis(50);
+        let sync = SyncServer::start(&db.pool, &restate.ingress_url(), settings).await?;
+
+        // ctrl-api.
+        let api: ctrl_api::config::Config = parse(
+            &format!(
+                "[http]\nlisten = \"127.0.0.1:{api_port}\"\n[auth]\ntokens = [\"{TOKEN}\"]\n[database]\nurl = \"{url}\"\n\
+                 [vault]\nkeys = [{{ id = \"k1\", key = \"{VAULT_KEY}\" }}]\n\
+                 [restate]\ningress_url = \"{ingress}\"\nadmin_url = \"{admin}\"\n",
+                url = db.url,
+                ingress = restate.ingress_url(),
+                admin = restate.admin_url(),
+            ),
+            ctrl_api::config::ENV_PREFIX,
+        )?;
+        let listener = tokio::net::TcpListener::bind(api.http.listen).await?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        stops.push(tx);
+        let pool = db.pool.clone();
+        tokio::spawn(async move {
+            let _ = ctrl_api::server::serve(&api, listener, pool, async {
+                let _ = rx.await;
+            })
+            .await;
+        });
+
+        let krane_config = dir.path().join("krane.toml");
+        std::fs::write(
+            &krane_config,
+            format!(
+                "[cluster]\nplatform = \"dev\"\nregion = \"local\"\ncell_id = \"local-1\"\n\
+                 [control]\nurl = \"{sync}\"\ntoken = \"{TOKEN}\"\n\
+                 [docker]\nsocket = \"{socket}\"\ndrain_delay_ms = 200\n\
+                 [vault]\nkeys = [{{ id = \"k1\", key = \"{VAULT_KEY}\" }}]\n\
+                 [agent]\nreconcile_seconds = 2\nreport_seconds = 1\nreconnect_min_ms = 100\nreconnect_max_ms = 300\n\
+                 [http]\nlisten = \"127.0.0.1:{krane_health}\"\n",
+                sync = sync.url(),
+                socket = podman.socket().display(),
+            ),
+        )?;
+        let api_channel =
+            Channel::from_shared(format!("http://127.0.0.1:{api_port}"))?.connect_lazy();
+        let mut stack = Self {
+            db,
+            podman,
+            _restate: restate,
+            _sync: sync,
+            krane: None,
+            krane_config,
+            krane_health,
+            api: api_channel,
+            dir,
+            stops,
+        };
+        stack.start_krane().await?;
+        eventually(
+            Duration::from_secs(30),
+            "the worker to register",
+            || async move {
+                Ok(http_client()
+                    .get(format!("http://127.0.0.1:{worker_health}/health/ready"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success()))
+            },
+        )
+        .await?;
+        Ok(stack)
+    }
+
+    async fn start_krane(&mut self) -> Result<()> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_krane"));
+        cmd.arg("--config")
+            .arg(&self.krane_config)
+            .env("RUST_LOG", "info");
+        let log = self.dir.path().join("krane.log");
+        self.krane = Some(Supervised::spawn("krane", cmd, &log, None)?);
+        let port = self.krane_health;
+        eventually(
+            Duration::from_secs(30),
+            "krane to be ready",
+            || async move {
+                Ok(http_client()
+                    .get(format!("http://127.0.0.1:{port}/health/ready"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success()))
+            },
+        )
+        .await
+        .with_context(|| self.krane_log())
+    }
+
+    fn krane_log(&self) -> String {
+        self.krane
+            .as_ref()
+            .map(|k| k.log_tail(40))
+            .unwrap_or_default()
+    }
+
+    async fn deploy(&self, app: &str, env: &str, image: &str) -> Result<String> {
+        let mut client =
+            pb::deployment_service_client::DeploymentServiceClient::new(self.api.clone());
+        Ok(client
+            .create_deployment(auth(pb::CreateDeploymentRequest {
+                app_id: app.into(),
+                environment_slug: env.into(),
+                source: Some(pb::create_deployment_request::Source::Image(
+                    pb::ImageSource {
+                        image: image.into(),
+                    },
+                )),
+                ..Default::default()
+            }))
+            .await?
+            .into_inner()
+            .deployment_id)
+    }
+
+    async fn get(&self, id: &str) -> Result<pb::Deployment> {
+        let mut client =
+            pb::deployment_service_client::DeploymentServiceClient::new(self.api.clone());
+        client
+            .get_deployment(auth(pb::GetDeploymentRequest {
+                deployment_id: id.into(),
+            }))
+            .await?
+            .into_inner()
+            .deployment
+            .context("deployment")
+    }
+
+    async fn wait_status(&self, id: &str, want: pb::DeploymentStatus) -> Result<pb::Deployment> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let d = self.get(id).await?;
+            if d.status == want as i32 {
+                return Ok(d);
+            }
+            if matches!(
+                pb::DeploymentStatus::try_from(d.status),
+                Ok(pb::DeploymentStatus::Failed)
+            ) || tokio::time::Instant::now() > deadline
+            {
+                bail!(
+                    "{id} is {:?} ({}), not {want:?}\nkrane:\n{}",
+                    d.status(),
+                    d.error_message,
+                    self.krane_log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// What the deployment's instance answers over HTTP.
+    async fn answer(&self, id: &str) -> Result<String> {
+        let instances = ctrl_db::instance::list_by_deployment(&self.db.pool, id).await?;
+        let running = instances
+            .iter()
+            .find(|i| i.status == ctrl_db::types::InstanceStatus::Running)
+            .context("no running instance")?;
+        let body = http_client()
+            .get(format!("http://{}/", running.address))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(body.trim().to_owned())
+    }
+
+    async fn containers_of(&self, id: &str) -> Result<Vec<String>> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!("ctrl.dev/deployment-id={id}")],
+        )]);
+        let list = self
+            .podman
+            .docker()
+            .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await?;
+        Ok(list.into_iter().filter_map(|c| c.id).collect())
+    }
+}
+
+fn auth<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {TOKEN}").parse().expect("header"),
+    );
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_run_roll_back_survive_restarts_and_stop() -> Result<()> {
+    let stack = Stack::start().await?;
+    let mut stack = stack;
+    let ch = stack.api.clone();
+    let ws = pb::workspace_service_client::WorkspaceServiceClient::new(ch.clone())
+        .create_workspace(auth(pb::CreateWorkspaceRequest {
+            name: "Acme".into(),
+            slug: "acme".into(),
+            actor: None,
+        }))
+        .await?
+        .into_inner()
+        .workspace
+        .context("workspace")?;
+    let project = pb::project_service_client::ProjectServiceClient::new(ch.clone())
+        .create_project(auth(pb::CreateProjectRequest {
+            workspace_id: ws.id,
+            name: "Shop".into(),
+            slug: "shop".into(),
+            actor: None,
+        }))
+        .await?
+        .into_inner()
+        .project
+        .context("project")?;
+    // krane registered region dev/local first, so the app runs there.
+    let app = pb::app_service_client::AppServiceClient::new(ch.clone())
+        .create_app(auth(pb::CreateAppRequest {
+            project_id: project.id,
+            name: "Web".into(),
+            slug: "web".into(),
+            ..Default::default()
+        }))
+        .await?
+        .into_inner()
+        .app
+        .context("app")?;
+    // A sealed variable: krane must open it to start the container.
+    pb::app_service_client::AppServiceClient::new(ch.clone())
+        .set_environment_variables(auth(pb::SetEnvironmentVariablesRequest {
+            app_id: app.id.clone(),
+            environment_slug: "production".into(),
+            variables: vec![pb::EnvironmentVariable {
+                key: "DATABASE_PASSWORD".into(),
+                value: "hunter2-plaintext".into(),
+                r#type: pb::EnvironmentVariableType::Writeonly as i32,
+                ..Default::default()
+            }],
+            actor: None,
+        }))
+        .await?;
+
+    // First deployment: running, ready with routes, answering.
+    let d1 = stack.deploy(&app.id, "production", V1).await?;
+    let ready = stack.wait_status(&d1, pb::DeploymentStatus::Ready).await?;
+    assert!(!ready.hostnames.is_empty(), "ready with its routes");
+    assert_eq!(stack.answer(&d1).await?, "v1");
+    let containers = stack.containers_of(&d1).await?;
+    assert_eq!(containers.len(), 1);
+    let inspect = stack
+        .podman
+        .docker()
+        .inspect_container(&containers[0], None)
+        .await?;
+    let config = inspect.config.context("config")?;
+    assert!(
+        config
+            .env
+            .unwrap_or_default()
+            .iter()
+            .any(|e| e == "DATABASE_PASSWORD=hunter2-plaintext"),
+        "the secret reached the container"
+    );
+    assert!(
+        !format!("{:?}", config.labels).contains("hunter2"),
+        "never in labels"
+    );
+    assert!(
+        !std::fs::read_to_string(stack.dir.path().join("krane.log"))?.contains("hunter2"),
+        "never in krane's log"
+    );
+
+    // Second deployment becomes live; rollback returns to the first.
+    let d2 = stack.deploy(&app.id, "production", V2).await?;
+    stack.wait_status(&d2, pb::DeploymentStatus::Ready).await?;
+    assert_eq!(stack.answer(&d2).await?, "v2");
+    eventually(Duration::from_secs(10), "d2 to become live", || async {
+        Ok(stack.get(&d2).await?.is_live)
+    })
+    .await?;
+    pb::deployment_service_client::DeploymentServiceClient::new(ch.clone())
+        .rollback(auth(pb::RollbackRequest {
+            target_deployment_id: d1.clone(),
+            ..Default::default()
+        }))
+        .await?;
+    assert!(stack.get(&d1).await?.is_live && !stack.get(&d2).await?.is_live);
+    assert_eq!(
+        stack.answer(&d1).await?,
+        "v1",
+        "the rolled-back deployment still runs"
+    );
+
+    // A container removed behind krane's back is recreated by the reconcile.
+    let old = stack.containers_of(&d1).await?;
+    stack
+        .podman
+        .docker()
+        .remove_container(
+            &old[0],
+            Some(bollard::query_parameters::RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await?;
+    eventually(
+        Duration::from_secs(30),
+        "d1's container to come back",
+        || async {
+            let now = stack.containers_of(&d1).await?;
+            Ok(now.len() == 1
+                && now[0] != old[0]
+                && stack.answer(&d1).await.is_ok_and(|b| b == "v1"))
+        },
+    )
+    .await?;
+
+    // krane killed; a preview deployment created meanwhile; krane restarted
+    // picks it up from its snapshot.
+    stack.krane.as_mut().context("krane")?.kill();
+    stack.krane = None;
+    let p1 = stack.deploy(&app.id, "preview", V1).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.start_krane().await?;
+    stack.wait_status(&p1, pb::DeploymentStatus::Ready).await?;
+    assert_eq!(stack.answer(&p1).await?, "v1");
+
+    // Stopping the preview removes its containers and marks it stopped.
+    pb::deployment_service_client::DeploymentServiceClient::new(ch.clone())
+        .stop_deployment(auth(pb::StopDeploymentRequest {
+            deployment_id: p1.clone(),
+            actor: None,
+        }))
+        .await?;
+    stack
+        .wait_status(&p1, pb::DeploymentStatus::Stopped)
+        .await?;
+    assert!(
+        stack.containers_of(&p1).await?.is_empty(),
+        "no container left"
+    );
+    assert!(
+        !stack.containers_of(&d1).await?.is_empty(),
+        "others untouched"
+    );
+    Ok(())
+}
