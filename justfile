@@ -19,6 +19,10 @@ bench *ARGS:
 bench-docker *ARGS:
     cargo bench -p ctrl-provider --bench docker_rollout -- {{ARGS}}
 
+# Change propagation to 1/10/50 agents and a 10,000-deployment snapshot.
+bench-sync *ARGS:
+    cargo bench -p krane --bench sync_propagation -- {{ARGS}}
+
 # Install or verify the real dependencies.
 deps:
     cargo xtask deps

@@ -181,4 +181,19 @@ mod tests {
             .to_string();
         assert!(err.contains("sync.poll_interval_ms"), "{err}");
     }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let env = HashMap::from([
+            (
+                "CTRL_AGENT_TOKEN".to_owned(),
+                "0123456789abcdef0123".to_owned(),
+            ),
+            ("CTRL_DB_PASSWORD".to_owned(), "pw".to_owned()),
+        ]);
+        let text = include_str!("../../../deploy/ctrl-cluster-sync.example.toml");
+        let c: Config =
+            ctrl_runtime::config::parse(text, "example.toml", &env, ENV_PREFIX).unwrap();
+        assert_eq!(c.sync.page_size, 500);
+    }
 }

@@ -244,4 +244,23 @@ mod tests {
             .to_string();
         assert!(err.contains("cluster.cell_id"), "{err}");
     }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let env = HashMap::from([
+            (
+                "CTRL_AGENT_TOKEN".to_owned(),
+                "0123456789abcdef0123".to_owned(),
+            ),
+            (
+                "CTRL_VAULT_KEY".to_owned(),
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned(),
+            ),
+        ]);
+        let text = include_str!("../../../deploy/krane.example.toml");
+        let c: Config =
+            ctrl_runtime::config::parse(text, "krane.example.toml", &env, ENV_PREFIX).unwrap();
+        assert_eq!(c.cluster.cell_id, "use1-a");
+        assert!(c.vault.is_some());
+    }
 }

@@ -48,7 +48,10 @@ pub(crate) struct DevArgs {
     /// ctrl-worker's health port.
     #[arg(long, env = "CTRL_DEV_WORKER_HEALTH_PORT", default_value_t = 9081)]
     worker_health_port: u16,
-    /// A directory with built ctrl-api and ctrl-worker binaries to run
+    /// krane's health and metrics port.
+    #[arg(long, env = "CTRL_DEV_KRANE_HEALTH_PORT", default_value_t = 8070)]
+    krane_health_port: u16,
+    /// A directory with built ctrl-api, ctrl-worker and krane binaries to run
     /// instead of building them with cargo.
     #[arg(long, env = "CTRL_DEV_BIN_DIR")]
     bin_dir: Option<PathBuf>,
@@ -79,6 +82,11 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
             args.restate_fabric_port,
             "Restate fabric",
             "--restate-fabric-port",
+        ),
+        (
+            args.krane_health_port,
+            "krane health",
+            "--krane-health-port",
         ),
     ] {
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
@@ -148,6 +156,22 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
     )?;
     wait_for_api(&mut api, &api_url).await?;
 
+    eprintln!("starting krane (region dev/local) on podman");
+    let mut krane = start_krane(
+        &dir,
+        &bin_dir.join("krane"),
+        &api_url,
+        &token,
+        &vault_key,
+        &podman,
+        args.krane_health_port,
+    )?;
+    wait_for_http(
+        &mut krane,
+        &format!("http://127.0.0.1:{}/health/ready", args.krane_health_port),
+    )
+    .await?;
+
     let env_file = dir.join("stack.env");
     write_private(
         &env_file,
@@ -171,10 +195,11 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
         "\nctrl dev stack is up in {:.1?}\n\
          \x20 ctrl API     {api_url}  (Connect, gRPC; token in stack.env)\n\
          \x20 ctrl-worker  registered with Restate (health http://127.0.0.1:{worker_health}/health/ready)\n\
+         \x20 krane        region dev/local on podman (health http://127.0.0.1:{krane_health}/health/ready)\n\
          \x20 MariaDB      {database_url}\n\
          \x20 Restate      ingress {}  admin {}\n\
          \x20 Docker API   {}\n\
-         \x20 logs         {}/{{ctrl-api.log,ctrl-worker.log,mariadb/error.log,restate/restate.log,podman/service.log}}\n\
+         \x20 logs         {}/{{ctrl-api.log,ctrl-worker.log,krane.log,mariadb/error.log,restate/restate.log,podman/service.log}}\n\
          \x20 env          {} (endpoints and API token)\n\
          Press Ctrl-C to stop.",
         started.elapsed(),
@@ -184,6 +209,7 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
         dir.display(),
         env_file.display(),
         worker_health = args.worker_health_port,
+        krane_health = args.krane_health_port,
     );
 
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -195,6 +221,8 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
 
     eprintln!("stopping the dev stack");
     let _ = fs::remove_file(&env_file);
+    // krane leaves workloads running; podman's stop removes them.
+    krane.terminate(Duration::from_secs(15));
     api.terminate(Duration::from_secs(15));
     worker.terminate(Duration::from_secs(15));
     podman.stop(Duration::from_secs(10));
@@ -271,7 +299,7 @@ fn secret(path: &Path, bytes: usize, encoding: Encoding) -> Result<String> {
 
 /// Builds the service binaries with the cargo that runs us; returns their directory.
 fn build_services() -> Result<PathBuf> {
-    eprintln!("building ctrl-api and ctrl-worker");
+    eprintln!("building ctrl-api, ctrl-worker and krane");
     let status = std::process::Command::new(crate::deps::cargo())
         .args([
             "build",
@@ -280,12 +308,14 @@ fn build_services() -> Result<PathBuf> {
             "ctrl-api",
             "-p",
             "ctrl-worker",
+            "-p",
+            "krane",
             "--bins",
         ])
         .status()
         .context("run cargo build")?;
     if !status.success() {
-        bail!("cargo build -p ctrl-api -p ctrl-worker failed");
+        bail!("cargo build -p ctrl-api -p ctrl-worker -p krane failed");
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -369,7 +399,9 @@ fn start_ctrl_api(
              [database]\nurl = \"${{CTRL_DEV_DATABASE_URL}}\"\n\
              [vault]\nkeys = [{{ id = \"dev\", key = \"${{CTRL_DEV_VAULT_KEY}}\" }}]\n\
              [restate]\ningress_url = \"${{CTRL_DEV_RESTATE_INGRESS_URL}}\"\n\
-             admin_url = \"${{CTRL_DEV_RESTATE_ADMIN_URL}}\"\n"
+             admin_url = \"${{CTRL_DEV_RESTATE_ADMIN_URL}}\"\n\
+             # Serve the agents' ClusterService on this port too.\n\
+             [cluster_sync]\n"
         ),
     )?;
     let mut cmd = std::process::Command::new(bin);
@@ -386,6 +418,44 @@ fn start_ctrl_api(
         cmd,
         &dir.join("ctrl-api.log"),
         Some(&dir.join("ctrl-api.pid")),
+    )?)
+}
+
+/// Writes krane's config (the region `dev/local`, talking to the
+/// ClusterService that ctrl-api serves) and starts it.
+fn start_krane(
+    dir: &Path,
+    bin: &Path,
+    api_url: &str,
+    token: &str,
+    vault_key: &str,
+    podman: &Podman,
+    health_port: u16,
+) -> Result<Supervised> {
+    let config = dir.join("krane.toml");
+    write_private(
+        &config,
+        &format!(
+            "# Written by `cargo xtask dev`.\n\
+             [cluster]\nplatform = \"dev\"\nregion = \"local\"\ncell_id = \"local-1\"\n\
+             [control]\nurl = \"{api_url}\"\ntoken = \"${{CTRL_TOKEN}}\"\n\
+             [docker]\nsocket = \"{socket}\"\ndrain_delay_ms = 500\n\
+             [vault]\nkeys = [{{ id = \"dev\", key = \"${{CTRL_DEV_VAULT_KEY}}\" }}]\n\
+             [agent]\nreconcile_seconds = 15\nreport_seconds = 5\n\
+             [http]\nlisten = \"127.0.0.1:{health_port}\"\n",
+            socket = podman.socket().display(),
+        ),
+    )?;
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("--config")
+        .arg(&config)
+        .env("CTRL_TOKEN", token)
+        .env("CTRL_DEV_VAULT_KEY", vault_key);
+    Ok(Supervised::spawn(
+        "krane",
+        cmd,
+        &dir.join("krane.log"),
+        Some(&dir.join("krane.pid")),
     )?)
 }
 
