@@ -60,7 +60,7 @@ async fn run(command: Command, config: &Config) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http.listen))?;
             tracing::info!(address = %listener.local_addr()?, "ctrl-api listening (Connect, gRPC, /health)");
-            server::serve(config, listener, db, server::shutdown_signal()).await
+            server::serve(config, listener, db, ctrl_runtime::shutdown_signal()).await
         }
     }
 }

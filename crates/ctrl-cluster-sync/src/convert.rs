@@ -107,6 +107,16 @@ pub fn deployment_state(
     })
 }
 
+/// A row as a streamed change (stamped with its own version); a row that
+/// cannot be sent is logged and skipped — the original does the same, and
+/// the row's next change (or the agent's point lookup) sends it again.
+pub fn change(d: DesiredDeployment) -> Option<pb::DeploymentState> {
+    let version = d.version;
+    deployment_state(d, version)
+        .map_err(|e| tracing::warn!(error = %e, "desired-state change not sent"))
+        .ok()
+}
+
 /// A stored health check on the wire.
 pub fn health_check(h: &HealthCheck) -> pb::HealthCheck {
     pb::HealthCheck {

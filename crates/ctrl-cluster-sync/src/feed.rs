@@ -181,18 +181,12 @@ impl Feeds {
         let n = rows.len();
         for row in rows {
             let version = row.version;
-            let deployment = row.deployment_id.clone();
-            match crate::convert::deployment_state(row, version) {
-                Ok(state) => {
-                    // No receiver is fine: nobody watches right now.
-                    let _ = feed.tx.send(Change {
-                        version,
-                        state: Arc::new(state),
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(region = %region_id, %deployment, error = %e, "change not sent")
-                }
+            if let Some(state) = crate::convert::change(row) {
+                // No receiver is fine: nobody watches right now.
+                let _ = feed.tx.send(Change {
+                    version,
+                    state: Arc::new(state),
+                });
             }
             // Raised only after publishing: see `Subscription::head`.
             feed.head.store(version, Ordering::Release);

@@ -50,16 +50,5 @@ async fn run(config: &Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http.listen))?;
     tracing::info!(address = %listener.local_addr()?, "ctrl-cluster-sync listening (Connect, gRPC, /health)");
-    ctrl_cluster_sync::server::serve(config, listener, db, shutdown_signal()).await
-}
-
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    ctrl_cluster_sync::server::serve(config, listener, db, ctrl_runtime::shutdown_signal()).await
 }

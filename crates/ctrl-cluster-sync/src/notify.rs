@@ -58,15 +58,15 @@ impl Notifier {
         }
     }
 
-    /// Checks the deployment after a report and notifies its workflow if it
+    /// Checks the deployment (as read after the report) and notifies its workflow if it
     /// became ready. Errors are the caller's to log: the workflow still has
     /// its own check and timeout.
     pub async fn after_report(
         &self,
         db: &MySqlPool,
-        deployment_id: &str,
+        deployment: &ctrl_db::deployment::Deployment,
     ) -> anyhow::Result<Outcome> {
-        let deployment = ctrl_db::deployment::get(db, deployment_id).await?;
+        let deployment_id = deployment.id.as_str();
         if !matches!(
             deployment.status,
             DeploymentStatus::Starting

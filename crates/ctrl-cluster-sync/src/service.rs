@@ -336,13 +336,8 @@ async fn after_report(sync: &ClusterSync, deployment_id: &str, now: i64) {
                 }
             }
         }
-        Ok(_) => {
-            if let Err(e) = sync
-                .inner
-                .notifier
-                .after_report(sync.db(), deployment_id)
-                .await
-            {
+        Ok(d) => {
+            if let Err(e) = sync.inner.notifier.after_report(sync.db(), &d).await {
                 tracing::warn!(deployment = %deployment_id, error = %e, "readiness notification failed");
             }
         }
@@ -462,19 +457,14 @@ pub async fn sync_desired_state(
             let full = page.len() == page_size as usize;
             for row in page {
                 after_pk = row.pk;
-                let deployment = row.deployment_id.clone();
-                let version = row.version;
-                match crate::convert::deployment_state(row, version) {
-                    Ok(state) => {
-                        sent += 1;
-                        let msg = pb::SyncDesiredStateResponse {
-                            event: Some(Event::Deployment(state)),
-                        };
-                        if tx.send(Ok(msg)).await.is_err() {
-                            return;
-                        }
+                if let Some(state) = crate::convert::change(row) {
+                    sent += 1;
+                    let msg = pb::SyncDesiredStateResponse {
+                        event: Some(Event::Deployment(state)),
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
                     }
-                    Err(e) => tracing::warn!(%deployment, error = %e, "left out of the snapshot"),
                 }
             }
             if !full {
@@ -566,14 +556,10 @@ async fn follow(
             let full = rows.len() == page_size as usize;
             for row in rows {
                 let version = row.version;
-                let deployment = row.deployment_id.clone();
-                match crate::convert::deployment_state(row, version) {
-                    Ok(state) => {
-                        if send(tx, version, Some(state)).await.is_err() {
-                            return Ok(());
-                        }
-                    }
-                    Err(e) => tracing::warn!(%deployment, error = %e, "change not sent"),
+                if let Some(state) = crate::convert::change(row)
+                    && send(tx, version, Some(state)).await.is_err()
+                {
+                    return Ok(());
                 }
                 cursor = version;
             }

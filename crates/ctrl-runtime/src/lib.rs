@@ -10,3 +10,14 @@
 pub mod auth;
 pub mod config;
 pub mod sections;
+
+/// Resolves on SIGINT or SIGTERM: when every service starts draining.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -37,7 +37,7 @@ async fn main() -> ExitCode {
     config.log.init();
     let result = async {
         let db = config.database.connect().await?;
-        startup::run(&config, db, startup::shutdown_signal()).await
+        startup::run(&config, db, ctrl_runtime::shutdown_signal()).await
     }
     .await;
     match result {

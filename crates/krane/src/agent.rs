@@ -108,10 +108,6 @@ impl Agent {
 
     fn set_desired(&self, id: &str, state: pb::DeploymentState) {
         lock(&self.inner.desired).insert(id.to_owned(), Arc::new(state));
-        self.inner
-            .metrics
-            .desired
-            .set(i64::try_from(self.desired_running()).unwrap_or(0));
         self.mark(id);
     }
 
@@ -316,6 +312,10 @@ impl Agent {
     /// with a point lookup, removed when the answer is "not found").
     pub async fn reconcile(&self) {
         let ids: Vec<String> = lock(&self.inner.desired).keys().cloned().collect();
+        self.inner
+            .metrics
+            .desired
+            .set(i64::try_from(self.desired_running()).unwrap_or(0));
         for id in &ids {
             self.mark(id);
         }

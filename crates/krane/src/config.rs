@@ -169,7 +169,7 @@ impl Validate for Config {
             ("cluster.cell_id", &self.cluster.cell_id),
         ] {
             v.check(
-                is_dns_label(value),
+                ctrl_core::names::is_dns_label(value),
                 field,
                 "must be a DNS label (lowercase letters, digits and '-', 1-63 characters)",
             );
@@ -204,15 +204,6 @@ impl Validate for Config {
         );
         self.log.validate(v);
     }
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 #[cfg(test)]

@@ -53,11 +53,6 @@ async fn metrics_endpoint(State(h): State<Health>) -> impl IntoResponse {
         )
             .into_response();
     }
-    let cursor = h.stream.cursor.load(Ordering::Relaxed);
-    body = body.replace(
-        "# EOF\n",
-        &format!("# HELP krane_cursor_version Newest region version received.\n# TYPE krane_cursor_version gauge\nkrane_cursor_version {cursor}\n# EOF\n"),
-    );
     (
         [(
             header::CONTENT_TYPE,

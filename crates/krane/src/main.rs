@@ -25,7 +25,7 @@ async fn main() -> ExitCode {
         }
     };
     config.log.init();
-    match krane::run::run(&config, krane::run::shutdown_signal()).await {
+    match krane::run::run(&config, ctrl_runtime::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -1,6 +1,8 @@
 //! Prometheus metrics of the agent.
 
 use prometheus_client::metrics::counter::Counter;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -23,8 +25,10 @@ pub struct Metrics {
     pub reconcile_corrections: Counter,
     /// Status reports sent.
     pub reports: Counter,
-    /// Deployments krane knows it should run.
+    /// Deployments krane knows it should run (updated by each reconcile).
     pub desired: Gauge,
+    /// The newest region version received: where a reconnecting watch resumes.
+    pub cursor: Gauge<u64, AtomicU64>,
 }
 
 impl Metrics {
@@ -75,6 +79,11 @@ impl Metrics {
             "desired_deployments",
             "Deployments that should run here",
             self.desired.clone(),
+        );
+        r.register(
+            "cursor_version",
+            "Newest region version received",
+            self.cursor.clone(),
         );
         r
     }

@@ -52,8 +52,6 @@ pub struct StreamState {
     pub registered: AtomicBool,
     /// A snapshot completed.
     pub synced: AtomicBool,
-    /// The newest version received.
-    pub cursor: AtomicU64,
     /// The heartbeat interval the server asked for (ms).
     pub heartbeat_ms: AtomicU64,
 }
@@ -130,7 +128,7 @@ pub async fn follow(
         if need_snapshot {
             match snapshot(&control, sink.as_ref(), &metrics).await {
                 Ok(version) => {
-                    state.cursor.store(version, Ordering::SeqCst);
+                    metrics.cursor.set(version);
                     state.synced.store(true, Ordering::SeqCst);
                     last_snapshot = tokio::time::Instant::now();
                     need_snapshot = false;
@@ -148,7 +146,7 @@ pub async fn follow(
         let next = tokio::select! {
             _ = stop.wait_for(|s| *s) => Next::Stop,
             () = tokio::time::sleep(until_snapshot) => Next::Snapshot,
-            next = watch_once(&control, sink.as_ref(), &state, &metrics) => next,
+            next = watch_once(&control, sink.as_ref(), &metrics) => next,
         };
         match next {
             Next::Stop => return,
@@ -168,6 +166,13 @@ async fn pause(stop: &mut watch::Receiver<bool>, reconnect: (Duration, Duration)
     tokio::select! {
         _ = stop.wait_for(|s| *s) => true,
         () = tokio::time::sleep(jitter(reconnect)) => false,
+    }
+}
+
+/// Moves the cursor forward (never back: versions only grow on a stream).
+fn advance(metrics: &Metrics, version: u64) {
+    if version > metrics.cursor.get() {
+        metrics.cursor.set(version);
     }
 }
 
@@ -204,14 +209,9 @@ async fn snapshot(
 
 /// Watches from the current cursor until the stream ends or asks for a
 /// snapshot.
-async fn watch_once(
-    control: &Control,
-    sink: &dyn DesiredSink,
-    state: &StreamState,
-    metrics: &Metrics,
-) -> Next {
+async fn watch_once(control: &Control, sink: &dyn DesiredSink, metrics: &Metrics) -> Next {
     use pb::watch_response::Event;
-    let cursor = state.cursor.load(Ordering::SeqCst);
+    let cursor = metrics.cursor.get();
     let mut stream = match control.watch(cursor).await {
         Ok(s) => s,
         Err(e) => {
@@ -226,14 +226,14 @@ async fn watch_once(
                 Some(Event::Deployment(change)) => {
                     metrics.changes.inc();
                     sink.changed(change);
-                    state.cursor.fetch_max(msg.version, Ordering::SeqCst);
+                    advance(metrics, msg.version);
                 }
                 Some(Event::ResyncRequired(r)) => {
                     tracing::info!(reason = %r.reason, "server asked for a snapshot");
                     return Next::Snapshot;
                 }
                 None => {
-                    state.cursor.fetch_max(msg.version, Ordering::SeqCst);
+                    advance(metrics, msg.version);
                 }
             },
             Ok(None) => {
