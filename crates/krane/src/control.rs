@@ -1,6 +1,6 @@
 //! The ClusterService client: gRPC over one HTTP/2 connection, the bearer
-//! token on every call, a timeout on every unary call (streams are bounded
-//! by HTTP/2 keepalives instead: a dead server ends them).
+//! token and a timeout on every call (open streams are watched by HTTP/2
+//! keepalives instead: a dead server ends them).
 
 use std::time::Duration;
 
@@ -67,6 +67,25 @@ impl Control {
         &self.key
     }
 
+    /// Every call, unary or the opening of a stream, is bounded by the call
+    /// timeout on this side (the `grpc-timeout` header alone only binds the
+    /// server); an open stream then lives on, watched by HTTP/2 keepalives.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, tonic::Status> {
+        tokio::time::timeout(self.call_timeout, call)
+            .await
+            .map_err(|_| {
+                tonic::Status::deadline_exceeded(format!(
+                    "{what} timed out after {:?}",
+                    self.call_timeout
+                ))
+            })?
+            .map(tonic::Response::into_inner)
+    }
+
     fn unary<T>(&self, msg: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
         req.set_timeout(self.call_timeout);
@@ -84,10 +103,8 @@ impl Control {
             backend: backend as i32,
         };
         let mut client = self.client.clone();
-        tokio::time::timeout(self.call_timeout, client.heartbeat(self.unary(req)))
+        self.bounded("heartbeat", client.heartbeat(self.unary(req)))
             .await
-            .map_err(|_| tonic::Status::deadline_exceeded("heartbeat timed out"))?
-            .map(tonic::Response::into_inner)
     }
 
     /// Opens the change stream after `version_last_seen`.
@@ -100,11 +117,7 @@ impl Control {
             version_last_seen,
         };
         let mut client = self.client.clone();
-        // Only opening the stream is bounded; the stream itself lives on.
-        tokio::time::timeout(self.call_timeout, client.watch(req))
-            .await
-            .map_err(|_| tonic::Status::deadline_exceeded("opening the watch timed out"))?
-            .map(tonic::Response::into_inner)
+        self.bounded("opening the watch", client.watch(req)).await
     }
 
     /// Opens a full snapshot.
@@ -115,10 +128,8 @@ impl Control {
             cluster: Some(self.key.clone()),
         };
         let mut client = self.client.clone();
-        tokio::time::timeout(self.call_timeout, client.sync_desired_state(req))
+        self.bounded("opening the snapshot", client.sync_desired_state(req))
             .await
-            .map_err(|_| tonic::Status::deadline_exceeded("opening the snapshot timed out"))?
-            .map(tonic::Response::into_inner)
     }
 
     /// One deployment's desired state; `Ok(None)` = it should not exist.
@@ -131,8 +142,9 @@ impl Control {
             deployment_id: deployment_id.to_owned(),
         };
         let mut client = self.client.clone();
-        match client.get_desired_deployment_state(self.unary(req)).await {
-            Ok(r) => Ok(r.into_inner().state),
+        let lookup = client.get_desired_deployment_state(self.unary(req));
+        match self.bounded("desired-state lookup", lookup).await {
+            Ok(r) => Ok(r.state),
             Err(s) if s.code() == tonic::Code::NotFound && !s.message().contains("Heartbeat") => {
                 Ok(None)
             }
@@ -150,10 +162,12 @@ impl Control {
             change: Some(change),
         };
         let mut client = self.client.clone();
-        client
-            .report_deployment_status(self.unary(req))
-            .await
-            .map(|_| ())
+        self.bounded(
+            "status report",
+            client.report_deployment_status(self.unary(req)),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Reports instance lifecycle events.
@@ -163,9 +177,11 @@ impl Control {
             events,
         };
         let mut client = self.client.clone();
-        client
-            .report_instance_events(self.unary(req))
-            .await
-            .map(|_| ())
+        self.bounded(
+            "event report",
+            client.report_instance_events(self.unary(req)),
+        )
+        .await
+        .map(|_| ())
     }
 }
