@@ -159,3 +159,12 @@ pub fn instance_status(s: pb::InstanceStatus) -> InstanceStatus {
         pb::InstanceStatus::Pending | pb::InstanceStatus::Unspecified => InstanceStatus::Pending,
     }
 }
+
+/// A stored instance state as the API shows it.
+pub fn instance_status_to_pb(s: InstanceStatus) -> pb::InstanceStatus {
+    match s {
+        InstanceStatus::Running => pb::InstanceStatus::Running,
+        InstanceStatus::Failed => pb::InstanceStatus::Failed,
+        InstanceStatus::Pending => pb::InstanceStatus::Pending,
+    }
+}

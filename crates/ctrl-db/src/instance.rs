@@ -145,20 +145,6 @@ pub async fn list_by_deployment(
     .await?)
 }
 
-/// Running instances of a deployment per region (regions without any omitted).
-pub async fn count_running_by_region(
-    ex: impl MySqlExecutor<'_>,
-    deployment_id: &str,
-) -> Result<Vec<(String, i64)>> {
-    Ok(sqlx::query_as(
-        "SELECT region_id, COUNT(*) FROM instances WHERE deployment_id = ? AND status = 'running'
-         GROUP BY region_id ORDER BY region_id",
-    )
-    .bind(deployment_id)
-    .fetch_all(ex)
-    .await?)
-}
-
 /// Per region where the deployment should run: its minimum replica count and
 /// how many instances run there now — the input of
 /// `ctrl_core::status::enough_regions_ready`, shared by the Deploy workflow

@@ -5,6 +5,9 @@
 //! Connect handler builders for axum and a Connect client, and tonic gRPC
 //! server and client stubs — all under [`ctrl::v1`]. Conversions into domain
 //! types live in the crates that own those types.
+//!
+//! One hand-written piece sits next to them: [`Bearer`], the tonic client
+//! interceptor every ctrl client (krane, the CLI) authenticates with.
 
 #[allow(
     missing_docs,
@@ -25,3 +28,32 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/ctrl_v1_descriptor.bin"));
 
 include!(concat!(env!("OUT_DIR"), "/message_registry.rs"));
+
+/// A tonic client interceptor adding `Authorization: Bearer <token>`; its
+/// `Debug` never shows the token.
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl Bearer {
+    /// The interceptor for `token`, or `None` if the token holds characters
+    /// a header cannot carry.
+    pub fn new(token: &str) -> Option<Self> {
+        let mut value: tonic::metadata::MetadataValue<_> =
+            format!("Bearer {token}").parse().ok()?;
+        value.set_sensitive(true);
+        Some(Self(value))
+    }
+}
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bearer(<redacted>)")
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}

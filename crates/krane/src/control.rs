@@ -4,28 +4,11 @@
 
 use std::time::Duration;
 
+use ctrl_proto::Bearer;
 use ctrl_proto::ctrl::v1 as pb;
 use pb::cluster_service_client::ClusterServiceClient;
-use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
-
-/// Adds `Authorization: Bearer <token>`.
-#[derive(Clone)]
-pub struct Bearer(MetadataValue<tonic::metadata::Ascii>);
-
-impl std::fmt::Debug for Bearer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Bearer(<redacted>)")
-    }
-}
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
-        Ok(req)
-    }
-}
 
 /// A cheaply cloned client for one cluster.
 #[derive(Debug, Clone)]
@@ -50,10 +33,10 @@ impl Control {
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true)
             .connect_lazy();
-        let header = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
+        let bearer = Bearer::new(token).ok_or_else(|| {
             anyhow::anyhow!("control.token contains characters not allowed in a header")
         })?;
-        let client = ClusterServiceClient::with_interceptor(channel, Bearer(header))
+        let client = ClusterServiceClient::with_interceptor(channel, bearer)
             .max_decoding_message_size(16 << 20);
         Ok(Self {
             client,

@@ -6,7 +6,7 @@ use ctrl_core::domains::Sticky;
 use ctrl_core::id::IdKind;
 use ctrl_core::status::{DeploymentStatus, DesiredState, StepKind};
 use ctrl_db::deployment::{self, Deployment, ListFilter};
-use ctrl_db::types::{ActorType, TriggerKind};
+use ctrl_db::types::{ActorType, InstanceStatus, TriggerKind};
 use ctrl_db::{cluster, instance, route, tenancy, topology};
 use ctrl_proto::ctrl::v1 as pb;
 
@@ -166,7 +166,7 @@ pub async fn load_full(s: &AppState, id: &str) -> Result<pb::Deployment, ApiErro
     let steps = deployment::list_steps(s.db(), id).await?;
     let routes = route::list_by_deployment(s.db(), id).await?;
     let topology = topology::list_by_deployment(s.db(), id).await?;
-    let running = instance::count_running_by_region(s.db(), id).await?;
+    let instances = instance::list_by_deployment(s.db(), id).await?;
     let regions = cluster::list_regions(s.db()).await?;
 
     let live = app.live_deployment_id.as_deref() == Some(d.id.as_str());
@@ -193,6 +193,10 @@ pub async fn load_full(s: &AppState, id: &str) -> Result<pb::Deployment, ApiErro
             stickiness: sticky_to_pb(r.sticky),
         })
         .collect();
+    let in_region = |region: &str| {
+        let region = region.to_owned();
+        instances.iter().filter(move |i| i.region_id == region)
+    };
     out.regions = topology
         .into_iter()
         .map(|t| pb::RegionTopology {
@@ -201,10 +205,20 @@ pub async fn load_full(s: &AppState, id: &str) -> Result<pb::Deployment, ApiErro
                 .find(|r| r.id == t.region_id)
                 .map(|r| r.name.clone())
                 .unwrap_or_default(),
-            running_instances: running
-                .iter()
-                .find(|(region, _)| *region == t.region_id)
-                .map_or(0, |(_, n)| i32::try_from(*n).unwrap_or(i32::MAX)),
+            running_instances: in_region(&t.region_id)
+                .filter(|i| i.status == InstanceStatus::Running)
+                .count()
+                .try_into()
+                .unwrap_or(i32::MAX),
+            instances: in_region(&t.region_id)
+                .map(|i| pb::Instance {
+                    name: i.name.clone(),
+                    address: i.address.clone(),
+                    cpu_millicores: i.cpu_millicores.into(),
+                    memory_mib: i.memory_mib.into(),
+                    status: ctrl_cluster_sync::convert::instance_status_to_pb(i.status) as i32,
+                })
+                .collect(),
             desired_state: desired_to_pb(t.desired_status),
             autoscaling: Some(pb::AutoscalingPolicy {
                 min_replicas: t.min_replicas,

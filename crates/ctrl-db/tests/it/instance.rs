@@ -18,7 +18,7 @@ fn reported(name: &str, status: InstanceStatus) -> ReportedInstance {
 }
 
 #[tokio::test]
-async fn reports_replace_the_instance_set_and_count_running_per_region() -> Result<()> {
+async fn reports_replace_the_instance_set() -> Result<()> {
     let db = test_database().await?;
     let t = tree(&db.pool).await?;
     let d = deploy(&db.pool, &t, &t.production, None).await?;
@@ -39,8 +39,15 @@ async fn reports_replace_the_instance_set_and_count_running_per_region() -> Resu
     tx.commit().await?;
     assert!(changed);
     assert_eq!(
-        instance::count_running_by_region(&db.pool, &d.id).await?,
-        [(t.region.clone(), 1)]
+        instance::list_by_deployment(&db.pool, &d.id)
+            .await?
+            .iter()
+            .map(|i| (i.name.as_str(), i.region_id.as_str(), i.status))
+            .collect::<Vec<_>>(),
+        [
+            ("c1", t.region.as_str(), InstanceStatus::Running),
+            ("c2", t.region.as_str(), InstanceStatus::Pending)
+        ]
     );
 
     // The same report again changes nothing.
@@ -85,7 +92,7 @@ async fn reports_replace_the_instance_set_and_count_running_per_region() -> Resu
         1
     );
     assert!(
-        instance::count_running_by_region(&db.pool, &d.id)
+        instance::list_by_deployment(&db.pool, &d.id)
             .await?
             .is_empty()
     );

@@ -1,0 +1,339 @@
+//! The command line, as clap parses it.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// ctrl: deploy apps and move their traffic.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ctrl",
+    version,
+    about = "Deploy apps with ctrl and move their traffic",
+    after_help = "The API address and token come from --api-url/--token, CTRL_API_URL/CTRL_TOKEN, \
+                  or the .dev/stack.env the local stack writes (found in this directory or a parent)."
+)]
+pub struct Cli {
+    /// ctrl-api's address [env: CTRL_API_URL; default: stack.env, then http://127.0.0.1:7091]
+    #[arg(long, global = true)]
+    pub api_url: Option<String>,
+    /// API token [env: CTRL_TOKEN; default: stack.env]
+    #[arg(long, global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// Workspace (id or slug); needed only when there is more than one [env: CTRL_WORKSPACE]
+    #[arg(long, short = 'w', global = true)]
+    pub workspace: Option<String>,
+    /// Output format: tables and progress for people, JSON for scripts.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Seconds to wait for each API call.
+    #[arg(long, global = true, default_value_t = 30)]
+    pub timeout: u64,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned tables and a live progress display.
+    Text,
+    /// One JSON document on stdout (the API's JSON mapping).
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Workspaces: the tenants that own projects.
+    #[command(subcommand)]
+    Workspaces(WorkspaceCommand),
+    /// Projects: groups of apps in a workspace.
+    #[command(subcommand)]
+    Projects(ProjectCommand),
+    /// Apps: what gets deployed.
+    #[command(subcommand)]
+    Apps(AppCommand),
+    /// Environments of an app (production, preview, and more).
+    #[command(subcommand)]
+    Envs(EnvsCommand),
+    /// Environment variables of an app's environment.
+    #[command(subcommand)]
+    Env(EnvCommand),
+    /// Deploy an image (or a git commit) and follow it until it is ready.
+    Deploy(DeployArgs),
+    /// List and inspect deployments.
+    #[command(subcommand)]
+    Deployments(DeploymentsCommand),
+    /// Move the app's live traffic back to an earlier production deployment.
+    Rollback(RollbackArgs),
+    /// Make a ready production deployment live (also confirms a rollback).
+    Promote(DeploymentArg),
+    /// Cancel a deployment that is still in progress.
+    Cancel(DeploymentArg),
+    /// Stop the instances of a non-live, non-production deployment.
+    Stop(DeploymentArg),
+    /// Start a stopped deployment's instances again.
+    Wake(DeploymentArg),
+}
+
+/// `ctrl workspaces …`
+#[derive(Debug, Subcommand)]
+pub enum WorkspaceCommand {
+    /// Create a workspace.
+    Create {
+        /// Slug: lowercase letters, digits and "-", starting with a letter.
+        slug: String,
+        /// Display name (default: the slug).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List workspaces.
+    List,
+    /// Show one workspace.
+    Get {
+        /// Id or slug.
+        workspace: String,
+    },
+    /// Delete an empty workspace.
+    Delete {
+        /// Id or slug.
+        workspace: String,
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+}
+
+/// `ctrl projects …`
+#[derive(Debug, Subcommand)]
+pub enum ProjectCommand {
+    /// Create a project.
+    Create {
+        /// Slug: lowercase letters, digits and "-", starting with a letter.
+        slug: String,
+        /// Display name (default: the slug).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the workspace's projects.
+    List,
+    /// Show one project.
+    Get {
+        /// Id or slug.
+        project: String,
+    },
+    /// Delete a project with its apps and deployments.
+    Delete {
+        /// Id or slug.
+        project: String,
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+}
+
+/// `ctrl apps …`
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    /// Create an app (with its production and preview environments).
+    Create {
+        /// Slug: lowercase letters, digits and "-", starting with a letter.
+        slug: String,
+        /// The project (id or slug).
+        #[arg(long, short)]
+        project: String,
+        /// Display name (default: the slug).
+        #[arg(long)]
+        name: Option<String>,
+        /// Branch whose pushes deploy to production.
+        #[arg(long, default_value = "main")]
+        default_branch: String,
+    },
+    /// List apps (of one project, or of the whole workspace).
+    List {
+        /// Only this project (id or slug).
+        #[arg(long, short)]
+        project: Option<String>,
+    },
+    /// Show one app.
+    Get {
+        /// Id, `project/app`, or an app slug unique in the workspace.
+        app: String,
+    },
+    /// Delete an app with its environments and deployments.
+    Delete {
+        /// Id, `project/app`, or an app slug unique in the workspace.
+        app: String,
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+}
+
+/// `ctrl envs …`
+#[derive(Debug, Subcommand)]
+pub enum EnvsCommand {
+    /// Create a preview-kind environment (e.g. staging).
+    Create {
+        /// Slug: lowercase letters, digits and "-", starting with a letter.
+        slug: String,
+        #[command(flatten)]
+        app: AppArg,
+        /// Free text.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List an app's environments.
+    List {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Show one environment.
+    Get {
+        /// Slug or id.
+        env: String,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Delete an environment with its deployments.
+    Delete {
+        /// Slug or id.
+        env: String,
+        #[command(flatten)]
+        app: AppArg,
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+}
+
+/// `ctrl env …`
+#[derive(Debug, Subcommand)]
+pub enum EnvCommand {
+    /// List variables (values hidden unless --reveal).
+    List {
+        #[command(flatten)]
+        target: EnvTarget,
+        /// Show the values of recoverable variables.
+        #[arg(long)]
+        reveal: bool,
+    },
+    /// Create or replace variables.
+    Set {
+        #[command(flatten)]
+        target: EnvTarget,
+        /// The variables, as KEY=VALUE.
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        pairs: Vec<String>,
+        /// Write-only: the value is never shown again, only the app sees it.
+        #[arg(long)]
+        write_only: bool,
+    },
+    /// Remove variables.
+    Unset {
+        #[command(flatten)]
+        target: EnvTarget,
+        /// The keys.
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
+    },
+}
+
+/// `ctrl deploy …`
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub target: EnvTarget,
+    /// An image to deploy, e.g. ghcr.io/acme/api:1.2.3.
+    #[arg(long, conflicts_with = "git", required_unless_present = "git")]
+    pub image: Option<String>,
+    /// A GitHub repository to build, as owner/repo.
+    #[arg(long, value_name = "OWNER/REPO")]
+    pub git: Option<String>,
+    /// Git branch (the build's branch, or the branch an image came from).
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// Git commit SHA (40 hex characters).
+    #[arg(long)]
+    pub commit: Option<String>,
+    /// Build context inside the repository (with --git).
+    #[arg(long, requires = "git")]
+    pub context: Option<String>,
+    /// Dockerfile inside the context (with --git).
+    #[arg(long, requires = "git")]
+    pub dockerfile: Option<String>,
+    /// Why this deployment is made.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Return as soon as the deployment is created (prints its id).
+    #[arg(long)]
+    pub detach: bool,
+    /// Command overriding the app's, for this deployment only (after `--`).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+/// `ctrl deployments …`
+#[derive(Debug, Subcommand)]
+pub enum DeploymentsCommand {
+    /// List an app's deployments, newest first.
+    List {
+        #[command(flatten)]
+        app: AppArg,
+        /// Only this environment.
+        #[arg(long, short)]
+        env: Option<String>,
+        /// Only this git branch.
+        #[arg(long)]
+        branch: Option<String>,
+        /// Only these statuses (e.g. ready, failed).
+        #[arg(long, value_delimiter = ',')]
+        status: Vec<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Show a deployment: steps, URLs, regions and instances.
+    Get(DeploymentArg),
+}
+
+/// `ctrl rollback …`
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The deployment to go back to; default: the newest running production
+    /// deployment older than the live one (needs --app).
+    pub deployment: Option<String>,
+    /// The app (when no deployment is named).
+    #[arg(long, short)]
+    pub app: Option<String>,
+}
+
+/// One deployment by id.
+#[derive(Debug, Args)]
+pub struct DeploymentArg {
+    /// The deployment's id (d_…).
+    pub deployment: String,
+}
+
+/// `--app`.
+#[derive(Debug, Args)]
+pub struct AppArg {
+    /// The app: id, `project/app`, or an app slug unique in the workspace.
+    #[arg(long, short)]
+    pub app: String,
+}
+
+/// `--app` and `--env`.
+#[derive(Debug, Args)]
+pub struct EnvTarget {
+    /// The app: id, `project/app`, or an app slug unique in the workspace.
+    #[arg(long, short)]
+    pub app: String,
+    /// The environment's slug.
+    #[arg(long, short, default_value = "production")]
+    pub env: String,
+}
+
+/// Confirmation of a destructive command.
+#[derive(Debug, Args)]
+pub struct Confirm {
+    /// Do not ask for confirmation.
+    #[arg(long, short)]
+    pub yes: bool,
+}

@@ -1,0 +1,35 @@
+//! The `ctrl` command-line client.
+//!
+//! It talks gRPC to ctrl-api ([`api`]), found through flags, `CTRL_API_URL`
+//! / `CTRL_TOKEN`, or the `.dev/stack.env` the local stack writes. People
+//! name things by slug (`project/app`, `production`) and [`resolve`] turns
+//! that into ids. Reads print tables or, with `--output json`, the API's
+//! JSON mapping; `deploy` follows the deployment's steps live
+//! ([`progress`]) and ends with its URLs or the failing step's message.
+//! Errors are one line; the exit code says whether the command succeeded.
+
+pub mod api;
+pub mod args;
+pub mod commands;
+pub mod output;
+pub mod progress;
+pub mod resolve;
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+
+/// Runs the parsed command line with the process environment `env` and
+/// working directory `cwd`.
+pub async fn run(
+    cli: args::Cli,
+    env: &HashMap<String, String>,
+    cwd: &std::path::Path,
+) -> Result<ExitCode> {
+    let target = api::Target::resolve(cli.api_url, cli.token, env, cwd)?;
+    let api = api::Api::new(&target, Duration::from_secs(cli.timeout.max(1)))?;
+    let ctx = commands::Ctx::new(api, cli.workspace, cli.output, env);
+    commands::run(&ctx, cli.command).await
+}

@@ -1,0 +1,7 @@
+//! The `ctrl` binary against a real stack (MariaDB, restate-server,
+//! ctrl-worker, ctrl-api with the ClusterService, krane on podman), and on
+//! its own for the errors it reports before reaching any server.
+
+mod deploy;
+mod offline;
+mod support;

@@ -1,0 +1,256 @@
+//! The stack the CLI talks to, in this process on loopback ports (the
+//! services' binaries belong to other packages), and the `ctrl` binary run
+//! as a user runs it.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use ctrl_testkit::{Podman, RestateServer, free_ports, images};
+
+pub(crate) const TOKEN: &str = "cli-test-token-0123456789";
+const VAULT_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+pub(crate) const V1: &str = "localhost/cli-demo:v1";
+pub(crate) const V2: &str = "localhost/cli-demo:v2";
+/// How long the worker waits for instances before failing a deployment.
+pub(crate) const READINESS_TIMEOUT_SECONDS: u64 = 8;
+
+/// Every service of a one-region installation; dropping it stops them.
+pub(crate) struct Stack {
+    pub(crate) api_url: String,
+    /// A working directory without a `.dev/stack.env` above it.
+    pub(crate) cwd: tempfile::TempDir,
+    _db: ctrl_testkit::TestDatabase,
+    _podman: Podman,
+    _restate: RestateServer,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for stop in self.stops.drain(..) {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned + ctrl_runtime::config::Validate>(
+    text: &str,
+    prefix: &str,
+) -> Result<T> {
+    ctrl_runtime::config::parse(text, "test.toml", &HashMap::new(), prefix)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Spawns `serve` until the stack stops.
+fn spawn_until_stopped<F>(
+    stops: &mut Vec<tokio::sync::oneshot::Sender<()>>,
+    name: &'static str,
+    serve: impl FnOnce(tokio::sync::oneshot::Receiver<()>) -> F,
+) where
+    F: Future<Output = Result<()>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    stops.push(tx);
+    let task = serve(rx);
+    tokio::spawn(async move {
+        if let Err(e) = task.await {
+            eprintln!("{name}: {e:#}");
+        }
+    });
+}
+
+impl Stack {
+    pub(crate) async fn start() -> Result<Self> {
+        let restate = RestateServer::start().await?;
+        let db = ctrl_testkit::test_database().await?;
+        let podman = Podman::start().await?;
+        images::build_http_image(podman.docker(), V1).await?;
+        images::derive_image(podman.docker(), V1, V2, &[("VERSION", "v2")]).await?;
+        let [worker_port, worker_health, api_port, krane_health] = free_ports()?;
+        let mut stops = Vec::new();
+
+        let worker: ctrl_worker::config::Config = parse(
+            &format!(
+                "[restate]\nlisten = \"127.0.0.1:{worker_port}\"\nadmin_url = \"{admin}\"\nregister_as = \"http://127.0.0.1:{worker_port}\"\n\
+                 [database]\nurl = \"{url}\"\n[health]\nlisten = \"127.0.0.1:{worker_health}\"\n\
+                 [deploy]\nreadiness_timeout_seconds = {READINESS_TIMEOUT_SECONDS}\n",
+                admin = restate.admin_url(),
+                url = db.url,
+            ),
+            ctrl_worker::config::ENV_PREFIX,
+        )?;
+        let pool = db.pool.clone();
+        spawn_until_stopped(&mut stops, "ctrl-worker", move |stop| async move {
+            ctrl_worker::startup::run(&worker, pool, async {
+                let _ = stop.await;
+            })
+            .await
+        });
+
+        // ctrl-api serving the agents' ClusterService too, as in the dev stack.
+        let api: ctrl_api::config::Config = parse(
+            &format!(
+                "[http]\nlisten = \"127.0.0.1:{api_port}\"\n[auth]\ntokens = [\"{TOKEN}\"]\n[database]\nurl = \"{url}\"\n\
+                 [vault]\nkeys = [{{ id = \"k1\", key = \"{VAULT_KEY}\" }}]\n\
+                 [restate]\ningress_url = \"{ingress}\"\nadmin_url = \"{admin}\"\n\
+                 [cluster_sync]\npoll_interval_ms = 50\n",
+                url = db.url,
+                ingress = restate.ingress_url(),
+                admin = restate.admin_url(),
+            ),
+            ctrl_api::config::ENV_PREFIX,
+        )?;
+        let listener = tokio::net::TcpListener::bind(api.http.listen).await?;
+        let pool = db.pool.clone();
+        spawn_until_stopped(&mut stops, "ctrl-api", move |stop| async move {
+            ctrl_api::server::serve(&api, listener, pool, async {
+                let _ = stop.await;
+            })
+            .await
+        });
+        let api_url = format!("http://127.0.0.1:{api_port}");
+
+        let krane: krane::config::Config = parse(
+            &format!(
+                "[cluster]\nplatform = \"dev\"\nregion = \"local\"\ncell_id = \"local-1\"\n\
+                 [control]\nurl = \"{api_url}\"\ntoken = \"{TOKEN}\"\n\
+                 [docker]\nsocket = \"{socket}\"\ndrain_delay_ms = 200\n\
+                 [vault]\nkeys = [{{ id = \"k1\", key = \"{VAULT_KEY}\" }}]\n\
+                 [agent]\nreconcile_seconds = 2\nreport_seconds = 1\nreconnect_min_ms = 100\nreconnect_max_ms = 300\n\
+                 [http]\nlisten = \"127.0.0.1:{krane_health}\"\n",
+                socket = podman.socket().display(),
+            ),
+            krane::config::ENV_PREFIX,
+        )?;
+        spawn_until_stopped(&mut stops, "krane", move |stop| async move {
+            krane::run::run(&krane, async {
+                let _ = stop.await;
+            })
+            .await
+        });
+
+        let stack = Self {
+            api_url,
+            cwd: tempfile::tempdir()?,
+            _db: db,
+            _podman: podman,
+            _restate: restate,
+            stops,
+        };
+        // Ready once krane registered its region (deployments need one).
+        wait_for(&format!("http://127.0.0.1:{krane_health}/health/ready")).await?;
+        Ok(stack)
+    }
+
+    /// Runs `ctrl args…` with the stack's address and token in the
+    /// environment, as after sourcing stack.env.
+    pub(crate) async fn ctrl(&self, args: &[&str]) -> Result<Run> {
+        run_ctrl(
+            args,
+            &[
+                ("CTRL_API_URL", self.api_url.as_str()),
+                ("CTRL_TOKEN", TOKEN),
+            ],
+            self.cwd.path(),
+        )
+        .await
+    }
+
+    /// Runs `ctrl args…` and fails unless it exits 0.
+    pub(crate) async fn ok(&self, args: &[&str]) -> Result<Run> {
+        let run = self.ctrl(args).await?;
+        if !run.success() {
+            bail!("ctrl {} failed:\n{run}", args.join(" "));
+        }
+        Ok(run)
+    }
+
+    /// Runs `ctrl -o json args…` and parses its stdout.
+    pub(crate) async fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        let run = self.ok(&all).await?;
+        serde_json::from_str(&run.stdout)
+            .with_context(|| format!("ctrl {} printed no JSON:\n{run}", all.join(" ")))
+    }
+}
+
+/// A finished `ctrl` run.
+pub(crate) struct Run {
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+impl Run {
+    pub(crate) fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs the real binary with only `env` (and PATH) in its environment, in
+/// `cwd`, without a terminal; bounded so a hang fails the test.
+pub(crate) async fn run_ctrl(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Result<Run> {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ctrl"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out: Output = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .with_context(|| format!("ctrl {} did not finish within 120 s", args.join(" ")))??;
+    Ok(Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// Waits until `url` answers 200.
+async fn wait_for(url: &str) -> Result<()> {
+    let client = ctrl_testkit::http_client();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if client
+            .get(url)
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{url} did not answer within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// GETs `url` and returns the body.
+pub(crate) async fn fetch(url: &str) -> Result<String> {
+    Ok(ctrl_testkit::http_client()
+        .get(url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
