@@ -15,13 +15,16 @@ use tonic::transport::{Channel, Endpoint};
 /// Where ctrl-api answers when nothing says otherwise (the local stack).
 pub const DEFAULT_API_URL: &str = "http://127.0.0.1:7091";
 
-/// The API address and token, from the first source that has them: flags,
-/// then the environment, then the nearest `.dev/stack.env`.
+/// The API address, token and default workspace, each from the first source
+/// that has it: flags, then the environment, then the nearest
+/// `.dev/stack.env`.
 #[derive(Clone)]
 pub struct Target {
     /// ctrl-api's address.
     pub url: String,
     token: Option<String>,
+    /// The workspace to use when none is named (`CTRL_WORKSPACE`).
+    pub workspace: Option<String>,
     /// Where the settings came from, for error messages.
     pub stack_env: Option<PathBuf>,
 }
@@ -31,6 +34,7 @@ impl std::fmt::Debug for Target {
         f.debug_struct("Target")
             .field("url", &self.url)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("workspace", &self.workspace)
             .field("stack_env", &self.stack_env)
             .finish()
     }
@@ -42,6 +46,7 @@ impl Target {
     pub fn resolve(
         url_flag: Option<String>,
         token_flag: Option<String>,
+        workspace_flag: Option<String>,
         env: &HashMap<String, String>,
         cwd: &Path,
     ) -> Result<Self> {
@@ -57,6 +62,7 @@ impl Target {
         Ok(Self {
             url: pick(url_flag, "CTRL_API_URL").unwrap_or_else(|| DEFAULT_API_URL.to_owned()),
             token: pick(token_flag, "CTRL_TOKEN"),
+            workspace: pick(workspace_flag, "CTRL_WORKSPACE"),
             stack_env: found,
         })
     }

@@ -9,7 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     version,
     about = "Deploy apps with ctrl and move their traffic",
     after_help = "The API address and token come from --api-url/--token, CTRL_API_URL/CTRL_TOKEN, \
-                  or the .dev/stack.env the local stack writes (found in this directory or a parent)."
+                  or the .dev/stack.env the local stack writes (found in this directory or a parent), \
+                  which also names the demo workspace (CTRL_WORKSPACE)."
 )]
 pub struct Cli {
     /// ctrl-api's address [env: CTRL_API_URL; default: stack.env, then http://127.0.0.1:7091]
@@ -18,7 +19,7 @@ pub struct Cli {
     /// API token [env: CTRL_TOKEN; default: stack.env]
     #[arg(long, global = true, hide_env_values = true)]
     pub token: Option<String>,
-    /// Workspace (id or slug); needed only when there is more than one [env: CTRL_WORKSPACE]
+    /// Workspace (id or slug); needed only when there is more than one [env: CTRL_WORKSPACE; default: stack.env]
     #[arg(long, short = 'w', global = true)]
     pub workspace: Option<String>,
     /// Output format: tables and progress for people, JSON for scripts.

@@ -28,8 +28,8 @@ pub async fn run(
     env: &HashMap<String, String>,
     cwd: &std::path::Path,
 ) -> Result<ExitCode> {
-    let target = api::Target::resolve(cli.api_url, cli.token, env, cwd)?;
+    let target = api::Target::resolve(cli.api_url, cli.token, cli.workspace, env, cwd)?;
     let api = api::Api::new(&target, Duration::from_secs(cli.timeout.max(1)))?;
-    let ctx = commands::Ctx::new(api, cli.workspace, cli.output, env);
+    let ctx = commands::Ctx::new(api, target.workspace, cli.output, env);
     commands::run(&ctx, cli.command).await
 }

@@ -1,10 +1,13 @@
 //! `cargo xtask dev`: the local stack.
 //!
-//! Starts MariaDB (with the `ctrl` database migrated), restate-server and the
-//! podman Docker API — plus the ctrl services as they come to exist — with
-//! state and logs under `.dev/`, writes the endpoints and the API token to
-//! `.dev/stack.env`, and runs until Ctrl-C or SIGTERM, then stops everything
-//! it started. Re-running reuses the data in `.dev/`.
+//! Starts MariaDB (with the `ctrl` database migrated), restate-server, the
+//! podman Docker API, ctrl-worker, ctrl-api (serving the agents'
+//! ClusterService too) and krane as the agent of region `dev/local`, with
+//! state and logs under `.dev/`; writes the endpoints, the API token and the
+//! demo workspace to `.dev/stack.env`; then deploys the demo app through the
+//! `ctrl` CLI (see [`crate::demo`]) and prints where it answers. Runs until
+//! Ctrl-C or SIGTERM, then stops everything it started. Re-running reuses
+//! the data in `.dev/` — the demo included.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -16,10 +19,24 @@ use base64::Engine;
 use clap::Args;
 use ctrl_testkit::process::{ProcessId, Supervised};
 use ctrl_testkit::{MariaDb, Podman, RestatePorts, RestateServer, reaper};
+
+use crate::demo;
 use rand::RngCore;
 use sqlx::Connection;
 use sqlx::mysql::MySqlConnection;
 use tokio::signal::unix::{SignalKind, signal};
+
+/// The stack's default ports, which docker-compose.yml publishes too.
+pub(crate) mod ports {
+    pub(crate) const MYSQL: u16 = 3307;
+    pub(crate) const RESTATE_INGRESS: u16 = 8080;
+    pub(crate) const RESTATE_ADMIN: u16 = 9070;
+    pub(crate) const RESTATE_FABRIC: u16 = 5122;
+    pub(crate) const API: u16 = 7091;
+    pub(crate) const WORKER: u16 = 9080;
+    pub(crate) const WORKER_HEALTH: u16 = 9081;
+    pub(crate) const KRANE_HEALTH: u16 = 8070;
+}
 
 /// Where the stack lives and which ports it uses.
 #[derive(Debug, Args)]
@@ -28,31 +45,31 @@ pub(crate) struct DevArgs {
     #[arg(long, env = "CTRL_DEV_DIR", default_value = ".dev")]
     dir: PathBuf,
     /// MariaDB's port.
-    #[arg(long, env = "CTRL_DEV_MYSQL_PORT", default_value_t = 3307)]
+    #[arg(long, env = "CTRL_DEV_MYSQL_PORT", default_value_t = ports::MYSQL)]
     mysql_port: u16,
     /// Restate's ingress port.
-    #[arg(long, env = "CTRL_DEV_RESTATE_INGRESS_PORT", default_value_t = 8080)]
+    #[arg(long, env = "CTRL_DEV_RESTATE_INGRESS_PORT", default_value_t = ports::RESTATE_INGRESS)]
     restate_ingress_port: u16,
     /// Restate's admin API port.
-    #[arg(long, env = "CTRL_DEV_RESTATE_ADMIN_PORT", default_value_t = 9070)]
+    #[arg(long, env = "CTRL_DEV_RESTATE_ADMIN_PORT", default_value_t = ports::RESTATE_ADMIN)]
     restate_admin_port: u16,
     /// Restate's node-to-node port.
-    #[arg(long, env = "CTRL_DEV_RESTATE_FABRIC_PORT", default_value_t = 5122)]
+    #[arg(long, env = "CTRL_DEV_RESTATE_FABRIC_PORT", default_value_t = ports::RESTATE_FABRIC)]
     restate_fabric_port: u16,
     /// ctrl-api's port (Connect, gRPC and health).
-    #[arg(long, env = "CTRL_DEV_API_PORT", default_value_t = 7091)]
+    #[arg(long, env = "CTRL_DEV_API_PORT", default_value_t = ports::API)]
     api_port: u16,
     /// ctrl-worker's Restate endpoint port.
-    #[arg(long, env = "CTRL_DEV_WORKER_PORT", default_value_t = 9080)]
+    #[arg(long, env = "CTRL_DEV_WORKER_PORT", default_value_t = ports::WORKER)]
     worker_port: u16,
     /// ctrl-worker's health port.
-    #[arg(long, env = "CTRL_DEV_WORKER_HEALTH_PORT", default_value_t = 9081)]
+    #[arg(long, env = "CTRL_DEV_WORKER_HEALTH_PORT", default_value_t = ports::WORKER_HEALTH)]
     worker_health_port: u16,
     /// krane's health and metrics port.
-    #[arg(long, env = "CTRL_DEV_KRANE_HEALTH_PORT", default_value_t = 8070)]
+    #[arg(long, env = "CTRL_DEV_KRANE_HEALTH_PORT", default_value_t = ports::KRANE_HEALTH)]
     krane_health_port: u16,
-    /// A directory with built ctrl-api, ctrl-worker and krane binaries to run
-    /// instead of building them with cargo.
+    /// A directory with built ctrl-api, ctrl-worker, krane and ctrl binaries
+    /// to run instead of building them with cargo.
     #[arg(long, env = "CTRL_DEV_BIN_DIR")]
     bin_dir: Option<PathBuf>,
 }
@@ -183,13 +200,17 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
              DATABASE_URL={database_url}\n\
              RESTATE_INGRESS_URL={ingress}\n\
              RESTATE_ADMIN_URL={admin}\n\
+             CTRL_WORKSPACE={workspace}\n\
              DOCKER_HOST={docker}\n",
             env = env_file.display(),
             ingress = restate.ingress_url(),
             admin = restate.admin_url(),
             docker = podman.docker_host(),
+            workspace = demo::WORKSPACE,
         ),
     )?;
+    let ctrl_bin = link_cli(&dir, &bin_dir)?;
+    let cli = Path::new(&args.dir).join("bin/ctrl");
 
     println!(
         "\nctrl dev stack is up in {:.1?}\n\
@@ -200,8 +221,7 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
          \x20 Restate      ingress {}  admin {}\n\
          \x20 Docker API   {}\n\
          \x20 logs         {}/{{ctrl-api.log,ctrl-worker.log,krane.log,mariadb/error.log,restate/restate.log,podman/service.log}}\n\
-         \x20 env          {} (endpoints and API token)\n\
-         Press Ctrl-C to stop.",
+         \x20 env          {} (endpoints, API token, demo workspace)",
         started.elapsed(),
         restate.ingress_url(),
         restate.admin_url(),
@@ -214,9 +234,30 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = interrupt.recv() => {}
-        _ = terminate.recv() => {}
+    eprintln!("\nsetting up the demo app {} with the ctrl CLI", demo::APP);
+    let ctrl = demo::Ctrl::new(&ctrl_bin, &api_url, &token);
+    let interrupted = tokio::select! {
+        demo = demo::ensure(&ctrl, &podman) => {
+            match demo {
+                Ok(demo) => print_demo(&demo, &cli, &dir, &env_file),
+                Err(e) => eprintln!(
+                    "\nthe demo deployment did not come up: {e:#}\n\
+                     the stack keeps running; see {}/krane.log and {}/ctrl-worker.log",
+                    dir.display(),
+                    dir.display()
+                ),
+            }
+            false
+        }
+        _ = interrupt.recv() => true,
+        _ = terminate.recv() => true,
+    };
+    if !interrupted {
+        println!("Press Ctrl-C to stop everything.");
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
     }
 
     eprintln!("stopping the dev stack");
@@ -231,6 +272,50 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
     let _ = fs::remove_file(dir.join("xtask-dev.pid"));
     eprintln!("stopped");
     Ok(())
+}
+
+/// What the newcomer sees last: where the demo answers and what to try.
+fn print_demo(demo: &demo::Demo, cli: &Path, dir: &Path, env_file: &Path) {
+    let cli = cli.display();
+    let app = demo::APP;
+    // The CLI looks for `.dev/stack.env` from the working directory up.
+    let finds_env = if dir.file_name().is_some_and(|n| n == ".dev") {
+        "it reads the stack's address and token from .dev/stack.env".to_owned()
+    } else {
+        format!(
+            "first load the stack's settings: set -a; . {}; set +a",
+            env_file.display()
+        )
+    };
+    println!(
+        "\nThe demo app {app} is live ({how} {id}):\n\
+         \x20 {url}   answers {body:?}   (try: curl {url})\n\
+         \n\
+         Try the ctrl CLI ({finds_env}):\n\
+         \x20 {cli} deployments list --app {app}\n\
+         \x20 {cli} deploy --app {app} --image {v2}\n\
+         \x20 {cli} rollback --app {app}\n\
+         \x20 {cli} env set --app {app} GREETING=hello\n\
+         \x20 {cli} --help",
+        how = if demo.reused { "reused" } else { "deployed" },
+        id = demo.deployment,
+        url = demo.url,
+        body = demo.body,
+        v2 = demo::IMAGE_V2,
+    );
+}
+
+/// Links `dir/bin/ctrl` to the built CLI so the printed commands work from
+/// the repository root; returns the binary.
+fn link_cli(dir: &Path, bin_dir: &Path) -> Result<PathBuf> {
+    let bin = bin_dir.join("ctrl");
+    let link_dir = dir.join("bin");
+    fs::create_dir_all(&link_dir).with_context(|| format!("create {}", link_dir.display()))?;
+    let link = link_dir.join("ctrl");
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(&bin, &link)
+        .with_context(|| format!("link {} to {}", link.display(), bin.display()))?;
+    Ok(bin)
 }
 
 /// Makes sure no other dev stack uses `dir`, and cleans up after one that
@@ -299,7 +384,7 @@ fn secret(path: &Path, bytes: usize, encoding: Encoding) -> Result<String> {
 
 /// Builds the service binaries with the cargo that runs us; returns their directory.
 fn build_services() -> Result<PathBuf> {
-    eprintln!("building ctrl-api, ctrl-worker and krane");
+    eprintln!("building ctrl-api, ctrl-worker, krane and the ctrl CLI");
     let status = std::process::Command::new(crate::deps::cargo())
         .args([
             "build",
@@ -310,12 +395,14 @@ fn build_services() -> Result<PathBuf> {
             "ctrl-worker",
             "-p",
             "krane",
+            "-p",
+            "ctrl-cli",
             "--bins",
         ])
         .status()
         .context("run cargo build")?;
     if !status.success() {
-        bail!("cargo build -p ctrl-api -p ctrl-worker -p krane failed");
+        bail!("cargo build -p ctrl-api -p ctrl-worker -p krane -p ctrl-cli failed");
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -323,7 +410,15 @@ fn build_services() -> Result<PathBuf> {
     Ok(target.join("debug"))
 }
 
-/// Writes ctrl-worker's config and starts it; it registers itself with Restate.
+/// The local stack's config files, shared with docker-compose.yml.
+fn config_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/dev")
+        .join(name)
+}
+
+/// Starts ctrl-worker with `deploy/dev/ctrl-worker.toml`; it registers
+/// itself with Restate.
 fn start_ctrl_worker(
     dir: &Path,
     bin: &Path,
@@ -332,21 +427,20 @@ fn start_ctrl_worker(
     database_url: &str,
     restate: &RestateServer,
 ) -> Result<Supervised> {
-    let config = dir.join("ctrl-worker.toml");
-    write_private(
-        &config,
-        &format!(
-            "# Written by `cargo xtask dev`.\n\
-             [restate]\nlisten = \"127.0.0.1:{port}\"\nadmin_url = \"{admin}\"\nregister_as = \"http://127.0.0.1:{port}\"\n\
-             [database]\nurl = \"${{CTRL_DEV_DATABASE_URL}}\"\n\
-             [health]\nlisten = \"127.0.0.1:{health_port}\"\n",
-            admin = restate.admin_url(),
-        ),
-    )?;
     let mut cmd = std::process::Command::new(bin);
     cmd.arg("--config")
-        .arg(&config)
-        .env("CTRL_DEV_DATABASE_URL", database_url);
+        .arg(config_file("ctrl-worker.toml"))
+        .env("CTRL_WORKER_LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "CTRL_WORKER_REGISTER_AS",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .env(
+            "CTRL_WORKER_HEALTH_LISTEN",
+            format!("127.0.0.1:{health_port}"),
+        )
+        .env("RESTATE_ADMIN_URL", restate.admin_url())
+        .env("DATABASE_URL", database_url);
     Ok(Supervised::spawn(
         "ctrl-worker",
         cmd,
@@ -378,8 +472,8 @@ async fn wait_for_http(process: &mut Supervised, url: &str) -> Result<()> {
     }
 }
 
-/// Writes ctrl-api's config (secrets come in through the environment, by
-/// `${VAR}`) and starts it with its log in `.dev/ctrl-api.log`.
+/// Starts ctrl-api with `deploy/dev/ctrl-api.toml` (secrets come in
+/// through the environment); its log goes to `.dev/ctrl-api.log`.
 fn start_ctrl_api(
     dir: &Path,
     bin: &Path,
@@ -389,30 +483,16 @@ fn start_ctrl_api(
     vault_key: &str,
     restate: &RestateServer,
 ) -> Result<Supervised> {
-    let config = dir.join("ctrl-api.toml");
-    write_private(
-        &config,
-        &format!(
-            "# Written by `cargo xtask dev`.\n\
-             [http]\nlisten = \"127.0.0.1:{port}\"\n\
-             [auth]\ntokens = [\"${{CTRL_TOKEN}}\"]\n\
-             [database]\nurl = \"${{CTRL_DEV_DATABASE_URL}}\"\n\
-             [vault]\nkeys = [{{ id = \"dev\", key = \"${{CTRL_DEV_VAULT_KEY}}\" }}]\n\
-             [restate]\ningress_url = \"${{CTRL_DEV_RESTATE_INGRESS_URL}}\"\n\
-             admin_url = \"${{CTRL_DEV_RESTATE_ADMIN_URL}}\"\n\
-             # Serve the agents' ClusterService on this port too.\n\
-             [cluster_sync]\n"
-        ),
-    )?;
     let mut cmd = std::process::Command::new(bin);
     cmd.arg("--config")
-        .arg(&config)
+        .arg(config_file("ctrl-api.toml"))
         .arg("serve")
+        .env("CTRL_API_LISTEN", format!("127.0.0.1:{port}"))
         .env("CTRL_TOKEN", token)
-        .env("CTRL_DEV_DATABASE_URL", database_url)
-        .env("CTRL_DEV_VAULT_KEY", vault_key)
-        .env("CTRL_DEV_RESTATE_INGRESS_URL", restate.ingress_url())
-        .env("CTRL_DEV_RESTATE_ADMIN_URL", restate.admin_url());
+        .env("DATABASE_URL", database_url)
+        .env("CTRL_VAULT_KEY", vault_key)
+        .env("RESTATE_INGRESS_URL", restate.ingress_url())
+        .env("RESTATE_ADMIN_URL", restate.admin_url());
     Ok(Supervised::spawn(
         "ctrl-api",
         cmd,
@@ -421,8 +501,8 @@ fn start_ctrl_api(
     )?)
 }
 
-/// Writes krane's config (the region `dev/local`, talking to the
-/// ClusterService that ctrl-api serves) and starts it.
+/// Starts krane with `deploy/dev/krane.toml`: the region `dev/local`,
+/// talking to the ClusterService that ctrl-api serves, on the stack's podman.
 fn start_krane(
     dir: &Path,
     bin: &Path,
@@ -432,25 +512,14 @@ fn start_krane(
     podman: &Podman,
     health_port: u16,
 ) -> Result<Supervised> {
-    let config = dir.join("krane.toml");
-    write_private(
-        &config,
-        &format!(
-            "# Written by `cargo xtask dev`.\n\
-             [cluster]\nplatform = \"dev\"\nregion = \"local\"\ncell_id = \"local-1\"\n\
-             [control]\nurl = \"{api_url}\"\ntoken = \"${{CTRL_TOKEN}}\"\n\
-             [docker]\nsocket = \"{socket}\"\ndrain_delay_ms = 500\n\
-             [vault]\nkeys = [{{ id = \"dev\", key = \"${{CTRL_DEV_VAULT_KEY}}\" }}]\n\
-             [agent]\nreconcile_seconds = 15\nreport_seconds = 5\n\
-             [http]\nlisten = \"127.0.0.1:{health_port}\"\n",
-            socket = podman.socket().display(),
-        ),
-    )?;
     let mut cmd = std::process::Command::new(bin);
     cmd.arg("--config")
-        .arg(&config)
+        .arg(config_file("krane.toml"))
+        .env("CTRL_API_URL", api_url)
         .env("CTRL_TOKEN", token)
-        .env("CTRL_DEV_VAULT_KEY", vault_key);
+        .env("CTRL_VAULT_KEY", vault_key)
+        .env("KRANE_DOCKER_SOCKET", podman.socket())
+        .env("KRANE_LISTEN", format!("127.0.0.1:{health_port}"));
     Ok(Supervised::spawn(
         "krane",
         cmd,

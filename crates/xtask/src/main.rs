@@ -3,8 +3,11 @@
 //! - `deps`: install or verify the real dependencies (restate-server,
 //!   MariaDB, podman, ...), idempotently;
 //! - `test`: `deps`, then the whole workspace's tests with cargo-nextest;
-//! - `dev`: `deps`, then the local stack until Ctrl-C.
+//! - `dev`: `deps`, then the local stack with the demo app deployed,
+//!   until Ctrl-C.
 
+mod compose;
+mod demo;
 mod deps;
 mod dev;
 mod test;
@@ -34,7 +37,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Start the local stack (state and logs in .dev/) until Ctrl-C.
+    /// Start the local stack (state and logs in .dev/), deploy the demo app, run until Ctrl-C.
     Dev(dev::DevArgs),
 }
 

@@ -1,6 +1,7 @@
 //! The README's dev command, run for real: it brings the stack up, writes
-//! `stack.env`, keeps data across restarts, and leaves no process behind on
-//! Ctrl-C or when it is killed.
+//! `stack.env`, deploys the demo app through the ctrl CLI (reused on the next
+//! run), prints commands that work as printed, keeps data across restarts,
+//! and leaves no process behind on Ctrl-C or when it is killed.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,12 +20,15 @@ use sqlx::mysql::MySqlConnection;
 struct Stack {
     xtask: Supervised,
     env: HashMap<String, String>,
-    /// restate-server, mariadbd, podman system service.
+    /// restate-server, mariadbd, podman system service, the ctrl services.
     servers: Vec<ProcessId>,
+    /// What xtask printed once the demo was up.
+    output: String,
 }
 
-/// Starts `xtask dev` in `dir` and waits until it has written stack.env.
-fn start(dir: &Path, ports: &[u16; 7]) -> Result<Stack> {
+/// Starts `xtask dev` in `dir` and waits until it has written stack.env and
+/// set up the demo.
+fn start(dir: &Path, ports: &[u16; 8]) -> Result<Stack> {
     // The service binaries the workspace build put next to this xtask binary.
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_xtask"))
         .parent()
@@ -41,9 +45,12 @@ fn start(dir: &Path, ports: &[u16; 7]) -> Result<Stack> {
         .args(["--api-port", &ports[4].to_string()])
         .args(["--worker-port", &ports[5].to_string()])
         .args(["--worker-health-port", &ports[6].to_string()])
+        .args(["--krane-health-port", &ports[7].to_string()])
         .arg("--bin-dir")
         .arg(&bin_dir);
     let log = dir.with_extension("log");
+    // The log is appended to; this run's output starts empty.
+    let _ = std::fs::remove_file(&log);
     let mut xtask = Supervised::spawn("xtask dev", cmd, &log, None)?;
     let env_file = dir.join("stack.env");
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -65,6 +72,7 @@ fn start(dir: &Path, ports: &[u16; 7]) -> Result<Stack> {
         "podman/service.pid",
         "ctrl-api.pid",
         "ctrl-worker.pid",
+        "krane.pid",
     ]
     .iter()
     .map(|f| {
@@ -73,10 +81,22 @@ fn start(dir: &Path, ports: &[u16; 7]) -> Result<Stack> {
             .context(format!("pid file {f}"))
     })
     .collect::<Result<Vec<_>>>()?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let output = loop {
+        let output = std::fs::read_to_string(&log)?;
+        if output.contains("Press Ctrl-C to stop everything.") {
+            break output;
+        }
+        if xtask.exit_status().is_some() || Instant::now() > deadline {
+            bail!("xtask dev did not set up the demo:\n{}", xtask.log_tail(40));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     Ok(Stack {
         xtask,
         env,
         servers,
+        output,
     })
 }
 
@@ -92,8 +112,9 @@ fn assert_gone(ids: &[ProcessId]) {
 #[tokio::test]
 async fn dev_stack_comes_up_keeps_data_and_stops_cleanly() -> Result<()> {
     let root = tempfile::tempdir()?;
-    let dir = root.path().join("dev");
-    let ports: [u16; 7] = free_ports()?;
+    // `.dev` as in a clone, so the printed commands find stack.env from `root`.
+    let dir = root.path().join(".dev");
+    let ports: [u16; 8] = free_ports()?;
 
     // First run: everything is reachable through what stack.env says.
     let mut stack = start(&dir, &ports)?;
@@ -112,6 +133,23 @@ async fn dev_stack_comes_up_keeps_data_and_stops_cleanly() -> Result<()> {
         );
     }
     assert!(stack.env["CTRL_TOKEN"].len() >= 32);
+    assert_eq!(stack.env["CTRL_WORKSPACE"], "demo");
+
+    // The demo was deployed and answers where the output says.
+    assert!(
+        stack
+            .output
+            .contains("The demo app demo/hello is live (deployed d_"),
+        "{}",
+        stack.output
+    );
+    assert_eq!(demo_answer(&stack.output).await?, "v1");
+    // Every printed CLI command works as printed, from the clone's root.
+    let commands = printed_commands(&stack.output);
+    assert!(commands.len() >= 4, "{}", stack.output);
+    for command in &commands {
+        run_printed(command, root.path())?;
+    }
     let mut db = MySqlConnection::connect(&stack.env["DATABASE_URL"]).await?;
     sqlx::query("SELECT COUNT(*) FROM _sqlx_migrations")
         .execute(&mut db)
@@ -172,6 +210,15 @@ async fn dev_stack_comes_up_keeps_data_and_stops_cleanly() -> Result<()> {
         .execute(&mut db)
         .await?;
     drop(db);
+    // The demo is reused: krane ran its live deployment again.
+    assert!(
+        stack
+            .output
+            .contains("The demo app demo/hello is live (reused d_"),
+        "{}",
+        stack.output
+    );
+    assert!(!demo_answer(&stack.output).await?.is_empty());
 
     // Killed outright (no chance to clean up): its servers die with it.
     kill(Pid::from_raw(stack.xtask.id().pid), Signal::SIGKILL)?;
@@ -179,5 +226,57 @@ async fn dev_stack_comes_up_keeps_data_and_stops_cleanly() -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_gone(&stack.servers);
+    Ok(())
+}
+
+/// GETs the demo URL printed as "  http://127.0.0.1:PORT   answers …".
+async fn demo_answer(output: &str) -> Result<String> {
+    let url = output
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("http://127.0.0.1:") && l.contains("answers"))
+        .and_then(|l| l.split_whitespace().next())
+        .context("no demo URL printed")?;
+    Ok(http_client()
+        .get(url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?
+        .trim()
+        .to_owned())
+}
+
+/// The commands printed under "Try the ctrl CLI".
+fn printed_commands(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .skip_while(|l| !l.starts_with("Try the ctrl CLI"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| l.trim().to_owned())
+        .collect()
+}
+
+/// Runs a printed command in `cwd` with nothing from this environment but
+/// PATH (the CLI must find stack.env by itself).
+fn run_printed(command: &str, cwd: &Path) -> Result<()> {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let out = Command::new(cwd.join(words[0]))
+        .args(&words[1..])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .current_dir(cwd)
+        .output()
+        .with_context(|| format!("run {command}"))?;
+    if !out.status.success() {
+        bail!(
+            "`{command}` failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     Ok(())
 }

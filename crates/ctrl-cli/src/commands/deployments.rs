@@ -182,25 +182,33 @@ pub(super) fn print(d: &pb::Deployment) -> Result<()> {
     Ok(())
 }
 
-/// Where a deployment answers: its hostnames (through the edge, over
-/// HTTPS), then each running instance's own address.
+/// Where a deployment answers: its hostnames (served over HTTPS by the
+/// edge), then each running instance's own address.
 pub(super) fn urls(d: &pb::Deployment) -> Vec<String> {
-    let mut out: Vec<String> = d
+    let mut out: Vec<(String, String)> = d
         .hostnames
         .iter()
-        .map(|h| format!("https://{}", h.fqdn))
+        .map(|h| {
+            (
+                format!("https://{}", h.fqdn),
+                "hostname, through the edge".into(),
+            )
+        })
         .collect();
     for r in &d.regions {
         for i in &r.instances {
             if i.status == pb::InstanceStatus::Running as i32 {
-                out.push(format!(
-                    "http://{}  (instance in {})",
-                    i.address, r.region_name
+                out.push((
+                    format!("http://{}", i.address),
+                    format!("instance in {}", r.region_name),
                 ));
             }
         }
     }
-    out
+    let width = out.iter().map(|(url, _)| url.len()).max().unwrap_or(0);
+    out.into_iter()
+        .map(|(url, what)| format!("{url:<width$}  ({what})"))
+        .collect()
 }
 
 fn instance_status(value: i32) -> String {

@@ -23,7 +23,7 @@ use crate::resolve;
 pub struct Ctx {
     /// The API client.
     pub api: Api,
-    /// `--workspace` / `CTRL_WORKSPACE`.
+    /// `--workspace`, else `CTRL_WORKSPACE` (also read from stack.env).
     pub workspace: Option<String>,
     /// `--output`.
     pub output: Output,
@@ -41,8 +41,7 @@ impl Ctx {
     ) -> Self {
         Self {
             api,
-            workspace: workspace
-                .or_else(|| env.get("CTRL_WORKSPACE").filter(|w| !w.is_empty()).cloned()),
+            workspace,
             output,
             user: env.get("USER").cloned().unwrap_or_else(|| "cli".into()),
         }

@@ -53,7 +53,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: EnvCommand) -> Result<()> {
                 .collect::<Result<Vec<_>>>()?;
             let app = resolve::app(api, ctx.workspace_ref(), &target.app).await?;
             let req = api.request(pb::SetEnvironmentVariablesRequest {
-                app_id: app.id,
+                app_id: app.id.clone(),
                 environment_slug: target.env.clone(),
                 variables,
                 actor: Some(ctx.actor()),
@@ -66,9 +66,9 @@ pub(super) async fn run(ctx: &Ctx, cmd: EnvCommand) -> Result<()> {
                 .await?
                 .keys;
             ctx.done(&format!(
-                "set {} in {}/{} (new deployments get them)",
+                "set {} in {} ({}); new deployments get them",
                 keys.join(", "),
-                app.slug,
+                super::deploy::app_label(&target.app, &app),
                 target.env
             ))
         }

@@ -1,0 +1,198 @@
+//! The deployment the dev stack ends with, made through the `ctrl` CLI as a
+//! user would: workspace `demo`, project `demo`, app `hello`, the tiny
+//! images `localhost/hello:v1` and `:v2` built on the stack's podman, and v1
+//! deployed with its progress on the terminal. A re-run reuses all of it:
+//! krane brings the live deployment's containers back on its own.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ctrl_testkit::{Podman, images};
+use serde_json::Value;
+
+pub(crate) const WORKSPACE: &str = "demo";
+pub(crate) const APP: &str = "demo/hello";
+pub(crate) const IMAGE_V1: &str = "localhost/hello:v1";
+pub(crate) const IMAGE_V2: &str = "localhost/hello:v2";
+
+/// The demo's live deployment and where it answers.
+#[derive(Debug)]
+pub(crate) struct Demo {
+    pub(crate) deployment: String,
+    pub(crate) url: String,
+    pub(crate) body: String,
+    pub(crate) reused: bool,
+}
+
+/// Runs the `ctrl` binary with the stack's address, token and workspace.
+#[derive(Debug)]
+pub(crate) struct Ctrl {
+    bin: PathBuf,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Ctrl {
+    pub(crate) fn new(bin: &Path, api_url: &str, token: &str) -> Self {
+        Self {
+            bin: bin.to_owned(),
+            env: vec![
+                ("CTRL_API_URL", api_url.to_owned()),
+                ("CTRL_TOKEN", token.to_owned()),
+                ("CTRL_WORKSPACE", WORKSPACE.to_owned()),
+            ],
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        cmd.args(args)
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// `ctrl -o json args…`, parsed.
+    async fn json(&self, args: &[&str]) -> Result<Value> {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        let out = tokio::time::timeout(Duration::from_secs(60), self.command(&all).output())
+            .await
+            .with_context(|| format!("ctrl {} hung", all.join(" ")))??;
+        if !out.status.success() {
+            bail!(
+                "ctrl {} failed: {}",
+                all.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("ctrl {} printed no JSON", all.join(" ")))
+    }
+
+    /// `ctrl args…` with its output on this terminal.
+    async fn show(&self, args: &[&str]) -> Result<()> {
+        let status = self.command(args).status().await?;
+        if !status.success() {
+            bail!("ctrl {} failed", args.join(" "));
+        }
+        Ok(())
+    }
+}
+
+fn has_slug(list: &Value, slug: &str) -> bool {
+    list.as_array()
+        .is_some_and(|all| all.iter().any(|x| x["slug"] == slug))
+}
+
+/// Makes sure the demo exists and runs; returns where it answers.
+pub(crate) async fn ensure(ctrl: &Ctrl, podman: &Podman) -> Result<Demo> {
+    images::build_http_image(podman.docker(), IMAGE_V1).await?;
+    images::derive_image(podman.docker(), IMAGE_V1, IMAGE_V2, &[("VERSION", "v2")]).await?;
+
+    if !has_slug(&ctrl.json(&["workspaces", "list"]).await?, WORKSPACE) {
+        ctrl.show(&["workspaces", "create", WORKSPACE, "--name", "Demo"])
+            .await?;
+    }
+    let (project, app) = APP.split_once('/').unwrap_or((APP, APP));
+    if !has_slug(&ctrl.json(&["projects", "list"]).await?, project) {
+        ctrl.show(&["projects", "create", project, "--name", "Demo"])
+            .await?;
+    }
+    if !has_slug(
+        &ctrl.json(&["apps", "list", "--project", project]).await?,
+        app,
+    ) {
+        ctrl.show(&[
+            "apps",
+            "create",
+            app,
+            "--project",
+            project,
+            "--name",
+            "Hello",
+        ])
+        .await?;
+    }
+
+    let live = live_deployment(ctrl).await?;
+    if let Some(id) = &live {
+        eprintln!("the demo's live deployment {id} exists; waiting for krane to run it again");
+        if let Some(url) = running_instance(ctrl, id, Duration::from_secs(90)).await? {
+            return answered(id.clone(), url, true).await;
+        }
+        eprintln!("{id} is not running; deploying the demo again");
+    }
+    eprintln!();
+    ctrl.show(&["deploy", "--app", APP, "--image", IMAGE_V1])
+        .await?;
+    let id = live_deployment(ctrl)
+        .await?
+        .context("the demo deployment finished but is not live")?;
+    let url = running_instance(ctrl, &id, Duration::from_secs(30))
+        .await?
+        .with_context(|| format!("{id} is ready but reports no running instance"))?;
+    answered(id, url, false).await
+}
+
+async fn live_deployment(ctrl: &Ctrl) -> Result<Option<String>> {
+    let app = ctrl.json(&["apps", "get", APP]).await?;
+    Ok(app["liveDeploymentId"]
+        .as_str()
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned))
+}
+
+/// The address of a running instance of a ready deployment, once there is
+/// one; `None` if it is not ready or none runs within `wait`.
+async fn running_instance(ctrl: &Ctrl, id: &str, wait: Duration) -> Result<Option<String>> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let d = ctrl.json(&["deployments", "get", id]).await?;
+        if d["status"] != "DEPLOYMENT_STATUS_READY" {
+            return Ok(None);
+        }
+        let running = d["regions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r["instances"].as_array().into_iter().flatten())
+            .find(|i| i["status"] == "INSTANCE_STATUS_RUNNING")
+            .and_then(|i| i["address"].as_str());
+        if let Some(address) = running {
+            return Ok(Some(format!("http://{address}")));
+        }
+        if Instant::now() > deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Checks that the demo answers at `url` (a container may need a moment).
+async fn answered(deployment: String, url: String, reused: bool) -> Result<Demo> {
+    let client = ctrl_testkit::http_client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = client
+            .get(&url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        match response {
+            Ok(r) if r.status().is_success() => {
+                let body = r.text().await.unwrap_or_default().trim().to_owned();
+                return Ok(Demo {
+                    deployment,
+                    url,
+                    body,
+                    reused,
+                });
+            }
+            _ if Instant::now() > deadline => bail!("the demo at {url} does not answer"),
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
