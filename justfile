@@ -3,7 +3,7 @@
 default:
     @just --list
 
-# Start the local stack until Ctrl-C (state and logs in .dev/).
+# Start the local stack and deploy the demo app, until Ctrl-C (state and logs in .dev/).
 dev:
     cargo xtask dev
 
@@ -22,6 +22,10 @@ bench-docker *ARGS:
 # Change propagation to 1/10/50 agents and a 10,000-deployment snapshot.
 bench-sync *ARGS:
     cargo bench -p krane --bench sync_propagation -- {{ARGS}}
+
+# The ctrl CLI against the running local stack, e.g. `just ctrl deployments list --app demo/hello`.
+ctrl *ARGS:
+    cargo run -q -p ctrl-cli -- {{ARGS}}
 
 # Install or verify the real dependencies.
 deps:

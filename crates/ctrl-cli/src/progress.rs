@@ -41,6 +41,14 @@ impl Progress {
         }
     }
 
+    /// Stops drawing at once (on Ctrl-C): the screen keeps its last frame,
+    /// and nothing races the terminal's echo of the interrupt.
+    pub fn interrupt(&mut self) {
+        if let Self::Live(live) = self {
+            live.multi.set_draw_target(ProgressDrawTarget::hidden());
+        }
+    }
+
     /// Ends the display: bars still spinning are left as they are.
     pub fn finish(&mut self) {
         if let Self::Live(live) = self {

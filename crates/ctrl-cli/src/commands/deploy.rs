@@ -90,7 +90,7 @@ pub(super) async fn run(ctx: &Ctx, args: DeployArgs) -> Result<ExitCode> {
     let followed = tokio::select! {
         d = follow(ctx, &id, &mut progress) => d,
         _ = tokio::signal::ctrl_c() => {
-            progress.finish();
+            progress.interrupt();
             eprintln!(
                 "\nStopped following {id}; it goes on. `ctrl deployments get {id}` shows it, `ctrl cancel {id}` stops it."
             );
