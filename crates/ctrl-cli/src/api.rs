@@ -25,8 +25,6 @@ pub struct Target {
     token: Option<String>,
     /// The workspace to use when none is named (`CTRL_WORKSPACE`).
     pub workspace: Option<String>,
-    /// Where the settings came from, for error messages.
-    pub stack_env: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Target {
@@ -35,7 +33,6 @@ impl std::fmt::Debug for Target {
             .field("url", &self.url)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("workspace", &self.workspace)
-            .field("stack_env", &self.stack_env)
             .finish()
     }
 }
@@ -50,9 +47,8 @@ impl Target {
         env: &HashMap<String, String>,
         cwd: &Path,
     ) -> Result<Self> {
-        let found = find_stack_env(cwd);
-        let stack = match &found {
-            Some(path) => read_env_file(path)?,
+        let stack = match find_stack_env(cwd) {
+            Some(path) => read_env_file(&path)?,
             None => HashMap::new(),
         };
         let pick = |flag: Option<String>, key: &str| {
@@ -63,7 +59,6 @@ impl Target {
             url: pick(url_flag, "CTRL_API_URL").unwrap_or_else(|| DEFAULT_API_URL.to_owned()),
             token: pick(token_flag, "CTRL_TOKEN"),
             workspace: pick(workspace_flag, "CTRL_WORKSPACE"),
-            stack_env: found,
         })
     }
 }

@@ -10,69 +10,75 @@ use crate::api::Api;
 /// The largest page the API serves.
 const PAGE: i32 = 200;
 
-fn page(token: String) -> Option<pb::PageRequest> {
-    Some(pb::PageRequest {
-        page_size: PAGE,
-        page_token: token,
-    })
-}
-
-fn next(page: Option<pb::PageResponse>) -> Option<String> {
-    page.map(|p| p.next_page_token).filter(|t| !t.is_empty())
+/// Every item of a paged list: `fetch` gets one page for a page token and
+/// returns its items and paging answer.
+async fn all_pages<T, Fut>(mut fetch: impl FnMut(Option<pb::PageRequest>) -> Fut) -> Result<Vec<T>>
+where
+    Fut: Future<Output = Result<(Vec<T>, Option<pb::PageResponse>)>>,
+{
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (items, page) = fetch(Some(pb::PageRequest {
+            page_size: PAGE,
+            page_token: token,
+        }))
+        .await?;
+        out.extend(items);
+        match page.map(|p| p.next_page_token).filter(|t| !t.is_empty()) {
+            Some(next) => token = next,
+            None => return Ok(out),
+        }
+    }
 }
 
 /// Every workspace.
 pub async fn all_workspaces(api: &Api) -> Result<Vec<pb::Workspace>> {
-    let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
-        let req = api.request(pb::ListWorkspacesRequest { page: page(token) });
+    all_pages(|page| async move {
+        let req = api.request(pb::ListWorkspacesRequest { page });
         let res = api
             .call("listing workspaces", api.workspaces().list_workspaces(req))
             .await?;
-        out.extend(res.workspaces);
-        match next(res.page) {
-            Some(t) => token = t,
-            None => return Ok(out),
-        }
-    }
+        Ok((res.workspaces, res.page))
+    })
+    .await
 }
 
 /// Every project of a workspace.
 pub async fn all_projects(api: &Api, workspace_id: &str) -> Result<Vec<pb::Project>> {
-    let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
+    all_pages(|page| async move {
         let req = api.request(pb::ListProjectsRequest {
             workspace_id: workspace_id.to_owned(),
-            page: page(token),
+            page,
         });
         let res = api
             .call("listing projects", api.projects().list_projects(req))
             .await?;
-        out.extend(res.projects);
-        match next(res.page) {
-            Some(t) => token = t,
-            None => return Ok(out),
-        }
-    }
+        Ok((res.projects, res.page))
+    })
+    .await
 }
 
 /// Every app of a project.
 pub async fn all_apps(api: &Api, project_id: &str) -> Result<Vec<pb::App>> {
-    let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
+    all_pages(|page| async move {
         let req = api.request(pb::ListAppsRequest {
             project_id: project_id.to_owned(),
-            page: page(token),
+            page,
         });
         let res = api.call("listing apps", api.apps().list_apps(req)).await?;
-        out.extend(res.apps);
-        match next(res.page) {
-            Some(t) => token = t,
-            None => return Ok(out),
-        }
+        Ok((res.apps, res.page))
+    })
+    .await
+}
+
+/// How a command names an app back to the user: as they typed it
+/// (`project/app` or a slug), or its slug when they gave an id.
+pub fn app_label(named: &str, app: &pb::App) -> String {
+    if named.starts_with("app_") {
+        app.slug.clone()
+    } else {
+        named.to_owned()
     }
 }
 

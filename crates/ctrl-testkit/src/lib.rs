@@ -7,12 +7,15 @@
 //! go away: handles kill their process group on drop, the kernel kills them if
 //! the owner dies (panic, timeout, SIGKILL), and stale leftovers of crashed
 //! runs are reaped through pid files (see [`process`] and [`reaper`]).
-//! Startup failures carry the dependency's log tail.
+//! Startup failures carry the dependency's log tail. ctrl's own services,
+//! when a test runs them as tasks, are stopped the same way by an
+//! [`InProcess`] set; [`wait_until_ok`] waits for their health endpoints.
 //!
 //! It does not install anything: `cargo xtask deps` does, into the locations
 //! named in [`paths`]. Nothing here is a mock; each handle is the real server.
 
 pub mod images;
+pub mod in_process;
 pub mod mariadb;
 pub mod paths;
 pub mod podman;
@@ -26,6 +29,7 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::time::Duration;
 
 pub use error::Error;
+pub use in_process::InProcess;
 pub use mariadb::{MariaDb, TestDatabase, test_database};
 pub use podman::{Podman, StorageDriver};
 pub use restate::{RestatePorts, RestateServer};
@@ -68,4 +72,34 @@ pub fn http_client() -> reqwest::Client {
         .timeout(Duration::from_secs(30))
         .build()
         .expect("build an HTTP client")
+}
+
+/// Waits until `url` answers a 2xx status (e.g. a `/health/ready`), polling
+/// every 100 ms for at most `limit`.
+pub async fn wait_until_ok(url: &str, limit: Duration) -> Result<(), Error> {
+    let client = http_client();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let answer = client
+            .get(url)
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await;
+        match answer {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) if tokio::time::Instant::now() > deadline => {
+                return Err(Error::request(
+                    format!("waiting for {url}"),
+                    format!("still {} after {limit:?}", r.status()),
+                ));
+            }
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                return Err(Error::request(
+                    format!("waiting for {url}"),
+                    format!("no answer after {limit:?}: {e}"),
+                ));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }

@@ -84,7 +84,7 @@ pub(super) async fn run(ctx: &Ctx, args: DeployArgs) -> Result<ExitCode> {
 
     eprintln!(
         "Deploying {what} to {} ({env}) as {id}",
-        app_label(&args.target.app, &app)
+        resolve::app_label(&args.target.app, &app)
     );
     let mut progress = Progress::new(std::io::stderr().is_terminal());
     let followed = tokio::select! {
@@ -221,13 +221,4 @@ fn transient(code: tonic::Code) -> bool {
         code,
         Code::Unavailable | Code::Unknown | Code::Internal | Code::DeadlineExceeded | Code::Aborted
     )
-}
-
-/// The app as the user named it (`project/app` or slug), its slug for an id.
-pub(super) fn app_label(named: &str, app: &pb::App) -> String {
-    if named.starts_with("app_") {
-        app.slug.clone()
-    } else {
-        named.to_owned()
-    }
 }

@@ -68,7 +68,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: EnvCommand) -> Result<()> {
             ctx.done(&format!(
                 "set {} in {} ({}); new deployments get them",
                 keys.join(", "),
-                super::deploy::app_label(&target.app, &app),
+                resolve::app_label(&target.app, &app),
                 target.env
             ))
         }

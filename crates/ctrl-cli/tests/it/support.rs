@@ -8,7 +8,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use ctrl_testkit::{Podman, RestateServer, free_ports, images};
+use ctrl_testkit::{InProcess, Podman, RestateServer, free_ports, images, wait_until_ok};
 
 pub(crate) const TOKEN: &str = "cli-test-token-0123456789";
 const VAULT_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -22,18 +22,11 @@ pub(crate) struct Stack {
     pub(crate) api_url: String,
     /// A working directory without a `.dev/stack.env` above it.
     pub(crate) cwd: tempfile::TempDir,
+    // Stopped first (fields drop in order), then the servers they use.
+    _services: InProcess,
     _db: ctrl_testkit::TestDatabase,
     _podman: Podman,
     _restate: RestateServer,
-    stops: Vec<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        for stop in self.stops.drain(..) {
-            let _ = stop.send(());
-        }
-    }
 }
 
 fn parse<T: serde::de::DeserializeOwned + ctrl_runtime::config::Validate>(
@@ -44,24 +37,6 @@ fn parse<T: serde::de::DeserializeOwned + ctrl_runtime::config::Validate>(
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// Spawns `serve` until the stack stops.
-fn spawn_until_stopped<F>(
-    stops: &mut Vec<tokio::sync::oneshot::Sender<()>>,
-    name: &'static str,
-    serve: impl FnOnce(tokio::sync::oneshot::Receiver<()>) -> F,
-) where
-    F: Future<Output = Result<()>> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    stops.push(tx);
-    let task = serve(rx);
-    tokio::spawn(async move {
-        if let Err(e) = task.await {
-            eprintln!("{name}: {e:#}");
-        }
-    });
-}
-
 impl Stack {
     pub(crate) async fn start() -> Result<Self> {
         let restate = RestateServer::start().await?;
@@ -70,7 +45,7 @@ impl Stack {
         images::build_http_image(podman.docker(), V1).await?;
         images::derive_image(podman.docker(), V1, V2, &[("VERSION", "v2")]).await?;
         let [worker_port, worker_health, api_port, krane_health] = free_ports()?;
-        let mut stops = Vec::new();
+        let mut services = InProcess::default();
 
         let worker: ctrl_worker::config::Config = parse(
             &format!(
@@ -83,11 +58,8 @@ impl Stack {
             ctrl_worker::config::ENV_PREFIX,
         )?;
         let pool = db.pool.clone();
-        spawn_until_stopped(&mut stops, "ctrl-worker", move |stop| async move {
-            ctrl_worker::startup::run(&worker, pool, async {
-                let _ = stop.await;
-            })
-            .await
+        services.spawn("ctrl-worker", move |stop| async move {
+            ctrl_worker::startup::run(&worker, pool, stop.wait()).await
         });
 
         // ctrl-api serving the agents' ClusterService too, as in the dev stack.
@@ -105,11 +77,8 @@ impl Stack {
         )?;
         let listener = tokio::net::TcpListener::bind(api.http.listen).await?;
         let pool = db.pool.clone();
-        spawn_until_stopped(&mut stops, "ctrl-api", move |stop| async move {
-            ctrl_api::server::serve(&api, listener, pool, async {
-                let _ = stop.await;
-            })
-            .await
+        services.spawn("ctrl-api", move |stop| async move {
+            ctrl_api::server::serve(&api, listener, pool, stop.wait()).await
         });
         let api_url = format!("http://127.0.0.1:{api_port}");
 
@@ -125,23 +94,24 @@ impl Stack {
             ),
             krane::config::ENV_PREFIX,
         )?;
-        spawn_until_stopped(&mut stops, "krane", move |stop| async move {
-            krane::run::run(&krane, async {
-                let _ = stop.await;
-            })
-            .await
+        services.spawn("krane", move |stop| async move {
+            krane::run::run(&krane, stop.wait()).await
         });
 
         let stack = Self {
             api_url,
             cwd: tempfile::tempdir()?,
+            _services: services,
             _db: db,
             _podman: podman,
             _restate: restate,
-            stops,
         };
         // Ready once krane registered its region (deployments need one).
-        wait_for(&format!("http://127.0.0.1:{krane_health}/health/ready")).await?;
+        wait_until_ok(
+            &format!("http://127.0.0.1:{krane_health}/health/ready"),
+            Duration::from_secs(60),
+        )
+        .await?;
         Ok(stack)
     }
 
@@ -220,27 +190,6 @@ pub(crate) async fn run_ctrl(args: &[&str], env: &[(&str, &str)], cwd: &Path) ->
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
-}
-
-/// Waits until `url` answers 200.
-async fn wait_for(url: &str) -> Result<()> {
-    let client = ctrl_testkit::http_client();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if client
-            .get(url)
-            .timeout(Duration::from_millis(500))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("{url} did not answer within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// GETs `url` and returns the body.

@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use ctrl_proto::ctrl::v1 as pb;
 use ctrl_testkit::process::Supervised;
-use ctrl_testkit::{Podman, RestateServer, free_ports, http_client, images};
+use ctrl_testkit::{
+    InProcess, Podman, RestateServer, free_ports, http_client, images, wait_until_ok,
+};
 use tonic::transport::Channel;
 
 use crate::support::{SyncServer, TOKEN, eventually};
@@ -20,6 +22,8 @@ const V1: &str = "localhost/demo:v1";
 const V2: &str = "localhost/demo:v2";
 
 struct Stack {
+    // Stopped first (fields drop in order), then the servers they use.
+    _services: InProcess,
     db: ctrl_testkit::TestDatabase,
     podman: Podman,
     _restate: RestateServer,
@@ -29,15 +33,6 @@ struct Stack {
     krane_health: u16,
     api: Channel,
     dir: tempfile::TempDir,
-    stops: Vec<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        for stop in self.stops.drain(..) {
-            let _ = stop.send(());
-        }
-    }
 }
 
 fn parse<T: serde::de::DeserializeOwned + ctrl_runtime::config::Validate>(
@@ -57,7 +52,7 @@ impl Stack {
         images::derive_image(podman.docker(), V1, V2, &[("VERSION", "v2")]).await?;
         let dir = tempfile::tempdir()?;
         let [worker_port, worker_health, api_port, krane_health] = free_ports()?;
-        let mut stops = Vec::new();
+        let mut services = InProcess::default();
 
         // ctrl-worker, registered with Restate.
         let worker: ctrl_worker::config::Config = parse(
@@ -70,17 +65,9 @@ impl Stack {
             ),
             ctrl_worker::config::ENV_PREFIX,
         )?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        stops.push(tx);
         let pool = db.pool.clone();
-        tokio::spawn(async move {
-            if let Err(e) = ctrl_worker::startup::run(&worker, pool, async {
-                let _ = rx.await;
-            })
-            .await
-            {
-                eprintln!("worker: {e:#}");
-            }
+        services.spawn("ctrl-worker", move |stop| async move {
+            ctrl_worker::startup::run(&worker, pool, stop.wait()).await
         });
 
         // ctrl-cluster-sync, waking workflows through the real ingress.
@@ -101,14 +88,9 @@ impl Stack {
             ctrl_api::config::ENV_PREFIX,
         )?;
         let listener = tokio::net::TcpListener::bind(api.http.listen).await?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        stops.push(tx);
         let pool = db.pool.clone();
-        tokio::spawn(async move {
-            let _ = ctrl_api::server::serve(&api, listener, pool, async {
-                let _ = rx.await;
-            })
-            .await;
+        services.spawn("ctrl-api", move |stop| async move {
+            ctrl_api::server::serve(&api, listener, pool, stop.wait()).await
         });
 
         let krane_config = dir.path().join("krane.toml");
@@ -128,6 +110,7 @@ impl Stack {
         let api_channel =
             Channel::from_shared(format!("http://127.0.0.1:{api_port}"))?.connect_lazy();
         let mut stack = Self {
+            _services: services,
             db,
             podman,
             _restate: restate,
@@ -137,19 +120,11 @@ impl Stack {
             krane_health,
             api: api_channel,
             dir,
-            stops,
         };
         stack.start_krane().await?;
-        eventually(
+        wait_until_ok(
+            &format!("http://127.0.0.1:{worker_health}/health/ready"),
             Duration::from_secs(30),
-            "the worker to register",
-            || async move {
-                Ok(http_client()
-                    .get(format!("http://127.0.0.1:{worker_health}/health/ready"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success()))
-            },
         )
         .await?;
         Ok(stack)
@@ -162,17 +137,9 @@ impl Stack {
             .env("RUST_LOG", "info");
         let log = self.dir.path().join("krane.log");
         self.krane = Some(Supervised::spawn("krane", cmd, &log, None)?);
-        let port = self.krane_health;
-        eventually(
+        wait_until_ok(
+            &format!("http://127.0.0.1:{}/health/ready", self.krane_health),
             Duration::from_secs(30),
-            "krane to be ready",
-            || async move {
-                Ok(http_client()
-                    .get(format!("http://127.0.0.1:{port}/health/ready"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success()))
-            },
         )
         .await
         .with_context(|| self.krane_log())
