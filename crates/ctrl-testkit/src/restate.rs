@@ -2,7 +2,7 @@
 //!
 //! Tests get a fresh server with its own data directory and free ports, tuned
 //! for speed (one partition, a 1 s retry-backoff cap so a restarted service is
-//! retried at once, small RocksDB budget). The dev stack uses the same type
+//! retried at once, small RocksDB budget, no WAL fsync for throwaway data). The dev stack uses the same type
 //! with fixed ports and a persistent data directory.
 
 use std::path::{Path, PathBuf};
@@ -76,7 +76,8 @@ impl RestateBuilder {
         self
     }
 
-    /// The server's log filter (default `warn`).
+    /// The server's log filter (default: warnings, plus the few lines that
+    /// trace startup, so a stalled start shows how far it got).
     pub fn log_filter(mut self, filter: impl Into<String>) -> Self {
         self.log_filter = filter.into();
         self
@@ -87,7 +88,9 @@ impl RestateBuilder {
         let binary = paths::restate_server_bin()?;
         let (dir, scratch) = reaper::instance_dir(self.data_dir.as_deref(), "restate-")?;
         // Free ports can be taken by a parallel test between our probe and the
-        // server's bind; retry with new ports if that is what went wrong.
+        // server's bind, and on a loaded machine a fresh server has been seen
+        // to stall silently during its first start. Both are retried (bounded)
+        // on new ports and, for a throwaway directory, fresh data.
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -109,16 +112,46 @@ impl RestateBuilder {
                     server._scratch = scratch;
                     return Ok(server);
                 }
-                Err(Error::Startup { tail, .. })
-                    if self.ports.is_none() && attempt < 3 && tail.contains("in use") =>
-                {
-                    continue;
+                Err(e) if attempt < START_ATTEMPTS && self.may_retry(&e, scratch.is_some()) => {
+                    eprintln!("restate-server: attempt {attempt} failed, starting again: {e}");
+                    if scratch.is_some() {
+                        remove_data(&dir)?;
+                    }
                 }
                 Err(e) => return Err(e),
             }
         }
     }
+
+    /// Whether a failed start is worth another attempt: only with ports we
+    /// chose (a fixed port in use stays in use), and a stall only when the
+    /// data is ours to throw away.
+    fn may_retry(&self, error: &Error, throwaway: bool) -> bool {
+        let Error::Startup { reason, tail, .. } = error else {
+            return false;
+        };
+        self.ports.is_none()
+            && (tail.contains("in use") || (throwaway && reason.starts_with("not ready")))
+    }
 }
+
+/// How many times [`RestateBuilder::start`] tries before giving up.
+const START_ATTEMPTS: u32 = 3;
+
+/// Empties a throwaway server's data so the next attempt starts fresh.
+fn remove_data(dir: &Path) -> Result<(), Error> {
+    let data = dir.join("data");
+    match std::fs::remove_dir_all(&data) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::io(format!("remove {}", data.display()), e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Warnings, and the startup milestones: node provisioning, the listeners.
+const STARTUP_LOG_FILTER: &str = "warn,restate_node=info,restate_core::network::net_util=info,\
+restate_ingress_http::server=info,restate_admin::service=info";
 
 /// A running `restate-server`; killed (and its throwaway data deleted) on drop.
 #[derive(Debug)]
@@ -141,8 +174,8 @@ impl RestateServer {
             ports: None,
             fast_retries: true,
             inactivity_timeout: None,
-            log_filter: "warn".into(),
-            startup_timeout: Duration::from_secs(30),
+            log_filter: STARTUP_LOG_FILTER.into(),
+            startup_timeout: Duration::from_secs(40),
         }
     }
 
@@ -243,6 +276,13 @@ impl RestateServer {
             .env("RESTATE_INGRESS__BIND_PORT", self.ports.ingress.to_string())
             .env("RESTATE_ADMIN__BIND_PORT", self.ports.admin.to_string())
             .env("RESTATE_BIND_PORT", self.ports.fabric.to_string());
+        if o.data_dir.is_none() {
+            // Throwaway data: write the logs' WAL without fsync. A SIGKILL
+            // (the crash tests) still loses nothing, and a busy disk cannot
+            // stall the server for seconds.
+            cmd.env("RESTATE_LOG_SERVER__ROCKSDB_DISABLE_WAL_FSYNC", "true")
+                .env("RESTATE_BIFROST__LOCAL__ROCKSDB_DISABLE_WAL_FSYNC", "true");
+        }
         if o.fast_retries {
             cmd.env("RESTATE_DEFAULT_RETRY_POLICY__MAX_INTERVAL", "1s");
         }

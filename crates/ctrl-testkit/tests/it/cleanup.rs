@@ -14,7 +14,8 @@ fn spawn_owner(mode: &str) -> Result<(std::process::Child, Vec<ProcessId>)> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_testkit-owner"))
         .arg(mode)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // Inherited: the owner's startup messages land in this test's output.
+        .stderr(Stdio::inherit())
         .spawn()?;
     let mut line = String::new();
     BufReader::new(child.stdout.take().context("owner stdout")?).read_line(&mut line)?;
