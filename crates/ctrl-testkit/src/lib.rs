@@ -39,28 +39,77 @@ pub use restate::{RestatePorts, RestateServer};
 /// Another process may take it before it is used; the starters retry with a
 /// new port when a bind fails for that reason.
 pub fn free_port() -> Result<u16, Error> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| Error::io("find a free port on 127.0.0.1", e))
+    free_ports::<1>().map(|[port]| port)
 }
 
 /// `N` distinct TCP ports on 127.0.0.1 that were free a moment ago. Unlike
 /// `N` calls of [`free_port`], which may return the same port twice, every
 /// port is held until all are chosen.
 pub fn free_ports<const N: usize>() -> Result<[u16; N], Error> {
-    let listeners = (0..N)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::io("find free ports on 127.0.0.1", e))?;
+    let context = "find free ports on 127.0.0.1";
+    // Every listener stays bound until the end, so no port comes twice.
+    let mut held = Vec::new();
     let mut ports = [0; N];
-    for (port, listener) in ports.iter_mut().zip(&listeners) {
-        *port = listener
+    let mut found = 0;
+    while found < N {
+        if held.len() >= N + MAX_HIJACKED_PORTS {
+            return Err(Error::request(
+                context,
+                format!(
+                    "{MAX_HIJACKED_PORTS} ports in a row are redirected elsewhere (stale container port rules?)"
+                ),
+            ));
+        }
+        let listener =
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| Error::io(context, e))?;
+        let port = listener
             .local_addr()
-            .map_err(|e| Error::io("find free ports on 127.0.0.1", e))?
+            .map_err(|e| Error::io(context, e))?
             .port();
+        if reaches(&listener) {
+            ports[found] = port;
+            found += 1;
+        }
+        held.push(listener);
     }
     Ok(ports)
+}
+
+/// How many redirected ports [`free_ports`] skips before it gives up.
+const MAX_HIJACKED_PORTS: usize = 20;
+
+/// Whether a connection to the listener's port arrives at the listener.
+/// A port can be free to bind yet redirected: a NAT rule left by a
+/// container whose cleanup never ran (podman's rootful port forwarding)
+/// sends loopback traffic for it to a dead address, so a server bound
+/// there never sees its clients.
+fn reaches(listener: &TcpListener) -> bool {
+    let Ok(addr) = listener.local_addr() else {
+        return false;
+    };
+    let Ok(client) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let Ok(me) = client.local_addr() else {
+        return false;
+    };
+    if listener.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_millis(500);
+    loop {
+        match listener.accept() {
+            Ok((_, peer)) if peer == me => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() > deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(_) => return false,
+        }
+    }
 }
 
 /// An HTTP client for talking to local dependencies: short timeouts, and no
@@ -101,5 +150,19 @@ pub async fn wait_until_ok(url: &str, limit: Duration) -> Result<(), Error> {
             }
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_listener_is_reached_and_ports_are_distinct() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        assert!(reaches(&listener));
+        let ports = free_ports::<8>().unwrap();
+        let distinct: std::collections::BTreeSet<u16> = ports.into_iter().collect();
+        assert_eq!(distinct.len(), 8);
     }
 }

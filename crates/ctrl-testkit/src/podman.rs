@@ -237,9 +237,12 @@ fn configure(cmd: &mut Command, dir: &Path) {
         .env("CONTAINERS_STORAGE_CONF", dir.join(STORAGE_CONF));
 }
 
-/// Force-removes all containers of the instance in `dir` (best effort,
-/// bounded: used on drop and by the reaper after a crash).
-pub(crate) fn remove_all_containers(dir: &Path) {
+/// Force-removes all containers of the podman instance in `dir` (best
+/// effort, bounded): used on drop, by the reaper after a crash, and by
+/// tests whose stack was killed outright — a container outlives its owner
+/// (it runs under conmon), and so does its port-forwarding rule unless
+/// podman removes it.
+pub fn remove_all_containers(dir: &Path) {
     let Ok(podman) = paths::system_program("podman") else {
         return;
     };

@@ -112,6 +112,10 @@ fn assert_gone(ids: &[ProcessId]) {
 #[tokio::test]
 async fn dev_stack_comes_up_keeps_data_and_stops_cleanly() -> Result<()> {
     let root = tempfile::tempdir()?;
+    // Killed outright at the end, the stack leaves its containers running
+    // (as a user's would, until the next `xtask dev`); the test removes
+    // them, also when it fails. Dropped before `root`.
+    let _containers = RemoveContainers(root.path().join(".dev/podman"));
     // `.dev` as in a clone, so the printed commands find stack.env from `root`.
     let dir = root.path().join(".dev");
     let ports: [u16; 8] = free_ports()?;
@@ -227,6 +231,15 @@ async fn dev_stack_comes_up_keeps_data_and_stops_cleanly() -> Result<()> {
     }
     assert_gone(&stack.servers);
     Ok(())
+}
+
+/// Removes every container of the stack's podman on drop.
+struct RemoveContainers(std::path::PathBuf);
+
+impl Drop for RemoveContainers {
+    fn drop(&mut self) {
+        ctrl_testkit::podman::remove_all_containers(&self.0);
+    }
 }
 
 /// GETs the demo URL printed as "  http://127.0.0.1:PORT   answers …".

@@ -254,9 +254,12 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
 
 /// podman reports a container whose process just exited as `stopped` until
 /// its cleanup ran (milliseconds later), a state Docker's API does not
-/// have; bollard then fails to decode the answer.
+/// have; bollard then fails to decode the answer. In the same window an
+/// inspect can fail with a 500 reading the gone process's cgroup.
 fn is_transient_podman_state(e: &bollard::errors::Error) -> bool {
-    e.to_string().contains("unknown variant `stopped`")
+    let text = e.to_string();
+    text.contains("unknown variant `stopped`")
+        || (text.contains("/cgroup") && text.contains("no such process"))
 }
 
 #[async_trait]
