@@ -29,6 +29,10 @@ pub struct Config {
     /// enabled; otherwise run ctrl-cluster-sync on its own).
     #[serde(default)]
     pub cluster_sync: Option<ctrl_cluster_sync::config::SyncConfig>,
+    /// Read instance logs from the agents that serve them (absent =
+    /// StreamDeploymentLogs answers failed_precondition).
+    #[serde(default)]
+    pub agent_logs: Option<AgentLogsConfig>,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -63,6 +67,22 @@ pub struct RestateConfig {
     pub admin_url: String,
 }
 
+/// Reading logs from the agents' log endpoints.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentLogsConfig {
+    /// The bearer token the agents accept (their `logs.token`).
+    pub token: String,
+}
+
+impl std::fmt::Debug for AgentLogsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentLogsConfig")
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
 impl Validate for Config {
     fn validate(&self, v: &mut Validator) {
         self.auth.validate(v);
@@ -76,6 +96,13 @@ impl Validate for Config {
             0..=600,
         );
         self.vault.validate(v);
+        if let Some(logs) = &self.agent_logs {
+            v.check(
+                logs.token.len() >= 16,
+                "agent_logs.token",
+                "must be at least 16 characters",
+            );
+        }
         self.log.validate(v);
         v.url(
             "restate.ingress_url",
@@ -145,6 +172,27 @@ mod tests {
                 && !debug.contains("AAEC"),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let env: HashMap<String, String> = [
+            ("CTRL_API_TOKEN", "0123456789abcdef0123"),
+            ("CTRL_DB_PASSWORD", "pw"),
+            (
+                "CTRL_VAULT_KEY",
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            ),
+            ("CTRL_AGENT_LOGS_TOKEN", "fedcba9876543210fedcba"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
+        let text = include_str!("../../../deploy/ctrl-api.example.toml");
+        let c: Config =
+            ctrl_runtime::config::parse(text, "ctrl-api.example.toml", &env, ENV_PREFIX).unwrap();
+        assert!(c.agent_logs.is_some());
+        assert!(!format!("{c:?}").contains("fedcba9876543210fedcba"));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! [`services`] holds the RPC implementations as plain functions over
 //! [`state::AppState`] — validation with ctrl-core, persistence with ctrl-db —
 //! returning [`error::ApiError`], which maps to Connect/gRPC codes in one place.
+//! [`agent_logs`] reads instance output from the regions' agents.
 
+pub mod agent_logs;
 pub mod config;
 pub mod error;
 pub mod observe;

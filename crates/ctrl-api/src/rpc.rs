@@ -177,6 +177,47 @@ async fn watch_deployment(
     )))
 }
 
+/// DeploymentService.StreamDeploymentLogs: every region's agent read at
+/// once, lines forwarded as they arrive; ends when every region has ended
+/// (never, with follow, until the client leaves or the server drains).
+async fn stream_deployment_logs(
+    State(state): State<AppState>,
+    _auth: Authorized,
+    ConnectRequest(req): ConnectRequest<pb::StreamDeploymentLogsRequest>,
+) -> Result<ConnectResponse<StreamBody<BoxedStream<pb::StreamDeploymentLogsResponse>>>, ConnectError>
+{
+    let (agents, sources) = deployment::log_sources(&state, &req)
+        .await
+        .map_err(to_connect)?;
+    let request = crate::agent_logs::LogRequest {
+        deployment_id: req.deployment_id,
+        follow: req.follow,
+        tail: match req.tail_lines {
+            0 => deployment::DEFAULT_LOG_TAIL,
+            n => n,
+        },
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    for source in sources {
+        let (agents, request, tx) = (agents.clone(), request.clone(), tx.clone());
+        let stop = state.shutdown_signal();
+        tokio::spawn(async move {
+            if source.logs_url.is_empty() {
+                let why = "its agent does not serve logs ([logs] in its krane config)";
+                let _ = tx
+                    .send(crate::agent_logs::notice(&source.region_name, why))
+                    .await;
+            } else {
+                agents.forward(&source, &request, &tx, stop).await;
+            }
+        });
+    }
+    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|m| m.map(Ok)));
+    Ok(ConnectResponse::new(StreamBody::new(
+        Box::pin(stream) as BoxedStream<_>
+    )))
+}
+
 fn is_terminal(d: &pb::Deployment) -> bool {
     use pb::DeploymentStatus as P;
     matches!(
@@ -338,6 +379,7 @@ pub fn router_with(
             .get_deployment(get_deployment)
             .list_deployments(list_deployments)
             .watch_deployment(watch_deployment)
+            .stream_deployment_logs(stream_deployment_logs)
             .with_state(state.clone())
             .build();
     let (regions, regions_grpc) =

@@ -28,6 +28,10 @@ pub async fn serve(
         config.vault().context("vault keys")?,
         &config.auth.tokens,
         restate,
+        config
+            .agent_logs
+            .as_ref()
+            .map(|l| crate::agent_logs::AgentLogs::new(&l.token)),
     );
     let cluster = config.cluster_sync.as_ref().map(|sync| {
         ctrl_cluster_sync::ClusterSync::new(

@@ -19,6 +19,7 @@ struct Inner {
     db: MySqlPool,
     vault: Vault,
     tokens: ctrl_runtime::auth::BearerTokens,
+    agent_logs: Option<crate::agent_logs::AgentLogs>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -32,12 +33,14 @@ impl std::fmt::Debug for AppState {
 
 impl AppState {
     /// State over a database pool, a vault, the accepted bearer tokens
-    /// (several, so tokens can rotate) and Restate's ingress.
+    /// (several, so tokens can rotate), Restate's ingress and, optionally,
+    /// the client reading logs from the agents.
     pub fn new(
         db: MySqlPool,
         vault: Vault,
         tokens: &[String],
         restate: (crate::restate::Ingress, crate::restate::Admin),
+        agent_logs: Option<crate::agent_logs::AgentLogs>,
     ) -> Self {
         let (ingress, admin) = restate;
         let (shutdown, _) = tokio::sync::watch::channel(false);
@@ -49,6 +52,7 @@ impl AppState {
                 db,
                 vault,
                 tokens: ctrl_runtime::auth::BearerTokens::new(tokens),
+                agent_logs,
             }),
         }
     }
@@ -90,6 +94,11 @@ impl AppState {
     /// The accepted bearer tokens.
     pub fn tokens(&self) -> &ctrl_runtime::auth::BearerTokens {
         &self.inner.tokens
+    }
+
+    /// The client for the agents' log endpoints, when configured.
+    pub fn agent_logs(&self) -> Option<&crate::agent_logs::AgentLogs> {
+        self.inner.agent_logs.as_ref()
     }
 
     /// The current time in unix milliseconds.

@@ -75,6 +75,8 @@ pub enum Command {
     Stop(DeploymentArg),
     /// Start a stopped deployment's instances again.
     Wake(DeploymentArg),
+    /// Print a deployment's output (its instances' stdout and stderr).
+    Logs(LogsArgs),
 }
 
 /// `ctrl workspaces …`
@@ -303,6 +305,29 @@ pub struct RollbackArgs {
     /// The app (when no deployment is named).
     #[arg(long, short)]
     pub app: Option<String>,
+}
+
+/// `ctrl logs …`
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The deployment (d_…); default: the live deployment of --app.
+    #[arg(required_unless_present = "app")]
+    pub deployment: Option<String>,
+    /// The app whose live deployment to read (when no deployment is named).
+    #[arg(long, short, conflicts_with = "deployment")]
+    pub app: Option<String>,
+    /// Keep printing new lines until interrupted.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Lines of each instance's past output to start with (at most 10000).
+    #[arg(long, short = 'n', default_value_t = 100)]
+    pub tail: u32,
+    /// Only this region.
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Start each line with the time the engine recorded it.
+    #[arg(long, short)]
+    pub timestamps: bool,
 }
 
 /// One deployment by id.

@@ -202,6 +202,11 @@ pub async fn heartbeat(
             "agent_version: at most 64 characters",
         ));
     }
+    if !req.logs_url.is_empty() && !is_logs_url(&req.logs_url) {
+        return Err(ConnectError::new_invalid_argument(
+            "logs_url: must be empty or an http(s) URL of at most 255 characters",
+        ));
+    }
     let (cluster_id, region_id) = {
         let mut rng = rand::rng();
         (
@@ -217,6 +222,7 @@ pub async fn heartbeat(
         cell_id: &key.cell_id,
         backend,
         agent_version: &req.agent_version,
+        logs_url: req.logs_url.trim_end_matches('/'),
     };
     let mut tx = sync.db().begin().await.map_err(|e| db_error(e.into()))?;
     let cluster = match ctrl_db::cluster::heartbeat(&mut tx, &hb, now_ms()).await {
@@ -236,6 +242,13 @@ pub async fn heartbeat(
         heartbeat_interval_ms: i64::try_from(sync.inner.settings.heartbeat_interval.as_millis())
             .unwrap_or(i64::MAX),
     })
+}
+
+/// An agent's log URL as ctrl-api will call it: http(s), a host, fits the column.
+fn is_logs_url(url: &str) -> bool {
+    url.len() <= 255
+        && reqwest::Url::parse(url)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
 }
 
 /// ClusterService.GetDesiredDeploymentState: one deployment's desired state

@@ -112,6 +112,8 @@ pub struct Cluster {
     pub backend: Backend,
     /// Agent version.
     pub agent_version: String,
+    /// Where the agent serves logs; empty = it does not.
+    pub logs_url: String,
     /// Unix ms.
     pub last_heartbeat_at: i64,
 }
@@ -133,11 +135,13 @@ pub struct Heartbeat<'a> {
     pub backend: Backend,
     /// Agent version.
     pub agent_version: &'a str,
+    /// Where the agent serves logs; empty = it does not.
+    pub logs_url: &'a str,
 }
 
 const CLUSTER: &str =
     "SELECT c.id, c.region_id, r.name AS region_name, r.platform, c.cell_id, c.backend,
-    c.agent_version, c.last_heartbeat_at FROM clusters c JOIN regions r ON r.id = c.region_id";
+    c.agent_version, c.logs_url, c.last_heartbeat_at FROM clusters c JOIN regions r ON r.id = c.region_id";
 
 /// Registers or refreshes a cluster (one per region) and its region (call in
 /// a transaction). A cell id already used by another region's cluster is
@@ -149,10 +153,11 @@ pub async fn heartbeat(
 ) -> Result<Cluster> {
     let region = upsert_region(&mut *conn, hb.new_region_id, hb.region, hb.platform, now).await?;
     sqlx::query(
-        "INSERT INTO clusters (id, region_id, cell_id, backend, agent_version, last_heartbeat_at, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+        "INSERT INTO clusters (id, region_id, cell_id, backend, agent_version, logs_url, last_heartbeat_at, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON DUPLICATE KEY UPDATE cell_id = VALUES(cell_id), backend = VALUES(backend),
-           agent_version = VALUES(agent_version), last_heartbeat_at = VALUES(last_heartbeat_at),
+           agent_version = VALUES(agent_version), logs_url = VALUES(logs_url),
+           last_heartbeat_at = VALUES(last_heartbeat_at),
            updated_at = VALUES(updated_at)",
     )
     .bind(hb.new_cluster_id)
@@ -160,6 +165,7 @@ pub async fn heartbeat(
     .bind(hb.cell_id)
     .bind(hb.backend)
     .bind(hb.agent_version)
+    .bind(hb.logs_url)
     .bind(now)
     .bind(now)
     .bind(now)
@@ -190,4 +196,35 @@ pub async fn find_cluster(
     .fetch_optional(ex)
     .await?
     .ok_or(Error::NotFound("cluster"))
+}
+
+/// Where to read a deployment's logs: one row per region it has instances
+/// in (or had; a stopped topology keeps its row), with that region's agent.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct LogSource {
+    /// Region name.
+    pub region_name: String,
+    /// The region's agent's log URL; empty = no agent serves logs there.
+    pub logs_url: String,
+    /// Unix ms of the agent's last heartbeat, 0 if it never sent one.
+    pub last_heartbeat_at: i64,
+}
+
+/// The deployment's regions and their agents' log URLs, by region name.
+pub async fn log_sources(
+    ex: impl MySqlExecutor<'_>,
+    deployment_id: &str,
+) -> Result<Vec<LogSource>> {
+    Ok(sqlx::query_as(
+        "SELECT r.name AS region_name, COALESCE(c.logs_url, '') AS logs_url,
+                COALESCE(c.last_heartbeat_at, 0) AS last_heartbeat_at
+         FROM deployment_topology t
+         JOIN regions r ON r.id = t.region_id
+         LEFT JOIN clusters c ON c.region_id = t.region_id
+         WHERE t.deployment_id = ?
+         ORDER BY r.name",
+    )
+    .bind(deployment_id)
+    .fetch_all(ex)
+    .await?)
 }

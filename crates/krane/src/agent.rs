@@ -14,7 +14,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ctrl_proto::ctrl::v1 as pb;
 use ctrl_provider::desired::{APP_SERVICE, workload_from_apply};
-use ctrl_provider::{Provider, State, WorkloadStatus};
+use ctrl_provider::{LogLine, LogOptions, Provider, State, WorkloadStatus};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use pb::deployment_state::State as Desired;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
@@ -371,6 +373,46 @@ impl Agent {
                 self.report(apply).await;
             }
         }
+    }
+}
+
+/// A deployment's output in this region: (instance name, line) items.
+pub type InstanceLogs = BoxStream<'static, Result<(String, LogLine), ctrl_provider::Error>>;
+
+/// Why [`Agent::logs`] has nothing to stream.
+#[derive(Debug)]
+pub enum LogsError {
+    /// The deployment has no desired state in this region.
+    NotHere,
+    /// The backend could not read them (e.g. the workload is gone).
+    Provider(ctrl_provider::Error),
+}
+
+impl Agent {
+    /// The output of a deployment's instances here, each line with the
+    /// instance name the status reports use.
+    pub async fn logs(
+        &self,
+        deployment_id: &str,
+        options: &LogOptions,
+    ) -> Result<InstanceLogs, LogsError> {
+        let workload = match lock(&self.inner.desired)
+            .get(deployment_id)
+            .and_then(|s| s.state.as_ref())
+        {
+            Some(Desired::Apply(a)) => a.k8s_name.clone(),
+            Some(Desired::Delete(d)) => d.k8s_name.clone(),
+            None => return Err(LogsError::NotHere),
+        };
+        let lines = self
+            .inner
+            .provider
+            .logs(&workload, options)
+            .await
+            .map_err(LogsError::Provider)?;
+        Ok(lines
+            .map_ok(move |line| (instance_name(&workload, line.replica), line))
+            .boxed())
     }
 }
 

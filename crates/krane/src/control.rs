@@ -16,6 +16,8 @@ pub struct Control {
     client: ClusterServiceClient<InterceptedService<Channel, Bearer>>,
     key: pb::ClusterKey,
     call_timeout: Duration,
+    /// Sent with each heartbeat: where this agent serves logs (empty: not).
+    logs_url: String,
 }
 
 impl Control {
@@ -42,7 +44,15 @@ impl Control {
             client,
             key,
             call_timeout,
+            logs_url: String::new(),
         })
+    }
+
+    /// Advertises `url` as where this agent serves logs (see `[logs]`).
+    #[must_use]
+    pub fn with_logs_url(mut self, url: String) -> Self {
+        self.logs_url = url;
+        self
     }
 
     /// This agent's cluster key.
@@ -84,6 +94,7 @@ impl Control {
             cluster: Some(self.key.clone()),
             agent_version: env!("CARGO_PKG_VERSION").into(),
             backend: backend as i32,
+            logs_url: self.logs_url.clone(),
         };
         let mut client = self.client.clone();
         self.bounded("heartbeat", client.heartbeat(self.unary(req)))

@@ -12,12 +12,15 @@
 //! - [`secrets`]: opens sealed environment variables just before a
 //!   container starts.
 //! - [`control`]: the ClusterService client (bearer token, timeouts).
+//! - [`logs`]: the optional log endpoint ctrl-api reads instance output
+//!   from — the one inbound path into an agent.
 //! - [`config`], [`http`] (health and metrics), [`run`]: the process.
 
 pub mod agent;
 pub mod config;
 pub mod control;
 pub mod http;
+pub mod logs;
 pub mod metrics;
 pub mod run;
 pub mod secrets;

@@ -67,7 +67,8 @@ pub async fn run(
         &config.control.token,
         key,
         Duration::from_secs(config.control.call_timeout_seconds),
-    )?;
+    )?
+    .with_logs_url(config.logs_url());
     let metrics = Metrics::default();
     let agent = Agent::new(
         control.clone(),
@@ -81,9 +82,16 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http.listen))?;
-    tracing::info!(health = %listener.local_addr()?, control = %config.control.url, "krane starting");
+    tracing::info!(health = %listener.local_addr()?, control = %config.control.url, logs = %config.logs_url(), "krane starting");
     let mut http_stop = stop.clone();
-    let app = crate::http::router(state.clone(), metrics.clone());
+    let mut app = crate::http::router(state.clone(), metrics.clone());
+    if let Some(logs) = &config.logs {
+        app = app.merge(crate::logs::router(
+            agent.clone(),
+            config.cluster.region.clone(),
+            &logs.token,
+        ));
+    }
     let http = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {

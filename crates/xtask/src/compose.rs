@@ -149,11 +149,22 @@ mod tests {
         );
         assert_eq!(published("ctrl-api"), [ports::API]);
         assert_eq!(published("ctrl-worker"), [ports::WORKER_HEALTH]);
-        // krane shares the host's network: its own listener is the port.
+        // krane shares the host's network: its own listener is the port,
+        // on every interface so ctrl-api's container reaches its log
+        // endpoint through the host gateway it is given.
         let krane = environment(&doc["services"]["krane"]);
         assert_eq!(
             krane["KRANE_LISTEN"],
-            format!("127.0.0.1:{}", ports::KRANE_HEALTH)
+            format!("0.0.0.0:{}", ports::KRANE_HEALTH)
+        );
+        assert_eq!(
+            krane["KRANE_LOGS_URL"],
+            format!("http://host.docker.internal:{}", ports::KRANE_HEALTH)
+        );
+        assert!(
+            strings(get(&doc["services"]["ctrl-api"], "extra_hosts"))
+                .contains(&"host.docker.internal:host-gateway".to_owned()),
+            "ctrl-api resolves host.docker.internal"
         );
         assert_eq!(
             krane["CTRL_API_URL"],

@@ -293,6 +293,7 @@ fn print_demo(demo: &demo::Demo, cli: &Path, dir: &Path, env_file: &Path) {
          \n\
          Try the ctrl CLI ({finds_env}):\n\
          \x20 {cli} deployments list --app {app}\n\
+         \x20 {cli} logs --app {app}\n\
          \x20 {cli} deploy --app {app} --image {v2}\n\
          \x20 {cli} rollback --app {app}\n\
          \x20 {cli} env set --app {app} GREETING=hello\n\

@@ -243,6 +243,67 @@ pub async fn get_deployment(
     })
 }
 
+/// Past lines per instance when StreamDeploymentLogs does not say.
+pub const DEFAULT_LOG_TAIL: u32 = 100;
+/// The most past lines per instance StreamDeploymentLogs returns.
+pub const MAX_LOG_TAIL: u32 = 10_000;
+
+/// DeploymentService.StreamDeploymentLogs, before streaming: checks the
+/// request and returns the regions to read (each with its agent's log URL,
+/// empty where none serves logs) and the agent client.
+pub async fn log_sources(
+    s: &AppState,
+    req: &pb::StreamDeploymentLogsRequest,
+) -> Result<(crate::agent_logs::AgentLogs, Vec<cluster::LogSource>), ApiError> {
+    validate::id("deployment_id", IdKind::Deployment, &req.deployment_id)?;
+    if req.tail_lines > MAX_LOG_TAIL {
+        return Err(ApiError::invalid(
+            "tail_lines",
+            format!("at most {MAX_LOG_TAIL}"),
+        ));
+    }
+    deployment::get(s.db(), &req.deployment_id).await?;
+    let mut sources = cluster::log_sources(s.db(), &req.deployment_id).await?;
+    if !req.region.is_empty() {
+        let regions: Vec<String> = sources.iter().map(|x| x.region_name.clone()).collect();
+        sources.retain(|x| x.region_name == req.region);
+        if sources.is_empty() {
+            return Err(ApiError::invalid(
+                "region",
+                format!(
+                    "deployment {} does not run in region {:?} (its regions: {})",
+                    req.deployment_id,
+                    req.region,
+                    if regions.is_empty() {
+                        "none yet".into()
+                    } else {
+                        regions.join(", ")
+                    }
+                ),
+            ));
+        }
+    }
+    if sources.is_empty() {
+        return Err(ApiError::FailedPrecondition(format!(
+            "deployment {} has no instances in any region yet",
+            req.deployment_id
+        )));
+    }
+    let Some(agents) = s.agent_logs() else {
+        return Err(ApiError::FailedPrecondition(
+            "instance logs are not enabled: set [agent_logs] in ctrl-api's config and [logs] in the agents'".into(),
+        ));
+    };
+    if sources.iter().all(|x| x.logs_url.is_empty()) {
+        let names: Vec<&str> = sources.iter().map(|x| x.region_name.as_str()).collect();
+        return Err(ApiError::FailedPrecondition(format!(
+            "no agent of region {} serves logs: set [logs] in its krane config",
+            names.join(", ")
+        )));
+    }
+    Ok((agents.clone(), sources))
+}
+
 /// DeploymentService.ListDeployments: newest first.
 pub async fn list_deployments(
     s: &AppState,

@@ -38,7 +38,7 @@ pub(crate) async fn state_with_restate(ingress: &str, admin: &str) -> anyhow::Re
         ctrl_api::restate::Ingress::new(ingress),
         ctrl_api::restate::Admin::new(admin),
     );
-    Ok(AppState::new(db.pool, vault, &tokens, restate))
+    Ok(AppState::new(db.pool, vault, &tokens, restate, None))
 }
 
 /// Serves the API for `state` on 127.0.0.1:<free port>; returns the base URL.

@@ -2,6 +2,7 @@
 
 mod deploy;
 mod deployments;
+mod logs;
 mod tenancy;
 mod variables;
 
@@ -106,6 +107,7 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<ExitCode> {
         Command::Cancel(d) => deployments::cancel(ctx, &d.deployment).await?,
         Command::Stop(d) => deployments::stop(ctx, &d.deployment).await?,
         Command::Wake(d) => deployments::wake(ctx, &d.deployment).await?,
+        Command::Logs(args) => logs::run(ctx, args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -3,5 +3,6 @@
 //! its own for the errors it reports before reaching any server.
 
 mod deploy;
+mod logs;
 mod offline;
 mod support;

@@ -20,6 +20,8 @@ pub(crate) const READINESS_TIMEOUT_SECONDS: u64 = 8;
 /// Every service of a one-region installation; dropping it stops them.
 pub(crate) struct Stack {
     pub(crate) api_url: String,
+    /// krane's HTTP port (health, metrics, logs).
+    pub(crate) krane_url: String,
     /// A working directory without a `.dev/stack.env` above it.
     pub(crate) cwd: tempfile::TempDir,
     // Stopped first (fields drop in order), then the servers they use.
@@ -68,7 +70,7 @@ impl Stack {
                 "[http]\nlisten = \"127.0.0.1:{api_port}\"\n[auth]\ntokens = [\"{TOKEN}\"]\n[database]\nurl = \"{url}\"\n\
                  [vault]\nkeys = [{{ id = \"k1\", key = \"{VAULT_KEY}\" }}]\n\
                  [restate]\ningress_url = \"{ingress}\"\nadmin_url = \"{admin}\"\n\
-                 [cluster_sync]\npoll_interval_ms = 50\n",
+                 [cluster_sync]\npoll_interval_ms = 50\n[agent_logs]\ntoken = \"{TOKEN}\"\n",
                 url = db.url,
                 ingress = restate.ingress_url(),
                 admin = restate.admin_url(),
@@ -89,7 +91,7 @@ impl Stack {
                  [docker]\nsocket = \"{socket}\"\ndrain_delay_ms = 200\n\
                  [vault]\nkeys = [{{ id = \"k1\", key = \"{VAULT_KEY}\" }}]\n\
                  [agent]\nreconcile_seconds = 2\nreport_seconds = 1\nreconnect_min_ms = 100\nreconnect_max_ms = 300\n\
-                 [http]\nlisten = \"127.0.0.1:{krane_health}\"\n",
+                 [http]\nlisten = \"127.0.0.1:{krane_health}\"\n[logs]\ntoken = \"{TOKEN}\"\n",
                 socket = podman.socket().display(),
             ),
             krane::config::ENV_PREFIX,
@@ -100,6 +102,7 @@ impl Stack {
 
         let stack = Self {
             api_url,
+            krane_url: format!("http://127.0.0.1:{krane_health}"),
             cwd: tempfile::tempdir()?,
             _services: services,
             _db: db,
@@ -108,7 +111,7 @@ impl Stack {
         };
         // Ready once krane registered its region (deployments need one).
         wait_until_ok(
-            &format!("http://127.0.0.1:{krane_health}/health/ready"),
+            &format!("{}/health/ready", stack.krane_url),
             Duration::from_secs(60),
         )
         .await?;
@@ -127,6 +130,22 @@ impl Stack {
             self.cwd.path(),
         )
         .await
+    }
+
+    /// Starts `ctrl args…` as [`Stack::ctrl`] does, without waiting: its
+    /// output is piped, and it is killed when dropped.
+    pub(crate) fn spawn_ctrl(&self, args: &[&str]) -> Result<tokio::process::Child> {
+        Ok(ctrl_command(
+            args,
+            &[
+                ("CTRL_API_URL", self.api_url.as_str()),
+                ("CTRL_TOKEN", TOKEN),
+            ],
+            self.cwd.path(),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?)
     }
 
     /// Runs `ctrl args…` and fails unless it exits 0.
@@ -174,14 +193,7 @@ impl std::fmt::Display for Run {
 /// Runs the real binary with only `env` (and PATH) in its environment, in
 /// `cwd`, without a terminal; bounded so a hang fails the test.
 pub(crate) async fn run_ctrl(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Result<Run> {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ctrl"));
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(env.iter().copied())
-        .current_dir(cwd)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
+    let mut cmd = ctrl_command(args, env, cwd);
     let out: Output = tokio::time::timeout(Duration::from_secs(120), cmd.output())
         .await
         .with_context(|| format!("ctrl {} did not finish within 120 s", args.join(" ")))??;
@@ -190,6 +202,20 @@ pub(crate) async fn run_ctrl(args: &[&str], env: &[(&str, &str)], cwd: &Path) ->
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
+}
+
+/// The real binary with only `env` (and PATH) in its environment, in `cwd`,
+/// without a terminal; killed when dropped.
+fn ctrl_command(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ctrl"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    cmd
 }
 
 /// GETs `url` and returns the body.

@@ -1,0 +1,122 @@
+//! `ctrl logs` on the real stack: the instances' output travels from podman
+//! through krane's log endpoint and ctrl-api to the binary — past lines,
+//! JSON for scripts, a followed stream, and the errors a user can hit.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::support::{Stack, TOKEN, V1, fetch};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployments_output_reaches_ctrl_logs_past_and_followed() -> Result<()> {
+    let stack = Stack::start().await?;
+    stack.ok(&["workspaces", "create", "acme"]).await?;
+    stack.ok(&["projects", "create", "shop"]).await?;
+    stack
+        .ok(&["apps", "create", "web", "--project", "shop"])
+        .await?;
+    let deployed = stack.ok(&["deploy", "--app", "web", "--image", V1]).await?;
+    let id = deployed
+        .stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("d_"))
+        .context("a deployment id")?
+        .to_owned();
+    let url = deployed
+        .stdout
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("http://127.0.0.1:"))
+        .and_then(|l| l.split_whitespace().next())
+        .context("an instance URL")?
+        .to_owned();
+    let got = stack.json(&["deployments", "get", &id]).await?;
+    let instance = got["regions"][0]["instances"][0]["name"]
+        .as_str()
+        .context("an instance name")?
+        .to_owned();
+
+    // Past output, prefixed by region/instance: the app's first line.
+    let past = stack.ok(&["logs", &id]).await?;
+    let prefix = format!("local/{instance} | ");
+    assert!(
+        past.stdout
+            .lines()
+            .any(|l| l.starts_with(&prefix) && l.contains("starting v1 on port")),
+        "{past}"
+    );
+
+    // Scripts: one JSON message per line; --app reads the live deployment.
+    let json = stack.ok(&["-o", "json", "logs", "--app", "web"]).await?;
+    let messages = json
+        .stdout
+        .lines()
+        .map(serde_json::from_str::<Value>)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("NDJSON expected:\n{json}"))?;
+    assert!(
+        messages.iter().any(|m| m["region"] == "local"
+            && m["instance"] == instance.as_str()
+            && m["stream"] == "LOG_STREAM_STDOUT"
+            && m["line"]
+                .as_str()
+                .is_some_and(|l| l.contains("starting v1"))),
+        "{json}"
+    );
+
+    // Followed: a request to the app makes httpd log a line (on its
+    // stderr, so on ours), which arrives while `ctrl logs -f` runs.
+    let mut follow = stack.spawn_ctrl(&["logs", "-f", "-n", "0", &id])?;
+    let stderr = follow.stderr.take().context("stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let seen = loop {
+        fetch(&url).await?;
+        match tokio::time::timeout(Duration::from_millis(500), lines.next_line()).await {
+            Ok(Ok(Some(line))) if line.starts_with(&prefix) => break line,
+            Ok(Ok(Some(_))) | Err(_) => {}
+            Ok(Ok(None)) => bail!("ctrl logs -f ended: {:?}", follow.wait().await?),
+            Ok(Err(e)) => return Err(e.into()),
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("no followed line within 20 s");
+        }
+    };
+    assert!(
+        follow.try_wait()?.is_none(),
+        "still following after {seen:?}"
+    );
+    follow.kill().await?;
+
+    // What a user gets wrong, in one line each.
+    let missing = stack.ctrl(&["logs", "d_0000000000000000"]).await?;
+    assert_eq!(missing.code, Some(1), "{missing}");
+    assert!(missing.stderr.contains("not found"), "{missing}");
+    let elsewhere = stack.ctrl(&["logs", &id, "--region", "mars"]).await?;
+    assert_eq!(elsewhere.code, Some(1), "{elsewhere}");
+    assert!(
+        elsewhere.stderr.contains("its regions: local"),
+        "{elsewhere}"
+    );
+    let too_many = stack.ctrl(&["logs", &id, "-n", "20000"]).await?;
+    assert!(too_many.stderr.contains("tail_lines"), "{too_many}");
+
+    // krane's endpoint answers only ctrl-api's token.
+    let endpoint = format!("{}/v1/deployments/{id}/logs", stack.krane_url);
+    let client = ctrl_testkit::http_client();
+    let anonymous = client.get(&endpoint).send().await?;
+    assert_eq!(anonymous.status(), 401);
+    let wrong = client
+        .get(&endpoint)
+        .bearer_auth("not-the-token-at-all")
+        .send()
+        .await?;
+    assert_eq!(wrong.status(), 401);
+    let right = client.get(&endpoint).bearer_auth(TOKEN).send().await?;
+    assert_eq!(right.status(), 200);
+    assert!(right.text().await?.contains("starting v1"));
+    Ok(())
+}
