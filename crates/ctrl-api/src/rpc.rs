@@ -192,10 +192,7 @@ async fn stream_deployment_logs(
     let request = crate::agent_logs::LogRequest {
         deployment_id: req.deployment_id,
         follow: req.follow,
-        tail: match req.tail_lines {
-            0 => deployment::DEFAULT_LOG_TAIL,
-            n => n,
-        },
+        tail: req.tail_lines.unwrap_or(deployment::DEFAULT_LOG_TAIL),
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
     for source in sources {

@@ -319,7 +319,8 @@ pub struct LogsArgs {
     /// Keep printing new lines until interrupted.
     #[arg(long, short)]
     pub follow: bool,
-    /// Lines of each instance's past output to start with (at most 10000).
+    /// Lines of each instance's past output to start with (0: only new
+    /// lines; at most 10000).
     #[arg(long, short = 'n', default_value_t = 100)]
     pub tail: u32,
     /// Only this region.

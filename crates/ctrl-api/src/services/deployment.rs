@@ -256,7 +256,7 @@ pub async fn log_sources(
     req: &pb::StreamDeploymentLogsRequest,
 ) -> Result<(crate::agent_logs::AgentLogs, Vec<cluster::LogSource>), ApiError> {
     validate::id("deployment_id", IdKind::Deployment, &req.deployment_id)?;
-    if req.tail_lines > MAX_LOG_TAIL {
+    if req.tail_lines.is_some_and(|n| n > MAX_LOG_TAIL) {
         return Err(ApiError::invalid(
             "tail_lines",
             format!("at most {MAX_LOG_TAIL}"),

@@ -36,7 +36,7 @@ pub(super) async fn run(ctx: &Ctx, args: LogsArgs) -> Result<()> {
     let req = tonic::Request::new(pb::StreamDeploymentLogsRequest {
         deployment_id: deployment_id.clone(),
         follow: args.follow,
-        tail_lines: args.tail,
+        tail_lines: Some(args.tail),
         region: args.region.unwrap_or_default(),
     });
     let what = format!("reading the logs of {deployment_id}");

@@ -69,6 +69,9 @@ async fn a_deployments_output_reaches_ctrl_logs_past_and_followed() -> Result<()
 
     // Followed: a request to the app makes httpd log a line (on its
     // stderr, so on ours), which arrives while `ctrl logs -f` runs.
+    // "Only new lines" has the engine's one-second resolution (`since`):
+    // start following in a later second than the app's first line.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let mut follow = stack.spawn_ctrl(&["logs", "-f", "-n", "0", &id])?;
     let stderr = follow.stderr.take().context("stderr")?;
     let mut lines = BufReader::new(stderr).lines();
@@ -90,6 +93,16 @@ async fn a_deployments_output_reaches_ctrl_logs_past_and_followed() -> Result<()
         "still following after {seen:?}"
     );
     follow.kill().await?;
+    let mut stdout = String::new();
+    tokio::io::AsyncReadExt::read_to_string(
+        &mut follow.stdout.take().context("stdout")?,
+        &mut stdout,
+    )
+    .await?;
+    assert!(
+        !stdout.contains("starting v1"),
+        "-n 0 prints no past output:\n{stdout}"
+    );
 
     // What a user gets wrong, in one line each.
     let missing = stack.ctrl(&["logs", "d_0000000000000000"]).await?;

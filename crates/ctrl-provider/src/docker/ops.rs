@@ -63,7 +63,8 @@ impl DockerProvider {
             )));
         }
         // podman 4 streams nothing at all for follow with tail=0; "from
-        // now on" is the same request, spelled with `since`.
+        // now on" is the same request, spelled with `since` (whole seconds:
+        // lines of the current second come too).
         let (since, tail) = match (options.follow, options.tail, options.since) {
             (true, Some(0), None) => (Some(SystemTime::now()), None),
             (_, tail, since) => (since, tail),
