@@ -192,7 +192,9 @@ async fn stream_deployment_logs(
     let request = crate::agent_logs::LogRequest {
         deployment_id: req.deployment_id,
         follow: req.follow,
-        tail: req.tail_lines.unwrap_or(deployment::DEFAULT_LOG_TAIL),
+        tail: req
+            .tail_lines
+            .unwrap_or(ctrl_core::logs::DEFAULT_TAIL_LINES),
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
     for source in sources {

@@ -14,6 +14,7 @@
 pub mod domains;
 pub mod gate;
 pub mod id;
+pub mod logs;
 pub mod names;
 pub mod settings;
 pub mod status;

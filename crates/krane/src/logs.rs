@@ -12,6 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use ctrl_core::logs::{DEFAULT_TAIL_LINES, MAX_TAIL_LINES};
 use ctrl_proto::ctrl::v1 as pb;
 use ctrl_provider::{LogLine, LogOptions, LogStream};
 use ctrl_runtime::auth::BearerTokens;
@@ -19,11 +20,6 @@ use futures::StreamExt;
 use serde::Deserialize;
 
 use crate::agent::{Agent, LogsError};
-
-/// Lines of past output per instance when the caller does not say.
-pub const DEFAULT_TAIL: u32 = 100;
-/// The most past lines per instance a caller may ask for.
-pub const MAX_TAIL: u32 = 10_000;
 
 #[derive(Clone)]
 struct Logs {
@@ -67,15 +63,15 @@ async fn logs(
     let Ok(Query(params)) = params else {
         return (
             StatusCode::BAD_REQUEST,
-            "query: only follow=true|false and tail=<0..=10000> are understood",
+            format!("query: only follow=true|false and tail=<0..={MAX_TAIL_LINES}> are understood"),
         )
             .into_response();
     };
-    let tail = params.tail.unwrap_or(DEFAULT_TAIL);
-    if tail > MAX_TAIL {
+    let tail = params.tail.unwrap_or(DEFAULT_TAIL_LINES);
+    if tail > MAX_TAIL_LINES {
         return (
             StatusCode::BAD_REQUEST,
-            format!("tail: at most {MAX_TAIL} lines"),
+            format!("tail: at most {MAX_TAIL_LINES} lines"),
         )
             .into_response();
     }

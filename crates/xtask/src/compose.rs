@@ -147,24 +147,28 @@ mod tests {
             published("restate"),
             [ports::RESTATE_INGRESS, ports::RESTATE_ADMIN]
         );
-        assert_eq!(published("ctrl-api"), [ports::API]);
         assert_eq!(published("ctrl-worker"), [ports::WORKER_HEALTH]);
-        // krane shares the host's network: its own listener is the port,
-        // on every interface so ctrl-api's container reaches its log
-        // endpoint through the host gateway it is given.
+        // ctrl-api and krane share the host's network (ctrl-api reads
+        // krane's log endpoint there): their own listeners are the ports,
+        // on loopback, and they reach the others through published ports.
+        let api = environment(&doc["services"]["ctrl-api"]);
+        assert_eq!(api["CTRL_API_LISTEN"], format!("127.0.0.1:{}", ports::API));
+        assert_eq!(
+            api["DATABASE_URL"],
+            format!("mysql://ctrl:ctrl@127.0.0.1:{}/ctrl", ports::MYSQL)
+        );
+        assert_eq!(
+            api["RESTATE_INGRESS_URL"],
+            format!("http://127.0.0.1:{}", ports::RESTATE_INGRESS)
+        );
+        assert_eq!(
+            api["RESTATE_ADMIN_URL"],
+            format!("http://127.0.0.1:{}", ports::RESTATE_ADMIN)
+        );
         let krane = environment(&doc["services"]["krane"]);
         assert_eq!(
             krane["KRANE_LISTEN"],
-            format!("0.0.0.0:{}", ports::KRANE_HEALTH)
-        );
-        assert_eq!(
-            krane["KRANE_LOGS_URL"],
-            format!("http://host.docker.internal:{}", ports::KRANE_HEALTH)
-        );
-        assert!(
-            strings(get(&doc["services"]["ctrl-api"], "extra_hosts"))
-                .contains(&"host.docker.internal:host-gateway".to_owned()),
-            "ctrl-api resolves host.docker.internal"
+            format!("127.0.0.1:{}", ports::KRANE_HEALTH)
         );
         assert_eq!(
             krane["CTRL_API_URL"],

@@ -4,6 +4,7 @@
 
 use ctrl_core::domains::Sticky;
 use ctrl_core::id::IdKind;
+use ctrl_core::logs::MAX_TAIL_LINES;
 use ctrl_core::status::{DeploymentStatus, DesiredState, StepKind};
 use ctrl_db::deployment::{self, Deployment, ListFilter};
 use ctrl_db::types::{ActorType, InstanceStatus, TriggerKind};
@@ -243,11 +244,6 @@ pub async fn get_deployment(
     })
 }
 
-/// Past lines per instance when StreamDeploymentLogs does not say.
-pub const DEFAULT_LOG_TAIL: u32 = 100;
-/// The most past lines per instance StreamDeploymentLogs returns.
-pub const MAX_LOG_TAIL: u32 = 10_000;
-
 /// DeploymentService.StreamDeploymentLogs, before streaming: checks the
 /// request and returns the regions to read (each with its agent's log URL,
 /// empty where none serves logs) and the agent client.
@@ -256,10 +252,10 @@ pub async fn log_sources(
     req: &pb::StreamDeploymentLogsRequest,
 ) -> Result<(crate::agent_logs::AgentLogs, Vec<cluster::LogSource>), ApiError> {
     validate::id("deployment_id", IdKind::Deployment, &req.deployment_id)?;
-    if req.tail_lines.is_some_and(|n| n > MAX_LOG_TAIL) {
+    if req.tail_lines.is_some_and(|n| n > MAX_TAIL_LINES) {
         return Err(ApiError::invalid(
             "tail_lines",
-            format!("at most {MAX_LOG_TAIL}"),
+            format!("at most {MAX_TAIL_LINES}"),
         ));
     }
     deployment::get(s.db(), &req.deployment_id).await?;

@@ -7,26 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::support::{READINESS_TIMEOUT_SECONDS, Stack, TOKEN, V1, V2, fetch, run_ctrl};
-
-/// The instance URL a successful `ctrl deploy` printed.
-fn instance_url(stdout: &str) -> Result<String> {
-    stdout
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("http://127.0.0.1:"))
-        .and_then(|l| l.split_whitespace().next())
-        .map(str::to_owned)
-        .with_context(|| format!("no instance URL in:\n{stdout}"))
-}
-
-/// The deployment id in `✓ d_… is ready` (or any line naming one).
-fn deployment_id(text: &str) -> Result<String> {
-    text.split_whitespace()
-        .find(|w| w.starts_with("d_"))
-        .map(|w| w.trim_end_matches([',', ':', '.']).to_owned())
-        .with_context(|| format!("no deployment id in:\n{text}"))
-}
+use crate::support::{
+    READINESS_TIMEOUT_SECONDS, Stack, TOKEN, V1, V2, deployment_id, fetch, instance_url, run_ctrl,
+};
 
 fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or_default()

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::support::{Stack, TOKEN, V1, fetch};
+use crate::support::{Stack, TOKEN, V1, deployment_id, fetch, instance_url};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployments_output_reaches_ctrl_logs_past_and_followed() -> Result<()> {
@@ -19,20 +19,8 @@ async fn a_deployments_output_reaches_ctrl_logs_past_and_followed() -> Result<()
         .ok(&["apps", "create", "web", "--project", "shop"])
         .await?;
     let deployed = stack.ok(&["deploy", "--app", "web", "--image", V1]).await?;
-    let id = deployed
-        .stdout
-        .split_whitespace()
-        .find(|w| w.starts_with("d_"))
-        .context("a deployment id")?
-        .to_owned();
-    let url = deployed
-        .stdout
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("http://127.0.0.1:"))
-        .and_then(|l| l.split_whitespace().next())
-        .context("an instance URL")?
-        .to_owned();
+    let id = deployment_id(&deployed.stdout)?;
+    let url = instance_url(&deployed.stdout)?;
     let got = stack.json(&["deployments", "get", &id]).await?;
     let instance = got["regions"][0]["instances"][0]["name"]
         .as_str()

@@ -118,34 +118,27 @@ impl Stack {
         Ok(stack)
     }
 
+    /// The stack's address and token, as stack.env gives them.
+    fn env(&self) -> [(&str, &str); 2] {
+        [
+            ("CTRL_API_URL", self.api_url.as_str()),
+            ("CTRL_TOKEN", TOKEN),
+        ]
+    }
+
     /// Runs `ctrl args…` with the stack's address and token in the
     /// environment, as after sourcing stack.env.
     pub(crate) async fn ctrl(&self, args: &[&str]) -> Result<Run> {
-        run_ctrl(
-            args,
-            &[
-                ("CTRL_API_URL", self.api_url.as_str()),
-                ("CTRL_TOKEN", TOKEN),
-            ],
-            self.cwd.path(),
-        )
-        .await
+        run_ctrl(args, &self.env(), self.cwd.path()).await
     }
 
     /// Starts `ctrl args…` as [`Stack::ctrl`] does, without waiting: its
     /// output is piped, and it is killed when dropped.
     pub(crate) fn spawn_ctrl(&self, args: &[&str]) -> Result<tokio::process::Child> {
-        Ok(ctrl_command(
-            args,
-            &[
-                ("CTRL_API_URL", self.api_url.as_str()),
-                ("CTRL_TOKEN", TOKEN),
-            ],
-            self.cwd.path(),
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?)
+        Ok(ctrl_command(args, &self.env(), self.cwd.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?)
     }
 
     /// Runs `ctrl args…` and fails unless it exits 0.
@@ -216,6 +209,25 @@ fn ctrl_command(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> tokio::proce
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     cmd
+}
+
+/// The instance URL a successful `ctrl deploy` printed.
+pub(crate) fn instance_url(stdout: &str) -> Result<String> {
+    stdout
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("http://127.0.0.1:"))
+        .and_then(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .with_context(|| format!("no instance URL in:\n{stdout}"))
+}
+
+/// The deployment id in `✓ d_… is ready` (or any line naming one).
+pub(crate) fn deployment_id(text: &str) -> Result<String> {
+    text.split_whitespace()
+        .find(|w| w.starts_with("d_"))
+        .map(|w| w.trim_end_matches([',', ':', '.']).to_owned())
+        .with_context(|| format!("no deployment id in:\n{text}"))
 }
 
 /// GETs `url` and returns the body.
