@@ -120,10 +120,10 @@ pub(crate) async fn ensure(ctrl: &Ctrl, podman: &Podman) -> Result<Demo> {
     let live = live_deployment(ctrl).await?;
     if let Some(id) = &live {
         eprintln!("the demo's live deployment {id} exists; waiting for krane to run it again");
-        if let Some(url) = running_instance(ctrl, id, Duration::from_secs(90)).await? {
-            return answered(id.clone(), url, true).await;
+        if let Some((url, body)) = answering_instance(ctrl, id, Duration::from_secs(90)).await? {
+            return Ok(demo(id.clone(), url, body, true));
         }
-        eprintln!("{id} is not running; deploying the demo again");
+        eprintln!("{id} does not answer; deploying the demo again");
     }
     eprintln!();
     ctrl.show(&["deploy", "--app", APP, "--image", IMAGE_V1])
@@ -131,10 +131,19 @@ pub(crate) async fn ensure(ctrl: &Ctrl, podman: &Podman) -> Result<Demo> {
     let id = live_deployment(ctrl)
         .await?
         .context("the demo deployment finished but is not live")?;
-    let url = running_instance(ctrl, &id, Duration::from_secs(30))
+    let (url, body) = answering_instance(ctrl, &id, Duration::from_secs(30))
         .await?
-        .with_context(|| format!("{id} is ready but reports no running instance"))?;
-    answered(id, url, false).await
+        .with_context(|| format!("{id} is ready but no running instance of it answers"))?;
+    Ok(demo(id, url, body, false))
+}
+
+fn demo(deployment: String, url: String, body: String, reused: bool) -> Demo {
+    Demo {
+        deployment,
+        url,
+        body,
+        reused,
+    }
 }
 
 async fn live_deployment(ctrl: &Ctrl) -> Result<Option<String>> {
@@ -145,9 +154,16 @@ async fn live_deployment(ctrl: &Ctrl) -> Result<Option<String>> {
         .map(str::to_owned))
 }
 
-/// The address of a running instance of a ready deployment, once there is
-/// one; `None` if it is not ready or none runs within `wait`.
-async fn running_instance(ctrl: &Ctrl, id: &str, wait: Duration) -> Result<Option<String>> {
+/// The URL and answer of a running instance of a ready deployment, once
+/// one answers; `None` if it is not ready or none answers within `wait`.
+/// The addresses are read again on every try: after a restart the rows
+/// still name the old containers until krane reports the new ones.
+async fn answering_instance(
+    ctrl: &Ctrl,
+    id: &str,
+    wait: Duration,
+) -> Result<Option<(String, String)>> {
+    let client = ctrl_testkit::http_client();
     let deadline = Instant::now() + wait;
     loop {
         let d = ctrl.json(&["deployments", "get", id]).await?;
@@ -159,40 +175,25 @@ async fn running_instance(ctrl: &Ctrl, id: &str, wait: Duration) -> Result<Optio
             .into_iter()
             .flatten()
             .flat_map(|r| r["instances"].as_array().into_iter().flatten())
-            .find(|i| i["status"] == "INSTANCE_STATUS_RUNNING")
-            .and_then(|i| i["address"].as_str());
-        if let Some(address) = running {
-            return Ok(Some(format!("http://{address}")));
+            .filter(|i| i["status"] == "INSTANCE_STATUS_RUNNING")
+            .filter_map(|i| i["address"].as_str());
+        for address in running {
+            let url = format!("http://{address}");
+            let response = client
+                .get(&url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            if let Ok(r) = response
+                && r.status().is_success()
+            {
+                let body = r.text().await.unwrap_or_default().trim().to_owned();
+                return Ok(Some((url, body)));
+            }
         }
         if Instant::now() > deadline {
             return Ok(None);
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// Checks that the demo answers at `url` (a container may need a moment).
-async fn answered(deployment: String, url: String, reused: bool) -> Result<Demo> {
-    let client = ctrl_testkit::http_client();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let response = client
-            .get(&url)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await;
-        match response {
-            Ok(r) if r.status().is_success() => {
-                let body = r.text().await.unwrap_or_default().trim().to_owned();
-                return Ok(Demo {
-                    deployment,
-                    url,
-                    body,
-                    reused,
-                });
-            }
-            _ if Instant::now() > deadline => bail!("the demo at {url} does not answer"),
-            _ => tokio::time::sleep(Duration::from_millis(250)).await,
-        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
