@@ -98,7 +98,7 @@ pub(super) async fn run(ctx: &Ctx, args: DeployArgs) -> Result<ExitCode> {
         }
     };
     progress.finish();
-    let d = followed?;
+    let d = settle_live(ctx, followed?).await?;
 
     if ctx.json() {
         output::json(&d)?;
@@ -212,6 +212,35 @@ async fn follow(ctx: &Ctx, id: &str, progress: &mut Progress) -> Result<pb::Depl
         }
         tokio::time::sleep(Duration::from_millis(250 << failures.min(4))).await;
     }
+}
+
+/// A ready production deployment goes live a moment after it is ready (the
+/// worker's auto-promotion, unless the app is rolled back). Waits briefly
+/// for that, so the result says what is live.
+async fn settle_live(ctx: &Ctx, d: pb::Deployment) -> Result<pb::Deployment> {
+    let ready = d.status == pb::DeploymentStatus::Ready as i32;
+    if !ready || d.is_live || d.environment_slug != "production" {
+        return Ok(d);
+    }
+    let api = &ctx.api;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let req = api.request(pb::GetAppRequest {
+            app_id: d.app_id.clone(),
+        });
+        let app = api
+            .call("reading the app", api.apps().get_app(req))
+            .await?
+            .app
+            .unwrap_or_default();
+        if app.live_deployment_id == d.id {
+            return resolve::deployment(api, &d.id).await;
+        }
+        if app.is_rolled_back {
+            break;
+        }
+    }
+    Ok(d)
 }
 
 /// Whether a failed stream is worth opening again.
