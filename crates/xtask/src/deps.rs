@@ -82,7 +82,10 @@ fn all() -> Vec<Dep> {
             purpose: "containers behind the Docker-compatible API (tests, dev stack)",
             check: check_podman,
             // runc must be named: podman depends on `crun | runc`, and crun
-            // fails on this kind of host (cgroups in hybrid mode).
+            // fails on this kind of host (cgroups in hybrid mode). netavark
+            // executes `iptables` for every published port, but its package
+            // only recommends it. The engine test traces what podman runs
+            // and fails when a package is missing here.
             install: Install::Apt(&[
                 "podman",
                 "runc",
@@ -92,7 +95,14 @@ fn all() -> Vec<Dep> {
                 "fuse-overlayfs",
                 "slirp4netns",
                 "uidmap",
+                "iptables",
             ]),
+        },
+        Dep {
+            name: "strace",
+            purpose: "tracing what podman executes (`deps --check`, the engine test)",
+            check: || dpkg_installed("strace"),
+            install: Install::Apt(&["strace"]),
         },
         Dep {
             name: "busybox-static",
@@ -107,6 +117,43 @@ fn all() -> Vec<Dep> {
             install: Install::Cargo("cargo-nextest"),
         },
     ]
+}
+
+/// Programs ctrl's own code (testkit, xtask) runs by name; each must come
+/// from a package [`apt_packages`] installs. A test keeps this list equal to
+/// what the code names.
+pub(crate) const PROGRAMS: &[&str] = &[
+    "podman",
+    "tar",
+    "mariadbd",
+    "mariadb-install-db",
+    "busybox",
+    "runc",
+    "netavark",
+    "catatonit",
+    "iptables",
+    "dpkg-query",
+    "strace",
+    "sleep",
+];
+
+/// Every Debian package `deps` installs.
+pub(crate) fn apt_packages() -> Vec<&'static str> {
+    all()
+        .into_iter()
+        .filter_map(|d| match d.install {
+            Install::Apt(pkgs) => Some(pkgs.iter().copied()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// `cargo xtask deps`: [`ensure`], then prove that the container engine
+/// runs a container whose published port answers.
+pub(crate) async fn run(check_only: bool) -> Result<()> {
+    ensure(check_only)?;
+    crate::engine::check(&apt_packages()).await
 }
 
 /// Checks every dependency and installs what is missing. With `check_only`,
@@ -223,7 +270,7 @@ fn check_mariadb() -> Result<String, String> {
 }
 
 fn check_podman() -> Result<String, String> {
-    for program in ["runc", "netavark", "catatonit"] {
+    for program in ["runc", "netavark", "catatonit", "iptables"] {
         if paths::system_program(program).is_err()
             && !Path::new("/usr/lib/podman").join(program).is_file()
             && !Path::new("/usr/libexec/podman").join(program).is_file()
@@ -390,7 +437,52 @@ fn npm_platform() -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::at_least;
+    use super::{PROGRAMS, at_least};
+
+    /// Programs the code runs that `deps` does not install: the README's
+    /// prerequisites (the Rust toolchain, Node/npm, apt) and optional tools.
+    const PREREQUISITES: &[&str] = &["cargo", "npm", "apt-get", "sudo", "docker"];
+
+    /// Every program the code names (in `Command::new` or
+    /// `system_program` with a string literal) is in [`PROGRAMS`] or
+    /// [`PREREQUISITES`].
+    #[test]
+    fn every_program_the_code_runs_is_listed() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut named = std::collections::BTreeSet::new();
+        let mut stack = vec![root.join("crates")];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    for marker in ["Command::new(\"", "system_program(\""] {
+                        for (i, _) in text.match_indices(marker) {
+                            let rest = &text[i + marker.len()..];
+                            let name = &rest[..rest.find('"').unwrap()];
+                            named.insert((name.to_owned(), path.display().to_string()));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            named.iter().any(|(n, _)| n == "podman"),
+            "the scan found nothing: {named:?}"
+        );
+        let unlisted: Vec<_> = named
+            .iter()
+            .filter(|(n, _)| {
+                !PROGRAMS.contains(&n.as_str()) && !PREREQUISITES.contains(&n.as_str())
+            })
+            .collect();
+        assert!(
+            unlisted.is_empty(),
+            "programs the code runs that neither `deps` installs nor the README requires: {unlisted:?}"
+        );
+    }
 
     #[test]
     fn compares_dotted_versions() {

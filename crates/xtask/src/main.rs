@@ -10,6 +10,8 @@ mod compose;
 mod demo;
 mod deps;
 mod dev;
+mod engine;
+mod programs;
 mod test;
 
 use std::process::ExitCode;
@@ -25,7 +27,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Install or verify every dependency the tests and the dev stack use.
+    /// Install or verify every dependency the tests and the dev stack use,
+    /// then prove that a container with a published port answers.
     Deps {
         /// Only report; install nothing, fail if something is missing.
         #[arg(long)]
@@ -45,7 +48,7 @@ enum Task {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
-        Task::Deps { check } => deps::ensure(check).map(|()| ExitCode::SUCCESS),
+        Task::Deps { check } => deps::run(check).await.map(|()| ExitCode::SUCCESS),
         Task::Test { args } => test::run(&args).await,
         Task::Dev(args) => dev::run(args).await.map(|()| ExitCode::SUCCESS),
     };
