@@ -315,6 +315,101 @@ async fn grpc_decode_errors_are_bad_input(
     response
 }
 
+/// How long an HTTP/1 client may take to send a request body.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// HTTP/1 requests are read to their end before any handler (or the
+/// authentication in front of it) runs, so an early answer — 401, 404, 415 —
+/// never leaves unread body bytes on the connection. hyper would otherwise
+/// close such a connection after the answer without saying so, and a client
+/// that reuses it (Connect-ES on Node, any keep-alive pool) fails its next
+/// request with EPIPE. A body over the limit, or one that does not arrive in
+/// time, is answered with `connection: close`, so the client knows not to
+/// reuse the connection. HTTP/1 carries only unary and server-streaming
+/// calls, so nothing streams in; HTTP/2 (gRPC) has per-stream resets and is
+/// left alone.
+async fn http1_bodies_are_read_first(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::body::HttpBody as _;
+    use axum::http::{Version, header};
+    use axum::response::IntoResponse;
+    if req.version() >= Version::HTTP_2 || req.body().is_end_stream() {
+        return next.run(req).await;
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = || {
+        early_close(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "resource_exhausted",
+            &format!("the request body exceeds {MAX_REQUEST_BYTES} bytes"),
+        )
+    };
+    if declared.is_some_and(|n| n > MAX_REQUEST_BYTES as u64) {
+        return too_large();
+    }
+    let (parts, body) = req.into_parts();
+    let read = tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        axum::body::to_bytes(body, MAX_REQUEST_BYTES),
+    )
+    .await;
+    match read {
+        Ok(Ok(bytes)) => {
+            next.run(axum::extract::Request::from_parts(parts, bytes.into()))
+                .await
+        }
+        Ok(Err(e)) if is_length_limit(&e) => too_large(),
+        Ok(Err(_)) => early_close(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "the request body could not be read",
+        ),
+        Err(_) => early_close(
+            StatusCode::REQUEST_TIMEOUT,
+            "deadline_exceeded",
+            &format!(
+                "the request body did not arrive within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// An answer given before the request was read to its end: a Connect error
+/// body, and `connection: close` so the client opens a new connection.
+fn early_close(status: StatusCode, code: &str, message: &str) -> axum::response::Response {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    let body = serde_json::json!({ "code": code, "message": message }).to_string();
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CONNECTION, "close"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 /// Every service and endpoint on one router (Connect, gRPC, health).
 pub fn router(state: AppState) -> axum::Router {
     router_with(state, None)
@@ -426,6 +521,7 @@ pub fn router_with(
             get(crate::observe::metrics_endpoint).with_state(metrics.clone()),
         )
         .fallback_service(dispatch)
+        .layer(axum::middleware::from_fn(http1_bodies_are_read_first))
         .layer(axum::middleware::from_fn(grpc_decode_errors_are_bad_input))
         .layer(axum::middleware::from_fn_with_state(
             metrics,

@@ -44,15 +44,16 @@ pub async fn serve(
     let app = crate::rpc::router_with(state.clone(), cluster.clone());
     let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down: draining in-flight requests");
-        state.begin_shutdown();
-        if let Some(cluster) = &cluster {
-            cluster.begin_shutdown();
-        }
-        let _ = signalled_tx.send(());
-    });
+    let server =
+        axum::serve(ctrl_runtime::net::nodelay(listener), app).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining in-flight requests");
+            state.begin_shutdown();
+            if let Some(cluster) = &cluster {
+                cluster.begin_shutdown();
+            }
+            let _ = signalled_tx.send(());
+        });
     let server = tokio::spawn(async move { server.await });
     // Once the signal came, give the drain `grace`, then stop regardless.
     tokio::select! {

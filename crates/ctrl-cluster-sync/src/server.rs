@@ -56,12 +56,13 @@ pub async fn serve(
     let app = router(sync.clone(), db);
     let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down: ending agent streams");
-        sync.begin_shutdown();
-        let _ = signalled_tx.send(());
-    });
+    let server =
+        axum::serve(ctrl_runtime::net::nodelay(listener), app).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: ending agent streams");
+            sync.begin_shutdown();
+            let _ = signalled_tx.send(());
+        });
     let server = tokio::spawn(async move { server.await });
     tokio::select! {
         result = server => result.context("server task")?.context("server")?,

@@ -4,11 +4,12 @@
 //! environment, environment overrides, defaults, and validation whose errors
 //! name the field, all before any port opens — and [`sections`], the
 //! `[database]` and `[log]` sections every service shares (with logging
-//! initialisation) — and [`auth`], the accepted bearer tokens. Shutdown signals and the admin server join as the
-//! services need them.
+//! initialisation) — [`auth`], the accepted bearer tokens, [`net`], the
+//! `TCP_NODELAY` listener every server uses, and [`shutdown_signal`].
 
 pub mod auth;
 pub mod config;
+pub mod net;
 pub mod sections;
 
 /// Resolves on SIGINT or SIGTERM: when every service starts draining.

@@ -153,7 +153,7 @@ pub async fn run(
         });
     let mut health_stop = stop_rx.clone();
     let health_server = tokio::spawn(async move {
-        let _ = axum::serve(health_listener, health)
+        let _ = axum::serve(ctrl_runtime::net::nodelay(health_listener), health)
             .with_graceful_shutdown(async move {
                 let _ = health_stop.wait_for(|s| *s).await;
             })

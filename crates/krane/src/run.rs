@@ -93,7 +93,7 @@ pub async fn run(
         ));
     }
     let http = tokio::spawn(async move {
-        axum::serve(listener, app)
+        axum::serve(ctrl_runtime::net::nodelay(listener), app)
             .with_graceful_shutdown(async move {
                 let _ = http_stop.wait_for(|s| *s).await;
             })

@@ -47,7 +47,9 @@ pub(crate) async fn serve(state: AppState) -> anyhow::Result<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("serve");
+        axum::serve(ctrl_runtime::net::nodelay(listener), app)
+            .await
+            .expect("serve");
     });
     Ok(base)
 }

@@ -16,7 +16,9 @@ async fn serve() -> Result<(String, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("serve");
+        axum::serve(ctrl_runtime::net::nodelay(listener), app)
+            .await
+            .expect("serve");
     });
     Ok((base, task))
 }
@@ -345,5 +347,154 @@ async fn browsers_can_call_over_grpc_web() -> Result<()> {
     let (data, trailers) = grpc_web_frames(&allowed.bytes().await?);
     assert!(trailers.contains("grpc-status:0"), "{trailers}");
     pb::ListWorkspacesResponse::decode(data.first().expect("a message").as_slice())?;
+    Ok(())
+}
+
+/// One HTTP/1.1 connection, as a keep-alive client (Connect-ES on Node)
+/// uses it: raw requests and responses.
+struct Http1 {
+    stream: tokio::net::TcpStream,
+    buffered: Vec<u8>,
+}
+
+/// A response read off an [`Http1`] connection.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Http1 {
+    async fn connect(base: &str) -> Result<Self> {
+        let stream = tokio::net::TcpStream::connect(base.trim_start_matches("http://")).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            buffered: Vec::new(),
+        })
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await
+    }
+
+    /// Reads one response (Content-Length framed, as the API answers unary calls).
+    async fn answer(&mut self) -> Result<Answer> {
+        use tokio::io::AsyncReadExt;
+        let read = async {
+            loop {
+                if let Some(end) = self.buffered.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&self.buffered[..end]).into_owned();
+                    let mut lines = head.lines();
+                    let status = lines
+                        .next()
+                        .and_then(|l| l.split_whitespace().nth(1))
+                        .and_then(|s| s.parse().ok())
+                        .ok_or_else(|| anyhow::anyhow!("no status line in {head:?}"))?;
+                    let headers: Vec<(String, String)> = lines
+                        .filter_map(|l| l.split_once(':'))
+                        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+                        .collect();
+                    let length: usize = headers
+                        .iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                        .and_then(|(_, v)| v.parse().ok())
+                        .unwrap_or(0);
+                    while self.buffered.len() < end + 4 + length {
+                        let mut chunk = [0; 4096];
+                        let n = self.stream.read(&mut chunk).await?;
+                        anyhow::ensure!(n > 0, "connection closed inside a response body");
+                        self.buffered.extend_from_slice(&chunk[..n]);
+                    }
+                    let body = String::from_utf8_lossy(&self.buffered[end + 4..end + 4 + length])
+                        .into_owned();
+                    self.buffered.drain(..end + 4 + length);
+                    return Ok(Answer {
+                        status,
+                        headers,
+                        body,
+                    });
+                }
+                let mut chunk = [0; 4096];
+                let n = self.stream.read(&mut chunk).await?;
+                anyhow::ensure!(n > 0, "connection closed before a response");
+                self.buffered.extend_from_slice(&chunk[..n]);
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), read).await?
+    }
+}
+
+/// A request's head, its body sent separately (as Node writes them).
+fn post_head(path: &str, content_type: &str, token: Option<&str>, length: usize) -> String {
+    let auth = token.map_or_else(String::new, |t| format!("authorization: Bearer {t}\r\n"));
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: ctrl\r\ncontent-type: {content_type}\r\n{auth}content-length: {length}\r\n\r\n"
+    )
+}
+
+/// Any early answer (401, 404, 415) leaves an HTTP/1.1 connection usable:
+/// the next request on it gets its answer. An answer that cannot wait for
+/// the body (413) closes the connection and says so.
+#[tokio::test]
+async fn early_answers_leave_http1_connections_usable() -> Result<()> {
+    let (base, _server) = serve().await?;
+    let list = "/ctrl.v1.WorkspaceService/ListWorkspaces";
+    let body = "{}";
+    let cases: [(&str, &str, Option<&str>, u16); 3] = [
+        (list, "application/json", None, 401),
+        (
+            "/ctrl.v1.NoSuchService/Nothing",
+            "application/json",
+            Some(TOKEN),
+            404,
+        ),
+        (list, "text/plain", Some(TOKEN), 415),
+    ];
+    for (path, content_type, token, expected) in cases {
+        let mut conn = Http1::connect(&base).await?;
+        // The head first; the body only after the server had time to
+        // answer without it (what made the next request fail).
+        conn.send(post_head(path, content_type, token, body.len()).as_bytes())
+            .await?;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        conn.send(body.as_bytes()).await?;
+        let first = conn.answer().await?;
+        assert_eq!(first.status, expected, "{path} {content_type}: {first:?}");
+        if first.header("connection") == Some("close") {
+            continue; // closed cleanly, and the client was told
+        }
+        let next = format!(
+            "{}{body}",
+            post_head(list, "application/json", Some(TOKEN), body.len())
+        );
+        conn.send(next.as_bytes()).await?;
+        let second = conn.answer().await.map_err(|e| {
+            anyhow::anyhow!("the request after a {expected} on the same connection failed: {e}")
+        })?;
+        assert_eq!(second.status, 200, "{second:?}");
+        assert!(second.body.contains("\"page\""), "{second:?}");
+    }
+
+    // Too large to read: answered at once, with `connection: close`.
+    let mut conn = Http1::connect(&base).await?;
+    let huge = ctrl_api::rpc::MAX_REQUEST_BYTES + 1;
+    conn.send(post_head(list, "application/json", Some(TOKEN), huge).as_bytes())
+        .await?;
+    let answer = conn.answer().await?;
+    assert_eq!(answer.status, 413, "{answer:?}");
+    assert_eq!(answer.header("connection"), Some("close"), "{answer:?}");
+    assert!(answer.body.contains("resource_exhausted"), "{answer:?}");
     Ok(())
 }

@@ -192,7 +192,7 @@ impl SyncServer {
         self.stop = Some(tx);
         self.sync = Some(sync.clone());
         self.task = Some(tokio::spawn(async move {
-            let server = axum::serve(listener, app);
+            let server = axum::serve(ctrl_runtime::net::nodelay(listener), app);
             tokio::select! {
                 _ = server => {}
                 _ = rx => sync.begin_shutdown(),
