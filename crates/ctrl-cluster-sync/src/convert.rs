@@ -100,6 +100,7 @@ pub fn deployment_state(
         git_commit_sha: d.git_commit_sha.unwrap_or_default(),
         git_branch: d.git_branch.unwrap_or_default(),
         git_repository: d.git_repository.unwrap_or_default(),
+        startup_timeout_seconds: i32::try_from(d.startup_timeout_seconds).unwrap_or(i32::MAX),
     };
     Ok(pb::DeploymentState {
         version,

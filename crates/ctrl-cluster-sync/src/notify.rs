@@ -1,44 +1,56 @@
-//! Waking a Deploy workflow that waits for instances: after a report, if the
-//! deployment is still in its pipeline and enough regions run their minimum,
-//! send `Deploy/{id}/NotifyInstancesReady` through Restate's ingress.
+//! Telling a Deploy handler that waits for instances (a pipeline or a wake)
+//! that what it waits on changed: after a report, if the deployment is in a
+//! pipeline phase and its regions' state — running instances, an agent's
+//! problem, failed attempts — differs from what was last announced, send
+//! `Deploy/{id}/NotifyInstancesChanged` through Restate's ingress, retried
+//! a few times with backoff in the background (the agent's report never
+//! waits for it).
 //!
-//! The workflow re-checks the database whenever it is woken (and once before
-//! it first waits), so a lost, early or repeated notification is harmless;
-//! this process only avoids sending the same one over and over: a deployment
-//! is notified once per ready period (forgotten when it stops being ready,
-//! so a later recovery notifies again) and at most once per `dedup_ttl`.
+//! The handler re-checks the database whenever it is woken, and on its own
+//! timer too, so a lost, early or repeated notification is harmless; this
+//! process only avoids repeating one: it remembers per deployment the state
+//! it announced (forgotten after `dedup_ttl`, when the deployment stops
+//! waiting, or when sending failed).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ctrl_core::status::{DeploymentStatus, enough_regions_ready};
-use ctrl_core::workflows::DEPLOY_SERVICE;
+use ctrl_core::status::{DeploymentStatus, RegionReadiness};
+use ctrl_core::workflows::{DEPLOY_SERVICE, NOTIFY_INSTANCES_HANDLER};
 use sqlx::MySqlPool;
 
-/// The Deploy object's shared handler that resolves the readiness awakeable.
-pub const NOTIFY_HANDLER: &str = "NotifyInstancesReady";
+/// Attempts to deliver one notification, and the pause before each retry.
+const RETRY_DELAYS: [Duration; 3] = [
+    Duration::from_millis(200),
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+];
 
-/// Sends readiness notifications, deduplicated per process.
-#[derive(Debug)]
+/// Sends notifications, deduplicated per process.
+#[derive(Debug, Clone)]
 pub struct Notifier {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     ingress: String,
     http: reqwest::Client,
     dedup_ttl: Duration,
-    notified: Mutex<HashMap<String, Instant>>,
+    /// Deployment → (announced state, when).
+    announced: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 /// What a check did (for logs and tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// The deployment is not waiting in its pipeline.
+    /// The deployment is not waiting in a pipeline phase.
     NotWaiting,
-    /// Not enough regions run it yet.
-    NotReady,
-    /// Already notified recently.
-    AlreadyNotified,
-    /// The workflow was notified.
-    Notified,
+    /// Nothing changed since the last notification.
+    Unchanged,
+    /// A notification is on its way.
+    Sent,
 }
 
 impl Notifier {
@@ -51,16 +63,17 @@ impl Notifier {
             .build()
             .expect("build the Restate HTTP client");
         Self {
-            ingress: ingress_url.trim_end_matches('/').to_owned(),
-            http,
-            dedup_ttl: Duration::from_secs(300),
-            notified: Mutex::new(HashMap::new()),
+            inner: Arc::new(Inner {
+                ingress: ingress_url.trim_end_matches('/').to_owned(),
+                http,
+                dedup_ttl: Duration::from_secs(300),
+                announced: Mutex::new(HashMap::new()),
+            }),
         }
     }
 
-    /// Checks the deployment (as read after the report) and notifies its workflow if it
-    /// became ready. Errors are the caller's to log: the workflow still has
-    /// its own check and timeout.
+    /// Checks the deployment (as read after the report) and notifies its
+    /// waiting handler if what it waits on changed.
     pub async fn after_report(
         &self,
         db: &MySqlPool,
@@ -79,52 +92,86 @@ impl Notifier {
             return Ok(Outcome::NotWaiting);
         }
         let regions = ctrl_db::instance::readiness_by_region(db, deployment_id).await?;
-        if !enough_regions_ready(&regions) {
-            self.forget(deployment_id);
-            return Ok(Outcome::NotReady);
+        if !self.claim(deployment_id, fingerprint(&regions)) {
+            return Ok(Outcome::Unchanged);
         }
-        if !self.claim(deployment_id) {
-            return Ok(Outcome::AlreadyNotified);
-        }
-        let url = format!(
-            "{}/{DEPLOY_SERVICE}/{deployment_id}/{NOTIFY_HANDLER}/send",
-            self.ingress
-        );
-        let sent = async {
-            let response = self.http.post(&url).send().await?;
-            let status = response.status();
-            if !status.is_success() {
-                let body = response.text().await.unwrap_or_default();
-                anyhow::bail!("Restate answered {status}: {body}");
-            }
-            Ok(())
-        }
-        .await;
-        if let Err(e) = sent {
-            // Let the next report try again.
-            self.forget(deployment_id);
-            return Err(e.context(format!("notify {DEPLOY_SERVICE}/{deployment_id}")));
-        }
-        tracing::info!(deployment = %deployment_id, "instances ready: workflow notified");
-        Ok(Outcome::Notified)
+        let notifier = self.clone();
+        let id = deployment_id.to_owned();
+        tokio::spawn(async move { notifier.send(&id).await });
+        Ok(Outcome::Sent)
     }
 
-    /// Marks a deployment notified; false if it already was within the TTL.
-    fn claim(&self, deployment_id: &str) -> bool {
-        let mut notified = self.notified.lock().unwrap_or_else(|e| e.into_inner());
+    /// Delivers one notification, retrying with backoff; forgets the
+    /// announced state if it never arrives (the next report tries again).
+    async fn send(&self, deployment_id: &str) {
+        let url = format!(
+            "{}/{DEPLOY_SERVICE}/{deployment_id}/{NOTIFY_INSTANCES_HANDLER}/send",
+            self.inner.ingress
+        );
+        let mut last = String::new();
+        for delay in RETRY_DELAYS {
+            match self.inner.http.post(&url).send().await {
+                Ok(r) if r.status().is_success() => {
+                    tracing::debug!(%deployment_id, "instances changed: handler notified");
+                    return;
+                }
+                Ok(r) => {
+                    last = format!(
+                        "Restate answered {}: {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    )
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(delay).await;
+        }
+        self.forget(deployment_id);
+        tracing::warn!(%deployment_id, error = %last, "notification not delivered; the handler's own re-check covers it");
+    }
+
+    /// Records `state` as announced; false if it already was within the TTL.
+    fn claim(&self, deployment_id: &str, state: String) -> bool {
+        let mut announced = self
+            .inner
+            .announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        notified.retain(|_, at| now.duration_since(*at) < self.dedup_ttl);
-        if notified.contains_key(deployment_id) {
+        announced.retain(|_, (_, at)| now.duration_since(*at) < self.inner.dedup_ttl);
+        if announced
+            .get(deployment_id)
+            .is_some_and(|(known, _)| *known == state)
+        {
             return false;
         }
-        notified.insert(deployment_id.to_owned(), now);
+        announced.insert(deployment_id.to_owned(), (state, now));
         true
     }
 
     fn forget(&self, deployment_id: &str) {
-        self.notified
+        self.inner
+            .announced
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(deployment_id);
     }
+}
+
+/// What a waiting handler would see, as a comparable string.
+fn fingerprint(regions: &[RegionReadiness]) -> String {
+    regions
+        .iter()
+        .map(|r| {
+            format!(
+                "{}|{}|{}|{}|{}",
+                r.region,
+                r.min_replicas,
+                r.running,
+                r.failed_attempts,
+                r.problem.as_deref().unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

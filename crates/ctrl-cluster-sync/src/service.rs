@@ -310,6 +310,18 @@ pub async fn report_deployment_status(
             )
             .await
             .map_err(db_error)?;
+            let problem = update.problem.trim();
+            ctrl_db::topology::record_problem(
+                &mut *tx,
+                &deployment.id,
+                &cluster.region_id,
+                update.desired_version,
+                (!problem.is_empty()).then_some(problem),
+                update.failed_attempts,
+                now,
+            )
+            .await
+            .map_err(db_error)?;
             tx.commit().await.map_err(|e| db_error(e.into()))?;
             deployment.id
         }

@@ -133,6 +133,8 @@ impl DeploymentStatus {
     /// - superseded only before instances start (pending … building);
     /// - skipped only before the pipeline starts;
     /// - ready ⇄ stopped (stop and wake);
+    /// - waking: stopped (or ready and still stopping) → deploying, then
+    ///   ready, or back to stopped when the instances cannot start;
     /// - final statuses never change; no status changes to itself.
     pub fn can_transition_to(self, to: Self) -> bool {
         if self == to || self.is_final() {
@@ -144,6 +146,7 @@ impl DeploymentStatus {
             (S::Pending | S::AwaitingApproval | S::Starting | S::Building, S::Superseded) => true,
             (from, S::Failed | S::Cancelled) => from.is_progressing(),
             (S::Ready, S::Stopped) | (S::Stopped, S::Ready) => true,
+            (S::Stopped | S::Ready, S::Deploying) | (S::Deploying, S::Stopped) => true,
             (from, to) => match (from.phase(), to.phase()) {
                 (Some(a), Some(b)) => b > a && from != S::Ready,
                 _ => false,
@@ -313,7 +316,95 @@ pub fn enough_regions_ready(regions: &[(u32, u64)]) -> bool {
         .iter()
         .filter(|(min, running)| *running >= u64::from((*min).max(1)))
         .count();
-    healthy >= regions.len().saturating_sub(1).max(1)
+    healthy >= needed_regions(regions.len())
+}
+
+/// How many of `total` regions must be healthy: all but one, at least one.
+fn needed_regions(total: usize) -> usize {
+    total.saturating_sub(1).max(1)
+}
+
+/// One region of a deployment, as the readiness decision sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionReadiness {
+    /// The region's name ("local", "us-east-1"), as users know it.
+    pub region: String,
+    /// Replicas that must run.
+    pub min_replicas: u32,
+    /// Instances running now.
+    pub running: u64,
+    /// The agent's latest problem running it there, in its words.
+    pub problem: Option<String>,
+    /// Attempts in a row that failed there.
+    pub failed_attempts: u32,
+}
+
+impl RegionReadiness {
+    fn healthy(&self) -> bool {
+        self.running >= u64::from(self.min_replicas.max(1))
+    }
+}
+
+/// Where a deployment waiting for its instances stands.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Readiness {
+    /// Enough regions run it.
+    Ready,
+    /// Not yet; the problems the agents reported meanwhile ("local: image
+    /// … not found (attempt 2 of 3)"), empty when none.
+    Waiting(Vec<String>),
+    /// Too many regions gave up (each failed `max_failed_attempts` times in
+    /// a row) for enough of them to ever be ready: why, region by region.
+    Failed(String),
+}
+
+/// Decides readiness with the same rule as [`enough_regions_ready`], and
+/// fails as soon as the regions that failed `max_failed_attempts` times in a
+/// row leave too few to reach it — instead of waiting for the timeout.
+pub fn assess(regions: &[RegionReadiness], max_failed_attempts: u32) -> Readiness {
+    if regions.is_empty() {
+        return Readiness::Waiting(Vec::new());
+    }
+    let needed = needed_regions(regions.len());
+    if regions.iter().filter(|r| r.healthy()).count() >= needed {
+        return Readiness::Ready;
+    }
+    let max = max_failed_attempts.max(1);
+    let lost: Vec<&RegionReadiness> = regions
+        .iter()
+        .filter(|r| !r.healthy() && r.failed_attempts >= max)
+        .collect();
+    if regions.len() - lost.len() < needed {
+        let reasons: Vec<String> = lost
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}: {} ({} failed attempts)",
+                    r.region,
+                    r.problem.as_deref().unwrap_or("could not run it"),
+                    r.failed_attempts
+                )
+            })
+            .collect();
+        return Readiness::Failed(reasons.join("; "));
+    }
+    Readiness::Waiting(
+        regions
+            .iter()
+            .filter(|r| !r.healthy())
+            .filter_map(|r| {
+                let problem = r.problem.as_deref()?;
+                Some(if r.failed_attempts > 0 {
+                    format!(
+                        "{}: {problem} (attempt {} of {max} failed)",
+                        r.region, r.failed_attempts
+                    )
+                } else {
+                    format!("{}: {problem}", r.region)
+                })
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -332,6 +423,68 @@ mod tests {
         assert!(!enough_regions_ready(&[(2, 1), (2, 0)]));
         assert!(!enough_regions_ready(&[(1, 1), (1, 0), (1, 0)]));
         assert!(enough_regions_ready(&[(1, 1), (1, 5), (1, 0)]));
+    }
+
+    fn region(name: &str, running: u64, problem: Option<&str>, failed: u32) -> RegionReadiness {
+        RegionReadiness {
+            region: name.into(),
+            min_replicas: 1,
+            running,
+            problem: problem.map(Into::into),
+            failed_attempts: failed,
+        }
+    }
+
+    #[test]
+    fn assess_reports_problems_and_fails_once_too_few_regions_can_succeed() {
+        assert_eq!(assess(&[], 3), Readiness::Waiting(vec![]));
+        assert_eq!(assess(&[region("local", 1, None, 0)], 3), Readiness::Ready);
+        // A problem while still trying: shown, not fatal.
+        assert_eq!(
+            assess(&[region("local", 0, Some("image x not found"), 2)], 3),
+            Readiness::Waiting(vec![
+                "local: image x not found (attempt 2 of 3 failed)".into()
+            ])
+        );
+        assert_eq!(
+            assess(
+                &[region(
+                    "local",
+                    0,
+                    Some("health check GET /health answered 404"),
+                    0
+                )],
+                3
+            ),
+            Readiness::Waiting(vec!["local: health check GET /health answered 404".into()])
+        );
+        // The only region gave up: failed, naming it.
+        assert_eq!(
+            assess(
+                &[region("local", 0, Some("exited with code 1: boom"), 3)],
+                3
+            ),
+            Readiness::Failed("local: exited with code 1: boom (3 failed attempts)".into())
+        );
+        // Three regions: one may be lost, two may not.
+        let one_lost = [
+            region("a", 0, Some("x"), 3),
+            region("b", 0, None, 0),
+            region("c", 0, None, 0),
+        ];
+        assert!(matches!(assess(&one_lost, 3), Readiness::Waiting(_)));
+        let two_lost = [
+            region("a", 0, Some("x"), 3),
+            region("b", 0, Some("y"), 5),
+            region("c", 1, None, 0),
+        ];
+        assert_eq!(
+            assess(&two_lost, 3),
+            Readiness::Failed("a: x (3 failed attempts); b: y (5 failed attempts)".into())
+        );
+        // A lost region does not matter once enough others run.
+        let enough = [region("a", 0, Some("x"), 9), region("b", 1, None, 0)];
+        assert_eq!(assess(&enough, 3), Readiness::Ready);
     }
 
     #[test]
@@ -396,18 +549,22 @@ mod tests {
         }
         // An image deploy skips building.
         assert!(S::Starting.can_transition_to(S::Deploying));
+        // Waking a stopped deployment: deploying, then ready or stopped again.
+        assert!(S::Stopped.can_transition_to(S::Deploying));
+        assert!(S::Deploying.can_transition_to(S::Ready));
+        assert!(S::Deploying.can_transition_to(S::Stopped));
     }
 
     #[test]
     fn illegal_transitions() {
         let illegal = [
             (S::Deploying, S::Building), // backwards
-            (S::Ready, S::Deploying),    // a finished pipeline does not restart
             (S::Ready, S::Failed),       // ready is terminal for the workflow
             (S::Ready, S::Cancelled),
             (S::Deploying, S::Superseded), // instances already started
             (S::Starting, S::Skipped),
-            (S::Stopped, S::Deploying),
+            (S::Stopped, S::Building), // waking goes straight to deploying
+            (S::Network, S::Stopped),
             (S::Pending, S::Pending),
             (S::Pending, S::Stopped),
         ];

@@ -18,6 +18,22 @@ pub struct DeployInput {
     pub deployment_id: String,
 }
 
+/// Waking a stopped deployment, on its own Deploy object: desired state
+/// running, then the same wait for instances as a deploy, then `ready`.
+pub const WAKE_HANDLER: &str = "Wake";
+
+/// Input of `Deploy/{deployment_id}/Wake`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WakeInput {
+    /// The deployment to wake (the object's key).
+    pub deployment_id: String,
+}
+
+/// The Deploy object's shared handler through which cluster-sync tells a
+/// handler waiting for instances (a pipeline or a wake) that their state
+/// or an agent's problem changed: it re-checks the database.
+pub const NOTIFY_INSTANCES_HANDLER: &str = "NotifyInstancesChanged";
+
 /// Rollback, on the Deploy object of the deployment live now (the source),
 /// so it never waits behind a newer deployment's pipeline.
 pub const ROLLBACK_HANDLER: &str = "Rollback";

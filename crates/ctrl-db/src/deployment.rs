@@ -9,6 +9,7 @@ use ctrl_core::status::{DeploymentStatus, DesiredState, StepKind};
 use sqlx::types::Json;
 use sqlx::{FromRow, MySqlExecutor};
 
+use crate::truncate;
 use crate::types::{
     ActorType, HealthCheck, Page, ShutdownSignal, SourceKind, TriggerKind, UpstreamProtocol,
 };
@@ -424,22 +425,129 @@ pub async fn list_older_not_started(
     .await?)
 }
 
-/// Other deployments of the same app, environment and branch whose
+/// Older deployments of the same app, environment and branch whose
 /// instances should run (preview clean-up after a newer one is ready).
-pub async fn list_running_siblings(
+pub async fn list_older_running_siblings(
     ex: impl MySqlExecutor<'_>,
     d: &Deployment,
 ) -> Result<Vec<String>> {
     Ok(sqlx::query_scalar(
         "SELECT id FROM deployments WHERE app_id = ? AND environment_id = ? AND git_branch <=> ?
-           AND id <> ? AND desired_state = 'running' AND status IN ('ready', 'stopped') ORDER BY pk",
+           AND pk < ? AND desired_state = 'running' AND status IN ('ready', 'stopped') ORDER BY pk",
     )
     .bind(&d.app_id)
     .bind(&d.environment_id)
     .bind(&d.git_branch)
-    .bind(&d.id)
+    .bind(d.pk)
     .fetch_all(ex)
     .await?)
+}
+
+/// Whether a newer deployment of the same app, environment and branch is
+/// ready and running (then `d`, ready late, is already replaced).
+pub async fn has_newer_ready_sibling(ex: impl MySqlExecutor<'_>, d: &Deployment) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM deployments WHERE app_id = ? AND environment_id = ? AND git_branch <=> ?
+           AND pk > ? AND status = 'ready' AND desired_state = 'running')",
+    )
+    .bind(&d.app_id)
+    .bind(&d.environment_id)
+    .bind(&d.git_branch)
+    .bind(d.pk)
+    .fetch_one(ex)
+    .await?)
+}
+
+/// Ready deployments of an app's environment that still run but are not
+/// `live_id`: what rollbacks left running, to retire once one is confirmed.
+pub async fn list_running_not_live(
+    ex: impl MySqlExecutor<'_>,
+    app_id: &str,
+    environment_id: &str,
+    live_id: &str,
+) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM deployments WHERE app_id = ? AND environment_id = ? AND id <> ?
+           AND status = 'ready' AND desired_state = 'running' ORDER BY pk",
+    )
+    .bind(app_id)
+    .bind(environment_id)
+    .bind(live_id)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// Whether deployment `id` was created after `than` (creation order is the
+/// primary key's order); false if either is missing.
+pub async fn is_newer(ex: impl MySqlExecutor<'_>, id: &str, than: &str) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT COALESCE((SELECT pk FROM deployments WHERE id = ?) > (SELECT pk FROM deployments WHERE id = ?), FALSE)",
+    )
+    .bind(id)
+    .bind(than)
+    .fetch_one(ex)
+    .await?)
+}
+
+/// Deployments still on their way (pending … finalizing) that have not
+/// changed since `before` (unix ms), oldest first: what the sweep checks
+/// for a workflow behind them.
+pub async fn list_progressing_since(
+    ex: impl MySqlExecutor<'_>,
+    before: i64,
+    limit: u32,
+) -> Result<Vec<(String, DeploymentStatus)>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT id, status FROM deployments
+         WHERE status IN ('pending', 'awaiting_approval', 'starting', 'building', 'deploying', 'network', 'finalizing')
+           AND updated_at < ? ORDER BY pk LIMIT ?",
+    )
+    .bind(before)
+    .bind(limit)
+    .fetch_all(ex)
+    .await?;
+    rows.into_iter()
+        .map(|(id, status)| {
+            let status = status
+                .parse()
+                .map_err(|e: ctrl_core::status::UnknownName| Error::Corrupt(e.to_string()))?;
+            Ok((id, status))
+        })
+        .collect()
+}
+
+/// Starts waking a deployment that is stopped (or still stopping): status
+/// deploying, desired state running. False if it is not stopped.
+pub async fn begin_wake(ex: impl MySqlExecutor<'_>, id: &str, now: i64) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE deployments SET status = 'deploying', desired_state = 'running', error_message = NULL, updated_at = ?
+         WHERE id = ? AND desired_state = 'stopped' AND status IN ('stopped', 'ready')",
+    )
+    .bind(now)
+    .bind(id)
+    .execute(ex)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Ends a wake that could not start the instances: deploying → stopped,
+/// with the reason as the deployment's error. False if it was not waking.
+pub async fn fail_wake(
+    ex: impl MySqlExecutor<'_>,
+    id: &str,
+    error_message: &str,
+    now: i64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE deployments SET status = 'stopped', desired_state = 'stopped', error_message = ?, updated_at = ?
+         WHERE id = ? AND status = 'deploying'",
+    )
+    .bind(error_message)
+    .bind(now)
+    .bind(id)
+    .execute(ex)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Marks a deployment `stopped` if its desired state is stopped, it is ready,
@@ -500,6 +608,28 @@ pub async fn start_step(
     .execute(ex)
     .await?;
     Ok(())
+}
+
+/// Replaces the message of a running step (progress within a phase, e.g.
+/// the problem an agent reports); false if the step is not running or
+/// already says this.
+pub async fn set_step_message(
+    ex: impl MySqlExecutor<'_>,
+    deployment_id: &str,
+    step: StepKind,
+    message: &str,
+) -> Result<bool> {
+    let message = truncate(message, 512);
+    let done = sqlx::query(
+        "UPDATE deployment_steps SET message = ? WHERE deployment_id = ? AND step = ? AND ended_at IS NULL AND message <> ?",
+    )
+    .bind(message)
+    .bind(deployment_id)
+    .bind(step.as_str())
+    .bind(message)
+    .execute(ex)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Ends a running step, with an error if it failed. The first end wins:
@@ -564,18 +694,6 @@ pub async fn list_steps(ex: impl MySqlExecutor<'_>, deployment_id: &str) -> Resu
     .bind(deployment_id)
     .fetch_all(ex)
     .await?)
-}
-
-/// At most `max` bytes, cut at a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// Number of deployments of an app.

@@ -1,5 +1,6 @@
 //! Observed instances, written only from agent reports.
 
+use ctrl_core::status::RegionReadiness;
 use sqlx::{FromRow, MySqlConnection, MySqlExecutor};
 
 use crate::Result;
@@ -145,18 +146,20 @@ pub async fn list_by_deployment(
     .await?)
 }
 
-/// Per region where the deployment should run: its minimum replica count and
-/// how many instances run there now — the input of
-/// `ctrl_core::status::enough_regions_ready`, shared by the Deploy workflow
-/// and cluster-sync so both decide readiness the same way.
+/// Per region where the deployment should run: its minimum replica count,
+/// how many instances run there now and what its agent last reported as a
+/// problem — the input of `ctrl_core::status::assess`, shared by the Deploy
+/// workflow and cluster-sync so both decide readiness the same way.
 pub async fn readiness_by_region(
     ex: impl MySqlExecutor<'_>,
     deployment_id: &str,
-) -> Result<Vec<(u32, u64)>> {
-    let rows: Vec<(u32, i64)> = sqlx::query_as(
-        "SELECT t.min_replicas, (SELECT COUNT(*) FROM instances i
-             WHERE i.deployment_id = t.deployment_id AND i.region_id = t.region_id AND i.status = 'running')
-         FROM deployment_topology t
+) -> Result<Vec<RegionReadiness>> {
+    let rows: Vec<(String, u32, i64, Option<String>, u32)> = sqlx::query_as(
+        "SELECT COALESCE(r.name, t.region_id), t.min_replicas,
+                (SELECT COUNT(*) FROM instances i
+                 WHERE i.deployment_id = t.deployment_id AND i.region_id = t.region_id AND i.status = 'running'),
+                t.problem, t.failed_attempts
+         FROM deployment_topology t LEFT JOIN regions r ON r.id = t.region_id
          WHERE t.deployment_id = ? AND t.desired_status = 'running' ORDER BY t.region_id",
     )
     .bind(deployment_id)
@@ -164,7 +167,15 @@ pub async fn readiness_by_region(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(min, running)| (min, u64::try_from(running).unwrap_or(0)))
+        .map(
+            |(region, min_replicas, running, problem, failed_attempts)| RegionReadiness {
+                region,
+                min_replicas,
+                running: u64::try_from(running).unwrap_or(0),
+                problem,
+                failed_attempts,
+            },
+        )
         .collect())
 }
 

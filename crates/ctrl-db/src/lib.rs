@@ -74,3 +74,16 @@ pub async fn ping(ex: impl sqlx::MySqlExecutor<'_>) -> Result<()> {
     sqlx::query("SELECT 1").execute(ex).await?;
     Ok(())
 }
+
+/// At most `max` bytes of `s`, cut at a character boundary (what fits a
+/// `VARCHAR(max)` column whatever the characters).
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

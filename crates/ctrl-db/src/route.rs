@@ -118,6 +118,126 @@ pub async fn list_by_environment_sticky(
     Ok(q.fetch_all(ex).await?)
 }
 
+/// Points routes at `deployment_id` only where that moves them forward:
+/// routes whose deployment was created before it (or no longer exists).
+/// Automatic moves (a deploy taking its branch and environment routes) use
+/// this, so an older deployment that becomes ready late never takes a route
+/// from a newer one. Call inside a transaction; returns the moved routes.
+pub async fn reassign_forward(
+    conn: &mut MySqlConnection,
+    route_ids: &[String],
+    deployment_id: &str,
+    now: i64,
+) -> Result<Vec<String>> {
+    // Creation order is the primary key; reading it takes no lock (it never
+    // changes), so deployments rows are never held by a route move.
+    let pk_of = |id: String| {
+        sqlx::query_scalar::<_, u64>("SELECT pk FROM deployments WHERE id = ?").bind(id)
+    };
+    let target = pk_of(deployment_id.to_owned())
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or(Error::NotFound("deployment"))?;
+    let mut moved = Vec::new();
+    for id in route_ids {
+        let current: Option<String> = sqlx::query_scalar(
+            "SELECT deployment_id FROM frontline_routes WHERE id = ? FOR UPDATE",
+        )
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let current = current.ok_or(Error::NotFound("route"))?;
+        if current == deployment_id {
+            continue;
+        }
+        let older = pk_of(current)
+            .fetch_optional(&mut *conn)
+            .await?
+            .is_none_or(|pk| pk < target);
+        if older {
+            sqlx::query(
+                "UPDATE frontline_routes SET deployment_id = ?, updated_at = ? WHERE id = ?",
+            )
+            .bind(deployment_id)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+            moved.push(id.clone());
+        }
+    }
+    Ok(moved)
+}
+
+/// Takes every route off a deployment that failed or was cancelled: a
+/// branch, environment or commit route goes back to the newest ready,
+/// running deployment of its branch, environment or commit; a live route to
+/// the app's live deployment; anything else (its own hostname), or a route
+/// with nowhere to go, is deleted. Call inside a transaction; returns
+/// (moved, deleted).
+pub async fn release(
+    conn: &mut MySqlConnection,
+    deployment_id: &str,
+    now: i64,
+) -> Result<(u64, u64)> {
+    let routes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT id, sticky FROM frontline_routes WHERE deployment_id = ? ORDER BY pk FOR UPDATE",
+    )
+    .bind(deployment_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let (mut moved, mut deleted) = (0, 0);
+    for (id, sticky) in routes {
+        let fallback: Option<String> = match sticky.as_str() {
+            "branch" | "environment" | "none" => {
+                sqlx::query_scalar(
+                    "SELECT o.id FROM deployments d JOIN deployments o
+                       ON o.environment_id = d.environment_id AND o.app_id = d.app_id
+                      AND (? = FALSE OR o.git_branch <=> d.git_branch)
+                      AND (? = FALSE OR o.git_commit_sha <=> d.git_commit_sha)
+                     WHERE d.id = ? AND o.id <> d.id AND o.status = 'ready' AND o.desired_state = 'running'
+                     ORDER BY o.pk DESC LIMIT 1",
+                )
+                .bind(sticky == "branch")
+                .bind(sticky == "none")
+                .bind(deployment_id)
+                .fetch_optional(&mut *conn)
+                .await?
+            }
+            "live" => sqlx::query_scalar(
+                "SELECT a.live_deployment_id FROM deployments d JOIN apps a ON a.id = d.app_id
+                 WHERE d.id = ? AND a.live_deployment_id <> d.id",
+            )
+            .bind(deployment_id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .flatten(),
+            _ => None,
+        };
+        match fallback {
+            Some(target) => {
+                sqlx::query(
+                    "UPDATE frontline_routes SET deployment_id = ?, updated_at = ? WHERE id = ?",
+                )
+                .bind(target)
+                .bind(now)
+                .bind(&id)
+                .execute(&mut *conn)
+                .await?;
+                moved += 1;
+            }
+            None => {
+                sqlx::query("DELETE FROM frontline_routes WHERE id = ?")
+                    .bind(&id)
+                    .execute(&mut *conn)
+                    .await?;
+                deleted += 1;
+            }
+        }
+    }
+    Ok((moved, deleted))
+}
+
 /// Points routes at `deployment_id` (call inside a transaction); returns
 /// each route's previous deployment.
 pub async fn reassign(

@@ -217,6 +217,8 @@ pub struct App {
     pub live_deployment_id: Option<String>,
     /// Auto-promotion frozen by a rollback.
     pub is_rolled_back: bool,
+    /// The operation id of the last live swap (see [`swap_live_deployment`]).
+    pub live_swap_id: Option<String>,
     /// Refuse deletion.
     pub delete_protection: bool,
     /// Unix ms.
@@ -263,7 +265,7 @@ pub async fn insert_app(ex: impl MySqlExecutor<'_>, app: &NewApp<'_>, now: i64) 
 
 const APP: &str =
     "SELECT pk, id, workspace_id, project_id, name, slug, default_branch, live_deployment_id,
-    is_rolled_back, delete_protection, created_at, updated_at FROM apps";
+    is_rolled_back, live_swap_id, delete_protection, created_at, updated_at FROM apps";
 
 /// The app with this id.
 pub async fn get_app(ex: impl MySqlExecutor<'_>, id: &str) -> Result<App> {
@@ -324,26 +326,38 @@ pub async fn delete_app(ex: impl MySqlExecutor<'_>, id: &str) -> Result<bool> {
 }
 
 /// Points the app's live pointer at `deployment_id` and sets the rolled-back
-/// flag, returning the previous live deployment. Locks the app row, so
-/// concurrent swaps of one app serialise; call it inside a transaction.
+/// flag, as operation `operation_id`, returning the previous live
+/// deployment. The operation id and the previous deployment are stored with
+/// the swap, so running the same operation again (a replay after a crash
+/// between commit and journal) changes nothing and returns the same answer.
+/// Locks the app row, so concurrent swaps of one app serialise; call it
+/// inside a transaction.
 pub async fn swap_live_deployment(
     conn: &mut MySqlConnection,
     app_id: &str,
     deployment_id: &str,
     rolled_back: bool,
+    operation_id: &str,
     now: i64,
 ) -> Result<Option<String>> {
-    let previous: Option<Option<String>> =
-        sqlx::query_scalar("SELECT live_deployment_id FROM apps WHERE id = ? FOR UPDATE")
-            .bind(app_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    let previous = previous.ok_or(Error::NotFound("app"))?;
+    let row: Option<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT live_deployment_id, live_swap_id, live_swap_previous_id FROM apps WHERE id = ? FOR UPDATE",
+    )
+    .bind(app_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let (previous, last_operation, last_previous) = row.ok_or(Error::NotFound("app"))?;
+    if last_operation.as_deref() == Some(operation_id) {
+        return Ok(last_previous);
+    }
     sqlx::query(
-        "UPDATE apps SET live_deployment_id = ?, is_rolled_back = ?, updated_at = ? WHERE id = ?",
+        "UPDATE apps SET live_deployment_id = ?, is_rolled_back = ?, live_swap_id = ?,
+           live_swap_previous_id = ?, updated_at = ? WHERE id = ?",
     )
     .bind(deployment_id)
     .bind(rolled_back)
+    .bind(operation_id)
+    .bind(&previous)
     .bind(now)
     .bind(app_id)
     .execute(&mut *conn)

@@ -13,7 +13,7 @@ use sqlx::types::Json;
 use sqlx::{FromRow, MySqlConnection, MySqlExecutor};
 
 use crate::types::{HealthCheck, ShutdownSignal, UpstreamProtocol};
-use crate::{Error, Result};
+use crate::{Error, Result, truncate};
 
 /// Takes the next version of `region_id`, locking the region's counter until
 /// the surrounding transaction ends. Call only inside a transaction, and
@@ -112,12 +112,16 @@ pub struct NewTopology<'a> {
     pub cpu_threshold_percent: u8,
     /// Memory threshold.
     pub memory_threshold_percent: u8,
+    /// How long a new instance may take to become healthy (0: the agent's
+    /// own default).
+    pub startup_timeout_seconds: u32,
 }
 
 /// Creates the deployment's row in a region with desired status running, or
-/// sets an existing one back to running, stamping a new version. A row that
-/// already says exactly this keeps its version (a retried step changes
-/// nothing an agent could see). Call inside a transaction. Returns the version.
+/// sets an existing one back to running, stamping a new version and
+/// forgetting the region's reported problem. A row that already says
+/// exactly this keeps its version (a retried step changes nothing an agent
+/// could see). Call inside a transaction. Returns the version.
 pub async fn upsert_running(
     conn: &mut MySqlConnection,
     t: &NewTopology<'_>,
@@ -127,22 +131,23 @@ pub async fn upsert_running(
     let max = t.max_replicas.max(min);
     // The region's counter first (the fixed lock order), then the row.
     lock_region(&mut *conn, t.region_id).await?;
-    let existing: Option<(u32, u32, u8, u8, String, u64)> = sqlx::query_as(
+    let existing: Option<(u32, u32, u8, u8, u32, String, u64)> = sqlx::query_as(
         "SELECT min_replicas, max_replicas, cpu_threshold_percent, memory_threshold_percent,
-                desired_status, version
+                startup_timeout_seconds, desired_status, version
          FROM deployment_topology WHERE deployment_id = ? AND region_id = ? FOR UPDATE",
     )
     .bind(t.deployment_id)
     .bind(t.region_id)
     .fetch_optional(&mut *conn)
     .await?;
-    if let Some((emin, emax, ecpu, emem, status, version)) = existing
-        && (emin, emax, ecpu, emem)
+    if let Some((emin, emax, ecpu, emem, estartup, status, version)) = existing
+        && (emin, emax, ecpu, emem, estartup)
             == (
                 min,
                 max,
                 t.cpu_threshold_percent,
                 t.memory_threshold_percent,
+                t.startup_timeout_seconds,
             )
         && status == DesiredState::Running.as_str()
     {
@@ -152,12 +157,14 @@ pub async fn upsert_running(
     sqlx::query(
         "INSERT INTO deployment_topology
            (workspace_id, deployment_id, region_id, min_replicas, max_replicas, cpu_threshold_percent,
-            memory_threshold_percent, desired_status, version, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)
+            memory_threshold_percent, startup_timeout_seconds, desired_status, version, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)
          ON DUPLICATE KEY UPDATE min_replicas = VALUES(min_replicas), max_replicas = VALUES(max_replicas),
            cpu_threshold_percent = VALUES(cpu_threshold_percent),
            memory_threshold_percent = VALUES(memory_threshold_percent),
-           desired_status = 'running', version = VALUES(version), updated_at = VALUES(updated_at)",
+           startup_timeout_seconds = VALUES(startup_timeout_seconds),
+           desired_status = 'running', version = VALUES(version), updated_at = VALUES(updated_at),
+           problem = NULL, failed_attempts = 0, problem_at = NULL",
     )
     .bind(t.workspace_id)
     .bind(t.deployment_id)
@@ -166,6 +173,7 @@ pub async fn upsert_running(
     .bind(max)
     .bind(t.cpu_threshold_percent)
     .bind(t.memory_threshold_percent)
+    .bind(t.startup_timeout_seconds)
     .bind(version)
     .bind(now)
     .bind(now)
@@ -175,8 +183,9 @@ pub async fn upsert_running(
 }
 
 /// Sets the desired status of every region row of a deployment, each with a
-/// new version of its region; rows already in that state are left alone.
-/// Call inside a transaction. Returns the (region, version) pairs written.
+/// new version of its region (and the region's reported problem
+/// forgotten); rows already in that state are left alone. Call inside a
+/// transaction. Returns the (region, version) pairs written.
 pub async fn set_desired_status(
     conn: &mut MySqlConnection,
     deployment_id: &str,
@@ -195,7 +204,8 @@ pub async fn set_desired_status(
     for region in regions {
         let version = next_version(&mut *conn, &region).await?;
         let done = sqlx::query(
-            "UPDATE deployment_topology SET desired_status = ?, version = ?, updated_at = ?
+            "UPDATE deployment_topology SET desired_status = ?, version = ?, updated_at = ?,
+               problem = NULL, failed_attempts = 0, problem_at = NULL
              WHERE deployment_id = ? AND region_id = ? AND desired_status <> ?",
         )
         .bind(status.as_str())
@@ -213,6 +223,42 @@ pub async fn set_desired_status(
         }
     }
     Ok(written)
+}
+
+/// Records what a region's agent reported about running the deployment:
+/// its latest problem (`None`: none) and how many attempts in a row failed.
+/// A report about an older desired state than the row's (`applied_version`
+/// below the row's version; 0 = unknown) is ignored. Takes no region
+/// version: this is observed state. Returns whether it applied.
+pub async fn record_problem(
+    ex: impl MySqlExecutor<'_>,
+    deployment_id: &str,
+    region_id: &str,
+    applied_version: u64,
+    problem: Option<&str>,
+    failed_attempts: u32,
+    now: i64,
+) -> Result<bool> {
+    let problem = problem.map(|p| truncate(p, 512));
+    let done = sqlx::query(
+        "UPDATE deployment_topology
+         SET problem = ?, failed_attempts = ?, problem_at = IF(? IS NULL, NULL, COALESCE(problem_at, ?))
+         WHERE deployment_id = ? AND region_id = ? AND (? = 0 OR version <= ?)
+           AND (problem <=> ?) + (failed_attempts = ?) < 2",
+    )
+    .bind(problem)
+    .bind(failed_attempts)
+    .bind(problem)
+    .bind(now)
+    .bind(deployment_id)
+    .bind(region_id)
+    .bind(applied_version)
+    .bind(applied_version)
+    .bind(problem)
+    .bind(failed_attempts)
+    .execute(ex)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 const TOPOLOGY: &str =
@@ -301,6 +347,8 @@ pub struct DesiredDeployment {
     pub git_repository: Option<String>,
     /// Network policy document, if one was written.
     pub network_policy: Option<Json<serde_json::Value>>,
+    /// How long a new instance may take to become healthy (0: the agent's default).
+    pub startup_timeout_seconds: u32,
 }
 
 const DESIRED: &str = "SELECT t.pk, t.version, t.desired_status, r.name AS region_name, w.k8s_namespace,
@@ -308,7 +356,7 @@ const DESIRED: &str = "SELECT t.pk, t.version, t.desired_status, r.name AS regio
     d.id AS deployment_id, d.image, d.build_id, d.command, d.port, d.cpu_millicores, d.memory_mib,
     d.storage_mib, d.encrypted_environment, d.healthcheck, d.shutdown_signal, d.termination_grace_seconds,
     d.upstream_protocol, t.min_replicas, t.max_replicas, t.cpu_threshold_percent, t.memory_threshold_percent,
-    d.git_commit_sha, d.git_branch, d.git_repository, np.policy AS network_policy
+    d.git_commit_sha, d.git_branch, d.git_repository, np.policy AS network_policy, t.startup_timeout_seconds
     FROM deployment_topology t
     JOIN deployments d ON d.id = t.deployment_id
     JOIN workspaces w ON w.id = d.workspace_id

@@ -120,10 +120,11 @@ pub fn workload_from_apply(apply: &pb::ApplyDeployment) -> Result<WorkloadSpec, 
         env.remove(&secret.env);
     }
 
+    let startup = Duration::from_secs(u64::try_from(apply.startup_timeout_seconds).unwrap_or(0));
     let health_check = apply
         .health_check
         .as_ref()
-        .map(|h| health_check(h, port))
+        .map(|h| health_check(h, port, startup))
         .transpose()?;
     let main = ServiceSpec {
         command: apply.command.clone(),
@@ -182,7 +183,12 @@ pub fn workload_from_apply(apply: &pb::ApplyDeployment) -> Result<WorkloadSpec, 
     Ok(spec)
 }
 
-fn health_check(h: &pb::HealthCheck, port: u16) -> Result<HealthCheck, Error> {
+/// The app's health check. A new instance gets a startup window — the
+/// check's initial delay plus `startup` (the deploy's readiness timeout) —
+/// before failing checks count against it, like a Kubernetes startup probe:
+/// a slow-starting app is waited for, while a crash or exit during startup
+/// still fails the attempt at once.
+fn health_check(h: &pb::HealthCheck, port: u16, startup: Duration) -> Result<HealthCheck, Error> {
     let secs = |name: &str, v: i32, default: u64| -> Result<Duration, Error> {
         match v {
             0 => Ok(Duration::from_secs(default)),
@@ -206,7 +212,7 @@ fn health_check(h: &pb::HealthCheck, port: u16) -> Result<HealthCheck, Error> {
         interval: secs("interval_seconds", h.interval_seconds, 10)?,
         timeout: secs("timeout_seconds", h.timeout_seconds, 2)?,
         retries: u32::try_from(h.failure_threshold).unwrap_or(0).max(1),
-        start_period: secs("initial_delay_seconds", h.initial_delay_seconds, 0)?,
+        start_period: secs("initial_delay_seconds", h.initial_delay_seconds, 0)? + startup,
     })
 }
 

@@ -80,8 +80,22 @@ pub struct DeployConfig {
     pub retire_previous_live_seconds: u64,
     /// How long older preview deployments of a branch keep running after a newer one is ready.
     pub retire_previous_preview_seconds: u64,
-    /// How long to wait for instances before failing a deployment.
+    /// How long to wait for instances before failing a deployment (also
+    /// the startup window a new instance gets before failing health checks
+    /// count against it).
     pub readiness_timeout_seconds: u64,
+    /// A deployment fails once a region's agent failed this many attempts in
+    /// a row (apply errors, crashes during startup), without waiting for the
+    /// readiness timeout — unless enough other regions can still make it.
+    pub max_failed_attempts: u32,
+    /// While waiting for instances, the database is re-checked this often
+    /// even without a notification from cluster-sync (a lost one is harmless).
+    pub readiness_recheck_seconds: u64,
+    /// How often the sweep looks for deployments still on their way with no
+    /// workflow behind them (0: never).
+    pub sweep_interval_seconds: u64,
+    /// How long such a deployment must be unchanged before the sweep fails it.
+    pub sweep_grace_seconds: u64,
     /// The platform's apex domain: generated hostnames end in it.
     pub apex_domain: String,
 }
@@ -92,6 +106,10 @@ impl Default for DeployConfig {
             retire_previous_live_seconds: 30 * 60,
             retire_previous_preview_seconds: 60,
             readiness_timeout_seconds: 15 * 60,
+            max_failed_attempts: 3,
+            readiness_recheck_seconds: 3,
+            sweep_interval_seconds: 60,
+            sweep_grace_seconds: 120,
             apex_domain: "ctrl.localhost".into(),
         }
     }
@@ -120,6 +138,26 @@ impl Validate for Config {
         v.range(
             "deploy.readiness_timeout_seconds",
             self.deploy.readiness_timeout_seconds,
+            1..=24 * 3600,
+        );
+        v.range(
+            "deploy.max_failed_attempts",
+            self.deploy.max_failed_attempts,
+            1..=100,
+        );
+        v.range(
+            "deploy.readiness_recheck_seconds",
+            self.deploy.readiness_recheck_seconds,
+            1..=300,
+        );
+        v.range(
+            "deploy.sweep_interval_seconds",
+            self.deploy.sweep_interval_seconds,
+            0..=24 * 3600,
+        );
+        v.range(
+            "deploy.sweep_grace_seconds",
+            self.deploy.sweep_grace_seconds,
             1..=24 * 3600,
         );
         v.check(

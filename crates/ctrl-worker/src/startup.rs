@@ -143,6 +143,7 @@ pub async fn run(
         Duration::from_secs(10),
     ));
 
+    let db_for_sweep = db.clone();
     let registered = Arc::new(AtomicBool::new(config.restate.register_as.is_empty()));
     let health = axum::Router::new()
         .route("/health/live", get(|| async { "ok" }))
@@ -160,6 +161,28 @@ pub async fn run(
             .await;
     });
 
+    let sweeping = (config.deploy.sweep_interval_seconds > 0).then(|| {
+        let sweep = crate::sweep::Sweep::new(
+            db_for_sweep.clone(),
+            &config.restate.admin_url,
+            Duration::from_secs(config.deploy.sweep_grace_seconds),
+        );
+        let interval = Duration::from_secs(config.deploy.sweep_interval_seconds);
+        let mut sweep_stop = stop_rx.clone();
+        tokio::spawn(async move {
+            match sweep {
+                Ok(sweep) => {
+                    sweep
+                        .run_every(interval, async move {
+                            let _ = sweep_stop.wait_for(|s| *s).await;
+                        })
+                        .await
+                }
+                Err(e) => tracing::error!(error = %e, "the sweep cannot start"),
+            }
+        })
+    });
+
     if !config.restate.register_as.is_empty() {
         register(
             &config.restate.admin_url,
@@ -175,5 +198,8 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(30), serving).await;
     let _ = health_server.await;
+    if let Some(sweeping) = sweeping {
+        let _ = sweeping.await;
+    }
     Ok(())
 }

@@ -7,6 +7,15 @@
 //! is never applied after a newer one; intermediate states that were
 //! superseded before their turn are skipped (desired state is declarative).
 //! Different deployments run in parallel, at most `max_concurrent_applies`.
+//! A newer desired state interrupts an apply still waiting for its instances
+//! (a rollout may wait through a long startup window): the newest state is
+//! what counts, and a cancel or stop must not wait behind it.
+//!
+//! **No silent failures:** every report carries the latest problem in a
+//! user's words and the number of attempts in a row that failed (apply
+//! errors, crash loops); while an apply waits, what its instances show
+//! (a failing health check) is reported every few seconds; a failed apply is
+//! retried with backoff rather than at the next reconcile.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -43,9 +52,10 @@ struct Inner {
     permits: Arc<Semaphore>,
     /// Newest desired state per deployment (deletes stay until done).
     desired: Mutex<HashMap<String, Arc<pb::DeploymentState>>>,
-    /// Deployments with a running apply task → whether they changed since
-    /// that task read their state.
-    slots: Mutex<HashMap<String, bool>>,
+    /// Deployments with a running apply task.
+    slots: Mutex<HashMap<String, Slot>>,
+    /// Failed attempts per deployment, for the current desired state.
+    attempts: Mutex<HashMap<String, Attempts>>,
     /// What the last successful apply applied, per deployment.
     applied: Mutex<HashMap<String, Arc<pb::DeploymentState>>>,
     /// Fingerprint of the last instance report, per deployment.
@@ -55,6 +65,29 @@ struct Inner {
     /// No new work once stopping.
     stopping: std::sync::atomic::AtomicBool,
 }
+
+/// A deployment's apply task.
+#[derive(Debug)]
+struct Slot {
+    /// Changed since the task read its state: run once more.
+    dirty: bool,
+    /// Bumped on every change, so a running apply can be interrupted.
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+/// How running a deployment's current desired state went so far.
+#[derive(Debug, Default, Clone)]
+struct Attempts {
+    /// The desired-state version these attempts are about.
+    version: u64,
+    /// Attempts in a row that failed.
+    failed: u32,
+    /// Why the last one failed, in a user's words.
+    problem: Option<String>,
+}
+
+/// How often an apply that waits for its instances reports what they show.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -77,6 +110,7 @@ impl Agent {
                 permits: Arc::new(Semaphore::new(max_concurrent)),
                 desired: Mutex::default(),
                 slots: Mutex::default(),
+                attempts: Mutex::default(),
                 applied: Mutex::default(),
                 reported: Mutex::default(),
                 events: Mutex::default(),
@@ -123,11 +157,18 @@ impl Agent {
             return;
         }
         let mut slots = lock(&self.inner.slots);
-        if let Some(dirty) = slots.get_mut(id) {
-            *dirty = true;
+        if let Some(slot) = slots.get_mut(id) {
+            slot.dirty = true;
+            slot.changed.send_modify(|generation| *generation += 1);
             return;
         }
-        slots.insert(id.to_owned(), false);
+        slots.insert(
+            id.to_owned(),
+            Slot {
+                dirty: false,
+                changed: tokio::sync::watch::channel(0).0,
+            },
+        );
         tokio::spawn(self.clone().run_slot(id.to_owned()));
     }
 
@@ -136,15 +177,21 @@ impl Agent {
             let Ok(permit) = self.inner.permits.clone().acquire_owned().await else {
                 return;
             };
-            // Clear the flag, then read: a change after the read re-marks it.
-            lock(&self.inner.slots).insert(id.clone(), false);
+            // Clear the flag, then read: a change after the read re-marks it
+            // (and interrupts the apply through `changed`).
+            let Some(mut changed) = lock(&self.inner.slots).get_mut(&id).map(|slot| {
+                slot.dirty = false;
+                slot.changed.subscribe()
+            }) else {
+                return;
+            };
             let state = lock(&self.inner.desired).get(&id).cloned();
             if let Some(state) = state {
-                self.run_one(&id, state).await;
+                self.run_one(&id, state, &mut changed).await;
             }
             drop(permit);
             let mut slots = lock(&self.inner.slots);
-            if slots.get(&id).copied().unwrap_or(false)
+            if slots.get(&id).is_some_and(|slot| slot.dirty)
                 && !self
                     .inner
                     .stopping
@@ -157,14 +204,37 @@ impl Agent {
         }
     }
 
-    async fn run_one(&self, id: &str, state: Arc<pb::DeploymentState>) {
+    async fn run_one(
+        &self,
+        id: &str,
+        state: Arc<pb::DeploymentState>,
+        changed: &mut tokio::sync::watch::Receiver<u64>,
+    ) {
         match &state.state {
             Some(Desired::Apply(apply)) => {
                 let again = lock(&self.inner.applied)
                     .get(id)
                     .is_some_and(|a| Arc::ptr_eq(a, &state));
-                match self.apply(apply).await {
-                    Ok(changed) => {
+                {
+                    let mut attempts = lock(&self.inner.attempts);
+                    let entry = attempts.entry(id.to_owned()).or_default();
+                    if entry.version != state.version {
+                        *entry = Attempts {
+                            version: state.version,
+                            ..Attempts::default()
+                        };
+                    }
+                }
+                let outcome = tokio::select! {
+                    result = self.apply_reporting_progress(apply, state.version) => Some(result),
+                    _ = changed.changed() => None,
+                };
+                match outcome {
+                    None => {
+                        tracing::info!(deployment = %id, "a newer desired state arrived: the apply stops here");
+                        return;
+                    }
+                    Some(Ok(changed)) => {
                         self.inner.metrics.applies_ok.inc();
                         if changed && again {
                             // Same desired state, but the workload had drifted.
@@ -172,13 +242,32 @@ impl Agent {
                             tracing::info!(deployment = %id, "drift corrected");
                         }
                         lock(&self.inner.applied).insert(id.to_owned(), state.clone());
+                        if let Some(a) = lock(&self.inner.attempts).get_mut(id) {
+                            a.failed = 0;
+                            a.problem = None;
+                        }
                     }
-                    Err(e) => {
+                    Some(Err(e)) => {
                         self.inner.metrics.applies_failed.inc();
-                        tracing::warn!(deployment = %id, error = %e, "apply failed; the reconcile retries it");
+                        let problem = problem_of(&e);
+                        let failed = {
+                            let mut attempts = lock(&self.inner.attempts);
+                            let a = attempts.entry(id.to_owned()).or_default();
+                            a.failed += 1;
+                            a.problem = Some(problem);
+                            a.failed
+                        };
+                        let retry = retry_delay(failed);
+                        tracing::warn!(deployment = %id, error = %e, failed, ?retry, "apply failed; retrying");
+                        let agent = self.clone();
+                        let id = id.to_owned();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(retry).await;
+                            agent.mark(&id);
+                        });
                     }
                 }
-                self.report(apply).await;
+                self.report(apply, state.version).await;
             }
             Some(Desired::Delete(delete)) => {
                 match self.inner.provider.deprovision(&delete.k8s_name).await {
@@ -195,6 +284,7 @@ impl Agent {
                                 self.inner.metrics.reports.inc();
                                 lock(&self.inner.reported).remove(id);
                                 lock(&self.inner.applied).remove(id);
+                                lock(&self.inner.attempts).remove(id);
                                 // Forget the tombstone unless a newer state came.
                                 let mut desired = lock(&self.inner.desired);
                                 if desired.get(id).is_some_and(|s| Arc::ptr_eq(s, &state)) {
@@ -223,25 +313,68 @@ impl Agent {
         Ok(result.changed)
     }
 
-    /// Reports the deployment's instances if they changed since the last
-    /// report, and their new exits.
-    async fn report(&self, apply: &pb::ApplyDeployment) {
+    /// [`Agent::apply`], reporting what the instances show every
+    /// [`PROGRESS_EVERY`] while it waits for them (a health check that
+    /// keeps failing during the startup window, say).
+    async fn apply_reporting_progress(
+        &self,
+        apply: &pb::ApplyDeployment,
+        version: u64,
+    ) -> Result<bool, ctrl_provider::Error> {
+        let applying = self.apply(apply);
+        tokio::pin!(applying);
+        let mut tick = tokio::time::interval(PROGRESS_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                result = &mut applying => return result,
+                _ = tick.tick() => self.report(apply, version).await,
+            }
+        }
+    }
+
+    /// Reports the deployment's instances and its problem if they changed
+    /// since the last report, and their new exits.
+    async fn report(&self, apply: &pb::ApplyDeployment, version: u64) {
+        let id = &apply.deployment_id;
+        let attempts = lock(&self.inner.attempts)
+            .get(id)
+            .filter(|a| a.version == version)
+            .cloned()
+            .unwrap_or_default();
         let status = match self.inner.provider.status(&apply.k8s_name).await {
-            Ok(s) => s,
+            Ok(s) => Some(s),
+            Err(ctrl_provider::Error::NotFound(_)) => None,
             Err(e) => {
                 tracing::warn!(deployment = %apply.deployment_id, error = %e, "status unavailable");
                 return;
             }
         };
-        let instances = instances(apply, &status);
-        let fingerprint = fingerprint(&instances);
-        let id = &apply.deployment_id;
+        // Nothing runs yet and nothing went wrong: nothing to say.
+        if status.is_none() && attempts.problem.is_none() {
+            return;
+        }
+        let instances = status
+            .as_ref()
+            .map(|s| instances(apply, s))
+            .unwrap_or_default();
+        let (crash_restarts, seen) = status.as_ref().map(observed_problem).unwrap_or_default();
+        let problem = attempts.problem.clone().or(seen).unwrap_or_default();
+        let failed_attempts = attempts.failed.max(crash_restarts);
+        let fingerprint = format!(
+            "{}|{problem}|{failed_attempts}|{version}",
+            fingerprint(&instances)
+        );
         if lock(&self.inner.reported).get(id) != Some(&fingerprint) {
             let update =
                 pb::report_deployment_status_request::Change::Update(pb::DeploymentInstances {
                     deployment_id: id.clone(),
                     k8s_name: apply.k8s_name.clone(),
                     instances,
+                    problem,
+                    failed_attempts,
+                    desired_version: version,
                 });
             match self.inner.control.report(update).await {
                 Ok(()) => {
@@ -253,6 +386,9 @@ impl Agent {
                 }
             }
         }
+        let Some(status) = status else {
+            return;
+        };
         let events = self.new_events(apply, &status);
         if !events.is_empty()
             && let Err(e) = self.inner.control.events(events).await
@@ -370,7 +506,7 @@ impl Agent {
             lock(&self.inner.desired).values().cloned().collect();
         for state in applies {
             if let Some(Desired::Apply(apply)) = &state.state {
-                self.report(apply).await;
+                self.report(apply, state.version).await;
             }
         }
     }
@@ -518,8 +654,99 @@ fn fingerprint(instances: &[pb::Instance]) -> String {
     hex::encode(Sha256::digest(lines.join("\n").as_bytes()))
 }
 
+/// What a failed apply means to a user: the provider's reason without the
+/// workload's internals ("exited with code 1 before becoming ready: <last
+/// line>", "image localhost/x:1 not found: …").
+fn problem_of(e: &ctrl_provider::Error) -> String {
+    match e {
+        ctrl_provider::Error::RolloutFailed { reason, .. } => tidy(reason),
+        other => other.to_string(),
+    }
+}
+
+/// Drops the `service "app" (replica 0): ` prefix and keeps only the last
+/// line of the output the provider appends.
+fn tidy(reason: &str) -> String {
+    let reason = match reason.strip_prefix("service \"") {
+        Some(rest) => rest.split_once("): ").map_or(reason, |(_, r)| r),
+        None => reason,
+    };
+    match reason.split_once("; last output: ") {
+        Some((what, output)) => {
+            let last = output.rsplit(" | ").next().unwrap_or(output).trim();
+            if last.is_empty() {
+                what.to_owned()
+            } else {
+                format!("{what}: {last}")
+            }
+        }
+        None => reason.to_owned(),
+    }
+}
+
+/// What the instances show that a user should know (a health check that
+/// fails, a crash loop), and how many times a crash-looping one restarted.
+fn observed_problem(status: &WorkloadStatus) -> (u32, Option<String>) {
+    let mut restarts = 0;
+    let mut problem = None;
+    for s in status
+        .services
+        .iter()
+        .filter(|s| s.service == APP_SERVICE && !s.draining && !s.ready)
+    {
+        match s.state {
+            State::Restarting | State::Failed => {
+                restarts = restarts.max(s.restarts);
+                problem.get_or_insert_with(|| s.message.clone());
+            }
+            State::Starting if !s.message.is_empty() => {
+                problem.get_or_insert_with(|| s.message.clone());
+            }
+            _ => {}
+        }
+    }
+    (restarts, problem.filter(|p| !p.is_empty()))
+}
+
+/// The pause before retrying a failed apply: 2 s, doubling, at most a minute.
+fn retry_delay(failed: u32) -> Duration {
+    let exponent = failed.saturating_sub(1).min(5);
+    Duration::from_secs(2u64 << exponent).min(Duration::from_secs(60))
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_rollout_reads_as_a_user_would_say_it() {
+        assert_eq!(
+            tidy(
+                "service \"app\" (replica 0): exited with code 1 before becoming ready; last output: starting | boom: no config"
+            ),
+            "exited with code 1 before becoming ready: boom: no config"
+        );
+        assert_eq!(
+            tidy("image localhost/x:1 not found: Docker responded with status code 404"),
+            "image localhost/x:1 not found: Docker responded with status code 404"
+        );
+        assert_eq!(
+            tidy(
+                "service \"app\" (replica 1): not ready within 3s (last health check: GET /health answered 404 Not Found)"
+            ),
+            "not ready within 3s (last health check: GET /health answered 404 Not Found)"
+        );
+    }
+
+    #[test]
+    fn failed_applies_back_off_up_to_a_minute() {
+        let delays: Vec<u64> = (1..=8).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, [2, 4, 8, 16, 32, 60, 60, 60]);
+    }
 }

@@ -752,8 +752,24 @@ pub async fn wake_deployment(
     s: &AppState,
     req: pb::WakeDeploymentRequest,
 ) -> Result<pb::WakeDeploymentResponse, ApiError> {
+    use ctrl_core::workflows::{DEPLOY_SERVICE, WAKE_HANDLER, WakeInput};
     let d = gate_view(s, "deployment_id", &req.deployment_id).await?;
     ctrl_core::gate::check_wake(&d.facts())?;
-    change_desired_state(s, &d.row.id, DesiredState::Running).await?;
+    // The worker's Wake runs it like a deploy: desired state running, the
+    // wait for instances (with the agents' problems on the step), `ready`.
+    // One wake per stop: a retried request lands on the same invocation.
+    let input = WakeInput {
+        deployment_id: d.row.id.clone(),
+    };
+    let idempotency = format!("wake:{}:{}", d.row.id, d.row.updated_at);
+    s.ingress()
+        .send(
+            DEPLOY_SERVICE,
+            &d.row.id,
+            WAKE_HANDLER,
+            &input,
+            &idempotency,
+        )
+        .await?;
     Ok(pb::WakeDeploymentResponse {})
 }

@@ -63,6 +63,7 @@ async fn get_shows_steps_hostnames_regions_and_the_live_flag() -> Result<()> {
             max_replicas: 2,
             cpu_threshold_percent: 0,
             memory_threshold_percent: 0,
+            startup_timeout_seconds: 0,
         },
         now,
     )
@@ -83,7 +84,15 @@ async fn get_shows_steps_hostnames_regions_and_the_live_flag() -> Result<()> {
         now,
     )
     .await?;
-    ctrl_db::tenancy::swap_live_deployment(&mut tx, &f.app.id, &id, false, now).await?;
+    ctrl_db::tenancy::swap_live_deployment(
+        &mut tx,
+        &f.app.id,
+        &id,
+        false,
+        &format!("test-{id}"),
+        now,
+    )
+    .await?;
     tx.commit().await?;
     route::insert(
         s.db(),

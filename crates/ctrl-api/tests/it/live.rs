@@ -9,7 +9,9 @@ use ctrl_api::error::ApiError;
 use ctrl_api::services::deployment as svc;
 use ctrl_api::state::AppState;
 use ctrl_core::status::{DeploymentStatus as S, DesiredState};
-use ctrl_core::workflows::{LiveSwap, PromoteInput, RollbackInput, ScheduleDesiredStateChange};
+use ctrl_core::workflows::{
+    LiveSwap, PromoteInput, RollbackInput, ScheduleDesiredStateChange, WakeInput,
+};
 use ctrl_db::deployment;
 use ctrl_proto::ctrl::v1 as pb;
 use ctrl_testkit::RestateServer;
@@ -41,6 +43,20 @@ impl DeployStandIn {
         Ok(Json(LiveSwap {
             previous_deployment_id: input.source_deployment_id,
         }))
+    }
+
+    #[handler(name = "Wake")]
+    async fn wake(
+        &self,
+        ctx: ObjectContext<'_>,
+        Json(input): Json<WakeInput>,
+    ) -> HandlerResult<()> {
+        assert_eq!(input.deployment_id, ctx.key());
+        self.calls
+            .lock()
+            .expect("lock")
+            .push(format!("wake@{}", ctx.key()));
+        Ok(())
     }
 
     #[handler(name = "Promote")]
@@ -142,7 +158,15 @@ async fn deployment_in(
 
 async fn make_live(s: &AppState, a: &App, id: &str, rolled_back: bool) -> Result<()> {
     let mut conn = s.db().acquire().await?;
-    ctrl_db::tenancy::swap_live_deployment(&mut conn, &a.app.id, id, rolled_back, 3).await?;
+    ctrl_db::tenancy::swap_live_deployment(
+        &mut conn,
+        &a.app.id,
+        id,
+        rolled_back,
+        &format!("test-{id}-{rolled_back}"),
+        3,
+    )
+    .await?;
     Ok(())
 }
 
@@ -301,6 +325,14 @@ async fn allowed_changes_call_the_worker_on_the_right_keys_and_return_its_answer
     )
     .await?;
 
+    // Wake is sent, not awaited: it runs like a deploy.
+    let waked = format!("wake@{preview}");
+    for _ in 0..100 {
+        if calls.lock().expect("lock").contains(&waked) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let seen = calls.lock().expect("lock").clone();
     assert_eq!(
         seen,
@@ -308,7 +340,7 @@ async fn allowed_changes_call_the_worker_on_the_right_keys_and_return_its_answer
             format!("rollback@{live} -> {old}"),
             format!("promote@{old}"),
             format!("stopped@{preview} delay=0 overwrite=true"),
-            format!("running@{preview} delay=0 overwrite=true"),
+            waked,
         ]
     );
 

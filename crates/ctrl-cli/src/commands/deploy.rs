@@ -171,7 +171,7 @@ fn terminal(d: &pb::Deployment) -> bool {
 /// Follows WatchDeployment until a terminal status, reconnecting (bounded)
 /// when the stream breaks: each stream starts with the current state, so
 /// nothing is missed.
-async fn follow(ctx: &Ctx, id: &str, progress: &mut Progress) -> Result<pb::Deployment> {
+pub(super) async fn follow(ctx: &Ctx, id: &str, progress: &mut Progress) -> Result<pb::Deployment> {
     let api = &ctx.api;
     let mut failures = 0;
     loop {

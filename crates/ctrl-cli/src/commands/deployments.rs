@@ -330,7 +330,9 @@ pub(super) async fn stop(ctx: &Ctx, id: &str) -> Result<()> {
     ))
 }
 
-/// `ctrl wake <deployment>`
+/// `ctrl wake <deployment>`: starts its instances again and follows the
+/// wake like a deploy, until the deployment is ready (or stopped again,
+/// with the reason).
 pub(super) async fn wake(ctx: &Ctx, id: &str) -> Result<()> {
     let api = &ctx.api;
     let req = api.request(pb::WakeDeploymentRequest {
@@ -342,5 +344,50 @@ pub(super) async fn wake(ctx: &Ctx, id: &str) -> Result<()> {
         api.deployments().wake_deployment(req),
     )
     .await?;
-    ctx.done(&format!("waking {id}: its instances are starting"))
+    // The worker's wake sets the desired state to running first; follow once it has.
+    let mut waited = 0;
+    loop {
+        let d = resolve::deployment(api, id).await?;
+        if d.desired_state == pb::DesiredState::Running as i32 {
+            break;
+        }
+        waited += 1;
+        if waited > 75 {
+            bail!(
+                "the wake of {id} has not started after 15 s; `ctrl deployments get {id}` shows where it is"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    if !ctx.json() {
+        eprintln!("Waking {id}");
+    }
+    let mut progress =
+        crate::progress::Progress::new(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let followed = super::deploy::follow(ctx, id, &mut progress).await;
+    progress.finish();
+    let d = followed?;
+    if ctx.json() {
+        output::json(&d)?;
+    }
+    match pb::DeploymentStatus::try_from(d.status) {
+        Ok(pb::DeploymentStatus::Ready) => {
+            if !ctx.json() {
+                println!("\n✓ {id} is ready again");
+                for url in urls(&d) {
+                    println!("  {url}");
+                }
+            }
+            Ok(())
+        }
+        _ => Err(anyhow!(
+            "{id} could not be woken ({}){}",
+            status(d.status),
+            if d.error_message.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", d.error_message)
+            }
+        )),
+    }
 }

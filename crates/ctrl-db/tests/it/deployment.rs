@@ -182,13 +182,26 @@ async fn superseding_and_sibling_queries_are_per_app_environment_and_branch() ->
     deployment::set_status_if_active(&db.pool, &new.id, S::Failed, None, NOW).await?;
     assert!(!deployment::has_newer_active(&db.pool, &old).await?);
 
-    // Running siblings: ready or stopped with desired state running.
+    // Older running siblings: ready or stopped with desired state running,
+    // created before; never a newer one.
     deployment::compare_and_set_status(&db.pool, &old.id, S::Pending, S::Ready, NOW).await?;
     let newest = deploy(&db.pool, &t, &t.preview, Some("feat")).await?;
     assert_eq!(
-        deployment::list_running_siblings(&db.pool, &newest).await?,
-        [old.id]
+        deployment::list_older_running_siblings(&db.pool, &newest).await?,
+        std::slice::from_ref(&old.id)
     );
+    assert!(
+        deployment::list_older_running_siblings(&db.pool, &old)
+            .await?
+            .is_empty()
+    );
+    assert!(!deployment::has_newer_ready_sibling(&db.pool, &old).await?);
+    deployment::compare_and_set_status(&db.pool, &newest.id, S::Pending, S::Ready, NOW).await?;
+    assert!(deployment::has_newer_ready_sibling(&db.pool, &old).await?);
+    assert!(!deployment::has_newer_ready_sibling(&db.pool, &newest).await?);
+    assert!(deployment::is_newer(&db.pool, &newest.id, &old.id).await?);
+    assert!(!deployment::is_newer(&db.pool, &old.id, &newest.id).await?);
+    assert!(!deployment::is_newer(&db.pool, &old.id, "d_missing").await?);
     Ok(())
 }
 

@@ -108,14 +108,22 @@ async fn the_live_pointer_swaps_atomically_and_clears_only_if_unchanged() -> Res
     let t = tree(&db.pool).await?;
     let mut tx = db.pool.begin().await?;
     assert_eq!(
-        tenancy::swap_live_deployment(&mut tx, &t.app, "d_first", false, NOW).await?,
+        tenancy::swap_live_deployment(&mut tx, &t.app, "d_first", false, "op-1", NOW).await?,
         None
     );
     assert_eq!(
-        tenancy::swap_live_deployment(&mut tx, &t.app, "d_second", true, NOW).await?,
+        tenancy::swap_live_deployment(&mut tx, &t.app, "d_second", true, "op-2", NOW).await?,
         Some("d_first".into())
     );
     tx.commit().await?;
+    // The same operation again (a replay after a crash): the same answer,
+    // nothing changed — not "d_second was live before d_second".
+    let mut conn = db.pool.acquire().await?;
+    assert_eq!(
+        tenancy::swap_live_deployment(&mut conn, &t.app, "d_second", true, "op-2", NOW).await?,
+        Some("d_first".into())
+    );
+    drop(conn);
     let app = tenancy::get_app(&db.pool, &t.app).await?;
     assert_eq!(
         (app.live_deployment_id.as_deref(), app.is_rolled_back),
@@ -130,7 +138,8 @@ async fn the_live_pointer_swaps_atomically_and_clears_only_if_unchanged() -> Res
     );
 
     let mut conn = db.pool.acquire().await?;
-    let missing = tenancy::swap_live_deployment(&mut conn, "app_missing", "d_x", false, NOW).await;
+    let missing =
+        tenancy::swap_live_deployment(&mut conn, "app_missing", "d_x", false, "op-3", NOW).await;
     assert!(matches!(missing, Err(Error::NotFound("app"))));
     Ok(())
 }

@@ -22,6 +22,7 @@ fn new<'a>(t: &'a crate::fixtures::Tree, deployment_id: &'a str) -> NewTopology<
         max_replicas: 0,
         cpu_threshold_percent: 80,
         memory_threshold_percent: 0,
+        startup_timeout_seconds: 0,
     }
 }
 

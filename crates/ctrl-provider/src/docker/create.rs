@@ -108,10 +108,12 @@ impl DockerProvider {
             Ok::<_, bollard::errors::Error>(())
         };
         self.call_raw("pull image", pull).await?.map_err(|e| {
-            Error::backend(
-                format!("image {image} is not present and pulling it failed"),
-                e,
-            )
+            let what = if is_not_found(&e) || e.to_string().contains("not found") {
+                format!("image {image} not found")
+            } else {
+                format!("image {image} is not present and pulling it failed")
+            };
+            Error::backend(what, e)
         })
     }
 

@@ -31,16 +31,15 @@ impl DockerProvider {
                     HttpMethod::Get => self.http.get(&url),
                     HttpMethod::Post => self.http.post(&url),
                 };
-                let response = request
-                    .timeout(check.timeout)
-                    .send()
-                    .await
-                    .map_err(|e| format!("{method:?} {path}: {}", connect_error(&e)))?;
+                let response =
+                    request.timeout(check.timeout).send().await.map_err(|e| {
+                        format!("{} {path}: {}", method.as_str(), connect_error(&e))
+                    })?;
                 let status = response.status();
                 if status.is_success() || status.is_redirection() {
                     Ok(())
                 } else {
-                    Err(format!("{method:?} {path} answered {status}"))
+                    Err(format!("{} {path} answered {status}", method.as_str()))
                 }
             }
             Probe::Tcp { port } => {

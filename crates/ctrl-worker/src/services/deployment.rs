@@ -20,7 +20,7 @@ use restate_sdk::prelude::*;
 use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
 
-use crate::errors::{begin, commit, db_error, now_ms};
+use crate::errors::{WorkflowError, begin, commit, db_error, now_ms};
 
 const TRANSITION: &str = "transition";
 
@@ -55,11 +55,7 @@ impl DeploymentObject {
 
 fn parse_state(state: &str) -> Result<DesiredState, HandlerError> {
     state.parse::<DesiredState>().map_err(|e| {
-        TerminalError::new_with_code(
-            400,
-            format!("state: {e} (expected \"running\" or \"stopped\")"),
-        )
-        .into()
+        WorkflowError::Invalid(format!("state: {e} (expected \"running\" or \"stopped\")")).into()
     })
 }
 
@@ -125,13 +121,19 @@ impl DeploymentObject {
 }
 
 /// Sets the deployment's desired state and its topology rows' desired status
-/// (new region versions) in one transaction; refuses to stop the live deployment.
+/// (new region versions) in one transaction; refuses to stop the live
+/// deployment. The decision holds the app's row lock, as every live swap
+/// does, so a stop and a rollback to the same deployment never interleave.
 async fn apply(db: &MySqlPool, id: &str, state: DesiredState) -> Result<(), HandlerError> {
     let mut tx = begin(db).await?;
-    let d = deployment::get(&mut *tx, id).await.map_err(db_error)?;
-    let app = tenancy::get_app(&mut *tx, &d.app_id)
+    let app_id = deployment::get(&mut *tx, id)
+        .await
+        .map_err(db_error)?
+        .app_id;
+    let app = tenancy::lock_app(&mut tx, &app_id)
         .await
         .map_err(db_error)?;
+    let d = deployment::get(&mut *tx, id).await.map_err(db_error)?;
     let env = tenancy::get_environment(&mut *tx, &d.environment_id)
         .await
         .map_err(db_error)?;
@@ -149,7 +151,7 @@ async fn apply(db: &MySqlPool, id: &str, state: DesiredState) -> Result<(), Hand
         is_rolled_back: app.is_rolled_back,
     };
     gate::check_desired_state_change(&facts, &app_facts, state)
-        .map_err(|e| HandlerError::from(TerminalError::new_with_code(409, e.message())))?;
+        .map_err(|e| HandlerError::from(WorkflowError::Refused(e.message())))?;
     let now = now_ms();
     if d.desired_state != state {
         deployment::set_desired_state(&mut *tx, id, state, now)

@@ -132,7 +132,7 @@ async fn the_live_deployment_is_never_stopped() -> Result<()> {
     let h = Harness::start().await?;
     let live = h.ready_deployment(&h.production).await?;
     let mut conn = h.db.pool.acquire().await?;
-    tenancy::swap_live_deployment(&mut conn, &h.app, &live, false, 3).await?;
+    tenancy::swap_live_deployment(&mut conn, &h.app, &live, false, "test-swap", 3).await?;
     drop(conn);
     h.send(
         &format!("Deployment/{live}/ScheduleDesiredStateChange"),

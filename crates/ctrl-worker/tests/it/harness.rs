@@ -164,6 +164,7 @@ impl Harness {
             max_replicas: 1,
             cpu_threshold_percent: 0,
             memory_threshold_percent: 0,
+            startup_timeout_seconds: 0,
         };
         topology::upsert_running(&mut tx, &t, 2).await?;
         tx.commit().await?;
@@ -261,8 +262,58 @@ impl Harness {
         instance::replace_for_deployment(&mut tx, &self.workspace, id, &self.region, &reported, 5)
             .await?;
         tx.commit().await?;
-        self.send(&format!("Deploy/{id}/NotifyInstancesReady"), None)
+        self.send(&format!("Deploy/{id}/NotifyInstancesChanged"), None)
             .await
+    }
+
+    /// Writes `n` running instances in the region *without* telling the
+    /// workflow (a notification lost on the way).
+    pub(crate) async fn report_running_quietly(&self, id: &str, n: usize) -> Result<()> {
+        let reported: Vec<ReportedInstance> = (0..n)
+            .map(|i| ReportedInstance {
+                new_id: generate(IdKind::Instance, &mut rand::rng()),
+                name: format!("{id}-{i}"),
+                address: format!("127.0.0.1:{}", 20000 + i),
+                cpu_millicores: 250,
+                memory_mib: 256,
+                status: InstanceStatus::Running,
+            })
+            .collect();
+        let mut tx = self.db.pool.begin().await?;
+        instance::replace_for_deployment(&mut tx, &self.workspace, id, &self.region, &reported, 5)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records what the region's agent reports as a problem and wakes the
+    /// waiting handler, the way cluster-sync does.
+    pub(crate) async fn report_problem(&self, id: &str, problem: &str, failed: u32) -> Result<()> {
+        topology::record_problem(&self.db.pool, id, &self.region, 0, Some(problem), failed, 6)
+            .await?;
+        self.send(&format!("Deploy/{id}/NotifyInstancesChanged"), None)
+            .await
+    }
+
+    /// The message and error of one of the deployment's steps.
+    pub(crate) async fn step(
+        &self,
+        id: &str,
+        kind: ctrl_core::status::StepKind,
+    ) -> Result<deployment::Step> {
+        deployment::list_steps(&self.db.pool, id)
+            .await?
+            .into_iter()
+            .find(|s| s.step == kind)
+            .ok_or_else(|| anyhow::anyhow!("{id} has no {} step", kind.as_str()))
+    }
+
+    /// Simulates the agent finishing a stop: no instance left, and
+    /// cluster-sync's "stopped once drained".
+    pub(crate) async fn report_drained(&self, id: &str) -> Result<()> {
+        instance::delete_for_deployment(&self.db.pool, id, &self.region).await?;
+        deployment::mark_stopped_if_drained(&self.db.pool, id, 7).await?;
+        Ok(())
     }
 
     /// Waits until the deployment has `status`.

@@ -15,7 +15,7 @@ use crate::harness::{Harness, eventually};
 
 async fn make_live(h: &Harness, id: &str) -> Result<()> {
     let mut conn = h.db.pool.acquire().await?;
-    tenancy::swap_live_deployment(&mut conn, &h.app, id, false, 3).await?;
+    tenancy::swap_live_deployment(&mut conn, &h.app, id, false, &format!("test-{id}"), 3).await?;
     Ok(())
 }
 
@@ -133,7 +133,7 @@ async fn rollback(h: &Harness, source: &str, target: &str) -> Result<(u16, Optio
 
 /// What a refusal for `violation` looks like.
 fn refused(violation: GateError) -> (u16, Option<String>) {
-    (409, Some(violation.message()))
+    (412, Some(violation.message()))
 }
 
 #[tokio::test]

@@ -5,3 +5,4 @@ mod durability;
 mod harness;
 mod live;
 mod pipeline;
+mod truth;

@@ -1,5 +1,5 @@
 //! The Deploy pipeline on the real worker: readiness through
-//! NotifyInstancesReady, auto-promotion and retirement, readiness timeout
+//! NotifyInstancesChanged, auto-promotion and retirement, readiness timeout
 //! and cancel with compensation, rollback while a deploy waits, and
 //! superseding by a newer commit.
 

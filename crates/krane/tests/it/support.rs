@@ -133,6 +133,7 @@ impl Seed {
                 max_replicas: min,
                 cpu_threshold_percent: 0,
                 memory_threshold_percent: 0,
+                startup_timeout_seconds: 0,
             };
             ctrl_db::topology::upsert_running(&mut tx, &t, 1).await?
         } else {

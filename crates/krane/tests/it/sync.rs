@@ -142,6 +142,7 @@ async fn registration_lookups_reports_and_resync() -> Result<()> {
                     status: *s as i32,
                 })
                 .collect(),
+            ..Default::default()
         })
     };
     control

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
 
 use super::retire;
-use crate::errors::db_error;
+use crate::errors::{WorkflowError, db_error};
 use crate::services::deployment::DeploymentObjectClient;
 use crate::services::routing::{RoutingObjectClient, SwapLive};
 
@@ -48,7 +48,7 @@ struct GateRow {
 impl GateRow {
     fn facts(&self) -> Result<DeploymentFacts<'_>, HandlerError> {
         let corrupt = |e: ctrl_core::status::UnknownName| {
-            HandlerError::from(TerminalError::new_with_code(500, e.to_string()))
+            HandlerError::from(WorkflowError::Internal(e.to_string()))
         };
         Ok(DeploymentFacts {
             id: &self.id,
@@ -84,6 +84,9 @@ impl LiveContext {
             deployment_id: target.to_owned(),
             route_ids: self.route_ids.clone(),
             rolled_back,
+            // The same across replays of this invocation: the swap's record
+            // in the app row.
+            operation_id: format!("{}:swap", ctx.invocation_id()),
         };
         let Json(swapped) = ctx
             .object_client::<RoutingObjectClient<'_>>(&self.environment_id)
@@ -144,7 +147,7 @@ async fn load(
 }
 
 fn refused(e: gate::GateError) -> HandlerError {
-    TerminalError::new_with_code(409, e.message()).into()
+    WorkflowError::Refused(e.message()).into()
 }
 
 /// Moves the app's live traffic back to `target` and freezes
@@ -155,10 +158,10 @@ pub(super) async fn rollback(
     req: RollbackInput,
 ) -> HandlerResult<Json<LiveSwap>> {
     if req.source_deployment_id != ctx.key() {
-        return Err(TerminalError::new_with_code(
-            400,
-            "Rollback must be invoked on the source deployment's key",
-        )
+        return Err(WorkflowError::WrongKey {
+            handler: "Rollback",
+            whose: "source",
+        }
         .into());
     }
     let db = db.clone();
@@ -180,7 +183,9 @@ pub(super) async fn rollback(
 }
 
 /// Makes `target` live and re-enables auto-promotion; the previous live
-/// deployment retires after `retire_previous_live`. Runs on the target's key.
+/// deployment retires after `retire_previous_live`, and so — when the
+/// promote confirms a rollback — does every deployment the rollbacks left
+/// running (the one rolled back from above all). Runs on the target's key.
 pub(super) async fn promote(
     db: &MySqlPool,
     ctx: &ObjectContext<'_>,
@@ -188,22 +193,41 @@ pub(super) async fn promote(
     retire_previous_live: Duration,
 ) -> HandlerResult<Json<LiveSwap>> {
     if req.target_deployment_id != ctx.key() {
-        return Err(TerminalError::new_with_code(
-            400,
-            "Promote must be invoked on the target deployment's key",
-        )
+        return Err(WorkflowError::WrongKey {
+            handler: "Promote",
+            whose: "target",
+        }
         .into());
     }
-    let db = db.clone();
-    let target_id = req.target_deployment_id.clone();
+    let (pool, target_id) = (db.clone(), req.target_deployment_id.clone());
     let Json(live) = ctx
-        .run(|| async move { load(&db, &target_id, None).await.map(Json) })
+        .run(|| async move { load(&pool, &target_id, None).await.map(Json) })
         .name("load promote context")
         .await?;
     gate::check_promote(&live.deployments[0].facts()?, &live.app()).map_err(refused)?;
     let previous = live.swap(ctx, &req.target_deployment_id, false).await?;
     if !previous.is_empty() && previous != req.target_deployment_id {
         retire(ctx, &previous, retire_previous_live, false);
+    }
+    if live.is_rolled_back {
+        let (pool, app, env, target) = (
+            db.clone(),
+            live.app_id.clone(),
+            live.environment_id.clone(),
+            req.target_deployment_id.clone(),
+        );
+        let Json(left) = ctx
+            .run(|| async move {
+                deployment::list_running_not_live(&pool, &app, &env, &target)
+                    .await
+                    .map(Json)
+                    .map_err(db_error)
+            })
+            .name("find what the rollback left running")
+            .await?;
+        for id in left.iter().filter(|id| **id != previous) {
+            retire(ctx, id, retire_previous_live, false);
+        }
     }
     Ok(Json(LiveSwap {
         previous_deployment_id: previous,

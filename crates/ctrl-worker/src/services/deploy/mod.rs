@@ -1,17 +1,19 @@
 //! `Deploy` (virtual object keyed by deployment id): the deployment
-//! pipeline (`Deploy`), `Rollback`, `Promote`, and the shared
-//! `NotifyInstancesReady` through which cluster-sync wakes a pipeline that
-//! waits for instances. Names and inputs are in `ctrl_core::workflows`.
+//! pipeline (`Deploy`), waking a stopped deployment (`Wake`), `Rollback`,
+//! `Promote`, and the shared `NotifyInstancesChanged` through which
+//! cluster-sync wakes a handler that waits for instances. Names and inputs
+//! are in `ctrl_core::workflows`.
 
 mod live;
 mod pipeline;
+mod wake;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ctrl_core::status::DesiredState;
 use ctrl_core::workflows::{
-    DeployInput, LiveSwap, PromoteInput, RollbackInput, ScheduleDesiredStateChange,
+    DeployInput, LiveSwap, PromoteInput, RollbackInput, ScheduleDesiredStateChange, WakeInput,
 };
 use restate_sdk::prelude::*;
 use sqlx::MySqlPool;
@@ -21,7 +23,7 @@ pub use pipeline::SUPERSEDED;
 use crate::config::DeployConfig;
 use crate::services::deployment::DeploymentObjectClient;
 
-/// State key of the awakeable the pipeline waits on for instances.
+/// State key of the awakeable a handler waits on for instances.
 const READINESS_AWAKEABLE: &str = "instances_ready_awakeable";
 
 /// What the Deploy object takes from the configuration.
@@ -33,6 +35,10 @@ pub struct DeploySettings {
     pub retire_previous_preview: Duration,
     /// How long to wait for instances before failing.
     pub readiness_timeout: Duration,
+    /// Failed attempts in a row after which a region is given up.
+    pub max_failed_attempts: u32,
+    /// How often a wait re-checks the database without a notification.
+    pub readiness_recheck: Duration,
     /// Generated hostnames end in this domain.
     pub apex_domain: String,
 }
@@ -43,6 +49,8 @@ impl From<&DeployConfig> for DeploySettings {
             retire_previous_live: Duration::from_secs(c.retire_previous_live_seconds),
             retire_previous_preview: Duration::from_secs(c.retire_previous_preview_seconds),
             readiness_timeout: Duration::from_secs(c.readiness_timeout_seconds),
+            max_failed_attempts: c.max_failed_attempts,
+            readiness_recheck: Duration::from_secs(c.readiness_recheck_seconds),
             apex_domain: c.apex_domain.clone(),
         }
     }
@@ -77,6 +85,13 @@ impl DeployObject {
         pipeline::run(&self.db, &self.settings, &ctx, req).await
     }
 
+    /// Starts a stopped deployment's instances again and waits until they
+    /// are ready, like a deploy (see `wake`).
+    #[handler(name = "Wake")]
+    async fn wake(&self, ctx: ObjectContext<'_>, Json(req): Json<WakeInput>) -> HandlerResult<()> {
+        wake::run(&self.db, &self.settings, &ctx, req).await
+    }
+
     /// Moves the app's live traffic back to an earlier deployment and
     /// freezes auto-promotion. Keyed by the live (source) deployment.
     #[handler(name = "Rollback")]
@@ -99,10 +114,10 @@ impl DeployObject {
         live::promote(&self.db, &ctx, req, self.settings.retire_previous_live).await
     }
 
-    /// Wakes the pipeline if it waits for instances. It re-checks the
+    /// Wakes a handler waiting for instances, if one waits. It re-checks the
     /// database when woken, so an early or repeated call is harmless.
-    #[handler(name = "NotifyInstancesReady")]
-    async fn notify_instances_ready(&self, ctx: SharedObjectContext<'_>) -> HandlerResult<()> {
+    #[handler(name = "NotifyInstancesChanged")]
+    async fn notify_instances_changed(&self, ctx: SharedObjectContext<'_>) -> HandlerResult<()> {
         if let Some(id) = ctx.get::<String>(READINESS_AWAKEABLE).await? {
             ctx.resolve_awakeable(&id, ());
         }

@@ -1,0 +1,104 @@
+//! The deployment pipeline (`Deploy/{id}/Deploy`), one module per phase:
+//!
+//! [`claim`] (pending → starting, superseding) → [`building`] (the image) →
+//! [`deploying`] (topology and network policy per schedulable region, then
+//! [`wait`] for instances) → [`network`] (hostnames and routes) →
+//! [`finalizing`] (ready, then live in production or older previews
+//! retired — only ever forward in creation order).
+//!
+//! Every side effect is a named `ctx.run` with bounded retries
+//! (`errors::step_retry`); each phase is a `deployment_steps` row and a
+//! status ([`steps`]). On a terminal failure or a cancel, the
+//! [`compensation`]s registered so far run in reverse, durably.
+
+mod building;
+pub(super) mod claim;
+pub(super) mod compensation;
+mod deploying;
+mod finalizing;
+mod network;
+pub(super) mod steps;
+pub(super) mod wait;
+
+use ctrl_core::workflows::DeployInput;
+use restate_sdk::prelude::*;
+use serde::{Deserialize, Serialize};
+use sqlx::MySqlPool;
+
+use claim::Claim;
+pub use claim::SUPERSEDED;
+use compensation::Undo;
+
+use super::DeploySettings;
+use crate::errors::WorkflowError;
+
+/// Everything the later steps need, loaded once by the claim and journaled.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Plan {
+    pub(super) deployment_id: String,
+    pub(super) workspace_id: String,
+    pub(super) project_id: String,
+    pub(super) app_id: String,
+    pub(super) environment_id: String,
+    pub(super) k8s_name: String,
+    pub(super) namespace: String,
+    pub(super) image: Option<String>,
+    pub(super) from_git: bool,
+    pub(super) port: i32,
+    pub(super) git_commit_sha: Option<String>,
+    pub(super) git_branch: Option<String>,
+    pub(super) fork_owner: Option<String>,
+    pub(super) from_cli: bool,
+    pub(super) workspace_slug: String,
+    pub(super) project_slug: String,
+    pub(super) app_slug: String,
+    pub(super) environment_slug: String,
+    pub(super) is_production: bool,
+}
+
+/// Runs the pipeline of `req.deployment_id` (the object's key).
+pub(super) async fn run(
+    db: &MySqlPool,
+    settings: &DeploySettings,
+    ctx: &ObjectContext<'_>,
+    req: DeployInput,
+) -> HandlerResult<()> {
+    if req.deployment_id != ctx.key() {
+        return Err(WorkflowError::WrongKey {
+            handler: "Deploy",
+            whose: "own",
+        }
+        .into());
+    }
+    let plan = match claim::claim(db, ctx, &req.deployment_id).await? {
+        Claim::Started(plan) => *plan,
+        Claim::Skipped(why) => {
+            tracing::info!(deployment_id = %req.deployment_id, %why, "deployment skipped");
+            return Ok(());
+        }
+    };
+    let mut undo = vec![Undo::MarkFailed];
+    match phases(db, settings, ctx, &plan, &mut undo).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            tracing::warn!(deployment_id = %plan.deployment_id, error = %e.message(), "deployment failed");
+            compensation::unwind(db, ctx, &plan.deployment_id, &plan.environment_id, undo, &e)
+                .await;
+            Err(e.into())
+        }
+    }
+}
+
+/// The phases after the claim; any error ends the pipeline.
+async fn phases(
+    db: &MySqlPool,
+    settings: &DeploySettings,
+    ctx: &ObjectContext<'_>,
+    plan: &Plan,
+    undo: &mut Vec<Undo>,
+) -> Result<(), TerminalError> {
+    building::image(db, ctx, plan).await?;
+    deploying::start_instances(db, settings, ctx, plan, undo).await?;
+    network::assign_routes(db, settings, ctx, plan, undo).await?;
+    finalizing::finish(db, settings, ctx, plan, undo).await
+}
