@@ -2,9 +2,11 @@
 //! reachable here): a static busybox with an HTTP server.
 //!
 //! [`build_http_image`] sends a build context (`FROM scratch`, the rootfs,
-//! `CMD`) to `POST /build`. The image's start script prints a line,
-//! writes `$VERSION` (default `v1`) to `/index.html`, writes `/health`
-//! after `$HEALTHY_AFTER` seconds (default 0) unless `UNHEALTHY` is set, and `exec`s `httpd -f -p ${PORT:-8080}`.
+//! `CMD`) to `POST /build`. The image's start script prints a line, exits
+//! with code 1 after printing `$CRASH` if that is set, writes `$VERSION`
+//! (default `v1`) to `/index.html`, writes `/health` after `$HEALTHY_AFTER`
+//! seconds (default 0) unless `UNHEALTHY` is set, and `exec`s
+//! `httpd -f -p ${PORT:-8080}`.
 //! [`derive_image`] layers `ENV` lines on top, which makes a different image
 //! with the same code — enough for rollout and rollback tests.
 
@@ -22,6 +24,7 @@ const APPLETS: &[&str] = &[
 
 const START: &str = r#"#!/bin/sh
 echo "starting ${VERSION:-v1} on port ${PORT:-8080}"
+if [ -n "$CRASH" ]; then echo "$CRASH" >&2; exit 1; fi
 echo "${VERSION:-v1}" > /www/index.html
 if [ -z "$UNHEALTHY" ]; then (sleep "${HEALTHY_AFTER:-0}"; echo ok > /www/health) & fi
 exec httpd -f -v -p "${PORT:-8080}" -h /www
@@ -84,7 +87,9 @@ pub async fn derive_image(
 ) -> Result<(), Error> {
     let mut dockerfile = format!("FROM {base}\n");
     for (key, value) in env {
-        dockerfile.push_str(&format!("ENV {key}={value}\n"));
+        // Quoted, so values may hold spaces.
+        let value = value.replace('\\', "\\\\").replace('"', "\\\"");
+        dockerfile.push_str(&format!("ENV {key}=\"{value}\"\n"));
     }
     let mut tar = tar::Builder::new(Vec::new());
     append(&mut tar, "Dockerfile", 0o644, dockerfile.as_bytes())

@@ -142,13 +142,26 @@ impl Agent {
         }
     }
 
+    /// Records the newest desired state of `id` and schedules a run; a
+    /// different state than before also interrupts an apply in progress.
     fn set_desired(&self, id: &str, state: pb::DeploymentState) {
-        lock(&self.inner.desired).insert(id.to_owned(), Arc::new(state));
-        self.mark(id);
+        let changed = {
+            let mut desired = lock(&self.inner.desired);
+            let changed = desired.get(id).is_none_or(|old| **old != state);
+            desired.insert(id.to_owned(), Arc::new(state));
+            changed
+        };
+        self.schedule(id, changed);
     }
 
-    /// Schedules a run for `id` (or a re-run if one is in progress).
+    /// Schedules a run for `id` (or a re-run once the one in progress ends).
     fn mark(&self, id: &str) {
+        self.schedule(id, false);
+    }
+
+    /// Schedules a run for `id`; with `interrupt`, an apply in progress
+    /// stops waiting so the newest state runs at once.
+    fn schedule(&self, id: &str, interrupt: bool) {
         if self
             .inner
             .stopping
@@ -159,7 +172,9 @@ impl Agent {
         let mut slots = lock(&self.inner.slots);
         if let Some(slot) = slots.get_mut(id) {
             slot.dirty = true;
-            slot.changed.send_modify(|generation| *generation += 1);
+            if interrupt {
+                slot.changed.send_modify(|generation| *generation += 1);
+            }
             return;
         }
         slots.insert(

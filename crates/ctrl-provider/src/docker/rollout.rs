@@ -343,13 +343,25 @@ impl DockerProvider {
                     };
                 }
             } else if now.exited() || now.restarts > restarts_before {
-                return Err(format!(
-                    "{what}: {} before becoming ready{}",
-                    if now.exited() {
-                        now.exit_message()
+                let happened = if now.exited() {
+                    now.exit_message()
+                } else {
+                    // The engine restarted it already: say how it ended.
+                    let restarts = now.restarts - restarts_before;
+                    let times = if restarts == 1 {
+                        "once"
                     } else {
-                        format!("restarted {} times", now.restarts - restarts_before)
-                    },
+                        "several times"
+                    };
+                    match now.exit_code {
+                        Some(code) if code != 0 => {
+                            format!("exited with code {code} (restarted {times})")
+                        }
+                        _ => format!("exited (restarted {times})"),
+                    }
+                };
+                return Err(format!(
+                    "{what}: {happened} before becoming ready{}",
                     self.log_tail(id).await
                 ));
             } else if now.running() {

@@ -242,6 +242,89 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// Workspace `acme`, project `shop`, app `web` (running in region
+    /// dev/local, which krane registered first).
+    async fn app(&self) -> Result<pb::App> {
+        let ch = self.api.clone();
+        let ws = pb::workspace_service_client::WorkspaceServiceClient::new(ch.clone())
+            .create_workspace(auth(pb::CreateWorkspaceRequest {
+                name: "Acme".into(),
+                slug: "acme".into(),
+                actor: None,
+            }))
+            .await?
+            .into_inner()
+            .workspace
+            .context("workspace")?;
+        let project = pb::project_service_client::ProjectServiceClient::new(ch.clone())
+            .create_project(auth(pb::CreateProjectRequest {
+                workspace_id: ws.id,
+                name: "Shop".into(),
+                slug: "shop".into(),
+                actor: None,
+            }))
+            .await?
+            .into_inner()
+            .project
+            .context("project")?;
+        pb::app_service_client::AppServiceClient::new(ch)
+            .create_app(auth(pb::CreateAppRequest {
+                project_id: project.id,
+                name: "Web".into(),
+                slug: "web".into(),
+                ..Default::default()
+            }))
+            .await?
+            .into_inner()
+            .app
+            .context("app")
+    }
+
+    /// Waits until the deployment's deploying step says something with `text`.
+    async fn wait_step_message(&self, id: &str, text: &str) -> Result<String> {
+        let mut seen = String::new();
+        for _ in 0..150 {
+            let d = self.get(id).await?;
+            if let Some(step) = d
+                .steps
+                .iter()
+                .find(|s| s.kind == pb::DeploymentStepKind::Deploying as i32)
+            {
+                seen = format!("{} / {}", step.message, step.error_message);
+                if seen.contains(text) {
+                    return Ok(seen);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        bail!(
+            "the deploying step never mentioned {text:?} (last: {seen:?})\nkrane:\n{}",
+            self.krane_log()
+        )
+    }
+
+    /// Waits until the deployment reaches a status the workflow is done with.
+    async fn wait_end(&self, id: &str) -> Result<pb::Deployment> {
+        for _ in 0..600 {
+            let d = self.get(id).await?;
+            if !matches!(
+                d.status(),
+                pb::DeploymentStatus::Pending
+                    | pb::DeploymentStatus::Starting
+                    | pb::DeploymentStatus::Building
+                    | pb::DeploymentStatus::Deploying
+                    | pb::DeploymentStatus::Network
+                    | pb::DeploymentStatus::Finalizing
+            ) {
+                return Ok(d);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        bail!("{id} never finished\nkrane:\n{}", self.krane_log())
+    }
+}
+
 fn auth<T>(msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     req.metadata_mut().insert(
@@ -408,5 +491,135 @@ async fn deployments_run_roll_back_survive_restarts_and_stop() -> Result<()> {
         !stack.containers_of(&d1).await?.is_empty(),
         "others untouched"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_that_cannot_start_says_why_slow_starters_deploy_and_wake_ends_ready() -> Result<()>
+{
+    let stack = Stack::start().await?;
+    let ch = stack.api.clone();
+    let app = stack.app().await?;
+    // A health check that gives up after 3 s of failures once started.
+    for env in ["production", "preview"] {
+        pb::app_service_client::AppServiceClient::new(ch.clone())
+            .update_app_settings(auth(pb::UpdateAppSettingsRequest {
+                app_id: app.id.clone(),
+                environment_slug: env.into(),
+                runtime: Some(pb::RuntimeSettings {
+                    port: 8080,
+                    cpu_millicores: 250,
+                    memory_mib: 256,
+                    health_check: Some(pb::HealthCheck {
+                        method: pb::HealthCheckMethod::Get as i32,
+                        path: "/health".into(),
+                        interval_seconds: 1,
+                        timeout_seconds: 1,
+                        failure_threshold: 3,
+                        initial_delay_seconds: 0,
+                    }),
+                    termination_grace_seconds: 2,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }))
+            .await?;
+    }
+
+    // An image that cannot be had (not present, and no registry answers
+    // for it here): the step says so within seconds, and the deployment
+    // fails after the attempts — not at the readiness timeout (120 s).
+    let missing = stack.deploy(&app.id, "preview", "localhost/nope:1").await?;
+    stack
+        .wait_step_message(&missing, "local: image localhost/nope:1 is not present")
+        .await?;
+    let started = std::time::Instant::now();
+    let failed = stack.wait_end(&missing).await?;
+    assert_eq!(failed.status(), pb::DeploymentStatus::Failed, "{failed:?}");
+    assert!(
+        failed
+            .error_message
+            .contains("image localhost/nope:1 is not present")
+            && failed.error_message.contains("3 failed attempts"),
+        "{}",
+        failed.error_message
+    );
+    eprintln!(
+        "missing image failed {:?} after its first problem",
+        started.elapsed()
+    );
+    eventually(
+        Duration::from_secs(30),
+        "no container of the failed deploy",
+        || async { Ok(stack.containers_of(&missing).await?.is_empty()) },
+    )
+    .await?;
+
+    // An app that exits at start: its exit and last line, then failed.
+    // (The engine restarts it at once, which resets the exit code it shows.)
+    let crash = "localhost/demo:crash";
+    images::derive_image(
+        stack.podman.docker(),
+        V1,
+        crash,
+        &[("CRASH", "fatal: no config")],
+    )
+    .await?;
+    let crashing = stack.deploy(&app.id, "preview", crash).await?;
+    let ended = stack.wait_end(&crashing).await?;
+    assert_eq!(ended.status(), pb::DeploymentStatus::Failed, "{ended:?}");
+    assert!(
+        ended.error_message.contains("local: exited")
+            && ended
+                .error_message
+                .contains("before becoming ready: fatal: no config"),
+        "{}",
+        ended.error_message
+    );
+
+    // An app that needs 8 s to warm up (its health check fails until then):
+    // the startup window waits for it.
+    let slow = "localhost/demo:slow";
+    images::derive_image(stack.podman.docker(), V1, slow, &[("HEALTHY_AFTER", "8")]).await?;
+    let slow_deploy = stack.deploy(&app.id, "production", slow).await?;
+    stack
+        .wait_step_message(
+            &slow_deploy,
+            "health check failing: GET /health answered 404",
+        )
+        .await?;
+    stack
+        .wait_status(&slow_deploy, pb::DeploymentStatus::Ready)
+        .await?;
+    assert_eq!(stack.answer(&slow_deploy).await?, "v1");
+
+    // Stop → wake → stop → wake: each wake waits for readiness and ends ready.
+    let preview = stack.deploy(&app.id, "preview", V1).await?;
+    stack
+        .wait_status(&preview, pb::DeploymentStatus::Ready)
+        .await?;
+    for round in 0..2 {
+        pb::deployment_service_client::DeploymentServiceClient::new(ch.clone())
+            .stop_deployment(auth(pb::StopDeploymentRequest {
+                deployment_id: preview.clone(),
+                actor: None,
+            }))
+            .await?;
+        stack
+            .wait_status(&preview, pb::DeploymentStatus::Stopped)
+            .await?;
+        assert!(stack.containers_of(&preview).await?.is_empty());
+        pb::deployment_service_client::DeploymentServiceClient::new(ch.clone())
+            .wake_deployment(auth(pb::WakeDeploymentRequest {
+                deployment_id: preview.clone(),
+                actor: None,
+            }))
+            .await?;
+        stack
+            .wait_status(&preview, pb::DeploymentStatus::Ready)
+            .await
+            .with_context(|| format!("wake round {round}"))?;
+        assert_eq!(stack.answer(&preview).await?, "v1");
+    }
     Ok(())
 }
