@@ -16,3 +16,11 @@ ALTER TABLE deployment_topology
 ALTER TABLE apps
   ADD COLUMN live_swap_id VARCHAR(64) NULL AFTER is_rolled_back,
   ADD COLUMN live_swap_previous_id VARCHAR(48) NULL AFTER live_swap_id;
+
+-- Set when a deletion cascade starts (on the target and everything below
+-- it): nothing new is created under a row being deleted. The cascade
+-- (ctrl-worker's Deletion object) removes the rows when it is done.
+ALTER TABLE workspaces ADD COLUMN deleting_at BIGINT NULL AFTER k8s_namespace;
+ALTER TABLE projects ADD COLUMN deleting_at BIGINT NULL AFTER delete_protection;
+ALTER TABLE apps ADD COLUMN deleting_at BIGINT NULL AFTER delete_protection;
+ALTER TABLE environments ADD COLUMN deleting_at BIGINT NULL AFTER delete_protection;

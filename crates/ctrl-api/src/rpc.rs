@@ -105,6 +105,7 @@ unary!(rollback => deployment::rollback, pb::RollbackRequest, pb::RollbackRespon
 unary!(promote => deployment::promote, pb::PromoteRequest, pb::PromoteResponse);
 unary!(stop_deployment => deployment::stop_deployment, pb::StopDeploymentRequest, pb::StopDeploymentResponse);
 unary!(wake_deployment => deployment::wake_deployment, pb::WakeDeploymentRequest, pb::WakeDeploymentResponse);
+unary!(delete_deployment => deployment::delete_deployment, pb::DeleteDeploymentRequest, pb::DeleteDeploymentResponse);
 unary!(get_deployment => deployment::get_deployment, pb::GetDeploymentRequest, pb::GetDeploymentResponse);
 unary!(list_deployments => deployment::list_deployments, pb::ListDeploymentsRequest, pb::ListDeploymentsResponse);
 unary!(list_regions => tenancy::list_regions, pb::ListRegionsRequest, pb::ListRegionsResponse);
@@ -470,6 +471,7 @@ pub fn router_with(
             .promote(promote)
             .stop_deployment(stop_deployment)
             .wake_deployment(wake_deployment)
+            .delete_deployment(delete_deployment)
             .get_deployment(get_deployment)
             .list_deployments(list_deployments)
             .watch_deployment(watch_deployment)

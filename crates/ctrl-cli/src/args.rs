@@ -73,7 +73,7 @@ pub enum Command {
     Cancel(DeploymentArg),
     /// Stop the instances of a non-live, non-production deployment.
     Stop(DeploymentArg),
-    /// Start a stopped deployment's instances again.
+    /// Start a stopped deployment's instances again and follow it until it is ready.
     Wake(DeploymentArg),
     /// Print a deployment's output (its instances' stdout and stderr).
     Logs(LogsArgs),
@@ -97,7 +97,7 @@ pub enum WorkspaceCommand {
         /// Id or slug.
         workspace: String,
     },
-    /// Delete an empty workspace.
+    /// Delete a workspace with all its projects, apps and deployments.
     Delete {
         /// Id or slug.
         workspace: String,
@@ -294,6 +294,14 @@ pub enum DeploymentsCommand {
     },
     /// Show a deployment: steps, URLs, regions and instances.
     Get(DeploymentArg),
+    /// Delete a deployment that is not live: its instances stop, then it
+    /// and its URLs are removed.
+    Delete {
+        /// The deployment.
+        deployment: String,
+        #[command(flatten)]
+        confirm: Confirm,
+    },
 }
 
 /// `ctrl rollback …`

@@ -87,6 +87,11 @@ pub enum GateError {
     /// Wake of a production deployment.
     #[error("Production deployments cannot be started.")]
     ProductionWake,
+    /// Delete of the live deployment on its own.
+    #[error(
+        "The live deployment cannot be deleted; roll back to or promote another deployment first."
+    )]
+    LiveDelete,
 }
 
 impl GateError {
@@ -178,6 +183,15 @@ pub fn check_wake(d: &DeploymentFacts<'_>) -> Result<(), GateError> {
     }
     if d.is_production {
         return Err(GateError::ProductionWake);
+    }
+    Ok(())
+}
+
+/// May a user delete `d` on its own (DeleteDeployment)? Anything but the
+/// live deployment (a cascade deleting its app takes that one too).
+pub fn check_delete(d: &DeploymentFacts<'_>, app: &AppFacts<'_>) -> Result<(), GateError> {
+    if app.live_deployment_id == Some(d.id) {
+        return Err(GateError::LiveDelete);
     }
     Ok(())
 }
@@ -398,6 +412,18 @@ mod tests {
             check_desired_state_change(&ready("d_old"), &LIVE_A, DesiredState::Stopped),
             Ok(())
         );
+    }
+
+    #[test]
+    fn only_the_live_deployment_cannot_be_deleted_on_its_own() {
+        assert_eq!(
+            check_delete(&ready("d_a"), &LIVE_A),
+            Err(GateError::LiveDelete)
+        );
+        assert_eq!(check_delete(&ready("d_old"), &LIVE_A), Ok(()));
+        let mut failed = ready("d_failed");
+        failed.status = DeploymentStatus::Failed;
+        assert_eq!(check_delete(&failed, &LIVE_A), Ok(()));
     }
 
     #[test]

@@ -29,6 +29,35 @@ pub struct WakeInput {
     pub deployment_id: String,
 }
 
+/// Deleting one deployment, on its own Deploy object (so it never overlaps
+/// its pipeline or a wake): stop it everywhere, wait until its instances
+/// are gone (bounded), then remove its rows.
+pub const DELETE_DEPLOYMENT_HANDLER: &str = "Delete";
+
+/// Input of `Deploy/{deployment_id}/Delete`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteDeploymentInput {
+    /// The deployment to delete (the object's key).
+    pub deployment_id: String,
+    /// Part of a cascade that deletes its app or environment: the live
+    /// deployment may go too.
+    #[serde(default)]
+    pub cascade: bool,
+}
+
+/// The virtual object deleting an environment, app, project or workspace
+/// with everything below it, keyed by the id of what is deleted.
+pub const DELETION_SERVICE: &str = "Deletion";
+/// Its one handler.
+pub const DELETION_HANDLER: &str = "Delete";
+
+/// Input of `Deletion/{id}/Delete`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletionInput {
+    /// What to delete (`env_…`, `app_…`, `proj_…` or `ws_…`; the object's key).
+    pub id: String,
+}
+
 /// The Deploy object's shared handler through which cluster-sync tells a
 /// handler waiting for instances (a pipeline or a wake) that their state
 /// or an agent's problem changed: it re-checks the database.

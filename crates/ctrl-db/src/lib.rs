@@ -6,7 +6,8 @@
 //! apps, environments), [`settings`] (build/runtime/regional settings and
 //! sealed environment variables), [`cluster`] (regions, clusters),
 //! [`deployment`] (deployments and steps), [`topology`] (versioned desired
-//! state per region), [`instance`] and [`route`].
+//! state per region), [`instance`], [`route`] and [`deletion`] (what a
+//! deletion cascade removes).
 //!
 //! Functions take an executor (pool, connection or transaction) and the
 //! current time in unix milliseconds, so callers decide transactions and
@@ -18,6 +19,7 @@
 //! Works with MySQL 8 and MariaDB 10.11+ (tests run on MariaDB).
 
 pub mod cluster;
+pub mod deletion;
 pub mod deployment;
 pub mod instance;
 pub mod route;

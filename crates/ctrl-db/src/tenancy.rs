@@ -18,6 +18,8 @@ pub struct Workspace {
     pub slug: String,
     /// Namespace of its workloads, assigned on first deploy.
     pub k8s_namespace: Option<String>,
+    /// Set while a deletion cascade removes it (unix ms).
+    pub deleting_at: Option<i64>,
     /// Unix ms.
     pub created_at: i64,
     /// Unix ms.
@@ -46,7 +48,7 @@ pub async fn insert_workspace(
 }
 
 const WORKSPACE: &str =
-    "SELECT pk, id, name, slug, k8s_namespace, created_at, updated_at FROM workspaces";
+    "SELECT pk, id, name, slug, k8s_namespace, deleting_at, created_at, updated_at FROM workspaces";
 
 /// The workspace with this id.
 pub async fn get_workspace(ex: impl MySqlExecutor<'_>, id: &str) -> Result<Workspace> {
@@ -121,6 +123,8 @@ pub struct Project {
     pub slug: String,
     /// Refuse deletion.
     pub delete_protection: bool,
+    /// Set while a deletion cascade removes it (unix ms).
+    pub deleting_at: Option<i64>,
     /// Unix ms.
     pub created_at: i64,
     /// Unix ms.
@@ -148,7 +152,7 @@ pub async fn insert_project(
     Ok(())
 }
 
-const PROJECT: &str = "SELECT pk, id, workspace_id, name, slug, delete_protection, created_at, updated_at FROM projects";
+const PROJECT: &str = "SELECT pk, id, workspace_id, name, slug, delete_protection, deleting_at, created_at, updated_at FROM projects";
 
 /// The project with this id.
 pub async fn get_project(ex: impl MySqlExecutor<'_>, id: &str) -> Result<Project> {
@@ -221,6 +225,8 @@ pub struct App {
     pub live_swap_id: Option<String>,
     /// Refuse deletion.
     pub delete_protection: bool,
+    /// Set while a deletion cascade removes it (unix ms).
+    pub deleting_at: Option<i64>,
     /// Unix ms.
     pub created_at: i64,
     /// Unix ms.
@@ -265,7 +271,7 @@ pub async fn insert_app(ex: impl MySqlExecutor<'_>, app: &NewApp<'_>, now: i64) 
 
 const APP: &str =
     "SELECT pk, id, workspace_id, project_id, name, slug, default_branch, live_deployment_id,
-    is_rolled_back, live_swap_id, delete_protection, created_at, updated_at FROM apps";
+    is_rolled_back, live_swap_id, delete_protection, deleting_at, created_at, updated_at FROM apps";
 
 /// The app with this id.
 pub async fn get_app(ex: impl MySqlExecutor<'_>, id: &str) -> Result<App> {
@@ -402,6 +408,8 @@ pub struct Environment {
     pub description: String,
     /// Refuse deletion.
     pub delete_protection: bool,
+    /// Set while a deletion cascade removes it (unix ms).
+    pub deleting_at: Option<i64>,
     /// Unix ms.
     pub created_at: i64,
     /// Unix ms.
@@ -453,7 +461,7 @@ pub async fn insert_environment(
 
 const ENVIRONMENT: &str =
     "SELECT pk, id, workspace_id, project_id, app_id, slug, kind, description,
-    delete_protection, created_at, updated_at FROM environments";
+    delete_protection, deleting_at, created_at, updated_at FROM environments";
 
 /// The environment with this id.
 pub async fn get_environment(ex: impl MySqlExecutor<'_>, id: &str) -> Result<Environment> {

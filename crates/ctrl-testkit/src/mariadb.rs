@@ -207,6 +207,13 @@ impl MariaDb {
     pub fn stop(mut self, grace: Duration) {
         self.process.terminate(grace);
     }
+
+    /// Kills the server with SIGKILL (a crash: nothing is flushed); a
+    /// server started with [`MariaDbBuilder::dir`] keeps its data, so the
+    /// same builder starts it again.
+    pub fn kill(mut self) {
+        self.process.kill();
+    }
 }
 
 /// A fresh database with the migrations applied; see [`test_database`].

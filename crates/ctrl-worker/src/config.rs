@@ -96,6 +96,10 @@ pub struct DeployConfig {
     pub sweep_interval_seconds: u64,
     /// How long such a deployment must be unchanged before the sweep fails it.
     pub sweep_grace_seconds: u64,
+    /// How long deleting a deployment waits for the agents to remove its
+    /// instances before it removes the deployment anyway (an agent that is
+    /// away removes the workload on its next snapshot).
+    pub delete_drain_seconds: u64,
     /// The platform's apex domain: generated hostnames end in it.
     pub apex_domain: String,
 }
@@ -110,6 +114,7 @@ impl Default for DeployConfig {
             readiness_recheck_seconds: 3,
             sweep_interval_seconds: 60,
             sweep_grace_seconds: 120,
+            delete_drain_seconds: 300,
             apex_domain: "ctrl.localhost".into(),
         }
     }
@@ -159,6 +164,11 @@ impl Validate for Config {
             "deploy.sweep_grace_seconds",
             self.deploy.sweep_grace_seconds,
             1..=24 * 3600,
+        );
+        v.range(
+            "deploy.delete_drain_seconds",
+            self.deploy.delete_drain_seconds,
+            0..=24 * 3600,
         );
         v.check(
             ctrl_core::names::is_hostname(&self.deploy.apex_domain)

@@ -21,6 +21,7 @@ use sqlx::MySqlPool;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::services::deletion::DeletionObject;
 use crate::services::deploy::{DeployObject, DeploySettings};
 use crate::services::deployment::DeploymentObject;
 use crate::services::routing::RoutingObject;
@@ -54,6 +55,11 @@ pub fn endpoint(db: &MySqlPool, config: &Config) -> Endpoint {
         )
         .bind(
             DeployObject::new(db.clone(), DeploySettings::from(&config.deploy))
+                .into_service_definition()
+                .options(options()),
+        )
+        .bind(
+            DeletionObject::new(db.clone())
                 .into_service_definition()
                 .options(options()),
         )

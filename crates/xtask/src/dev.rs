@@ -151,6 +151,7 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
         args.worker_health_port,
         &database_url,
         &restate,
+        &[],
     )?;
     wait_for_http(
         &mut worker,
@@ -167,8 +168,10 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
         &bin_dir.join("ctrl-api"),
         args.api_port,
         &database_url,
-        &token,
-        &vault_key,
+        Secrets {
+            token: &token,
+            vault_key: &vault_key,
+        },
         &restate,
     )?;
     wait_for_api(&mut api, &api_url).await?;
@@ -178,10 +181,13 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
         &dir,
         &bin_dir.join("krane"),
         &api_url,
-        &token,
-        &vault_key,
+        Secrets {
+            token: &token,
+            vault_key: &vault_key,
+        },
         &podman,
         args.krane_health_port,
+        &[],
     )?;
     wait_for_http(
         &mut krane,
@@ -347,7 +353,7 @@ fn claim(dir: &Path) -> Result<()> {
 }
 
 /// Creates the `ctrl` database if needed and applies the migrations.
-async fn migrate(admin_url: &str, database_url: &str) -> Result<()> {
+pub(crate) async fn migrate(admin_url: &str, database_url: &str) -> Result<()> {
     let mut admin = MySqlConnection::connect(admin_url).await?;
     sqlx::query("CREATE DATABASE IF NOT EXISTS `ctrl`")
         .execute(&mut admin)
@@ -360,14 +366,21 @@ async fn migrate(admin_url: &str, database_url: &str) -> Result<()> {
     Ok(())
 }
 
+/// The stack's API token and vault key, passed to the services that need them.
 #[derive(Debug, Clone, Copy)]
-enum Encoding {
+pub(crate) struct Secrets<'a> {
+    pub(crate) token: &'a str,
+    pub(crate) vault_key: &'a str,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Encoding {
     Hex,
     Base64,
 }
 
 /// A random secret kept in `path` (mode 0600): created once, reused after.
-fn secret(path: &Path, bytes: usize, encoding: Encoding) -> Result<String> {
+pub(crate) fn secret(path: &Path, bytes: usize, encoding: Encoding) -> Result<String> {
     if let Ok(existing) = fs::read_to_string(path)
         && !existing.trim().is_empty()
     {
@@ -384,7 +397,7 @@ fn secret(path: &Path, bytes: usize, encoding: Encoding) -> Result<String> {
 }
 
 /// Builds the service binaries with the cargo that runs us; returns their directory.
-fn build_services() -> Result<PathBuf> {
+pub(crate) fn build_services() -> Result<PathBuf> {
     eprintln!("building ctrl-api, ctrl-worker, krane and the ctrl CLI");
     let status = std::process::Command::new(crate::deps::cargo())
         .args([
@@ -420,13 +433,14 @@ fn config_file(name: &str) -> PathBuf {
 
 /// Starts ctrl-worker with `deploy/dev/ctrl-worker.toml`; it registers
 /// itself with Restate.
-fn start_ctrl_worker(
+pub(crate) fn start_ctrl_worker(
     dir: &Path,
     bin: &Path,
     port: u16,
     health_port: u16,
     database_url: &str,
     restate: &RestateServer,
+    overrides: &[(&str, String)],
 ) -> Result<Supervised> {
     let mut cmd = std::process::Command::new(bin);
     cmd.arg("--config")
@@ -441,7 +455,8 @@ fn start_ctrl_worker(
             format!("127.0.0.1:{health_port}"),
         )
         .env("RESTATE_ADMIN_URL", restate.admin_url())
-        .env("DATABASE_URL", database_url);
+        .env("DATABASE_URL", database_url)
+        .envs(overrides.iter().map(|(k, v)| (*k, v)));
     Ok(Supervised::spawn(
         "ctrl-worker",
         cmd,
@@ -451,7 +466,7 @@ fn start_ctrl_worker(
 }
 
 /// Waits until `url` answers 200.
-async fn wait_for_http(process: &mut Supervised, url: &str) -> Result<()> {
+pub(crate) async fn wait_for_http(process: &mut Supervised, url: &str) -> Result<()> {
     let client = ctrl_testkit::http_client();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -475,15 +490,15 @@ async fn wait_for_http(process: &mut Supervised, url: &str) -> Result<()> {
 
 /// Starts ctrl-api with `deploy/dev/ctrl-api.toml` (secrets come in
 /// through the environment); its log goes to `.dev/ctrl-api.log`.
-fn start_ctrl_api(
+pub(crate) fn start_ctrl_api(
     dir: &Path,
     bin: &Path,
     port: u16,
     database_url: &str,
-    token: &str,
-    vault_key: &str,
+    secrets: Secrets<'_>,
     restate: &RestateServer,
 ) -> Result<Supervised> {
+    let Secrets { token, vault_key } = secrets;
     let mut cmd = std::process::Command::new(bin);
     cmd.arg("--config")
         .arg(config_file("ctrl-api.toml"))
@@ -504,15 +519,16 @@ fn start_ctrl_api(
 
 /// Starts krane with `deploy/dev/krane.toml`: the region `dev/local`,
 /// talking to the ClusterService that ctrl-api serves, on the stack's podman.
-fn start_krane(
+pub(crate) fn start_krane(
     dir: &Path,
     bin: &Path,
     api_url: &str,
-    token: &str,
-    vault_key: &str,
+    secrets: Secrets<'_>,
     podman: &Podman,
     health_port: u16,
+    overrides: &[(&str, String)],
 ) -> Result<Supervised> {
+    let Secrets { token, vault_key } = secrets;
     let mut cmd = std::process::Command::new(bin);
     cmd.arg("--config")
         .arg(config_file("krane.toml"))
@@ -520,7 +536,8 @@ fn start_krane(
         .env("CTRL_TOKEN", token)
         .env("CTRL_VAULT_KEY", vault_key)
         .env("KRANE_DOCKER_SOCKET", podman.socket())
-        .env("KRANE_LISTEN", format!("127.0.0.1:{health_port}"));
+        .env("KRANE_LISTEN", format!("127.0.0.1:{health_port}"))
+        .envs(overrides.iter().map(|(k, v)| (*k, v)));
     Ok(Supervised::spawn(
         "krane",
         cmd,
@@ -530,7 +547,7 @@ fn start_krane(
 }
 
 /// Waits until ctrl-api answers CtrlService.Liveness.
-async fn wait_for_api(api: &mut Supervised, url: &str) -> Result<()> {
+pub(crate) async fn wait_for_api(api: &mut Supervised, url: &str) -> Result<()> {
     let client = ctrl_testkit::http_client();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -4,8 +4,11 @@
 //!   MariaDB, podman, ...), idempotently;
 //! - `test`: `deps`, then the whole workspace's tests with cargo-nextest;
 //! - `dev`: `deps`, then the local stack with the demo app deployed,
-//!   until Ctrl-C.
+//!   until Ctrl-C;
+//! - `chaos`: the stack under random SIGKILLs, its invariants checked
+//!   after every round.
 
+mod chaos;
 mod compose;
 mod demo;
 mod deps;
@@ -42,6 +45,8 @@ enum Task {
     },
     /// Start the local stack (state and logs in .dev/), deploy the demo app, run until Ctrl-C.
     Dev(dev::DevArgs),
+    /// Run the stack under random SIGKILLs and check its invariants after each round.
+    Chaos(chaos::ChaosArgs),
 }
 
 #[tokio::main]
@@ -51,6 +56,7 @@ async fn main() -> ExitCode {
         Task::Deps { check } => deps::run(check).await.map(|()| ExitCode::SUCCESS),
         Task::Test { args } => test::run(&args).await,
         Task::Dev(args) => dev::run(args).await.map(|()| ExitCode::SUCCESS),
+        Task::Chaos(args) => chaos::run(args).await,
     };
     match result {
         Ok(code) => code,

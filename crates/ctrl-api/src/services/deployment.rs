@@ -459,6 +459,8 @@ pub async fn create_deployment(
                 req.environment_slug
             ))
         })?;
+    super::tenancy::not_deleting("app", app.deleting_at)?;
+    super::tenancy::not_deleting("environment", env.deleting_at)?;
     let schedulable = ctrl_db::settings::list_regional(s.db(), &env.id)
         .await?
         .into_iter()
@@ -772,4 +774,31 @@ pub async fn wake_deployment(
         )
         .await?;
     Ok(pb::WakeDeploymentResponse {})
+}
+
+/// DeploymentService.DeleteDeployment: the delete rule (never the live
+/// deployment on its own), then the worker's durable `Deploy/{id}/Delete`.
+pub async fn delete_deployment(
+    s: &AppState,
+    req: pb::DeleteDeploymentRequest,
+) -> Result<pb::DeleteDeploymentResponse, ApiError> {
+    use ctrl_core::workflows::{DELETE_DEPLOYMENT_HANDLER, DEPLOY_SERVICE, DeleteDeploymentInput};
+    let d = gate_view(s, "deployment_id", &req.deployment_id).await?;
+    let app = tenancy::get_app(s.db(), &d.row.app_id).await?;
+    ctrl_core::gate::check_delete(&d.facts(), &app_facts(&app))?;
+    let input = DeleteDeploymentInput {
+        deployment_id: d.row.id.clone(),
+        cascade: false,
+    };
+    s.ingress()
+        .send(
+            DEPLOY_SERVICE,
+            &d.row.id,
+            DELETE_DEPLOYMENT_HANDLER,
+            &input,
+            &format!("delete:{}", d.row.id),
+        )
+        .await?;
+    tracing::info!(deployment_id = %d.row.id, "deletion started");
+    Ok(pb::DeleteDeploymentResponse {})
 }

@@ -75,13 +75,51 @@ pub async fn delete_workspace(
 ) -> Result<pb::DeleteWorkspaceResponse, ApiError> {
     validate::id("workspace_id", IdKind::Workspace, &req.workspace_id)?;
     tenancy::get_workspace(s.db(), &req.workspace_id).await?;
-    if tenancy::count_projects(s.db(), &req.workspace_id).await? > 0 {
-        return Err(ApiError::FailedPrecondition(
-            "the workspace still has projects; delete them first".into(),
-        ));
-    }
-    tenancy::delete_workspace(s.db(), &req.workspace_id).await?;
+    start_deletion(s, ctrl_db::deletion::Scope::Workspace(&req.workspace_id)).await?;
     Ok(pb::DeleteWorkspaceResponse {})
+}
+
+/// Refuses to create anything under a row a deletion cascade removes.
+pub(crate) fn not_deleting(what: &str, deleting_at: Option<i64>) -> Result<(), ApiError> {
+    match deleting_at {
+        Some(_) => Err(ApiError::FailedPrecondition(format!(
+            "the {what} is being deleted"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Starts the durable cascade deleting `scope` and everything below it:
+/// refused while something in it is protected; hands it to the worker's
+/// `Deletion` object, then marks it deleting (nothing new is created under
+/// it from now on). A repeated request joins the same cascade.
+async fn start_deletion(s: &AppState, scope: ctrl_db::deletion::Scope<'_>) -> Result<(), ApiError> {
+    use ctrl_core::workflows::{DELETION_HANDLER, DELETION_SERVICE, DeletionInput};
+    let mut conn = s.db().acquire().await.map_err(ctrl_db::Error::from)?;
+    if let Some((kind, slug)) = ctrl_db::deletion::protected(&mut conn, scope).await? {
+        return Err(ApiError::FailedPrecondition(format!(
+            "the {kind} {slug:?} is protected against deletion"
+        )));
+    }
+    let input = DeletionInput {
+        id: scope.id().to_owned(),
+    };
+    s.ingress()
+        .send(
+            DELETION_SERVICE,
+            scope.id(),
+            DELETION_HANDLER,
+            &input,
+            &format!("delete:{}", scope.id()),
+        )
+        .await?;
+    // The cascade marks it first thing too; marking here as well makes the
+    // refusal to create under it immediate.
+    let mut tx = s.db().begin().await.map_err(ctrl_db::Error::from)?;
+    ctrl_db::deletion::mark(&mut tx, scope, s.now_ms()).await?;
+    tx.commit().await.map_err(ctrl_db::Error::from)?;
+    tracing::info!(id = %scope.id(), "deletion started");
+    Ok(())
 }
 
 // === projects ===
@@ -106,7 +144,8 @@ pub async fn create_project(
     validate::id("workspace_id", IdKind::Workspace, &req.workspace_id)?;
     validate::name("name", &req.name)?;
     validate::project_slug("slug", &req.slug)?;
-    tenancy::get_workspace(s.db(), &req.workspace_id).await?;
+    let ws = tenancy::get_workspace(s.db(), &req.workspace_id).await?;
+    not_deleting("workspace", ws.deleting_at)?;
     let id = new_id(IdKind::Project);
     tenancy::insert_project(
         s.db(),
@@ -158,17 +197,7 @@ pub async fn delete_project(
 ) -> Result<pb::DeleteProjectResponse, ApiError> {
     validate::id("project_id", IdKind::Project, &req.project_id)?;
     let p = tenancy::get_project(s.db(), &req.project_id).await?;
-    if p.delete_protection {
-        return Err(ApiError::FailedPrecondition(
-            "the project is protected against deletion".into(),
-        ));
-    }
-    if tenancy::count_apps(s.db(), &p.id).await? > 0 {
-        return Err(ApiError::FailedPrecondition(
-            "the project still has apps; delete them first".into(),
-        ));
-    }
-    tenancy::delete_project(s.db(), &p.id).await?;
+    start_deletion(s, ctrl_db::deletion::Scope::Project(&p.id)).await?;
     Ok(pb::DeleteProjectResponse {})
 }
 
@@ -225,6 +254,7 @@ pub async fn create_app(
     };
     validate::branch("default_branch", default_branch)?;
     let project = tenancy::get_project(s.db(), &req.project_id).await?;
+    not_deleting("project", project.deleting_at)?;
     let first_region = cluster::list_regions(s.db())
         .await?
         .into_iter()
@@ -316,22 +346,7 @@ pub async fn delete_app(
 ) -> Result<pb::DeleteAppResponse, ApiError> {
     validate::id("app_id", IdKind::App, &req.app_id)?;
     let a = tenancy::get_app(s.db(), &req.app_id).await?;
-    if a.delete_protection {
-        return Err(ApiError::FailedPrecondition(
-            "the app is protected against deletion".into(),
-        ));
-    }
-    if ctrl_db::deployment::count_for_app(s.db(), &a.id).await? > 0 {
-        return Err(ApiError::FailedPrecondition(
-            "the app still has deployments".into(),
-        ));
-    }
-    let mut tx = s.db().begin().await.map_err(ctrl_db::Error::from)?;
-    for env in tenancy::list_environments(&mut *tx, &a.id).await? {
-        tenancy::delete_environment(&mut *tx, &env.id).await?;
-    }
-    tenancy::delete_app(&mut *tx, &a.id).await?;
-    tx.commit().await.map_err(ctrl_db::Error::from)?;
+    start_deletion(s, ctrl_db::deletion::Scope::App(&a.id)).await?;
     Ok(pb::DeleteAppResponse {})
 }
 
@@ -368,6 +383,7 @@ pub async fn create_environment(
         ));
     }
     let a = tenancy::get_app(s.db(), &req.app_id).await?;
+    not_deleting("app", a.deleting_at)?;
     let now = s.now_ms();
     let env_id = new_id(IdKind::Environment);
     let mut tx = s.db().begin().await.map_err(ctrl_db::Error::from)?;
@@ -432,20 +448,10 @@ pub async fn delete_environment(
     let env = tenancy::get_environment(s.db(), &req.environment_id).await?;
     if env.kind == EnvironmentKind::Production {
         return Err(ApiError::FailedPrecondition(
-            "the production environment cannot be deleted".into(),
+            "the production environment cannot be deleted on its own; delete the app".into(),
         ));
     }
-    if env.delete_protection {
-        return Err(ApiError::FailedPrecondition(
-            "the environment is protected against deletion".into(),
-        ));
-    }
-    if ctrl_db::deployment::count_for_environment(s.db(), &env.id).await? > 0 {
-        return Err(ApiError::FailedPrecondition(
-            "the environment still has deployments".into(),
-        ));
-    }
-    tenancy::delete_environment(s.db(), &env.id).await?;
+    start_deletion(s, ctrl_db::deletion::Scope::Environment(&env.id)).await?;
     Ok(pb::DeleteEnvironmentResponse {})
 }
 

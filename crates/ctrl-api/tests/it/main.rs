@@ -3,6 +3,7 @@
 
 mod binary;
 mod create;
+mod deletion;
 mod deployments;
 mod fixtures;
 mod fuzz;

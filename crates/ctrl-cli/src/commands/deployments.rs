@@ -1,4 +1,4 @@
-//! `ctrl deployments list|get`, `rollback`, `promote`, `cancel`, `stop`, `wake`.
+//! `ctrl deployments list|get|delete`, `rollback`, `promote`, `cancel`, `stop`, `wake`.
 
 use anyhow::{Result, anyhow, bail};
 use ctrl_proto::ctrl::v1 as pb;
@@ -58,6 +58,35 @@ pub(super) async fn run(ctx: &Ctx, cmd: DeploymentsCommand) -> Result<()> {
                 "no deployments of {} yet; deploy with `ctrl deploy --app {} --image <image>`",
                 app.slug, app.id
             ))
+        }
+        DeploymentsCommand::Delete {
+            deployment,
+            confirm,
+        } => {
+            let d = resolve::deployment(&ctx.api, &deployment).await?;
+            output::confirm(
+                confirm.yes,
+                &format!("Delete deployment {} and its URLs?", d.id),
+            )?;
+            let api = &ctx.api;
+            let req = api.request(pb::DeleteDeploymentRequest {
+                deployment_id: d.id.clone(),
+                actor: Some(ctx.actor()),
+            });
+            api.call(
+                &format!("deleting {}", d.id),
+                api.deployments().delete_deployment(req),
+            )
+            .await?;
+            ctx.until_gone(&format!("deployment {}", d.id), async || {
+                api.deployments()
+                    .get_deployment(api.request(pb::GetDeploymentRequest {
+                        deployment_id: d.id.clone(),
+                    }))
+                    .await
+            })
+            .await?;
+            ctx.done(&format!("deleted deployment {}", d.id))
         }
         DeploymentsCommand::Get(d) => {
             let d = resolve::deployment(&ctx.api, &d.deployment).await?;

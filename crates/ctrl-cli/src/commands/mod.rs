@@ -56,6 +56,50 @@ impl Ctx {
         self.workspace.as_deref()
     }
 
+    /// Waits until `get` answers `not_found`: the deletion `what` started
+    /// has removed it (a cascade stops the instances first, so this takes
+    /// as long as they take to stop). Ctrl-C stops waiting, not the deletion.
+    async fn until_gone<T>(
+        &self,
+        what: &str,
+        mut get: impl AsyncFnMut() -> std::result::Result<tonic::Response<T>, tonic::Status>,
+    ) -> Result<()> {
+        if !self.json() {
+            eprintln!("deleting {what}: stopping its instances, then removing it");
+        }
+        let started = std::time::Instant::now();
+        let wait = async {
+            loop {
+                match self.api.call_status(get()).await {
+                    Err(status) if status.code() == tonic::Code::NotFound => return Ok(()),
+                    Err(status)
+                        if !matches!(
+                            status.code(),
+                            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                        ) =>
+                    {
+                        return Err(self
+                            .api
+                            .explain(&format!("following the deletion of {what}"), &status));
+                    }
+                    _ => {}
+                }
+                if started.elapsed() > std::time::Duration::from_secs(900) {
+                    anyhow::bail!(
+                        "{what} is still being deleted after 15 minutes; it goes on in the background"
+                    );
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        };
+        tokio::select! {
+            done = wait => done,
+            _ = tokio::signal::ctrl_c() => {
+                anyhow::bail!("stopped waiting; the deletion of {what} goes on in the background")
+            }
+        }
+    }
+
     async fn workspace(&self) -> Result<pb::Workspace> {
         resolve::workspace(&self.api, self.workspace_ref()).await
     }

@@ -53,7 +53,13 @@ pub(super) async fn workspaces(ctx: &Ctx, cmd: WorkspaceCommand) -> Result<()> {
         }
         WorkspaceCommand::Delete { workspace, confirm } => {
             let w = resolve::workspace(api, Some(&workspace)).await?;
-            output::confirm(confirm.yes, &format!("Delete workspace {}?", w.slug))?;
+            output::confirm(
+                confirm.yes,
+                &format!(
+                    "Delete workspace {} with all its projects, apps and deployments?",
+                    w.slug
+                ),
+            )?;
             let req = api.request(pb::DeleteWorkspaceRequest {
                 workspace_id: w.id.clone(),
                 actor: Some(ctx.actor()),
@@ -62,6 +68,14 @@ pub(super) async fn workspaces(ctx: &Ctx, cmd: WorkspaceCommand) -> Result<()> {
                 "deleting the workspace",
                 api.workspaces().delete_workspace(req),
             )
+            .await?;
+            ctx.until_gone(&format!("workspace {}", w.slug), async || {
+                api.workspaces()
+                    .get_workspace(api.request(pb::GetWorkspaceRequest {
+                        workspace_id: w.id.clone(),
+                    }))
+                    .await
+            })
             .await?;
             ctx.done(&format!("deleted workspace {}", w.slug))
         }
@@ -128,10 +142,15 @@ pub(super) async fn projects(ctx: &Ctx, cmd: ProjectCommand) -> Result<()> {
             });
             api.call("deleting the project", api.projects().delete_project(req))
                 .await?;
-            ctx.done(&format!(
-                "deleting project {} (its apps and deployments go away in the background)",
-                p.slug
-            ))
+            ctx.until_gone(&format!("project {}", p.slug), async || {
+                api.projects()
+                    .get_project(api.request(pb::GetProjectRequest {
+                        project_id: p.id.clone(),
+                    }))
+                    .await
+            })
+            .await?;
+            ctx.done(&format!("deleted project {}", p.slug))
         }
     }
 }
@@ -229,10 +248,15 @@ pub(super) async fn apps(ctx: &Ctx, cmd: AppCommand) -> Result<()> {
             });
             api.call("deleting the app", api.apps().delete_app(req))
                 .await?;
-            ctx.done(&format!(
-                "deleting app {} (its deployments go away in the background)",
-                a.slug
-            ))
+            ctx.until_gone(&format!("app {}", a.slug), async || {
+                api.apps()
+                    .get_app(api.request(pb::GetAppRequest {
+                        app_id: a.id.clone(),
+                    }))
+                    .await
+            })
+            .await?;
+            ctx.done(&format!("deleted app {}", a.slug))
         }
     }
 }
@@ -310,7 +334,15 @@ pub(super) async fn envs(ctx: &Ctx, cmd: EnvsCommand) -> Result<()> {
                 api.environments().delete_environment(req),
             )
             .await?;
-            ctx.done(&format!("deleting environment {}", e.slug))
+            ctx.until_gone(&format!("environment {}", e.slug), async || {
+                api.environments()
+                    .get_environment(api.request(pb::GetEnvironmentRequest {
+                        environment_id: e.id.clone(),
+                    }))
+                    .await
+            })
+            .await?;
+            ctx.done(&format!("deleted environment {}", e.slug))
         }
     }
 }

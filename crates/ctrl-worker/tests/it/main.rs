@@ -1,5 +1,6 @@
 //! The real ctrl-worker process on a real restate-server and MariaDB.
 
+mod deletion;
 mod deployment_object;
 mod durability;
 mod harness;

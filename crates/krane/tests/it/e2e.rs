@@ -491,6 +491,30 @@ async fn deployments_run_roll_back_survive_restarts_and_stop() -> Result<()> {
         !stack.containers_of(&d1).await?.is_empty(),
         "others untouched"
     );
+
+    // Deleting the app: every container goes, then every row.
+    pb::app_service_client::AppServiceClient::new(ch.clone())
+        .delete_app(auth(pb::DeleteAppRequest {
+            app_id: app.id.clone(),
+            actor: None,
+        }))
+        .await?;
+    eventually(Duration::from_secs(60), "the app to be deleted", || async {
+        let gone = pb::app_service_client::AppServiceClient::new(ch.clone())
+            .get_app(auth(pb::GetAppRequest {
+                app_id: app.id.clone(),
+            }))
+            .await
+            .is_err_and(|s| s.code() == tonic::Code::NotFound);
+        Ok(gone)
+    })
+    .await?;
+    for d in [&d1, &d2, &p1] {
+        assert!(
+            stack.containers_of(d).await?.is_empty(),
+            "{d} still has containers"
+        );
+    }
     Ok(())
 }
 

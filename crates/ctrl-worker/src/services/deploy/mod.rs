@@ -1,9 +1,11 @@
 //! `Deploy` (virtual object keyed by deployment id): the deployment
-//! pipeline (`Deploy`), waking a stopped deployment (`Wake`), `Rollback`,
-//! `Promote`, and the shared `NotifyInstancesChanged` through which
+//! pipeline (`Deploy`), waking a stopped deployment (`Wake`), deleting it
+//! (`Delete`), `Rollback`, `Promote`, and the shared
+//! `NotifyInstancesChanged` through which
 //! cluster-sync wakes a handler that waits for instances. Names and inputs
 //! are in `ctrl_core::workflows`.
 
+mod delete;
 mod live;
 mod pipeline;
 mod wake;
@@ -13,7 +15,8 @@ use std::time::Duration;
 
 use ctrl_core::status::DesiredState;
 use ctrl_core::workflows::{
-    DeployInput, LiveSwap, PromoteInput, RollbackInput, ScheduleDesiredStateChange, WakeInput,
+    DeleteDeploymentInput, DeployInput, LiveSwap, PromoteInput, RollbackInput,
+    ScheduleDesiredStateChange, WakeInput,
 };
 use restate_sdk::prelude::*;
 use sqlx::MySqlPool;
@@ -39,6 +42,8 @@ pub struct DeploySettings {
     pub max_failed_attempts: u32,
     /// How often a wait re-checks the database without a notification.
     pub readiness_recheck: Duration,
+    /// How long a deletion waits for the agents to remove the instances.
+    pub delete_drain: Duration,
     /// Generated hostnames end in this domain.
     pub apex_domain: String,
 }
@@ -51,6 +56,7 @@ impl From<&DeployConfig> for DeploySettings {
             readiness_timeout: Duration::from_secs(c.readiness_timeout_seconds),
             max_failed_attempts: c.max_failed_attempts,
             readiness_recheck: Duration::from_secs(c.readiness_recheck_seconds),
+            delete_drain: Duration::from_secs(c.delete_drain_seconds),
             apex_domain: c.apex_domain.clone(),
         }
     }
@@ -90,6 +96,16 @@ impl DeployObject {
     #[handler(name = "Wake")]
     async fn wake(&self, ctx: ObjectContext<'_>, Json(req): Json<WakeInput>) -> HandlerResult<()> {
         wake::run(&self.db, &self.settings, &ctx, req).await
+    }
+
+    /// Deletes the deployment (see `delete`).
+    #[handler(name = "Delete")]
+    async fn delete(
+        &self,
+        ctx: ObjectContext<'_>,
+        Json(req): Json<DeleteDeploymentInput>,
+    ) -> HandlerResult<()> {
+        delete::run(&self.db, &self.settings, &ctx, req).await
     }
 
     /// Moves the app's live traffic back to an earlier deployment and

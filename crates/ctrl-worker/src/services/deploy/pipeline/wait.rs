@@ -7,6 +7,10 @@
 //! and regions that failed `max_failed_attempts` times in a row fail the
 //! deployment with their reason instead of the timeout.
 //!
+//! Each check also reads the deployment's status: cancelled (CancelDeployment
+//! sets it before it cancels the invocation), failed or deleted meanwhile,
+//! the wait ends.
+//!
 //! **Never one notification:** the awakeable is stored before each check,
 //! so a `NotifyInstancesChanged` that lands in between still wakes us; and
 //! a durable timer re-checks every `readiness_recheck` anyway, so a lost
@@ -54,14 +58,25 @@ pub(in crate::services::deploy) async fn instances(
         let (pool, id) = (db.clone(), waiting.deployment_id.to_owned());
         let Json((readiness, now)) = ctx
             .run(|| async move {
+                // Cancelled (or failed, or deleted) meanwhile: stop waiting.
+                let status = ctrl_db::deployment::get(&pool, &id)
+                    .await
+                    .map_err(db_error)?
+                    .status;
+                if !status.is_progressing() {
+                    return Ok(Json((None, now_ms())));
+                }
                 let regions = ctrl_db::instance::readiness_by_region(&pool, &id)
                     .await
                     .map_err(db_error)?;
-                Ok(Json((assess(&regions, max_attempts), now_ms())))
+                Ok(Json((Some(assess(&regions, max_attempts)), now_ms())))
             })
             .name("check instances")
             .retry_policy(step_retry())
             .await?;
+        let Some(readiness) = readiness else {
+            return Err(WorkflowError::NoLongerActive.into());
+        };
         let problems = match readiness {
             Readiness::Ready => {
                 ctx.clear(READINESS_AWAKEABLE);
