@@ -19,6 +19,14 @@ bench *ARGS:
 bench-docker *ARGS:
     cargo bench -p ctrl-provider --bench docker_rollout -- {{ARGS}}
 
+# Latency of small RPCs over gRPC, Connect and gRPC-Web (with and without TCP_NODELAY).
+bench-rpc *ARGS:
+    cargo bench -p ctrl-api --bench rpc_latency -- {{ARGS}}
+
+# The local stack under random SIGKILLs, its invariants checked each round.
+chaos ROUNDS="10" *ARGS:
+    cargo xtask chaos {{ROUNDS}} {{ARGS}}
+
 # Change propagation to 1/10/50 agents and a 10,000-deployment snapshot.
 bench-sync *ARGS:
     cargo bench -p krane --bench sync_propagation -- {{ARGS}}

@@ -10,7 +10,7 @@
 use ctrl_core::status::DesiredState;
 use sqlx::{MySqlConnection, MySqlExecutor};
 
-use crate::{Result, topology};
+use crate::Result;
 
 /// What a cascade deletes: an environment, an app, a project or a workspace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,15 +180,7 @@ pub async fn stop_deployment(conn: &mut MySqlConnection, id: &str, now: i64) -> 
     .bind(id)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE deployments SET desired_state = ?, updated_at = ? WHERE id = ? AND desired_state <> ?")
-        .bind(DesiredState::Stopped.as_str())
-        .bind(now)
-        .bind(id)
-        .bind(DesiredState::Stopped.as_str())
-        .execute(&mut *conn)
-        .await?;
-    topology::set_desired_status(&mut *conn, id, DesiredState::Stopped, now).await?;
-    Ok(())
+    crate::deployment::set_desired_everywhere(conn, id, DesiredState::Stopped, now).await
 }
 
 /// How many instances of the deployment agents still report.

@@ -7,7 +7,7 @@
 
 use ctrl_core::status::{DeploymentStatus, DesiredState, StepKind};
 use sqlx::types::Json;
-use sqlx::{FromRow, MySqlExecutor};
+use sqlx::{FromRow, MySqlConnection, MySqlExecutor};
 
 use crate::truncate;
 use crate::types::{
@@ -392,6 +392,29 @@ pub async fn set_desired_state(
     Ok(())
 }
 
+/// Sets whether the deployment's instances should run, on the deployment
+/// and on every region's topology row (each with a new region version, so
+/// the agents see it); rows already in that state are left alone. The one
+/// way desired state changes; call inside a transaction.
+pub async fn set_desired_everywhere(
+    conn: &mut MySqlConnection,
+    id: &str,
+    state: DesiredState,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE deployments SET desired_state = ?, updated_at = ? WHERE id = ? AND desired_state <> ?",
+    )
+    .bind(state.as_str())
+    .bind(now)
+    .bind(id)
+    .bind(state.as_str())
+    .execute(&mut *conn)
+    .await?;
+    crate::topology::set_desired_status(&mut *conn, id, state, now).await?;
+    Ok(())
+}
+
 /// Whether a newer, still active (ready counts) deployment exists on the
 /// same app, environment and branch (NULL-safe on the branch).
 pub async fn has_newer_active(ex: impl MySqlExecutor<'_>, d: &Deployment) -> Result<bool> {
@@ -517,36 +540,43 @@ pub async fn list_progressing_since(
 }
 
 /// Starts waking a deployment that is stopped (or still stopping): status
-/// deploying, desired state running. False if it is not stopped.
-pub async fn begin_wake(ex: impl MySqlExecutor<'_>, id: &str, now: i64) -> Result<bool> {
+/// deploying, desired state running everywhere. False if it is not
+/// stopped. Call inside a transaction.
+pub async fn begin_wake(conn: &mut MySqlConnection, id: &str, now: i64) -> Result<bool> {
     let done = sqlx::query(
-        "UPDATE deployments SET status = 'deploying', desired_state = 'running', error_message = NULL, updated_at = ?
+        "UPDATE deployments SET status = 'deploying', error_message = NULL, updated_at = ?
          WHERE id = ? AND desired_state = 'stopped' AND status IN ('stopped', 'ready')",
     )
     .bind(now)
     .bind(id)
-    .execute(ex)
+    .execute(&mut *conn)
     .await?;
-    Ok(done.rows_affected() == 1)
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    set_desired_everywhere(conn, id, DesiredState::Running, now).await?;
+    Ok(true)
 }
 
 /// Ends a wake that could not start the instances: deploying → stopped,
-/// with the reason as the deployment's error. False if it was not waking.
+/// desired state stopped everywhere, the reason as the deployment's error.
+/// False if it was not waking. Call inside a transaction.
 pub async fn fail_wake(
-    ex: impl MySqlExecutor<'_>,
+    conn: &mut MySqlConnection,
     id: &str,
     error_message: &str,
     now: i64,
 ) -> Result<bool> {
     let done = sqlx::query(
-        "UPDATE deployments SET status = 'stopped', desired_state = 'stopped', error_message = ?, updated_at = ?
+        "UPDATE deployments SET status = 'stopped', error_message = ?, updated_at = ?
          WHERE id = ? AND status = 'deploying'",
     )
     .bind(error_message)
     .bind(now)
     .bind(id)
-    .execute(ex)
+    .execute(&mut *conn)
     .await?;
+    set_desired_everywhere(conn, id, DesiredState::Stopped, now).await?;
     Ok(done.rows_affected() == 1)
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use ctrl_core::status::DesiredState;
 use ctrl_core::workflows::DEPLOY_SERVICE;
-use ctrl_db::{deployment, topology};
+use ctrl_db::deployment;
 use sqlx::MySqlPool;
 
 use crate::errors::now_ms;
@@ -140,8 +140,7 @@ impl Sweep {
         .await?;
         if failed {
             deployment::end_running_steps(&mut *tx, id, ORPHANED, now).await?;
-            deployment::set_desired_state(&mut *tx, id, DesiredState::Stopped, now).await?;
-            topology::set_desired_status(&mut tx, id, DesiredState::Stopped, now).await?;
+            deployment::set_desired_everywhere(&mut tx, id, DesiredState::Stopped, now).await?;
         }
         tx.commit().await?;
         Ok(failed)

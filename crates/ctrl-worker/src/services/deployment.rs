@@ -15,7 +15,7 @@ use ctrl_core::gate::{self, AppFacts, DeploymentFacts};
 use ctrl_core::status::DesiredState;
 use ctrl_core::workflows::ScheduleDesiredStateChange;
 use ctrl_db::types::EnvironmentKind;
-use ctrl_db::{deployment, tenancy, topology};
+use ctrl_db::{deployment, tenancy};
 use restate_sdk::prelude::*;
 use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
@@ -152,13 +152,7 @@ async fn apply(db: &MySqlPool, id: &str, state: DesiredState) -> Result<(), Hand
     };
     gate::check_desired_state_change(&facts, &app_facts, state)
         .map_err(|e| HandlerError::from(WorkflowError::Refused(e.message())))?;
-    let now = now_ms();
-    if d.desired_state != state {
-        deployment::set_desired_state(&mut *tx, id, state, now)
-            .await
-            .map_err(db_error)?;
-    }
-    topology::set_desired_status(&mut tx, id, state, now)
+    deployment::set_desired_everywhere(&mut tx, id, state, now_ms())
         .await
         .map_err(db_error)?;
     commit(tx).await?;

@@ -10,7 +10,7 @@
 
 use ctrl_core::domains::Sticky;
 use ctrl_core::status::{DeploymentStatus, DesiredState};
-use ctrl_db::{deployment, route, tenancy, topology};
+use ctrl_db::{deployment, route, tenancy};
 use restate_sdk::prelude::*;
 use serde::{Deserialize, Serialize};
 use sqlx::{MySqlConnection, MySqlPool};
@@ -281,10 +281,7 @@ async fn make_live(
         .map_err(db_error)?;
     if d.desired_state == DesiredState::Stopped {
         tracing::warn!(%deployment_id, "the new live deployment was being stopped: running it again");
-        deployment::set_desired_state(&mut *tx, deployment_id, DesiredState::Running, now)
-            .await
-            .map_err(db_error)?;
-        topology::set_desired_status(&mut *tx, deployment_id, DesiredState::Running, now)
+        deployment::set_desired_everywhere(&mut *tx, deployment_id, DesiredState::Running, now)
             .await
             .map_err(db_error)?;
         deployment::compare_and_set_status(

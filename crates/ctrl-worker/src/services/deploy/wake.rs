@@ -103,10 +103,7 @@ pub(super) async fn run(
             ctx.run(|| async move {
                 let now = now_ms();
                 let mut tx = begin(&pool).await?;
-                deployment::fail_wake(&mut *tx, &id_, &why, now)
-                    .await
-                    .map_err(db_error)?;
-                topology::set_desired_status(&mut tx, &id_, DesiredState::Stopped, now)
+                deployment::fail_wake(&mut tx, &id_, &why, now)
                     .await
                     .map_err(db_error)?;
                 deployment::end_running_steps(&mut *tx, &id_, &why, now)
@@ -129,7 +126,7 @@ async fn begin_wake(db: &MySqlPool, id: &str) -> Result<Started, HandlerError> {
     let now = now_ms();
     let mut tx = begin(db).await?;
     let d = deployment::get(&mut *tx, id).await.map_err(db_error)?;
-    if !deployment::begin_wake(&mut *tx, id, now)
+    if !deployment::begin_wake(&mut tx, id, now)
         .await
         .map_err(db_error)?
     {
@@ -143,9 +140,6 @@ async fn begin_wake(db: &MySqlPool, id: &str) -> Result<Started, HandlerError> {
             d.desired_state.as_str()
         )));
     }
-    topology::set_desired_status(&mut tx, id, DesiredState::Running, now)
-        .await
-        .map_err(db_error)?;
     let headline = headline(&mut tx, id).await?;
     deployment::start_step(
         &mut *tx,
