@@ -3,12 +3,13 @@
 //! Starts the whole stack in a scratch directory on free loopback ports
 //! (MariaDB, restate-server, podman, ctrl-worker, ctrl-api with the
 //! ClusterService, krane), deploys an app, then each round starts an action
-//! through the API — a deploy, a rollback or a promote — and, at a random
+//! through the API — a deploy, a rollback, a promote or the deletion of an
+//! old deployment — and, at a random
 //! moment, SIGKILLs one random process (ctrl-worker, ctrl-api, krane,
 //! restate-server or MariaDB) and starts it again. Once the stack is back it
 //! checks the invariants:
 //!
-//! - no deployment is left progressing;
+//! - no deployment is left progressing, and every deleted one is gone;
 //! - exactly one live deployment, ready and running, and the production
 //!   environment's live and environment routes point at it;
 //! - containers match desired state (running: at least one; stopped,
@@ -86,6 +87,8 @@ impl Victim {
 
 /// The stack, each process restartable.
 struct Stack {
+    /// Deployments whose deletion was asked for: they must disappear.
+    deleted: std::sync::Mutex<Vec<String>>,
     dir: PathBuf,
     bin: PathBuf,
     mysql_port: u16,
@@ -254,6 +257,7 @@ impl Stack {
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy(&database_url)?;
         let mut stack = Self {
+            deleted: std::sync::Mutex::default(),
             dir: dir.to_owned(),
             bin: bin.to_owned(),
             mysql_port: mysql,
@@ -479,8 +483,23 @@ impl Stack {
     }
 
     /// One round's action: mostly deploys, sometimes a rollback to the
-    /// newest other ready deployment, or a promote that confirms one.
+    /// newest other ready deployment, a promote that confirms one, or the
+    /// deletion of the oldest deployment that is not live.
     async fn act(&self, app: &str, round: usize, choice: u32) -> Result<String> {
+        if choice == 6
+            && let Some(oldest) = self.oldest_not_live(app).await?
+        {
+            self.rpc(
+                "DeploymentService/DeleteDeployment",
+                json!({ "deploymentId": oldest }),
+            )
+            .await?;
+            self.deleted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(oldest.clone());
+            return Ok(format!("delete {oldest}"));
+        }
         let (live, rolled_back) = self.live(app).await?;
         if rolled_back && choice < 5 {
             let live = live.context("rolled back but nothing live")?;
@@ -524,6 +543,24 @@ impl Stack {
             live,
             answer["app"]["isRolledBack"].as_bool().unwrap_or(false),
         ))
+    }
+
+    /// The oldest deployment of the app that is not live (and not already
+    /// being deleted).
+    async fn oldest_not_live(&self, app: &str) -> Result<Option<String>> {
+        let deleted = self
+            .deleted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT d.id FROM deployments d JOIN apps a ON a.id = d.app_id
+             WHERE d.app_id = ? AND d.id <> COALESCE(a.live_deployment_id, '') ORDER BY d.pk",
+        )
+        .bind(app)
+        .fetch_all(&self.db)
+        .await?;
+        Ok(rows.into_iter().find(|id| !deleted.contains(id)))
     }
 
     /// The newest ready, running production deployment other than `live`.
@@ -629,7 +666,22 @@ impl Stack {
                 }
             }
         }
+        let deleted = self
+            .deleted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for (id, status, _) in &rows {
+            if deleted.contains(id) {
+                problems.push(format!("{id} ({status}) was deleted but is still there"));
+            }
+        }
         let containers = self.containers()?;
+        for id in &deleted {
+            if let Some(n) = containers.get(id) {
+                problems.push(format!("{id} was deleted but {n} container(s) still run"));
+            }
+        }
         for (id, status, desired) in &rows {
             let running = containers.get(id).copied().unwrap_or(0);
             let should_run = status == "ready" && desired == "running";
