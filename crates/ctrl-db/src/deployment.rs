@@ -294,6 +294,22 @@ pub async fn list(
     Ok(Page::from_rows(rows, limit, |d| d.pk))
 }
 
+impl Deployment {
+    /// What the deploy-gate rules (`ctrl_core::gate`) need to know about it;
+    /// `is_production` is its environment's kind.
+    pub fn gate_facts(&self, is_production: bool) -> ctrl_core::gate::DeploymentFacts<'_> {
+        ctrl_core::gate::DeploymentFacts {
+            id: &self.id,
+            project_id: &self.project_id,
+            app_id: &self.app_id,
+            environment_id: &self.environment_id,
+            status: self.status,
+            desired_state: self.desired_state,
+            is_production,
+        }
+    }
+}
+
 /// Sets the status to `to` only if it is still `from`; false if it was not.
 pub async fn compare_and_set_status(
     ex: impl MySqlExecutor<'_>,

@@ -233,6 +233,16 @@ pub struct App {
     pub updated_at: i64,
 }
 
+impl App {
+    /// What the deploy-gate rules (`ctrl_core::gate`) need to know about it.
+    pub fn gate_facts(&self) -> ctrl_core::gate::AppFacts<'_> {
+        ctrl_core::gate::AppFacts {
+            live_deployment_id: self.live_deployment_id.as_deref(),
+            is_rolled_back: self.is_rolled_back,
+        }
+    }
+}
+
 /// What is needed to insert an app.
 #[derive(Debug, Clone)]
 pub struct NewApp<'a> {

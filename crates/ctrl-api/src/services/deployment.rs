@@ -621,15 +621,7 @@ struct GateView {
 
 impl GateView {
     fn facts(&self) -> ctrl_core::gate::DeploymentFacts<'_> {
-        ctrl_core::gate::DeploymentFacts {
-            id: &self.row.id,
-            project_id: &self.row.project_id,
-            app_id: &self.row.app_id,
-            environment_id: &self.row.environment_id,
-            status: self.row.status,
-            desired_state: self.row.desired_state,
-            is_production: self.is_production,
-        }
+        self.row.gate_facts(self.is_production)
     }
 }
 
@@ -641,13 +633,6 @@ async fn gate_view(s: &AppState, field: &str, id: &str) -> Result<GateView, ApiE
         is_production: env.kind == ctrl_db::types::EnvironmentKind::Production,
         row,
     })
-}
-
-fn app_facts(app: &tenancy::App) -> ctrl_core::gate::AppFacts<'_> {
-    ctrl_core::gate::AppFacts {
-        live_deployment_id: app.live_deployment_id.as_deref(),
-        is_rolled_back: app.is_rolled_back,
-    }
 }
 
 /// DeploymentService.Rollback: the deploy-gate rules first (same messages
@@ -671,7 +656,7 @@ pub async fn rollback(
     ctrl_core::gate::check_rollback(
         source.as_ref().map(GateView::facts).as_ref(),
         &target.facts(),
-        &app_facts(&app),
+        &app.gate_facts(),
     )?;
     let source_id = source
         .map(|v| v.row.id)
@@ -701,7 +686,7 @@ pub async fn promote(
     use ctrl_core::workflows::{DEPLOY_SERVICE, LiveSwap, PROMOTE_HANDLER, PromoteInput};
     let target = gate_view(s, "target_deployment_id", &req.target_deployment_id).await?;
     let app = tenancy::get_app(s.db(), &target.row.app_id).await?;
-    ctrl_core::gate::check_promote(&target.facts(), &app_facts(&app))?;
+    ctrl_core::gate::check_promote(&target.facts(), &app.gate_facts())?;
     let input = PromoteInput {
         target_deployment_id: target.row.id.clone(),
     };
@@ -744,7 +729,7 @@ pub async fn stop_deployment(
 ) -> Result<pb::StopDeploymentResponse, ApiError> {
     let d = gate_view(s, "deployment_id", &req.deployment_id).await?;
     let app = tenancy::get_app(s.db(), &d.row.app_id).await?;
-    ctrl_core::gate::check_stop(&d.facts(), &app_facts(&app))?;
+    ctrl_core::gate::check_stop(&d.facts(), &app.gate_facts())?;
     change_desired_state(s, &d.row.id, DesiredState::Stopped).await?;
     Ok(pb::StopDeploymentResponse {})
 }
@@ -785,7 +770,7 @@ pub async fn delete_deployment(
     use ctrl_core::workflows::{DELETE_DEPLOYMENT_HANDLER, DEPLOY_SERVICE, DeleteDeploymentInput};
     let d = gate_view(s, "deployment_id", &req.deployment_id).await?;
     let app = tenancy::get_app(s.db(), &d.row.app_id).await?;
-    ctrl_core::gate::check_delete(&d.facts(), &app_facts(&app))?;
+    ctrl_core::gate::check_delete(&d.facts(), &app.gate_facts())?;
     let input = DeleteDeploymentInput {
         deployment_id: d.row.id.clone(),
         cascade: false,

@@ -108,10 +108,7 @@ impl DeploymentStandIn {
 }
 
 async fn restate(calls: &Calls) -> Result<RestateServer> {
-    let restate = RestateServer::start().await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let uri = format!("http://{}", listener.local_addr()?);
-    let endpoint = HttpServer::new(
+    crate::restate_with(
         Endpoint::builder()
             .bind(DeployStandIn {
                 calls: calls.clone(),
@@ -120,14 +117,8 @@ async fn restate(calls: &Calls) -> Result<RestateServer> {
                 calls: calls.clone(),
             })
             .build(),
-    );
-    tokio::spawn(async move {
-        endpoint
-            .serve_with_cancel(listener, std::future::pending::<()>())
-            .await
-    });
-    restate.register(&uri).await?;
-    Ok(restate)
+    )
+    .await
 }
 
 struct App {

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use ctrl_core::gate::{self, AppFacts, DeploymentFacts};
+use ctrl_core::gate;
 use ctrl_core::status::DesiredState;
 use ctrl_core::workflows::ScheduleDesiredStateChange;
 use ctrl_db::types::EnvironmentKind;
@@ -137,19 +137,8 @@ async fn apply(db: &MySqlPool, id: &str, state: DesiredState) -> Result<(), Hand
     let env = tenancy::get_environment(&mut *tx, &d.environment_id)
         .await
         .map_err(db_error)?;
-    let facts = DeploymentFacts {
-        id: &d.id,
-        project_id: &d.project_id,
-        app_id: &d.app_id,
-        environment_id: &d.environment_id,
-        status: d.status,
-        desired_state: d.desired_state,
-        is_production: env.kind == EnvironmentKind::Production,
-    };
-    let app_facts = AppFacts {
-        live_deployment_id: app.live_deployment_id.as_deref(),
-        is_rolled_back: app.is_rolled_back,
-    };
+    let facts = d.gate_facts(env.kind == EnvironmentKind::Production);
+    let app_facts = app.gate_facts();
     gate::check_desired_state_change(&facts, &app_facts, state)
         .map_err(|e| HandlerError::from(WorkflowError::Refused(e.message())))?;
     deployment::set_desired_everywhere(&mut tx, id, state, now_ms())

@@ -248,20 +248,7 @@ impl Harness {
     /// Reports `n` running instances in the region and wakes the pipeline,
     /// the way cluster-sync does when an agent reports.
     pub(crate) async fn report_running(&self, id: &str, n: usize) -> Result<()> {
-        let reported: Vec<ReportedInstance> = (0..n)
-            .map(|i| ReportedInstance {
-                new_id: generate(IdKind::Instance, &mut rand::rng()),
-                name: format!("{id}-{i}"),
-                address: format!("127.0.0.1:{}", 20000 + i),
-                cpu_millicores: 250,
-                memory_mib: 256,
-                status: InstanceStatus::Running,
-            })
-            .collect();
-        let mut tx = self.db.pool.begin().await?;
-        instance::replace_for_deployment(&mut tx, &self.workspace, id, &self.region, &reported, 5)
-            .await?;
-        tx.commit().await?;
+        self.report_running_quietly(id, n).await?;
         self.send(&format!("Deploy/{id}/NotifyInstancesChanged"), None)
             .await
     }

@@ -339,39 +339,7 @@ async fn deployments_run_roll_back_survive_restarts_and_stop() -> Result<()> {
     let stack = Stack::start().await?;
     let mut stack = stack;
     let ch = stack.api.clone();
-    let ws = pb::workspace_service_client::WorkspaceServiceClient::new(ch.clone())
-        .create_workspace(auth(pb::CreateWorkspaceRequest {
-            name: "Acme".into(),
-            slug: "acme".into(),
-            actor: None,
-        }))
-        .await?
-        .into_inner()
-        .workspace
-        .context("workspace")?;
-    let project = pb::project_service_client::ProjectServiceClient::new(ch.clone())
-        .create_project(auth(pb::CreateProjectRequest {
-            workspace_id: ws.id,
-            name: "Shop".into(),
-            slug: "shop".into(),
-            actor: None,
-        }))
-        .await?
-        .into_inner()
-        .project
-        .context("project")?;
-    // krane registered region dev/local first, so the app runs there.
-    let app = pb::app_service_client::AppServiceClient::new(ch.clone())
-        .create_app(auth(pb::CreateAppRequest {
-            project_id: project.id,
-            name: "Web".into(),
-            slug: "web".into(),
-            ..Default::default()
-        }))
-        .await?
-        .into_inner()
-        .app
-        .context("app")?;
+    let app = stack.app().await?;
     // A sealed variable: krane must open it to start the container.
     pb::app_service_client::AppServiceClient::new(ch.clone())
         .set_environment_variables(auth(pb::SetEnvironmentVariablesRequest {

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use ctrl_core::gate::{self, AppFacts, DeploymentFacts};
+use ctrl_core::gate;
 use ctrl_core::status::DeploymentStatus;
 use ctrl_core::workflows::DeleteDeploymentInput;
 use ctrl_db::types::EnvironmentKind;
@@ -124,19 +124,8 @@ async fn stop(db: &MySqlPool, id: &str, cascade: bool) -> Result<Stopped, Handle
         let env = tenancy::get_environment(&mut *tx, &d.environment_id)
             .await
             .map_err(db_error)?;
-        let facts = DeploymentFacts {
-            id: &d.id,
-            project_id: &d.project_id,
-            app_id: &d.app_id,
-            environment_id: &d.environment_id,
-            status: d.status,
-            desired_state: d.desired_state,
-            is_production: env.kind == EnvironmentKind::Production,
-        };
-        let app_facts = AppFacts {
-            live_deployment_id: app.live_deployment_id.as_deref(),
-            is_rolled_back: app.is_rolled_back,
-        };
+        let facts = d.gate_facts(env.kind == EnvironmentKind::Production);
+        let app_facts = app.gate_facts();
         if let Err(e) = gate::check_delete(&facts, &app_facts) {
             return Ok(Stopped::Refused(e.message()));
         }
