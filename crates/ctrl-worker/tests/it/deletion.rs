@@ -198,3 +198,37 @@ async fn deleting_an_environment_leaves_the_rest_of_the_app() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_cascade_survives_worker_crashes_while_it_waits_for_the_agents() -> Result<()> {
+    let mut h = Harness::start().await?;
+    let live = h.pending_deployment(&h.production, None).await?;
+    h.deploy_to_ready(&live).await?;
+    let preview = h.pending_deployment(&h.preview, None).await?;
+    h.deploy_to_ready(&preview).await?;
+
+    h.send(
+        &format!("Deletion/{}/Delete", h.app),
+        Some(json!({ "id": h.app })),
+    )
+    .await?;
+    // Both stopped at once; the cascade waits for the agents: crash it there.
+    h.wait_topology(&live, DesiredState::Stopped).await?;
+    h.wait_topology(&preview, DesiredState::Stopped).await?;
+    h.crash_worker().await?;
+    h.report_drained(&live).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.crash_worker().await?;
+    h.report_drained(&preview).await?;
+    eventually(Duration::from_secs(30), || async {
+        Ok(matches!(
+            tenancy::get_app(&h.db.pool, &h.app).await,
+            Err(ctrl_db::Error::NotFound(_))
+        ))
+    })
+    .await
+    .map_err(|e| e.context(format!("the app was never removed\n{}", h.worker_log(30))))?;
+    assert_eq!(rows(&h, "deployments", "app_id", &h.app).await?, 0);
+    assert_eq!(rows(&h, "environments", "app_id", &h.app).await?, 0);
+    Ok(())
+}

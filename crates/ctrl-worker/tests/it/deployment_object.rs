@@ -180,3 +180,51 @@ fn a_bad_configuration_exits_2_naming_the_field() -> Result<()> {
     );
     Ok(())
 }
+
+/// The names ctrl-api and cluster-sync call (`ctrl_core::workflows`) are
+/// exactly what the worker registered with Restate.
+#[tokio::test]
+async fn the_contract_names_are_the_registered_services_and_handlers() -> Result<()> {
+    use ctrl_core::workflows as w;
+    let h = crate::harness::Harness::start().await?;
+    let services: serde_json::Value = ctrl_testkit::http_client()
+        .get(format!("{}/services", h.restate.admin_url()))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let registered: std::collections::BTreeSet<(String, String)> = services["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| {
+            let service = s["name"].as_str().unwrap_or_default().to_owned();
+            s["handlers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |h| {
+                    (
+                        service.clone(),
+                        h["name"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+        })
+        .collect();
+    for (service, handler) in [
+        (w::DEPLOY_SERVICE, w::DEPLOY_HANDLER),
+        (w::DEPLOY_SERVICE, w::WAKE_HANDLER),
+        (w::DEPLOY_SERVICE, w::DELETE_DEPLOYMENT_HANDLER),
+        (w::DEPLOY_SERVICE, w::NOTIFY_INSTANCES_HANDLER),
+        (w::DEPLOY_SERVICE, w::ROLLBACK_HANDLER),
+        (w::DEPLOY_SERVICE, w::PROMOTE_HANDLER),
+        (w::DEPLOYMENT_SERVICE, w::SCHEDULE_DESIRED_STATE_HANDLER),
+        (w::DELETION_SERVICE, w::DELETION_HANDLER),
+    ] {
+        assert!(
+            registered.contains(&(service.to_owned(), handler.to_owned())),
+            "{service}/{handler} is not registered; the worker has {registered:?}"
+        );
+    }
+    Ok(())
+}
