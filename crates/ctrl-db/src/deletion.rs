@@ -127,9 +127,9 @@ pub async fn cancel_unfinished(
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE deployment_steps s JOIN deployments d ON d.id = s.deployment_id
          SET s.ended_at = ?, s.error = 'Deleted'
-         WHERE d.{} = ? AND s.ended_at IS NULL
-           AND d.status IN ('pending', 'awaiting_approval', 'starting', 'building', 'deploying', 'network', 'finalizing')",
-        scope.column()
+         WHERE d.{} = ? AND s.ended_at IS NULL AND d.status IN {}",
+        scope.column(),
+        crate::progressing_sql()
     )))
     .bind(now)
     .bind(scope.id())
@@ -137,8 +137,9 @@ pub async fn cancel_unfinished(
     .await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE deployments SET status = 'cancelled', error_message = 'Deleted', updated_at = ?
-         WHERE {} = ? AND status IN ('pending', 'awaiting_approval', 'starting', 'building', 'deploying', 'network', 'finalizing')",
-        scope.column()
+         WHERE {} = ? AND status IN {}",
+        scope.column(),
+        crate::progressing_sql()
     )))
     .bind(now)
     .bind(scope.id())

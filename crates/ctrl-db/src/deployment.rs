@@ -339,10 +339,11 @@ pub async fn set_status_if_active(
     error_message: Option<&str>,
     now: i64,
 ) -> Result<bool> {
-    let done = sqlx::query(
+    let done = sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE deployments SET status = ?, error_message = COALESCE(?, error_message), updated_at = ?
-         WHERE id = ? AND status IN ('pending', 'awaiting_approval', 'starting', 'building', 'deploying', 'network', 'finalizing')",
-    )
+         WHERE id = ? AND status IN {}",
+        crate::progressing_sql()
+    )))
     .bind(to.as_str())
     .bind(error_message)
     .bind(now)
@@ -536,11 +537,10 @@ pub async fn list_progressing_since(
     before: i64,
     limit: u32,
 ) -> Result<Vec<(String, DeploymentStatus)>> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT id, status FROM deployments
-         WHERE status IN ('pending', 'awaiting_approval', 'starting', 'building', 'deploying', 'network', 'finalizing')
-           AND updated_at < ? ORDER BY pk LIMIT ?",
-    )
+    let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT id, status FROM deployments WHERE status IN {} AND updated_at < ? ORDER BY pk LIMIT ?",
+        crate::progressing_sql()
+    )))
     .bind(before)
     .bind(limit)
     .fetch_all(ex)

@@ -89,3 +89,18 @@ pub(crate) fn truncate(s: &str, max: usize) -> &str {
     }
     &s[..end]
 }
+
+/// `('pending', …, 'finalizing')`: the statuses of a deployment still on its
+/// way, as an SQL list, derived from `DeploymentStatus::is_progressing` so
+/// the database and the domain rule never disagree.
+pub(crate) fn progressing_sql() -> &'static str {
+    static LIST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let names: Vec<String> = ctrl_core::status::DeploymentStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_progressing())
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        format!("({})", names.join(", "))
+    });
+    &LIST
+}

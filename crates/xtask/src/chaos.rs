@@ -626,17 +626,11 @@ impl Stack {
         .bind(app)
         .fetch_all(&self.db)
         .await?;
-        let progressing = [
-            "pending",
-            "awaiting_approval",
-            "starting",
-            "building",
-            "deploying",
-            "network",
-            "finalizing",
-        ];
         for (id, status, _) in &rows {
-            if progressing.contains(&status.as_str()) {
+            let progressing = status
+                .parse::<ctrl_core::status::DeploymentStatus>()
+                .is_ok_and(|s| s.is_progressing());
+            if progressing {
                 problems.push(format!("{id} is still {status}"));
             }
         }

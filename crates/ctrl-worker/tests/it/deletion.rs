@@ -22,6 +22,20 @@ async fn rows(h: &Harness, table: &str, column: &str, value: &str) -> Result<i64
     .await?)
 }
 
+/// Waits until `lookup` finds nothing: the cascade removed it.
+async fn wait_gone<T, F, Fut>(h: &Harness, what: &str, mut lookup: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ctrl_db::Result<T>>,
+{
+    eventually(Duration::from_secs(30), || {
+        let found = lookup();
+        async move { Ok(matches!(found.await, Err(ctrl_db::Error::NotFound(_)))) }
+    })
+    .await
+    .map_err(|e| e.context(format!("{what} was never removed\n{}", h.worker_log(30))))
+}
+
 /// Plays the agent: once a deployment's desired state is stopped, its
 /// instances are gone.
 async fn drain_when_stopped(h: &Harness, id: &str) -> Result<()> {
@@ -61,13 +75,7 @@ async fn a_deployment_is_deleted_after_its_instances_are_gone_but_never_the_live
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(deployment::get(&h.db.pool, &old).await.is_ok());
     h.report_drained(&old).await?;
-    eventually(Duration::from_secs(20), || async {
-        Ok(matches!(
-            deployment::get(&h.db.pool, &old).await,
-            Err(ctrl_db::Error::NotFound(_))
-        ))
-    })
-    .await?;
+    wait_gone(&h, "the deployment", || deployment::get(&h.db.pool, &old)).await?;
     for table in [
         "deployment_topology",
         "network_policies",
@@ -119,14 +127,7 @@ async fn deleting_an_app_stops_everything_then_removes_every_row() -> Result<()>
     for d in [&live, &preview, &waiting] {
         drain_when_stopped(&h, d).await?;
     }
-    eventually(Duration::from_secs(30), || async {
-        Ok(matches!(
-            tenancy::get_app(&h.db.pool, &h.app).await,
-            Err(ctrl_db::Error::NotFound(_))
-        ))
-    })
-    .await
-    .map_err(|e| e.context(format!("the app was never removed\n{}", h.worker_log(30))))?;
+    wait_gone(&h, "the app", || tenancy::get_app(&h.db.pool, &h.app)).await?;
     for table in [
         "deployments",
         "frontline_routes",
@@ -175,11 +176,8 @@ async fn deleting_an_environment_leaves_the_rest_of_the_app() -> Result<()> {
     )
     .await?;
     drain_when_stopped(&h, &preview).await?;
-    eventually(Duration::from_secs(30), || async {
-        Ok(matches!(
-            tenancy::get_environment(&h.db.pool, &h.preview).await,
-            Err(ctrl_db::Error::NotFound(_))
-        ))
+    wait_gone(&h, "the environment", || {
+        tenancy::get_environment(&h.db.pool, &h.preview)
     })
     .await?;
     assert_eq!(
@@ -220,14 +218,7 @@ async fn a_cascade_survives_worker_crashes_while_it_waits_for_the_agents() -> Re
     tokio::time::sleep(Duration::from_millis(300)).await;
     h.crash_worker().await?;
     h.report_drained(&preview).await?;
-    eventually(Duration::from_secs(30), || async {
-        Ok(matches!(
-            tenancy::get_app(&h.db.pool, &h.app).await,
-            Err(ctrl_db::Error::NotFound(_))
-        ))
-    })
-    .await
-    .map_err(|e| e.context(format!("the app was never removed\n{}", h.worker_log(30))))?;
+    wait_gone(&h, "the app", || tenancy::get_app(&h.db.pool, &h.app)).await?;
     assert_eq!(rows(&h, "deployments", "app_id", &h.app).await?, 0);
     assert_eq!(rows(&h, "environments", "app_id", &h.app).await?, 0);
     Ok(())
