@@ -335,6 +335,7 @@ pub async fn report_deployment_status(
                 sync.db(),
                 &removed.deployment_id,
                 &cluster.region_id,
+                now,
             )
             .await
             .map_err(db_error)?;

@@ -11,6 +11,7 @@ use ctrl_core::status::DesiredState;
 use sqlx::{MySqlConnection, MySqlExecutor};
 
 use crate::Result;
+use crate::edge::Key;
 
 /// What a cascade deletes: an environment, an app, a project or a workspace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,7 +199,13 @@ pub async fn instances_left(ex: impl MySqlExecutor<'_>, id: &str) -> Result<i64>
 /// transaction. Its topology rows go too: agents already received the stop,
 /// and one that missed it finds the deployment gone on its next snapshot
 /// (or point lookup) and removes the workload.
-pub async fn remove_deployment(conn: &mut MySqlConnection, id: &str) -> Result<()> {
+pub async fn remove_deployment(conn: &mut MySqlConnection, id: &str, now: i64) -> Result<()> {
+    let hosts: Vec<String> = sqlx::query_scalar(
+        "SELECT fully_qualified_domain_name FROM frontline_routes WHERE deployment_id = ?",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
     for table in [
         "frontline_routes",
         "network_policies",
@@ -220,13 +227,22 @@ pub async fn remove_deployment(conn: &mut MySqlConnection, id: &str) -> Result<(
         .execute(&mut *conn)
         .await?;
     }
-    Ok(())
+    let mut keys: Vec<Key<'_>> = hosts.iter().map(|h| Key::Host(h)).collect();
+    keys.push(Key::Deployment(id));
+    crate::edge::record(conn, &keys, now).await
 }
 
 /// Removes the scope's own rows once its deployments are gone: settings,
 /// variables, routes, custom domains, then the tenancy rows (and, for a
 /// workspace, its ACME account); call inside a transaction.
-pub async fn remove_scope(conn: &mut MySqlConnection, scope: Scope<'_>) -> Result<()> {
+pub async fn remove_scope(conn: &mut MySqlConnection, scope: Scope<'_>, now: i64) -> Result<()> {
+    let hosts: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT fully_qualified_domain_name FROM frontline_routes WHERE {} = ?",
+        scope.column()
+    )))
+    .bind(scope.id())
+    .fetch_all(&mut *conn)
+    .await?;
     // Settings and variables hang off environments (they carry no project
     // or workspace column of their own).
     let in_env = match scope {
@@ -267,7 +283,8 @@ pub async fn remove_scope(conn: &mut MySqlConnection, scope: Scope<'_>) -> Resul
         .execute(&mut *conn)
         .await?;
     }
-    Ok(())
+    let keys: Vec<Key<'_>> = hosts.iter().map(|h| Key::Host(h)).collect();
+    crate::edge::record(conn, &keys, now).await
 }
 
 #[cfg(test)]

@@ -392,20 +392,23 @@ pub async fn set_invocation_id(
 
 /// Sets whether the deployment's instances should run.
 pub async fn set_desired_state(
-    ex: impl MySqlExecutor<'_>,
+    db: impl sqlx::Acquire<'_, Database = sqlx::MySql>,
     id: &str,
     state: DesiredState,
     now: i64,
 ) -> Result<()> {
+    let mut tx = db.begin().await?;
     let done = sqlx::query("UPDATE deployments SET desired_state = ?, updated_at = ? WHERE id = ?")
         .bind(state.as_str())
         .bind(now)
         .bind(id)
-        .execute(ex)
+        .execute(&mut *tx)
         .await?;
     if done.rows_affected() == 0 {
         return Err(Error::NotFound("deployment"));
     }
+    crate::edge::record(&mut tx, &[crate::edge::Key::Deployment(id)], now).await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -419,7 +422,7 @@ pub async fn set_desired_everywhere(
     state: DesiredState,
     now: i64,
 ) -> Result<()> {
-    sqlx::query(
+    let changed = sqlx::query(
         "UPDATE deployments SET desired_state = ?, updated_at = ? WHERE id = ? AND desired_state <> ?",
     )
     .bind(state.as_str())
@@ -427,8 +430,13 @@ pub async fn set_desired_everywhere(
     .bind(id)
     .bind(state.as_str())
     .execute(&mut *conn)
-    .await?;
+    .await?
+    .rows_affected()
+        > 0;
     crate::topology::set_desired_status(&mut *conn, id, state, now).await?;
+    if changed {
+        crate::edge::record(conn, &[crate::edge::Key::Deployment(id)], now).await?;
+    }
     Ok(())
 }
 

@@ -1,9 +1,10 @@
 //! Observed instances, written only from agent reports.
 
 use ctrl_core::status::RegionReadiness;
-use sqlx::{FromRow, MySqlConnection, MySqlExecutor};
+use sqlx::{Acquire, FromRow, MySql, MySqlConnection, MySqlExecutor};
 
 use crate::Result;
+use crate::edge::{self, Key};
 use crate::types::InstanceStatus;
 
 /// An instance row.
@@ -58,7 +59,9 @@ pub struct ReportedInstance {
 
 /// Replaces the set of a deployment's instances in a region with `reported`
 /// (a complete report: instances not in it are deleted). Call inside a
-/// transaction. Returns whether anything changed.
+/// transaction. Returns whether anything changed (an instance appeared or
+/// went away); a change the edge routes by (an address or a state) is also
+/// recorded in its feed.
 pub async fn replace_for_deployment(
     conn: &mut MySqlConnection,
     workspace_id: &str,
@@ -68,16 +71,29 @@ pub async fn replace_for_deployment(
     now: i64,
 ) -> Result<bool> {
     let mut changed = false;
-    let existing: Vec<String> = sqlx::query_scalar(
-        "SELECT name FROM instances WHERE deployment_id = ? AND region_id = ? FOR UPDATE",
+    let existing: Vec<(String, String, InstanceStatus)> = sqlx::query_as(
+        "SELECT name, address, status FROM instances WHERE deployment_id = ? AND region_id = ? FOR UPDATE",
     )
     .bind(deployment_id)
     .bind(region_id)
     .fetch_all(&mut *conn)
     .await?;
-    for name in existing
+    // What the edge routes by: the set of (name, address, state).
+    let seen_by_edge =
+        |a: &str, b: &str, s: InstanceStatus| (a.to_owned(), b.to_owned(), s.as_str());
+    let mut before: Vec<_> = existing
         .iter()
-        .filter(|n| !reported.iter().any(|r| &r.name == *n))
+        .map(|(n, a, s)| seen_by_edge(n, a, *s))
+        .collect();
+    let mut after: Vec<_> = reported
+        .iter()
+        .map(|r| seen_by_edge(&r.name, &r.address, r.status))
+        .collect();
+    before.sort();
+    after.sort();
+    for (name, _, _) in existing
+        .iter()
+        .filter(|(n, _, _)| !reported.iter().any(|r| &r.name == n))
     {
         sqlx::query("DELETE FROM instances WHERE region_id = ? AND name = ?")
             .bind(region_id)
@@ -113,20 +129,29 @@ pub async fn replace_for_deployment(
         // (`updated_at` alone counts, so compare the fields that matter).
         changed |= done.rows_affected() == 1;
     }
+    if before != after {
+        edge::record(conn, &[Key::Deployment(deployment_id)], now).await?;
+    }
     Ok(changed)
 }
 
 /// Deletes all of a deployment's instances in a region (its workload is gone).
 pub async fn delete_for_deployment(
-    ex: impl MySqlExecutor<'_>,
+    db: impl Acquire<'_, Database = MySql>,
     deployment_id: &str,
     region_id: &str,
+    now: i64,
 ) -> Result<u64> {
+    let mut tx = db.begin().await?;
     let done = sqlx::query("DELETE FROM instances WHERE deployment_id = ? AND region_id = ?")
         .bind(deployment_id)
         .bind(region_id)
-        .execute(ex)
+        .execute(&mut *tx)
         .await?;
+    if done.rows_affected() > 0 {
+        edge::record(&mut tx, &[Key::Deployment(deployment_id)], now).await?;
+    }
+    tx.commit().await?;
     Ok(done.rows_affected())
 }
 
@@ -201,10 +226,11 @@ pub struct InstanceEvent<'a> {
 /// Records an exit or wait on the instance row; stale events (lower restart
 /// count, or same count and older) are ignored. Returns whether it applied.
 pub async fn record_event(
-    ex: impl MySqlExecutor<'_>,
+    db: impl Acquire<'_, Database = MySql>,
     region_id: &str,
     e: &InstanceEvent<'_>,
 ) -> Result<bool> {
+    let mut tx = db.begin().await?;
     let done = sqlx::query(
         "UPDATE instances SET restart_count = ?,
            last_exit_code = IF(?, last_exit_code, ?), last_exit_reason = IF(?, last_exit_reason, ?),
@@ -232,7 +258,22 @@ pub async fn record_event(
     .bind(e.restart_count)
     .bind(e.restart_count)
     .bind(e.at)
-    .execute(ex)
+    .execute(&mut *tx)
     .await?;
-    Ok(done.rows_affected() == 1)
+    let applied = done.rows_affected() == 1;
+    if applied && (e.waiting || e.exit_code.is_some_and(|c| c != 0)) {
+        // The instance is now `failed`: the edge stops sending it traffic.
+        let deployment: Option<String> = sqlx::query_scalar(
+            "SELECT deployment_id FROM instances WHERE region_id = ? AND name = ?",
+        )
+        .bind(region_id)
+        .bind(e.name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(d) = deployment {
+            edge::record(&mut tx, &[Key::Deployment(&d)], e.at).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(applied)
 }

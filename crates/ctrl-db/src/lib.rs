@@ -6,8 +6,9 @@
 //! apps, environments), [`settings`] (build/runtime/regional settings and
 //! sealed environment variables), [`cluster`] (regions, clusters),
 //! [`deployment`] (deployments and steps), [`topology`] (versioned desired
-//! state per region), [`instance`], [`route`] and [`deletion`] (what a
-//! deletion cascade removes).
+//! state per region), [`instance`], [`route`], [`certificate`] (and ACME
+//! challenges), [`edge`] (what the edge serves, and its change feed) and
+//! [`deletion`] (what a deletion cascade removes).
 //!
 //! Functions take an executor (pool, connection or transaction) and the
 //! current time in unix milliseconds, so callers decide transactions and
@@ -18,9 +19,11 @@
 //!
 //! Works with MySQL 8 and MariaDB 10.11+ (tests run on MariaDB).
 
+pub mod certificate;
 pub mod cluster;
 pub mod deletion;
 pub mod deployment;
+pub mod edge;
 pub mod instance;
 pub mod route;
 pub mod settings;

@@ -1,8 +1,9 @@
 //! Frontline routes: hostname → deployment, with stickiness.
 
 use ctrl_core::domains::Sticky;
-use sqlx::{FromRow, MySqlConnection, MySqlExecutor};
+use sqlx::{Acquire, FromRow, MySql, MySqlConnection, MySqlExecutor};
 
+use crate::edge::{self, Key};
 use crate::{Error, Result};
 
 /// A route row.
@@ -49,7 +50,12 @@ pub struct NewRoute<'a> {
 }
 
 /// Creates a route.
-pub async fn insert(ex: impl MySqlExecutor<'_>, r: &NewRoute<'_>, now: i64) -> Result<()> {
+pub async fn insert(
+    db: impl Acquire<'_, Database = MySql>,
+    r: &NewRoute<'_>,
+    now: i64,
+) -> Result<()> {
+    let mut tx = db.begin().await?;
     sqlx::query(
         "INSERT INTO frontline_routes
            (id, workspace_id, project_id, app_id, environment_id, deployment_id, fully_qualified_domain_name,
@@ -66,8 +72,10 @@ pub async fn insert(ex: impl MySqlExecutor<'_>, r: &NewRoute<'_>, now: i64) -> R
     .bind(r.sticky.as_str())
     .bind(now)
     .bind(now)
-    .execute(ex)
+    .execute(&mut *tx)
     .await?;
+    edge::record(&mut tx, &[Key::Host(r.fqdn)], now).await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -139,14 +147,15 @@ pub async fn reassign_forward(
         .await?
         .ok_or(Error::NotFound("deployment"))?;
     let mut moved = Vec::new();
+    let mut hosts = Vec::new();
     for id in route_ids {
-        let current: Option<String> = sqlx::query_scalar(
-            "SELECT deployment_id FROM frontline_routes WHERE id = ? FOR UPDATE",
+        let current: Option<(String, String)> = sqlx::query_as(
+            "SELECT deployment_id, fully_qualified_domain_name FROM frontline_routes WHERE id = ? FOR UPDATE",
         )
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?;
-        let current = current.ok_or(Error::NotFound("route"))?;
+        let (current, fqdn) = current.ok_or(Error::NotFound("route"))?;
         if current == deployment_id {
             continue;
         }
@@ -164,9 +173,16 @@ pub async fn reassign_forward(
             .execute(&mut *conn)
             .await?;
             moved.push(id.clone());
+            hosts.push(fqdn);
         }
     }
+    record_hosts(conn, &hosts, now).await?;
     Ok(moved)
+}
+
+async fn record_hosts(conn: &mut MySqlConnection, fqdns: &[String], now: i64) -> Result<()> {
+    let keys: Vec<Key<'_>> = fqdns.iter().map(|f| Key::Host(f)).collect();
+    edge::record(conn, &keys, now).await
 }
 
 /// Takes every route off a deployment that failed or was cancelled: a
@@ -180,14 +196,16 @@ pub async fn release(
     deployment_id: &str,
     now: i64,
 ) -> Result<(u64, u64)> {
-    let routes: Vec<(String, String)> = sqlx::query_as(
-        "SELECT id, sticky FROM frontline_routes WHERE deployment_id = ? ORDER BY pk FOR UPDATE",
+    let routes: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT id, sticky, fully_qualified_domain_name FROM frontline_routes
+         WHERE deployment_id = ? ORDER BY pk FOR UPDATE",
     )
     .bind(deployment_id)
     .fetch_all(&mut *conn)
     .await?;
     let (mut moved, mut deleted) = (0, 0);
-    for (id, sticky) in routes {
+    let hosts: Vec<String> = routes.iter().map(|r| r.2.clone()).collect();
+    for (id, sticky, _) in routes {
         let fallback: Option<String> = match sticky.as_str() {
             "branch" | "environment" | "none" => {
                 sqlx::query_scalar(
@@ -235,6 +253,7 @@ pub async fn release(
             }
         }
     }
+    record_hosts(conn, &hosts, now).await?;
     Ok((moved, deleted))
 }
 
@@ -247,14 +266,16 @@ pub async fn reassign(
     now: i64,
 ) -> Result<Vec<(String, String)>> {
     let mut previous = Vec::with_capacity(route_ids.len());
+    let mut hosts = Vec::with_capacity(route_ids.len());
     for id in route_ids {
-        let before: Option<String> = sqlx::query_scalar(
-            "SELECT deployment_id FROM frontline_routes WHERE id = ? FOR UPDATE",
+        let before: Option<(String, String)> = sqlx::query_as(
+            "SELECT deployment_id, fully_qualified_domain_name FROM frontline_routes WHERE id = ? FOR UPDATE",
         )
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?;
-        let before = before.ok_or(Error::NotFound("route"))?;
+        let (before, fqdn) = before.ok_or(Error::NotFound("route"))?;
+        hosts.push(fqdn);
         sqlx::query("UPDATE frontline_routes SET deployment_id = ?, updated_at = ? WHERE id = ?")
             .bind(deployment_id)
             .bind(now)
@@ -263,5 +284,6 @@ pub async fn reassign(
             .await?;
         previous.push((id.clone(), before));
     }
+    record_hosts(conn, &hosts, now).await?;
     Ok(previous)
 }

@@ -88,7 +88,7 @@ async fn reports_replace_the_instance_set() -> Result<()> {
     );
 
     assert_eq!(
-        instance::delete_for_deployment(&db.pool, &d.id, &t.region).await?,
+        instance::delete_for_deployment(&db.pool, &d.id, &t.region, NOW).await?,
         1
     );
     assert!(

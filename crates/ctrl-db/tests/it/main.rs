@@ -3,6 +3,7 @@
 
 mod cluster;
 mod deployment;
+mod edge;
 mod fixtures;
 mod instance;
 mod migrations;

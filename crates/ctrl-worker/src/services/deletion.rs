@@ -123,7 +123,7 @@ impl DeletionObject {
         ctx.run(|| async move {
             let scope = Scope::of(&id).ok_or_else(|| WorkflowError::Invalid(id.clone()))?;
             let mut tx = begin(&pool).await?;
-            deletion::remove_scope(&mut tx, scope)
+            deletion::remove_scope(&mut tx, scope, now_ms())
                 .await
                 .map_err(db_error)?;
             commit(tx).await?;

@@ -298,7 +298,7 @@ impl Harness {
     /// Simulates the agent finishing a stop: no instance left, and
     /// cluster-sync's "stopped once drained".
     pub(crate) async fn report_drained(&self, id: &str) -> Result<()> {
-        instance::delete_for_deployment(&self.db.pool, id, &self.region).await?;
+        instance::delete_for_deployment(&self.db.pool, id, &self.region, 6).await?;
         deployment::mark_stopped_if_drained(&self.db.pool, id, 7).await?;
         Ok(())
     }

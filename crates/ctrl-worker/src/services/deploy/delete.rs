@@ -95,7 +95,7 @@ pub(super) async fn run(
     let (pool, id_) = (db.clone(), id.clone());
     ctx.run(|| async move {
         let mut tx = begin(&pool).await?;
-        deletion::remove_deployment(&mut tx, &id_)
+        deletion::remove_deployment(&mut tx, &id_, now_ms())
             .await
             .map_err(db_error)?;
         commit(tx).await?;
