@@ -273,6 +273,7 @@ async fn state() -> Result<AppState> {
         db.pool,
         vault,
         &[TOKEN.to_owned()],
+        &[],
         restate,
         None,
     ))

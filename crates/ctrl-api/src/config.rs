@@ -19,6 +19,10 @@ pub struct Config {
     pub http: HttpConfig,
     /// Who may call the API.
     pub auth: ctrl_runtime::auth::AuthConfig,
+    /// Tokens the edges (frontline) present, for AcmeService and (when
+    /// cluster-sync is mounted) EdgeService; absent = both refuse every call.
+    #[serde(default)]
+    pub edge_auth: Option<ctrl_runtime::auth::AuthConfig>,
     /// The database.
     pub database: DatabaseConfig,
     /// Keys sealing environment variables.
@@ -86,6 +90,9 @@ impl std::fmt::Debug for AgentLogsConfig {
 impl Validate for Config {
     fn validate(&self, v: &mut Validator) {
         self.auth.validate(v);
+        if let Some(edge) = &self.edge_auth {
+            edge.validate_as("edge_auth", v);
+        }
         self.database.validate(v);
         if let Some(sync) = &self.cluster_sync {
             sync.validate("cluster_sync", v);

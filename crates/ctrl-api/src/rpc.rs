@@ -45,6 +45,30 @@ impl FromRequestParts<AppState> for Authorized {
     }
 }
 
+/// Proof that the request carried an accepted edge (frontline) token: the
+/// only credential AcmeService takes, and one the rest of the API refuses.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeAuthorized;
+
+impl FromRequestParts<AppState> for EdgeAuthorized {
+    type Rejection = ConnectError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        state
+            .edge_tokens()
+            .check_header(header)
+            .map(|()| Self)
+            .map_err(ConnectError::new_unauthenticated)
+    }
+}
+
 /// The one mapping from [`ApiError`] to the wire.
 pub fn to_connect(e: ApiError) -> ConnectError {
     match e {
@@ -76,6 +100,17 @@ macro_rules! unary {
                 .map_err(to_connect)
         }
     };
+}
+
+async fn verify_certificate(
+    State(state): State<AppState>,
+    _auth: EdgeAuthorized,
+    ConnectRequest(req): ConnectRequest<pb::VerifyCertificateRequest>,
+) -> Result<ConnectResponse<pb::VerifyCertificateResponse>, ConnectError> {
+    crate::services::acme::verify_certificate(&state, req)
+        .await
+        .map(ConnectResponse::new)
+        .map_err(to_connect)
 }
 
 unary!(create_workspace => tenancy::create_workspace, pb::CreateWorkspaceRequest, pb::CreateWorkspaceResponse);
@@ -289,6 +324,7 @@ max_decoding!(
     pb::environment_service_server::EnvironmentServiceServer<pb::EnvironmentTonicService>,
     pb::deployment_service_server::DeploymentServiceServer<pb::DeploymentTonicService>,
     pb::region_service_server::RegionServiceServer<pb::RegionTonicService>,
+    pb::acme_service_server::AcmeServiceServer<pb::AcmeTonicService>,
 );
 
 /// tonic reports a request it cannot decode as `internal` (13); it is the
@@ -484,6 +520,10 @@ pub fn router_with(
             .update_region(update_region)
             .with_state(state.clone())
             .build();
+    let (acme, acme_grpc) = acme_service_connect::AcmeServiceTonicCompatibleBuilder::new()
+        .verify_certificate(verify_certificate)
+        .with_state(state.clone())
+        .build();
     let health = axum::Router::new()
         .route("/health/live", get(|| async { "ok" }))
         .route("/health/ready", get(ready))
@@ -498,6 +538,7 @@ pub fn router_with(
             environments,
             deployments,
             regions,
+            acme,
         ])
         .add_grpc_service(grpc(ctrl_grpc))
         .add_grpc_service(grpc(workspaces_grpc))
@@ -506,12 +547,18 @@ pub fn router_with(
         .add_grpc_service(grpc(environments_grpc))
         .add_grpc_service(grpc(deployments_grpc))
         .add_grpc_service(grpc(regions_grpc))
+        .add_grpc_service(grpc(acme_grpc))
         .add_axum_router_raw(health)
         .receive_max_bytes(MAX_REQUEST_BYTES);
     let dispatch = match cluster {
         Some(cluster) => {
-            let (connect, grpc) = ctrl_cluster_sync::service::parts(cluster);
-            dispatch.add_router(connect).add_grpc_service(grpc)
+            let (connect, grpc) = ctrl_cluster_sync::service::parts(cluster.clone());
+            let (edge, edge_grpc) = ctrl_cluster_sync::edge::parts(cluster);
+            dispatch
+                .add_router(connect)
+                .add_grpc_service(grpc)
+                .add_router(edge)
+                .add_grpc_service(edge_grpc)
         }
         None => dispatch,
     }

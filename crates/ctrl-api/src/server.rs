@@ -27,6 +27,7 @@ pub async fn serve(
         db.clone(),
         config.vault().context("vault keys")?,
         &config.auth.tokens,
+        config.edge_auth.as_ref().map_or(&[][..], |e| &e.tokens[..]),
         restate,
         config
             .agent_logs
@@ -37,6 +38,11 @@ pub async fn serve(
         ctrl_cluster_sync::ClusterSync::new(
             db.clone(),
             config.auth.bearer_tokens(),
+            config
+                .edge_auth
+                .as_ref()
+                .map(ctrl_runtime::auth::AuthConfig::bearer_tokens)
+                .unwrap_or_default(),
             &config.restate.ingress_url,
             sync.settings(),
         )

@@ -4,6 +4,7 @@
 //!
 //! [`AppState`]: crate::state::AppState
 
+pub mod acme;
 pub mod deployment;
 pub mod settings;
 pub mod tenancy;

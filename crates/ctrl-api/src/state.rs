@@ -19,6 +19,7 @@ struct Inner {
     db: MySqlPool,
     vault: Vault,
     tokens: ctrl_runtime::auth::BearerTokens,
+    edge_tokens: ctrl_runtime::auth::BearerTokens,
     agent_logs: Option<crate::agent_logs::AgentLogs>,
 }
 
@@ -33,12 +34,14 @@ impl std::fmt::Debug for AppState {
 
 impl AppState {
     /// State over a database pool, a vault, the accepted bearer tokens
-    /// (several, so tokens can rotate), Restate's ingress and, optionally,
-    /// the client reading logs from the agents.
+    /// (several, so tokens can rotate) and the edges' tokens (for
+    /// AcmeService), Restate's ingress and, optionally, the client reading
+    /// logs from the agents.
     pub fn new(
         db: MySqlPool,
         vault: Vault,
         tokens: &[String],
+        edge_tokens: &[String],
         restate: (crate::restate::Ingress, crate::restate::Admin),
         agent_logs: Option<crate::agent_logs::AgentLogs>,
     ) -> Self {
@@ -52,6 +55,7 @@ impl AppState {
                 db,
                 vault,
                 tokens: ctrl_runtime::auth::BearerTokens::new(tokens),
+                edge_tokens: ctrl_runtime::auth::BearerTokens::new(edge_tokens),
                 agent_logs,
             }),
         }
@@ -94,6 +98,11 @@ impl AppState {
     /// The accepted bearer tokens.
     pub fn tokens(&self) -> &ctrl_runtime::auth::BearerTokens {
         &self.inner.tokens
+    }
+
+    /// The bearer tokens the edges (frontline) present.
+    pub fn edge_tokens(&self) -> &ctrl_runtime::auth::BearerTokens {
+        &self.inner.edge_tokens
     }
 
     /// The client for the agents' log endpoints, when configured.

@@ -10,6 +10,7 @@ use ctrl_runtime::config::{Validate, Validator};
 use ctrl_runtime::sections::{DatabaseConfig, LogConfig};
 use serde::Deserialize;
 
+use crate::edge::EdgeSettings;
 use crate::feed::FeedSettings;
 use crate::service::Settings;
 
@@ -25,6 +26,10 @@ pub struct Config {
     pub http: HttpConfig,
     /// Tokens the agents present.
     pub auth: AuthConfig,
+    /// Tokens the edges (frontline) present; absent = EdgeService refuses
+    /// every call.
+    #[serde(default)]
+    pub edge_auth: Option<AuthConfig>,
     /// The database.
     pub database: DatabaseConfig,
     /// Restate's ingress, to wake Deploy workflows.
@@ -79,6 +84,9 @@ pub struct SyncConfig {
     pub keepalive_seconds: u64,
     /// A watch cursor further behind than this takes a snapshot instead.
     pub resync_after_versions: u64,
+    /// How often the edges' feed polls for routing changes (the floor of the
+    /// commit-to-edge latency).
+    pub edge_poll_interval_ms: u64,
 }
 
 impl Default for SyncConfig {
@@ -90,6 +98,7 @@ impl Default for SyncConfig {
             page_size: s.page_size,
             keepalive_seconds: s.keepalive.as_secs(),
             resync_after_versions: s.resync_after_versions,
+            edge_poll_interval_ms: u64::try_from(s.edge.poll_interval.as_millis()).unwrap_or(20),
         }
     }
 }
@@ -110,6 +119,11 @@ impl SyncConfig {
         );
         v.range(&field("page_size"), self.page_size, 1..=10_000);
         v.range(&field("keepalive_seconds"), self.keepalive_seconds, 1..=600);
+        v.range(
+            &field("edge_poll_interval_ms"),
+            self.edge_poll_interval_ms,
+            5..=10_000,
+        );
     }
 
     /// The service settings this section describes.
@@ -124,6 +138,11 @@ impl SyncConfig {
                 page_size: self.page_size.max(100),
                 ..FeedSettings::default()
             },
+            edge: EdgeSettings {
+                poll_interval: Duration::from_millis(self.edge_poll_interval_ms),
+                keepalive: Duration::from_secs(self.keepalive_seconds),
+                ..EdgeSettings::default()
+            },
         }
     }
 }
@@ -131,6 +150,9 @@ impl SyncConfig {
 impl Validate for Config {
     fn validate(&self, v: &mut Validator) {
         self.auth.validate(v);
+        if let Some(edge) = &self.edge_auth {
+            edge.validate_as("edge_auth", v);
+        }
         self.database.validate(v);
         self.log.validate(v);
         v.url(

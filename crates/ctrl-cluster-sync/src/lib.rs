@@ -10,12 +10,16 @@
 //!   for agents that are behind.
 //! - [`service`]: the RPCs over [`ClusterSync`] state, and the router that
 //!   serves them over Connect and gRPC (standalone, or mounted in ctrl-api).
+//! - [`edge`]: the edges' `ctrl.v1.EdgeService` (frontline): the routing
+//!   table as a snapshot and an ordered change stream, wake on request,
+//!   traffic reports — with the edges' own tokens.
 //! - [`convert`]: database rows → wire messages.
 //! - [`notify`]: the readiness notification to the Deploy workflow.
 //! - [`config`], [`server`]: the standalone binary.
 
 pub mod config;
 pub mod convert;
+pub mod edge;
 pub mod feed;
 pub mod notify;
 pub mod server;

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ctrl_core::status::{DeploymentStatus, RegionReadiness};
-use ctrl_core::workflows::{DEPLOY_SERVICE, NOTIFY_INSTANCES_HANDLER};
+use ctrl_core::workflows::{DEPLOY_SERVICE, NOTIFY_INSTANCES_HANDLER, WAKE_HANDLER, WakeInput};
 use sqlx::MySqlPool;
 
 /// Attempts to deliver one notification, and the pause before each retry.
@@ -99,6 +99,34 @@ impl Notifier {
         let id = deployment_id.to_owned();
         tokio::spawn(async move { notifier.send(&id).await });
         Ok(Outcome::Sent)
+    }
+
+    /// Starts `Deploy/{id}/Wake` (one attempt, bounded by the client's
+    /// timeouts; the edge asks again while it waits).
+    pub async fn wake(&self, deployment_id: &str, idempotency_key: &str) -> anyhow::Result<()> {
+        let url = format!(
+            "{}/{DEPLOY_SERVICE}/{deployment_id}/{WAKE_HANDLER}/send",
+            self.inner.ingress
+        );
+        let input = WakeInput {
+            deployment_id: deployment_id.to_owned(),
+        };
+        let r = self
+            .inner
+            .http
+            .post(&url)
+            .header("idempotency-key", idempotency_key)
+            .json(&input)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            anyhow::bail!(
+                "Restate answered {}: {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
     }
 
     /// Delivers one notification, retrying with backoff; forgets the

@@ -17,7 +17,8 @@ use crate::service::{ClusterSync, parts};
 
 /// Everything on one router.
 pub fn router(sync: ClusterSync, db: MySqlPool) -> axum::Router {
-    let (connect, grpc) = parts(sync);
+    let (connect, grpc) = parts(sync.clone());
+    let (edge, edge_grpc) = crate::edge::parts(sync);
     let health = axum::Router::new()
         .route("/health/live", get(|| async { "ok" }))
         .route("/health/ready", get(ready))
@@ -25,7 +26,9 @@ pub fn router(sync: ClusterSync, db: MySqlPool) -> axum::Router {
     axum::Router::new().fallback_service(
         MakeServiceBuilder::new()
             .add_router(connect)
+            .add_router(edge)
             .add_grpc_service(grpc)
+            .add_grpc_service(edge_grpc)
             .add_axum_router_raw(health)
             .receive_max_bytes(4 << 20)
             .build(),
@@ -50,6 +53,11 @@ pub async fn serve(
     let sync = ClusterSync::new(
         db.clone(),
         config.auth.bearer_tokens(),
+        config
+            .edge_auth
+            .as_ref()
+            .map(ctrl_runtime::auth::AuthConfig::bearer_tokens)
+            .unwrap_or_default(),
         &config.restate.ingress_url,
         config.sync.settings(),
     );

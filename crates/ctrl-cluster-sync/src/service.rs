@@ -21,6 +21,7 @@ use ctrl_runtime::auth::BearerTokens;
 use sqlx::MySqlPool;
 use tokio::sync::{broadcast, mpsc};
 
+use crate::edge::{EdgeFeed, EdgeSettings};
 use crate::feed::{FeedSettings, Feeds};
 use crate::notify::Notifier;
 
@@ -39,6 +40,8 @@ pub struct Settings {
     pub resync_after_versions: u64,
     /// The per-region change feeds.
     pub feed: FeedSettings,
+    /// The edges' routing-table feed.
+    pub edge: EdgeSettings,
 }
 
 impl Default for Settings {
@@ -49,6 +52,7 @@ impl Default for Settings {
             keepalive: Duration::from_secs(15),
             resync_after_versions: 100_000,
             feed: FeedSettings::default(),
+            edge: EdgeSettings::default(),
         }
     }
 }
@@ -63,20 +67,31 @@ pub struct ClusterSync {
 struct Inner {
     db: MySqlPool,
     tokens: BearerTokens,
+    edge_tokens: BearerTokens,
     feeds: Arc<Feeds>,
+    edge_feed: Arc<EdgeFeed>,
     notifier: Notifier,
     settings: Settings,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl ClusterSync {
-    /// The service over a database, the accepted agent tokens and Restate's
+    /// The service over a database, the accepted agent tokens, the accepted
+    /// edge tokens (none: EdgeService refuses every call) and Restate's
     /// ingress (to wake Deploy workflows).
-    pub fn new(db: MySqlPool, tokens: BearerTokens, ingress_url: &str, settings: Settings) -> Self {
+    pub fn new(
+        db: MySqlPool,
+        tokens: BearerTokens,
+        edge_tokens: BearerTokens,
+        ingress_url: &str,
+        settings: Settings,
+    ) -> Self {
         let (shutdown, _) = tokio::sync::watch::channel(false);
         Self {
             inner: Arc::new(Inner {
                 feeds: Feeds::new(db.clone(), settings.feed.clone()),
+                edge_feed: EdgeFeed::new(db.clone(), settings.edge.clone()),
+                edge_tokens,
                 notifier: Notifier::new(ingress_url),
                 db,
                 tokens,
@@ -96,11 +111,23 @@ impl ClusterSync {
         &self.inner.feeds
     }
 
-    fn db(&self) -> &MySqlPool {
+    pub(crate) fn db(&self) -> &MySqlPool {
         &self.inner.db
     }
 
-    fn shutdown_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    pub(crate) fn edge_feed(&self) -> &Arc<EdgeFeed> {
+        &self.inner.edge_feed
+    }
+
+    pub(crate) fn edge_tokens(&self) -> &BearerTokens {
+        &self.inner.edge_tokens
+    }
+
+    pub(crate) fn notifier(&self) -> &Notifier {
+        &self.inner.notifier
+    }
+
+    pub(crate) fn shutdown_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.inner.shutdown.subscribe();
         async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -148,7 +175,7 @@ impl FromRequestParts<ClusterSync> for Authorized {
 
 /// Database trouble is the agent's cue to retry: `unavailable`, details in
 /// the log only.
-fn db_error(e: ctrl_db::Error) -> ConnectError {
+pub(crate) fn db_error(e: ctrl_db::Error) -> ConnectError {
     match e {
         ctrl_db::Error::NotFound(what) => ConnectError::new_not_found(format!("{what} not found")),
         other => {
@@ -158,7 +185,7 @@ fn db_error(e: ctrl_db::Error) -> ConnectError {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -438,10 +465,12 @@ pub async fn report_instance_events(
     Ok(pb::ReportInstanceEventsResponse {})
 }
 
-type Stream<T> = StreamBody<BoxedStream<T>>;
+pub(crate) type Stream<T> = StreamBody<BoxedStream<T>>;
 
 /// Turns a channel into a response stream.
-fn stream<T: Send + 'static>(mut rx: mpsc::Receiver<Result<T, ConnectError>>) -> Stream<T> {
+pub(crate) fn stream<T: Send + 'static>(
+    mut rx: mpsc::Receiver<Result<T, ConnectError>>,
+) -> Stream<T> {
     let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     StreamBody::new(Box::pin(stream) as BoxedStream<T>)
 }

@@ -187,6 +187,21 @@ pub fn check_wake(d: &DeploymentFacts<'_>) -> Result<(), GateError> {
     Ok(())
 }
 
+/// May a request arriving at the edge wake `d`? The user's wake rule, for
+/// a deployment that ran before (ready, or stopped after being ready): a
+/// failed or superseded deployment never starts because someone asked for
+/// its hostname.
+pub fn check_wake_on_request(d: &DeploymentFacts<'_>) -> Result<(), GateError> {
+    check_wake(d)?;
+    if !matches!(
+        d.status,
+        DeploymentStatus::Ready | DeploymentStatus::Stopped
+    ) {
+        return Err(GateError::TargetNotReady);
+    }
+    Ok(())
+}
+
 /// May a user delete `d` on its own (DeleteDeployment)? Anything but the
 /// live deployment (a cascade deleting its app takes that one too).
 pub fn check_delete(d: &DeploymentFacts<'_>, app: &AppFacts<'_>) -> Result<(), GateError> {

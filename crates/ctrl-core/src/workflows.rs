@@ -22,6 +22,13 @@ pub struct DeployInput {
 /// running, then the same wait for instances as a deploy, then `ready`.
 pub const WAKE_HANDLER: &str = "Wake";
 
+/// The idempotency key of a wake: one wake per stop (the deployment row
+/// changes when it stops), so the API, the edge and their retries all land
+/// on the same invocation.
+pub fn wake_idempotency_key(deployment_id: &str, updated_at: i64) -> String {
+    format!("wake:{deployment_id}:{updated_at}")
+}
+
 /// Input of `Deploy/{deployment_id}/Wake`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WakeInput {

@@ -67,6 +67,21 @@ pub async fn get_region(ex: impl MySqlExecutor<'_>, id: &str) -> Result<Region> 
         .ok_or(Error::NotFound("region"))
 }
 
+/// The region (name, platform), if it exists.
+pub async fn find_region(
+    ex: impl MySqlExecutor<'_>,
+    name: &str,
+    platform: &str,
+) -> Result<Option<Region>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{REGION} WHERE r.name = ? AND r.platform = ?"
+    )))
+    .bind(name)
+    .bind(platform)
+    .fetch_optional(ex)
+    .await?)
+}
+
 /// All regions by platform and name.
 pub async fn list_regions(ex: impl MySqlExecutor<'_>) -> Result<Vec<Region>> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(

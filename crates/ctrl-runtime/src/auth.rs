@@ -27,15 +27,20 @@ impl std::fmt::Debug for AuthConfig {
 impl AuthConfig {
     /// At least one token, each at least 16 characters.
     pub fn validate(&self, v: &mut Validator) {
+        self.validate_as("auth", v);
+    }
+
+    /// [`Self::validate`] for the section named `section`.
+    pub fn validate_as(&self, section: &str, v: &mut Validator) {
         v.check(
             !self.tokens.is_empty(),
-            "auth.tokens",
+            &format!("{section}.tokens"),
             "must list at least one token",
         );
         for (i, t) in self.tokens.iter().enumerate() {
             v.check(
                 t.len() >= 16,
-                &format!("auth.tokens[{i}]"),
+                &format!("{section}.tokens[{i}]"),
                 "must be at least 16 characters",
             );
         }

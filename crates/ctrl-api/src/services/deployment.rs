@@ -748,7 +748,7 @@ pub async fn wake_deployment(
     let input = WakeInput {
         deployment_id: d.row.id.clone(),
     };
-    let idempotency = format!("wake:{}:{}", d.row.id, d.row.updated_at);
+    let idempotency = ctrl_core::workflows::wake_idempotency_key(&d.row.id, d.row.updated_at);
     s.ingress()
         .send(
             DEPLOY_SERVICE,

@@ -17,6 +17,7 @@ use ctrl_vault::{KeyConfig, Vault};
 
 /// The token tests authenticate with.
 pub(crate) const TOKEN: &str = "test-token-0123456789abcdef";
+pub(crate) const EDGE_TOKEN: &str = "edge-token-0123456789abcdef";
 
 /// State over a fresh database, a test vault key and [`TOKEN`] (plus a
 /// second, rotated-in token).
@@ -39,7 +40,14 @@ pub(crate) async fn state_with_restate(ingress: &str, admin: &str) -> anyhow::Re
         ctrl_api::restate::Ingress::new(ingress),
         ctrl_api::restate::Admin::new(admin),
     );
-    Ok(AppState::new(db.pool, vault, &tokens, restate, None))
+    Ok(AppState::new(
+        db.pool,
+        vault,
+        &tokens,
+        &[EDGE_TOKEN.to_owned()],
+        restate,
+        None,
+    ))
 }
 
 /// Serves the API for `state` on 127.0.0.1:<free port>; returns the base URL.

@@ -185,6 +185,7 @@ impl SyncServer {
         let sync = ClusterSync::new(
             self.db.clone(),
             ctrl_runtime::auth::BearerTokens::new(&[TOKEN.to_owned()]),
+            ctrl_runtime::auth::BearerTokens::default(),
             &self.ingress,
             self.settings.clone(),
         );
