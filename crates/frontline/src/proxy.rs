@@ -1,0 +1,899 @@
+//! The request path: hostname → deployment → a backend in this region (or a
+//! peer region's edge), with no I/O but the forwarded request itself.
+//!
+//! Per request: normalise the host (400 if malformed), refuse loops (508
+//! past `max_hops`), answer the ACME HTTP-01 path on plain HTTP, look the
+//! host up (404), redirect plain HTTP to HTTPS where a certificate exists
+//! (308), wake an idle deployment and wait for it (503 + Retry-After when it
+//! takes too long), pick a backend by the power of two choices on in-flight
+//! requests, and forward with `X-Forwarded-*`, a request id and the hop
+//! count. A backend that refuses a connection is ejected for a while, and a
+//! request that can be replayed (no body, safe method) goes to another one.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rand::Rng;
+
+use crate::clock;
+use crate::config::Config;
+use crate::control::Control;
+use crate::metrics::Metrics;
+use crate::table::{Backend, Deployment, Routes, State, Upstream};
+use crate::traffic::Traffic;
+use crate::wake::Wakes;
+
+/// Errors of bodies that cross the proxy.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A body in either direction.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Hop counter carried between edges.
+pub const HOPS: HeaderName = HeaderName::from_static("x-ctrl-frontline-hops");
+/// Request id, kept if sane, else generated.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Which deployment answered (debugging, and the edge tests).
+pub const DEPLOYMENT: HeaderName = HeaderName::from_static("x-ctrl-deployment");
+const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// The connection a request came in on.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    /// The client.
+    pub peer: SocketAddr,
+    /// Over TLS.
+    pub tls: bool,
+}
+
+/// What handling a request needs, shared by every connection.
+#[derive(Debug)]
+pub struct Proxy {
+    routes: Arc<Routes>,
+    control: Control,
+    http1: Client<HttpConnector, Body>,
+    h2c: Client<HttpConnector, Body>,
+    peers: Vec<(String, Uri)>,
+    https_port: Option<u16>,
+    redirect_https: bool,
+    response_header_timeout: Duration,
+    max_body_bytes: u64,
+    max_hops: u32,
+    ejection: Duration,
+    metrics: Arc<Metrics>,
+    traffic: Arc<Traffic>,
+    wakes: Wakes,
+}
+
+fn client(config: &Config, h2c: bool) -> Client<HttpConnector, Body> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.proxy.connect_timeout()));
+    connector.set_nodelay(true);
+    connector.enforce_http(true);
+    let mut b = Client::builder(TokioExecutor::new());
+    b.pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(config.proxy.idle_timeout_seconds))
+        .pool_max_idle_per_host(256)
+        .timer(TokioTimer::new());
+    if h2c {
+        b.http2_only(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .http2_keep_alive_timeout(Duration::from_secs(10));
+    }
+    b.build(connector)
+}
+
+impl Proxy {
+    /// The proxy for `config`.
+    pub fn new(
+        config: &Config,
+        routes: Arc<Routes>,
+        control: Control,
+        metrics: Arc<Metrics>,
+        traffic: Arc<Traffic>,
+    ) -> anyhow::Result<Self> {
+        let mut peers = Vec::new();
+        for (region, url) in &config.peers {
+            peers.push((region.clone(), url.trim_end_matches('/').parse::<Uri>()?));
+        }
+        let https_port = config
+            .listen
+            .public_https_port
+            .or(config.listen.https.map(|a| a.port()));
+        Ok(Self {
+            wakes: Wakes::new(
+                routes.clone(),
+                control.clone(),
+                Duration::from_secs(config.proxy.wake_timeout_seconds),
+            ),
+            routes,
+            control,
+            http1: client(config, false),
+            h2c: client(config, true),
+            peers,
+            https_port,
+            redirect_https: config.listen.redirect_https,
+            response_header_timeout: Duration::from_secs(
+                config.proxy.response_header_timeout_seconds,
+            ),
+            max_body_bytes: config.proxy.max_body_bytes,
+            max_hops: config.proxy.max_hops,
+            ejection: Duration::from_secs(config.proxy.ejection_seconds),
+            metrics,
+            traffic,
+        })
+    }
+
+    /// Handles one request; never fails (every problem is an answer).
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: Conn,
+    ) -> Result<Response<Body>, std::convert::Infallible> {
+        let start = Instant::now();
+        let request_id = request_id(req.headers());
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let (mut response, host, deployment) = self.route(req, conn, &request_id).await;
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(REQUEST_ID, v);
+        }
+        let status = response.status();
+        let elapsed = start.elapsed();
+        self.metrics.request(deployment.as_deref(), status, elapsed);
+        tracing::info!(
+            target: "frontline::access",
+            request_id = %request_id,
+            client = %conn.peer.ip(),
+            tls = conn.tls,
+            method = %method,
+            host = %host,
+            path = %truncate(&path, 256),
+            status = status.as_u16(),
+            deployment_id = deployment.as_deref().unwrap_or("-"),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        );
+        Ok(response)
+    }
+
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        conn: Conn,
+        request_id: &str,
+    ) -> (Response<Body>, String, Option<String>) {
+        let Some(host) = host_of(&req) else {
+            return (
+                page(StatusCode::BAD_REQUEST, "Bad or missing Host header."),
+                "-".into(),
+                None,
+            );
+        };
+        let hops = hops_of(req.headers());
+        if hops >= self.max_hops {
+            return (
+                page(
+                    StatusCode::LOOP_DETECTED,
+                    &format!("The request crossed {hops} edges: a routing loop."),
+                ),
+                host,
+                None,
+            );
+        }
+        if !conn.tls && req.method() == Method::GET && req.uri().path().starts_with(ACME_PREFIX) {
+            let token = req.uri().path()[ACME_PREFIX.len()..].to_owned();
+            return (self.acme(&host, &token).await, host, None);
+        }
+        let table = self.routes.current();
+        let Some(deployment) = table.route(&host).cloned() else {
+            let msg = if self.routes.is_ready() {
+                format!("No deployment serves {host}.")
+            } else {
+                "The edge has not received its routing table yet.".to_owned()
+            };
+            let status = if self.routes.is_ready() {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            return (page(status, &msg), host, None);
+        };
+        if !conn.tls
+            && self.redirect_https
+            && let Some(port) = self.https_port
+            && table.certificate(&host).is_some()
+        {
+            return (
+                redirect(&host, port, req.uri()),
+                host,
+                Some(deployment.id.clone()),
+            );
+        }
+        drop(table);
+        let id = deployment.id.clone();
+        let deployment = match deployment.state {
+            State::Running => deployment,
+            State::Stopped => {
+                return (
+                    page(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "This deployment is stopped.",
+                    ),
+                    host,
+                    Some(id),
+                );
+            }
+            State::Idle => match self.wakes.wake_and_wait(&id, &host).await {
+                Some(d) => d,
+                None => {
+                    let mut r = page(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "This deployment is starting; retry in a few seconds.",
+                    );
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                    return (r, host, Some(id));
+                }
+            },
+        };
+        self.traffic.record(&deployment.id);
+        let response = self
+            .forward(req, &deployment, conn, &host, hops, request_id)
+            .await;
+        (response, host, Some(id))
+    }
+
+    async fn acme(&self, host: &str, token: &str) -> Response<Body> {
+        match self.control.acme_authorization(host, token).await {
+            Ok(authorization) => Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(full(authorization))
+                .unwrap_or_else(|_| page(StatusCode::INTERNAL_SERVER_ERROR, "")),
+            Err(s)
+                if s.code() == tonic::Code::NotFound
+                    || s.code() == tonic::Code::InvalidArgument =>
+            {
+                page(StatusCode::NOT_FOUND, "No such ACME challenge.")
+            }
+            Err(s) => {
+                tracing::warn!(%host, error = %s.message(), "ACME lookup failed");
+                page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The control plane cannot be reached to answer this challenge.",
+                )
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        d: &Deployment,
+        conn: Conn,
+        host: &str,
+        hops: u32,
+        request_id: &str,
+    ) -> Response<Body> {
+        if let Some(len) = content_length(req.headers())
+            && self.max_body_bytes > 0
+            && len > self.max_body_bytes
+        {
+            return page(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "The request body is larger than {} bytes.",
+                    self.max_body_bytes
+                ),
+            );
+        }
+        let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        let replayable = is_replayable(&req);
+        let (mut parts, body) = req.into_parts();
+        prepare_headers(
+            &mut parts.headers,
+            conn,
+            host,
+            hops,
+            request_id,
+            upgrade.is_some(),
+        );
+        parts.version = Version::HTTP_11;
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let mut body = Some(body);
+
+        // Where to send it: this region's backends, else a peer edge.
+        if d.backends.is_empty() {
+            let Some(peer) = self.peer_for(d) else {
+                return page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "No instance of this deployment runs in this region.",
+                );
+            };
+            let body = self.request_body(body.take());
+            let Ok(uri) = format!("{peer}{path}").parse::<Uri>() else {
+                return page(StatusCode::BAD_REQUEST, "Bad request path.");
+            };
+            let mut req = Request::from_parts(parts, body);
+            *req.uri_mut() = uri;
+            return match self.send(&self.http1, req).await {
+                Ok(resp) => self.respond(resp, d, None),
+                Err(e) => self.upstream_failure(&e, "peer"),
+            };
+        }
+
+        let attempts = if replayable {
+            d.backends.len().min(3)
+        } else {
+            1
+        };
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last_error = None;
+        for _ in 0..attempts {
+            let Some(i) = pick(&d.backends, &tried) else {
+                break;
+            };
+            tried.push(i);
+            let backend = &d.backends[i];
+            let body = if replayable {
+                Empty::new().map_err(|e| match e {}).boxed()
+            } else {
+                self.request_body(body.take())
+            };
+            let Ok(uri) = format!("http://{}{path}", backend.address).parse::<Uri>() else {
+                return page(StatusCode::BAD_REQUEST, "Bad request path.");
+            };
+            let mut out = Request::from_parts(parts.clone(), body);
+            *out.uri_mut() = uri;
+            let client = if d.upstream == Upstream::H2c && upgrade.is_none() {
+                *out.version_mut() = Version::HTTP_2;
+                &self.h2c
+            } else {
+                &self.http1
+            };
+            let guard = InFlight::new(backend.clone());
+            match self.send(client, out).await {
+                Ok(mut resp) => {
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                        && let Some(client_side) = upgrade
+                    {
+                        let upstream_side = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(tunnel(client_side, upstream_side));
+                    }
+                    return self.respond(resp, d, Some(guard));
+                }
+                Err(e) => {
+                    if e.is_connect() {
+                        let until = clock::mono_ms() + self.ejection.as_millis() as u64;
+                        backend.ejected_until.store(until, Ordering::Relaxed);
+                        tracing::warn!(address = %backend.address, deployment_id = %d.id, "backend refused the connection; ejected");
+                    }
+                    let retry = e.is_connect() && replayable;
+                    last_error = Some(e);
+                    if !retry {
+                        break;
+                    }
+                }
+            }
+        }
+        match last_error {
+            Some(e) => self.upstream_failure(&e, "backend"),
+            None => page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "No instance of this deployment is available.",
+            ),
+        }
+    }
+
+    fn request_body(&self, body: Option<Incoming>) -> Body {
+        match body {
+            Some(b) if self.max_body_bytes > 0 => {
+                Limited::new(b, self.max_body_bytes as usize).boxed()
+            }
+            Some(b) => b.map_err(BoxError::from).boxed(),
+            None => Empty::new().map_err(|e| match e {}).boxed(),
+        }
+    }
+
+    fn peer_for(&self, d: &Deployment) -> Option<&Uri> {
+        self.peers
+            .iter()
+            .find(|(region, _)| d.peer_regions.contains(region))
+            .map(|(_, uri)| uri)
+    }
+
+    async fn send(
+        &self,
+        client: &Client<HttpConnector, Body>,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, SendError> {
+        match tokio::time::timeout(self.response_header_timeout, client.request(req)).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(SendError::Client(e)),
+            Err(_) => Err(SendError::Timeout),
+        }
+    }
+
+    fn upstream_failure(&self, e: &SendError, to: &str) -> Response<Body> {
+        let (kind, status, msg) = match e {
+            SendError::Timeout => (
+                "timeout",
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "The deployment did not answer within {} s.",
+                    self.response_header_timeout.as_secs()
+                ),
+            ),
+            SendError::Client(c) if c.is_connect() => (
+                "connect",
+                StatusCode::BAD_GATEWAY,
+                "The deployment refused the connection.".to_owned(),
+            ),
+            SendError::Client(c) if is_body_limit(c) => (
+                "body_limit",
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "The request body is larger than {} bytes.",
+                    self.max_body_bytes
+                ),
+            ),
+            SendError::Client(_) => (
+                "protocol",
+                StatusCode::BAD_GATEWAY,
+                "The deployment's answer was cut off or malformed.".to_owned(),
+            ),
+        };
+        self.metrics.upstream_error(kind);
+        if let SendError::Client(c) = e {
+            tracing::warn!(to, kind, error = %error_chain(c), "upstream request failed");
+        }
+        page(status, &msg)
+    }
+
+    fn respond(
+        &self,
+        resp: Response<Incoming>,
+        d: &Deployment,
+        guard: Option<InFlight>,
+    ) -> Response<Body> {
+        let (mut parts, body) = resp.into_parts();
+        if parts.status != StatusCode::SWITCHING_PROTOCOLS {
+            strip_hop_by_hop(&mut parts.headers);
+        }
+        if let Ok(v) = HeaderValue::from_str(&d.id) {
+            parts.headers.insert(DEPLOYMENT, v);
+        }
+        let body = GuardedBody {
+            inner: body,
+            _guard: guard,
+        };
+        Response::from_parts(parts, body.boxed())
+    }
+}
+
+#[derive(Debug)]
+enum SendError {
+    Client(hyper_util::client::legacy::Error),
+    Timeout,
+}
+
+impl SendError {
+    fn is_connect(&self) -> bool {
+        matches!(self, Self::Client(e) if e.is_connect())
+    }
+}
+
+fn is_body_limit(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Counts a request in flight on a backend until its response body ends.
+#[derive(Debug)]
+struct InFlight(Arc<Backend>);
+
+impl InFlight {
+    fn new(b: Arc<Backend>) -> Self {
+        b.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(b)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its backend's in-flight count until it ends.
+struct GuardedBody {
+    inner: Incoming,
+    _guard: Option<InFlight>,
+}
+
+impl hyper::body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(BoxError::from)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Power of two choices on in-flight requests, among backends not ejected
+/// and not tried yet; if every one is ejected, any not tried (better a
+/// likely failure than a certain 503).
+fn pick(backends: &[Arc<Backend>], tried: &[usize]) -> Option<usize> {
+    let now = clock::mono_ms();
+    let fresh: Vec<usize> = (0..backends.len()).filter(|i| !tried.contains(i)).collect();
+    let available: Vec<usize> = fresh
+        .iter()
+        .copied()
+        .filter(|&i| backends[i].available(now))
+        .collect();
+    let pool = if available.is_empty() {
+        &fresh
+    } else {
+        &available
+    };
+    match pool.len() {
+        0 => None,
+        1 => Some(pool[0]),
+        n => {
+            let mut rng = rand::rng();
+            let a = rng.random_range(0..n);
+            let mut b = rng.random_range(0..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            let load = |i: usize| backends[pool[i]].in_flight.load(Ordering::Relaxed);
+            Some(if load(b) < load(a) { pool[b] } else { pool[a] })
+        }
+    }
+}
+
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(client, upstream) {
+        Ok((c, u)) => {
+            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                tracing::debug!(error = %e, "upgraded connection ended");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
+    }
+}
+
+/// The request's host: lowercase, without port or trailing dot; `None` if
+/// missing or not a hostname.
+pub fn host_of<B>(req: &Request<B>) -> Option<String> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.host().to_owned(),
+        None => {
+            let h = req.headers().get(header::HOST)?.to_str().ok()?;
+            let h = h.parse::<hyper::http::uri::Authority>().ok()?;
+            h.host().to_owned()
+        }
+    };
+    normalize_host(&raw)
+}
+
+/// Lowercase, no trailing dot, letters/digits/hyphens/dots, at most 253.
+pub fn normalize_host(raw: &str) -> Option<String> {
+    let h = raw.trim_end_matches('.').to_ascii_lowercase();
+    let ok = !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    ok.then_some(h)
+}
+
+fn hops_of(headers: &HeaderMap) -> u32 {
+    headers
+        .get(HOPS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The client's request id if sane (1-128 of `[A-Za-z0-9._:-]`), else a new one.
+pub fn request_id(headers: &HeaderMap) -> String {
+    if let Some(v) = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok())
+        && (1..=128).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    {
+        return v.to_owned();
+    }
+    let bytes: [u8; 16] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A WebSocket (or other HTTP/1.1) upgrade request.
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// Safe to send again to another backend: a safe method and no body.
+fn is_replayable<B>(req: &Request<B>) -> bool {
+    matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        && !req.headers().contains_key(header::TRANSFER_ENCODING)
+        && content_length(req.headers()).is_none_or(|n| n == 0)
+        && !is_upgrade(req)
+}
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for h in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(h);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+fn prepare_headers(
+    headers: &mut HeaderMap,
+    conn: Conn,
+    host: &str,
+    hops: u32,
+    request_id: &str,
+    upgrade: bool,
+) {
+    let upgrade_value = headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(headers);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    if upgrade && let Some(u) = upgrade_value {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, u);
+    }
+    let client = conn.peer.ip().to_string();
+    let forwarded_for = match headers.get(FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(chain) if !chain.is_empty() => format!("{chain}, {client}"),
+        _ => client,
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(FORWARDED_FOR, v);
+    }
+    if !headers.contains_key(FORWARDED_PROTO) || hops == 0 {
+        headers.insert(
+            FORWARDED_PROTO,
+            HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+        );
+    }
+    if let Ok(v) = HeaderValue::from_str(host) {
+        if hops == 0 {
+            headers.insert(FORWARDED_HOST, v.clone());
+        }
+        headers.insert(header::HOST, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID, v);
+    }
+    headers.insert(HOPS, HeaderValue::from(hops + 1));
+}
+
+fn full(s: impl Into<Bytes>) -> Body {
+    Full::new(s.into()).map_err(|e| match e {}).boxed()
+}
+
+/// A small plain-text answer of the edge itself.
+pub fn page(status: StatusCode, message: &str) -> Response<Body> {
+    let mut r = Response::new(full(format!("{message}\n")));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn redirect(host: &str, port: u16, uri: &Uri) -> Response<Body> {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    };
+    let mut r = page(
+        StatusCode::PERMANENT_REDIRECT,
+        &format!("Moved to {location}"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_normalised_or_refused() {
+        assert_eq!(
+            normalize_host("Shop.Example.COM."),
+            Some("shop.example.com".into())
+        );
+        for bad in [
+            "",
+            ".",
+            "a..b",
+            "a b",
+            "evil\u{0}.com",
+            &"a".repeat(64),
+            "x/y",
+        ] {
+            assert_eq!(normalize_host(bad), None, "{bad:?}");
+        }
+        let req = Request::builder()
+            .uri("/")
+            .header(header::HOST, "App.Localhost:8443")
+            .body(())
+            .unwrap();
+        assert_eq!(host_of(&req), Some("app.localhost".into()));
+        let no_host = Request::builder().uri("/").body(()).unwrap();
+        assert_eq!(host_of(&no_host), None);
+    }
+
+    #[test]
+    fn request_ids_are_kept_if_sane() {
+        let mut h = HeaderMap::new();
+        h.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(REQUEST_ID, HeaderValue::from_static("a b<script>"));
+        let generated = request_id(&h);
+        assert_eq!(generated.len(), 32);
+        assert_ne!(generated, request_id(&h), "fresh each time");
+    }
+
+    #[test]
+    fn forwarded_headers_and_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(FORWARDED_FOR, HeaderValue::from_static("10.1.1.1"));
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic x"),
+        );
+        let conn = Conn {
+            peer: "192.0.2.7:5555".parse().unwrap(),
+            tls: true,
+        };
+        prepare_headers(&mut h, conn, "app.example.com", 0, "rid", false);
+        assert!(!h.contains_key("x-secret"));
+        assert!(!h.contains_key(header::TRANSFER_ENCODING));
+        assert!(!h.contains_key(header::PROXY_AUTHORIZATION));
+        assert_eq!(h[FORWARDED_FOR], "10.1.1.1, 192.0.2.7");
+        assert_eq!(h[FORWARDED_PROTO], "https");
+        assert_eq!(h[FORWARDED_HOST], "app.example.com");
+        assert_eq!(h[HOPS], "1");
+    }
+
+    #[test]
+    fn two_choices_prefer_the_less_loaded_and_skip_ejected() {
+        let backends = crate::table::Backends::default();
+        let list: Vec<_> = ["a:1", "b:1", "c:1"]
+            .iter()
+            .map(|a| backends.get(a))
+            .collect();
+        list[0].in_flight.store(100, Ordering::Relaxed);
+        list[1].in_flight.store(100, Ordering::Relaxed);
+        // c wins every pairing it is in; a and b split the rest.
+        let picks: Vec<usize> = (0..300).filter_map(|_| pick(&list, &[])).collect();
+        let c = picks.iter().filter(|&&i| i == 2).count();
+        assert!(c > 150, "c chosen {c} of 300");
+        list[2].ejected_until.store(u64::MAX, Ordering::Relaxed);
+        assert!((0..100).all(|_| pick(&list, &[]) != Some(2)));
+        assert_eq!(
+            pick(&list, &[0, 1]),
+            Some(2),
+            "all others tried: the ejected one"
+        );
+        assert_eq!(pick(&list, &[0, 1, 2]), None);
+    }
+}

@@ -1,0 +1,98 @@
+//! Request counts per deployment and minute, reported in batches (never a
+//! write per request); a report that fails is merged into the next one.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ctrl_proto::ctrl::v1 as pb;
+
+use crate::clock;
+use crate::control::Control;
+
+/// Entries kept while the control plane is away (then the oldest go).
+const MAX_ENTRIES: usize = 100_000;
+
+/// The counts not yet reported.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    counts: Mutex<HashMap<(String, i64), (u64, i64)>>,
+}
+
+impl Traffic {
+    /// Counts one request for `deployment_id` now.
+    pub fn record(&self, deployment_id: &str) {
+        let now = clock::wall_ms();
+        let minute = now - now.rem_euclid(60_000);
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = counts.get_mut(&(deployment_id.to_owned(), minute)) {
+            e.0 += 1;
+            e.1 = now;
+            return;
+        }
+        if counts.len() >= MAX_ENTRIES
+            && let Some(oldest) = counts.keys().min_by_key(|(_, m)| *m).cloned()
+        {
+            counts.remove(&oldest);
+        }
+        counts.insert((deployment_id.to_owned(), minute), (1, now));
+    }
+
+    fn take(&self) -> Vec<pb::DeploymentTraffic> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts
+            .drain()
+            .map(
+                |((deployment_id, minute), (requests, last))| pb::DeploymentTraffic {
+                    deployment_id,
+                    minute,
+                    requests,
+                    last_request_at: last,
+                },
+            )
+            .collect()
+    }
+
+    fn put_back(&self, batch: Vec<pb::DeploymentTraffic>) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        for t in batch {
+            if counts.len() >= MAX_ENTRIES {
+                break;
+            }
+            let e = counts.entry((t.deployment_id, t.minute)).or_insert((0, 0));
+            e.0 += t.requests;
+            e.1 = e.1.max(t.last_request_at);
+        }
+    }
+
+    /// Reports every `every` until `shutdown`, then once more.
+    pub async fn report_loop(
+        &self,
+        control: Control,
+        every: Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            let stop = tokio::select! {
+                () = &mut shutdown => true,
+                () = tokio::time::sleep(every) => false,
+            };
+            self.flush(&control).await;
+            if stop {
+                return;
+            }
+        }
+    }
+
+    /// Sends what is pending (in chunks the control plane accepts).
+    pub async fn flush(&self, control: &Control) {
+        let batch = self.take();
+        for chunk in batch.chunks(5_000) {
+            if let Err(e) = control.report_traffic(chunk.to_vec()).await {
+                tracing::warn!(error = %e.message(), "traffic report failed; kept for the next one");
+                self.put_back(chunk.to_vec());
+            }
+        }
+    }
+}
