@@ -97,9 +97,11 @@ fn client(config: &Config, h2c: bool) -> Client<HttpConnector, Body> {
 }
 
 impl Proxy {
-    /// The proxy for `config`.
+    /// The proxy for `config`; `https_port` is where clients reach TLS
+    /// (for redirects), if anywhere.
     pub fn new(
         config: &Config,
+        https_port: Option<u16>,
         routes: Arc<Routes>,
         control: Control,
         metrics: Arc<Metrics>,
@@ -109,10 +111,6 @@ impl Proxy {
         for (region, url) in &config.peers {
             peers.push((region.clone(), url.trim_end_matches('/').parse::<Uri>()?));
         }
-        let https_port = config
-            .listen
-            .public_https_port
-            .or(config.listen.https.map(|a| a.port()));
         Ok(Self {
             wakes: Wakes::new(
                 routes.clone(),
@@ -336,7 +334,10 @@ impl Proxy {
             *req.uri_mut() = uri;
             return match self.send(&self.http1, req).await {
                 Ok(resp) => self.respond(resp, d, None),
-                Err(e) => self.upstream_failure(&e, "peer"),
+                Err(e) => {
+                    self.metrics.upstream_error(e.kind());
+                    self.upstream_failure(&e, "peer")
+                }
             };
         }
 
@@ -381,6 +382,7 @@ impl Proxy {
                     return self.respond(resp, d, Some(guard));
                 }
                 Err(e) => {
+                    self.metrics.upstream_error(e.kind());
                     if e.is_connect() {
                         let until = clock::mono_ms() + self.ejection.as_millis() as u64;
                         backend.ejected_until.store(until, Ordering::Relaxed);
@@ -433,9 +435,9 @@ impl Proxy {
     }
 
     fn upstream_failure(&self, e: &SendError, to: &str) -> Response<Body> {
-        let (kind, status, msg) = match e {
+        let kind = e.kind();
+        let (status, msg) = match e {
             SendError::Timeout => (
-                "timeout",
                 StatusCode::GATEWAY_TIMEOUT,
                 format!(
                     "The deployment did not answer within {} s.",
@@ -443,12 +445,10 @@ impl Proxy {
                 ),
             ),
             SendError::Client(c) if c.is_connect() => (
-                "connect",
                 StatusCode::BAD_GATEWAY,
                 "The deployment refused the connection.".to_owned(),
             ),
             SendError::Client(c) if is_body_limit(c) => (
-                "body_limit",
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "The request body is larger than {} bytes.",
@@ -456,12 +456,10 @@ impl Proxy {
                 ),
             ),
             SendError::Client(_) => (
-                "protocol",
                 StatusCode::BAD_GATEWAY,
                 "The deployment's answer was cut off or malformed.".to_owned(),
             ),
         };
-        self.metrics.upstream_error(kind);
         if let SendError::Client(c) = e {
             tracing::warn!(to, kind, error = %error_chain(c), "upstream request failed");
         }
@@ -498,6 +496,16 @@ enum SendError {
 impl SendError {
     fn is_connect(&self) -> bool {
         matches!(self, Self::Client(e) if e.is_connect())
+    }
+
+    /// The metric label.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Client(c) if c.is_connect() => "connect",
+            Self::Client(c) if is_body_limit(c) => "body_limit",
+            Self::Client(_) => "protocol",
+        }
     }
 }
 

@@ -89,8 +89,18 @@ pub async fn run(
         tracing::warn!("no [vault] keys: certificates cannot be opened, TLS serves none");
     }
     let certs = Arc::new(VaultLoader::new(vault));
+    let https_port = match &listeners.https {
+        Some(l) => Some(
+            config
+                .listen
+                .public_https_port
+                .unwrap_or(l.local_addr()?.port()),
+        ),
+        None => None,
+    };
     let proxy = Arc::new(Proxy::new(
         config,
+        https_port,
         routes.clone(),
         control.clone(),
         metrics.clone(),
