@@ -25,6 +25,9 @@ pub struct Target {
     token: Option<String>,
     /// The workspace to use when none is named (`CTRL_WORKSPACE`).
     pub workspace: Option<String>,
+    /// The edge's HTTPS port as clients reach it (`CTRL_EDGE_HTTPS_PORT`;
+    /// unset = 443), so printed URLs work as printed.
+    pub edge_https_port: Option<u16>,
 }
 
 impl std::fmt::Debug for Target {
@@ -33,6 +36,7 @@ impl std::fmt::Debug for Target {
             .field("url", &self.url)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("workspace", &self.workspace)
+            .field("edge_https_port", &self.edge_https_port)
             .finish()
     }
 }
@@ -55,10 +59,18 @@ impl Target {
             flag.or_else(|| env.get(key).filter(|v| !v.is_empty()).cloned())
                 .or_else(|| stack.get(key).cloned())
         };
+        let edge_https_port = match pick(None, "CTRL_EDGE_HTTPS_PORT") {
+            Some(p) => Some(
+                p.parse::<u16>()
+                    .map_err(|_| anyhow!("CTRL_EDGE_HTTPS_PORT: {p:?} is not a port number"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             url: pick(url_flag, "CTRL_API_URL").unwrap_or_else(|| DEFAULT_API_URL.to_owned()),
             token: pick(token_flag, "CTRL_TOKEN"),
             workspace: pick(workspace_flag, "CTRL_WORKSPACE"),
+            edge_https_port,
         })
     }
 }

@@ -30,6 +30,7 @@ pub async fn run(
 ) -> Result<ExitCode> {
     let target = api::Target::resolve(cli.api_url, cli.token, cli.workspace, env, cwd)?;
     let api = api::Api::new(&target, Duration::from_secs(cli.timeout.max(1)))?;
-    let ctx = commands::Ctx::new(api, target.workspace, cli.output, env);
+    let mut ctx = commands::Ctx::new(api, target.workspace, cli.output, env);
+    ctx.edge_https_port = target.edge_https_port;
     commands::run(&ctx, cli.command).await
 }

@@ -37,6 +37,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// Certificates or keys could not be made.
+    #[error("{0}")]
+    Tls(String),
     /// A request to a started dependency failed.
     #[error("{context}: {message}")]
     Request {

@@ -7,13 +7,15 @@
 //! go away: handles kill their process group on drop, the kernel kills them if
 //! the owner dies (panic, timeout, SIGKILL), and stale leftovers of crashed
 //! runs are reaped through pid files (see [`process`] and [`reaper`]).
-//! Startup failures carry the dependency's log tail. ctrl's own services,
+//! Startup failures carry the dependency's log tail. [`ca::LocalCa`] is a
+//! local certificate authority for TLS in the dev stack and the edge's tests. ctrl's own services,
 //! when a test runs them as tasks, are stopped the same way by an
 //! [`InProcess`] set; [`wait_until_ok`] waits for their health endpoints.
 //!
 //! It does not install anything: `cargo xtask deps` does, into the locations
 //! named in [`paths`]. Nothing here is a mock; each handle is the real server.
 
+pub mod ca;
 pub mod images;
 pub mod in_process;
 pub mod mariadb;

@@ -288,6 +288,7 @@ impl Stack {
     fn secrets(&self) -> dev::Secrets<'_> {
         dev::Secrets {
             token: &self.token,
+            edge_token: &self.token,
             vault_key: &self.vault_key,
         }
     }

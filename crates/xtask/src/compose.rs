@@ -165,6 +165,14 @@ mod tests {
             api["RESTATE_ADMIN_URL"],
             format!("http://127.0.0.1:{}", ports::RESTATE_ADMIN)
         );
+        let edge = environment(&doc["services"]["frontline"]);
+        for (var, port) in [
+            ("FRONTLINE_HTTP_LISTEN", ports::EDGE_HTTP),
+            ("FRONTLINE_HTTPS_LISTEN", ports::EDGE_HTTPS),
+            ("FRONTLINE_ADMIN_LISTEN", ports::EDGE_ADMIN),
+        ] {
+            assert_eq!(edge[var], format!("127.0.0.1:{port}"));
+        }
         let krane = environment(&doc["services"]["krane"]);
         assert_eq!(
             krane["KRANE_LISTEN"],
@@ -232,7 +240,10 @@ mod tests {
             }
             checked += 1;
         }
-        assert_eq!(checked, 4, "migrate, ctrl-worker, ctrl-api and krane");
+        assert_eq!(
+            checked, 5,
+            "migrate, ctrl-worker, ctrl-api, krane and frontline"
+        );
     }
 
     /// `docker compose config` when a client with the compose plugin is

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ctrl_testkit::{Podman, images};
+
+use crate::dev::Edge;
 use serde_json::Value;
 
 pub(crate) const WORKSPACE: &str = "demo";
@@ -21,7 +23,9 @@ pub(crate) const IMAGE_V2: &str = "localhost/hello:v2";
 #[derive(Debug)]
 pub(crate) struct Demo {
     pub(crate) deployment: String,
-    pub(crate) url: String,
+    /// Its URLs through the edge (HTTPS, the stack's port), the first one
+    /// checked to answer.
+    pub(crate) urls: Vec<String>,
     pub(crate) body: String,
     pub(crate) reused: bool,
 }
@@ -34,13 +38,14 @@ pub(crate) struct Ctrl {
 }
 
 impl Ctrl {
-    pub(crate) fn new(bin: &Path, api_url: &str, token: &str) -> Self {
+    pub(crate) fn new(bin: &Path, api_url: &str, token: &str, edge_https_port: u16) -> Self {
         Self {
             bin: bin.to_owned(),
             env: vec![
                 ("CTRL_API_URL", api_url.to_owned()),
                 ("CTRL_TOKEN", token.to_owned()),
                 ("CTRL_WORKSPACE", WORKSPACE.to_owned()),
+                ("CTRL_EDGE_HTTPS_PORT", edge_https_port.to_string()),
             ],
         }
     }
@@ -88,7 +93,7 @@ fn has_slug(list: &Value, slug: &str) -> bool {
 }
 
 /// Makes sure the demo exists and runs; returns where it answers.
-pub(crate) async fn ensure(ctrl: &Ctrl, podman: &Podman) -> Result<Demo> {
+pub(crate) async fn ensure(ctrl: &Ctrl, podman: &Podman, edge: &Edge, ca: &Path) -> Result<Demo> {
     images::build_http_image(podman.docker(), IMAGE_V1).await?;
     images::derive_image(podman.docker(), IMAGE_V1, IMAGE_V2, &[("VERSION", "v2")]).await?;
 
@@ -120,8 +125,10 @@ pub(crate) async fn ensure(ctrl: &Ctrl, podman: &Podman) -> Result<Demo> {
     let live = live_deployment(ctrl).await?;
     if let Some(id) = &live {
         eprintln!("the demo's live deployment {id} exists; waiting for krane to run it again");
-        if let Some((url, body)) = answering_instance(ctrl, id, Duration::from_secs(90)).await? {
-            return Ok(demo(id.clone(), url, body, true));
+        if let Some((urls, body)) =
+            answering_edge(ctrl, id, edge, ca, Duration::from_secs(90)).await?
+        {
+            return Ok(demo(id.clone(), urls, body, true));
         }
         eprintln!("{id} does not answer; deploying the demo again");
     }
@@ -131,16 +138,16 @@ pub(crate) async fn ensure(ctrl: &Ctrl, podman: &Podman) -> Result<Demo> {
     let id = live_deployment(ctrl)
         .await?
         .context("the demo deployment finished but is not live")?;
-    let (url, body) = answering_instance(ctrl, &id, Duration::from_secs(30))
+    let (urls, body) = answering_edge(ctrl, &id, edge, ca, Duration::from_secs(30))
         .await?
-        .with_context(|| format!("{id} is ready but no running instance of it answers"))?;
-    Ok(demo(id, url, body, false))
+        .with_context(|| format!("{id} is ready but does not answer through the edge"))?;
+    Ok(demo(id, urls, body, false))
 }
 
-fn demo(deployment: String, url: String, body: String, reused: bool) -> Demo {
+fn demo(deployment: String, urls: Vec<String>, body: String, reused: bool) -> Demo {
     Demo {
         deployment,
-        url,
+        urls,
         body,
         reused,
     }
@@ -154,41 +161,43 @@ async fn live_deployment(ctrl: &Ctrl) -> Result<Option<String>> {
         .map(str::to_owned))
 }
 
-/// The URL and answer of a running instance of a ready deployment, once
-/// one answers; `None` if it is not ready or none answers within `wait`.
-/// The addresses are read again on every try: after a restart the rows
-/// still name the old containers until krane reports the new ones.
-async fn answering_instance(
+/// The deployment's URLs through the edge and the answer of the first,
+/// once it answers over HTTPS with the stack's CA; `None` if the deployment
+/// is not ready or the edge does not answer within `wait` (krane may still
+/// be bringing its containers back after a restart).
+async fn answering_edge(
     ctrl: &Ctrl,
     id: &str,
+    edge: &Edge,
+    ca: &Path,
     wait: Duration,
-) -> Result<Option<(String, String)>> {
-    let client = ctrl_testkit::http_client();
+) -> Result<Option<(Vec<String>, String)>> {
+    let ca_pem = std::fs::read_to_string(ca).with_context(|| format!("read {}", ca.display()))?;
+    let https = std::net::SocketAddr::from(([127, 0, 0, 1], edge.https));
     let deadline = Instant::now() + wait;
     loop {
         let d = ctrl.json(&["deployments", "get", id]).await?;
         if d["status"] != "DEPLOYMENT_STATUS_READY" {
             return Ok(None);
         }
-        let running = d["regions"]
+        let hosts: Vec<String> = d["hostnames"]
             .as_array()
             .into_iter()
             .flatten()
-            .flat_map(|r| r["instances"].as_array().into_iter().flatten())
-            .filter(|i| i["status"] == "INSTANCE_STATUS_RUNNING")
-            .filter_map(|i| i["address"].as_str());
-        for address in running {
-            let url = format!("http://{address}");
-            let response = client
-                .get(&url)
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await;
-            if let Ok(r) = response
-                && r.status().is_success()
-            {
-                let body = r.text().await.unwrap_or_default().trim().to_owned();
-                return Ok(Some((url, body)));
+            .filter_map(|h| h["fqdn"].as_str())
+            .map(str::to_owned)
+            .collect();
+        if let Some(first) = hosts.first() {
+            let answer =
+                ctrl_testkit::ca::https_get(&ca_pem, https, first, "/", Duration::from_secs(5))
+                    .await;
+            if let Ok((200, body)) = answer {
+                let body = body.trim().to_owned();
+                let urls = hosts
+                    .iter()
+                    .map(|h| format!("https://{h}:{}", edge.https))
+                    .collect();
+                return Ok(Some((urls, body)));
             }
         }
         if Instant::now() > deadline {

@@ -36,6 +36,9 @@ pub(crate) mod ports {
     pub(crate) const WORKER: u16 = 9080;
     pub(crate) const WORKER_HEALTH: u16 = 9081;
     pub(crate) const KRANE_HEALTH: u16 = 8070;
+    pub(crate) const EDGE_HTTP: u16 = 7080;
+    pub(crate) const EDGE_ADMIN: u16 = 7081;
+    pub(crate) const EDGE_HTTPS: u16 = 7443;
 }
 
 /// Where the stack lives and which ports it uses.
@@ -68,7 +71,16 @@ pub(crate) struct DevArgs {
     /// krane's health and metrics port.
     #[arg(long, env = "CTRL_DEV_KRANE_HEALTH_PORT", default_value_t = ports::KRANE_HEALTH)]
     krane_health_port: u16,
-    /// A directory with built ctrl-api, ctrl-worker, krane and ctrl binaries
+    /// frontline's plain HTTP port.
+    #[arg(long, env = "CTRL_DEV_EDGE_HTTP_PORT", default_value_t = ports::EDGE_HTTP)]
+    edge_http_port: u16,
+    /// frontline's HTTPS port.
+    #[arg(long, env = "CTRL_DEV_EDGE_HTTPS_PORT", default_value_t = ports::EDGE_HTTPS)]
+    edge_https_port: u16,
+    /// frontline's health and metrics port.
+    #[arg(long, env = "CTRL_DEV_EDGE_ADMIN_PORT", default_value_t = ports::EDGE_ADMIN)]
+    edge_admin_port: u16,
+    /// A directory with built ctrl-api, ctrl-worker, krane, frontline and ctrl binaries
     /// to run instead of building them with cargo.
     #[arg(long, env = "CTRL_DEV_BIN_DIR")]
     bin_dir: Option<PathBuf>,
@@ -105,6 +117,9 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
             "krane health",
             "--krane-health-port",
         ),
+        (args.edge_http_port, "frontline HTTP", "--edge-http-port"),
+        (args.edge_https_port, "frontline HTTPS", "--edge-https-port"),
+        (args.edge_admin_port, "frontline admin", "--edge-admin-port"),
     ] {
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
             bail!("port {port} for {what} is in use; free it or choose another with {flag}");
@@ -160,6 +175,7 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
     .await?;
 
     let token = secret(&dir.join("token"), 24, Encoding::Hex)?;
+    let edge_token = secret(&dir.join("edge-token"), 24, Encoding::Hex)?;
     let vault_key = secret(&dir.join("vault.key"), 32, Encoding::Base64)?;
     eprintln!("starting ctrl-api on 127.0.0.1:{}", args.api_port);
     let api_url = format!("http://127.0.0.1:{}", args.api_port);
@@ -170,6 +186,7 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
         &database_url,
         Secrets {
             token: &token,
+            edge_token: &edge_token,
             vault_key: &vault_key,
         },
         &restate,
@@ -183,6 +200,7 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
         &api_url,
         Secrets {
             token: &token,
+            edge_token: &edge_token,
             vault_key: &vault_key,
         },
         &podman,
@@ -192,6 +210,33 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
     wait_for_http(
         &mut krane,
         &format!("http://127.0.0.1:{}/health/ready", args.krane_health_port),
+    )
+    .await?;
+
+    eprintln!(
+        "starting frontline (the edge of dev/local) on 127.0.0.1:{} and :{}",
+        args.edge_http_port, args.edge_https_port
+    );
+    let ca = edge_certificate(&dir, &database_url, &vault_key).await?;
+    let edge = Edge {
+        http: args.edge_http_port,
+        https: args.edge_https_port,
+        admin: args.edge_admin_port,
+    };
+    let mut frontline = start_frontline(
+        &dir,
+        &bin_dir.join("frontline"),
+        &api_url,
+        Secrets {
+            token: &token,
+            edge_token: &edge_token,
+            vault_key: &vault_key,
+        },
+        edge,
+    )?;
+    wait_for_http(
+        &mut frontline,
+        &format!("http://127.0.0.1:{}/health/ready", args.edge_admin_port),
     )
     .await?;
 
@@ -207,12 +252,18 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
              RESTATE_INGRESS_URL={ingress}\n\
              RESTATE_ADMIN_URL={admin}\n\
              CTRL_WORKSPACE={workspace}\n\
+             CTRL_EDGE_HTTPS_PORT={edge_https}\n\
+             CTRL_EDGE_HTTP_PORT={edge_http}\n\
+             CTRL_CA_FILE={ca}\n\
              DOCKER_HOST={docker}\n",
             env = env_file.display(),
             ingress = restate.ingress_url(),
             admin = restate.admin_url(),
             docker = podman.docker_host(),
             workspace = demo::WORKSPACE,
+            edge_https = args.edge_https_port,
+            edge_http = args.edge_http_port,
+            ca = ca.display(),
         ),
     )?;
     let ctrl_bin = link_cli(&dir, &bin_dir)?;
@@ -223,10 +274,11 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
          \x20 ctrl API     {api_url}  (Connect, gRPC; token in stack.env)\n\
          \x20 ctrl-worker  registered with Restate (health http://127.0.0.1:{worker_health}/health/ready)\n\
          \x20 krane        region dev/local on podman (health http://127.0.0.1:{krane_health}/health/ready)\n\
+         \x20 frontline    edge of dev/local: http :{edge_http}, https :{edge_https} (CA {ca}; metrics http://127.0.0.1:{edge_admin}/metrics)\n\
          \x20 MariaDB      {database_url}\n\
          \x20 Restate      ingress {}  admin {}\n\
          \x20 Docker API   {}\n\
-         \x20 logs         {}/{{ctrl-api.log,ctrl-worker.log,krane.log,mariadb/error.log,restate/restate.log,podman/service.log}}\n\
+         \x20 logs         {}/{{ctrl-api.log,ctrl-worker.log,krane.log,frontline.log,mariadb/error.log,restate/restate.log,podman/service.log}}\n\
          \x20 env          {} (endpoints, API token, demo workspace)",
         started.elapsed(),
         restate.ingress_url(),
@@ -236,16 +288,20 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
         env_file.display(),
         worker_health = args.worker_health_port,
         krane_health = args.krane_health_port,
+        edge_http = args.edge_http_port,
+        edge_https = args.edge_https_port,
+        edge_admin = args.edge_admin_port,
+        ca = ca.display(),
     );
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     eprintln!("\nsetting up the demo app {} with the ctrl CLI", demo::APP);
-    let ctrl = demo::Ctrl::new(&ctrl_bin, &api_url, &token);
+    let ctrl = demo::Ctrl::new(&ctrl_bin, &api_url, &token, args.edge_https_port);
     let interrupted = tokio::select! {
-        demo = demo::ensure(&ctrl, &podman) => {
+        demo = demo::ensure(&ctrl, &podman, &edge, &ca) => {
             match demo {
-                Ok(demo) => print_demo(&demo, &cli, &dir, &env_file),
+                Ok(demo) => print_demo(&demo, &cli, &dir, &env_file, &ca),
                 Err(e) => eprintln!(
                     "\nthe demo deployment did not come up: {e:#}\n\
                      the stack keeps running; see {}/krane.log and {}/ctrl-worker.log",
@@ -269,6 +325,7 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
     eprintln!("stopping the dev stack");
     let _ = fs::remove_file(&env_file);
     // krane leaves workloads running; podman's stop removes them.
+    frontline.terminate(Duration::from_secs(10));
     krane.terminate(Duration::from_secs(15));
     api.terminate(Duration::from_secs(15));
     worker.terminate(Duration::from_secs(15));
@@ -281,7 +338,7 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
 }
 
 /// What the newcomer sees last: where the demo answers and what to try.
-fn print_demo(demo: &demo::Demo, cli: &Path, dir: &Path, env_file: &Path) {
+fn print_demo(demo: &demo::Demo, cli: &Path, dir: &Path, env_file: &Path, ca: &Path) {
     let cli = cli.display();
     let app = demo::APP;
     // The CLI looks for `.dev/stack.env` from the working directory up.
@@ -294,8 +351,9 @@ fn print_demo(demo: &demo::Demo, cli: &Path, dir: &Path, env_file: &Path) {
         )
     };
     println!(
-        "\nThe demo app {app} is live ({how} {id}):\n\
-         \x20 {url}   answers {body:?}   (try: curl {url})\n\
+        "\nThe demo app {app} is live ({how} {id}), through the edge:\n\
+         {urls}\
+         \x20 answers {body:?}   (try: curl --cacert {ca} {url})\n\
          \n\
          Try the ctrl CLI ({finds_env}):\n\
          \x20 {cli} deployments list --app {app}\n\
@@ -306,7 +364,13 @@ fn print_demo(demo: &demo::Demo, cli: &Path, dir: &Path, env_file: &Path) {
          \x20 {cli} --help",
         how = if demo.reused { "reused" } else { "deployed" },
         id = demo.deployment,
-        url = demo.url,
+        urls = demo
+            .urls
+            .iter()
+            .map(|u| format!("  {u}\n"))
+            .collect::<String>(),
+        url = demo.urls.first().map_or("", String::as_str),
+        ca = ca.display(),
         body = demo.body,
         v2 = demo::IMAGE_V2,
     );
@@ -370,7 +434,98 @@ pub(crate) async fn migrate(admin_url: &str, database_url: &str) -> Result<()> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Secrets<'a> {
     pub(crate) token: &'a str,
+    /// frontline's token (ctrl-api accepts it for EdgeService and
+    /// AcmeService only).
+    pub(crate) edge_token: &'a str,
     pub(crate) vault_key: &'a str,
+}
+
+/// frontline's ports.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Edge {
+    pub(crate) http: u16,
+    pub(crate) https: u16,
+    pub(crate) admin: u16,
+}
+
+/// The keyring of the platform's own certificates (not a workspace's).
+const PLATFORM_KEYRING: &str = "ctrl_internal";
+
+/// Makes the stack's CA (kept in `dir`) sign a certificate for
+/// `*.{apex}` and `{apex}` and stores it the way the Certificate object
+/// does (key sealed by the vault), so the edge serves it; returns the CA
+/// file for `curl --cacert`.
+pub(crate) async fn edge_certificate(
+    dir: &Path,
+    database_url: &str,
+    vault_key: &str,
+) -> Result<PathBuf> {
+    let ca = ctrl_testkit::ca::LocalCa::load_or_create(dir)?;
+    let wildcard = format!("*.{APEX}");
+    let leaf = ca.leaf(&[&wildcard, APEX])?;
+    let vault = ctrl_vault::Vault::new(&[ctrl_vault::KeyConfig {
+        id: "dev".into(),
+        base64: vault_key.to_owned(),
+    }])?;
+    let sealed = vault.seal(PLATFORM_KEYRING, leaf.key_pem.as_bytes())?;
+    let mut conn = MySqlConnection::connect(database_url).await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let id = ctrl_core::id::generate(ctrl_core::id::IdKind::Certificate, &mut rand::rng());
+    ctrl_db::certificate::upsert(
+        &mut conn,
+        &ctrl_db::certificate::NewCertificate {
+            new_id: &id,
+            workspace_id: PLATFORM_KEYRING,
+            hostname: &wildcard,
+            certificate: &leaf.chain_pem,
+            encrypted_private_key: &sealed,
+            // rcgen's default validity runs far beyond any dev stack.
+            not_after: 4_096_000_000_000,
+        },
+        now,
+    )
+    .await?;
+    Ok(dir.join("ca.pem"))
+}
+
+/// The apex the dev stack's hostnames live under (ctrl-worker's default).
+pub(crate) const APEX: &str = "ctrl.localhost";
+
+/// Starts frontline with `deploy/dev/frontline.toml` on `ports`.
+pub(crate) fn start_frontline(
+    dir: &Path,
+    bin: &Path,
+    api_url: &str,
+    secrets: Secrets<'_>,
+    ports: Edge,
+) -> Result<Supervised> {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("--config")
+        .arg(config_file("frontline.toml"))
+        .env("CTRL_API_URL", api_url)
+        .env("CTRL_EDGE_TOKEN", secrets.edge_token)
+        .env("CTRL_VAULT_KEY", secrets.vault_key)
+        .env("FRONTLINE_HTTP_LISTEN", format!("127.0.0.1:{}", ports.http))
+        .env(
+            "FRONTLINE_HTTPS_LISTEN",
+            format!("127.0.0.1:{}", ports.https),
+        )
+        .env(
+            "FRONTLINE_ADMIN_LISTEN",
+            format!("127.0.0.1:{}", ports.admin),
+        )
+        .env(
+            "FRONTLINE__LISTEN__PUBLIC_HTTPS_PORT",
+            ports.https.to_string(),
+        );
+    Ok(Supervised::spawn(
+        "frontline",
+        cmd,
+        &dir.join("frontline.log"),
+        Some(&dir.join("frontline.pid")),
+    )?)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -398,7 +553,7 @@ pub(crate) fn secret(path: &Path, bytes: usize, encoding: Encoding) -> Result<St
 
 /// Builds the service binaries with the cargo that runs us; returns their directory.
 pub(crate) fn build_services() -> Result<PathBuf> {
-    eprintln!("building ctrl-api, ctrl-worker, krane and the ctrl CLI");
+    eprintln!("building ctrl-api, ctrl-worker, krane, frontline and the ctrl CLI");
     let status = std::process::Command::new(crate::deps::cargo())
         .args([
             "build",
@@ -410,13 +565,15 @@ pub(crate) fn build_services() -> Result<PathBuf> {
             "-p",
             "krane",
             "-p",
+            "frontline",
+            "-p",
             "ctrl-cli",
             "--bins",
         ])
         .status()
         .context("run cargo build")?;
     if !status.success() {
-        bail!("cargo build -p ctrl-api -p ctrl-worker -p krane -p ctrl-cli failed");
+        bail!("cargo build -p ctrl-api -p ctrl-worker -p krane -p frontline -p ctrl-cli failed");
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -498,13 +655,18 @@ pub(crate) fn start_ctrl_api(
     secrets: Secrets<'_>,
     restate: &RestateServer,
 ) -> Result<Supervised> {
-    let Secrets { token, vault_key } = secrets;
+    let Secrets {
+        token,
+        edge_token,
+        vault_key,
+    } = secrets;
     let mut cmd = std::process::Command::new(bin);
     cmd.arg("--config")
         .arg(config_file("ctrl-api.toml"))
         .arg("serve")
         .env("CTRL_API_LISTEN", format!("127.0.0.1:{port}"))
         .env("CTRL_TOKEN", token)
+        .env("CTRL_EDGE_TOKEN", edge_token)
         .env("DATABASE_URL", database_url)
         .env("CTRL_VAULT_KEY", vault_key)
         .env("RESTATE_INGRESS_URL", restate.ingress_url())
@@ -528,7 +690,9 @@ pub(crate) fn start_krane(
     health_port: u16,
     overrides: &[(&str, String)],
 ) -> Result<Supervised> {
-    let Secrets { token, vault_key } = secrets;
+    let Secrets {
+        token, vault_key, ..
+    } = secrets;
     let mut cmd = std::process::Command::new(bin);
     cmd.arg("--config")
         .arg(config_file("krane.toml"))

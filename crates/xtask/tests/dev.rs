@@ -28,7 +28,7 @@ struct Stack {
 
 /// Starts `xtask dev` in `dir` and waits until it has written stack.env and
 /// set up the demo.
-fn start(dir: &Path, ports: &[u16; 8]) -> Result<Stack> {
+fn start(dir: &Path, ports: &[u16; 11]) -> Result<Stack> {
     // The service binaries the workspace build put next to this xtask binary.
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_xtask"))
         .parent()
@@ -46,6 +46,9 @@ fn start(dir: &Path, ports: &[u16; 8]) -> Result<Stack> {
         .args(["--worker-port", &ports[5].to_string()])
         .args(["--worker-health-port", &ports[6].to_string()])
         .args(["--krane-health-port", &ports[7].to_string()])
+        .args(["--edge-http-port", &ports[8].to_string()])
+        .args(["--edge-https-port", &ports[9].to_string()])
+        .args(["--edge-admin-port", &ports[10].to_string()])
         .arg("--bin-dir")
         .arg(&bin_dir);
     let log = dir.with_extension("log");
@@ -73,6 +76,7 @@ fn start(dir: &Path, ports: &[u16; 8]) -> Result<Stack> {
         "ctrl-api.pid",
         "ctrl-worker.pid",
         "krane.pid",
+        "frontline.pid",
     ]
     .iter()
     .map(|f| {
@@ -118,7 +122,7 @@ async fn dev_stack_comes_up_keeps_data_and_stops_cleanly() -> Result<()> {
     let _containers = RemoveContainers(root.path().join(".dev/podman"));
     // `.dev` as in a clone, so the printed commands find stack.env from `root`.
     let dir = root.path().join(".dev");
-    let ports: [u16; 8] = free_ports()?;
+    let ports: [u16; 11] = free_ports()?;
 
     // First run: everything is reachable through what stack.env says.
     let mut stack = start(&dir, &ports)?;
@@ -129,6 +133,8 @@ async fn dev_stack_comes_up_keeps_data_and_stops_cleanly() -> Result<()> {
         "RESTATE_INGRESS_URL",
         "RESTATE_ADMIN_URL",
         "DOCKER_HOST",
+        "CTRL_EDGE_HTTPS_PORT",
+        "CTRL_CA_FILE",
     ] {
         assert!(
             stack.env.contains_key(key),
@@ -148,6 +154,23 @@ async fn dev_stack_comes_up_keeps_data_and_stops_cleanly() -> Result<()> {
         stack.output
     );
     assert_eq!(demo_answer(&stack.output).await?, "v1");
+    // Plain HTTP to the edge redirects to the printed HTTPS URL.
+    let url = demo_url(&stack.output)?;
+    let (host, port) = host_port(&url)?;
+    let no_follow = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let redirect = no_follow
+        .get(format!("http://127.0.0.1:{}/", ports[8]))
+        .header("host", &host)
+        .send()
+        .await?;
+    assert_eq!(redirect.status(), 308);
+    assert_eq!(
+        redirect.headers()["location"],
+        format!("https://{host}:{port}/")
+    );
     // Every printed CLI command works as printed, from the clone's root.
     let commands = printed_commands(&stack.output);
     assert!(commands.len() >= 4, "{}", stack.output);
@@ -242,24 +265,39 @@ impl Drop for RemoveContainers {
     }
 }
 
-/// GETs the demo URL printed as "  http://127.0.0.1:PORT   answers …".
-async fn demo_answer(output: &str) -> Result<String> {
-    let url = output
+/// The URL in "(try: curl --cacert CA URL)".
+fn demo_url(output: &str) -> Result<String> {
+    output
         .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("http://127.0.0.1:") && l.contains("answers"))
-        .and_then(|l| l.split_whitespace().next())
-        .context("no demo URL printed")?;
-    Ok(http_client()
-        .get(url)
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await?
-        .error_for_status()?
-        .text()
-        .await?
-        .trim()
-        .to_owned())
+        .find_map(|l| l.split("curl --cacert ").nth(1))
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .map(|u| u.trim_end_matches(')').to_owned())
+        .context("no demo URL printed")
+}
+
+fn host_port(url: &str) -> Result<(String, u16)> {
+    let rest = url.strip_prefix("https://").context("an https URL")?;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let (host, port) = authority.split_once(':').context("a port in the URL")?;
+    Ok((host.to_owned(), port.parse()?))
+}
+
+/// GETs the printed demo URL over HTTPS, trusting only the printed CA, as
+/// `curl --cacert` would.
+async fn demo_answer(output: &str) -> Result<String> {
+    let ca = output
+        .lines()
+        .find_map(|l| l.split("curl --cacert ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("no CA printed")?;
+    let url = demo_url(output)?;
+    let (host, port) = host_port(&url)?;
+    let ca_pem = std::fs::read_to_string(ca)?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let (status, body) =
+        ctrl_testkit::ca::https_get(&ca_pem, addr, &host, "/", Duration::from_secs(5)).await?;
+    anyhow::ensure!(status == 200, "{url} answered {status}: {body}");
+    Ok(body.trim().to_owned())
 }
 
 /// The commands printed under "Try the ctrl CLI".

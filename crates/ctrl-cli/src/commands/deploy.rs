@@ -116,7 +116,7 @@ pub(super) async fn run(ctx: &Ctx, args: DeployArgs) -> Result<ExitCode> {
                     });
                 let live = if d.is_live { ", live" } else { "" };
                 println!("\n✓ {id} is ready{took}{live}");
-                for url in urls(&d) {
+                for url in urls(&d, ctx.edge_https_port) {
                     println!("  {url}");
                 }
             }

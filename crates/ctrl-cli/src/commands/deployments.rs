@@ -93,7 +93,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: DeploymentsCommand) -> Result<()> {
             if ctx.json() {
                 return output::json(&d);
             }
-            print(&d)
+            print(&d, ctx.edge_https_port)
         }
     }
 }
@@ -131,7 +131,7 @@ async fn list(
 }
 
 /// A deployment in full: what, where, its steps, URLs and instances.
-pub(super) fn print(d: &pb::Deployment) -> Result<()> {
+pub(super) fn print(d: &pb::Deployment, edge_https_port: Option<u16>) -> Result<()> {
     let git = d.git.clone().unwrap_or_default();
     let mut state = status(d.status);
     if d.is_live {
@@ -178,7 +178,7 @@ pub(super) fn print(d: &pb::Deployment) -> Result<()> {
         }
         table.print("")?;
     }
-    let urls = urls(d);
+    let urls = urls(d, edge_https_port);
     if !urls.is_empty() {
         println!("\nurls");
         for url in urls {
@@ -212,14 +212,18 @@ pub(super) fn print(d: &pb::Deployment) -> Result<()> {
 }
 
 /// Where a deployment answers: its hostnames (served over HTTPS by the
-/// edge), then each running instance's own address.
-pub(super) fn urls(d: &pb::Deployment) -> Vec<String> {
+/// edge, on `edge_https_port` when it is not 443), then each running
+/// instance's own address.
+pub(super) fn urls(d: &pb::Deployment, edge_https_port: Option<u16>) -> Vec<String> {
+    let port = edge_https_port
+        .filter(|p| *p != 443)
+        .map_or(String::new(), |p| format!(":{p}"));
     let mut out: Vec<(String, String)> = d
         .hostnames
         .iter()
         .map(|h| {
             (
-                format!("https://{}", h.fqdn),
+                format!("https://{}{port}", h.fqdn),
                 "hostname, through the edge".into(),
             )
         })
@@ -403,7 +407,7 @@ pub(super) async fn wake(ctx: &Ctx, id: &str) -> Result<()> {
         Ok(pb::DeploymentStatus::Ready) => {
             if !ctx.json() {
                 println!("\n✓ {id} is ready again");
-                for url in urls(&d) {
+                for url in urls(&d, ctx.edge_https_port) {
                     println!("  {url}");
                 }
             }

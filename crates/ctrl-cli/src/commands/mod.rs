@@ -30,6 +30,8 @@ pub struct Ctx {
     pub output: Output,
     /// The user's name (`$USER`), recorded as the actor of changes.
     pub user: String,
+    /// The edge's HTTPS port, when not 443 (printed URLs carry it).
+    pub edge_https_port: Option<u16>,
 }
 
 impl Ctx {
@@ -45,6 +47,7 @@ impl Ctx {
             workspace,
             output,
             user: env.get("USER").cloned().unwrap_or_else(|| "cli".into()),
+            edge_https_port: None,
         }
     }
 

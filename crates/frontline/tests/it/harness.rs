@@ -468,40 +468,22 @@ pub(crate) async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Result<
     read(resp).await
 }
 
-/// A test CA and TLS client configs trusting it.
+/// A test CA and TLS clients trusting it.
 pub(crate) struct Ca {
-    pub(crate) cert_pem: String,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    ca: ctrl_testkit::ca::LocalCa,
 }
 
 impl Ca {
     pub(crate) fn new() -> Result<Self> {
-        let key = rcgen::KeyPair::generate()?;
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "ctrl test CA");
-        let cert = params.self_signed(&key)?;
         Ok(Self {
-            cert_pem: cert.pem(),
-            issuer: rcgen::Issuer::new(params, key),
+            ca: ctrl_testkit::ca::LocalCa::generate()?,
         })
-    }
-
-    /// A leaf for `names`: (chain PEM, key PEM).
-    pub(crate) fn leaf(&self, names: &[&str]) -> Result<(String, String)> {
-        let key = rcgen::KeyPair::generate()?;
-        let params = rcgen::CertificateParams::new(
-            names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
-        )?;
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok((cert.pem(), key.serialize_pem()))
     }
 
     /// Stores a certificate for `hostname` the way the Certificate object will.
     pub(crate) async fn store(&self, seed: &Seed, hostname: &str) -> Result<()> {
-        let (chain, key) = self.leaf(&[hostname])?;
+        let leaf = self.ca.leaf(&[hostname])?;
+        let (chain, key) = (leaf.chain_pem, leaf.key_pem);
         let vault = ctrl_vault::Vault::new(&[ctrl_vault::KeyConfig {
             id: "k1".into(),
             base64: VAULT_KEY.into(),
@@ -522,7 +504,7 @@ impl Ca {
     fn client_config(&self, alpn: &[&[u8]]) -> Result<Arc<rustls::ClientConfig>> {
         let mut roots = rustls::RootCertStore::empty();
         use rustls::pki_types::pem::PemObject;
-        for c in rustls::pki_types::CertificateDer::pem_slice_iter(self.cert_pem.as_bytes()) {
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(self.ca.cert_pem.as_bytes()) {
             roots.add(c?)?;
         }
         let mut config = rustls::ClientConfig::builder_with_provider(frontline::tls::provider())
