@@ -6,7 +6,9 @@
 //! with code 1 after printing `$CRASH` if that is set, writes `$VERSION`
 //! (default `v1`) to `/index.html`, writes `/health` after `$HEALTHY_AFTER`
 //! seconds (default 0) unless `UNHEALTHY` is set, and `exec`s
-//! `httpd -f -p ${PORT:-8080}`.
+//! `httpd -f -p ${PORT:-8080}`. Two CGI scripts stream in both directions:
+//! `POST /cgi-bin/echo` answers its body, `GET /cgi-bin/bytes?N` answers
+//! N × 64 KiB of zeros.
 //! [`derive_image`] layers `ENV` lines on top, which makes a different image
 //! with the same code — enough for rollout and rollback tests.
 
@@ -19,8 +21,12 @@ use crate::{Error, paths};
 /// Applets linked into the image's `/bin`.
 const APPLETS: &[&str] = &[
     "sh", "httpd", "sleep", "cat", "echo", "env", "ls", "true", "false", "wget", "kill", "head",
-    "mkdir", "rm", "ps", "dd",
+    "mkdir", "rm", "ps", "dd", "printf",
 ];
+
+const CGI_ECHO: &str =
+    "#!/bin/sh\nprintf 'Content-Type: application/octet-stream\\r\\n\\r\\n'\nexec cat\n";
+const CGI_BYTES: &str = "#!/bin/sh\nprintf 'Content-Type: application/octet-stream\\r\\n\\r\\n'\nexec dd if=/dev/zero bs=65536 count=\"${QUERY_STRING:-1}\" 2>/dev/null\n";
 
 const START: &str = r#"#!/bin/sh
 echo "starting ${VERSION:-v1} on port ${PORT:-8080}"
@@ -47,6 +53,7 @@ pub async fn build_http_image(docker: &Docker, tag: &str) -> Result<(), Error> {
         "rootfs",
         "rootfs/bin",
         "rootfs/www",
+        "rootfs/www/cgi-bin",
         "rootfs/etc",
         "rootfs/tmp",
     ] {
@@ -67,6 +74,20 @@ pub async fn build_http_image(docker: &Docker, tag: &str) -> Result<(), Error> {
             .map_err(io)?;
     }
     append(&mut tar, "rootfs/bin/start.sh", 0o755, START.as_bytes()).map_err(io)?;
+    append(
+        &mut tar,
+        "rootfs/www/cgi-bin/echo",
+        0o755,
+        CGI_ECHO.as_bytes(),
+    )
+    .map_err(io)?;
+    append(
+        &mut tar,
+        "rootfs/www/cgi-bin/bytes",
+        0o755,
+        CGI_BYTES.as_bytes(),
+    )
+    .map_err(io)?;
     append(
         &mut tar,
         "rootfs/etc/passwd",

@@ -22,24 +22,17 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use ctrl_testkit::process::Supervised;
-use ctrl_testkit::{MariaDb, Podman, RestatePorts, RestateServer, free_ports, images};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use sqlx::MySqlPool;
 
 use crate::dev;
-
-const IMAGES: [&str; 2] = ["localhost/chaos:v1", "localhost/chaos:v2"];
-/// How long the stack may take to settle after a round.
-const SETTLE: Duration = Duration::from_secs(150);
+use crate::stack::{IMAGES, SETTLE, Stack, Victim};
 
 /// `cargo xtask chaos` options.
 #[derive(Debug, Args)]
@@ -53,65 +46,6 @@ pub(crate) struct ChaosArgs {
     /// Keep the scratch directory (logs, data) even when every round passed.
     #[arg(long)]
     keep: bool,
-}
-
-/// The processes that can be killed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Victim {
-    Worker,
-    Api,
-    Krane,
-    Restate,
-    MariaDb,
-}
-
-impl Victim {
-    const ALL: [Self; 5] = [
-        Self::Worker,
-        Self::Api,
-        Self::Krane,
-        Self::Restate,
-        Self::MariaDb,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::Worker => "ctrl-worker",
-            Self::Api => "ctrl-api",
-            Self::Krane => "krane",
-            Self::Restate => "restate-server",
-            Self::MariaDb => "MariaDB",
-        }
-    }
-}
-
-/// The stack, each process restartable.
-struct Stack {
-    /// Deployments whose deletion was asked for: they must disappear.
-    deleted: std::sync::Mutex<Vec<String>>,
-    dir: PathBuf,
-    bin: PathBuf,
-    mysql_port: u16,
-    mariadb: Option<MariaDb>,
-    restate: RestateServer,
-    podman: Podman,
-    worker: Option<Supervised>,
-    api: Option<Supervised>,
-    krane: Option<Supervised>,
-    ports: Ports,
-    token: String,
-    vault_key: String,
-    database_url: String,
-    db: MySqlPool,
-    http: reqwest::Client,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Ports {
-    api: u16,
-    worker: u16,
-    worker_health: u16,
-    krane_health: u16,
 }
 
 pub(crate) async fn run(args: ChaosArgs) -> Result<ExitCode> {
@@ -129,7 +63,8 @@ pub(crate) async fn run(args: ChaosArgs) -> Result<ExitCode> {
         args.rounds,
         scratch.path().display()
     );
-    let mut stack = Stack::start(scratch.path(), &bin).await?;
+    // Replaced deployments go away soon: containers stay few.
+    let mut stack = Stack::start(scratch.path(), &bin, Duration::from_secs(5)).await?;
     let app = stack.seed_app().await?;
     let first = stack.deploy(&app, IMAGES[0], "chaos-0").await?;
     stack.wait_terminal(&first).await?;
@@ -218,271 +153,6 @@ pub(crate) async fn run(args: ChaosArgs) -> Result<ExitCode> {
 }
 
 impl Stack {
-    async fn start(dir: &Path, bin: &Path) -> Result<Self> {
-        let [
-            mysql,
-            ingress,
-            admin,
-            fabric,
-            api,
-            worker,
-            worker_health,
-            krane_health,
-        ] = free_ports::<8>()?;
-        let mariadb = MariaDb::builder()
-            .dir(dir.join("mariadb"))
-            .port(mysql)
-            .start()
-            .await?;
-        let database_url = mariadb.database_url("ctrl");
-        dev::migrate(&mariadb.admin_url(), &database_url).await?;
-        let restate = RestateServer::builder()
-            .data_dir(dir.join("restate"))
-            .ports(RestatePorts {
-                ingress,
-                admin,
-                fabric,
-            })
-            .log_filter("warn,restate=info")
-            .start()
-            .await?;
-        let podman = Podman::builder().dir(dir.join("podman")).start().await?;
-        let base = "localhost/chaos:base";
-        images::build_http_image(podman.docker(), base).await?;
-        for (tag, version) in [(IMAGES[0], "v1"), (IMAGES[1], "v2")] {
-            images::derive_image(podman.docker(), base, tag, &[("VERSION", version)]).await?;
-        }
-        let db = sqlx::mysql::MySqlPoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(3))
-            .connect_lazy(&database_url)?;
-        let mut stack = Self {
-            deleted: std::sync::Mutex::default(),
-            dir: dir.to_owned(),
-            bin: bin.to_owned(),
-            mysql_port: mysql,
-            mariadb: Some(mariadb),
-            restate,
-            podman,
-            worker: None,
-            api: None,
-            krane: None,
-            ports: Ports {
-                api,
-                worker,
-                worker_health,
-                krane_health,
-            },
-            token: dev::secret(&dir.join("token"), 24, dev::Encoding::Hex)?,
-            vault_key: dev::secret(&dir.join("vault.key"), 32, dev::Encoding::Base64)?,
-            database_url,
-            db,
-            http: ctrl_testkit::http_client(),
-        };
-        for victim in [Victim::Worker, Victim::Api, Victim::Krane] {
-            stack.start_one(victim).await?;
-        }
-        Ok(stack)
-    }
-
-    fn secrets(&self) -> dev::Secrets<'_> {
-        dev::Secrets {
-            token: &self.token,
-            edge_token: &self.token,
-            vault_key: &self.vault_key,
-        }
-    }
-
-    fn api_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ports.api)
-    }
-
-    /// Starts one process (again) and waits until it is ready.
-    async fn start_one(&mut self, victim: Victim) -> Result<()> {
-        match victim {
-            Victim::Worker => {
-                let mut worker = dev::start_ctrl_worker(
-                    &self.dir,
-                    &self.bin.join("ctrl-worker"),
-                    self.ports.worker,
-                    self.ports.worker_health,
-                    &self.database_url,
-                    &self.restate,
-                    &[
-                        // Replaced deployments go away soon: containers stay few.
-                        (
-                            "CTRL_WORKER__DEPLOY__RETIRE_PREVIOUS_LIVE_SECONDS",
-                            "5".into(),
-                        ),
-                        (
-                            "CTRL_WORKER__DEPLOY__READINESS_TIMEOUT_SECONDS",
-                            "120".into(),
-                        ),
-                        ("CTRL_WORKER__DEPLOY__SWEEP_INTERVAL_SECONDS", "10".into()),
-                        ("CTRL_WORKER__DEPLOY__SWEEP_GRACE_SECONDS", "60".into()),
-                    ],
-                )?;
-                dev::wait_for_http(
-                    &mut worker,
-                    &format!("http://127.0.0.1:{}/health/ready", self.ports.worker_health),
-                )
-                .await?;
-                self.worker = Some(worker);
-            }
-            Victim::Api => {
-                let mut api = dev::start_ctrl_api(
-                    &self.dir,
-                    &self.bin.join("ctrl-api"),
-                    self.ports.api,
-                    &self.database_url,
-                    self.secrets(),
-                    &self.restate,
-                )?;
-                dev::wait_for_api(&mut api, &self.api_url()).await?;
-                self.api = Some(api);
-            }
-            Victim::Krane => {
-                let mut krane = dev::start_krane(
-                    &self.dir,
-                    &self.bin.join("krane"),
-                    &self.api_url(),
-                    self.secrets(),
-                    &self.podman,
-                    self.ports.krane_health,
-                    &[
-                        ("KRANE__AGENT__RECONCILE_SECONDS", "5".into()),
-                        ("KRANE__AGENT__REPORT_SECONDS", "2".into()),
-                    ],
-                )?;
-                dev::wait_for_http(
-                    &mut krane,
-                    &format!("http://127.0.0.1:{}/health/ready", self.ports.krane_health),
-                )
-                .await?;
-                self.krane = Some(krane);
-            }
-            Victim::Restate => self.restate.restart().await?,
-            Victim::MariaDb => {
-                self.mariadb = Some(
-                    MariaDb::builder()
-                        .dir(self.dir.join("mariadb"))
-                        .port(self.mysql_port)
-                        .start()
-                        .await?,
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// SIGKILLs `victim` (by its pid), waits `down_for`, starts it again.
-    async fn crash(&mut self, victim: Victim, down_for: Duration) -> Result<()> {
-        match victim {
-            Victim::Worker => self.worker.take().map(|mut p| p.kill()),
-            Victim::Api => self.api.take().map(|mut p| p.kill()),
-            Victim::Krane => self.krane.take().map(|mut p| p.kill()),
-            Victim::Restate => {
-                self.restate.kill();
-                Some(())
-            }
-            Victim::MariaDb => self.mariadb.take().map(MariaDb::kill),
-        };
-        tokio::time::sleep(down_for).await;
-        self.start_one(victim)
-            .await
-            .with_context(|| format!("restart {}", victim.name()))
-    }
-
-    fn stop(&mut self) {
-        for p in [&mut self.krane, &mut self.api, &mut self.worker] {
-            if let Some(mut p) = p.take() {
-                p.terminate(Duration::from_secs(10));
-            }
-        }
-        self.podman.stop(Duration::from_secs(10));
-        self.restate.stop(Duration::from_secs(10));
-        if let Some(m) = self.mariadb.take() {
-            m.stop(Duration::from_secs(20));
-        }
-    }
-
-    /// One Connect JSON call, retried while the API (or what it needs) is down.
-    async fn rpc(&self, method: &str, body: Value) -> Result<Value> {
-        let url = format!("{}/ctrl.v1.{method}", self.api_url());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let answer = self
-                .http
-                .post(&url)
-                .header("authorization", format!("Bearer {}", self.token))
-                .header("content-type", "application/json")
-                .timeout(Duration::from_secs(10))
-                .json(&body)
-                .send()
-                .await;
-            let retry = match answer {
-                Ok(r) if r.status().is_success() => return Ok(r.json().await?),
-                Ok(r) => {
-                    let status = r.status();
-                    let text = r.text().await.unwrap_or_default();
-                    // Unavailable / internal: the stack is on its way back.
-                    if !status.is_server_error() {
-                        bail!("{method}: {status} {text}");
-                    }
-                    format!("{status} {text}")
-                }
-                Err(e) => e.to_string(),
-            };
-            if Instant::now() > deadline {
-                bail!("{method}: still failing after 60 s: {retry}");
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
-
-    async fn seed_app(&self) -> Result<String> {
-        let ws = self
-            .rpc(
-                "WorkspaceService/CreateWorkspace",
-                json!({ "name": "Chaos", "slug": "chaos" }),
-            )
-            .await?;
-        let project = self
-            .rpc(
-                "ProjectService/CreateProject",
-                json!({ "workspaceId": ws["workspace"]["id"], "name": "Chaos", "slug": "chaos" }),
-            )
-            .await?;
-        let app = self
-            .rpc(
-                "AppService/CreateApp",
-                json!({ "projectId": project["project"]["id"], "name": "Web", "slug": "web" }),
-            )
-            .await?;
-        app["app"]["id"]
-            .as_str()
-            .map(str::to_owned)
-            .context("CreateApp answered no app id")
-    }
-
-    async fn deploy(&self, app: &str, image: &str, key: &str) -> Result<String> {
-        let created = self
-            .rpc(
-                "DeploymentService/CreateDeployment",
-                json!({
-                    "appId": app,
-                    "environmentSlug": "production",
-                    "image": { "image": image },
-                    "idempotencyKey": key,
-                }),
-            )
-            .await?;
-        created["deploymentId"]
-            .as_str()
-            .map(str::to_owned)
-            .context("CreateDeployment answered no id")
-    }
-
     /// One round's action: mostly deploys, sometimes a rollback to the
     /// newest other ready deployment, a promote that confirms one, or the
     /// deletion of the oldest deployment that is not live.
@@ -532,20 +202,6 @@ impl Stack {
         Ok(format!("deploy {id} ({image})"))
     }
 
-    async fn live(&self, app: &str) -> Result<(Option<String>, bool)> {
-        let answer = self
-            .rpc("AppService/GetApp", json!({ "appId": app }))
-            .await?;
-        let live = answer["app"]["liveDeploymentId"]
-            .as_str()
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned);
-        Ok((
-            live,
-            answer["app"]["isRolledBack"].as_bool().unwrap_or(false),
-        ))
-    }
-
     /// The oldest deployment of the app that is not live (and not already
     /// being deleted).
     async fn oldest_not_live(&self, app: &str) -> Result<Option<String>> {
@@ -562,41 +218,6 @@ impl Stack {
         .fetch_all(&self.db)
         .await?;
         Ok(rows.into_iter().find(|id| !deleted.contains(id)))
-    }
-
-    /// The newest ready, running production deployment other than `live`.
-    async fn rollback_target(&self, app: &str, live: &str) -> Result<Option<String>> {
-        let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT d.id FROM deployments d JOIN environments e ON e.id = d.environment_id
-             WHERE d.app_id = ? AND e.kind = 'production' AND d.id <> ? AND d.status = 'ready'
-               AND d.desired_state = 'running' ORDER BY d.pk DESC LIMIT 1",
-        )
-        .bind(app)
-        .bind(live)
-        .fetch_all(&self.db)
-        .await?;
-        Ok(rows.into_iter().next())
-    }
-
-    async fn wait_terminal(&self, id: &str) -> Result<()> {
-        let deadline = Instant::now() + SETTLE;
-        loop {
-            let status: Option<String> =
-                sqlx::query_scalar("SELECT status FROM deployments WHERE id = ?")
-                    .bind(id)
-                    .fetch_optional(&self.db)
-                    .await
-                    .ok()
-                    .flatten();
-            match status.as_deref() {
-                Some("ready") => return Ok(()),
-                Some(s @ ("failed" | "cancelled" | "superseded" | "skipped" | "stopped")) => {
-                    bail!("{id} ended {s}")
-                }
-                _ if Instant::now() > deadline => bail!("{id} never became ready"),
-                _ => tokio::time::sleep(Duration::from_millis(300)).await,
-            }
-        }
     }
 
     /// Waits until every invariant holds (up to [`SETTLE`]); returns how the
@@ -658,6 +279,17 @@ impl Stack {
                 .await?;
                 for (host, target) in stray {
                     problems.push(format!("{host} points at {target}, not the live {live}"));
+                }
+                // The edge agrees: the live hostname answers from the live deployment.
+                if let Some(host) = self.live_host(app).await? {
+                    match self.edge_get(&host, "/").await {
+                        Ok((200, Some(served), _)) if served == *live => {}
+                        Ok((status, served, _)) => problems.push(format!(
+                            "the edge answers {status} from {} for {host}, not the live {live}",
+                            served.as_deref().unwrap_or("no deployment")
+                        )),
+                        Err(e) => problems.push(format!("the edge does not answer {host}: {e:#}")),
+                    }
                 }
             }
         }

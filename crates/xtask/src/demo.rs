@@ -180,13 +180,18 @@ async fn answering_edge(
         if d["status"] != "DEPLOYMENT_STATUS_READY" {
             return Ok(None);
         }
-        let hosts: Vec<String> = d["hostnames"]
+        // The live hostname first: it is the one that follows rollbacks.
+        let mut hosts: Vec<(bool, String)> = d["hostnames"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|h| h["fqdn"].as_str())
-            .map(str::to_owned)
+            .filter_map(|h| {
+                let live = h["stickiness"] == "ROUTE_STICKINESS_LIVE";
+                h["fqdn"].as_str().map(|f| (!live, f.to_owned()))
+            })
             .collect();
+        hosts.sort();
+        let hosts: Vec<String> = hosts.into_iter().map(|(_, h)| h).collect();
         if let Some(first) = hosts.first() {
             let answer =
                 ctrl_testkit::ca::https_get(&ca_pem, https, first, "/", Duration::from_secs(5))

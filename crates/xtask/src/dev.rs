@@ -233,6 +233,7 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
             vault_key: &vault_key,
         },
         edge,
+        &[],
     )?;
     wait_for_http(
         &mut frontline,
@@ -500,6 +501,7 @@ pub(crate) fn start_frontline(
     api_url: &str,
     secrets: Secrets<'_>,
     ports: Edge,
+    overrides: &[(&str, String)],
 ) -> Result<Supervised> {
     let mut cmd = std::process::Command::new(bin);
     cmd.arg("--config")
@@ -519,7 +521,8 @@ pub(crate) fn start_frontline(
         .env(
             "FRONTLINE__LISTEN__PUBLIC_HTTPS_PORT",
             ports.https.to_string(),
-        );
+        )
+        .envs(overrides.iter().map(|(k, v)| (*k, v)));
     Ok(Supervised::spawn(
         "frontline",
         cmd,

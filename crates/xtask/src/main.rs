@@ -6,15 +6,20 @@
 //! - `dev`: `deps`, then the local stack with the demo app deployed,
 //!   until Ctrl-C;
 //! - `chaos`: the stack under random SIGKILLs, its invariants checked
-//!   after every round.
+//!   after every round;
+//! - `edge`: the edge (frontline) end to end on the stack: hostnames,
+//!   rollback and promote under load, streaming, a control-plane outage,
+//!   wake on request, and rollback latency at the edge.
 
 mod chaos;
 mod compose;
 mod demo;
 mod deps;
 mod dev;
+mod edge;
 mod engine;
 mod programs;
+mod stack;
 mod test;
 
 use std::process::ExitCode;
@@ -47,6 +52,8 @@ enum Task {
     Dev(dev::DevArgs),
     /// Run the stack under random SIGKILLs and check its invariants after each round.
     Chaos(chaos::ChaosArgs),
+    /// Check the edge end to end on the stack and print its figures.
+    Edge(edge::EdgeArgs),
 }
 
 #[tokio::main]
@@ -57,6 +64,7 @@ async fn main() -> ExitCode {
         Task::Test { args } => test::run(&args).await,
         Task::Dev(args) => dev::run(args).await.map(|()| ExitCode::SUCCESS),
         Task::Chaos(args) => chaos::run(args).await,
+        Task::Edge(args) => edge::run(args).await,
     };
     match result {
         Ok(code) => code,
