@@ -111,6 +111,12 @@ fn all() -> Vec<Dep> {
             install: Install::Apt(&["busybox-static"]),
         },
         Dep {
+            name: "nginx",
+            purpose: "the reverse proxy frontline's benchmark compares against (started by the bench on loopback)",
+            check: || dpkg_installed("nginx-light"),
+            install: Install::Apt(&["nginx-light"]),
+        },
+        Dep {
             name: "cargo-nextest",
             purpose: "the test runner",
             check: || version_of(Command::new(cargo()).args(["nextest", "--version"])),
@@ -135,6 +141,7 @@ pub(crate) const PROGRAMS: &[&str] = &[
     "dpkg-query",
     "strace",
     "sleep",
+    "nginx",
 ];
 
 /// Every Debian package `deps` installs.

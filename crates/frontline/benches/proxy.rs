@@ -1,0 +1,278 @@
+//! Throughput and latency through the edge, against going direct and going
+//! through nginx (Debian's package, configured as the same reverse proxy),
+//! measured in one run; then how fast a route move (a rollback's write)
+//! reaches the edge.
+//!
+//! `cargo bench -p frontline --bench proxy [-- SECONDS]`
+//!
+//! Everything is real: MariaDB, cluster-sync (in this process), the
+//! frontline binary and nginx as processes on loopback, and an app
+//! instance (an HTTP/1.1 server in this process) answering a small body.
+//! The load: a fixed number of keep-alive connections, each sending one
+//! request after another. It prints requests/s and p50/p99 per path, the
+//! ratios, and the added p99 of each proxy over going direct.
+
+#[path = "../tests/it/harness.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod harness;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use bytes::Bytes;
+use ctrl_db::types::UpstreamProtocol;
+use ctrl_testkit::process::Supervised;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+
+use harness::{Backend, EDGE_TOKEN, Ingress, Seed, Sync, host};
+
+/// Keep-alive connections of the load.
+const CONNECTIONS: usize = 32;
+/// Route moves timed at the end.
+const SWAPS: usize = 50;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let seconds: u64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(5);
+    let db = ctrl_testkit::test_database().await?;
+    let seed = Seed::new(&db.pool).await?;
+    let ingress = Ingress::start().await?;
+    let sync = Sync::start(&db.pool, &ingress.url).await?;
+    let app = Backend::start("ok", false).await?;
+    let other = Backend::start("other", false).await?;
+    let d1 = seed
+        .deployment(&seed.production, UpstreamProtocol::Http1)
+        .await?;
+    let d2 = seed
+        .deployment(&seed.production, UpstreamProtocol::Http1)
+        .await?;
+    seed.instances(&d1, &[app.addr]).await?;
+    seed.instances(&d2, &[other.addr]).await?;
+    let bench_host = host("bench");
+    let live = seed.route(&bench_host, &d1, &seed.production).await?;
+
+    let dir = tempfile::tempdir()?;
+    let [edge_http, edge_admin, nginx_port] = ctrl_testkit::free_ports()?;
+    let edge_addr = SocketAddr::from(([127, 0, 0, 1], edge_http));
+    let nginx_addr = SocketAddr::from(([127, 0, 0, 1], nginx_port));
+    let _frontline = start_frontline(dir.path(), &sync.url(), edge_http, edge_admin)?;
+    let _nginx = start_nginx(dir.path(), nginx_port, app.addr)?;
+    wait_answers(edge_addr, &bench_host).await?;
+    wait_answers(nginx_addr, &bench_host).await?;
+
+    println!(
+        "{CONNECTIONS} keep-alive connections, {seconds} s per path (after 1 s of warm-up), GET of a 3-byte body\n"
+    );
+    println!(
+        "{:<10} {:>12} {:>10} {:>10}",
+        "path", "requests/s", "p50 ms", "p99 ms"
+    );
+    let mut results = Vec::new();
+    for (name, addr) in [
+        ("direct", app.addr),
+        ("frontline", edge_addr),
+        ("nginx", nginx_addr),
+    ] {
+        let r = load(addr, &bench_host, Duration::from_secs(seconds)).await?;
+        println!(
+            "{name:<10} {:>12.0} {:>10.3} {:>10.3}",
+            r.rps, r.p50_ms, r.p99_ms
+        );
+        results.push((name, r));
+    }
+    let get = |n: &str| {
+        &results
+            .iter()
+            .find(|(name, _)| *name == n)
+            .expect("measured")
+            .1
+    };
+    let (direct, edge, nginx) = (get("direct"), get("frontline"), get("nginx"));
+    println!(
+        "\nfrontline / nginx throughput: {:.2}×   frontline / direct: {:.2}×   nginx / direct: {:.2}×",
+        edge.rps / nginx.rps,
+        edge.rps / direct.rps,
+        nginx.rps / direct.rps
+    );
+    println!(
+        "added p99 over direct: frontline {:+.3} ms, nginx {:+.3} ms (p50: {:+.3} / {:+.3} ms)",
+        edge.p99_ms - direct.p99_ms,
+        nginx.p99_ms - direct.p99_ms,
+        edge.p50_ms - direct.p50_ms,
+        nginx.p50_ms - direct.p50_ms
+    );
+
+    // A route move's commit → the first answer from the target at the edge.
+    let mut took = Vec::new();
+    let mut target = d2.clone();
+    for _ in 0..SWAPS {
+        let start = Instant::now();
+        seed.move_route(&live, &target).await?;
+        loop {
+            let r = harness::get(edge_addr, &bench_host, "/").await?;
+            if r.deployment() == Some(target.as_str()) {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(5) {
+                bail!("the edge did not follow a route move within 5 s");
+            }
+        }
+        took.push(start.elapsed().as_secs_f64() * 1000.0);
+        target = if target == d2 { d1.clone() } else { d2.clone() };
+    }
+    took.sort_by(f64::total_cmp);
+    println!(
+        "\nroute move (a rollback's write) → first answer from the target, {SWAPS} moves: p50 {:.1} ms, p99 {:.1} ms (target p99 < 100 ms)",
+        percentile(&took, 0.5),
+        percentile(&took, 0.99)
+    );
+    drop(sync);
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1))
+        .copied()
+        .unwrap_or(0.0)
+}
+
+fn start_frontline(
+    dir: &std::path::Path,
+    control: &str,
+    http: u16,
+    admin: u16,
+) -> Result<Supervised> {
+    let config = dir.join("frontline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[region]\nplatform = \"dev\"\nname = \"local\"\n\
+             [control]\nurl = \"{control}\"\ntoken = \"{EDGE_TOKEN}\"\n\
+             [listen]\nhttp = \"127.0.0.1:{http}\"\nadmin = \"127.0.0.1:{admin}\"\n\
+             [log]\nformat = \"json\"\n"
+        ),
+    )?;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_frontline"));
+    cmd.arg("--config").arg(&config).env("RUST_LOG", "warn");
+    Ok(Supervised::spawn(
+        "frontline",
+        cmd,
+        &dir.join("frontline.log"),
+        None,
+    )?)
+}
+
+/// nginx as the same reverse proxy: keep-alive to the instance, HTTP/1.1
+/// upstream, the same forwarded headers, no access log (frontline's goes
+/// to a warn-level filter in this bench).
+fn start_nginx(dir: &std::path::Path, port: u16, upstream: SocketAddr) -> Result<Supervised> {
+    let nginx = ctrl_testkit::paths::system_program("nginx")?;
+    let d = dir.display();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 2;\ndaemon off;\nmaster_process on;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               upstream app {{ server {upstream}; keepalive 128; }}\n\
+               server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://app;\n\
+                 proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $host;\n\
+                 proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n      proxy_set_header X-Forwarded-Proto $scheme;\n\
+                 proxy_set_header X-Forwarded-Host $host;\n    }}\n  }}\n}}\n"
+        ),
+    )?;
+    let mut cmd = Command::new(nginx);
+    cmd.arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&conf)
+        .arg("-e")
+        .arg(dir.join("nginx-error.log"));
+    Ok(Supervised::spawn(
+        "nginx",
+        cmd,
+        &dir.join("nginx.log"),
+        None,
+    )?)
+}
+
+async fn wait_answers(addr: SocketAddr, host: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if harness::get(addr, host, "/")
+            .await
+            .is_ok_and(|r| r.status == 200)
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{addr} does not answer for {host}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Figures {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// `CONNECTIONS` connections, each sending requests back to back: a
+/// 1 s warm-up, then `duration` measured.
+async fn load(addr: SocketAddr, host: &str, duration: Duration) -> Result<Figures> {
+    let warmup = Duration::from_secs(1);
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let end = measure_from + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let host = host.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            let mut latencies = Vec::new();
+            loop {
+                let t = Instant::now();
+                if t >= end {
+                    break;
+                }
+                let req = Request::get("/")
+                    .header("host", &host)
+                    .body(Empty::<Bytes>::new())?;
+                sender.ready().await?;
+                let resp = sender.send_request(req).await?;
+                let status = resp.status();
+                resp.into_body().collect().await?;
+                anyhow::ensure!(status == 200, "answered {status}");
+                if t >= measure_from {
+                    latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.context("load task")??);
+    }
+    all.sort_by(f64::total_cmp);
+    Ok(Figures {
+        rps: all.len() as f64 / duration.as_secs_f64(),
+        p50_ms: percentile(&all, 0.5),
+        p99_ms: percentile(&all, 0.99),
+    })
+}
