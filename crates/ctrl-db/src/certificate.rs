@@ -72,6 +72,48 @@ pub async fn delete(
     Ok(done.rows_affected() > 0)
 }
 
+/// An HTTP-01 challenge to open for a custom domain.
+#[derive(Debug, Clone)]
+pub struct NewHttp01Challenge<'a> {
+    /// Owner.
+    pub workspace_id: &'a str,
+    /// The custom domain (`dom_…`); one challenge per domain, reused on renewal.
+    pub domain_id: &'a str,
+    /// The token the CA fetches.
+    pub token: &'a str,
+    /// The key authorization to answer with.
+    pub authorization: &'a str,
+    /// When the challenge stops mattering, unix ms.
+    pub expires_at: i64,
+}
+
+/// Opens (or reopens, with a new token) the domain's HTTP-01 challenge as
+/// `pending`.
+pub async fn open_http01_challenge(
+    ex: impl MySqlExecutor<'_>,
+    c: &NewHttp01Challenge<'_>,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO acme_challenges
+           (workspace_id, domain_id, token, `authorization`, challenge_type, status, expires_at, created_at, updated_at)
+         VALUES (?, ?, ?, ?, 'http-01', 'pending', ?, ?, ?)
+         ON DUPLICATE KEY UPDATE token = VALUES(token), `authorization` = VALUES(`authorization`),
+           challenge_type = 'http-01', status = 'pending', expires_at = VALUES(expires_at),
+           updated_at = VALUES(updated_at)",
+    )
+    .bind(c.workspace_id)
+    .bind(c.domain_id)
+    .bind(c.token)
+    .bind(c.authorization)
+    .bind(c.expires_at)
+    .bind(now)
+    .bind(now)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
 /// The key authorization of an open HTTP-01 challenge for `domain` with
 /// `token` (what the edge serves at `/.well-known/acme-challenge/{token}`).
 pub async fn http01_authorization(

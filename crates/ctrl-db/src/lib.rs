@@ -7,7 +7,7 @@
 //! sealed environment variables), [`cluster`] (regions, clusters),
 //! [`deployment`] (deployments and steps), [`topology`] (versioned desired
 //! state per region), [`instance`], [`route`], [`certificate`] (and ACME
-//! challenges), [`edge`] (what the edge serves, and its change feed) and
+//! challenges), [`custom_domain`], [`edge`] (what the edge serves, and its change feed) and
 //! [`deletion`] (what a deletion cascade removes).
 //!
 //! Functions take an executor (pool, connection or transaction) and the
@@ -21,6 +21,7 @@
 
 pub mod certificate;
 pub mod cluster;
+pub mod custom_domain;
 pub mod deletion;
 pub mod deployment;
 pub mod edge;

@@ -106,6 +106,9 @@ pub struct ListenConfig {
     pub redirect_https: bool,
     /// Seconds to let in-flight requests finish after SIGTERM.
     pub shutdown_grace_seconds: u64,
+    /// Worker threads serving requests (each with its own runtime, sockets
+    /// and upstream pools); 0 = one per CPU.
+    pub workers: usize,
 }
 
 impl Default for ListenConfig {
@@ -117,6 +120,7 @@ impl Default for ListenConfig {
             public_https_port: None,
             redirect_https: true,
             shutdown_grace_seconds: 10,
+            workers: 0,
         }
     }
 }
@@ -234,6 +238,7 @@ impl Validate for Config {
             p.traffic_report_seconds,
             1..=600,
         );
+        v.range("listen.workers", self.listen.workers, 0..=256);
         v.range(
             "listen.shutdown_grace_seconds",
             self.listen.shutdown_grace_seconds,

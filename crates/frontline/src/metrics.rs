@@ -40,7 +40,7 @@ fn latency_histogram() -> Histogram {
 #[derive(Debug)]
 pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
-    duration: Family<ClassLabels, Histogram, fn() -> Histogram>,
+    duration: [Histogram; 5],
     upstream_errors: Family<KindLabels, Counter>,
     tls_handshakes: Family<KindLabels, Counter>,
     table_version: Gauge<u64, AtomicU64>,
@@ -59,22 +59,29 @@ impl Default for Metrics {
     }
 }
 
-fn class(status: StatusCode) -> &'static str {
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn class_index(status: StatusCode) -> usize {
     match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }
+
+/// A deployment's request counters by status class, looked up in the family
+/// once (the request path then only increments).
+#[derive(Debug, Clone)]
+pub struct DeploymentCounters([Counter; 5]);
 
 impl Metrics {
     /// The metrics and their registry.
     pub fn new() -> Self {
         let mut m = Self {
             requests: Family::default(),
-            duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            duration: CLASSES.map(|_| latency_histogram()),
             upstream_errors: Family::default(),
             tls_handshakes: Family::default(),
             table_version: Gauge::default(),
@@ -86,16 +93,20 @@ impl Metrics {
             certificates: Gauge::default(),
             registry: Registry::with_prefix("frontline"),
         };
-        let r = &mut m.registry;
+        let mut r = std::mem::take(&mut m.registry);
         r.register(
             "requests",
             "Requests answered, by deployment and status class",
             m.requests.clone(),
         );
+        let duration: Family<ClassLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        // Clones share their values: the request path observes these.
+        m.duration = CLASSES.map(|class| duration.get_or_create(&ClassLabels { class }).clone());
         r.register(
             "request_duration_seconds",
             "Time to answer headers, by status class",
-            m.duration.clone(),
+            duration,
         );
         r.register(
             "upstream_errors",
@@ -138,21 +149,42 @@ impl Metrics {
             "Certificates in the routing table",
             m.certificates.clone(),
         );
+        m.registry = r;
         m
     }
 
     /// Counts an answered request.
-    pub fn request(&self, deployment_id: Option<&str>, status: StatusCode, elapsed: Duration) {
-        let class = class(status);
-        self.requests
-            .get_or_create(&RequestLabels {
-                deployment_id: deployment_id.unwrap_or("-").to_owned(),
-                class,
-            })
-            .inc();
-        self.duration
-            .get_or_create(&ClassLabels { class })
-            .observe(elapsed.as_secs_f64());
+    pub fn request(
+        &self,
+        deployment: Option<&crate::table::Deployment>,
+        status: StatusCode,
+        elapsed: Duration,
+    ) {
+        let i = class_index(status);
+        match deployment {
+            Some(d) => {
+                let counters = d.counters.get_or_init(|| {
+                    DeploymentCounters(CLASSES.map(|class| {
+                        self.requests
+                            .get_or_create(&RequestLabels {
+                                deployment_id: d.id.to_string(),
+                                class,
+                            })
+                            .clone()
+                    }))
+                });
+                counters.0[i].inc();
+            }
+            None => {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        deployment_id: "-".to_owned(),
+                        class: CLASSES[i],
+                    })
+                    .inc();
+            }
+        }
+        self.duration[i].observe(elapsed.as_secs_f64());
     }
 
     /// Counts a failed upstream request.

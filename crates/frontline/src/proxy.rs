@@ -75,7 +75,7 @@ pub struct Proxy {
     ejection: Duration,
     metrics: Arc<Metrics>,
     traffic: Arc<Traffic>,
-    wakes: Wakes,
+    wakes: Arc<Wakes>,
 }
 
 fn client(config: &Config, h2c: bool) -> Client<HttpConnector, Body> {
@@ -106,17 +106,14 @@ impl Proxy {
         control: Control,
         metrics: Arc<Metrics>,
         traffic: Arc<Traffic>,
+        wakes: Arc<Wakes>,
     ) -> anyhow::Result<Self> {
         let mut peers = Vec::new();
         for (region, url) in &config.peers {
             peers.push((region.clone(), url.trim_end_matches('/').parse::<Uri>()?));
         }
         Ok(Self {
-            wakes: Wakes::new(
-                routes.clone(),
-                control.clone(),
-                Duration::from_secs(config.proxy.wake_timeout_seconds),
-            ),
+            wakes,
             routes,
             control,
             http1: client(config, false),
@@ -143,8 +140,9 @@ impl Proxy {
     ) -> Result<Response<Body>, std::convert::Infallible> {
         let start = Instant::now();
         let request_id = request_id(req.headers());
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        // What the access log needs, kept only when it is on.
+        let logged = tracing::enabled!(target: "frontline::access", tracing::Level::INFO)
+            .then(|| (req.method().clone(), req.uri().clone()));
         let (mut response, host, deployment) = self.route(req, conn, &request_id).await;
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(REQUEST_ID, v);
@@ -152,19 +150,21 @@ impl Proxy {
         let status = response.status();
         let elapsed = start.elapsed();
         self.metrics.request(deployment.as_deref(), status, elapsed);
-        tracing::info!(
-            target: "frontline::access",
-            request_id = %request_id,
-            client = %conn.peer.ip(),
-            tls = conn.tls,
-            method = %method,
-            host = %host,
-            path = %truncate(&path, 256),
-            status = status.as_u16(),
-            deployment_id = deployment.as_deref().unwrap_or("-"),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            "request"
-        );
+        if let Some((method, uri)) = logged {
+            tracing::info!(
+                target: "frontline::access",
+                request_id = %request_id,
+                client = %conn.peer.ip(),
+                tls = conn.tls,
+                method = %method,
+                host = %host,
+                path = %truncate(uri.path(), 256),
+                status = status.as_u16(),
+                deployment_id = deployment.as_ref().map_or("-", |d| &*d.id),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                "request"
+            );
+        }
         Ok(response)
     }
 
@@ -173,7 +173,7 @@ impl Proxy {
         req: Request<Incoming>,
         conn: Conn,
         request_id: &str,
-    ) -> (Response<Body>, String, Option<String>) {
+    ) -> (Response<Body>, String, Option<Arc<Deployment>>) {
         let Some(host) = host_of(&req) else {
             return (
                 page(StatusCode::BAD_REQUEST, "Bad or missing Host header."),
@@ -215,14 +215,9 @@ impl Proxy {
             && let Some(port) = self.https_port
             && table.certificate(&host).is_some()
         {
-            return (
-                redirect(&host, port, req.uri()),
-                host,
-                Some(deployment.id.clone()),
-            );
+            return (redirect(&host, port, req.uri()), host, Some(deployment));
         }
         drop(table);
-        let id = deployment.id.clone();
         let deployment = match deployment.state {
             State::Running => deployment,
             State::Stopped => {
@@ -232,10 +227,10 @@ impl Proxy {
                         "This deployment is stopped.",
                     ),
                     host,
-                    Some(id),
+                    Some(deployment),
                 );
             }
-            State::Idle => match self.wakes.wake_and_wait(&id, &host).await {
+            State::Idle => match self.wakes.wake_and_wait(&deployment.id, &host).await {
                 Some(d) => d,
                 None => {
                     let mut r = page(
@@ -244,7 +239,7 @@ impl Proxy {
                     );
                     r.headers_mut()
                         .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-                    return (r, host, Some(id));
+                    return (r, host, Some(deployment));
                 }
             },
         };
@@ -252,7 +247,7 @@ impl Proxy {
         let response = self
             .forward(req, &deployment, conn, &host, hops, request_id)
             .await;
-        (response, host, Some(id))
+        (response, host, Some(deployment))
     }
 
     async fn acme(&self, host: &str, token: &str) -> Response<Body> {
@@ -311,11 +306,12 @@ impl Proxy {
             upgrade.is_some(),
         );
         parts.version = Version::HTTP_11;
-        let path = parts
+        let path_and_query = parts
             .uri
             .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
+            .cloned()
+            .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
+        let path = path_and_query.as_str();
         let mut body = Some(body);
 
         // Where to send it: this region's backends, else a peer edge.
@@ -359,10 +355,23 @@ impl Proxy {
             } else {
                 self.request_body(body.take())
             };
-            let Ok(uri) = format!("http://{}{path}", backend.address).parse::<Uri>() else {
+            let Some(authority) = backend.authority.clone() else {
+                continue;
+            };
+            let mut uri = hyper::http::uri::Parts::default();
+            uri.scheme = Some(hyper::http::uri::Scheme::HTTP);
+            uri.authority = Some(authority);
+            uri.path_and_query = Some(path_and_query.clone());
+            let Ok(uri) = Uri::from_parts(uri) else {
                 return page(StatusCode::BAD_REQUEST, "Bad request path.");
             };
-            let mut out = Request::from_parts(parts.clone(), body);
+            // The last attempt takes the parts; earlier ones copy them.
+            let this = if tried.len() == attempts {
+                std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+            } else {
+                parts.clone()
+            };
+            let mut out = Request::from_parts(this, body);
             *out.uri_mut() = uri;
             let client = if d.upstream == Upstream::H2c && upgrade.is_none() {
                 *out.version_mut() = Version::HTTP_2;
@@ -665,8 +674,7 @@ pub fn request_id(headers: &HeaderMap) -> String {
     {
         return v.to_owned();
     }
-    let bytes: [u8; 16] = rand::rng().random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    format!("{:032x}", rand::rng().random::<u128>())
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

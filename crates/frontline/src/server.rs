@@ -1,6 +1,15 @@
 //! Startup and the listeners: plain HTTP (HTTP/1.1, or HTTP/2 with prior
 //! knowledge), TLS (ALPN h2 or http/1.1) and the admin port (health,
 //! metrics); every connection tracked and drained on shutdown.
+//!
+//! The request path runs thread-per-core, as nginx's workers do: each
+//! worker thread has its own single-threaded runtime, its own listening
+//! sockets on the same ports (`SO_REUSEPORT`, the kernel spreads
+//! connections) and its own upstream connection pools, so a request and the
+//! upstream connection serving it never wake another thread. The routing
+//! table, metrics and traffic counts are shared (atomics and an `Arc` swap);
+//! the control-plane stream, traffic reports and the admin port run on the
+//! caller's runtime.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,22 +51,38 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds the configured addresses.
+    /// Binds the configured addresses (the proxy ports with `SO_REUSEPORT`,
+    /// so each worker thread can bind its own socket next to these).
     pub async fn bind(config: &Config) -> Result<Self> {
-        let bind = |a: SocketAddr, what: &'static str| async move {
-            TcpListener::bind(a)
-                .await
-                .with_context(|| format!("listen on {a} ({what})"))
+        let with_context = |a: SocketAddr, what: &'static str| {
+            move |e: std::io::Error| anyhow::anyhow!("listen on {a} ({what}): {e}")
         };
         Ok(Self {
-            http: bind(config.listen.http, "listen.http").await?,
+            http: reuseport(config.listen.http)
+                .map_err(with_context(config.listen.http, "listen.http"))?,
             https: match config.listen.https {
-                Some(a) => Some(bind(a, "listen.https").await?),
+                Some(a) => Some(reuseport(a).map_err(with_context(a, "listen.https"))?),
                 None => None,
             },
-            admin: bind(config.listen.admin, "listen.admin").await?,
+            admin: TcpListener::bind(config.listen.admin)
+                .await
+                .map_err(with_context(config.listen.admin, "listen.admin"))?,
         })
     }
+}
+
+/// A listening socket on `addr` that other sockets may share.
+fn reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// Shared pieces of a running edge.
@@ -98,17 +123,9 @@ pub async fn run(
         ),
         None => None,
     };
-    let proxy = Arc::new(Proxy::new(
-        config,
-        https_port,
-        routes.clone(),
-        control.clone(),
-        metrics.clone(),
-        traffic.clone(),
-    )?);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
+    let stopped = |rx: &watch::Receiver<bool>| {
+        let mut rx = rx.clone();
         async move {
             let _ = rx.wait_for(|s| *s).await;
         }
@@ -119,13 +136,13 @@ pub async fn run(
         control.clone(),
         routes.clone(),
         certs,
-        stopped(),
+        stopped(&stop_rx),
     ));
     {
         let traffic = traffic.clone();
         let every = Duration::from_secs(config.proxy.traffic_report_seconds);
         let control = control.clone();
-        let stop = stopped();
+        let stop = stopped(&stop_rx);
         tasks.spawn(async move { traffic.report_loop(control, every, stop).await });
     }
     let edge = Edge {
@@ -136,60 +153,169 @@ pub async fn run(
         ctrl_runtime::net::nodelay(listeners.admin),
         admin_router(edge),
     )
-    .with_graceful_shutdown(stopped());
+    .with_graceful_shutdown(stopped(&stop_rx));
     tasks.spawn(async move {
         if let Err(e) = admin.await {
             tracing::error!(error = %e, "admin listener failed");
         }
     });
 
-    let builder = Arc::new(http_builder(config));
-    let graceful = Arc::new(GracefulShutdown::new());
     tracing::info!(
         http = %listeners.http.local_addr()?,
         https = ?listeners.https.as_ref().map(TcpListener::local_addr).transpose()?,
         region = %config.region.key(),
         "frontline serving"
     );
-    let header_timeout = Duration::from_secs(config.proxy.request_header_timeout_seconds);
-    tasks.spawn(accept_loop(
-        listeners.http,
-        None,
-        proxy.clone(),
-        builder.clone(),
-        graceful.clone(),
-        metrics.clone(),
-        header_timeout,
-        stopped(),
+    let tls = match &listeners.https {
+        Some(_) => Some(TlsAcceptor::from(crate::tls::server_config(
+            routes.clone(),
+        )?)),
+        None => None,
+    };
+    let count = match config.listen.workers {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        n => n,
+    };
+    let http_addr = listeners.http.local_addr()?;
+    let https_addr = listeners
+        .https
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    // One wake-up bookkeeping for every worker: a deployment is asked for
+    // once, whichever thread its requests land on.
+    let wakes = Arc::new(crate::wake::Wakes::new(
+        routes.clone(),
+        control.clone(),
+        Duration::from_secs(config.proxy.wake_timeout_seconds),
     ));
-    if let Some(https) = listeners.https {
-        let acceptor = TlsAcceptor::from(crate::tls::server_config(routes.clone())?);
-        tasks.spawn(accept_loop(
-            https,
-            Some(acceptor),
-            proxy,
-            builder,
-            graceful.clone(),
-            metrics,
-            header_timeout,
-            stopped(),
-        ));
+    let mut first = Some((listeners.http, listeners.https));
+    let mut workers = Vec::with_capacity(count);
+    for i in 0..count {
+        // The first worker takes the bound sockets; the others bind their own.
+        let (http, https) = match first.take() {
+            Some(pair) => pair,
+            None => (
+                reuseport(http_addr)?,
+                https_addr.map(reuseport).transpose()?,
+            ),
+        };
+        let worker = Worker {
+            http: http.into_std()?,
+            https: https.map(TcpListener::into_std).transpose()?,
+            tls: tls.clone(),
+            config: config.clone(),
+            https_port,
+            routes: routes.clone(),
+            control: control.clone(),
+            metrics: metrics.clone(),
+            traffic: traffic.clone(),
+            wakes: wakes.clone(),
+        };
+        let stop = stop_rx.clone();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("frontline-{i}"))
+            .spawn(move || {
+                let result = worker.run(stop);
+                let _ = done_tx.send(result);
+            })
+            .context("start a worker thread")?;
+        workers.push(done_rx);
     }
 
     shutdown.await;
     tracing::info!("shutting down: draining connections");
     stop_tx.send_replace(true);
-    while tasks.join_next().await.is_some() {}
-    let grace = Duration::from_secs(config.listen.shutdown_grace_seconds);
-    let graceful =
-        Arc::try_unwrap(graceful).map_err(|_| anyhow::anyhow!("listeners still running"))?;
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("drain took longer than {grace:?}; exiting");
+    let mut result = Ok(());
+    for done in workers {
+        match done.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(_) => result = Err(anyhow::anyhow!("a worker thread died")),
+        }
     }
-    Ok(())
+    while tasks.join_next().await.is_some() {}
+    result
+}
+
+/// One worker thread: its own runtime, sockets, upstream pools.
+struct Worker {
+    http: std::net::TcpListener,
+    https: Option<std::net::TcpListener>,
+    tls: Option<TlsAcceptor>,
+    config: Config,
+    https_port: Option<u16>,
+    routes: Arc<Routes>,
+    control: Control,
+    metrics: Arc<Metrics>,
+    traffic: Arc<Traffic>,
+    wakes: Arc<crate::wake::Wakes>,
+}
+
+impl Worker {
+    /// Serves until `stop` says so, then drains (bounded by the grace).
+    fn run(self, stop: watch::Receiver<bool>) -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("a worker runtime")?;
+        rt.block_on(async move {
+            let proxy = Arc::new(Proxy::new(
+                &self.config,
+                self.https_port,
+                self.routes,
+                self.control,
+                self.metrics.clone(),
+                self.traffic,
+                self.wakes,
+            )?);
+            let builder = Arc::new(http_builder(&self.config));
+            let graceful = Arc::new(GracefulShutdown::new());
+            let header_timeout =
+                Duration::from_secs(self.config.proxy.request_header_timeout_seconds);
+            let stopped = || {
+                let mut rx = stop.clone();
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                }
+            };
+            let mut loops = tokio::task::JoinSet::new();
+            loops.spawn(accept_loop(
+                TcpListener::from_std(self.http)?,
+                None,
+                proxy.clone(),
+                builder.clone(),
+                graceful.clone(),
+                self.metrics.clone(),
+                header_timeout,
+                stopped(),
+            ));
+            if let (Some(https), Some(tls)) = (self.https, self.tls) {
+                loops.spawn(accept_loop(
+                    TcpListener::from_std(https)?,
+                    Some(tls),
+                    proxy,
+                    builder,
+                    graceful.clone(),
+                    self.metrics,
+                    header_timeout,
+                    stopped(),
+                ));
+            }
+            while loops.join_next().await.is_some() {}
+            let grace = Duration::from_secs(self.config.listen.shutdown_grace_seconds);
+            let graceful = Arc::try_unwrap(graceful)
+                .map_err(|_| anyhow::anyhow!("listeners still running"))?;
+            if tokio::time::timeout(grace, graceful.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!("drain took longer than {grace:?}; exiting");
+            }
+            Ok(())
+        })
+    }
 }
 
 fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
@@ -236,10 +362,11 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let (proxy, builder, graceful, metrics, tls) = (
+        // A watcher, not the shutdown itself: the drain owns that.
+        let (proxy, builder, watcher, metrics, tls) = (
             proxy.clone(),
             builder.clone(),
-            graceful.clone(),
+            graceful.watcher(),
             metrics.clone(),
             tls.clone(),
         );
@@ -251,14 +378,7 @@ async fn accept_loop(
                     if !first_byte_within(&stream, header_timeout).await {
                         return;
                     }
-                    serve(
-                        stream,
-                        Conn { peer, tls: false },
-                        proxy,
-                        &builder,
-                        &graceful,
-                    )
-                    .await;
+                    serve(stream, Conn { peer, tls: false }, proxy, &builder, watcher).await;
                 }
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
@@ -270,7 +390,7 @@ async fn accept_loop(
                                 Conn { peer, tls: true },
                                 proxy,
                                 &builder,
-                                &graceful,
+                                watcher,
                             )
                             .await;
                         }
@@ -299,7 +419,7 @@ async fn serve<I>(
     conn: Conn,
     proxy: Arc<Proxy>,
     builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
+    watcher: hyper_util::server::graceful::Watcher,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -307,7 +427,7 @@ async fn serve<I>(
     let connection = builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
-    if let Err(e) = graceful.watch(connection).await {
+    if let Err(e) = watcher.watch(connection).await {
         tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
     }
 }

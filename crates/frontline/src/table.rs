@@ -40,6 +40,8 @@ pub enum State {
 pub struct Backend {
     /// "host:port".
     pub address: String,
+    /// The same, parsed once for request URIs.
+    pub authority: Option<hyper::http::uri::Authority>,
     /// Requests sent and not yet answered.
     pub in_flight: AtomicUsize,
     /// Monotonic ms (see [`clock`]) until which it gets no traffic.
@@ -56,8 +58,8 @@ impl Backend {
 /// A deployment as the edge routes it.
 #[derive(Debug)]
 pub struct Deployment {
-    /// `d_…`
-    pub id: String,
+    /// `d_…` (shared with traffic counts and metrics without copying).
+    pub id: Arc<str>,
     /// Its app (metrics, logs).
     pub app_id: String,
     /// How to speak to it.
@@ -68,6 +70,8 @@ pub struct Deployment {
     pub backends: Vec<Arc<Backend>>,
     /// Other regions ("platform/region") where it runs.
     pub peer_regions: Vec<String>,
+    /// Its request counters by status class, looked up once.
+    pub counters: std::sync::OnceLock<crate::metrics::DeploymentCounters>,
 }
 
 /// One immutable version of the table.
@@ -177,17 +181,17 @@ impl<'a> Builder<'a> {
                     _ => State::Running,
                 };
                 let backends = d.addresses.iter().map(|a| self.backends.get(a)).collect();
+                let id: Arc<str> = d.deployment_id.into();
                 let dep = Deployment {
-                    id: d.deployment_id.clone(),
+                    id: id.clone(),
                     app_id: d.app_id,
                     upstream,
                     state,
                     backends,
                     peer_regions: d.peer_regions,
+                    counters: std::sync::OnceLock::new(),
                 };
-                self.table
-                    .deployments
-                    .insert(d.deployment_id.into(), Arc::new(dep));
+                self.table.deployments.insert(id, Arc::new(dep));
             }
             Event::DeploymentRemoved(id) => {
                 self.table.deployments.remove(id.as_str());
@@ -229,6 +233,7 @@ impl Backends {
             .or_insert_with(|| {
                 Arc::new(Backend {
                     address: address.to_owned(),
+                    authority: address.parse().ok(),
                     in_flight: AtomicUsize::new(0),
                     ejected_until: AtomicU64::new(0),
                 })

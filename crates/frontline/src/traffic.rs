@@ -2,7 +2,7 @@
 //! write per request); a report that fails is merged into the next one.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ctrl_proto::ctrl::v1 as pb;
@@ -16,16 +16,21 @@ const MAX_ENTRIES: usize = 100_000;
 /// The counts not yet reported.
 #[derive(Debug, Default)]
 pub struct Traffic {
-    counts: Mutex<HashMap<(String, i64), (u64, i64)>>,
+    counts: Mutex<HashMap<Minute, (u64, i64)>>,
 }
+
+/// A deployment and the start of a minute (unix ms); counted: requests and
+/// the last one's time.
+type Minute = (Arc<str>, i64);
 
 impl Traffic {
     /// Counts one request for `deployment_id` now.
-    pub fn record(&self, deployment_id: &str) {
+    pub fn record(&self, deployment_id: &Arc<str>) {
         let now = clock::wall_ms();
         let minute = now - now.rem_euclid(60_000);
+        let key = (deployment_id.clone(), minute);
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = counts.get_mut(&(deployment_id.to_owned(), minute)) {
+        if let Some(e) = counts.get_mut(&key) {
             e.0 += 1;
             e.1 = now;
             return;
@@ -35,7 +40,7 @@ impl Traffic {
         {
             counts.remove(&oldest);
         }
-        counts.insert((deployment_id.to_owned(), minute), (1, now));
+        counts.insert(key, (1, now));
     }
 
     fn take(&self) -> Vec<pb::DeploymentTraffic> {
@@ -44,7 +49,7 @@ impl Traffic {
             .drain()
             .map(
                 |((deployment_id, minute), (requests, last))| pb::DeploymentTraffic {
-                    deployment_id,
+                    deployment_id: deployment_id.to_string(),
                     minute,
                     requests,
                     last_request_at: last,
@@ -59,7 +64,9 @@ impl Traffic {
             if counts.len() >= MAX_ENTRIES {
                 break;
             }
-            let e = counts.entry((t.deployment_id, t.minute)).or_insert((0, 0));
+            let e = counts
+                .entry((t.deployment_id.into(), t.minute))
+                .or_insert((0, 0));
             e.0 += t.requests;
             e.1 = e.1.max(t.last_request_at);
         }

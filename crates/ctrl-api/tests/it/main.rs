@@ -1,6 +1,7 @@
 //! ctrl-api against a real MariaDB, called as a library and over real
 //! sockets with the Connect and gRPC clients.
 
+mod acme;
 mod binary;
 mod create;
 mod deletion;
