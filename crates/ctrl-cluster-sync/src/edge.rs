@@ -509,8 +509,8 @@ async fn follow(
 /// retries and a user's wake all land on one invocation.
 pub async fn wake_deployment(
     sync: &ClusterSync,
-    req: pb::EdgeWakeDeploymentRequest,
-) -> Result<pb::EdgeWakeDeploymentResponse, ConnectError> {
+    req: pb::EdgeServiceWakeDeploymentRequest,
+) -> Result<pb::EdgeServiceWakeDeploymentResponse, ConnectError> {
     region(req.region.as_ref())?;
     let id = req.deployment_id;
     let rows = ctrl_db::edge::deployments(sync.db(), std::slice::from_ref(&id))
@@ -520,7 +520,7 @@ pub async fn wake_deployment(
         .first()
         .ok_or_else(|| ConnectError::new_not_found(format!("deployment {id} not found")))?;
     if d.desired_state == DesiredState::Running {
-        return Ok(pb::EdgeWakeDeploymentResponse {});
+        return Ok(pb::EdgeServiceWakeDeploymentResponse {});
     }
     ctrl_core::gate::check_wake_on_request(&d.gate_facts())
         .map_err(|e| ConnectError::new_failed_precondition(e.message()))?;
@@ -538,7 +538,7 @@ pub async fn wake_deployment(
             ConnectError::new_unavailable("the workflow engine is not reachable; retry")
         })?;
     tracing::info!(deployment_id = %id, status = ?DeploymentStatus::Stopped, "woken by a request at the edge");
-    Ok(pb::EdgeWakeDeploymentResponse {})
+    Ok(pb::EdgeServiceWakeDeploymentResponse {})
 }
 
 /// EdgeService.ReportTraffic: one batched write per report.
@@ -614,7 +614,7 @@ macro_rules! edge_rpc {
 }
 
 edge_rpc!(watch_rpc => watch_routes, pb::WatchRoutesRequest, Stream<pb::WatchRoutesResponse>);
-edge_rpc!(wake_rpc => wake_deployment, pb::EdgeWakeDeploymentRequest, pb::EdgeWakeDeploymentResponse);
+edge_rpc!(wake_rpc => wake_deployment, pb::EdgeServiceWakeDeploymentRequest, pb::EdgeServiceWakeDeploymentResponse);
 edge_rpc!(traffic_rpc => report_traffic, pb::ReportTrafficRequest, pb::ReportTrafficResponse);
 
 /// The gRPC side of the edge service (tonic).

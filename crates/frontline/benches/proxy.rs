@@ -3,7 +3,7 @@
 //! measured in one run; then how fast a route move (a rollback's write)
 //! reaches the edge.
 //!
-//! `cargo bench -p frontline --bench proxy [-- SECONDS]`
+//! `cargo bench -p frontline --bench proxy [-- SECONDS [CONNECTIONS]]`
 //!
 //! Everything is real: MariaDB, cluster-sync (in this process), the
 //! frontline binary and nginx as processes on loopback, and an app
@@ -30,7 +30,7 @@ use hyper_util::rt::TokioIo;
 
 use harness::{Backend, EDGE_TOKEN, Ingress, Seed, Sync, host};
 
-/// Keep-alive connections of the load.
+/// Keep-alive connections of the load unless given.
 const CONNECTIONS: usize = 32;
 /// Route moves timed at the end.
 const SWAPS: usize = 50;
@@ -39,10 +39,14 @@ const ROUNDS: usize = 3;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let seconds: u64 = std::env::args()
+    let numbers: Vec<u64> = std::env::args()
         .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(5);
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let seconds = numbers.first().copied().unwrap_or(5);
+    let connections = numbers
+        .get(1)
+        .map_or(CONNECTIONS, |&n| usize::try_from(n).unwrap_or(CONNECTIONS));
     let db = ctrl_testkit::test_database().await?;
     let seed = Seed::new(&db.pool).await?;
     let ingress = Ingress::start().await?;
@@ -70,7 +74,7 @@ async fn main() -> Result<()> {
     wait_answers(nginx_addr, &bench_host).await?;
 
     println!(
-        "{CONNECTIONS} keep-alive connections, {ROUNDS} interleaved rounds of {seconds} s per path (each after 1 s of warm-up; medians), GET of a 3-byte body\n"
+        "{connections} keep-alive connections, {ROUNDS} interleaved rounds of {seconds} s per path (each after 1 s of warm-up; medians), GET of a 3-byte body\n"
     );
     // Rounds interleave the paths, so a noisy moment of this shared
     // machine hits all three; each figure is the median over the rounds.
@@ -82,7 +86,13 @@ async fn main() -> Result<()> {
     let mut rounds: Vec<Vec<Figures>> = paths.iter().map(|_| Vec::new()).collect();
     for round in 1..=ROUNDS {
         for (i, (name, addr)) in paths.iter().enumerate() {
-            let r = load(*addr, &bench_host, Duration::from_secs(seconds)).await?;
+            let r = load(
+                *addr,
+                &bench_host,
+                connections,
+                Duration::from_secs(seconds),
+            )
+            .await?;
             eprintln!(
                 "round {round} {name:<10} {:>9.0}/s p50 {:.3} ms p99 {:.3} ms",
                 r.rps, r.p50_ms, r.p99_ms
@@ -253,15 +263,20 @@ struct Figures {
     p99_ms: f64,
 }
 
-/// `CONNECTIONS` connections, each sending requests back to back: a
+/// `connections` connections, each sending requests back to back: a
 /// 1 s warm-up, then `duration` measured.
-async fn load(addr: SocketAddr, host: &str, duration: Duration) -> Result<Figures> {
+async fn load(
+    addr: SocketAddr,
+    host: &str,
+    connections: usize,
+    duration: Duration,
+) -> Result<Figures> {
     let warmup = Duration::from_secs(1);
     let start = Instant::now();
     let measure_from = start + warmup;
     let end = measure_from + duration;
     let mut tasks = Vec::new();
-    for _ in 0..CONNECTIONS {
+    for _ in 0..connections {
         let host = host.to_owned();
         tasks.push(tokio::spawn(async move {
             let connect = || async {

@@ -96,7 +96,7 @@ impl Control {
 
     /// Asks for an idle deployment to be woken.
     pub async fn wake(&self, deployment_id: &str) -> Result<(), tonic::Status> {
-        let req = pb::EdgeWakeDeploymentRequest {
+        let req = pb::EdgeServiceWakeDeploymentRequest {
             region: Some(self.region.clone()),
             deployment_id: deployment_id.to_owned(),
         };

@@ -23,6 +23,9 @@ struct RequestLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClassLabels {
     class: &'static str,
+    /// Each worker thread observes its own histograms (a histogram takes a
+    /// lock per observation; shared, the workers would queue on it).
+    worker: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,7 +43,7 @@ fn latency_histogram() -> Histogram {
 #[derive(Debug)]
 pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
-    duration: [Histogram; 5],
+    duration: Vec<[Histogram; 5]>,
     upstream_errors: Family<KindLabels, Counter>,
     tls_handshakes: Family<KindLabels, Counter>,
     table_version: Gauge<u64, AtomicU64>,
@@ -77,11 +80,16 @@ fn class_index(status: StatusCode) -> usize {
 pub struct DeploymentCounters([Counter; 5]);
 
 impl Metrics {
-    /// The metrics and their registry.
+    /// The metrics and their registry, for one worker thread.
     pub fn new() -> Self {
+        Self::with_workers(1)
+    }
+
+    /// The metrics and their registry, for `workers` worker threads.
+    pub fn with_workers(workers: usize) -> Self {
         let mut m = Self {
             requests: Family::default(),
-            duration: CLASSES.map(|_| latency_histogram()),
+            duration: Vec::new(),
             upstream_errors: Family::default(),
             tls_handshakes: Family::default(),
             table_version: Gauge::default(),
@@ -102,7 +110,18 @@ impl Metrics {
         let duration: Family<ClassLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(latency_histogram);
         // Clones share their values: the request path observes these.
-        m.duration = CLASSES.map(|class| duration.get_or_create(&ClassLabels { class }).clone());
+        m.duration = (0..workers.max(1))
+            .map(|w| {
+                CLASSES.map(|class| {
+                    duration
+                        .get_or_create(&ClassLabels {
+                            class,
+                            worker: w.to_string(),
+                        })
+                        .clone()
+                })
+            })
+            .collect();
         r.register(
             "request_duration_seconds",
             "Time to answer headers, by status class",
@@ -153,9 +172,10 @@ impl Metrics {
         m
     }
 
-    /// Counts an answered request.
+    /// Counts a request `worker` answered.
     pub fn request(
         &self,
+        worker: usize,
         deployment: Option<&crate::table::Deployment>,
         status: StatusCode,
         elapsed: Duration,
@@ -184,7 +204,9 @@ impl Metrics {
                     .inc();
             }
         }
-        self.duration[i].observe(elapsed.as_secs_f64());
+        if let Some(h) = self.duration.get(worker) {
+            h[i].observe(elapsed.as_secs_f64());
+        }
     }
 
     /// Counts a failed upstream request.

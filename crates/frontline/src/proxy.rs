@@ -76,6 +76,8 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     traffic: Arc<Traffic>,
     wakes: Arc<Wakes>,
+    /// Which worker thread this proxy serves (its metrics and counts shard).
+    worker: usize,
 }
 
 fn client(config: &Config, h2c: bool) -> Client<HttpConnector, Body> {
@@ -99,8 +101,10 @@ fn client(config: &Config, h2c: bool) -> Client<HttpConnector, Body> {
 impl Proxy {
     /// The proxy for `config`; `https_port` is where clients reach TLS
     /// (for redirects), if anywhere.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &Config,
+        worker: usize,
         https_port: Option<u16>,
         routes: Arc<Routes>,
         control: Control,
@@ -114,6 +118,7 @@ impl Proxy {
         }
         Ok(Self {
             wakes,
+            worker,
             routes,
             control,
             http1: client(config, false),
@@ -149,7 +154,8 @@ impl Proxy {
         }
         let status = response.status();
         let elapsed = start.elapsed();
-        self.metrics.request(deployment.as_deref(), status, elapsed);
+        self.metrics
+            .request(self.worker, deployment.as_deref(), status, elapsed);
         if let Some((method, uri)) = logged {
             tracing::info!(
                 target: "frontline::access",
@@ -243,7 +249,7 @@ impl Proxy {
                 }
             },
         };
-        self.traffic.record(&deployment.id);
+        self.traffic.record(self.worker, &deployment.id);
         let response = self
             .forward(req, &deployment, conn, &host, hops, request_id)
             .await;
@@ -311,7 +317,6 @@ impl Proxy {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
-        let path = path_and_query.as_str();
         let mut body = Some(body);
 
         // Where to send it: this region's backends, else a peer edge.
@@ -323,7 +328,9 @@ impl Proxy {
                 );
             };
             let body = self.request_body(body.take());
-            let Ok(uri) = format!("{peer}{path}").parse::<Uri>() else {
+            let mut uri = peer.clone().into_parts();
+            uri.path_and_query = Some(path_and_query.clone());
+            let Ok(uri) = Uri::from_parts(uri) else {
                 return page(StatusCode::BAD_REQUEST, "Bad request path.");
             };
             let mut req = Request::from_parts(parts, body);
@@ -485,8 +492,8 @@ impl Proxy {
         if parts.status != StatusCode::SWITCHING_PROTOCOLS {
             strip_hop_by_hop(&mut parts.headers);
         }
-        if let Ok(v) = HeaderValue::from_str(&d.id) {
-            parts.headers.insert(DEPLOYMENT, v);
+        if let Some(v) = &d.header {
+            parts.headers.insert(DEPLOYMENT, v.clone());
         }
         let body = GuardedBody {
             inner: body,

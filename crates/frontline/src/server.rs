@@ -100,9 +100,13 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let count = match config.listen.workers {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        n => n,
+    };
     let routes = Arc::new(Routes::default());
-    let metrics = Arc::new(Metrics::new());
-    let traffic = Arc::new(Traffic::default());
+    let metrics = Arc::new(Metrics::with_workers(count));
+    let traffic = Arc::new(Traffic::with_workers(count));
     let control = Control::new(config)?;
     let vault = config
         .vault
@@ -172,10 +176,6 @@ pub async fn run(
         )?)),
         None => None,
     };
-    let count = match config.listen.workers {
-        0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-        n => n,
-    };
     let http_addr = listeners.http.local_addr()?;
     let https_addr = listeners
         .https
@@ -201,6 +201,7 @@ pub async fn run(
             ),
         };
         let worker = Worker {
+            index: i,
             http: http.into_std()?,
             https: https.map(TcpListener::into_std).transpose()?,
             tls: tls.clone(),
@@ -241,6 +242,7 @@ pub async fn run(
 
 /// One worker thread: its own runtime, sockets, upstream pools.
 struct Worker {
+    index: usize,
     http: std::net::TcpListener,
     https: Option<std::net::TcpListener>,
     tls: Option<TlsAcceptor>,
@@ -263,6 +265,7 @@ impl Worker {
         rt.block_on(async move {
             let proxy = Arc::new(Proxy::new(
                 &self.config,
+                self.index,
                 self.https_port,
                 self.routes,
                 self.control,

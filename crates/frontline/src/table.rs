@@ -70,6 +70,8 @@ pub struct Deployment {
     pub backends: Vec<Arc<Backend>>,
     /// Other regions ("platform/region") where it runs.
     pub peer_regions: Vec<String>,
+    /// Its id as a response header value, built once.
+    pub header: Option<hyper::header::HeaderValue>,
     /// Its request counters by status class, looked up once.
     pub counters: std::sync::OnceLock<crate::metrics::DeploymentCounters>,
 }
@@ -183,6 +185,7 @@ impl<'a> Builder<'a> {
                 let backends = d.addresses.iter().map(|a| self.backends.get(a)).collect();
                 let id: Arc<str> = d.deployment_id.into();
                 let dep = Deployment {
+                    header: hyper::header::HeaderValue::from_str(&id).ok(),
                     id: id.clone(),
                     app_id: d.app_id,
                     upstream,

@@ -13,10 +13,17 @@ use crate::control::Control;
 /// Entries kept while the control plane is away (then the oldest go).
 const MAX_ENTRIES: usize = 100_000;
 
-/// The counts not yet reported.
-#[derive(Debug, Default)]
+/// The counts not yet reported, one shard per worker thread (a request
+/// only ever locks its own worker's shard).
+#[derive(Debug)]
 pub struct Traffic {
-    counts: Mutex<HashMap<Minute, (u64, i64)>>,
+    shards: Vec<Mutex<HashMap<Minute, (u64, i64)>>>,
+}
+
+impl Default for Traffic {
+    fn default() -> Self {
+        Self::with_workers(1)
+    }
 }
 
 /// A deployment and the start of a minute (unix ms); counted: requests and
@@ -24,12 +31,20 @@ pub struct Traffic {
 type Minute = (Arc<str>, i64);
 
 impl Traffic {
-    /// Counts one request for `deployment_id` now.
-    pub fn record(&self, deployment_id: &Arc<str>) {
+    /// Counts for `workers` worker threads.
+    pub fn with_workers(workers: usize) -> Self {
+        Self {
+            shards: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    /// Counts one request `worker` served for `deployment_id` now.
+    pub fn record(&self, worker: usize, deployment_id: &Arc<str>) {
         let now = clock::wall_ms();
         let minute = now - now.rem_euclid(60_000);
         let key = (deployment_id.clone(), minute);
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let shard = &self.shards[worker % self.shards.len()];
+        let mut counts = shard.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = counts.get_mut(&key) {
             e.0 += 1;
             e.1 = now;
@@ -44,9 +59,17 @@ impl Traffic {
     }
 
     fn take(&self) -> Vec<pb::DeploymentTraffic> {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        counts
-            .drain()
+        let mut merged: HashMap<Minute, (u64, i64)> = HashMap::new();
+        for shard in &self.shards {
+            let mut counts = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for (k, (n, last)) in counts.drain() {
+                let e = merged.entry(k).or_insert((0, 0));
+                e.0 += n;
+                e.1 = e.1.max(last);
+            }
+        }
+        merged
+            .into_iter()
             .map(
                 |((deployment_id, minute), (requests, last))| pb::DeploymentTraffic {
                     deployment_id: deployment_id.to_string(),
@@ -59,7 +82,7 @@ impl Traffic {
     }
 
     fn put_back(&self, batch: Vec<pb::DeploymentTraffic>) {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts = self.shards[0].lock().unwrap_or_else(|e| e.into_inner());
         for t in batch {
             if counts.len() >= MAX_ENTRIES {
                 break;

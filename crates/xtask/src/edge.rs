@@ -5,7 +5,8 @@
 //! user would see it through frontline:
 //!
 //! 1. v1's per-deployment, environment and live hostnames answer v1 over
-//!    HTTP and HTTPS (the stack's CA); an unknown host answers 404;
+//!    HTTP and HTTPS (the stack's CA); an unknown host answers 404; the
+//!    ACME HTTP-01 path answers an open challenge;
 //! 2. after deploying v2 the live and environment hosts answer v2 while
 //!    v1's own host still answers v1; rollback → v1; promote → v2;
 //! 3. under steady load (`--rps` for `--load-seconds`) a deploy, a rollback
@@ -166,6 +167,53 @@ async fn scenario(stack: &mut Stack, c: &mut Checks, args: &EdgeArgs) -> Result<
     }
     let (status, _, _) = stack.edge_get("nothing-here.ctrl.localhost", "/").await?;
     c.check(status == 404, "an unknown host answers 404", || {
+        status.to_string()
+    });
+    // An open HTTP-01 challenge is answered on plain HTTP (through
+    // AcmeService); an unknown token is not.
+    let (domain, token) = ("shop.example.com", "edge-acme-token-0123456789abcdef");
+    ctrl_db::custom_domain::insert(
+        &stack.db,
+        &ctrl_db::custom_domain::NewCustomDomain {
+            id: "dom_edgetest000000001",
+            workspace_id: "ws_edge",
+            project_id: "proj_edge",
+            app_id: &app,
+            environment_id: "env_edge",
+            domain,
+            verification_token: "txt",
+            target_cname: "edge-test.cname.ctrl.localhost",
+        },
+        1,
+    )
+    .await?;
+    ctrl_db::certificate::open_http01_challenge(
+        &stack.db,
+        &ctrl_db::certificate::NewHttp01Challenge {
+            workspace_id: "ws_edge",
+            domain_id: "dom_edgetest000000001",
+            token,
+            authorization: &format!("{token}.thumbprint"),
+            expires_at: 1,
+        },
+        1,
+    )
+    .await?;
+    let (status, _, body) = stack
+        .edge_get(domain, &format!("/.well-known/acme-challenge/{token}"))
+        .await?;
+    c.check(
+        status == 200 && body == format!("{token}.thumbprint"),
+        "the ACME HTTP-01 path answers the key authorization",
+        || format!("{status} {body:?}"),
+    );
+    let (status, _, _) = stack
+        .edge_get(
+            domain,
+            "/.well-known/acme-challenge/someothertoken0123456789",
+        )
+        .await?;
+    c.check(status == 404, "an unknown ACME token answers 404", || {
         status.to_string()
     });
     let live_host = stack.live_host(&app).await?.context("a live host")?;

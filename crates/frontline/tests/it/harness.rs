@@ -166,6 +166,30 @@ impl Seed {
 
     /// The deployment's running instances in the region (as a report would).
     pub(crate) async fn instances(&self, deployment: &str, addresses: &[SocketAddr]) -> Result<()> {
+        self.instances_in(&self.region, deployment, addresses).await
+    }
+
+    /// A region dev/`name` (created); returns its id.
+    pub(crate) async fn region(&self, name: &str) -> Result<String> {
+        let mut conn = self.db.acquire().await?;
+        let r = ctrl_db::cluster::upsert_region(
+            &mut conn,
+            &generate(IdKind::Region, &mut rand::rng()),
+            name,
+            "dev",
+            1,
+        )
+        .await?;
+        Ok(r.id)
+    }
+
+    /// The deployment's running instances in region `region_id`.
+    pub(crate) async fn instances_in(
+        &self,
+        region_id: &str,
+        deployment: &str,
+        addresses: &[SocketAddr],
+    ) -> Result<()> {
         let reported: Vec<ReportedInstance> = addresses
             .iter()
             .enumerate()
@@ -183,7 +207,7 @@ impl Seed {
             &mut tx,
             &self.workspace,
             deployment,
-            &self.region,
+            region_id,
             &reported,
             3,
         )
@@ -332,11 +356,16 @@ impl Edge {
     /// Starts an edge for region dev/local following `control_url`;
     /// `extra` is appended to its TOML config.
     pub(crate) async fn start(control_url: &str, extra: &str) -> Result<Self> {
+        Self::start_in("local", control_url, extra).await
+    }
+
+    /// [`Edge::start`] for region dev/`region`.
+    pub(crate) async fn start_in(region: &str, control_url: &str, extra: &str) -> Result<Self> {
         let toml = format!(
             r#"
             [region]
             platform = "dev"
-            name = "local"
+            name = "{region}"
             [control]
             url = "{control_url}"
             token = "{EDGE_TOKEN}"
@@ -713,7 +742,7 @@ impl Ingress {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(ctrl_runtime::net::nodelay(listener), app).await;
         });
         Ok(Self { url, woken, task })
     }

@@ -455,3 +455,50 @@ async fn idle_previews_wake_on_request() -> Result<()> {
     .await?;
     w.edge.shutdown().await
 }
+
+/// A deployment that runs only in another region is served through that
+/// region's edge (a configured peer), one hop further; without a peer that
+/// has it, 503.
+#[tokio::test]
+async fn requests_for_other_regions_go_to_their_edge() -> Result<()> {
+    let db = ctrl_testkit::test_database().await?;
+    let seed = Seed::new(&db.pool).await?;
+    let ingress = Ingress::start().await?;
+    let sync = Sync::start(&db.pool, &ingress.url).await?;
+    let other = seed.region("other").await?;
+    let far = seed.region("far").await?;
+    let edge_b = Edge::start_in("other", &sync.url(), "").await?;
+    let edge_a = Edge::start(
+        &sync.url(),
+        &format!("[peers]\n\"dev/other\" = \"http://{}\"\n", edge_b.http),
+    )
+    .await?;
+    let there = Backend::start("there", false).await?;
+    let d = seed
+        .deployment(&seed.production, UpstreamProtocol::Http1)
+        .await?;
+    seed.instances_in(&other, &d, &[there.addr]).await?;
+    seed.route(&host("web"), &d, &seed.production).await?;
+    let nowhere = Backend::start("far", false).await?;
+    let d_far = seed
+        .deployment(&seed.production, UpstreamProtocol::Http1)
+        .await?;
+    seed.instances_in(&far, &d_far, &[nowhere.addr]).await?;
+    seed.route(&host("far"), &d_far, &seed.production).await?;
+
+    edge_a.wait_host(&host("web"), StatusCode::OK).await?;
+    let r = get(edge_a.http, &host("web"), "/headers").await?;
+    assert_eq!(r.deployment(), Some(d.as_str()));
+    assert!(
+        r.text().contains("x-ctrl-frontline-hops: 2"),
+        "two edges on the way:\n{}",
+        r.text()
+    );
+    // No edge of region "far" is configured: nothing to forward to.
+    edge_a
+        .wait_host(&host("far"), StatusCode::SERVICE_UNAVAILABLE)
+        .await?;
+    assert!(there.hits.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    edge_a.shutdown().await?;
+    edge_b.shutdown().await
+}
