@@ -454,3 +454,62 @@ pub async fn prune_traffic(ex: impl MySqlExecutor<'_>, before: i64) -> Result<u6
         .await?;
     Ok(done.rows_affected())
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every function of this crate that writes what the edge routes by —
+    /// a route, an instance, a certificate, a deployment's desired state —
+    /// records the change in the same function (module docs). A new writer
+    /// that forgets fails here, naming itself.
+    #[test]
+    fn every_edge_writer_records_its_keys() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let writes = [
+            "INSERT INTO frontline_routes",
+            "UPDATE frontline_routes",
+            "DELETE FROM frontline_routes",
+            "INSERT INTO instances",
+            "UPDATE instances",
+            "DELETE FROM instances",
+            "INSERT INTO certificates",
+            "UPDATE certificates",
+            "DELETE FROM certificates",
+            "SET desired_state",
+        ];
+        let mut writers = 0;
+        let mut forgetful = Vec::new();
+        for entry in std::fs::read_dir(&src).expect("src").flatten() {
+            let path = entry.path();
+            let text = std::fs::read_to_string(&path).expect("read");
+            // Function bodies: from one `async fn` to the next.
+            let starts: Vec<usize> = text.match_indices("async fn ").map(|(i, _)| i).collect();
+            for (n, &start) in starts.iter().enumerate() {
+                // A body ends at the next function or its closing brace.
+                let next = starts.get(n + 1).copied().unwrap_or(text.len());
+                let close = text[start..].find("\n}\n").map_or(next, |i| start + i);
+                let body = &text[start..next.min(close)];
+                let name = body["async fn ".len()..].split('(').next().unwrap_or("?");
+                // Table-driven deletes name their tables as string literals.
+                let table_loop = body.contains("DELETE FROM {table}")
+                    && ["\"frontline_routes\"", "\"instances\""]
+                        .iter()
+                        .any(|t| body.contains(t));
+                if name == "record" || !(writes.iter().any(|w| body.contains(w)) || table_loop) {
+                    continue;
+                }
+                writers += 1;
+                let records = ["edge::record(", "record_hosts(", "record(conn"]
+                    .iter()
+                    .any(|r| body.contains(r));
+                if !records {
+                    forgetful.push(format!("{}: {name}", path.display()));
+                }
+            }
+        }
+        assert!(writers >= 10, "the scan found only {writers} writers");
+        assert!(
+            forgetful.is_empty(),
+            "these write what the edge serves without recording it: {forgetful:?}"
+        );
+    }
+}
