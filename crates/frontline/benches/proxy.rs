@@ -10,7 +10,8 @@
 //! instance (an HTTP/1.1 server in this process) answering a small body.
 //! The load: a fixed number of keep-alive connections, each sending one
 //! request after another. It prints requests/s and p50/p99 per path, the
-//! ratios, and the added p99 of each proxy over going direct.
+//! ratios, and the added p99 of each proxy over going direct. Neither
+//! proxy writes access logs (`FRONTLINE_BENCH_LOG=info` turns frontline's on).
 
 #[path = "../tests/it/harness.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -196,7 +197,10 @@ fn start_frontline(
         ),
     )?;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_frontline"));
-    cmd.arg("--config").arg(&config).env("RUST_LOG", "warn");
+    cmd.arg("--config").arg(&config).env(
+        "RUST_LOG",
+        std::env::var("FRONTLINE_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+    );
     Ok(Supervised::spawn(
         "frontline",
         cmd,
