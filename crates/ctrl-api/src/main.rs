@@ -36,7 +36,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    config.log.init();
+    let _logs = config.log.init();
     match run(cli.command.unwrap_or(Command::Serve), &config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

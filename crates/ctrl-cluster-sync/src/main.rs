@@ -33,7 +33,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    config.log.init();
+    let _logs = config.log.init();
     match run(&config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -100,18 +100,40 @@ impl LogConfig {
         );
     }
 
-    /// Installs the global `tracing` subscriber (`RUST_LOG` overrides the filter).
-    pub fn init(&self) {
+    /// Installs the global `tracing` subscriber (`RUST_LOG` overrides the
+    /// filter). Lines are formatted where they happen but written to stdout
+    /// by a thread of their own, so a request never waits on the write; none
+    /// is dropped (a full queue makes the caller wait instead). Hold the
+    /// guard until exit: dropping it flushes the queue.
+    pub fn init(&self) -> LogGuard {
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .thread_name("log-writer")
+            .finish(std::io::stdout());
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&self.filter));
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
-            .with_target(false);
+            .with_target(false)
+            .with_writer(writer);
         if self.format == "json" {
             builder.json().init();
         } else {
             builder.init();
         }
+        LogGuard { _writer: guard }
+    }
+}
+
+/// Keeps the log writer thread; dropping it writes what is still queued.
+#[must_use = "hold it until exit, or the last log lines are lost"]
+pub struct LogGuard {
+    _writer: tracing_appender::non_blocking::WorkerGuard,
+}
+
+impl std::fmt::Debug for LogGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogGuard")
     }
 }
 

@@ -34,7 +34,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    config.log.init();
+    let _logs = config.log.init();
     let result = async {
         let db = config.database.connect().await?;
         startup::run(&config, db, ctrl_runtime::shutdown_signal()).await
