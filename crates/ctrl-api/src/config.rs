@@ -191,6 +191,7 @@ mod tests {
                 "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
             ),
             ("CTRL_AGENT_LOGS_TOKEN", "fedcba9876543210fedcba"),
+            ("CTRL_EDGE_TOKEN", "edge-0123456789abcdef"),
         ]
         .into_iter()
         .map(|(k, v)| (k.into(), v.into()))

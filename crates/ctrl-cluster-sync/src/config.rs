@@ -212,6 +212,10 @@ mod tests {
                 "0123456789abcdef0123".to_owned(),
             ),
             ("CTRL_DB_PASSWORD".to_owned(), "pw".to_owned()),
+            (
+                "CTRL_EDGE_TOKEN".to_owned(),
+                "edge-0123456789abcdef".to_owned(),
+            ),
         ]);
         let text = include_str!("../../../deploy/ctrl-cluster-sync.example.toml");
         let c: Config =

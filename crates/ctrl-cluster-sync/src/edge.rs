@@ -24,7 +24,7 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use connectrpc_axum::{ConnectError, ConnectRequest, ConnectResponse};
-use ctrl_core::status::{DeploymentStatus, DesiredState};
+use ctrl_core::status::DesiredState;
 use ctrl_db::edge::{Certificate, Deployment, Instance, Kind};
 use ctrl_proto::ctrl::v1 as pb;
 use pb::watch_routes_response::Event;
@@ -126,7 +126,7 @@ async fn deployment_views(
     ids: &[String],
 ) -> ctrl_db::Result<BTreeMap<String, Option<(Deployment, Vec<Instance>)>>> {
     let rows = ctrl_db::edge::deployments(db, ids).await?;
-    let mut instances = ctrl_db::edge::instances(db, ids).await?;
+    let instances = ctrl_db::edge::instances(db, ids).await?;
     let mut out = BTreeMap::new();
     for id in ids {
         let view = rows.iter().find(|d| &d.id == id).map(|d| {
@@ -139,7 +139,6 @@ async fn deployment_views(
         });
         out.insert(id.clone(), view);
     }
-    instances.clear();
     Ok(out)
 }
 
@@ -537,7 +536,7 @@ pub async fn wake_deployment(
             tracing::warn!(deployment_id = %id, error = %e, "could not start a wake");
             ConnectError::new_unavailable("the workflow engine is not reachable; retry")
         })?;
-    tracing::info!(deployment_id = %id, status = ?DeploymentStatus::Stopped, "woken by a request at the edge");
+    tracing::info!(deployment_id = %id, "woken by a request at the edge");
     Ok(pb::EdgeServiceWakeDeploymentResponse {})
 }
 
