@@ -6,7 +6,7 @@
 //! through the API — a deploy, a rollback, a promote or the deletion of an
 //! old deployment — and, at a random
 //! moment, SIGKILLs one random process (ctrl-worker, ctrl-api, krane,
-//! restate-server or MariaDB) and starts it again. Once the stack is back it
+//! restate-server, MariaDB or frontline) and starts it again. Once the stack is back it
 //! checks the invariants:
 //!
 //! - no deployment is left progressing, and every deleted one is gone;

@@ -29,15 +29,17 @@ pub(crate) enum Victim {
     Krane,
     Restate,
     MariaDb,
+    Frontline,
 }
 
 impl Victim {
-    pub(crate) const ALL: [Self; 5] = [
+    pub(crate) const ALL: [Self; 6] = [
         Self::Worker,
         Self::Api,
         Self::Krane,
         Self::Restate,
         Self::MariaDb,
+        Self::Frontline,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -47,6 +49,7 @@ impl Victim {
             Self::Krane => "krane",
             Self::Restate => "restate-server",
             Self::MariaDb => "MariaDB",
+            Self::Frontline => "frontline",
         }
     }
 }
@@ -274,6 +277,7 @@ impl Stack {
                 self.krane = Some(krane);
             }
             Victim::Restate => self.restate.restart().await?,
+            Victim::Frontline => self.start_frontline().await?,
             Victim::MariaDb => {
                 self.mariadb = Some(
                     MariaDb::builder()
@@ -298,6 +302,7 @@ impl Stack {
                 Some(())
             }
             Victim::MariaDb => self.mariadb.take().map(MariaDb::kill),
+            Victim::Frontline => self.frontline.take().map(|mut p| p.kill()),
         };
         tokio::time::sleep(down_for).await;
         self.start_one(victim)

@@ -165,3 +165,34 @@ async fn hostile_inputs_never_break_the_edge() -> Result<()> {
     assert_eq!(get(edge.http, &host("web"), "/").await?.text(), "v1\n");
     edge.shutdown().await
 }
+
+/// A keep-alive connection that stays idle after its request is closed
+/// after the request-header timeout (the idle timeout towards clients).
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() -> Result<()> {
+    let db = ctrl_testkit::test_database().await?;
+    let seed = Seed::new(&db.pool).await?;
+    let ingress = Ingress::start().await?;
+    let sync = Sync::start(&db.pool, &ingress.url).await?;
+    let edge = Edge::start(&sync.url(), "[proxy]\nrequest_header_timeout_seconds = 1\n").await?;
+    let v1 = Backend::start("v1", false).await?;
+    let d = seed
+        .deployment(&seed.production, UpstreamProtocol::Http1)
+        .await?;
+    seed.instances(&d, &[v1.addr]).await?;
+    seed.route(&host("web"), &d, &seed.production).await?;
+    edge.wait_host(&host("web"), StatusCode::OK).await?;
+
+    let mut s = TcpStream::connect(edge.http).await?;
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", host("web")).as_bytes())
+        .await?;
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await?;
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Nothing more is sent: the edge closes it.
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)).await,
+        "idle connection closed"
+    );
+    edge.shutdown().await
+}
