@@ -4,7 +4,6 @@
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
-use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::routing::get;
 use connectrpc_axum::tonic::BoxedStream;
@@ -33,13 +32,9 @@ impl FromRequestParts<AppState> for Authorized {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
         state
             .tokens()
-            .check_header(header)
+            .check_headers(&parts.headers)
             .map(|()| Self)
             .map_err(ConnectError::new_unauthenticated)
     }
@@ -57,13 +52,9 @@ impl FromRequestParts<AppState> for EdgeAuthorized {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
         state
             .edge_tokens()
-            .check_header(header)
+            .check_headers(&parts.headers)
             .map(|()| Self)
             .map_err(ConnectError::new_unauthenticated)
     }

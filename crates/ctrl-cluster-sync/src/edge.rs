@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{FromRequestParts, State};
-use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use connectrpc_axum::{ConnectError, ConnectRequest, ConnectResponse};
 use ctrl_core::status::DesiredState;
@@ -588,13 +587,9 @@ impl FromRequestParts<ClusterSync> for EdgeAuthorized {
         parts: &mut Parts,
         state: &ClusterSync,
     ) -> Result<Self, ConnectError> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
         state
             .edge_tokens()
-            .check_header(header)
+            .check_headers(&parts.headers)
             .map(|()| Self)
             .map_err(ConnectError::new_unauthenticated)
     }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{FromRequestParts, State};
-use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use connectrpc_axum::tonic::BoxedStream;
 use connectrpc_axum::{ConnectError, ConnectRequest, ConnectResponse, StreamBody};
@@ -160,14 +159,10 @@ impl FromRequestParts<ClusterSync> for Authorized {
         parts: &mut Parts,
         state: &ClusterSync,
     ) -> Result<Self, ConnectError> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
         state
             .inner
             .tokens
-            .check_header(header)
+            .check_headers(&parts.headers)
             .map(|()| Self)
             .map_err(ConnectError::new_unauthenticated)
     }

@@ -57,3 +57,53 @@ impl tonic::service::Interceptor for Bearer {
         Ok(req)
     }
 }
+
+/// How agents (krane, frontline) call the control plane over gRPC: one
+/// lazily connected HTTP/2 channel with keepalives, and a bound on every
+/// call made on this side.
+pub mod client {
+    use std::time::Duration;
+
+    use tonic::transport::{Channel, Endpoint};
+
+    /// A channel to `url` that connects lazily and reconnects on its own;
+    /// HTTP/2 keepalives watch open streams (a dead server ends them).
+    pub fn control_channel(url: &str) -> Result<Channel, tonic::transport::Error> {
+        Ok(Endpoint::from_shared(url.to_owned())?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .connect_lazy())
+    }
+
+    /// The limit of each call.
+    #[derive(Debug, Clone, Copy)]
+    pub struct CallLimit(pub Duration);
+
+    impl CallLimit {
+        /// Bounds a call, unary or the opening of a stream, on this side (the
+        /// `grpc-timeout` header alone only binds the server); an open
+        /// stream then lives on, watched by HTTP/2 keepalives.
+        pub async fn bounded<T>(
+            self,
+            what: &str,
+            call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+        ) -> Result<T, tonic::Status> {
+            tokio::time::timeout(self.0, call)
+                .await
+                .map_err(|_| {
+                    tonic::Status::deadline_exceeded(format!("{what} timed out after {:?}", self.0))
+                })?
+                .map(tonic::Response::into_inner)
+        }
+
+        /// A unary request that also tells the server the limit.
+        pub fn unary<T>(self, msg: T) -> tonic::Request<T> {
+            let mut req = tonic::Request::new(msg);
+            req.set_timeout(self.0);
+            req
+        }
+    }
+}

@@ -96,6 +96,16 @@ impl BearerTokens {
             .into()
     }
 
+    /// Checks a request's `Authorization` header (what each service's
+    /// `Authorized` extractor calls).
+    pub fn check_headers(&self, headers: &axum::http::HeaderMap) -> Result<(), &'static str> {
+        self.check_header(
+            headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+        )
+    }
+
     /// Checks an `Authorization` header value (`Bearer <token>`); the error
     /// says what is wrong without echoing the token.
     pub fn check_header(&self, header: Option<&str>) -> Result<(), &'static str> {

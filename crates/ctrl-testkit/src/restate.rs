@@ -231,6 +231,31 @@ impl RestateServer {
         serde_json::from_str(&body).map_err(|e| Error::request(context, e))
     }
 
+    /// Serves `endpoint` (stand-ins for the worker's services, or the real
+    /// ones) on a loopback port for as long as the current runtime runs,
+    /// and registers it.
+    pub async fn serve_and_register(
+        &self,
+        endpoint: restate_sdk::prelude::Endpoint,
+    ) -> Result<(), Error> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| Error::io("bind a port for the Restate endpoint", e))?;
+        let uri = format!(
+            "http://{}",
+            listener
+                .local_addr()
+                .map_err(|e| Error::io("read the endpoint's address", e))?
+        );
+        let server = restate_sdk::prelude::HttpServer::new(endpoint);
+        tokio::spawn(async move {
+            server
+                .serve_with_cancel(listener, std::future::pending::<()>())
+                .await;
+        });
+        self.register(&uri).await.map(|_| ())
+    }
+
     /// Kills the server with SIGKILL, keeping its data directory and ports
     /// (to simulate a crash; follow with [`RestateServer::restart`]).
     pub fn kill(&mut self) {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use ctrl_core::names::is_dns_label;
 use ctrl_runtime::config::{Validate, Validator};
 use ctrl_runtime::sections::{LogConfig, VaultConfig};
 use serde::Deserialize;
@@ -257,14 +258,6 @@ impl Validate for Config {
         }
         self.log.validate(v);
     }
-}
-
-fn is_dns_label(s: &str) -> bool {
-    (1..=63).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 #[cfg(test)]

@@ -5,11 +5,12 @@
 use std::time::Duration;
 
 use ctrl_proto::Bearer;
+use ctrl_proto::client::CallLimit;
 use ctrl_proto::ctrl::v1 as pb;
 use pb::acme_service_client::AcmeServiceClient;
 use pb::edge_service_client::EdgeServiceClient;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::config::Config;
 
@@ -21,17 +22,7 @@ pub struct Control {
     edge: EdgeServiceClient<Authed>,
     acme: AcmeServiceClient<Authed>,
     region: pb::EdgeRegion,
-    call_timeout: Duration,
-}
-
-fn channel(url: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+    limit: CallLimit,
 }
 
 impl Control {
@@ -41,9 +32,9 @@ impl Control {
         let bearer = Bearer::new(&config.control.token).ok_or_else(|| {
             anyhow::anyhow!("control.token contains characters not allowed in a header")
         })?;
-        let edge_channel = channel(&config.control.url)?;
+        let edge_channel = ctrl_proto::client::control_channel(&config.control.url)?;
         let acme_channel = match &config.control.acme_url {
-            Some(url) => channel(url)?,
+            Some(url) => ctrl_proto::client::control_channel(url)?,
             None => edge_channel.clone(),
         };
         Ok(Self {
@@ -54,30 +45,8 @@ impl Control {
                 platform: config.region.platform.clone(),
                 region: config.region.name.clone(),
             },
-            call_timeout: Duration::from_secs(config.control.call_timeout_seconds),
+            limit: CallLimit(Duration::from_secs(config.control.call_timeout_seconds)),
         })
-    }
-
-    async fn bounded<T>(
-        &self,
-        what: &str,
-        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    ) -> Result<T, tonic::Status> {
-        tokio::time::timeout(self.call_timeout, call)
-            .await
-            .map_err(|_| {
-                tonic::Status::deadline_exceeded(format!(
-                    "{what} timed out after {:?}",
-                    self.call_timeout
-                ))
-            })?
-            .map(tonic::Response::into_inner)
-    }
-
-    fn unary<T>(&self, msg: T) -> tonic::Request<T> {
-        let mut req = tonic::Request::new(msg);
-        req.set_timeout(self.call_timeout);
-        req
     }
 
     /// Opens the routing-table stream after `version_last_seen`.
@@ -90,7 +59,8 @@ impl Control {
             version_last_seen,
         };
         let mut client = self.edge.clone();
-        self.bounded("opening the routing watch", client.watch_routes(req))
+        self.limit
+            .bounded("opening the routing watch", client.watch_routes(req))
             .await
     }
 
@@ -101,7 +71,8 @@ impl Control {
             deployment_id: deployment_id.to_owned(),
         };
         let mut client = self.edge.clone();
-        self.bounded("wake", client.wake_deployment(self.unary(req)))
+        self.limit
+            .bounded("wake", client.wake_deployment(self.limit.unary(req)))
             .await
             .map(|_| ())
     }
@@ -116,7 +87,11 @@ impl Control {
             traffic,
         };
         let mut client = self.edge.clone();
-        self.bounded("traffic report", client.report_traffic(self.unary(req)))
+        self.limit
+            .bounded(
+                "traffic report",
+                client.report_traffic(self.limit.unary(req)),
+            )
             .await
             .map(|_| ())
     }
@@ -132,7 +107,11 @@ impl Control {
             token: token.to_owned(),
         };
         let mut client = self.acme.clone();
-        self.bounded("ACME lookup", client.verify_certificate(self.unary(req)))
+        self.limit
+            .bounded(
+                "ACME lookup",
+                client.verify_certificate(self.limit.unary(req)),
+            )
             .await
             .map(|r| r.authorization)
     }

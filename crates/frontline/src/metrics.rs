@@ -227,7 +227,7 @@ impl Metrics {
     pub fn render(&self, routes: &Routes) -> String {
         let table = routes.current();
         let (hosts, deployments, certificates) = table.sizes();
-        self.table_version.set(table.version);
+        self.table_version.set(routes.cursor());
         self.table_connected.set(i64::from(routes.is_connected()));
         self.table_ready.set(i64::from(routes.is_ready()));
         self.table_staleness.set(routes.staleness_seconds());

@@ -164,7 +164,7 @@ impl Proxy {
                 tls = conn.tls,
                 method = %method,
                 host = %host,
-                path = %truncate(uri.path(), 256),
+                path = %&uri.path()[..uri.path().floor_char_boundary(256)],
                 status = status.as_u16(),
                 deployment_id = deployment.as_ref().map_or("-", |d| &*d.id),
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
@@ -650,18 +650,11 @@ pub fn host_of<B>(req: &Request<B>) -> Option<String> {
     normalize_host(&raw)
 }
 
-/// Lowercase, no trailing dot, letters/digits/hyphens/dots, at most 253.
+/// Lowercase, no trailing dot, and a hostname by ctrl's one rule
+/// (`ctrl_core::names::is_hostname`: the rule routes were made by).
 pub fn normalize_host(raw: &str) -> Option<String> {
     let h = raw.trim_end_matches('.').to_ascii_lowercase();
-    let ok = !h.is_empty()
-        && h.len() <= 253
-        && h.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    ok.then_some(h)
+    ctrl_core::names::is_hostname(&h).then_some(h)
 }
 
 fn hops_of(headers: &HeaderMap) -> u32 {
@@ -811,17 +804,6 @@ fn redirect(host: &str, port: u16, uri: &Uri) -> Response<Body> {
         r.headers_mut().insert(header::LOCATION, v);
     }
     r
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 #[cfg(test)]

@@ -452,7 +452,7 @@ async fn ready(State(edge): State<Edge>) -> (StatusCode, String) {
             "no routing table yet\n".into(),
         );
     }
-    let version = r.current().version;
+    let version = r.cursor();
     if r.is_connected() {
         (StatusCode::OK, format!("ready: table version {version}\n"))
     } else {

@@ -30,11 +30,7 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut backoff = BACKOFF_MIN;
     loop {
-        let cursor = if routes.is_ready() {
-            routes.current().version
-        } else {
-            0
-        };
+        let cursor = routes.cursor();
         let outcome = tokio::select! {
             () = &mut shutdown => return,
             o = follow(&control, &routes, certs.as_ref(), cursor) => o,
@@ -113,12 +109,8 @@ async fn follow(
                 if let Some(b) = batch.take() {
                     routes.publish(b.finish(msg.version));
                 } else if snapshot.is_none() {
-                    let current = routes.current();
-                    if msg.version > current.version {
-                        routes.publish((*current).clone().at_version(msg.version));
-                    } else {
-                        routes.confirm();
-                    }
+                    // Nothing changed up to this version: only the cursor moves.
+                    routes.advance(msg.version);
                 }
             }
         }

@@ -106,13 +106,6 @@ impl Table {
         })
     }
 
-    /// The same table at a later version (nothing changed in between).
-    #[must_use]
-    pub fn at_version(mut self, version: u64) -> Self {
-        self.version = version;
-        self
-    }
-
     /// Counts (hosts, deployments, certificates).
     pub fn sizes(&self) -> (usize, usize, usize) {
         (
@@ -258,6 +251,9 @@ pub struct Routes {
     changed: watch::Sender<u64>,
     /// Has ever had a complete table.
     ready: AtomicBool,
+    /// The version to resume the stream from: the table's, or later when
+    /// the control plane confirmed nothing changed since (0 = no table).
+    cursor: AtomicU64,
     /// The stream to the control plane is open.
     connected: AtomicBool,
     /// Wall-clock ms when the control plane last confirmed the table is
@@ -273,6 +269,7 @@ impl Default for Routes {
             table: RwLock::new(Arc::new(Table::default())),
             changed: watch::channel(0).0,
             ready: AtomicBool::new(false),
+            cursor: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             confirmed_at: AtomicI64::new(0),
             backends: Backends::default(),
@@ -290,6 +287,7 @@ impl Routes {
     pub fn publish(&self, table: Table) {
         let version = table.version;
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        self.cursor.store(version, Ordering::Release);
         self.ready.store(true, Ordering::Release);
         self.confirm();
         self.changed.send_replace(version);
@@ -298,6 +296,19 @@ impl Routes {
     /// Resolves on every published table.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// Where the stream resumes (0 before the first table).
+    pub fn cursor(&self) -> u64 {
+        self.cursor.load(Ordering::Acquire)
+    }
+
+    /// The control plane confirmed nothing changed up to `version`.
+    pub fn advance(&self, version: u64) {
+        if self.is_ready() {
+            self.cursor.fetch_max(version, Ordering::AcqRel);
+        }
+        self.confirm();
     }
 
     /// The control plane confirmed the table is current.

@@ -5,17 +5,18 @@
 use std::time::Duration;
 
 use ctrl_proto::Bearer;
+use ctrl_proto::client::CallLimit;
 use ctrl_proto::ctrl::v1 as pb;
 use pb::cluster_service_client::ClusterServiceClient;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// A cheaply cloned client for one cluster.
 #[derive(Debug, Clone)]
 pub struct Control {
     client: ClusterServiceClient<InterceptedService<Channel, Bearer>>,
     key: pb::ClusterKey,
-    call_timeout: Duration,
+    limit: CallLimit,
     /// Sent with each heartbeat: where this agent serves logs (empty: not).
     logs_url: String,
 }
@@ -28,13 +29,7 @@ impl Control {
         key: pb::ClusterKey,
         call_timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(url.to_owned())?
-            .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+        let channel = ctrl_proto::client::control_channel(url)?;
         let bearer = Bearer::new(token).ok_or_else(|| {
             anyhow::anyhow!("control.token contains characters not allowed in a header")
         })?;
@@ -43,7 +38,7 @@ impl Control {
         Ok(Self {
             client,
             key,
-            call_timeout,
+            limit: CallLimit(call_timeout),
             logs_url: String::new(),
         })
     }
@@ -60,31 +55,6 @@ impl Control {
         &self.key
     }
 
-    /// Every call, unary or the opening of a stream, is bounded by the call
-    /// timeout on this side (the `grpc-timeout` header alone only binds the
-    /// server); an open stream then lives on, watched by HTTP/2 keepalives.
-    async fn bounded<T>(
-        &self,
-        what: &str,
-        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    ) -> Result<T, tonic::Status> {
-        tokio::time::timeout(self.call_timeout, call)
-            .await
-            .map_err(|_| {
-                tonic::Status::deadline_exceeded(format!(
-                    "{what} timed out after {:?}",
-                    self.call_timeout
-                ))
-            })?
-            .map(tonic::Response::into_inner)
-    }
-
-    fn unary<T>(&self, msg: T) -> tonic::Request<T> {
-        let mut req = tonic::Request::new(msg);
-        req.set_timeout(self.call_timeout);
-        req
-    }
-
     /// Registers or refreshes the cluster.
     pub async fn heartbeat(
         &self,
@@ -97,7 +67,8 @@ impl Control {
             logs_url: self.logs_url.clone(),
         };
         let mut client = self.client.clone();
-        self.bounded("heartbeat", client.heartbeat(self.unary(req)))
+        self.limit
+            .bounded("heartbeat", client.heartbeat(self.limit.unary(req)))
             .await
     }
 
@@ -111,7 +82,9 @@ impl Control {
             version_last_seen,
         };
         let mut client = self.client.clone();
-        self.bounded("opening the watch", client.watch(req)).await
+        self.limit
+            .bounded("opening the watch", client.watch(req))
+            .await
     }
 
     /// Opens a full snapshot.
@@ -122,7 +95,8 @@ impl Control {
             cluster: Some(self.key.clone()),
         };
         let mut client = self.client.clone();
-        self.bounded("opening the snapshot", client.sync_desired_state(req))
+        self.limit
+            .bounded("opening the snapshot", client.sync_desired_state(req))
             .await
     }
 
@@ -136,8 +110,8 @@ impl Control {
             deployment_id: deployment_id.to_owned(),
         };
         let mut client = self.client.clone();
-        let lookup = client.get_desired_deployment_state(self.unary(req));
-        match self.bounded("desired-state lookup", lookup).await {
+        let lookup = client.get_desired_deployment_state(self.limit.unary(req));
+        match self.limit.bounded("desired-state lookup", lookup).await {
             Ok(r) => Ok(r.state),
             Err(s) if s.code() == tonic::Code::NotFound && !s.message().contains("Heartbeat") => {
                 Ok(None)
@@ -156,12 +130,13 @@ impl Control {
             change: Some(change),
         };
         let mut client = self.client.clone();
-        self.bounded(
-            "status report",
-            client.report_deployment_status(self.unary(req)),
-        )
-        .await
-        .map(|_| ())
+        self.limit
+            .bounded(
+                "status report",
+                client.report_deployment_status(self.limit.unary(req)),
+            )
+            .await
+            .map(|_| ())
     }
 
     /// Reports instance lifecycle events.
@@ -171,11 +146,12 @@ impl Control {
             events,
         };
         let mut client = self.client.clone();
-        self.bounded(
-            "event report",
-            client.report_instance_events(self.unary(req)),
-        )
-        .await
-        .map(|_| ())
+        self.limit
+            .bounded(
+                "event report",
+                client.report_instance_events(self.limit.unary(req)),
+            )
+            .await
+            .map(|_| ())
     }
 }

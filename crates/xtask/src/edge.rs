@@ -482,20 +482,25 @@ async fn scenario(stack: &mut Stack, c: &mut Checks, args: &EdgeArgs) -> Result<
         latencies.push(t);
         target = if target == v2 { v3.clone() } else { v2.clone() };
     }
-    latencies.sort();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1))
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
+    let mut ms: Vec<f64> = latencies.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    let pct = |p| percentile(&ms, p);
     println!(
         "     rollback → first answer from the target: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {}",
         pct(0.5),
         pct(0.99),
         pct(1.0),
-        latencies.len()
+        ms.len()
     );
     Ok(())
+}
+
+/// The `p` quantile of sorted values (nearest rank; 0 when empty).
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1))
+        .copied()
+        .unwrap_or(0.0)
 }
 
 async fn wait_db_status(stack: &Stack, id: &str, want: &str, within: Duration) -> Result<()> {
@@ -664,17 +669,11 @@ impl Load {
             }
         }
         latencies.sort_by(f64::total_cmp);
-        let pct = |p: f64| {
-            latencies
-                .get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1))
-                .copied()
-                .unwrap_or(0.0)
-        };
         Report {
             total: samples.len(),
             seconds,
-            p50_ms: pct(0.5),
-            p99_ms: pct(0.99),
+            p50_ms: percentile(&latencies, 0.5),
+            p99_ms: percentile(&latencies, 0.99),
             failures,
             misrouted,
         }

@@ -57,16 +57,7 @@ async fn restate_with_recorder() -> Result<(RestateServer, Recorder)> {
 }
 
 async fn restate_with(recorder: Recorder) -> Result<(RestateServer, Recorder)> {
-    let restate = RestateServer::start().await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let uri = format!("http://{}", listener.local_addr()?);
-    let endpoint = HttpServer::new(Endpoint::builder().bind(recorder.clone()).build());
-    tokio::spawn(async move {
-        endpoint
-            .serve_with_cancel(listener, std::future::pending::<()>())
-            .await
-    });
-    restate.register(&uri).await?;
+    let restate = crate::restate_with(Endpoint::builder().bind(recorder.clone()).build()).await?;
     Ok((restate, recorder))
 }
 

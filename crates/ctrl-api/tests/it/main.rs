@@ -70,14 +70,6 @@ pub(crate) async fn restate_with(
     endpoint: restate_sdk::prelude::Endpoint,
 ) -> anyhow::Result<ctrl_testkit::RestateServer> {
     let restate = ctrl_testkit::RestateServer::start().await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let uri = format!("http://{}", listener.local_addr()?);
-    let server = restate_sdk::prelude::HttpServer::new(endpoint);
-    tokio::spawn(async move {
-        server
-            .serve_with_cancel(listener, std::future::pending::<()>())
-            .await
-    });
-    restate.register(&uri).await?;
+    restate.serve_and_register(endpoint).await?;
     Ok(restate)
 }

@@ -707,44 +707,55 @@ async fn app(name: Arc<str>, mut req: Request<Incoming>) -> Result<Response<Body
     Ok(resp)
 }
 
-/// Restate's ingress as far as the edge's wake needs it: records the
-/// deployments asked to wake.
+/// A real restate-server with a stand-in for the worker's `Deploy` object:
+/// its `Wake` records the deployments asked to wake, so the edge's wake
+/// travels through Restate's ingress (idempotency keys included) as in
+/// production.
 pub(crate) struct Ingress {
     pub(crate) url: String,
     pub(crate) woken: Arc<std::sync::Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
+    _restate: ctrl_testkit::RestateServer,
 }
 
-impl Drop for Ingress {
-    fn drop(&mut self) {
-        self.task.abort();
+#[derive(Clone)]
+struct DeployStandIn {
+    woken: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[restate_sdk::object(name = "Deploy")]
+impl DeployStandIn {
+    #[handler(name = "Wake")]
+    async fn wake(
+        &self,
+        ctx: restate_sdk::prelude::ObjectContext<'_>,
+        restate_sdk::prelude::Json(input): restate_sdk::prelude::Json<
+            ctrl_core::workflows::WakeInput,
+        >,
+    ) -> restate_sdk::prelude::HandlerResult<()> {
+        assert_eq!(input.deployment_id, ctx.key());
+        self.woken.lock().expect("lock").push(input.deployment_id);
+        Ok(())
     }
 }
 
 impl Ingress {
     pub(crate) async fn start() -> Result<Self> {
         let woken = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let record = woken.clone();
-        let app = axum::Router::new().route(
-            "/Deploy/{id}/Wake/send",
-            axum::routing::post(
-                move |axum::extract::Path(id): axum::extract::Path<String>| {
-                    let record = record.clone();
-                    async move {
-                        record.lock().unwrap().push(id);
-                        axum::Json(
-                            serde_json::json!({"invocationId": "inv_1", "status": "Accepted"}),
-                        )
-                    }
-                },
-            ),
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(ctrl_runtime::net::nodelay(listener), app).await;
-        });
-        Ok(Self { url, woken, task })
+        let restate = ctrl_testkit::RestateServer::start().await?;
+        restate
+            .serve_and_register(
+                restate_sdk::prelude::Endpoint::builder()
+                    .bind(DeployStandIn {
+                        woken: woken.clone(),
+                    })
+                    .build(),
+            )
+            .await?;
+        Ok(Self {
+            url: restate.ingress_url(),
+            woken,
+            _restate: restate,
+        })
     }
 }
 
