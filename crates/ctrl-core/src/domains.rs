@@ -254,6 +254,61 @@ impl std::error::Error for HostError {}
 /// Longest apex domain: one full label must still fit in front of it.
 pub const MAX_APEX_LEN: usize = MAX_HOSTNAME_LEN - MAX_LABEL_LEN - 1;
 
+/// Owner of the platform's own certificates (its wildcard) and of the one
+/// ACME account: the keyring their private keys are sealed with.
+pub const PLATFORM_OWNER: &str = "ctrl_platform";
+
+/// Why a hostname cannot be a custom domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomDomainError(pub String);
+
+impl fmt::Display for CustomDomainError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CustomDomainError {}
+
+/// A user's hostname as ctrl stores it (lowercase, no trailing dot), or why
+/// it cannot be a custom domain: a valid DNS name of at least two labels,
+/// no wildcard, no IP address, and not under the platform's own domains
+/// (`platform_domains`: the apex and the CNAME-target domain).
+pub fn normalize_custom_domain(
+    input: &str,
+    platform_domains: &[&str],
+) -> Result<String, CustomDomainError> {
+    let domain = input.trim().trim_end_matches('.').to_ascii_lowercase();
+    if domain.starts_with("*.") {
+        return Err(CustomDomainError(format!(
+            "{input:?}: wildcard custom domains are not supported; add each hostname"
+        )));
+    }
+    if domain.parse::<std::net::IpAddr>().is_ok() {
+        return Err(CustomDomainError(format!(
+            "{input:?} is an IP address; a custom domain is a hostname"
+        )));
+    }
+    if !names::is_hostname(&domain) || !domain.contains('.') {
+        return Err(CustomDomainError(format!(
+            "{input:?} is not a valid hostname (letters, digits and '-' in dot-separated labels of 1-63 characters, at most 253 in all, e.g. \"shop.example.com\")"
+        )));
+    }
+    if domain.rsplit('.').next().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(CustomDomainError(format!(
+            "{input:?}: the top-level label cannot be numeric"
+        )));
+    }
+    for platform in platform_domains.iter().filter(|p| !p.is_empty()) {
+        if domain == *platform || domain.ends_with(&format!(".{platform}")) {
+            return Err(CustomDomainError(format!(
+                "{input:?} is under the platform's own domain {platform}; its hostnames are generated"
+            )));
+        }
+    }
+    Ok(domain)
+}
+
 /// Length of the hash in shortened or lossy labels (31 bits).
 const HASH_LEN: usize = 6;
 /// Length of the hash in owner fallbacks (41 bits).
@@ -736,4 +791,28 @@ mod tests {
             prop_assert_ne!(branch_host(&a), branch_host(&b));
         }
     }
+    #[test]
+    fn custom_domains_are_normalized_or_refused_by_name() {
+        let platform = ["ctrl.example.com", "edge.example.net"];
+        assert_eq!(
+            normalize_custom_domain("Shop.Example.COM.", &platform).unwrap(),
+            "shop.example.com"
+        );
+        for (bad, says) in [
+            ("*.example.com", "wildcard"),
+            ("10.0.0.1", "IP address"),
+            ("localhost", "not a valid hostname"),
+            ("bad_label.example.com", "not a valid hostname"),
+            ("a.ctrl.example.com", "platform's own domain"),
+            ("ctrl.example.com", "platform's own domain"),
+            ("x.edge.example.net", "platform's own domain"),
+            ("example.123", "numeric"),
+        ] {
+            let err = normalize_custom_domain(bad, &platform).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        let long = format!("{}.com", "a".repeat(250));
+        assert!(normalize_custom_domain(&long, &platform).is_err());
+    }
+
 }

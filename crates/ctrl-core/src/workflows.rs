@@ -118,6 +118,53 @@ pub struct ScheduleDesiredStateChange {
     pub overwrite: bool,
 }
 
+/// The virtual object ordering, renewing and storing the certificate of one
+/// hostname (maybe `*.domain`), keyed by the hostname.
+pub const CERTIFICATE_SERVICE: &str = "Certificate";
+/// Its handler: obtain (or renew) the certificate if it is missing or due.
+pub const OBTAIN_CERTIFICATE_HANDLER: &str = "Obtain";
+
+/// Input of `Certificate/{hostname}/Obtain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObtainCertificate {
+    /// The custom domain (or platform name) row the challenge belongs to.
+    pub domain_id: String,
+    /// Order even if the stored certificate is not due.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Output of `Certificate/{hostname}/Obtain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateOutcome {
+    /// `"issued"`, `"current"` (nothing was due) or `"failed"`.
+    pub status: String,
+    /// The certificate's expiry, unix ms (0 if none).
+    #[serde(default)]
+    pub not_after: i64,
+    /// Why it failed (the CA's words), empty otherwise.
+    #[serde(default)]
+    pub error: String,
+}
+
+/// The singleton object (key [`RENEWAL_KEY`]) that renews certificates due
+/// within the renewal window and reschedules itself.
+pub const CERTIFICATE_RENEWAL_SERVICE: &str = "CertificateRenewal";
+/// Its key.
+pub const RENEWAL_KEY: &str = "global";
+/// Starts the renewal chain unless it is already scheduled (the worker calls
+/// it at every start).
+pub const ENSURE_RENEWAL_HANDLER: &str = "Ensure";
+
+/// The virtual object verifying and removing one custom domain, keyed by
+/// its id.
+pub const CUSTOM_DOMAIN_SERVICE: &str = "CustomDomain";
+/// (Re)starts verification: pending, no attempts, a check now and then
+/// about once a minute until verified or given up.
+pub const START_VERIFICATION_HANDLER: &str = "StartVerification";
+/// Removes the domain with its route, challenge and certificate.
+pub const DELETE_CUSTOM_DOMAIN_HANDLER: &str = "Delete";
+
 #[cfg(test)]
 mod tests {
     use super::*;

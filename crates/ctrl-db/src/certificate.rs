@@ -1,9 +1,10 @@
 //! TLS certificates and ACME HTTP-01 challenges.
 
-use sqlx::{Acquire, MySql, MySqlExecutor};
+use sqlx::{Acquire, FromRow, MySql, MySqlExecutor};
 
 use crate::Result;
 use crate::edge::{self, Key};
+use crate::types::ChallengeStatus;
 
 /// A certificate to store.
 #[derive(Debug, Clone)]
@@ -70,6 +71,201 @@ pub async fn delete(
     }
     tx.commit().await?;
     Ok(done.rows_affected() > 0)
+}
+
+/// A stored certificate's identity and expiry.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct CertificateInfo {
+    /// `cert_…` (kept across renewals).
+    pub id: String,
+    /// The hostname it covers.
+    pub hostname: String,
+    /// Expiry, unix ms.
+    pub not_after: i64,
+    /// Last issued or renewed, unix ms.
+    pub updated_at: i64,
+}
+
+/// The certificate of a hostname, if any.
+pub async fn find(ex: impl MySqlExecutor<'_>, hostname: &str) -> Result<Option<CertificateInfo>> {
+    Ok(sqlx::query_as(
+        "SELECT id, hostname, not_after, updated_at FROM certificates WHERE hostname = ?",
+    )
+    .bind(hostname)
+    .fetch_optional(ex)
+    .await?)
+}
+
+/// How many certificates a hostname has (0 or 1: the hostname is unique).
+pub async fn count(ex: impl MySqlExecutor<'_>, hostname: &str) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT COUNT(*) FROM certificates WHERE hostname = ?")
+            .bind(hostname)
+            .fetch_one(ex)
+            .await?,
+    )
+}
+
+/// A domain's ACME challenge row.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct Challenge {
+    /// The custom domain (`dom_…`).
+    pub domain_id: String,
+    /// Owner.
+    pub workspace_id: String,
+    /// `http-01` or `dns-01`.
+    pub challenge_type: String,
+    /// Where it stands.
+    pub status: ChallengeStatus,
+    /// The certificate's expiry once verified; else when the row stops mattering.
+    pub expires_at: i64,
+    /// Why the last order failed.
+    pub last_error: Option<String>,
+}
+
+/// The challenge of a domain, if any.
+pub async fn challenge(ex: impl MySqlExecutor<'_>, domain_id: &str) -> Result<Option<Challenge>> {
+    Ok(sqlx::query_as(
+        "SELECT domain_id, workspace_id, challenge_type, status, expires_at, last_error
+         FROM acme_challenges WHERE domain_id = ?",
+    )
+    .bind(domain_id)
+    .fetch_optional(ex)
+    .await?)
+}
+
+/// Ensures a domain has a challenge row (`waiting`: wants a certificate).
+/// An existing row is left as it is.
+pub async fn ensure_challenge(
+    ex: impl MySqlExecutor<'_>,
+    workspace_id: &str,
+    domain_id: &str,
+    challenge_type: &str,
+    expires_at: i64,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO acme_challenges
+           (workspace_id, domain_id, token, `authorization`, challenge_type, status, expires_at, created_at, updated_at)
+         VALUES (?, ?, '', '', ?, 'waiting', ?, ?, ?)
+         ON DUPLICATE KEY UPDATE updated_at = updated_at",
+    )
+    .bind(workspace_id)
+    .bind(domain_id)
+    .bind(challenge_type)
+    .bind(expires_at)
+    .bind(now)
+    .bind(now)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+/// Moves a domain's challenge to `status` (with the expiry and, for a
+/// failure, the CA's reason). Returns whether there was a row.
+pub async fn set_challenge_status(
+    ex: impl MySqlExecutor<'_>,
+    domain_id: &str,
+    status: ChallengeStatus,
+    expires_at: Option<i64>,
+    last_error: Option<&str>,
+    now: i64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE acme_challenges SET status = ?, expires_at = COALESCE(?, expires_at), last_error = ?,
+           token = IF(? = 'pending', token, ''), `authorization` = IF(? = 'pending', `authorization`, ''),
+           updated_at = ?
+         WHERE domain_id = ?",
+    )
+    .bind(status)
+    .bind(expires_at)
+    .bind(last_error.map(|e| &e[..e.floor_char_boundary(1024)]))
+    .bind(status)
+    .bind(status)
+    .bind(now)
+    .bind(domain_id)
+    .execute(ex)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Deletes a domain's challenge.
+pub async fn delete_challenge(ex: impl MySqlExecutor<'_>, domain_id: &str) -> Result<bool> {
+    let done = sqlx::query("DELETE FROM acme_challenges WHERE domain_id = ?")
+        .bind(domain_id)
+        .execute(ex)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// A certificate due: its hostname, domain and owner.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct Due {
+    /// The custom domain (`dom_…`).
+    pub domain_id: String,
+    /// Owner.
+    pub workspace_id: String,
+    /// The hostname to certify.
+    pub hostname: String,
+    /// The current certificate's expiry (or the row's deadline).
+    pub expires_at: i64,
+}
+
+/// Challenges that want a certificate: `waiting` ones, and verified ones
+/// whose certificate expires before `renew_before` (unix ms), soonest
+/// first; only for verified domains.
+pub async fn due(ex: impl MySqlExecutor<'_>, renew_before: i64, limit: u32) -> Result<Vec<Due>> {
+    Ok(sqlx::query_as(
+        "SELECT c.domain_id, c.workspace_id, d.domain AS hostname, c.expires_at
+         FROM acme_challenges c JOIN custom_domains d ON d.id = c.domain_id
+         WHERE d.verification_status = 'verified'
+           AND (c.status = 'waiting' OR (c.status = 'verified' AND c.expires_at <= ?))
+         ORDER BY c.expires_at LIMIT ?",
+    )
+    .bind(renew_before)
+    .bind(limit)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// The ACME account of `owner` (one account for the platform): its URL and
+/// sealed credentials.
+pub async fn acme_account(
+    ex: impl MySqlExecutor<'_>,
+    owner: &str,
+) -> Result<Option<(String, Vec<u8>)>> {
+    Ok(sqlx::query_as(
+        "SELECT registration_uri, encrypted_key FROM acme_users WHERE workspace_id = ?",
+    )
+    .bind(owner)
+    .fetch_optional(ex)
+    .await?)
+}
+
+/// Stores the ACME account of `owner` unless one exists (a concurrent
+/// creator wins; read it back with [`acme_account`]).
+pub async fn insert_acme_account(
+    ex: impl MySqlExecutor<'_>,
+    id: &str,
+    owner: &str,
+    registration_uri: &str,
+    sealed_credentials: &[u8],
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO acme_users (id, workspace_id, encrypted_key, registration_uri, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?)
+         ON DUPLICATE KEY UPDATE updated_at = updated_at",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(sealed_credentials)
+    .bind(registration_uri)
+    .bind(now)
+    .bind(now)
+    .execute(ex)
+    .await?;
+    Ok(())
 }
 
 /// An HTTP-01 challenge to open for a custom domain.

@@ -233,7 +233,7 @@ pub async fn remove_deployment(conn: &mut MySqlConnection, id: &str, now: i64) -
 }
 
 /// Removes the scope's own rows once its deployments are gone: settings,
-/// variables, routes, custom domains, then the tenancy rows (and, for a
+/// variables, routes, custom domains (with their certificates), then the tenancy rows (and, for a
 /// workspace, its ACME account); call inside a transaction.
 pub async fn remove_scope(conn: &mut MySqlConnection, scope: Scope<'_>, now: i64) -> Result<()> {
     let hosts: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
@@ -262,6 +262,24 @@ pub async fn remove_scope(conn: &mut MySqlConnection, scope: Scope<'_>, now: i64
         .execute(&mut *conn)
         .await?;
     }
+    // Custom domains take their certificates and challenges with them.
+    let domains: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT id, domain FROM custom_domains WHERE {} = ? AND platform = FALSE",
+        scope.column()
+    )))
+    .bind(scope.id())
+    .fetch_all(&mut *conn)
+    .await?;
+    for (domain_id, domain) in &domains {
+        sqlx::query("DELETE FROM acme_challenges WHERE domain_id = ?")
+            .bind(domain_id)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("DELETE FROM certificates WHERE hostname = ?")
+            .bind(domain)
+            .execute(&mut *conn)
+            .await?;
+    }
     let mut tables = vec!["frontline_routes", "custom_domains"];
     if matches!(scope, Scope::Workspace(_)) {
         tables.push("acme_users");
@@ -283,7 +301,8 @@ pub async fn remove_scope(conn: &mut MySqlConnection, scope: Scope<'_>, now: i64
         .execute(&mut *conn)
         .await?;
     }
-    let keys: Vec<Key<'_>> = hosts.iter().map(|h| Key::Host(h)).collect();
+    let mut keys: Vec<Key<'_>> = hosts.iter().map(|h| Key::Host(h)).collect();
+    keys.extend(domains.iter().map(|(_, d)| Key::Certificate(d)));
     crate::edge::record(conn, &keys, now).await
 }
 

@@ -79,6 +79,45 @@ pub async fn insert(
     Ok(())
 }
 
+/// Deletes the route of a hostname if it belongs to `environment_id`;
+/// returns whether it did.
+pub async fn delete_by_fqdn(
+    db: impl Acquire<'_, Database = MySql>,
+    fqdn: &str,
+    environment_id: &str,
+    now: i64,
+) -> Result<bool> {
+    let mut tx = db.begin().await?;
+    let done = sqlx::query(
+        "DELETE FROM frontline_routes WHERE fully_qualified_domain_name = ? AND environment_id = ?",
+    )
+    .bind(fqdn)
+    .bind(environment_id)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() > 0 {
+        edge::record(&mut tx, &[Key::Host(fqdn)], now).await?;
+    }
+    tx.commit().await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// The deployment an environment's live routes point at now (its live or
+/// environment route), if it has one.
+pub async fn environment_target(
+    ex: impl MySqlExecutor<'_>,
+    environment_id: &str,
+) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT deployment_id FROM frontline_routes
+         WHERE environment_id = ? AND sticky IN ('live', 'environment') AND deployment_id <> ''
+         ORDER BY sticky = 'live' DESC, updated_at DESC LIMIT 1",
+    )
+    .bind(environment_id)
+    .fetch_optional(ex)
+    .await?)
+}
+
 const ROUTE: &str = "SELECT id, workspace_id, project_id, app_id, environment_id, deployment_id,
     fully_qualified_domain_name, sticky FROM frontline_routes";
 

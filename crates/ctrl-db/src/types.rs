@@ -123,6 +123,34 @@ string_enum! {
 }
 
 string_enum! {
+    /// Where a custom domain's verification stands.
+    CustomDomainStatus {
+        /// Added; not checked yet.
+        Pending = "pending",
+        /// Being checked (about once a minute, for up to a day).
+        Verifying = "verifying",
+        /// Proven; routes to the environment.
+        Verified = "verified",
+        /// Gave up (timed out, or claimed by another workspace).
+        Failed = "failed",
+    }
+}
+
+string_enum! {
+    /// Where an ACME challenge (one per domain, reused on renewal) stands.
+    ChallengeStatus {
+        /// Wants a certificate (new, or due for renewal).
+        Waiting = "waiting",
+        /// An order is under way.
+        Pending = "pending",
+        /// The certificate is issued; `expires_at` is its expiry.
+        Verified = "verified",
+        /// The last order failed (`last_error` says why).
+        Failed = "failed",
+    }
+}
+
+string_enum! {
     /// Protocol from the edge to the app.
     UpstreamProtocol {
         /// HTTP/1.1.

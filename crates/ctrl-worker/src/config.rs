@@ -1,11 +1,11 @@
 //! ctrl-worker's configuration (TOML; `${VAR}` expanded; overrides from
 //! `CTRL_WORKER__SECTION__KEY`).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ctrl_core::domains::MAX_APEX_LEN;
 use ctrl_runtime::config::{Validate, Validator};
-use ctrl_runtime::sections::{DatabaseConfig, LogConfig};
+use ctrl_runtime::sections::{DatabaseConfig, LogConfig, VaultConfig};
 use serde::Deserialize;
 
 /// The environment prefix for overrides.
@@ -25,9 +25,135 @@ pub struct Config {
     /// Timings of the deploy pipeline.
     #[serde(default)]
     pub deploy: DeployConfig,
+    /// Certificates from an ACME CA (off by default).
+    #[serde(default)]
+    pub acme: AcmeConfig,
+    /// Verifying users' custom domains.
+    #[serde(default)]
+    pub custom_domains: CustomDomainsConfig,
+    /// Keys sealing the ACME account and certificates' private keys
+    /// (required when `acme.enabled`).
+    #[serde(default)]
+    pub vault: Option<VaultConfig>,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+}
+
+/// The `[acme]` section (seed 001's names, plus the directory and CA bundle
+/// for private CAs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeConfig {
+    /// Issue certificates at all.
+    pub enabled: bool,
+    /// The account's contact is `acme@{email_domain}`.
+    pub email_domain: String,
+    /// `letsencrypt`, `letsencrypt-staging`, or a directory URL (pebble's in tests).
+    pub directory: String,
+    /// A PEM file of roots to trust for the directory's HTTPS (a private CA); empty = system roots.
+    pub ca_bundle: String,
+    /// Bound on each request to the CA.
+    pub request_timeout_seconds: u64,
+    /// How long the CA may take to validate a challenge before the step is retried.
+    pub validation_timeout_seconds: u64,
+    /// Renew certificates expiring within this many days.
+    pub renew_before_days: u64,
+    /// How often the renewal job looks for certificates due.
+    pub renewal_interval_seconds: u64,
+    /// Renewals found together start this far apart (spreads load on the CA).
+    pub renewal_spacing_seconds: u64,
+    /// DNS-01 through Route53 (wildcards, the platform's `*.{apex}`).
+    pub route53: Route53Section,
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            email_domain: String::new(),
+            directory: "letsencrypt".into(),
+            ca_bundle: String::new(),
+            request_timeout_seconds: 30,
+            validation_timeout_seconds: 90,
+            renew_before_days: 30,
+            renewal_interval_seconds: 3600,
+            renewal_spacing_seconds: 10,
+            route53: Route53Section::default(),
+        }
+    }
+}
+
+/// The `[acme.route53]` section.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Route53Section {
+    /// Use Route53 for DNS-01.
+    pub enabled: bool,
+    /// IAM access key id.
+    pub access_key_id: String,
+    /// IAM secret; never logged.
+    pub secret_access_key: String,
+    /// The API's region.
+    pub region: String,
+    /// The zone to write to; empty = find it by name.
+    pub hosted_zone_id: String,
+    /// Another Route53 endpoint (tests: moto); empty = AWS.
+    pub endpoint: String,
+}
+
+impl Default for Route53Section {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            region: "us-east-1".into(),
+            hosted_zone_id: String::new(),
+            endpoint: String::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Route53Section {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route53Section")
+            .field("enabled", &self.enabled)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("region", &self.region)
+            .field("hosted_zone_id", &self.hosted_zone_id)
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
+/// The `[custom_domains]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CustomDomainsConfig {
+    /// Resolvers asked for users' records (no cache).
+    pub nameservers: Vec<SocketAddr>,
+    /// Time between two checks of a domain not verified yet.
+    pub check_interval_seconds: u64,
+    /// Give up verifying after this long.
+    pub give_up_after_seconds: u64,
+    /// The edge's public addresses an apex domain must point at (empty: any).
+    pub apex_addresses: Vec<IpAddr>,
+}
+
+impl Default for CustomDomainsConfig {
+    fn default() -> Self {
+        Self {
+            nameservers: vec![
+                SocketAddr::from(([1, 1, 1, 1], 53)),
+                SocketAddr::from(([8, 8, 8, 8], 53)),
+            ],
+            check_interval_seconds: 60,
+            give_up_after_seconds: 24 * 3600,
+            apex_addresses: Vec::new(),
+        }
+    }
 }
 
 /// The Restate side.
@@ -46,6 +172,14 @@ pub struct RestateConfig {
     /// Registration attempts before giving up (one per second, backing off to 5 s).
     #[serde(default = "default_register_attempts")]
     pub register_attempts: u32,
+    /// Restate's ingress, for the jobs the worker starts itself (certificate
+    /// renewal and the platform's wildcard).
+    #[serde(default = "default_ingress")]
+    pub ingress_url: String,
+}
+
+fn default_ingress() -> String {
+    "http://127.0.0.1:8080".into()
 }
 
 fn default_listen() -> SocketAddr {
@@ -177,6 +311,71 @@ impl Validate for Config {
             format!(
                 "must be a lowercase hostname of at most {MAX_APEX_LEN} characters, e.g. \"ctrl.example.com\""
             ),
+        );
+        v.url(
+            "restate.ingress_url",
+            &self.restate.ingress_url,
+            &["http", "https"],
+        );
+        let a = &self.acme;
+        if a.enabled {
+            v.check(
+                ctrl_core::names::is_hostname(&a.email_domain),
+                "acme.email_domain",
+                "must be a hostname (the account's contact is acme@{email_domain})",
+            );
+            let dir = ctrl_acme::acme::directory_url(&a.directory);
+            v.url("acme.directory", dir, &["https", "http"]);
+            v.check(
+                a.ca_bundle.is_empty() || std::path::Path::new(&a.ca_bundle).is_file(),
+                "acme.ca_bundle",
+                format!("{:?} is not a readable file", a.ca_bundle),
+            );
+            v.range("acme.request_timeout_seconds", a.request_timeout_seconds, 1..=300);
+            v.range("acme.validation_timeout_seconds", a.validation_timeout_seconds, 1..=3600);
+            v.range("acme.renew_before_days", a.renew_before_days, 1..=89);
+            v.range("acme.renewal_interval_seconds", a.renewal_interval_seconds, 1..=7 * 86_400);
+            v.range("acme.renewal_spacing_seconds", a.renewal_spacing_seconds, 0..=3600);
+            v.check(
+                self.vault.is_some(),
+                "vault",
+                "acme.enabled needs [vault] keys to seal the account and private keys",
+            );
+        }
+        if a.route53.enabled {
+            v.check(
+                !a.route53.access_key_id.is_empty(),
+                "acme.route53.access_key_id",
+                "is required when acme.route53.enabled",
+            );
+            v.check(
+                !a.route53.secret_access_key.is_empty(),
+                "acme.route53.secret_access_key",
+                "is required when acme.route53.enabled",
+            );
+            v.check(
+                !a.route53.region.is_empty(),
+                "acme.route53.region",
+                "must name an AWS region, e.g. \"us-east-1\"",
+            );
+            if !a.route53.endpoint.is_empty() {
+                v.url("acme.route53.endpoint", &a.route53.endpoint, &["http", "https"]);
+            }
+        }
+        if let Some(vault) = &self.vault {
+            vault.validate(v);
+        }
+        let d = &self.custom_domains;
+        v.check(
+            !d.nameservers.is_empty(),
+            "custom_domains.nameservers",
+            "must list at least one resolver, e.g. [\"1.1.1.1:53\"]",
+        );
+        v.range("custom_domains.check_interval_seconds", d.check_interval_seconds, 1..=3600);
+        v.range(
+            "custom_domains.give_up_after_seconds",
+            d.give_up_after_seconds,
+            1..=30 * 86_400,
         );
         self.log.validate(v);
     }

@@ -21,6 +21,8 @@ use sqlx::MySqlPool;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::services::certificate::{CertificateObject, Issuer, RenewalObject};
+use crate::services::custom_domain::{CustomDomainObject, Verifier};
 use crate::services::deletion::DeletionObject;
 use crate::services::deploy::{DeployObject, DeploySettings};
 use crate::services::deployment::DeploymentObject;
@@ -32,7 +34,7 @@ use crate::services::routing::RoutingObject;
 /// six minutes in all; then the invocation pauses rather than dies, so an
 /// operator can resume or cancel it and a cancelled pipeline still runs its
 /// compensation.
-pub fn endpoint(db: &MySqlPool, config: &Config) -> Endpoint {
+pub fn endpoint(db: &MySqlPool, config: &Config, certs: &Certificates) -> Endpoint {
     let options = || {
         ServiceOptions::new()
             .retry_policy_initial_interval(Duration::from_millis(100))
@@ -63,7 +65,173 @@ pub fn endpoint(db: &MySqlPool, config: &Config) -> Endpoint {
                 .into_service_definition()
                 .options(options()),
         )
+        // ctrl-api (domains) and the worker's own bootstrap reach these
+        // through the ingress.
+        .bind(
+            CertificateObject::new(db.clone(), certs.issuer.clone())
+                .into_service_definition()
+                .options(options()),
+        )
+        .bind(
+            RenewalObject::new(db.clone(), certs.issuer.clone())
+                .into_service_definition()
+                .options(options()),
+        )
+        .bind(
+            CustomDomainObject::new(db.clone(), certs.verifier.clone())
+                .into_service_definition()
+                .options(options()),
+        )
         .build()
+}
+
+/// What the certificate and custom-domain objects share.
+#[derive(Debug, Clone)]
+pub struct Certificates {
+    /// None when ACME is disabled.
+    pub issuer: Option<Arc<Issuer>>,
+    /// Custom-domain verification.
+    pub verifier: Arc<Verifier>,
+}
+
+impl Certificates {
+    /// Builds the ACME issuer (if enabled), its DNS provider (if Route53 is
+    /// enabled) and the domain verifier from the configuration.
+    pub fn from_config(config: &Config) -> Result<Self> {
+        let a = &config.acme;
+        let issuer = if a.enabled {
+            let vault = config
+                .vault
+                .as_ref()
+                .context("acme.enabled needs [vault]")?
+                .vault()
+                .map_err(|e| anyhow::anyhow!("vault: {e}"))?;
+            let dns: Option<Arc<dyn ctrl_acme::dns::DnsProvider>> = a.route53.enabled.then(|| {
+                Arc::new(ctrl_acme::dns::Route53::new(&ctrl_acme::dns::Route53Config {
+                    access_key_id: a.route53.access_key_id.clone(),
+                    secret_access_key: zeroize::Zeroizing::new(
+                        a.route53.secret_access_key.clone(),
+                    ),
+                    region: a.route53.region.clone(),
+                    hosted_zone_id: a.route53.hosted_zone_id.clone(),
+                    endpoint: a.route53.endpoint.clone(),
+                    timeout: Duration::from_secs(a.request_timeout_seconds),
+                })) as Arc<dyn ctrl_acme::dns::DnsProvider>
+            });
+            let bundle = (!a.ca_bundle.is_empty()).then(|| std::path::Path::new(&a.ca_bundle));
+            Some(Arc::new(Issuer {
+                directory: ctrl_acme::acme::Directory::new(
+                    &a.directory,
+                    bundle,
+                    Duration::from_secs(a.request_timeout_seconds),
+                ),
+                vault,
+                dns,
+                contact: format!("acme@{}", a.email_domain),
+                validation_timeout: Duration::from_secs(a.validation_timeout_seconds),
+                renew_before: Duration::from_secs(a.renew_before_days * 86_400),
+                renewal_interval: Duration::from_secs(a.renewal_interval_seconds),
+                renewal_spacing: Duration::from_secs(a.renewal_spacing_seconds),
+            }))
+        } else {
+            None
+        };
+        let d = &config.custom_domains;
+        let checker = ctrl_acme::verify::Checker::new(&d.nameservers, Duration::from_secs(5))
+            .map_err(|e| anyhow::anyhow!("custom_domains: {e}"))?;
+        Ok(Self {
+            verifier: Arc::new(Verifier {
+                checker,
+                interval: Duration::from_secs(d.check_interval_seconds),
+                give_up_after: Duration::from_secs(d.give_up_after_seconds),
+                apex_addresses: d.apex_addresses.clone(),
+                issue_certificates: issuer.is_some(),
+            }),
+            issuer,
+        })
+    }
+}
+
+/// Seed 001's bootstrap, after registration: the renewal job is scheduled
+/// (once: `Ensure` is a no-op when it already is), and with Route53 the
+/// platform's wildcard `*.{apex}` has its row and is obtained (a no-op when
+/// its certificate is current). Best effort: a failure is logged, the
+/// worker serves anyway, and the next start tries again.
+pub async fn bootstrap_certificates(config: &Config, db: &MySqlPool) -> Result<()> {
+    use ctrl_core::workflows as wf;
+    if !config.acme.enabled {
+        return Ok(());
+    }
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("build the ingress client")?;
+    let ingress = config.restate.ingress_url.trim_end_matches('/');
+    let send = |path: String, body: serde_json::Value, key: Option<String>| {
+        let mut req = http.post(format!("{ingress}/{path}/send")).json(&body);
+        if let Some(key) = key {
+            req = req.header("idempotency-key", key);
+        }
+        async move {
+            let r = req.send().await.context("Restate ingress unreachable")?;
+            if !r.status().is_success() {
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                bail!("Restate ingress answered {status}: {body}");
+            }
+            Ok(())
+        }
+    };
+    send(
+        format!(
+            "{}/{}/{}",
+            wf::CERTIFICATE_RENEWAL_SERVICE,
+            wf::RENEWAL_KEY,
+            wf::ENSURE_RENEWAL_HANDLER
+        ),
+        serde_json::Value::Null,
+        None,
+    )
+    .await?;
+    if config.acme.route53.enabled {
+        let wildcard = format!("*.{}", config.deploy.apex_domain);
+        let now = crate::errors::now_ms();
+        let domain_id = ctrl_db::custom_domain::ensure_platform(
+            db,
+            &ctrl_core::id::generate(ctrl_core::id::IdKind::CustomDomain, &mut rand::rng()),
+            ctrl_core::domains::PLATFORM_OWNER,
+            &wildcard,
+            now,
+        )
+        .await?;
+        ctrl_db::certificate::ensure_challenge(
+            db,
+            ctrl_core::domains::PLATFORM_OWNER,
+            &domain_id,
+            "dns-01",
+            now,
+            now,
+        )
+        .await?;
+        send(
+            format!(
+                "{}/{wildcard}/{}",
+                wf::CERTIFICATE_SERVICE,
+                wf::OBTAIN_CERTIFICATE_HANDLER
+            ),
+            serde_json::to_value(wf::ObtainCertificate {
+                domain_id,
+                force: false,
+            })?,
+            // One bootstrap per minute at most, however often the worker restarts.
+            Some(format!("bootstrap:{wildcard}:{}", now / 60_000)),
+        )
+        .await?;
+        tracing::info!(%wildcard, "platform wildcard certificate ensured");
+    }
+    Ok(())
 }
 
 /// Registers `uri` with Restate's admin API (with `force`), retrying with
@@ -137,7 +305,8 @@ pub async fn run(
     tracing::info!(restate = %listener.local_addr()?, health = %health_listener.local_addr()?, "ctrl-worker listening");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let services = endpoint(&db, config);
+    let certs = Certificates::from_config(config)?;
+    let services = endpoint(&db, config, &certs);
     let mut endpoint_stop = stop_rx.clone();
     let serving = tokio::spawn(crate::serve::serve(
         services,
@@ -197,6 +366,9 @@ pub async fn run(
         )
         .await?;
         registered.store(true, Ordering::SeqCst);
+    }
+    if let Err(e) = bootstrap_certificates(config, &db_for_sweep).await {
+        tracing::error!(error = format!("{e:#}"), "certificate bootstrap failed; the next start retries");
     }
 
     shutdown.await;
