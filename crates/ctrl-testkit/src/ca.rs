@@ -107,6 +107,25 @@ impl LocalCa {
     }
 }
 
+/// A TLS client configuration (rustls with ring) that trusts only the
+/// certificates in `ca_pem`.
+pub(crate) fn client_config(ca_pem: &str) -> Result<rustls::ClientConfig, Error> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let tls_err = |what: &str, e: &dyn std::fmt::Display| Error::Tls(format!("{what}: {e}"));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| tls_err("CA certificate", &e))?;
+        roots.add(cert).map_err(|e| tls_err("CA certificate", &e))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err("TLS versions", &e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// `GET path` over HTTPS to `addr` with SNI and `Host` = `host`, trusting
 /// only `ca_pem`: (status, body). One HTTP/1.1 request, `Connection:
 /// close`, bounded by `timeout` — enough to prove a URL answers as a
@@ -118,21 +137,10 @@ pub async fn https_get(
     path: &str,
     timeout: std::time::Duration,
 ) -> Result<(u16, String), Error> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, ServerName};
+    use rustls::pki_types::ServerName;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tls_err = |what: &str, e: &dyn std::fmt::Display| Error::Tls(format!("{what}: {e}"));
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        let cert = cert.map_err(|e| tls_err("CA certificate", &e))?;
-        roots.add(cert).map_err(|e| tls_err("CA certificate", &e))?;
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_err("TLS versions", &e))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = client_config(ca_pem)?;
     let name = ServerName::try_from(host.to_owned()).map_err(|e| tls_err("server name", &e))?;
     let request = async {
         let tcp = tokio::net::TcpStream::connect(addr)

@@ -1,20 +1,24 @@
 //! Real dependencies for tests, benchmarks and the local dev stack.
 //!
 //! `ctrl-testkit` starts the servers ctrl depends on — [`RestateServer`],
-//! [`MariaDb`] (and fresh databases in it via [`test_database`]) and
-//! [`Podman`]'s Docker-compatible API — as child processes on loopback ports
-//! with their own directories, waits until they are ready, and guarantees they
-//! go away: handles kill their process group on drop, the kernel kills them if
-//! the owner dies (panic, timeout, SIGKILL), and stale leftovers of crashed
-//! runs are reaped through pid files (see [`process`] and [`reaper`]).
-//! Startup failures carry the dependency's log tail. [`ca::LocalCa`] is a
-//! local certificate authority for TLS in the dev stack and the edge's tests. ctrl's own services,
-//! when a test runs them as tasks, are stopped the same way by an
-//! [`InProcess`] set; [`wait_until_ok`] waits for their health endpoints.
+//! [`MariaDb`] (and fresh databases in it via [`test_database`]),
+//! [`Podman`]'s Docker-compatible API, and in [`acme`] Let's Encrypt's test
+//! CA [`Pebble`], the DNS server [`ChallTestSrv`] whose records a test
+//! changes over HTTP, and [`Moto`] for AWS's Route53 API — as child
+//! processes on loopback ports with their own directories, waits until they
+//! are ready, and guarantees they go away: handles kill their process group
+//! on drop, the kernel kills them if the owner dies (panic, timeout,
+//! SIGKILL), and stale leftovers of crashed runs are reaped through pid files
+//! (see [`process`] and [`reaper`]). Startup failures carry the dependency's
+//! log tail. [`ca::LocalCa`] is a local certificate authority for TLS in the
+//! dev stack and the edge's tests. ctrl's own services, when a test runs them
+//! as tasks, are stopped the same way by an [`InProcess`] set;
+//! [`wait_until_ok`] waits for their health endpoints.
 //!
 //! It does not install anything: `cargo xtask deps` does, into the locations
 //! named in [`paths`]. Nothing here is a mock; each handle is the real server.
 
+pub mod acme;
 pub mod ca;
 pub mod images;
 pub mod in_process;
@@ -30,6 +34,7 @@ mod error;
 use std::net::{Ipv4Addr, TcpListener};
 use std::time::Duration;
 
+pub use acme::{ChallTestSrv, Moto, Pebble, PebbleOptions};
 pub use error::Error;
 pub use in_process::InProcess;
 pub use mariadb::{MariaDb, TestDatabase, test_database};

@@ -14,6 +14,9 @@ pub const RESTATE_VERSION: &str = "1.7.12";
 /// The pinned buf version (proto lint and breaking-change checks).
 pub const BUF_VERSION: &str = "1.75.0";
 
+/// The pinned moto version (AWS APIs such as Route53 and S3 on loopback).
+pub const MOTO_VERSION: &str = "5.2.5";
+
 /// The user-level cache for downloaded tools and templates:
 /// `$CTRL_CACHE_DIR`, else `$XDG_CACHE_HOME/ctrl`, else `~/.cache/ctrl`.
 /// It survives fresh clones, so CI runs on one machine install once.
@@ -58,6 +61,27 @@ pub fn buf_bin() -> Result<PathBuf, Error> {
         .chain([buf_install_path()])
         .collect();
     first_existing("buf", &candidates)
+}
+
+/// The Python virtualenv `cargo xtask deps` creates for Python tools (moto).
+pub fn venv_dir() -> PathBuf {
+    cache_dir().join("venv")
+}
+
+/// Where `cargo xtask deps` puts moto's server: `moto_server` in [`venv_dir`].
+pub fn moto_install_path() -> PathBuf {
+    venv_dir().join("bin").join("moto_server")
+}
+
+/// The moto_server binary: `$MOTO_SERVER_BIN` if set, else the one in the
+/// virtualenv. Never one found on `PATH`: its version is nobody's choice.
+pub fn moto_server_bin() -> Result<PathBuf, Error> {
+    let candidates: Vec<PathBuf> = env::var_os("MOTO_SERVER_BIN")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([moto_install_path()])
+        .collect();
+    first_existing("moto_server", &candidates)
 }
 
 /// A system program (MariaDB's and podman's live in `/usr/sbin` or `/usr/bin`,

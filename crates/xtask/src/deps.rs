@@ -3,12 +3,14 @@
 //!
 //! Each dependency is one entry in [`all`]: how to tell that a usable version
 //! is present, and how to install it (apt packages, a binary shipped in an
-//! npm package, or `cargo install`). Adding one (pebble, a DNS server, ...) is
-//! one more entry. Checks are cheap `--version`/`dpkg-query` calls, so a warm
-//! run takes well under a second; installs happen only for what is missing.
+//! npm package, `cargo install`, or pip into the user cache's virtualenv).
+//! Adding one is one more entry. Checks are cheap `--version`/`--help`/
+//! `dpkg-query` calls, so a warm run takes about a second; installs happen
+//! only for what is missing.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 use std::{env, fs};
 
 use anyhow::{Context, Result, bail};
@@ -34,6 +36,13 @@ enum Install {
     },
     /// `cargo install --locked <crate>`.
     Cargo(&'static str),
+    /// Python packages (pinned requirement specifiers) installed with pip
+    /// into a virtualenv made from Debian's `python3` (never a `python3`
+    /// that happens to be first on `PATH`, such as a pyenv shim).
+    Pip {
+        venv: fn() -> PathBuf,
+        packages: fn() -> Vec<String>,
+    },
 }
 
 /// Everything the tests and the dev stack need, in install order.
@@ -117,6 +126,27 @@ fn all() -> Vec<Dep> {
             install: Install::Apt(&["nginx-light"]),
         },
         Dep {
+            name: "pebble",
+            purpose: "a real ACME CA (pebble) and scriptable DNS (pebble-challtestsrv) for tests",
+            check: check_pebble,
+            install: Install::Apt(&["pebble"]),
+        },
+        Dep {
+            name: "python3-venv",
+            purpose: "the virtualenv moto is installed into (Debian's python3 has no ensurepip without it)",
+            check: || dpkg_installed("python3-venv"),
+            install: Install::Apt(&["python3-venv"]),
+        },
+        Dep {
+            name: "moto",
+            purpose: "AWS APIs (Route53, S3) on loopback for tests",
+            check: check_moto,
+            install: Install::Pip {
+                venv: paths::venv_dir,
+                packages: || vec![format!("moto[server]=={}", paths::MOTO_VERSION)],
+            },
+        },
+        Dep {
             name: "cargo-nextest",
             purpose: "the test runner",
             check: || version_of(Command::new(cargo()).args(["nextest", "--version"])),
@@ -142,6 +172,8 @@ pub(crate) const PROGRAMS: &[&str] = &[
     "strace",
     "sleep",
     "nginx",
+    "pebble",
+    "pebble-challtestsrv",
 ];
 
 /// Every Debian package `deps` installs.
@@ -218,6 +250,8 @@ pub(crate) fn ensure(check_only: bool) -> Result<()> {
                     .with_context(|| format!("installing {}", dep.name))?;
             }
             Install::Cargo(krate) => cargo_install(krate)?,
+            Install::Pip { venv, packages } => pip_install(&venv(), &packages())
+                .with_context(|| format!("installing {}", dep.name))?,
         }
         match (dep.check)() {
             Ok(found) => eprintln!("  ok       {:<15} {found} (installed)", dep.name),
@@ -294,6 +328,83 @@ fn check_podman() -> Result<String, String> {
         ));
     }
     Ok(format!("podman {number} with runc"))
+}
+
+fn check_pebble() -> Result<String, String> {
+    for program in ["pebble", "pebble-challtestsrv"] {
+        paths::system_program(program).map_err(|e| e.to_string())?;
+    }
+    dpkg_installed("pebble")
+}
+
+/// moto's server from the virtualenv (or `$MOTO_SERVER_BIN`) runs, and the
+/// virtualenv holds the pinned version.
+fn check_moto() -> Result<String, String> {
+    let path = paths::moto_server_bin().map_err(|e| e.to_string())?;
+    let mut help = Command::new(&path);
+    help.arg("--help");
+    let out = output_within(&mut help, Duration::from_secs(30))?;
+    if !out.status.success() || !String::from_utf8_lossy(&out.stdout).contains("usage") {
+        return Err(format!(
+            "`{} --help` failed with {}: {}",
+            path.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    if path == paths::moto_install_path() {
+        let found = installed_python_version(&paths::venv_dir(), "moto");
+        if found.as_deref() != Some(paths::MOTO_VERSION) {
+            return Err(format!(
+                "the virtualenv {} has moto {}, expected {}",
+                paths::venv_dir().display(),
+                found.as_deref().unwrap_or("(none)"),
+                paths::MOTO_VERSION
+            ));
+        }
+    }
+    Ok(format!("moto {} ({})", paths::MOTO_VERSION, path.display()))
+}
+
+/// The version of `package` installed in the virtualenv `venv`, read from
+/// its `<name>-<version>.dist-info` directory (cheaper than starting Python).
+fn installed_python_version(venv: &Path, package: &str) -> Option<String> {
+    let prefix = format!("{package}-");
+    for lib in fs::read_dir(venv.join("lib")).ok()?.flatten() {
+        let Ok(entries) = fs::read_dir(lib.path().join("site-packages")) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(version) = name
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.strip_suffix(".dist-info"))
+            {
+                return Some(version.to_owned());
+            }
+        }
+    }
+    None
+}
+
+/// Runs `cmd` to completion with its output captured, killing it after `limit`.
+fn output_within(cmd: &mut Command, limit: Duration) -> Result<std::process::Output, String> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run it: {e}"))?;
+    let deadline = Instant::now() + limit;
+    while child.try_wait().map_err(|e| e.to_string())?.is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("it did not finish within {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().map_err(|e| e.to_string())
 }
 
 fn dpkg_installed(package: &str) -> Result<String, String> {
@@ -414,6 +525,77 @@ fn npm_binary(package: &str, path_in_package: &str, dest: &Path) -> Result<()> {
     // Rename into place so a concurrent reader never sees half a binary.
     fs::rename(work.path().join(path_in_package), dest)
         .with_context(|| format!("move the binary to {}", dest.display()))?;
+    Ok(())
+}
+
+/// Debian's interpreter, which `python3-venv` completes. A `python3` earlier
+/// on `PATH` (pyenv, a user's build) would make the virtualenv depend on it.
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// How long pip may wait on one network read before it retries.
+const PIP_NETWORK_TIMEOUT_SECS: &str = "60";
+
+/// Creates the virtualenv `venv` from [`SYSTEM_PYTHON`] if it has no working
+/// interpreter, then installs `packages` into it with its own pip.
+fn pip_install(venv: &Path, packages: &[String]) -> Result<()> {
+    let python = venv.join("bin").join("python");
+    let manual = format!(
+        "{SYSTEM_PYTHON} -m venv --clear {venv} && {venv}/bin/python -m pip install {list}",
+        venv = venv.display(),
+        list = packages
+            .iter()
+            .map(|p| format!("'{p}'"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let works = Command::new(&python)
+        .args(["-c", "import sys"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !works {
+        if let Some(parent) = venv.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+        }
+        eprintln!(
+            "  running  {SYSTEM_PYTHON} -m venv --clear {}",
+            venv.display()
+        );
+        let status = Command::new(SYSTEM_PYTHON)
+            .args(["-m", "venv", "--clear"])
+            .arg(venv)
+            .stdin(Stdio::null())
+            .status()
+            .with_context(|| format!("run {SYSTEM_PYTHON} (install python3-venv)"))?;
+        if !status.success() {
+            bail!(
+                "could not create the virtualenv {}. Run by hand:\n    {manual}",
+                venv.display()
+            );
+        }
+    }
+    eprintln!(
+        "  running  pip install {} (a minute or two, once)",
+        packages.join(" ")
+    );
+    let status = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+        ])
+        .args(["--timeout", PIP_NETWORK_TIMEOUT_SECS, "--retries", "3"])
+        .args(packages)
+        .stdin(Stdio::null())
+        .status()
+        .context("run pip")?;
+    if !status.success() {
+        bail!(
+            "pip could not install {}. Run by hand and read its errors:\n    {manual}",
+            packages.join(" ")
+        );
+    }
     Ok(())
 }
 

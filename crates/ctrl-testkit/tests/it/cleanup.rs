@@ -9,6 +9,9 @@ use anyhow::{Context, Result, bail};
 use ctrl_testkit::process::ProcessId;
 use ctrl_testkit::reaper::{reap_stale, scratch_root};
 
+/// How many servers `testkit-owner` starts; the container's pid comes after.
+const SERVERS: usize = 6;
+
 /// Runs `testkit-owner <mode>` and returns it with the identities it printed.
 fn spawn_owner(mode: &str) -> Result<(std::process::Child, Vec<ProcessId>)> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_testkit-owner"))
@@ -27,7 +30,11 @@ fn spawn_owner(mode: &str) -> Result<(std::process::Child, Vec<ProcessId>)> {
         .split_whitespace()
         .map(|p| ProcessId::of(p.parse()?).context(format!("process {p} is not running")))
         .collect::<Result<Vec<_>>>()?;
-    assert_eq!(ids.len(), 4, "restate, mariadb, podman, container: {line}");
+    assert_eq!(
+        ids.len(),
+        SERVERS + 1,
+        "restate, mariadb, challtestsrv, pebble, moto, podman, container: {line}"
+    );
     Ok((child, ids))
 }
 
@@ -61,7 +68,7 @@ fn a_killed_owner_leaves_nothing_after_the_reaper_runs() -> Result<()> {
     child.wait()?;
 
     // The kernel kills the servers themselves (parent-death signal).
-    let alive = wait_until_gone(&ids[..3]);
+    let alive = wait_until_gone(&ids[..SERVERS]);
     assert!(
         alive.is_empty(),
         "servers still running after SIGKILL: {alive:?}"
@@ -77,7 +84,7 @@ fn a_killed_owner_leaves_nothing_after_the_reaper_runs() -> Result<()> {
     let reaped = reap_stale(&scratch_root());
     assert!(reaped.dirs >= 1, "{reaped:?}");
     assert!(!owner_dir.exists(), "the dead owner's directory is removed");
-    let alive = wait_until_gone(&ids[3..]);
+    let alive = wait_until_gone(&ids[SERVERS..]);
     assert!(
         alive.is_empty(),
         "container still running after reaping: {alive:?}"

@@ -1,6 +1,7 @@
 //! Proof that the testkit starts real dependencies and cleans them up.
 //! One integration-test binary with a module per dependency.
 
+mod acme;
 mod cleanup;
 mod mariadb;
 mod podman;
