@@ -13,27 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::AcmeError;
 
-/// The label under which the ownership TXT record lives: `_ctrl.{domain}`.
-pub const TXT_LABEL: &str = "_ctrl";
-/// The TXT value's prefix: `ctrl-domain-verify={token}`.
-pub const TXT_PREFIX: &str = "ctrl-domain-verify=";
-
-/// The name of a domain's ownership record.
-pub fn txt_name(domain: &str) -> String {
-    format!("{TXT_LABEL}.{domain}")
-}
-
-/// The value of a domain's ownership record.
-pub fn txt_value(token: &str) -> String {
-    format!("{TXT_PREFIX}{token}")
-}
-
-/// Whether `domain` is a zone apex (a registrable domain such as
-/// `example.com` or `shop.co.uk`), which cannot carry a CNAME: the user
-/// points A/AAAA records at the edge instead.
-pub fn is_apex(domain: &str) -> bool {
-    psl::domain_str(domain).is_some_and(|d| d.eq_ignore_ascii_case(domain))
-}
+use ctrl_core::domains::{is_apex, ownership_txt_name as txt_name, ownership_txt_value as txt_value};
 
 /// What a domain must show.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -276,25 +256,4 @@ impl Checker {
 /// Lowercase, without the trailing dot.
 fn normalize(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn apexes_follow_the_public_suffix_list() {
-        assert!(is_apex("example.com"));
-        assert!(is_apex("shop.co.uk"));
-        assert!(!is_apex("www.example.com"));
-        assert!(!is_apex("www.shop.co.uk"));
-        assert!(is_apex("customer.test"));
-        assert!(!is_apex("app.customer.test"));
-    }
-
-    #[test]
-    fn ownership_records_are_named_once() {
-        assert_eq!(txt_name("shop.example.com"), "_ctrl.shop.example.com");
-        assert_eq!(txt_value("abc"), "ctrl-domain-verify=abc");
-    }
 }

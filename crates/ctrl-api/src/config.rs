@@ -1,7 +1,7 @@
 //! ctrl-api's configuration file (TOML; `${VAR}` expanded; overrides from
 //! `CTRL_API__SECTION__KEY`). See `deploy/ctrl-api.example.toml`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ctrl_runtime::config::{Validate, Validator};
 use ctrl_runtime::sections::{DatabaseConfig, LogConfig};
@@ -37,9 +37,26 @@ pub struct Config {
     /// StreamDeploymentLogs answers failed_precondition).
     #[serde(default)]
     pub agent_logs: Option<AgentLogsConfig>,
+    /// Users' own domains (absent: AddCustomDomain is refused).
+    #[serde(default)]
+    pub custom_domains: CustomDomainsConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+}
+
+/// The `[custom_domains]` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CustomDomainsConfig {
+    /// Users' CNAMEs point at `{random}.{cname_domain}` (seed 001's name);
+    /// empty = custom domains are off.
+    pub cname_domain: String,
+    /// Domains users may not claim (the platform's apex, e.g. the worker's
+    /// `deploy.apex_domain`); `cname_domain` is always refused too.
+    pub platform_domains: Vec<String>,
+    /// The edge's public addresses: the A/AAAA records an apex domain needs.
+    pub apex_addresses: Vec<IpAddr>,
 }
 
 /// The listener.
@@ -108,6 +125,19 @@ impl Validate for Config {
                 logs.token.len() >= 16,
                 "agent_logs.token",
                 "must be at least 16 characters",
+            );
+        }
+        let d = &self.custom_domains;
+        v.check(
+            d.cname_domain.is_empty() || ctrl_core::names::is_hostname(&d.cname_domain),
+            "custom_domains.cname_domain",
+            "must be a lowercase hostname, e.g. \"edge.example.net\"",
+        );
+        for (n, p) in d.platform_domains.iter().enumerate() {
+            v.check(
+                ctrl_core::names::is_hostname(p),
+                &format!("custom_domains.platform_domains[{n}]"),
+                "must be a lowercase hostname",
             );
         }
         self.log.validate(v);

@@ -13,7 +13,7 @@ use connectrpc_axum::{
 use ctrl_proto::ctrl::v1 as pb;
 
 use crate::error::ApiError;
-use crate::services::{deployment, settings, tenancy};
+use crate::services::{custom_domain, deployment, settings, tenancy};
 use crate::state::AppState;
 
 /// Largest accepted request body.
@@ -134,6 +134,11 @@ unary!(wake_deployment => deployment::wake_deployment, pb::WakeDeploymentRequest
 unary!(delete_deployment => deployment::delete_deployment, pb::DeleteDeploymentRequest, pb::DeleteDeploymentResponse);
 unary!(get_deployment => deployment::get_deployment, pb::GetDeploymentRequest, pb::GetDeploymentResponse);
 unary!(list_deployments => deployment::list_deployments, pb::ListDeploymentsRequest, pb::ListDeploymentsResponse);
+unary!(add_custom_domain => custom_domain::add_custom_domain, pb::AddCustomDomainRequest, pb::AddCustomDomainResponse);
+unary!(get_custom_domain => custom_domain::get_custom_domain, pb::GetCustomDomainRequest, pb::GetCustomDomainResponse);
+unary!(list_custom_domains => custom_domain::list_custom_domains, pb::ListCustomDomainsRequest, pb::ListCustomDomainsResponse);
+unary!(delete_custom_domain => custom_domain::delete_custom_domain, pb::DeleteCustomDomainRequest, pb::DeleteCustomDomainResponse);
+unary!(retry_verification => custom_domain::retry_verification, pb::RetryVerificationRequest, pb::RetryVerificationResponse);
 unary!(list_regions => tenancy::list_regions, pb::ListRegionsRequest, pb::ListRegionsResponse);
 unary!(update_region => tenancy::update_region, pb::UpdateRegionRequest, pb::UpdateRegionResponse);
 
@@ -315,6 +320,7 @@ max_decoding!(
     pb::environment_service_server::EnvironmentServiceServer<pb::EnvironmentTonicService>,
     pb::deployment_service_server::DeploymentServiceServer<pb::DeploymentTonicService>,
     pb::region_service_server::RegionServiceServer<pb::RegionTonicService>,
+    pb::custom_domain_service_server::CustomDomainServiceServer<pb::CustomDomainTonicService>,
     pb::acme_service_server::AcmeServiceServer<pb::AcmeTonicService>,
 );
 
@@ -511,6 +517,15 @@ pub fn router_with(
             .update_region(update_region)
             .with_state(state.clone())
             .build();
+    let (domains, domains_grpc) =
+        custom_domain_service_connect::CustomDomainServiceTonicCompatibleBuilder::new()
+            .add_custom_domain(add_custom_domain)
+            .get_custom_domain(get_custom_domain)
+            .list_custom_domains(list_custom_domains)
+            .delete_custom_domain(delete_custom_domain)
+            .retry_verification(retry_verification)
+            .with_state(state.clone())
+            .build();
     let (acme, acme_grpc) = acme_service_connect::AcmeServiceTonicCompatibleBuilder::new()
         .verify_certificate(verify_certificate)
         .with_state(state.clone())
@@ -529,6 +544,7 @@ pub fn router_with(
             environments,
             deployments,
             regions,
+            domains,
             acme,
         ])
         .add_grpc_service(grpc(ctrl_grpc))
@@ -538,6 +554,7 @@ pub fn router_with(
         .add_grpc_service(grpc(environments_grpc))
         .add_grpc_service(grpc(deployments_grpc))
         .add_grpc_service(grpc(regions_grpc))
+        .add_grpc_service(grpc(domains_grpc))
         .add_grpc_service(grpc(acme_grpc))
         .add_axum_router_raw(health)
         .receive_max_bytes(MAX_REQUEST_BYTES);

@@ -33,7 +33,8 @@ pub async fn serve(
             .agent_logs
             .as_ref()
             .map(|l| crate::agent_logs::AgentLogs::new(&l.token)),
-    );
+    )
+    .with_custom_domains(config.custom_domains.clone());
     let cluster = config.cluster_sync.as_ref().map(|sync| {
         ctrl_cluster_sync::ClusterSync::new(
             db.clone(),

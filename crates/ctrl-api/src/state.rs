@@ -21,6 +21,7 @@ struct Inner {
     tokens: ctrl_runtime::auth::BearerTokens,
     edge_tokens: ctrl_runtime::auth::BearerTokens,
     agent_logs: Option<crate::agent_logs::AgentLogs>,
+    custom_domains: crate::config::CustomDomainsConfig,
 }
 
 impl std::fmt::Debug for AppState {
@@ -57,8 +58,23 @@ impl AppState {
                 tokens: ctrl_runtime::auth::BearerTokens::new(tokens),
                 edge_tokens: ctrl_runtime::auth::BearerTokens::new(edge_tokens),
                 agent_logs,
+                custom_domains: crate::config::CustomDomainsConfig::default(),
             }),
         }
+    }
+
+    /// The same state with custom domains configured (call before sharing it).
+    pub fn with_custom_domains(mut self, config: crate::config::CustomDomainsConfig) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.custom_domains = config,
+            None => tracing::error!("with_custom_domains called on a shared state; ignored"),
+        }
+        self
+    }
+
+    /// The custom-domain settings.
+    pub fn custom_domains(&self) -> &crate::config::CustomDomainsConfig {
+        &self.inner.custom_domains
     }
 
     /// Tells long-lived streams to finish (called when the server starts

@@ -309,6 +309,29 @@ pub fn normalize_custom_domain(
     Ok(domain)
 }
 
+/// The label under which a custom domain's ownership TXT record lives.
+pub const OWNERSHIP_TXT_LABEL: &str = "_ctrl";
+/// The ownership TXT value's prefix.
+pub const OWNERSHIP_TXT_PREFIX: &str = "ctrl-domain-verify=";
+
+/// The name of a custom domain's ownership record: `_ctrl.{domain}`.
+pub fn ownership_txt_name(domain: &str) -> String {
+    format!("{OWNERSHIP_TXT_LABEL}.{domain}")
+}
+
+/// The value of a custom domain's ownership record:
+/// `ctrl-domain-verify={token}`.
+pub fn ownership_txt_value(token: &str) -> String {
+    format!("{OWNERSHIP_TXT_PREFIX}{token}")
+}
+
+/// Whether `domain` is a zone apex (a registrable domain such as
+/// `example.com` or `shop.co.uk`, by the public suffix list), which cannot
+/// carry a CNAME: it points A/AAAA records at the edge instead.
+pub fn is_apex(domain: &str) -> bool {
+    psl::domain_str(domain).is_some_and(|d| d.eq_ignore_ascii_case(domain))
+}
+
 /// Length of the hash in shortened or lossy labels (31 bits).
 const HASH_LEN: usize = 6;
 /// Length of the hash in owner fallbacks (41 bits).
@@ -813,6 +836,22 @@ mod tests {
         }
         let long = format!("{}.com", "a".repeat(250));
         assert!(normalize_custom_domain(&long, &platform).is_err());
+    }
+
+    #[test]
+    fn apexes_follow_the_public_suffix_list() {
+        assert!(is_apex("example.com"));
+        assert!(is_apex("shop.co.uk"));
+        assert!(!is_apex("www.example.com"));
+        assert!(!is_apex("www.shop.co.uk"));
+        assert!(is_apex("customer.test"));
+        assert!(!is_apex("app.customer.test"));
+    }
+
+    #[test]
+    fn ownership_records_are_named_once() {
+        assert_eq!(ownership_txt_name("shop.example.com"), "_ctrl.shop.example.com");
+        assert_eq!(ownership_txt_value("abc"), "ctrl-domain-verify=abc");
     }
 
 }
