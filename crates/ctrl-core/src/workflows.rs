@@ -165,6 +165,13 @@ pub const START_VERIFICATION_HANDLER: &str = "StartVerification";
 /// Removes the domain with its route, challenge and certificate.
 pub const DELETE_CUSTOM_DOMAIN_HANDLER: &str = "Delete";
 
+/// Input of `CustomDomain/{domain_id}/StartVerification` and `.../Delete`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomDomainInput {
+    /// The custom domain (the object's key).
+    pub domain_id: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -170,7 +170,11 @@ pub async fn bootstrap_certificates(config: &Config, db: &MySqlPool) -> Result<(
         .context("build the ingress client")?;
     let ingress = config.restate.ingress_url.trim_end_matches('/');
     let send = |path: String, body: serde_json::Value, key: Option<String>| {
-        let mut req = http.post(format!("{ingress}/{path}/send")).json(&body);
+        let mut req = http.post(format!("{ingress}/{path}/send"));
+        // A handler without input takes no body at all.
+        if !body.is_null() {
+            req = req.json(&body);
+        }
         if let Some(key) = key {
             req = req.header("idempotency-key", key);
         }

@@ -94,7 +94,9 @@ async fn start_verification(s: &AppState, id: &str, key: &str) -> Result<(), Api
             wf::CUSTOM_DOMAIN_SERVICE,
             id,
             wf::START_VERIFICATION_HANDLER,
-            &serde_json::Value::Null,
+            &wf::CustomDomainInput {
+                domain_id: id.to_owned(),
+            },
             key,
         )
         .await
@@ -148,7 +150,9 @@ pub async fn delete_custom_domain(
             wf::CUSTOM_DOMAIN_SERVICE,
             &d.id,
             wf::DELETE_CUSTOM_DOMAIN_HANDLER,
-            &serde_json::Value::Null,
+            &wf::CustomDomainInput {
+                domain_id: d.id.clone(),
+            },
         )
         .await?;
     Ok(pb::DeleteCustomDomainResponse {})
@@ -166,7 +170,9 @@ pub async fn retry_verification(
             wf::CUSTOM_DOMAIN_SERVICE,
             &d.id,
             wf::START_VERIFICATION_HANDLER,
-            &serde_json::Value::Null,
+            &wf::CustomDomainInput {
+                domain_id: d.id.clone(),
+            },
         )
         .await?;
     let d = load(s, &req.domain_id).await?;

@@ -18,7 +18,7 @@ use std::time::Duration;
 use ctrl_acme::verify::{Checker, Expected};
 use ctrl_core::domains::Sticky;
 use ctrl_core::id::{IdKind, generate};
-use ctrl_core::workflows::ObtainCertificate;
+use ctrl_core::workflows::{CustomDomainInput, ObtainCertificate};
 use ctrl_db::custom_domain::{self, Check, CustomDomain};
 use ctrl_db::route::{self, NewRoute};
 use ctrl_db::types::CustomDomainStatus;
@@ -110,7 +110,12 @@ impl CustomDomainObject {
 impl CustomDomainObject {
     /// (Re)starts verification now.
     #[handler(name = "StartVerification")]
-    async fn start(&self, ctx: ObjectContext<'_>) -> HandlerResult<()> {
+    async fn start(
+        &self,
+        ctx: ObjectContext<'_>,
+        Json(req): Json<CustomDomainInput>,
+    ) -> HandlerResult<()> {
+        own_key(&ctx, &req)?;
         let generation = ctx.get::<u64>(GENERATION).await?.unwrap_or(0) + 1;
         ctx.set(GENERATION, generation);
         let (db, id) = (self.db.clone(), ctx.key().to_owned());
@@ -186,7 +191,12 @@ impl CustomDomainObject {
 
     /// Removes the domain with its route, challenge and certificate.
     #[handler(name = "Delete")]
-    async fn delete(&self, ctx: ObjectContext<'_>) -> HandlerResult<()> {
+    async fn delete(
+        &self,
+        ctx: ObjectContext<'_>,
+        Json(req): Json<CustomDomainInput>,
+    ) -> HandlerResult<()> {
+        own_key(&ctx, &req)?;
         // Stops any verification chain.
         let generation = ctx.get::<u64>(GENERATION).await?.unwrap_or(0) + 1;
         ctx.set(GENERATION, generation);
@@ -338,6 +348,18 @@ impl CustomDomainObject {
             .send();
         Ok(())
     }
+}
+
+fn own_key(ctx: &ObjectContext<'_>, req: &CustomDomainInput) -> Result<(), HandlerError> {
+    if req.domain_id != ctx.key() {
+        return Err(WorkflowError::Invalid(format!(
+            "CustomDomain {} was invoked for {}",
+            ctx.key(),
+            req.domain_id
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// One DNS check of the domain, recorded on its row.

@@ -50,9 +50,10 @@ impl Harness {
         std::fs::write(
             &config,
             format!(
-                "[restate]\nlisten = \"127.0.0.1:{port}\"\nadmin_url = \"{admin}\"\nregister_as = \"http://127.0.0.1:{port}\"\n\
+                "[restate]\nlisten = \"127.0.0.1:{port}\"\nadmin_url = \"{admin}\"\nregister_as = \"http://127.0.0.1:{port}\"\ningress_url = \"{ingress}\"\n\
                  [database]\nurl = \"{url}\"\n[health]\nlisten = \"127.0.0.1:{health_port}\"\n[deploy]\n{deploy}\n",
                 admin = restate.admin_url(),
+                ingress = restate.ingress_url(),
                 url = db.url,
             ),
         )?;
