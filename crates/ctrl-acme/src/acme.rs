@@ -165,7 +165,10 @@ async fn bounded<T>(
     f: impl Future<Output = Result<T, instant_acme::Error>>,
 ) -> Result<T, AcmeError> {
     match tokio::time::timeout(timeout, f).await {
-        Ok(result) => result.map_err(AcmeError::from),
+        Ok(result) => result.map_err(|e| match AcmeError::from(e) {
+            AcmeError::Transient(m) => AcmeError::Transient(format!("ACME server at {what}: {m}")),
+            other => other,
+        }),
         Err(_) => Err(AcmeError::Transient(format!(
             "the ACME server at {what} did not answer within {timeout:?}"
         ))),

@@ -189,6 +189,24 @@ pub async fn set_challenge_status(
     Ok(done.rows_affected() > 0)
 }
 
+/// Notes why an order under way is being retried (status unchanged).
+pub async fn note_challenge_error(
+    ex: impl MySqlExecutor<'_>,
+    domain_id: &str,
+    note: &str,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE acme_challenges SET last_error = ?, updated_at = ? WHERE domain_id = ? AND status = 'pending'",
+    )
+    .bind(&note[..note.floor_char_boundary(1024)])
+    .bind(now)
+    .bind(domain_id)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
 /// Deletes a domain's challenge.
 pub async fn delete_challenge(ex: impl MySqlExecutor<'_>, domain_id: &str) -> Result<bool> {
     let done = sqlx::query("DELETE FROM acme_challenges WHERE domain_id = ?")

@@ -63,6 +63,9 @@ pub struct AcmeConfig {
     pub renewal_interval_seconds: u64,
     /// Renewals found together start this far apart (spreads load on the CA).
     pub renewal_spacing_seconds: u64,
+    /// Attempts of an ACME step failing transiently (unreachable CA, 5xx,
+    /// timeouts; backing off from 1 s to 30 s) before the order fails.
+    pub step_attempts: u32,
     /// DNS-01 through Route53 (wildcards, the platform's `*.{apex}`).
     pub route53: Route53Section,
 }
@@ -79,6 +82,7 @@ impl Default for AcmeConfig {
             renew_before_days: 30,
             renewal_interval_seconds: 3600,
             renewal_spacing_seconds: 10,
+            step_attempts: 12,
             route53: Route53Section::default(),
         }
     }
@@ -336,6 +340,7 @@ impl Validate for Config {
             v.range("acme.renew_before_days", a.renew_before_days, 1..=89);
             v.range("acme.renewal_interval_seconds", a.renewal_interval_seconds, 1..=7 * 86_400);
             v.range("acme.renewal_spacing_seconds", a.renewal_spacing_seconds, 0..=3600);
+            v.range("acme.step_attempts", a.step_attempts, 1..=100);
             v.check(
                 self.vault.is_some(),
                 "vault",

@@ -132,6 +132,7 @@ impl Certificates {
                 renew_before: Duration::from_secs(a.renew_before_days * 86_400),
                 renewal_interval: Duration::from_secs(a.renewal_interval_seconds),
                 renewal_spacing: Duration::from_secs(a.renewal_spacing_seconds),
+                step_attempts: a.step_attempts,
             }))
         } else {
             None

@@ -247,8 +247,9 @@ async fn to_pb(s: &AppState, d: &CustomDomain) -> Result<pb::CustomDomain, ApiEr
         certificate: Some(pb::CertificateState {
             status: status as i32,
             expires_at: owned_cert.as_ref().map_or(0, |c| c.not_after),
+            // Why it failed, or why an order under way is being retried.
             error: challenge
-                .filter(|c| c.status == ChallengeStatus::Failed)
+                .filter(|c| matches!(c.status, ChallengeStatus::Failed | ChallengeStatus::Pending))
                 .and_then(|c| c.last_error)
                 .unwrap_or_default(),
             issued_at: owned_cert.as_ref().map_or(0, |c| c.updated_at),

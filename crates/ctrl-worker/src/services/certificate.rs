@@ -56,6 +56,8 @@ pub struct Issuer {
     pub renewal_interval: Duration,
     /// Spacing between renewals started together.
     pub renewal_spacing: Duration,
+    /// Attempts of a step failing transiently before the order fails.
+    pub step_attempts: u32,
 }
 
 /// Rate-limit rounds before the challenge fails.
@@ -95,14 +97,30 @@ fn classify<T>(r: Result<T, AcmeError>) -> Result<Json<Step<T>>, HandlerError> {
 }
 
 /// Retries of an ACME step: transient failures (network, 5xx, timeouts)
-/// back off from 1 s to 30 s over about five minutes, then the challenge
-/// fails with the last error.
-fn acme_retry() -> RunRetryPolicy {
+/// back off from 1 s to 30 s (12 attempts: about five minutes), then the
+/// challenge fails with the last error.
+fn acme_retry(attempts: u32) -> RunRetryPolicy {
     RunRetryPolicy::new()
         .initial_delay(Duration::from_secs(1))
         .exponentiation_factor(2.0)
         .max_delay(Duration::from_secs(30))
-        .max_attempts(12)
+        .max_attempts(attempts)
+}
+
+/// Notes a transient failure on the challenge while the step retries, so
+/// the API shows why the certificate is still coming (best effort).
+async fn noted<T>(
+    db: &MySqlPool,
+    domain_id: &str,
+    r: Result<T, AcmeError>,
+) -> Result<T, AcmeError> {
+    if let Err(AcmeError::Transient(why)) = &r {
+        let note = format!("retrying: {why}");
+        if let Err(e) = certificate::note_challenge_error(db, domain_id, &note, now_ms()).await {
+            tracing::debug!(error = %e, "could not note the retry");
+        }
+    }
+    r
 }
 
 /// Why the run ended early.
@@ -245,15 +263,20 @@ impl CertificateObject {
         let terminal = |e: TerminalError| Stop::Failed(e.message().to_owned());
         let kind = claim.kind;
 
-        let (db, iss) = (self.db.clone(), issuer.clone());
+        let (db, iss, dom) = (self.db.clone(), issuer.clone(), domain_id.to_owned());
         step(
-            ctx.run(|| async move { classify(ensure_account(&db, &iss).await) })
+            ctx.run(|| async move { classify(noted(&db, &dom, ensure_account(&db, &iss).await).await) })
                 .name("ensure ACME account")
-                .retry_policy(acme_retry())
+                .retry_policy(acme_retry(issuer.step_attempts))
                 .await,
         )?;
 
-        let (db, iss, host) = (self.db.clone(), issuer.clone(), hostname.to_owned());
+        let (db, iss, host, dom) = (
+            self.db.clone(),
+            issuer.clone(),
+            hostname.to_owned(),
+            domain_id.to_owned(),
+        );
         let order_url = step(
             ctx.run(|| async move {
                 let result = async {
@@ -261,10 +284,10 @@ impl CertificateObject {
                     session.new_order(&host).await
                 }
                 .await;
-                classify(result)
+                classify(noted(&db, &dom, result).await)
             })
             .name("create order")
-            .retry_policy(acme_retry())
+            .retry_policy(acme_retry(issuer.step_attempts))
             .await,
         )?;
 
@@ -276,9 +299,12 @@ impl CertificateObject {
             domain_id.to_owned(),
         );
         let presented: Vec<Presentation> = step(
-            ctx.run(|| async move { classify(present(&db, &iss, &url, kind, &ws, &dom).await) })
+            ctx.run(|| async move {
+                let result = present(&db, &iss, &url, kind, &ws, &dom).await;
+                classify(noted(&db, &dom, result).await)
+            })
                 .name("present challenges")
-                .retry_policy(acme_retry())
+                .retry_policy(acme_retry(issuer.step_attempts))
                 .await,
         )?;
 
@@ -318,7 +344,12 @@ impl CertificateObject {
         order_url: &str,
     ) -> Result<i64, Stop> {
         let kind = claim.kind;
-        let (db, iss, url) = (self.db.clone(), issuer.clone(), order_url.to_owned());
+        let (db, iss, url, dom) = (
+            self.db.clone(),
+            issuer.clone(),
+            order_url.to_owned(),
+            domain_id.to_owned(),
+        );
         step(
             ctx.run(|| async move {
                 let result = async {
@@ -332,10 +363,10 @@ impl CertificateObject {
                     }
                 }
                 .await;
-                classify(result)
+                classify(noted(&db, &dom, result).await)
             })
             .name("answer and await validation")
-            .retry_policy(acme_retry())
+            .retry_policy(acme_retry(issuer.step_attempts))
             .await,
         )?;
 
@@ -363,7 +394,12 @@ impl CertificateObject {
             .await,
         )?;
 
-        let (db, iss, url) = (self.db.clone(), issuer.clone(), order_url.to_owned());
+        let (db, iss, url, dom) = (
+            self.db.clone(),
+            issuer.clone(),
+            order_url.to_owned(),
+            domain_id.to_owned(),
+        );
         let chain = step(
             ctx.run(|| async move {
                 let result = async {
@@ -374,10 +410,10 @@ impl CertificateObject {
                     session.finalize(&url, &csr, iss.validation_timeout).await
                 }
                 .await;
-                classify(result)
+                classify(noted(&db, &dom, result).await)
             })
             .name("finalize order")
-            .retry_policy(acme_retry())
+            .retry_policy(acme_retry(issuer.step_attempts))
             .await,
         )?;
 

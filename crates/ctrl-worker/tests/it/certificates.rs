@@ -50,6 +50,10 @@ pub(crate) struct Options {
     pub(crate) validity: Option<Duration>,
     /// Extra `[acme]` lines.
     pub(crate) acme: &'static str,
+    /// Another ACME directory than pebble's.
+    pub(crate) directory: Option<String>,
+    /// A Route53 hosted zone id to use (instead of finding it by name).
+    pub(crate) hosted_zone_id: Option<&'static str>,
 }
 
 impl Stack {
@@ -74,8 +78,9 @@ impl Stack {
         };
         let route53 = match &moto {
             Some(m) => format!(
-                "[acme.route53]\nenabled = true\naccess_key_id = \"AKIDTEST\"\nsecret_access_key = \"s3cr3t-route53-key\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\n",
-                m.endpoint_url()
+                "[acme.route53]\nenabled = true\naccess_key_id = \"AKIDTEST\"\nsecret_access_key = \"s3cr3t-route53-key\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\nhosted_zone_id = \"{}\"\n",
+                m.endpoint_url(),
+                o.hosted_zone_id.unwrap_or_default(),
             ),
             None => String::new(),
         };
@@ -86,7 +91,7 @@ impl Stack {
              {route53}\
              [custom_domains]\nnameservers = [\"{ns}\"]\ncheck_interval_seconds = 1\ngive_up_after_seconds = 3600\n\
              [vault]\nkeys = [{{ id = \"k1\", key = \"{VAULT_KEY}\" }}]\n",
-            dir = pebble.directory_url(),
+            dir = o.directory.clone().unwrap_or_else(|| pebble.directory_url()),
             ca = pebble.listener_ca_pem_path().display(),
             extra = o.acme,
             ns = dns.dns_addr(),
@@ -843,15 +848,270 @@ async fn certificates_are_renewed_and_served_without_a_restart() -> Result<()> {
     Ok(())
 }
 
-/// Seeds what the Certificate object needs for a verified domain without
-/// waiting for DNS verification (crash tests start at the order).
-pub(crate) async fn verified_domain(s: &Stack, host: &str) -> Result<String> {
+
+/// Names of the journaled entries of `service/key`'s invocations.
+async fn journal(s: &Stack, service: &str, key: &str) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for inv in s
+        .h
+        .query(&format!(
+            "SELECT id FROM sys_invocation WHERE target_service_name = '{service}' AND target_service_key = '{key}'"
+        ))
+        .await?
+    {
+        let id = inv["id"].as_str().unwrap_or_default().to_owned();
+        for e in s
+            .h
+            .query(&format!("SELECT name FROM sys_journal WHERE id = '{id}'"))
+            .await?
+        {
+            if let Some(n) = e["name"].as_str() {
+                names.push(n.to_owned());
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// How many certificates pebble issued.
+fn issued_by_pebble(s: &Stack) -> Result<usize> {
+    let log = std::fs::read_to_string(s.pebble.log_path())?;
+    Ok(log.matches("Issued certificate serial").count())
+}
+
+/// After a crash: the certificate is stored once, issued once, and served.
+async fn assert_issued_once(s: &Stack, host: &str) -> Result<()> {
+    eventually(Duration::from_secs(60), || async {
+        Ok(ctrl_db::certificate::find(&s.h.db.pool, host).await?.is_some())
+    })
+    .await
+    .with_context(|| format!("no certificate; worker log:\n{}", s.h.worker_log(60)))?;
+    // Let a (wrong) second order show if there were one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ctrl_db::certificate::count(&s.h.db.pool, host).await?, 1);
+    assert_eq!(issued_by_pebble(s)?, 1, "pebble issued more than one certificate");
+    let tls_host = host.replace("*.", "web.");
+    eventually(Duration::from_secs(10), || async {
+        Ok(s.https_get(&tls_host).await.is_ok_and(|(status, _)| status == 200))
+    })
+    .await
+    .context("the certificate is not served")?;
+    Ok(())
+}
+
+/// SIGKILL after the order is created (held in the step presenting the
+/// challenge by a lock on its row): the restarted worker resumes the same
+/// journaled order.
+#[tokio::test]
+async fn a_worker_killed_after_the_order_is_created_resumes_it() -> Result<()> {
+    let mut s = Stack::start(Options::default()).await?;
+    let host = "crash-order.customer.test";
     let d = s.add(host).await?;
     let cname = d.records.iter().find(|r| r.r#type == "CNAME").context("CNAME")?;
     s.dns.set_cname(host, &cname.value).await?;
-    s.wait_domain(&d.id, "verified", Duration::from_secs(20), |d| {
-        d.status == pb::CustomDomainStatus::Verified as i32
+    // Claimed (pending): lock the row before the order's challenge is written.
+    let pool = s.h.db.pool.clone();
+    eventually(Duration::from_secs(20), || async {
+        Ok(ctrl_db::certificate::challenge(&pool, &d.id)
+            .await?
+            .is_some_and(|c| c.status == ChallengeStatus::Pending))
     })
     .await?;
-    Ok(d.id)
+    let mut lock = pool.begin().await?;
+    sqlx::query("SELECT status FROM acme_challenges WHERE domain_id = ? FOR UPDATE")
+        .bind(&d.id)
+        .fetch_one(&mut *lock)
+        .await?;
+    eventually(Duration::from_secs(20), || async {
+        Ok(journal(&s, "Certificate", host)
+            .await?
+            .iter()
+            .any(|n| n == "create order"))
+    })
+    .await
+    .context("no order created")?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.h.crash_worker().await?;
+    lock.rollback().await?;
+    assert_issued_once(&s, host).await
+}
+
+/// SIGKILL while the CA validates the presented challenge.
+#[tokio::test]
+async fn a_worker_killed_after_the_challenge_is_presented_resumes_it() -> Result<()> {
+    let mut s = Stack::start(Options::default()).await?;
+    let host = "crash-present.customer.test";
+    let d = s.add(host).await?;
+    let cname = d.records.iter().find(|r| r.r#type == "CNAME").context("CNAME")?;
+    s.dns.set_cname(host, &cname.value).await?;
+    eventually(Duration::from_secs(30), || async {
+        Ok(journal(&s, "Certificate", host)
+            .await?
+            .iter()
+            .any(|n| n == "present challenges"))
+    })
+    .await
+    .context("no challenge presented")?;
+    s.h.crash_worker().await?;
+    assert_issued_once(&s, host).await
+}
+
+/// SIGKILL after the order is finalized (held before storing by a lock on
+/// the certificate's hostname): the chain is journaled, stored once.
+#[tokio::test]
+async fn a_worker_killed_after_finalize_stores_the_certificate_once() -> Result<()> {
+    let mut s = Stack::start(Options::default()).await?;
+    let host = "crash-finalize.customer.test";
+    let pool = s.h.db.pool.clone();
+    // A gap lock on the (absent) hostname blocks the insert of the store step.
+    let mut lock = pool.begin().await?;
+    sqlx::query("SELECT id FROM certificates WHERE hostname = ? FOR UPDATE")
+        .bind(host)
+        .fetch_optional(&mut *lock)
+        .await?;
+    let d = s.add(host).await?;
+    let cname = d.records.iter().find(|r| r.r#type == "CNAME").context("CNAME")?;
+    s.dns.set_cname(host, &cname.value).await?;
+    eventually(Duration::from_secs(30), || async {
+        Ok(journal(&s, "Certificate", host)
+            .await?
+            .iter()
+            .any(|n| n == "finalize order"))
+    })
+    .await
+    .context("the order was not finalized")?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(issued_by_pebble(&s)?, 1, "finalized before the crash");
+    s.h.crash_worker().await?;
+    lock.rollback().await?;
+    assert_issued_once(&s, host).await
+}
+
+/// SIGKILL with the DNS-01 TXT record published: resumed, issued once, and
+/// the record is removed.
+#[tokio::test]
+async fn a_worker_killed_during_dns_01_leaves_no_txt_record() -> Result<()> {
+    let mut s = Stack::start(Options {
+        route53: true,
+        ..Options::default()
+    })
+    .await?;
+    let wildcard = format!("*.{APEX}");
+    eventually(Duration::from_secs(30), || async {
+        Ok(journal(&s, "Certificate", &wildcard)
+            .await?
+            .iter()
+            .any(|n| n == "present challenges"))
+    })
+    .await
+    .context("no TXT record presented")?;
+    s.h.crash_worker().await?;
+    assert_issued_once(&s, &wildcard).await?;
+    let moto = s.moto.as_ref().context("moto")?;
+    eventually(Duration::from_secs(10), || async {
+        Ok(moto_txt_records(&moto.endpoint_url()).await?.is_empty())
+    })
+    .await
+    .context("TXT records left in Route53")?;
+    Ok(())
+}
+
+/// An unreachable CA: the API shows the order retrying and why, then failed
+/// naming the directory; the domain itself stays verified and routed.
+#[tokio::test]
+async fn an_unreachable_ca_is_reported_then_fails_the_order() -> Result<()> {
+    let closed = ctrl_testkit::free_port()?;
+    let directory = format!("https://127.0.0.1:{closed}/dir");
+    let s = Stack::start(Options {
+        directory: Some(directory.clone()),
+        acme: "step_attempts = 3",
+        ..Options::default()
+    })
+    .await?;
+    let host = "no-ca.customer.test";
+    let d = s.add(host).await?;
+    let cname = d.records.iter().find(|r| r.r#type == "CNAME").context("CNAME")?;
+    s.dns.set_cname(host, &cname.value).await?;
+    let retrying = s
+        .wait_domain(&d.id, "the retry shown", Duration::from_secs(30), |d| {
+            d.certificate.as_ref().is_some_and(|c| {
+                c.status == pb::CertificateStatus::Issuing as i32 && c.error.contains("retrying")
+            })
+        })
+        .await?;
+    let error = &retrying.certificate.context("certificate")?.error;
+    assert!(error.contains(&format!("127.0.0.1:{closed}")), "{error}");
+    let failed = s
+        .wait_domain(&d.id, "the order failed", Duration::from_secs(60), |d| {
+            d.certificate
+                .as_ref()
+                .is_some_and(|c| c.status == pb::CertificateStatus::Failed as i32)
+        })
+        .await?;
+    assert!(failed.certificate.context("certificate")?.error.contains(&format!("127.0.0.1:{closed}")));
+    assert_eq!(failed.status, pb::CustomDomainStatus::Verified as i32);
+    assert!(ctrl_db::certificate::find(&s.h.db.pool, host).await?.is_none());
+    Ok(())
+}
+
+/// The CA refuses (its validation cannot reach the edge): the order fails
+/// with the CA's own words, nothing is stored, and the user can see why.
+#[tokio::test]
+async fn a_ca_refusal_fails_the_order_with_the_cas_reason() -> Result<()> {
+    let s = Stack::start(Options::default()).await?;
+    let host = "refused.customer.test";
+    let d = s.add(host).await?;
+    let cname = d.records.iter().find(|r| r.r#type == "CNAME").context("CNAME")?;
+    // pebble resolves the name (through its CNAME) to an address nothing
+    // listens on.
+    let nowhere = [std::net::Ipv4Addr::new(127, 0, 0, 2)];
+    s.dns.add_a(host, &nowhere).await?;
+    s.dns.add_a(&cname.value, &nowhere).await?;
+    s.dns.set_cname(host, &cname.value).await?;
+    let failed = s
+        .wait_domain(&d.id, "the order failed", Duration::from_secs(60), |d| {
+            d.certificate
+                .as_ref()
+                .is_some_and(|c| c.status == pb::CertificateStatus::Failed as i32)
+        })
+        .await?;
+    let error = failed.certificate.context("certificate")?.error;
+    println!("CA refusal shown as: {error}");
+    assert!(error.contains("127.0.0.2") || error.contains("connection"), "{error}");
+    assert!(ctrl_db::certificate::find(&s.h.db.pool, host).await?.is_none());
+    Ok(())
+}
+
+/// Route53 refuses (no such hosted zone): the wildcard's order fails with
+/// AWS's code and message, never the credentials.
+#[tokio::test]
+async fn a_route53_error_fails_the_wildcard_with_awss_reason() -> Result<()> {
+    let s = Stack::start(Options {
+        route53: true,
+        hosted_zone_id: Some("ZNOSUCHZONE"),
+        ..Options::default()
+    })
+    .await?;
+    let wildcard = format!("*.{APEX}");
+    let pool = s.h.db.pool.clone();
+    let domain_id: String =
+        sqlx::query_scalar("SELECT id FROM custom_domains WHERE domain = ? AND platform = TRUE")
+            .bind(&wildcard)
+            .fetch_one(&pool)
+            .await?;
+    eventually(Duration::from_secs(60), || async {
+        Ok(ctrl_db::certificate::challenge(&pool, &domain_id)
+            .await?
+            .is_some_and(|c| c.status == ChallengeStatus::Failed))
+    })
+    .await
+    .with_context(|| format!("not failed; worker log:\n{}", s.h.worker_log(40)))?;
+    let c = ctrl_db::certificate::challenge(&pool, &domain_id)
+        .await?
+        .context("challenge")?;
+    let error = c.last_error.unwrap_or_default();
+    assert!(error.contains("Route53") && error.contains("ZNOSUCHZONE"), "{error}");
+    assert!(!error.contains("s3cr3t"), "{error}");
+    assert!(!s.h.worker_log(10_000).contains("s3cr3t-route53-key"));
+    Ok(())
 }
