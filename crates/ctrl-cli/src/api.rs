@@ -153,6 +153,13 @@ impl Api {
         pb::deployment_service_client::DeploymentServiceClient::new(self.channel.clone())
     }
 
+    /// CustomDomainService.
+    pub fn custom_domains(
+        &self,
+    ) -> pb::custom_domain_service_client::CustomDomainServiceClient<Authed> {
+        pb::custom_domain_service_client::CustomDomainServiceClient::new(self.channel.clone())
+    }
+
     /// A request carrying the call timeout (so the server gives up too).
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(message);

@@ -77,6 +77,9 @@ pub enum Command {
     Wake(DeploymentArg),
     /// Print a deployment's output (its instances' stdout and stderr).
     Logs(LogsArgs),
+    /// Custom domains: your own hostnames, routed to an environment's live deployment.
+    #[command(subcommand)]
+    Domains(DomainsCommand),
 }
 
 /// `ctrl workspaces …`
@@ -339,6 +342,52 @@ pub struct LogsArgs {
     pub timestamps: bool,
 }
 
+/// `ctrl domains …`
+#[derive(Debug, Subcommand)]
+pub enum DomainsCommand {
+    /// Add a custom domain to an environment; prints the DNS records to publish.
+    Add {
+        #[command(flatten)]
+        target: EnvTarget,
+        /// The hostname, e.g. shop.example.com.
+        #[arg(value_name = "HOST")]
+        domain: String,
+    },
+    /// List an environment's custom domains.
+    List {
+        #[command(flatten)]
+        target: EnvTarget,
+    },
+    /// Show a custom domain: its records, what the last check found, its certificate.
+    Get(DomainArg),
+    /// Check a custom domain's records again now (also restarts a
+    /// verification that gave up).
+    Verify(DomainArg),
+    /// Remove a custom domain: it stops routing, its certificate is deleted.
+    #[command(visible_alias = "delete")]
+    Rm {
+        #[command(flatten)]
+        domain: DomainArg,
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+}
+
+/// One custom domain, by hostname or id.
+#[derive(Debug, Args)]
+pub struct DomainArg {
+    /// The hostname (e.g. shop.example.com) or the domain's id (dom_…).
+    #[arg(value_name = "HOST")]
+    pub domain: String,
+    /// The app it belongs to: id, `project/app`, or an app slug unique in
+    /// the workspace [default: any app of the workspace].
+    #[arg(long, short)]
+    pub app: Option<String>,
+    /// The environment's slug (with --app) [default: any of the app's].
+    #[arg(long, short, requires = "app")]
+    pub env: Option<String>,
+}
+
 /// One deployment by id.
 #[derive(Debug, Args)]
 pub struct DeploymentArg {
@@ -371,4 +420,89 @@ pub struct Confirm {
     /// Do not ask for confirmation.
     #[arg(long, short)]
     pub yes: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn domains(args: &[&str]) -> Result<DomainsCommand, clap::Error> {
+        let cli = Cli::try_parse_from(["ctrl", "domains"].iter().chain(args))?;
+        match cli.command {
+            Command::Domains(c) => Ok(c),
+            other => panic!("not a domains command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn domains_add_and_list_take_an_app_and_default_to_production() {
+        let Ok(DomainsCommand::Add { target, domain }) =
+            domains(&["add", "--app", "shop/web", "shop.example.com"])
+        else {
+            panic!("add did not parse");
+        };
+        assert_eq!(
+            (target.app.as_str(), target.env.as_str(), domain.as_str()),
+            ("shop/web", "production", "shop.example.com")
+        );
+        let Ok(DomainsCommand::List { target }) = domains(&["list", "-a", "web", "-e", "preview"])
+        else {
+            panic!("list did not parse");
+        };
+        assert_eq!(target.env, "preview");
+
+        for missing in [
+            &["add", "shop.example.com"][..],
+            &["add", "--app", "web"],
+            &["list"],
+        ] {
+            let e = domains(missing).expect_err("parsed without a required argument");
+            assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        }
+    }
+
+    #[test]
+    fn domains_get_verify_and_rm_take_a_host_or_an_id() {
+        let Ok(DomainsCommand::Get(arg)) = domains(&["get", "dom_abc"]) else {
+            panic!("get did not parse");
+        };
+        assert_eq!(
+            (arg.domain.as_str(), arg.app, arg.env),
+            ("dom_abc", None, None)
+        );
+        let Ok(DomainsCommand::Verify(arg)) = domains(&[
+            "verify",
+            "--app",
+            "web",
+            "--env",
+            "preview",
+            "shop.example.com",
+        ]) else {
+            panic!("verify did not parse");
+        };
+        assert_eq!(arg.app.as_deref(), Some("web"));
+        assert_eq!(arg.env.as_deref(), Some("preview"));
+        let Ok(DomainsCommand::Rm { domain, confirm }) =
+            domains(&["rm", "--yes", "--app", "web", "shop.example.com"])
+        else {
+            panic!("rm did not parse");
+        };
+        assert!(confirm.yes);
+        assert_eq!(domain.domain, "shop.example.com");
+        assert!(matches!(
+            domains(&["delete", "shop.example.com"]),
+            Ok(DomainsCommand::Rm {
+                confirm: Confirm { yes: false },
+                ..
+            })
+        ));
+
+        // An environment belongs to an app.
+        let e = domains(&["get", "--env", "preview", "shop.example.com"])
+            .expect_err("--env without --app parsed");
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert!(domains(&["get"]).is_err());
+    }
 }

@@ -4,6 +4,7 @@
 
 use anyhow::{Result, anyhow, bail};
 use ctrl_proto::ctrl::v1 as pb;
+use futures::future::try_join_all;
 
 use crate::api::Api;
 
@@ -240,4 +241,157 @@ pub async fn deployment(api: &Api, id: &str) -> Result<pb::Deployment> {
     .await?
     .deployment
     .ok_or_else(|| anyhow!("the API returned no deployment"))
+}
+
+/// How a command names a custom domain: its id, or its hostname (as ctrl
+/// stores it: lowercase, without a trailing dot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainRef {
+    /// `dom_…`.
+    Id(String),
+    /// `shop.example.com`.
+    Host(String),
+}
+
+impl DomainRef {
+    /// What `named` is: a hostname cannot hold `_`, so `dom_…` without a
+    /// dot is an id.
+    pub fn parse(named: &str) -> Self {
+        let named = named.trim();
+        if named.starts_with("dom_") && !named.contains('.') {
+            Self::Id(named.to_owned())
+        } else {
+            Self::Host(named.trim_end_matches('.').to_ascii_lowercase())
+        }
+    }
+}
+
+/// An environment's custom domains, ordered by hostname.
+pub async fn custom_domains(api: &Api, environment_id: &str) -> Result<Vec<pb::CustomDomain>> {
+    let req = api.request(pb::ListCustomDomainsRequest {
+        environment_id: environment_id.to_owned(),
+    });
+    Ok(api
+        .call(
+            "listing custom domains",
+            api.custom_domains().list_custom_domains(req),
+        )
+        .await?
+        .custom_domains)
+}
+
+/// The custom domain `named` (a hostname or a `dom_…` id). A hostname is
+/// looked up in the environments named by `app` and `env`: that one
+/// environment, every environment of the app, or (no app) every
+/// environment of the workspace. A hostname is added at most once per
+/// workspace, so a wider search finds the same domain.
+pub async fn custom_domain(
+    api: &Api,
+    workspace: Option<&str>,
+    named: &str,
+    app: Option<&str>,
+    env: Option<&str>,
+) -> Result<pb::CustomDomain> {
+    let host = match DomainRef::parse(named) {
+        DomainRef::Id(id) => {
+            let req = api.request(pb::GetCustomDomainRequest {
+                domain_id: id.clone(),
+            });
+            return api
+                .call(
+                    &format!("getting custom domain {id}"),
+                    api.custom_domains().get_custom_domain(req),
+                )
+                .await?
+                .custom_domain
+                .ok_or_else(|| anyhow!("the API returned no custom domain"));
+        }
+        DomainRef::Host(host) => host,
+    };
+    let (envs, place, flags) = match app {
+        Some(app_named) => {
+            let app = self::app(api, workspace, app_named).await?;
+            let label = app_label(app_named, &app);
+            match env {
+                Some(env) => {
+                    let e = environment(api, &app, env).await?;
+                    let place = format!("{label} ({})", e.slug);
+                    let flags = format!("--app {label} --env {}", e.slug);
+                    (vec![e], place, flags)
+                }
+                None => (
+                    environments(api, &app.id).await?,
+                    format!("app {label}"),
+                    format!("--app {label} [--env <env>]"),
+                ),
+            }
+        }
+        None => {
+            let ws = self::workspace(api, workspace).await?;
+            let projects = all_projects(api, &ws.id).await?;
+            let apps = try_join_all(projects.iter().map(|p| all_apps(api, &p.id))).await?;
+            let per_app =
+                try_join_all(apps.iter().flatten().map(|a| environments(api, &a.id))).await?;
+            (
+                per_app.into_iter().flatten().collect(),
+                format!("workspace {}", ws.slug),
+                "--app <app> [--env <env>]".to_owned(),
+            )
+        }
+    };
+    let listed = try_join_all(envs.iter().map(|e| custom_domains(api, &e.id))).await?;
+    find_domain(listed.into_iter().flatten(), &host).ok_or_else(|| {
+        anyhow!("no custom domain {host:?} in {place} (`ctrl domains list {flags}` shows them)")
+    })
+}
+
+/// The domain whose hostname is `host` (as [`DomainRef::parse`] gives it).
+pub fn find_domain(
+    domains: impl IntoIterator<Item = pb::CustomDomain>,
+    host: &str,
+) -> Option<pb::CustomDomain> {
+    domains.into_iter().find(|d| d.domain == host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_domain_is_named_by_id_or_by_hostname() {
+        assert_eq!(
+            DomainRef::parse("dom_3kTq9x"),
+            DomainRef::Id("dom_3kTq9x".into())
+        );
+        assert_eq!(
+            DomainRef::parse(" Shop.Example.COM. "),
+            DomainRef::Host("shop.example.com".into())
+        );
+        // Not an id: a hostname (which the API refuses, naming it).
+        assert_eq!(
+            DomainRef::parse("dom_x.example.com"),
+            DomainRef::Host("dom_x.example.com".into())
+        );
+        assert_eq!(
+            DomainRef::parse("domains.example.com"),
+            DomainRef::Host("domains.example.com".into())
+        );
+    }
+
+    #[test]
+    fn a_hostname_finds_its_domain_in_a_listing() {
+        let listed = ["api.example.com", "shop.example.com"].map(|host| pb::CustomDomain {
+            id: format!("dom_{}", &host[..3]),
+            domain: host.into(),
+            ..Default::default()
+        });
+        let DomainRef::Host(host) = DomainRef::parse("SHOP.example.com.") else {
+            panic!("a hostname parsed as an id");
+        };
+        assert_eq!(
+            find_domain(listed.clone(), &host).map(|d| d.id),
+            Some("dom_sho".to_owned())
+        );
+        assert_eq!(find_domain(listed, "www.example.com"), None);
+    }
 }

@@ -10,7 +10,7 @@ use ctrl_proto::ctrl::v1 as pb;
 use rand::Rng;
 
 use super::Ctx;
-use super::deployments::urls;
+use super::deployments::urls_with;
 use crate::args::DeployArgs;
 use crate::output::{self, duration, status, step_kind};
 use crate::progress::Progress;
@@ -116,7 +116,8 @@ pub(super) async fn run(ctx: &Ctx, args: DeployArgs) -> Result<ExitCode> {
                     });
                 let live = if d.is_live { ", live" } else { "" };
                 println!("\n✓ {id} is ready{took}{live}");
-                for url in urls(&d, ctx.edge_https_port) {
+                let custom = custom_domains(ctx, &d).await;
+                for url in urls_with(&d, ctx.edge_https_port, &custom) {
                     println!("  {url}");
                 }
             }
@@ -243,6 +244,37 @@ async fn settle_live(ctx: &Ctx, d: pb::Deployment) -> Result<pb::Deployment> {
     Ok(d)
 }
 
+/// Longest wait for the custom domains a deploy's result lists.
+const CUSTOM_DOMAINS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The environment's verified custom domains that serve `d` (one
+/// ListCustomDomains call). Nothing when they cannot be read: the deploy's
+/// result never depends on them.
+async fn custom_domains(ctx: &Ctx, d: &pb::Deployment) -> Vec<String> {
+    let api = &ctx.api;
+    let req = api.request(pb::ListCustomDomainsRequest {
+        environment_id: d.environment_id.clone(),
+    });
+    let mut client = api.custom_domains();
+    let call = api.call_status(client.list_custom_domains(req));
+    match tokio::time::timeout(CUSTOM_DOMAINS_TIMEOUT, call).await {
+        Ok(Ok(res)) => serving(d, &res.custom_domains),
+        _ => Vec::new(),
+    }
+}
+
+/// The verified domains among `domains` that route to `d`: those its
+/// routes already list, or all of them when it is the app's live
+/// deployment (their routes follow it).
+fn serving(d: &pb::Deployment, domains: &[pb::CustomDomain]) -> Vec<String> {
+    domains
+        .iter()
+        .filter(|c| c.status == pb::CustomDomainStatus::Verified as i32)
+        .filter(|c| d.is_live || d.hostnames.iter().any(|h| h.fqdn == c.domain))
+        .map(|c| c.domain.clone())
+        .collect()
+}
+
 /// Whether a failed stream is worth opening again.
 fn transient(code: tonic::Code) -> bool {
     use tonic::Code;
@@ -250,4 +282,60 @@ fn transient(code: tonic::Code) -> bool {
         code,
         Code::Unavailable | Code::Unknown | Code::Internal | Code::DeadlineExceeded | Code::Aborted
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::deployments::urls_with;
+    use super::*;
+
+    fn custom(host: &str, status: pb::CustomDomainStatus) -> pb::CustomDomain {
+        pb::CustomDomain {
+            domain: host.into(),
+            status: status as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_deploy_lists_the_verified_custom_domains_that_serve_it() {
+        let listed = [
+            custom("pending.example.com", pb::CustomDomainStatus::Verifying),
+            custom("shop.example.com", pb::CustomDomainStatus::Verified),
+            custom("www.example.com", pb::CustomDomainStatus::Verified),
+        ];
+        let mut d = pb::Deployment {
+            hostnames: vec![
+                pb::Hostname {
+                    fqdn: "web-git-main-acme.ctrl.test".into(),
+                    ..Default::default()
+                },
+                pb::Hostname {
+                    fqdn: "shop.example.com".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        // Not live: only the domains already routed to it.
+        assert_eq!(serving(&d, &listed), ["shop.example.com"]);
+        d.is_live = true;
+        let custom = serving(&d, &listed);
+        assert_eq!(custom, ["shop.example.com", "www.example.com"]);
+        assert_eq!(
+            urls_with(&d, Some(8443), &custom),
+            [
+                "https://web-git-main-acme.ctrl.test:8443  (hostname, through the edge)",
+                "https://shop.example.com:8443             (custom domain)",
+                "https://www.example.com:8443              (custom domain)",
+            ]
+        );
+        assert_eq!(
+            urls_with(&d, None, &[]),
+            [
+                "https://web-git-main-acme.ctrl.test  (hostname, through the edge)",
+                "https://shop.example.com             (hostname, through the edge)",
+            ]
+        );
+    }
 }

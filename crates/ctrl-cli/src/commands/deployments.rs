@@ -215,12 +215,24 @@ pub(super) fn print(d: &pb::Deployment, edge_https_port: Option<u16>) -> Result<
 /// edge, on `edge_https_port` when it is not 443), then each running
 /// instance's own address.
 pub(super) fn urls(d: &pb::Deployment, edge_https_port: Option<u16>) -> Vec<String> {
+    urls_with(d, edge_https_port, &[])
+}
+
+/// [`urls`], with the environment's custom domains that serve `d` after
+/// its generated hostnames (a custom domain's route is one of the
+/// hostnames once it points at `d`; it is listed once, as a custom domain).
+pub(super) fn urls_with(
+    d: &pb::Deployment,
+    edge_https_port: Option<u16>,
+    custom_domains: &[String],
+) -> Vec<String> {
     let port = edge_https_port
         .filter(|p| *p != 443)
         .map_or(String::new(), |p| format!(":{p}"));
     let mut out: Vec<(String, String)> = d
         .hostnames
         .iter()
+        .filter(|h| !custom_domains.contains(&h.fqdn))
         .map(|h| {
             (
                 format!("https://{}{port}", h.fqdn),
@@ -228,6 +240,11 @@ pub(super) fn urls(d: &pb::Deployment, edge_https_port: Option<u16>) -> Vec<Stri
             )
         })
         .collect();
+    out.extend(
+        custom_domains
+            .iter()
+            .map(|host| (format!("https://{host}{port}"), "custom domain".into())),
+    );
     for r in &d.regions {
         for i in &r.instances {
             if i.status == pb::InstanceStatus::Running as i32 {

@@ -2,6 +2,7 @@
 
 mod deploy;
 mod deployments;
+mod domains;
 mod logs;
 mod tenancy;
 mod variables;
@@ -155,6 +156,7 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<ExitCode> {
         Command::Stop(d) => deployments::stop(ctx, &d.deployment).await?,
         Command::Wake(d) => deployments::wake(ctx, &d.deployment).await?,
         Command::Logs(args) => logs::run(ctx, args).await?,
+        Command::Domains(c) => domains::run(ctx, c).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

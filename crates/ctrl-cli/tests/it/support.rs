@@ -8,7 +8,9 @@ use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use ctrl_testkit::{InProcess, Podman, RestateServer, free_ports, images, wait_until_ok};
+use ctrl_testkit::{
+    ChallTestSrv, InProcess, Podman, RestateServer, free_ports, images, wait_until_ok,
+};
 
 pub(crate) const TOKEN: &str = "cli-test-token-0123456789";
 const VAULT_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -16,6 +18,8 @@ pub(crate) const V1: &str = "localhost/cli-demo:v1";
 pub(crate) const V2: &str = "localhost/cli-demo:v2";
 /// How long the worker waits for instances before failing a deployment.
 pub(crate) const READINESS_TIMEOUT_SECONDS: u64 = 8;
+/// Where custom domains' CNAMEs point (`{random}.CNAME_DOMAIN`).
+pub(crate) const CNAME_DOMAIN: &str = "edge.cli.test";
 
 /// Every service of a one-region installation; dropping it stops them.
 pub(crate) struct Stack {
@@ -29,6 +33,8 @@ pub(crate) struct Stack {
     _db: ctrl_testkit::TestDatabase,
     _podman: Podman,
     _restate: RestateServer,
+    /// The DNS server the worker checks custom domains' records with.
+    pub(crate) dns: ChallTestSrv,
 }
 
 fn parse<T: serde::de::DeserializeOwned + ctrl_runtime::config::Validate>(
@@ -44,6 +50,7 @@ impl Stack {
         let restate = RestateServer::start().await?;
         let db = ctrl_testkit::test_database().await?;
         let podman = Podman::start().await?;
+        let dns = ChallTestSrv::start().await?;
         images::build_http_image(podman.docker(), V1).await?;
         images::derive_image(podman.docker(), V1, V2, &[("VERSION", "v2")]).await?;
         let [worker_port, worker_health, api_port, krane_health] = free_ports()?;
@@ -53,9 +60,11 @@ impl Stack {
             &format!(
                 "[restate]\nlisten = \"127.0.0.1:{worker_port}\"\nadmin_url = \"{admin}\"\nregister_as = \"http://127.0.0.1:{worker_port}\"\n\
                  [database]\nurl = \"{url}\"\n[health]\nlisten = \"127.0.0.1:{worker_health}\"\n\
-                 [deploy]\nreadiness_timeout_seconds = {READINESS_TIMEOUT_SECONDS}\n",
+                 [deploy]\nreadiness_timeout_seconds = {READINESS_TIMEOUT_SECONDS}\n\
+                 [custom_domains]\nnameservers = [\"{dns_addr}\"]\ncheck_interval_seconds = 1\n",
                 admin = restate.admin_url(),
                 url = db.url,
+                dns_addr = dns.dns_addr(),
             ),
             ctrl_worker::config::ENV_PREFIX,
         )?;
@@ -70,7 +79,8 @@ impl Stack {
                 "[http]\nlisten = \"127.0.0.1:{api_port}\"\n[auth]\ntokens = [\"{TOKEN}\"]\n[database]\nurl = \"{url}\"\n\
                  [vault]\nkeys = [{{ id = \"k1\", key = \"{VAULT_KEY}\" }}]\n\
                  [restate]\ningress_url = \"{ingress}\"\nadmin_url = \"{admin}\"\n\
-                 [cluster_sync]\npoll_interval_ms = 50\n[agent_logs]\ntoken = \"{TOKEN}\"\n",
+                 [cluster_sync]\npoll_interval_ms = 50\n[agent_logs]\ntoken = \"{TOKEN}\"\n\
+                 [custom_domains]\ncname_domain = \"{CNAME_DOMAIN}\"\n",
                 url = db.url,
                 ingress = restate.ingress_url(),
                 admin = restate.admin_url(),
@@ -108,6 +118,7 @@ impl Stack {
             _db: db,
             _podman: podman,
             _restate: restate,
+            dns,
         };
         // Ready once krane registered its region (deployments need one).
         wait_until_ok(
