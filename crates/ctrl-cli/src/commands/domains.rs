@@ -212,7 +212,8 @@ fn list_table(domains: &[pb::CustomDomain], now: i64) -> Table {
 }
 
 /// A certificate in a few words: "issued, expires 2027-03-01", "failed: …",
-/// "issuing", or "-" when there is none.
+/// "issuing" (with why an order is being retried), or "-" when there is
+/// none.
 fn certificate_cell(c: Option<&pb::CertificateState>) -> String {
     let Some(c) = c else {
         return "-".into();
@@ -223,6 +224,9 @@ fn certificate_cell(c: Option<&pb::CertificateState>) -> String {
         }
         Ok(pb::CertificateStatus::Failed) if !c.error.is_empty() => {
             format!("failed: {}", clip(&c.error, LIST_ERROR_CHARS))
+        }
+        Ok(pb::CertificateStatus::Issuing) if !c.error.is_empty() => {
+            format!("issuing, retrying: {}", clip(&c.error, LIST_ERROR_CHARS))
         }
         Ok(pb::CertificateStatus::None | pb::CertificateStatus::Unspecified) => "-".into(),
         _ => certificate_status(c.status),
@@ -260,6 +264,10 @@ fn detail_lines(d: &pb::CustomDomain, now: i64) -> Vec<String> {
             }
             // Verified without one: certificates are off on this server.
             Ok(pb::CertificateStatus::Unspecified) | Err(_) => "none".into(),
+            // The error is why the order under way is being retried.
+            Ok(pb::CertificateStatus::Issuing) if !cert.error.is_empty() => {
+                "issuing, retrying after an error".into()
+            }
             Ok(_) => certificate_status(cert.status),
         },
     ));
@@ -398,7 +406,16 @@ mod tests {
             error: "urn:ietf:params:acme:error:rateLimited: too many certificates already issued for this domain".into(),
             ..Default::default()
         });
-        let table = list_table(&[failed, pending, verified], NOW);
+        let mut issuing = domain(pb::CustomDomainStatus::Verified);
+        issuing.domain = "www2.example.com".into();
+        issuing.check_attempts = 2;
+        issuing.last_checked_at = NOW - 7_200_000;
+        issuing.certificate = Some(pb::CertificateState {
+            status: pb::CertificateStatus::Issuing as i32,
+            error: "the CA at https://acme.test/dir did not answer".into(),
+            ..Default::default()
+        });
+        let table = list_table(&[failed, pending, verified, issuing], NOW);
         assert_eq!(
             table.lines(),
             [
@@ -406,6 +423,7 @@ mod tests {
                 "api.example.com   verified  failed: urn:ietf:params:acme:error:rateLimited: too many certificat…  1       5s ago",
                 "shop.example.com  pending   -                                                                     0       -",
                 "www.example.com   verified  issued, expires 2027-03-01                                            3       2m ago",
+                "www2.example.com  verified  issuing, retrying: the CA at https://acme.test/dir did not answer     2       2h ago",
             ]
         );
         assert!(list_table(&[], NOW).is_empty());
@@ -489,6 +507,22 @@ mod tests {
             !lines.iter().any(|l| l.contains("ctrl domains verify")),
             "{lines:#?}"
         );
+
+        d.certificate = Some(pb::CertificateState {
+            status: pb::CertificateStatus::Issuing as i32,
+            error: "the CA at https://acme.test/dir did not answer".into(),
+            ..Default::default()
+        });
+        let lines = detail_lines(&d, NOW);
+        for want in [
+            "certificate        issuing, retrying after an error",
+            "certificate error  the CA at https://acme.test/dir did not answer",
+        ] {
+            assert!(
+                lines.contains(&want.to_owned()),
+                "no {want:?} in {lines:#?}"
+            );
+        }
 
         d.status = pb::CustomDomainStatus::Failed as i32;
         d.verification_error = "not verified within 24.0 h; last check: no TXT".into();
