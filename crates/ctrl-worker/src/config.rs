@@ -335,11 +335,27 @@ impl Validate for Config {
                 "acme.ca_bundle",
                 format!("{:?} is not a readable file", a.ca_bundle),
             );
-            v.range("acme.request_timeout_seconds", a.request_timeout_seconds, 1..=300);
-            v.range("acme.validation_timeout_seconds", a.validation_timeout_seconds, 1..=3600);
+            v.range(
+                "acme.request_timeout_seconds",
+                a.request_timeout_seconds,
+                1..=300,
+            );
+            v.range(
+                "acme.validation_timeout_seconds",
+                a.validation_timeout_seconds,
+                1..=3600,
+            );
             v.range("acme.renew_before_days", a.renew_before_days, 1..=89);
-            v.range("acme.renewal_interval_seconds", a.renewal_interval_seconds, 1..=7 * 86_400);
-            v.range("acme.renewal_spacing_seconds", a.renewal_spacing_seconds, 0..=3600);
+            v.range(
+                "acme.renewal_interval_seconds",
+                a.renewal_interval_seconds,
+                1..=7 * 86_400,
+            );
+            v.range(
+                "acme.renewal_spacing_seconds",
+                a.renewal_spacing_seconds,
+                0..=3600,
+            );
             v.range("acme.step_attempts", a.step_attempts, 1..=100);
             v.check(
                 self.vault.is_some(),
@@ -364,7 +380,11 @@ impl Validate for Config {
                 "must name an AWS region, e.g. \"us-east-1\"",
             );
             if !a.route53.endpoint.is_empty() {
-                v.url("acme.route53.endpoint", &a.route53.endpoint, &["http", "https"]);
+                v.url(
+                    "acme.route53.endpoint",
+                    &a.route53.endpoint,
+                    &["http", "https"],
+                );
             }
         }
         if let Some(vault) = &self.vault {
@@ -376,7 +396,11 @@ impl Validate for Config {
             "custom_domains.nameservers",
             "must list at least one resolver, e.g. [\"1.1.1.1:53\"]",
         );
-        v.range("custom_domains.check_interval_seconds", d.check_interval_seconds, 1..=3600);
+        v.range(
+            "custom_domains.check_interval_seconds",
+            d.check_interval_seconds,
+            1..=3600,
+        );
         v.range(
             "custom_domains.give_up_after_seconds",
             d.give_up_after_seconds,

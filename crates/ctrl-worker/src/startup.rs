@@ -107,16 +107,18 @@ impl Certificates {
                 .vault()
                 .map_err(|e| anyhow::anyhow!("vault: {e}"))?;
             let dns: Option<Arc<dyn ctrl_acme::dns::DnsProvider>> = a.route53.enabled.then(|| {
-                Arc::new(ctrl_acme::dns::Route53::new(&ctrl_acme::dns::Route53Config {
-                    access_key_id: a.route53.access_key_id.clone(),
-                    secret_access_key: zeroize::Zeroizing::new(
-                        a.route53.secret_access_key.clone(),
-                    ),
-                    region: a.route53.region.clone(),
-                    hosted_zone_id: a.route53.hosted_zone_id.clone(),
-                    endpoint: a.route53.endpoint.clone(),
-                    timeout: Duration::from_secs(a.request_timeout_seconds),
-                })) as Arc<dyn ctrl_acme::dns::DnsProvider>
+                Arc::new(ctrl_acme::dns::Route53::new(
+                    &ctrl_acme::dns::Route53Config {
+                        access_key_id: a.route53.access_key_id.clone(),
+                        secret_access_key: zeroize::Zeroizing::new(
+                            a.route53.secret_access_key.clone(),
+                        ),
+                        region: a.route53.region.clone(),
+                        hosted_zone_id: a.route53.hosted_zone_id.clone(),
+                        endpoint: a.route53.endpoint.clone(),
+                        timeout: Duration::from_secs(a.request_timeout_seconds),
+                    },
+                )) as Arc<dyn ctrl_acme::dns::DnsProvider>
             });
             let bundle = (!a.ca_bundle.is_empty()).then(|| std::path::Path::new(&a.ca_bundle));
             Some(Arc::new(Issuer {
@@ -203,9 +205,10 @@ pub async fn bootstrap_certificates(config: &Config, db: &MySqlPool) -> Result<(
     if config.acme.route53.enabled {
         let wildcard = format!("*.{}", config.deploy.apex_domain);
         let now = crate::errors::now_ms();
+        let new_id = ctrl_core::id::generate(ctrl_core::id::IdKind::CustomDomain, &mut rand::rng());
         let domain_id = ctrl_db::custom_domain::ensure_platform(
             db,
-            &ctrl_core::id::generate(ctrl_core::id::IdKind::CustomDomain, &mut rand::rng()),
+            &new_id,
             ctrl_core::domains::PLATFORM_OWNER,
             &wildcard,
             now,
@@ -373,7 +376,10 @@ pub async fn run(
         registered.store(true, Ordering::SeqCst);
     }
     if let Err(e) = bootstrap_certificates(config, &db_for_sweep).await {
-        tracing::error!(error = format!("{e:#}"), "certificate bootstrap failed; the next start retries");
+        tracing::error!(
+            error = format!("{e:#}"),
+            "certificate bootstrap failed; the next start retries"
+        );
     }
 
     shutdown.await;

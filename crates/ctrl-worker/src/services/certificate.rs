@@ -70,7 +70,10 @@ const DNS_SYNC_PATIENCE: Duration = Duration::from_secs(120);
 #[derive(Debug, Serialize, Deserialize)]
 enum Step<T> {
     Done(T),
-    RateLimited { retry_after_ms: Option<i64>, detail: String },
+    RateLimited {
+        retry_after_ms: Option<i64>,
+        detail: String,
+    },
     Refused(String),
 }
 
@@ -125,7 +128,10 @@ async fn noted<T>(
 
 /// Why the run ended early.
 enum Stop {
-    RateLimited { retry_after_ms: Option<i64>, detail: String },
+    RateLimited {
+        retry_after_ms: Option<i64>,
+        detail: String,
+    },
     Failed(String),
 }
 
@@ -181,7 +187,8 @@ impl CertificateObject {
     ) -> HandlerResult<Json<CertificateOutcome>> {
         let Some(issuer) = self.issuer.clone() else {
             return Err(WorkflowError::Refused(
-                "certificates are disabled: set [acme] enabled = true in the worker's config".into(),
+                "certificates are disabled: set [acme] enabled = true in the worker's config"
+                    .into(),
             )
             .into());
         };
@@ -215,7 +222,10 @@ impl CertificateObject {
 
         let mut rounds = 0;
         loop {
-            match self.attempt(&ctx, &issuer, &hostname, &req.domain_id, &claim).await {
+            match self
+                .attempt(&ctx, &issuer, &hostname, &req.domain_id, &claim)
+                .await
+            {
                 Ok(not_after) => {
                     return Ok(Json(CertificateOutcome {
                         status: "issued".into(),
@@ -265,10 +275,12 @@ impl CertificateObject {
 
         let (db, iss, dom) = (self.db.clone(), issuer.clone(), domain_id.to_owned());
         step(
-            ctx.run(|| async move { classify(noted(&db, &dom, ensure_account(&db, &iss).await).await) })
-                .name("ensure ACME account")
-                .retry_policy(acme_retry(issuer.step_attempts))
-                .await,
+            ctx.run(
+                || async move { classify(noted(&db, &dom, ensure_account(&db, &iss).await).await) },
+            )
+            .name("ensure ACME account")
+            .retry_policy(acme_retry(issuer.step_attempts))
+            .await,
         )?;
 
         let (db, iss, host, dom) = (
@@ -303,9 +315,9 @@ impl CertificateObject {
                 let result = present(&db, &iss, &url, kind, &ws, &dom).await;
                 classify(noted(&db, &dom, result).await)
             })
-                .name("present challenges")
-                .retry_policy(acme_retry(issuer.step_attempts))
-                .await,
+            .name("present challenges")
+            .retry_policy(acme_retry(issuer.step_attempts))
+            .await,
         )?;
 
         let outcome = self
@@ -544,7 +556,11 @@ async fn claim(
         && !force
         && c.not_after > due_by
     {
-        return skip("the certificate is current", domain.workspace_id, c.not_after);
+        return skip(
+            "the certificate is current",
+            domain.workspace_id,
+            c.not_after,
+        );
     }
     let kind = ChallengeKind::for_hostname(hostname);
     let mut tx = crate::errors::begin(db).await?;
@@ -558,9 +574,16 @@ async fn claim(
     )
     .await
     .map_err(db_error)?;
-    certificate::set_challenge_status(&mut *tx, domain_id, ChallengeStatus::Pending, None, None, now)
-        .await
-        .map_err(db_error)?;
+    certificate::set_challenge_status(
+        &mut *tx,
+        domain_id,
+        ChallengeStatus::Pending,
+        None,
+        None,
+        now,
+    )
+    .await
+    .map_err(db_error)?;
     crate::errors::commit(tx).await?;
     Ok(Json(Claim {
         skip: None,
@@ -585,16 +608,9 @@ async fn ensure_account(db: &MySqlPool, issuer: &Issuer) -> Result<(), AcmeError
         .seal(PLATFORM_OWNER, credentials.as_bytes())
         .map_err(|e| AcmeError::Config(format!("cannot seal the ACME account: {e}")))?;
     let id = generate(IdKind::Certificate, &mut rand::rng()).replacen("cert_", "acme_", 1);
-    certificate::insert_acme_account(
-        db,
-        &id,
-        PLATFORM_OWNER,
-        &url,
-        &sealed,
-        now_ms(),
-    )
-    .await
-    .map_err(|e| AcmeError::Transient(e.to_string()))?;
+    certificate::insert_acme_account(db, &id, PLATFORM_OWNER, &url, &sealed, now_ms())
+        .await
+        .map_err(|e| AcmeError::Transient(e.to_string()))?;
     tracing::info!(account = %url, "ACME account created");
     Ok(())
 }
@@ -767,7 +783,10 @@ mod tests {
             rate_limit_wait(Some(now + 600_000), now),
             Duration::from_secs(11 * 60)
         );
-        assert_eq!(rate_limit_wait(Some(now - 5_000), now), Duration::from_secs(60));
+        assert_eq!(
+            rate_limit_wait(Some(now - 5_000), now),
+            Duration::from_secs(60)
+        );
         assert_eq!(
             rate_limit_wait(Some(now + 86_400_000), now),
             Duration::from_secs(7200)

@@ -27,7 +27,9 @@ use restate_sdk::prelude::*;
 use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
 
-use crate::errors::{WorkflowError, compensation_retry, db_error, now_ms, step_retry};
+use crate::errors::{
+    WorkflowError, begin, commit, compensation_retry, db_error, now_ms, step_retry,
+};
 use crate::services::certificate::CertificateObjectClient;
 
 const GENERATION: &str = "generation";
@@ -63,6 +65,8 @@ enum Checked {
     /// Checked; verified or not, with what was found.
     Result {
         verified: bool,
+        cname_verified: bool,
+        ownership_verified: bool,
         summary: String,
         domain: Box<CustomDomainRow>,
     },
@@ -122,10 +126,16 @@ impl CustomDomainObject {
         let now = ctx
             .run(|| async move {
                 let now = now_ms();
-                if custom_domain::find(&db, &id).await.map_err(db_error)?.is_none() {
+                if custom_domain::find(&db, &id)
+                    .await
+                    .map_err(db_error)?
+                    .is_none()
+                {
                     return Err(WorkflowError::NotFound("custom domain").into());
                 }
-                custom_domain::reset(&db, &id, now).await.map_err(db_error)?;
+                custom_domain::reset(&db, &id, now)
+                    .await
+                    .map_err(db_error)?;
                 Ok(now)
             })
             .name("reset verification")
@@ -155,16 +165,23 @@ impl CustomDomainObject {
             .name("check DNS records")
             .retry_policy(step_retry())
             .await?;
-        let (verified, summary, domain) = match checked {
+        let (verified, flags, summary, domain) = match checked {
             Checked::Over => return Ok(()),
             Checked::Result {
                 verified,
+                cname_verified,
+                ownership_verified,
                 summary,
                 domain,
-            } => (verified, summary, domain),
+            } => (
+                verified,
+                (cname_verified, ownership_verified),
+                summary,
+                domain,
+            ),
         };
         if verified {
-            return self.on_verified(&ctx, &domain).await;
+            return self.on_verified(&ctx, &domain, flags, &summary).await;
         }
         let now = ctx.run(|| async { Ok(now_ms()) }).name("now").await?;
         let give_up = i64::try_from(self.verifier.give_up_after.as_millis()).unwrap_or(i64::MAX);
@@ -238,10 +255,15 @@ impl CustomDomainObject {
 }
 
 impl CustomDomainObject {
+    /// Revokes contested claims, then routes the domain and marks it
+    /// verified in one transaction (verified always means routed), then
+    /// asks for its certificate.
     async fn on_verified(
         &self,
         ctx: &ObjectContext<'_>,
         d: &CustomDomainRow,
+        (cname_verified, ownership_verified): (bool, bool),
+        summary: &str,
     ) -> HandlerResult<()> {
         let (db, row) = (self.db.clone(), d.clone());
         ctx.run(|| async move {
@@ -275,47 +297,59 @@ impl CustomDomainObject {
         .retry_policy(compensation_retry())
         .await?;
 
-        let (db, row) = (self.db.clone(), d.clone());
+        let (db, row, summary) = (self.db.clone(), d.clone(), summary.to_owned());
         ctx.run(|| async move {
             let now = now_ms();
-            if let Some(existing) = route::find_by_fqdn(&db, &row.domain)
-                .await
-                .map_err(db_error)?
-            {
-                if existing.environment_id == row.environment_id {
-                    return Ok(());
-                }
-                return Err(WorkflowError::Refused(format!(
-                    "{} already routes to another environment",
-                    row.domain
-                ))
-                .into());
-            }
             let route_id = generate(IdKind::FrontlineRoute, &mut rand::rng());
-            let target = route::environment_target(&db, &row.environment_id)
+            let mut tx = begin(&db).await?;
+            let existing = route::find_by_fqdn(&mut *tx, &row.domain)
                 .await
-                .map_err(db_error)?
-                .unwrap_or_default();
-            route::insert(
-                &db,
-                &NewRoute {
-                    id: &route_id,
-                    workspace_id: &row.workspace_id,
-                    project_id: &row.project_id,
-                    app_id: &row.app_id,
-                    environment_id: &row.environment_id,
-                    deployment_id: &target,
-                    fqdn: &row.domain,
-                    sticky: Sticky::Live,
-                },
-                now,
-            )
-            .await
-            .map_err(db_error)?;
-            tracing::info!(domain = %row.domain, deployment_id = %target, "custom domain routed");
+                .map_err(db_error)?;
+            match existing {
+                Some(r) if r.environment_id == row.environment_id => {}
+                Some(_) => {
+                    return Err(WorkflowError::Refused(format!(
+                        "{} already routes to another environment",
+                        row.domain
+                    ))
+                    .into());
+                }
+                None => {
+                    let target = route::environment_target(&mut *tx, &row.environment_id)
+                        .await
+                        .map_err(db_error)?
+                        .unwrap_or_default();
+                    route::insert(
+                        &mut *tx,
+                        &NewRoute {
+                            id: &route_id,
+                            workspace_id: &row.workspace_id,
+                            project_id: &row.project_id,
+                            app_id: &row.app_id,
+                            environment_id: &row.environment_id,
+                            deployment_id: &target,
+                            fqdn: &row.domain,
+                            sticky: Sticky::Live,
+                        },
+                        now,
+                    )
+                    .await
+                    .map_err(db_error)?;
+                    tracing::info!(domain = %row.domain, deployment_id = %target, "custom domain routed");
+                }
+            }
+            let found = Check {
+                cname_verified,
+                ownership_verified,
+                summary: &summary,
+            };
+            custom_domain::mark_verified(&mut *tx, &row.id, found, now)
+                .await
+                .map_err(db_error)?;
+            commit(tx).await?;
             Ok(())
         })
-        .name("create live route")
+        .name("route and mark verified")
         .retry_policy(compensation_retry())
         .await?;
 
@@ -363,7 +397,11 @@ fn own_key(ctx: &ObjectContext<'_>, req: &CustomDomainInput) -> Result<(), Handl
 }
 
 /// One DNS check of the domain, recorded on its row.
-async fn check(db: &MySqlPool, verifier: &Verifier, id: &str) -> Result<Json<Checked>, HandlerError> {
+async fn check(
+    db: &MySqlPool,
+    verifier: &Verifier,
+    id: &str,
+) -> Result<Json<Checked>, HandlerError> {
     let Some(d) = custom_domain::find(db, id).await.map_err(db_error)? else {
         return Ok(Json(Checked::Over));
     };
@@ -394,12 +432,10 @@ async fn check(db: &MySqlPool, verifier: &Verifier, id: &str) -> Result<Json<Che
         summary: &verdict.summary,
     };
     let now = now_ms();
-    let applied = if verdict.verified {
-        custom_domain::mark_verified(db, id, found, now).await
-    } else {
-        custom_domain::record_check(db, id, found, now).await
-    }
-    .map_err(db_error)?;
+    // A verified domain is marked so only together with its route.
+    let applied = custom_domain::record_check(db, id, found, now)
+        .await
+        .map_err(db_error)?;
     if !applied {
         return Ok(Json(Checked::Over));
     }
@@ -410,6 +446,8 @@ async fn check(db: &MySqlPool, verifier: &Verifier, id: &str) -> Result<Json<Che
     }
     Ok(Json(Checked::Result {
         verified: verdict.verified,
+        cname_verified: verdict.cname_verified,
+        ownership_verified: verdict.ownership_verified,
         summary: verdict.summary,
         domain: Box::new(CustomDomainRow::from(&d)),
     }))

@@ -91,7 +91,10 @@ impl Stack {
              {route53}\
              [custom_domains]\nnameservers = [\"{ns}\"]\ncheck_interval_seconds = 1\ngive_up_after_seconds = 3600\n\
              [vault]\nkeys = [{{ id = \"k1\", key = \"{VAULT_KEY}\" }}]\n",
-            dir = o.directory.clone().unwrap_or_else(|| pebble.directory_url()),
+            dir = o
+                .directory
+                .clone()
+                .unwrap_or_else(|| pebble.directory_url()),
             ca = pebble.listener_ca_pem_path().display(),
             extra = o.acme,
             ns = dns.dns_addr(),
@@ -240,14 +243,10 @@ impl Stack {
     /// `GET https://{host}/` through frontline, trusting pebble's root.
     pub(crate) async fn https_get(&self, host: &str) -> Result<(u16, String)> {
         let root = self.pebble.root_pem().await?;
-        Ok(ctrl_testkit::ca::https_get(
-            &root,
-            self.edge.https,
-            host,
-            "/",
-            Duration::from_secs(5),
+        Ok(
+            ctrl_testkit::ca::https_get(&root, self.edge.https, host, "/", Duration::from_secs(5))
+                .await?,
         )
-        .await?)
     }
 
     /// The serial of the certificate frontline presents for `host`.
@@ -378,7 +377,12 @@ async fn served_serial(addr: SocketAddr, host: &str) -> Result<Vec<u8>> {
             c: &rustls::pki_types::CertificateDer<'_>,
             d: &rustls::DigitallySignedStruct,
         ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
         }
         fn verify_tls13_signature(
             &self,
@@ -386,7 +390,12 @@ async fn served_serial(addr: SocketAddr, host: &str) -> Result<Vec<u8>> {
             c: &rustls::pki_types::CertificateDer<'_>,
             d: &rustls::DigitallySignedStruct,
         ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
         }
         fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
             self.0.signature_verification_algorithms.supported_schemes()
@@ -401,8 +410,10 @@ async fn served_serial(addr: SocketAddr, host: &str) -> Result<Vec<u8>> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let tls = tokio::time::timeout(
         Duration::from_secs(5),
-        tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(rustls::pki_types::ServerName::try_from(host.to_owned())?, tcp),
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(
+            rustls::pki_types::ServerName::try_from(host.to_owned())?,
+            tcp,
+        ),
     )
     .await??;
     let leaf = tls
@@ -499,8 +510,15 @@ async fn a_custom_domain_is_verified_certified_and_served() -> Result<()> {
         .find(|r| r.r#type == "CNAME")
         .context("a CNAME record to create")?;
     assert_eq!(cname.name, host);
-    assert!(cname.value.ends_with(&format!(".{CNAME_DOMAIN}")), "{cname:?}");
-    let txt = d.records.iter().find(|r| r.r#type == "TXT").context("TXT")?;
+    assert!(
+        cname.value.ends_with(&format!(".{CNAME_DOMAIN}")),
+        "{cname:?}"
+    );
+    let txt = d
+        .records
+        .iter()
+        .find(|r| r.r#type == "TXT")
+        .context("TXT")?;
     assert_eq!(txt.name, format!("_ctrl.{host}"));
     assert!(txt.value.starts_with("ctrl-domain-verify="));
 
@@ -511,17 +529,33 @@ async fn a_custom_domain_is_verified_certified_and_served() -> Result<()> {
         })
         .await?;
     assert_eq!(d.status, pb::CustomDomainStatus::Verifying as i32);
-    assert!(d.verification_error.contains("no CNAME"), "{}", d.verification_error);
-    assert!(d.verification_error.contains("no TXT"), "{}", d.verification_error);
+    assert!(
+        d.verification_error.contains("no CNAME"),
+        "{}",
+        d.verification_error
+    );
+    assert!(
+        d.verification_error.contains("no TXT"),
+        "{}",
+        d.verification_error
+    );
 
     // A CNAME to the wrong place is named as such.
     s.dns.set_cname(host, "somewhere-else.example.test").await?;
-    s.wait_domain(&d.id, "the wrong CNAME reported", Duration::from_secs(20), |d| {
-        d.verification_error
-            .contains("points at somewhere-else.example.test")
-    })
+    s.wait_domain(
+        &d.id,
+        "the wrong CNAME reported",
+        Duration::from_secs(20),
+        |d| {
+            d.verification_error
+                .contains("points at somewhere-else.example.test")
+        },
+    )
     .await?;
-    assert!(s.https_get(host).await.is_err(), "no certificate before verification");
+    assert!(
+        s.https_get(host).await.is_err(),
+        "no certificate before verification"
+    );
 
     // The right CNAME: verified, routed, certified, served.
     s.dns.clear_cname(host).await?;
@@ -541,9 +575,10 @@ async fn a_custom_domain_is_verified_certified_and_served() -> Result<()> {
 
     let d = s
         .wait_domain(&d.id, "certificate issued", Duration::from_secs(60), |d| {
-            d.certificate
-                .as_ref()
-                .is_some_and(|c| c.status != pb::CertificateStatus::Issuing as i32 && c.status != pb::CertificateStatus::None as i32)
+            d.certificate.as_ref().is_some_and(|c| {
+                c.status != pb::CertificateStatus::Issuing as i32
+                    && c.status != pb::CertificateStatus::None as i32
+            })
         })
         .await?;
     let cert = d.certificate.context("certificate state")?;
@@ -594,10 +629,26 @@ async fn a_custom_domain_is_verified_certified_and_served() -> Result<()> {
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    assert!(ctrl_db::route::find_by_fqdn(&s.h.db.pool, host).await?.is_none());
-    assert!(ctrl_db::certificate::find(&s.h.db.pool, host).await?.is_none());
-    assert!(ctrl_db::certificate::challenge(&s.h.db.pool, &d.id).await?.is_none());
-    assert!(ctrl_db::custom_domain::find(&s.h.db.pool, &d.id).await?.is_none());
+    assert!(
+        ctrl_db::route::find_by_fqdn(&s.h.db.pool, host)
+            .await?
+            .is_none()
+    );
+    assert!(
+        ctrl_db::certificate::find(&s.h.db.pool, host)
+            .await?
+            .is_none()
+    );
+    assert!(
+        ctrl_db::certificate::challenge(&s.h.db.pool, &d.id)
+            .await?
+            .is_none()
+    );
+    assert!(
+        ctrl_db::custom_domain::find(&s.h.db.pool, &d.id)
+            .await?
+            .is_none()
+    );
     Ok(())
 }
 
@@ -615,11 +666,16 @@ async fn bad_domains_are_refused_by_name() -> Result<()> {
         assert!(err.contains(says) && err.contains("domain"), "{bad}: {err}");
     }
     s.add("twice.customer.test").await?;
-    let err = s.add("Twice.Customer.Test.").await.expect_err("duplicate").to_string();
+    let err = s
+        .add("Twice.Customer.Test.")
+        .await
+        .expect_err("duplicate")
+        .to_string();
     assert!(err.contains("already added"), "{err}");
-    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM custom_domains WHERE platform = FALSE")
-        .fetch_one(&s.h.db.pool)
-        .await?;
+    let rows: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM custom_domains WHERE platform = FALSE")
+            .fetch_one(&s.h.db.pool)
+            .await?;
     assert_eq!(rows, 1, "only the one valid domain was stored");
     Ok(())
 }
@@ -631,20 +687,37 @@ async fn apexes_and_txt_only_domains_verify_by_their_txt_record() -> Result<()> 
     let s = Stack::start(Options::default()).await?;
     let apex = s.add("customer-apex.test").await?;
     assert!(apex.apex);
-    assert!(apex.records.iter().all(|r| r.r#type != "CNAME"), "{:?}", apex.records);
+    assert!(
+        apex.records.iter().all(|r| r.r#type != "CNAME"),
+        "{:?}",
+        apex.records
+    );
     let sub = s.add("txt-only.customer.test").await?;
     for d in [&apex, &sub] {
-        let txt = d.records.iter().find(|r| r.r#type == "TXT").context("TXT")?;
-        s.dns.set_txt(&txt.name, "ctrl-domain-verify=wrong-token").await?;
+        let txt = d
+            .records
+            .iter()
+            .find(|r| r.r#type == "TXT")
+            .context("TXT")?;
+        s.dns
+            .set_txt(&txt.name, "ctrl-domain-verify=wrong-token")
+            .await?;
     }
     let d = s
-        .wait_domain(&apex.id, "the wrong token reported", Duration::from_secs(20), |d| {
-            d.verification_error.contains("wrong-token")
-        })
+        .wait_domain(
+            &apex.id,
+            "the wrong token reported",
+            Duration::from_secs(20),
+            |d| d.verification_error.contains("wrong-token"),
+        )
         .await?;
     assert!(!d.ownership_verified);
     for d in [&apex, &sub] {
-        let txt = d.records.iter().find(|r| r.r#type == "TXT").context("TXT")?;
+        let txt = d
+            .records
+            .iter()
+            .find(|r| r.r#type == "TXT")
+            .context("TXT")?;
         s.dns.clear_txt(&txt.name).await?;
         s.dns.set_txt(&txt.name, &txt.value).await?;
     }
@@ -667,11 +740,18 @@ async fn a_contested_domain_goes_to_whoever_proves_ownership() -> Result<()> {
     let s = Stack::start(Options::default()).await?;
     let host = "contested.customer.test";
     let first = s.add(host).await?;
-    let cname = first.records.iter().find(|r| r.r#type == "CNAME").context("CNAME")?;
+    let cname = first
+        .records
+        .iter()
+        .find(|r| r.r#type == "CNAME")
+        .context("CNAME")?;
     s.dns.set_cname(host, &cname.value).await?;
-    s.wait_domain(&first.id, "first claim verified", Duration::from_secs(20), |d| {
-        d.status == pb::CustomDomainStatus::Verified as i32
-    })
+    s.wait_domain(
+        &first.id,
+        "first claim verified",
+        Duration::from_secs(20),
+        |d| d.status == pb::CustomDomainStatus::Verified as i32,
+    )
     .await?;
 
     // A second workspace with its own app and environment claims it.
@@ -691,24 +771,40 @@ async fn a_contested_domain_goes_to_whoever_proves_ownership() -> Result<()> {
     // Its CNAME is not published (the first owner's is): contested, so
     // only the TXT record could prove it.
     let pending = s
-        .wait_domain(&second.id, "contested check", Duration::from_secs(20), |d| {
-            d.check_attempts >= 1
-        })
+        .wait_domain(
+            &second.id,
+            "contested check",
+            Duration::from_secs(20),
+            |d| d.check_attempts >= 1,
+        )
         .await?;
     assert!(
-        pending.verification_error.contains("TXT record is required"),
+        pending
+            .verification_error
+            .contains("TXT record is required"),
         "{}",
         pending.verification_error
     );
-    let txt = second.records.iter().find(|r| r.r#type == "TXT").context("TXT")?;
+    let txt = second
+        .records
+        .iter()
+        .find(|r| r.r#type == "TXT")
+        .context("TXT")?;
     s.dns.set_txt(&txt.name, &txt.value).await?;
-    s.wait_domain(&second.id, "second claim verified", Duration::from_secs(20), |d| {
-        d.status == pb::CustomDomainStatus::Verified as i32
-    })
+    s.wait_domain(
+        &second.id,
+        "second claim verified",
+        Duration::from_secs(20),
+        |d| d.status == pb::CustomDomainStatus::Verified as i32,
+    )
     .await?;
     let revoked = s.get(&first.id).await?;
     assert_eq!(revoked.status, pb::CustomDomainStatus::Failed as i32);
-    assert!(revoked.verification_error.contains("claimed by another workspace"));
+    assert!(
+        revoked
+            .verification_error
+            .contains("claimed by another workspace")
+    );
     let route = ctrl_db::route::find_by_fqdn(&s.h.db.pool, host)
         .await?
         .context("route")?;
@@ -815,10 +911,16 @@ async fn certificates_are_renewed_and_served_without_a_restart() -> Result<()> {
     .await?;
     let host = "renew.customer.test";
     let d = s.add(host).await?;
-    let cname = d.records.iter().find(|r| r.r#type == "CNAME").context("CNAME")?;
+    let cname = d
+        .records
+        .iter()
+        .find(|r| r.r#type == "CNAME")
+        .context("CNAME")?;
     s.dns.set_cname(host, &cname.value).await?;
     eventually(Duration::from_secs(60), || async {
-        Ok(ctrl_db::certificate::find(&s.h.db.pool, host).await?.is_some())
+        Ok(ctrl_db::certificate::find(&s.h.db.pool, host)
+            .await?
+            .is_some())
     })
     .await?;
     let first = ctrl_db::certificate::find(&s.h.db.pool, host)
@@ -847,7 +949,6 @@ async fn certificates_are_renewed_and_served_without_a_restart() -> Result<()> {
     .context("the edge still serves the old certificate")?;
     Ok(())
 }
-
 
 /// Names of the journaled entries of `service/key`'s invocations.
 async fn journal(s: &Stack, service: &str, key: &str) -> Result<Vec<String>> {
@@ -882,17 +983,25 @@ fn issued_by_pebble(s: &Stack) -> Result<usize> {
 /// After a crash: the certificate is stored once, issued once, and served.
 async fn assert_issued_once(s: &Stack, host: &str) -> Result<()> {
     eventually(Duration::from_secs(60), || async {
-        Ok(ctrl_db::certificate::find(&s.h.db.pool, host).await?.is_some())
+        Ok(ctrl_db::certificate::find(&s.h.db.pool, host)
+            .await?
+            .is_some())
     })
     .await
     .with_context(|| format!("no certificate; worker log:\n{}", s.h.worker_log(60)))?;
     // Let a (wrong) second order show if there were one.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(ctrl_db::certificate::count(&s.h.db.pool, host).await?, 1);
-    assert_eq!(issued_by_pebble(s)?, 1, "pebble issued more than one certificate");
+    assert_eq!(
+        issued_by_pebble(s)?,
+        1,
+        "pebble issued more than one certificate"
+    );
     let tls_host = host.replace("*.", "web.");
     eventually(Duration::from_secs(10), || async {
-        Ok(s.https_get(&tls_host).await.is_ok_and(|(status, _)| status == 200))
+        Ok(s.https_get(&tls_host)
+            .await
+            .is_ok_and(|(status, _)| status == 200))
     })
     .await
     .context("the certificate is not served")?;
@@ -907,7 +1016,11 @@ async fn a_worker_killed_after_the_order_is_created_resumes_it() -> Result<()> {
     let mut s = Stack::start(Options::default()).await?;
     let host = "crash-order.customer.test";
     let d = s.add(host).await?;
-    let cname = d.records.iter().find(|r| r.r#type == "CNAME").context("CNAME")?;
+    let cname = d
+        .records
+        .iter()
+        .find(|r| r.r#type == "CNAME")
+        .context("CNAME")?;
     s.dns.set_cname(host, &cname.value).await?;
     // Claimed (pending): lock the row before the order's challenge is written.
     let pool = s.h.db.pool.clone();
@@ -942,7 +1055,11 @@ async fn a_worker_killed_after_the_challenge_is_presented_resumes_it() -> Result
     let mut s = Stack::start(Options::default()).await?;
     let host = "crash-present.customer.test";
     let d = s.add(host).await?;
-    let cname = d.records.iter().find(|r| r.r#type == "CNAME").context("CNAME")?;
+    let cname = d
+        .records
+        .iter()
+        .find(|r| r.r#type == "CNAME")
+        .context("CNAME")?;
     s.dns.set_cname(host, &cname.value).await?;
     eventually(Duration::from_secs(30), || async {
         Ok(journal(&s, "Certificate", host)
@@ -970,7 +1087,11 @@ async fn a_worker_killed_after_finalize_stores_the_certificate_once() -> Result<
         .fetch_optional(&mut *lock)
         .await?;
     let d = s.add(host).await?;
-    let cname = d.records.iter().find(|r| r.r#type == "CNAME").context("CNAME")?;
+    let cname = d
+        .records
+        .iter()
+        .find(|r| r.r#type == "CNAME")
+        .context("CNAME")?;
     s.dns.set_cname(host, &cname.value).await?;
     eventually(Duration::from_secs(30), || async {
         Ok(journal(&s, "Certificate", host)
@@ -1030,7 +1151,11 @@ async fn an_unreachable_ca_is_reported_then_fails_the_order() -> Result<()> {
     .await?;
     let host = "no-ca.customer.test";
     let d = s.add(host).await?;
-    let cname = d.records.iter().find(|r| r.r#type == "CNAME").context("CNAME")?;
+    let cname = d
+        .records
+        .iter()
+        .find(|r| r.r#type == "CNAME")
+        .context("CNAME")?;
     s.dns.set_cname(host, &cname.value).await?;
     let retrying = s
         .wait_domain(&d.id, "the retry shown", Duration::from_secs(30), |d| {
@@ -1048,9 +1173,19 @@ async fn an_unreachable_ca_is_reported_then_fails_the_order() -> Result<()> {
                 .is_some_and(|c| c.status == pb::CertificateStatus::Failed as i32)
         })
         .await?;
-    assert!(failed.certificate.context("certificate")?.error.contains(&format!("127.0.0.1:{closed}")));
+    assert!(
+        failed
+            .certificate
+            .context("certificate")?
+            .error
+            .contains(&format!("127.0.0.1:{closed}"))
+    );
     assert_eq!(failed.status, pb::CustomDomainStatus::Verified as i32);
-    assert!(ctrl_db::certificate::find(&s.h.db.pool, host).await?.is_none());
+    assert!(
+        ctrl_db::certificate::find(&s.h.db.pool, host)
+            .await?
+            .is_none()
+    );
     Ok(())
 }
 
@@ -1061,7 +1196,11 @@ async fn a_ca_refusal_fails_the_order_with_the_cas_reason() -> Result<()> {
     let s = Stack::start(Options::default()).await?;
     let host = "refused.customer.test";
     let d = s.add(host).await?;
-    let cname = d.records.iter().find(|r| r.r#type == "CNAME").context("CNAME")?;
+    let cname = d
+        .records
+        .iter()
+        .find(|r| r.r#type == "CNAME")
+        .context("CNAME")?;
     // pebble resolves the name (through its CNAME) to an address nothing
     // listens on.
     let nowhere = [std::net::Ipv4Addr::new(127, 0, 0, 2)];
@@ -1077,8 +1216,15 @@ async fn a_ca_refusal_fails_the_order_with_the_cas_reason() -> Result<()> {
         .await?;
     let error = failed.certificate.context("certificate")?.error;
     println!("CA refusal shown as: {error}");
-    assert!(error.contains("127.0.0.2") || error.contains("connection"), "{error}");
-    assert!(ctrl_db::certificate::find(&s.h.db.pool, host).await?.is_none());
+    assert!(
+        error.contains("127.0.0.2") || error.contains("connection"),
+        "{error}"
+    );
+    assert!(
+        ctrl_db::certificate::find(&s.h.db.pool, host)
+            .await?
+            .is_none()
+    );
     Ok(())
 }
 
@@ -1110,7 +1256,10 @@ async fn a_route53_error_fails_the_wildcard_with_awss_reason() -> Result<()> {
         .await?
         .context("challenge")?;
     let error = c.last_error.unwrap_or_default();
-    assert!(error.contains("Route53") && error.contains("ZNOSUCHZONE"), "{error}");
+    assert!(
+        error.contains("Route53") && error.contains("ZNOSUCHZONE"),
+        "{error}"
+    );
     assert!(!error.contains("s3cr3t"), "{error}");
     assert!(!s.h.worker_log(10_000).contains("s3cr3t-route53-key"));
     Ok(())
