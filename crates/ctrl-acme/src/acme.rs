@@ -19,6 +19,13 @@ use zeroize::Zeroizing;
 
 use crate::AcmeError;
 
+/// First wait before re-reading an order the CA is working on, then
+/// growing by [`POLL_BACKOFF`]: a fast CA answers within a round or two, a
+/// slow one is asked rarely.
+const POLL_FIRST: Duration = Duration::from_millis(100);
+/// Growth of the wait between two reads of an order.
+const POLL_BACKOFF: f32 = 2.0;
+
 /// Let's Encrypt's production directory.
 pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 /// Let's Encrypt's staging directory (untrusted certificates, generous limits).
@@ -109,9 +116,8 @@ impl Directory {
 
     fn builder(&self) -> Result<instant_acme::AccountBuilder, AcmeError> {
         match &self.ca_bundle {
-            Some(path) => Account::builder_with_root(path).map_err(|e| {
-                AcmeError::Config(format!("CA bundle {}: {e}", path.display()))
-            }),
+            Some(path) => Account::builder_with_root(path)
+                .map_err(|e| AcmeError::Config(format!("CA bundle {}: {e}", path.display()))),
             None => Account::builder().map_err(|e| AcmeError::Config(e.to_string())),
         }
     }
@@ -318,14 +324,11 @@ impl Session {
     ) -> Result<Validation, AcmeError> {
         let mut order = self.order(order_url).await?;
         let policy = RetryPolicy::new()
-            .initial_delay(Duration::from_millis(250))
-            .backoff(1.5)
+            .initial_delay(POLL_FIRST)
+            .backoff(POLL_BACKOFF)
             .timeout(patience);
-        let status = match tokio::time::timeout(
-            patience + self.timeout,
-            order.poll_ready(&policy),
-        )
-        .await
+        let status = match tokio::time::timeout(patience + self.timeout, order.poll_ready(&policy))
+            .await
         {
             Ok(Ok(status)) => status,
             Ok(Err(instant_acme::Error::Timeout(_))) | Err(_) => return Ok(Validation::Pending),
@@ -387,11 +390,10 @@ impl Session {
             }
         }
         let policy = RetryPolicy::new()
-            .initial_delay(Duration::from_millis(250))
-            .backoff(1.5)
+            .initial_delay(POLL_FIRST)
+            .backoff(POLL_BACKOFF)
             .timeout(patience);
-        match tokio::time::timeout(patience + self.timeout, order.poll_certificate(&policy)).await
-        {
+        match tokio::time::timeout(patience + self.timeout, order.poll_certificate(&policy)).await {
             Ok(result) => result.map_err(AcmeError::from),
             Err(_) => Err(AcmeError::Transient(format!(
                 "the CA did not issue the certificate within {patience:?}"
@@ -417,8 +419,8 @@ pub fn key_and_csr(hostname: &str) -> Result<(Zeroizing<String>, Vec<u8>), AcmeE
 /// The leaf's expiry (unix ms) and the names it covers, from a PEM chain.
 pub fn inspect_chain(chain_pem: &str) -> Result<(i64, Vec<String>), AcmeError> {
     let bad = |why: String| AcmeError::Refused(format!("the CA returned an unusable chain: {why}"));
-    let (_, pem) = x509_parser::pem::parse_x509_pem(chain_pem.as_bytes())
-        .map_err(|e| bad(e.to_string()))?;
+    let (_, pem) =
+        x509_parser::pem::parse_x509_pem(chain_pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
     let cert = pem.parse_x509().map_err(|e| bad(e.to_string()))?;
     let not_after = cert.validity().not_after.timestamp().saturating_mul(1000);
     let names = cert
@@ -518,15 +520,24 @@ mod tests {
 
     #[test]
     fn wildcards_need_dns_01() {
-        assert_eq!(ChallengeKind::for_hostname("*.ctrl.example.com"), ChallengeKind::Dns01);
-        assert_eq!(ChallengeKind::for_hostname("shop.example.com"), ChallengeKind::Http01);
+        assert_eq!(
+            ChallengeKind::for_hostname("*.ctrl.example.com"),
+            ChallengeKind::Dns01
+        );
+        assert_eq!(
+            ChallengeKind::for_hostname("shop.example.com"),
+            ChallengeKind::Http01
+        );
     }
 
     #[test]
     fn directories_by_name() {
         assert_eq!(directory_url("letsencrypt"), LETS_ENCRYPT);
         assert_eq!(directory_url("letsencrypt-staging"), LETS_ENCRYPT_STAGING);
-        assert_eq!(directory_url("https://127.0.0.1:14000/dir"), "https://127.0.0.1:14000/dir");
+        assert_eq!(
+            directory_url("https://127.0.0.1:14000/dir"),
+            "https://127.0.0.1:14000/dir"
+        );
     }
 
     #[test]

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::AcmeError;
 
-use ctrl_core::domains::{is_apex, ownership_txt_name as txt_name, ownership_txt_value as txt_value};
+use ctrl_core::domains::{
+    is_apex, ownership_txt_name as txt_name, ownership_txt_value as txt_value,
+};
 
 /// What a domain must show.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,9 +106,9 @@ impl Checker {
                 }
             }
         };
-        let cname_verified = cname.as_deref().is_some_and(|c| {
-            c == want_cname && c != normalize(&e.domain)
-        });
+        let cname_verified = cname
+            .as_deref()
+            .is_some_and(|c| c == want_cname && c != normalize(&e.domain));
         if !apex && !cname_verified {
             match &cname {
                 Some(c) => notes.push(format!(
@@ -140,7 +142,9 @@ impl Checker {
                 Vec::new()
             }
         };
-        let ownership_verified = txts.iter().any(|t| t.trim().eq_ignore_ascii_case(&want_txt));
+        let ownership_verified = txts
+            .iter()
+            .any(|t| t.trim().eq_ignore_ascii_case(&want_txt));
         if !ownership_verified {
             if txts.is_empty() {
                 notes.push(format!("no TXT at {name} (expected \"{want_txt}\")"));
@@ -185,7 +189,10 @@ impl Checker {
                         .collect::<Vec<_>>()
                         .join(", ")
                 };
-                notes.push(format!("{} (apex) resolves to {found}, expected {want}", e.domain));
+                notes.push(format!(
+                    "{} (apex) resolves to {found}, expected {want}",
+                    e.domain
+                ));
             }
         }
 

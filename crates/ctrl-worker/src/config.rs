@@ -435,4 +435,33 @@ mod tests {
         let err = parse(text).expect_err("invalid apex").to_string();
         assert!(err.contains("deploy.apex_domain"), "{err}");
     }
+
+    #[test]
+    fn acme_fields_are_named_and_the_route53_secret_is_redacted() {
+        let base =
+            "[restate]\nadmin_url = \"http://r:9070\"\n[database]\nurl = \"mysql://u@h/db\"\n";
+        let err = parse(&format!(
+            "{base}[acme]\nenabled = true\nemail_domain = \"x y\"\n"
+        ))
+        .expect_err("invalid")
+        .to_string();
+        assert!(err.contains("acme.email_domain"), "{err}");
+        assert!(err.contains("vault"), "{err}");
+        let err = parse(&format!(
+            "{base}[acme.route53]\nenabled = true\nsecret_access_key = \"topsecret-value\"\n"
+        ))
+        .expect_err("no key id")
+        .to_string();
+        assert!(err.contains("acme.route53.access_key_id"), "{err}");
+        assert!(!err.contains("topsecret-value"), "{err}");
+        let ok = parse(&format!(
+            "{base}[acme.route53]\nenabled = true\naccess_key_id = \"AKID\"\nsecret_access_key = \"topsecret-value\"\n"
+        ))
+        .expect("valid");
+        assert!(!format!("{ok:?}").contains("topsecret-value"));
+        let err = parse(&format!("{base}[custom_domains]\nnameservers = []\n"))
+            .expect_err("no resolver")
+            .to_string();
+        assert!(err.contains("custom_domains.nameservers"), "{err}");
+    }
 }

@@ -615,6 +615,7 @@ pub(crate) fn start_ctrl_worker(
             format!("127.0.0.1:{health_port}"),
         )
         .env("RESTATE_ADMIN_URL", restate.admin_url())
+        .env("RESTATE_INGRESS_URL", restate.ingress_url())
         .env("DATABASE_URL", database_url)
         .envs(overrides.iter().map(|(k, v)| (*k, v)));
     Ok(Supervised::spawn(
