@@ -181,7 +181,10 @@ async fn bounded<T>(
     }
 }
 
-/// An account logged in to its CA.
+/// An account logged in to its CA; cheap to clone, and meant to be kept:
+/// it holds the directory and its connections (one TLS handshake, not one
+/// per step).
+#[derive(Clone)]
 pub struct Session {
     account: Account,
     timeout: Duration,

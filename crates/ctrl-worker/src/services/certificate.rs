@@ -58,6 +58,8 @@ pub struct Issuer {
     pub renewal_spacing: Duration,
     /// Attempts of a step failing transiently before the order fails.
     pub step_attempts: u32,
+    /// The logged-in account, kept between steps and orders.
+    pub session: tokio::sync::Mutex<Option<ctrl_acme::acme::Session>>,
 }
 
 /// Rate-limit rounds before the challenge fails.
@@ -615,8 +617,18 @@ async fn ensure_account(db: &MySqlPool, issuer: &Issuer) -> Result<(), AcmeError
     Ok(())
 }
 
-/// A session of the stored account.
+/// A session of the stored account (kept in the issuer once logged in).
 async fn session(db: &MySqlPool, issuer: &Issuer) -> Result<ctrl_acme::acme::Session, AcmeError> {
+    let mut kept = issuer.session.lock().await;
+    if let Some(s) = kept.as_ref() {
+        return Ok(s.clone());
+    }
+    let s = login(db, issuer).await?;
+    *kept = Some(s.clone());
+    Ok(s)
+}
+
+async fn login(db: &MySqlPool, issuer: &Issuer) -> Result<ctrl_acme::acme::Session, AcmeError> {
     let (_, sealed) = certificate::acme_account(db, PLATFORM_OWNER)
         .await
         .map_err(|e| AcmeError::Transient(e.to_string()))?
