@@ -294,7 +294,11 @@ pub fn normalize_custom_domain(
             "{input:?} is not a valid hostname (letters, digits and '-' in dot-separated labels of 1-63 characters, at most 253 in all, e.g. \"shop.example.com\")"
         )));
     }
-    if domain.rsplit('.').next().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
+    if domain
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
         return Err(CustomDomainError(format!(
             "{input:?}: the top-level label cannot be numeric"
         )));
@@ -831,7 +835,9 @@ mod tests {
             ("x.edge.example.net", "platform's own domain"),
             ("example.123", "numeric"),
         ] {
-            let err = normalize_custom_domain(bad, &platform).unwrap_err().to_string();
+            let err = normalize_custom_domain(bad, &platform)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(says), "{bad}: {err}");
         }
         let long = format!("{}.com", "a".repeat(250));
@@ -850,8 +856,10 @@ mod tests {
 
     #[test]
     fn ownership_records_are_named_once() {
-        assert_eq!(ownership_txt_name("shop.example.com"), "_ctrl.shop.example.com");
+        assert_eq!(
+            ownership_txt_name("shop.example.com"),
+            "_ctrl.shop.example.com"
+        );
         assert_eq!(ownership_txt_value("abc"), "ctrl-domain-verify=abc");
     }
-
 }

@@ -92,7 +92,8 @@ pub struct CustomDomain {
     pub created_at: i64,
 }
 
-const DOMAIN: &str = "SELECT id, workspace_id, project_id, app_id, environment_id, domain, challenge_type,
+const DOMAIN: &str =
+    "SELECT id, workspace_id, project_id, app_id, environment_id, domain, challenge_type,
     verification_status, verification_token, ownership_verified, cname_verified, target_cname,
     last_checked_at, check_attempts, verification_error, platform, created_at FROM custom_domains";
 
@@ -125,7 +126,10 @@ pub async fn list_by_environment(
 }
 
 /// The row holding `domain` verified, if any (whoever owns it).
-pub async fn find_verified(ex: impl MySqlExecutor<'_>, domain: &str) -> Result<Option<CustomDomain>> {
+pub async fn find_verified(
+    ex: impl MySqlExecutor<'_>,
+    domain: &str,
+) -> Result<Option<CustomDomain>> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "{DOMAIN} WHERE domain = ? AND verification_status = 'verified' ORDER BY pk LIMIT 1"
     )))
@@ -210,7 +214,12 @@ pub async fn mark_verified(
 }
 
 /// Marks a domain failed with the reason.
-pub async fn mark_failed(ex: impl MySqlExecutor<'_>, id: &str, why: &str, now: i64) -> Result<bool> {
+pub async fn mark_failed(
+    ex: impl MySqlExecutor<'_>,
+    id: &str,
+    why: &str,
+    now: i64,
+) -> Result<bool> {
     let done = sqlx::query(
         "UPDATE custom_domains SET verification_status = 'failed', verification_error = ?, updated_at = ?
          WHERE id = ?",

@@ -2,7 +2,9 @@
 //! validates and stores; the worker's `CustomDomain` object verifies the
 //! DNS records, routes the domain and asks for its certificate.
 
-use ctrl_core::domains::{is_apex, normalize_custom_domain, ownership_txt_name, ownership_txt_value};
+use ctrl_core::domains::{
+    is_apex, normalize_custom_domain, ownership_txt_name, ownership_txt_value,
+};
 use ctrl_core::id::{IdKind, generate};
 use ctrl_core::workflows as wf;
 use ctrl_db::certificate;
@@ -55,7 +57,11 @@ pub async fn add_custom_domain(
     }
     let id = generate(IdKind::CustomDomain, &mut rand::rng());
     let token = random_base36(TOKEN_LEN);
-    let target = format!("{}.{}", random_base36(TARGET_LABEL_LEN), config.cname_domain);
+    let target = format!(
+        "{}.{}",
+        random_base36(TARGET_LABEL_LEN),
+        config.cname_domain
+    );
     let now = s.now_ms();
     custom_domain::insert(
         s.db(),
