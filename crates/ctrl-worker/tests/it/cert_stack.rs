@@ -145,7 +145,7 @@ impl Stack {
                 "/",
                 axum::routing::get(|| async { "hello from the live deployment" }),
             );
-            let _ = axum::serve(backend, app).await;
+            let _ = axum::serve(ctrl_runtime::net::nodelay(backend), app).await;
         });
         let live = h.ready_deployment(&h.production).await?;
         let reported = [ReportedInstance {
