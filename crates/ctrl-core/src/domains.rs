@@ -254,9 +254,20 @@ impl std::error::Error for HostError {}
 /// Longest apex domain: one full label must still fit in front of it.
 pub const MAX_APEX_LEN: usize = MAX_HOSTNAME_LEN - MAX_LABEL_LEN - 1;
 
-/// Owner of the platform's own certificates (its wildcard) and of the one
-/// ACME account: the keyring their private keys are sealed with.
+/// Owner of the platform's own certificates (its wildcard): the keyring
+/// their private keys are sealed with. ACME accounts are owned per CA
+/// ([`acme_account_owner`]).
 pub const PLATFORM_OWNER: &str = "ctrl_platform";
+
+/// The owner of the platform's ACME account at one CA: one account per
+/// directory, so moving from a staging CA to production (or between CAs)
+/// registers a new account instead of presenting the old CA's to the new.
+pub fn acme_account_owner(directory_url: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(directory_url.as_bytes());
+    let short: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{PLATFORM_OWNER}:{short}")
+}
 
 /// Why a hostname cannot be a custom domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -861,5 +872,20 @@ mod tests {
             "_ctrl.shop.example.com"
         );
         assert_eq!(ownership_txt_value("abc"), "ctrl-domain-verify=abc");
+    }
+
+    #[test]
+    fn each_ca_gets_its_own_account_owner() {
+        let staging = acme_account_owner("https://acme-staging-v02.api.letsencrypt.org/directory");
+        let production = acme_account_owner("https://acme-v02.api.letsencrypt.org/directory");
+        assert_ne!(staging, production);
+        assert!(
+            staging.starts_with("ctrl_platform:") && staging.len() <= 48,
+            "{staging}"
+        );
+        assert_eq!(
+            staging,
+            acme_account_owner("https://acme-staging-v02.api.letsencrypt.org/directory")
+        );
     }
 }

@@ -25,7 +25,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use ctrl_acme::AcmeError;
 use ctrl_acme::acme::{ChallengeKind, Directory, Presentation, Validation};
 use ctrl_acme::dns::DnsProvider;
-use ctrl_core::domains::PLATFORM_OWNER;
+use ctrl_core::domains::acme_account_owner;
 use ctrl_core::id::{IdKind, generate};
 use ctrl_core::workflows::{CertificateOutcome, ObtainCertificate};
 use ctrl_db::certificate::{self, NewCertificate, NewHttp01Challenge};
@@ -595,9 +595,11 @@ async fn claim(
     }))
 }
 
-/// Loads the platform's ACME account, creating it on first use.
+/// Loads the platform's ACME account at the configured CA, creating it on
+/// first use (sealed with the account owner as keyring).
 async fn ensure_account(db: &MySqlPool, issuer: &Issuer) -> Result<(), AcmeError> {
-    if certificate::acme_account(db, PLATFORM_OWNER)
+    let owner = acme_account_owner(issuer.directory.url());
+    if certificate::acme_account(db, &owner)
         .await
         .map_err(|e| AcmeError::Transient(e.to_string()))?
         .is_some()
@@ -607,10 +609,10 @@ async fn ensure_account(db: &MySqlPool, issuer: &Issuer) -> Result<(), AcmeError
     let (url, credentials) = issuer.directory.create_account(&issuer.contact).await?;
     let sealed = issuer
         .vault
-        .seal(PLATFORM_OWNER, credentials.as_bytes())
+        .seal(&owner, credentials.as_bytes())
         .map_err(|e| AcmeError::Config(format!("cannot seal the ACME account: {e}")))?;
     let id = generate(IdKind::Certificate, &mut rand::rng()).replacen("cert_", "acme_", 1);
-    certificate::insert_acme_account(db, &id, PLATFORM_OWNER, &url, &sealed, now_ms())
+    certificate::insert_acme_account(db, &id, &owner, &url, &sealed, now_ms())
         .await
         .map_err(|e| AcmeError::Transient(e.to_string()))?;
     tracing::info!(account = %url, "ACME account created");
@@ -629,13 +631,14 @@ async fn session(db: &MySqlPool, issuer: &Issuer) -> Result<ctrl_acme::acme::Ses
 }
 
 async fn login(db: &MySqlPool, issuer: &Issuer) -> Result<ctrl_acme::acme::Session, AcmeError> {
-    let (_, sealed) = certificate::acme_account(db, PLATFORM_OWNER)
+    let owner = acme_account_owner(issuer.directory.url());
+    let (_, sealed) = certificate::acme_account(db, &owner)
         .await
         .map_err(|e| AcmeError::Transient(e.to_string()))?
         .ok_or_else(|| AcmeError::Transient("the ACME account is not stored yet".into()))?;
     let credentials = issuer
         .vault
-        .open(PLATFORM_OWNER, &sealed)
+        .open(&owner, &sealed)
         .map_err(|e| AcmeError::Config(format!("cannot open the ACME account: {e}")))?;
     let credentials = std::str::from_utf8(&credentials)
         .map_err(|_| AcmeError::Config("the stored ACME account is not UTF-8".into()))?;

@@ -199,7 +199,8 @@ async fn bad_domains_are_refused_by_name() -> Result<()> {
 }
 
 /// An apex cannot carry a CNAME: it verifies by its TXT record and its
-/// addresses; a TXT record alone verifies a subdomain too.
+/// addresses pointing at the edge; a TXT record alone verifies a subdomain
+/// too.
 #[tokio::test]
 async fn apexes_and_txt_only_domains_verify_by_their_txt_record() -> Result<()> {
     let s = Stack::start(Options::default()).await?;
@@ -210,6 +211,13 @@ async fn apexes_and_txt_only_domains_verify_by_their_txt_record() -> Result<()> 
         "{:?}",
         apex.records
     );
+    // The apex points elsewhere: named, with the edge's address expected.
+    s.dns
+        .add_a(
+            "customer-apex.test",
+            &[std::net::Ipv4Addr::new(127, 0, 0, 9)],
+        )
+        .await?;
     let sub = s.add("txt-only.customer.test").await?;
     for d in [&apex, &sub] {
         let txt = d
@@ -239,6 +247,23 @@ async fn apexes_and_txt_only_domains_verify_by_their_txt_record() -> Result<()> 
         s.dns.clear_txt(&txt.name).await?;
         s.dns.set_txt(&txt.name, &txt.value).await?;
     }
+    let d = s
+        .wait_domain(
+            &apex.id,
+            "the wrong address reported",
+            Duration::from_secs(20),
+            |d| d.ownership_verified,
+        )
+        .await?;
+    assert_eq!(d.status, pb::CustomDomainStatus::Verifying as i32);
+    assert!(
+        d.verification_error
+            .contains("resolves to 127.0.0.9, expected 127.0.0.1"),
+        "{}",
+        d.verification_error
+    );
+    // Back to challtestsrv's default answer: the edge's 127.0.0.1.
+    s.dns.clear_a("customer-apex.test").await?;
     for d in [&apex, &sub] {
         let v = s
             .wait_domain(&d.id, "verified by TXT", Duration::from_secs(20), |d| {
