@@ -29,6 +29,29 @@ pub trait DnsProvider: Send + Sync + fmt::Debug {
     async fn delete_txt(&self, name: &str, value: &str) -> Result<(), AcmeError>;
 }
 
+/// Publishes the TXT record `name` = `value` and waits until the provider
+/// says it is live everywhere, polling every `poll` for up to `patience`
+/// (Route53 answers PENDING for a while after a change).
+pub async fn publish(
+    dns: &dyn DnsProvider,
+    name: &str,
+    value: &str,
+    patience: Duration,
+    poll: Duration,
+) -> Result<(), AcmeError> {
+    let change = dns.upsert_txt(name, value).await?;
+    let deadline = tokio::time::Instant::now() + patience;
+    while !dns.in_sync(&change).await? {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(AcmeError::Transient(format!(
+                "the TXT record {name} is not in sync after {patience:?}"
+            )));
+        }
+        tokio::time::sleep(poll).await;
+    }
+    Ok(())
+}
+
 /// Route53 credentials and zone.
 #[derive(Clone)]
 pub struct Route53Config {
@@ -250,5 +273,84 @@ where
             AcmeError::Transient(format!("Route53 {call}: unreadable response"))
         }
         other => AcmeError::Transient(format!("Route53 {call}: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A provider whose changes are PENDING for `pending_polls` polls.
+    #[derive(Debug, Default)]
+    struct Slow {
+        pending_polls: u32,
+        polls: Mutex<u32>,
+        records: Mutex<Vec<(String, String)>>,
+    }
+
+    #[async_trait]
+    impl DnsProvider for Slow {
+        async fn upsert_txt(&self, name: &str, value: &str) -> Result<String, AcmeError> {
+            self.records
+                .lock()
+                .unwrap()
+                .push((name.to_owned(), value.to_owned()));
+            Ok("C123".into())
+        }
+        async fn in_sync(&self, change_id: &str) -> Result<bool, AcmeError> {
+            assert_eq!(change_id, "C123");
+            let mut polls = self.polls.lock().unwrap();
+            *polls += 1;
+            Ok(*polls > self.pending_polls)
+        }
+        async fn delete_txt(&self, _: &str, _: &str) -> Result<(), AcmeError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn publishing_waits_until_the_change_is_in_sync() {
+        let dns = Slow {
+            pending_polls: 3,
+            ..Slow::default()
+        };
+        publish(
+            &dns,
+            "_acme-challenge.example.com",
+            "v",
+            Duration::from_secs(60),
+            Duration::from_secs(2),
+        )
+        .await
+        .expect("in sync");
+        assert_eq!(*dns.polls.lock().unwrap(), 4);
+        assert_eq!(
+            dns.records.lock().unwrap().as_slice(),
+            [("_acme-challenge.example.com".to_owned(), "v".to_owned())]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_that_never_syncs_is_a_transient_error_after_the_patience() {
+        let dns = Slow {
+            pending_polls: u32::MAX,
+            ..Slow::default()
+        };
+        let err = publish(
+            &dns,
+            "_acme-challenge.example.com",
+            "v",
+            Duration::from_secs(10),
+            Duration::from_secs(2),
+        )
+        .await
+        .expect_err("never in sync");
+        assert!(
+            matches!(&err, AcmeError::Transient(m) if m.contains("not in sync")),
+            "{err:?}"
+        );
+        assert!(*dns.polls.lock().unwrap() <= 7);
     }
 }

@@ -66,6 +66,8 @@ pub struct Issuer {
 const MAX_RATE_LIMIT_ROUNDS: u32 = 3;
 /// How long a DNS change may take to be in sync.
 const DNS_SYNC_PATIENCE: Duration = Duration::from_secs(120);
+/// How often to ask whether it is.
+const DNS_SYNC_POLL: Duration = Duration::from_secs(2);
 
 /// The outcome of one ACME step, journaled: only transient failures are
 /// errors (retried by the step's policy).
@@ -683,17 +685,14 @@ async fn present(
                 .as_ref()
                 .ok_or_else(|| AcmeError::Config("no DNS provider configured".into()))?;
             for p in &presented {
-                let change = dns.upsert_txt(&p.name, &p.value).await?;
-                let deadline = tokio::time::Instant::now() + DNS_SYNC_PATIENCE;
-                while !dns.in_sync(&change).await? {
-                    if tokio::time::Instant::now() > deadline {
-                        return Err(AcmeError::Transient(format!(
-                            "the TXT record {} is not in sync after {DNS_SYNC_PATIENCE:?}",
-                            p.name
-                        )));
-                    }
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                }
+                ctrl_acme::dns::publish(
+                    dns.as_ref(),
+                    &p.name,
+                    &p.value,
+                    DNS_SYNC_PATIENCE,
+                    DNS_SYNC_POLL,
+                )
+                .await?;
             }
         }
     }
