@@ -229,18 +229,28 @@ pub struct Due {
     pub expires_at: i64,
 }
 
-/// Challenges that want a certificate: `waiting` ones, and verified ones
-/// whose certificate expires before `renew_before` (unix ms), soonest
-/// first; only for verified domains.
-pub async fn due(ex: impl MySqlExecutor<'_>, renew_before: i64, limit: u32) -> Result<Vec<Due>> {
+/// Challenges that want a certificate, soonest expiry first, only for
+/// verified domains: `waiting` ones; verified ones whose certificate
+/// expires before `renew_before` (unix ms); and failed ones last tried
+/// before `retry_failed_before` (a CA outage must not leave a domain
+/// without a certificate for good).
+pub async fn due(
+    ex: impl MySqlExecutor<'_>,
+    renew_before: i64,
+    retry_failed_before: i64,
+    limit: u32,
+) -> Result<Vec<Due>> {
     Ok(sqlx::query_as(
         "SELECT c.domain_id, c.workspace_id, d.domain AS hostname, c.expires_at
          FROM acme_challenges c JOIN custom_domains d ON d.id = c.domain_id
          WHERE d.verification_status = 'verified'
-           AND (c.status = 'waiting' OR (c.status = 'verified' AND c.expires_at <= ?))
+           AND (c.status = 'waiting'
+                OR (c.status = 'verified' AND c.expires_at <= ?)
+                OR (c.status = 'failed' AND c.updated_at <= ?))
          ORDER BY c.expires_at LIMIT ?",
     )
     .bind(renew_before)
+    .bind(retry_failed_before)
     .bind(limit)
     .fetch_all(ex)
     .await?)

@@ -66,6 +66,8 @@ pub struct AcmeConfig {
     /// Attempts of an ACME step failing transiently (unreachable CA, 5xx,
     /// timeouts; backing off from 1 s to 30 s) before the order fails.
     pub step_attempts: u32,
+    /// The renewal job tries a failed order again after this long.
+    pub retry_failed_after_seconds: u64,
     /// DNS-01 through Route53 (wildcards, the platform's `*.{apex}`).
     pub route53: Route53Section,
 }
@@ -83,6 +85,7 @@ impl Default for AcmeConfig {
             renewal_interval_seconds: 3600,
             renewal_spacing_seconds: 10,
             step_attempts: 12,
+            retry_failed_after_seconds: 3600,
             route53: Route53Section::default(),
         }
     }
@@ -357,6 +360,11 @@ impl Validate for Config {
                 0..=3600,
             );
             v.range("acme.step_attempts", a.step_attempts, 1..=100);
+            v.range(
+                "acme.retry_failed_after_seconds",
+                a.retry_failed_after_seconds,
+                1..=30 * 86_400,
+            );
             v.check(
                 self.vault.is_some(),
                 "vault",

@@ -135,6 +135,7 @@ impl Certificates {
                 renewal_interval: Duration::from_secs(a.renewal_interval_seconds),
                 renewal_spacing: Duration::from_secs(a.renewal_spacing_seconds),
                 step_attempts: a.step_attempts,
+                retry_failed_after: Duration::from_secs(a.retry_failed_after_seconds),
                 session: tokio::sync::Mutex::default(),
             }))
         } else {

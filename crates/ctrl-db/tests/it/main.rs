@@ -1,6 +1,7 @@
 //! Every query of ctrl-db against a real MariaDB (a fresh, migrated
 //! database per test, from ctrl-testkit).
 
+mod certificate;
 mod cluster;
 mod deployment;
 mod edge;

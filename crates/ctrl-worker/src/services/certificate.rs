@@ -58,6 +58,8 @@ pub struct Issuer {
     pub renewal_spacing: Duration,
     /// Attempts of a step failing transiently before the order fails.
     pub step_attempts: u32,
+    /// A failed order is tried again by the renewal job after this long.
+    pub retry_failed_after: Duration,
     /// The logged-in account, kept between steps and orders.
     pub session: tokio::sync::Mutex<Option<ctrl_acme::acme::Session>>,
 }
@@ -745,11 +747,17 @@ impl RenewalObject {
         let Some(issuer) = self.issuer.clone() else {
             return Ok(());
         };
-        let (db, before) = (self.db.clone(), issuer.renew_before);
+        let (db, before, retry) = (
+            self.db.clone(),
+            issuer.renew_before,
+            issuer.retry_failed_after,
+        );
         let Json(due) = ctx
             .run(|| async move {
-                let horizon = now_ms() + i64::try_from(before.as_millis()).unwrap_or(0);
-                let due = certificate::due(&db, horizon, 1000)
+                let now = now_ms();
+                let horizon = now + i64::try_from(before.as_millis()).unwrap_or(0);
+                let failed_before = now - i64::try_from(retry.as_millis()).unwrap_or(0);
+                let due = certificate::due(&db, horizon, failed_before, 1000)
                     .await
                     .map_err(db_error)?;
                 // (hostname, domain id), soonest expiry first.
