@@ -57,6 +57,8 @@ async fn routes_follow_the_control_plane() -> Result<()> {
         .route(&host("web-v2"), &d2, &w.seed.production)
         .await?;
     w.edge.wait_host(&host("web"), StatusCode::OK).await?;
+    // The two routes may reach the edge in different batches.
+    w.edge.wait_host(&host("web-v2"), StatusCode::OK).await?;
 
     let r = get(w.edge.http, &host("web"), "/").await?;
     assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "v1\n"));
