@@ -562,6 +562,18 @@ async fn claim(
         && !force
         && c.not_after > due_by
     {
+        // Nothing to order: the challenge says so too, or the renewal job
+        // would keep finding it (a domain verified again, say).
+        certificate::set_challenge_status(
+            db,
+            domain_id,
+            ChallengeStatus::Verified,
+            Some(c.not_after),
+            None,
+            now,
+        )
+        .await
+        .map_err(db_error)?;
         return skip(
             "the certificate is current",
             domain.workspace_id,

@@ -137,6 +137,37 @@ async fn a_custom_domain_is_verified_certified_and_served() -> Result<()> {
     assert_eq!(challenge.status, ChallengeStatus::Verified);
     assert_eq!(challenge.expires_at, cert.expires_at);
 
+    // Verifying again (the user's `ctrl domains verify`) re-routes nothing
+    // new and orders nothing: the certificate is current.
+    let before = ctrl_db::certificate::find(&s.h.db.pool, host)
+        .await?
+        .context("certificate")?;
+    ctrl_api::services::custom_domain::retry_verification(
+        &s.api,
+        pb::RetryVerificationRequest {
+            domain_id: d.id.clone(),
+            actor: None,
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    s.wait_domain(&d.id, "verified again", Duration::from_secs(20), |d| {
+        d.status == pb::CustomDomainStatus::Verified as i32
+    })
+    .await?;
+    let pool = s.h.db.pool.clone();
+    let id = d.id.clone();
+    eventually(Duration::from_secs(20), || async {
+        Ok(ctrl_db::certificate::challenge(&pool, &id)
+            .await?
+            .is_some_and(|c| c.status == ChallengeStatus::Verified))
+    })
+    .await?;
+    let after = ctrl_db::certificate::find(&s.h.db.pool, host)
+        .await?
+        .context("certificate")?;
+    assert_eq!(after, before, "no second certificate for a current one");
+
     // Deleting removes route, challenge, certificate and the domain.
     ctrl_api::services::custom_domain::delete_custom_domain(
         &s.api,
