@@ -137,7 +137,8 @@ pub struct ObtainCertificate {
 /// Output of `Certificate/{hostname}/Obtain`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertificateOutcome {
-    /// `"issued"`, `"current"` (nothing was due) or `"failed"`.
+    /// `"issued"`, `"current"` (nothing was due), `"skipped"` (the domain is
+    /// gone or not verified) or `"failed"`.
     pub status: String,
     /// The certificate's expiry, unix ms (0 if none).
     #[serde(default)]

@@ -160,8 +160,8 @@ fn step<T>(r: Result<Json<Step<T>>, TerminalError>) -> Result<T, Stop> {
 /// What the claim step learned.
 #[derive(Debug, Serialize, Deserialize)]
 struct Claim {
-    /// Nothing to do (current certificate, or the domain is gone).
-    skip: Option<String>,
+    /// Nothing to do: the outcome's status (`current`, `skipped`) and why.
+    skip: Option<(String, String)>,
     workspace_id: String,
     kind: ChallengeKind,
     not_after: i64,
@@ -212,9 +212,9 @@ impl CertificateObject {
             .name("claim challenge")
             .retry_policy(crate::errors::step_retry())
             .await?;
-        if let Some(why) = claim.skip {
+        if let Some((status, why)) = claim.skip {
             return Ok(Json(CertificateOutcome {
-                status: "current".into(),
+                status,
                 not_after: claim.not_after,
                 error: why,
             }));
@@ -534,16 +534,16 @@ async fn claim(
     renew_before: Duration,
     force: bool,
 ) -> Result<Json<Claim>, HandlerError> {
-    let skip = |why: &str, workspace_id: String, not_after: i64| {
+    let skip = |status: &str, why: &str, workspace_id: String, not_after: i64| {
         Ok(Json(Claim {
-            skip: Some(why.to_owned()),
+            skip: Some((status.to_owned(), why.to_owned())),
             workspace_id,
             kind: ChallengeKind::for_hostname(hostname),
             not_after,
         }))
     };
     let Some(domain) = custom_domain::find(db, domain_id).await.map_err(db_error)? else {
-        return skip("the domain was removed", String::new(), 0);
+        return skip("skipped", "the domain was removed", String::new(), 0);
     };
     if domain.domain != hostname {
         return Err(WorkflowError::Invalid(format!(
@@ -553,7 +553,12 @@ async fn claim(
         .into());
     }
     if domain.verification_status != CustomDomainStatus::Verified {
-        return skip("the domain is not verified", domain.workspace_id, 0);
+        return skip(
+            "skipped",
+            "the domain is not verified",
+            domain.workspace_id,
+            0,
+        );
     }
     let now = now_ms();
     let current = certificate::find(db, hostname).await.map_err(db_error)?;
@@ -575,6 +580,7 @@ async fn claim(
         .await
         .map_err(db_error)?;
         return skip(
+            "current",
             "the certificate is current",
             domain.workspace_id,
             c.not_after,
