@@ -8,8 +8,10 @@
 //! (24 h by default) fails the domain. A generation number in the object's
 //! state makes older chains stop when verification restarts or the domain
 //! is deleted. Verified → revoke a contested claim of another workspace →
-//! create the live-sticky route for the environment → open the HTTP-01
-//! challenge and ask `Certificate` for the certificate. `Delete` removes the
+//! create the environment-sticky route (it follows the live deployment in
+//! production, the newest one in a preview) and mark the domain verified in
+//! one transaction → open the HTTP-01 challenge and ask `Certificate` for
+//! the certificate. `Delete` removes the
 //! route, the challenge, the certificate and the row, each step durable.
 
 use std::net::IpAddr;
@@ -329,7 +331,10 @@ impl CustomDomainObject {
                             environment_id: &row.environment_id,
                             deployment_id: &target,
                             fqdn: &row.domain,
-                            sticky: Sticky::Live,
+                            // Follows the environment: in production the
+                            // live swaps (deploy, rollback, promote), in a
+                            // preview each new deployment.
+                            sticky: Sticky::Environment,
                         },
                         now,
                     )

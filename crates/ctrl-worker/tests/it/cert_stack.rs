@@ -190,10 +190,15 @@ impl Stack {
 
     /// Adds `domain` to the production environment through the API.
     pub(crate) async fn add(&self, domain: &str) -> Result<pb::CustomDomain> {
+        self.add_in(&self.h.production, domain).await
+    }
+
+    /// Adds `domain` to `environment` through the API.
+    pub(crate) async fn add_in(&self, environment: &str, domain: &str) -> Result<pb::CustomDomain> {
         let r = ctrl_api::services::custom_domain::add_custom_domain(
             &self.api,
             pb::AddCustomDomainRequest {
-                environment_id: self.h.production.clone(),
+                environment_id: environment.to_owned(),
                 domain: domain.into(),
                 actor: None,
             },

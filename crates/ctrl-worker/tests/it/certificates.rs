@@ -89,7 +89,7 @@ async fn a_custom_domain_is_verified_certified_and_served() -> Result<()> {
         .await?
         .context("a route for the domain")?;
     assert_eq!(route.deployment_id, s.live);
-    assert_eq!(route.sticky, Sticky::Live);
+    assert_eq!(route.sticky, Sticky::Environment);
 
     let d = s
         .wait_domain(&d.id, "certificate issued", Duration::from_secs(60), |d| {
@@ -836,5 +836,43 @@ async fn a_route53_error_fails_the_wildcard_with_awss_reason() -> Result<()> {
     );
     assert!(!error.contains("s3cr3t"), "{error}");
     assert!(!s.h.worker_log(10_000).contains("s3cr3t-route53-key"));
+    Ok(())
+}
+
+/// A domain verified before its environment has any deployment routes
+/// nowhere yet, then follows each new deployment of that (preview)
+/// environment.
+#[tokio::test]
+async fn a_domain_follows_its_environments_new_deployments() -> Result<()> {
+    let s = Stack::start(Options::default()).await?;
+    let host = "preview.customer.test";
+    let d = s.add_in(&s.h.preview, host).await?;
+    let cname = d
+        .records
+        .iter()
+        .find(|r| r.r#type == "CNAME")
+        .context("CNAME")?;
+    s.dns.set_cname(host, &cname.value).await?;
+    s.wait_domain(&d.id, "verified", Duration::from_secs(20), |d| {
+        d.status == pb::CustomDomainStatus::Verified as i32
+    })
+    .await?;
+    let route = ctrl_db::route::find_by_fqdn(&s.h.db.pool, host)
+        .await?
+        .context("route")?;
+    assert_eq!(route.deployment_id, "", "nothing to route to yet");
+    for _ in 0..2 {
+        let id =
+            s.h.pending_deployment(&s.h.preview, Some("feature"))
+                .await?;
+        s.h.deploy_to_ready(&id).await?;
+        let route = ctrl_db::route::find_by_fqdn(&s.h.db.pool, host)
+            .await?
+            .context("route")?;
+        assert_eq!(
+            route.deployment_id, id,
+            "the domain follows the newest deployment"
+        );
+    }
     Ok(())
 }
