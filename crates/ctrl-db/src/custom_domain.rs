@@ -213,6 +213,31 @@ pub async fn mark_verified(
     Ok(done.rows_affected() > 0)
 }
 
+/// Records a re-check of a verified domain: it stays verified and routed
+/// (its users keep being served), but what was found is kept, so a record
+/// removed or changed since shows (`summary` empty when all is well).
+pub async fn record_recheck(
+    ex: impl MySqlExecutor<'_>,
+    id: &str,
+    c: Check<'_>,
+    now: i64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE custom_domains SET last_checked_at = ?, cname_verified = ?, ownership_verified = ?,
+           verification_error = NULLIF(?, ''), updated_at = ?
+         WHERE id = ? AND verification_status = 'verified'",
+    )
+    .bind(now)
+    .bind(c.cname_verified)
+    .bind(c.ownership_verified)
+    .bind(c.summary)
+    .bind(now)
+    .bind(id)
+    .execute(ex)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
 /// Marks a domain failed with the reason.
 pub async fn mark_failed(
     ex: impl MySqlExecutor<'_>,

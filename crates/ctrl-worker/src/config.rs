@@ -145,6 +145,9 @@ pub struct CustomDomainsConfig {
     pub check_interval_seconds: u64,
     /// Give up verifying after this long.
     pub give_up_after_seconds: u64,
+    /// Check a verified domain's records again this often (a removed or
+    /// changed record shows on the domain; it stays routed).
+    pub recheck_interval_seconds: u64,
     /// The edge's public addresses an apex domain must point at (empty: any).
     pub apex_addresses: Vec<IpAddr>,
 }
@@ -158,6 +161,7 @@ impl Default for CustomDomainsConfig {
             ],
             check_interval_seconds: 60,
             give_up_after_seconds: 24 * 3600,
+            recheck_interval_seconds: 3600,
             apex_addresses: Vec::new(),
         }
     }
@@ -408,6 +412,11 @@ impl Validate for Config {
             "custom_domains.check_interval_seconds",
             d.check_interval_seconds,
             1..=3600,
+        );
+        v.range(
+            "custom_domains.recheck_interval_seconds",
+            d.recheck_interval_seconds,
+            1..=7 * 86_400,
         );
         v.range(
             "custom_domains.give_up_after_seconds",

@@ -151,6 +151,7 @@ impl Certificates {
                 give_up_after: Duration::from_secs(d.give_up_after_seconds),
                 apex_addresses: d.apex_addresses.clone(),
                 issue_certificates: issuer.is_some(),
+                recheck_interval: Duration::from_secs(d.recheck_interval_seconds),
             }),
             issuer,
         })

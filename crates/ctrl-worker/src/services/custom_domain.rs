@@ -11,7 +11,9 @@
 //! create the environment-sticky route (it follows the live deployment in
 //! production, the newest one in a preview) and mark the domain verified in
 //! one transaction → open the HTTP-01 challenge and ask `Certificate` for
-//! the certificate. `Delete` removes the
+//! the certificate. A verified domain is re-checked every
+//! `recheck_interval_seconds`: it stays routed, but a record removed or
+//! changed since shows on the domain (as "re-check: …"). `Delete` removes the
 //! route, the challenge, the certificate and the row, each step durable.
 
 use std::net::IpAddr;
@@ -50,6 +52,8 @@ pub struct Verifier {
     pub apex_addresses: Vec<IpAddr>,
     /// Certificates are issued (ACME enabled).
     pub issue_certificates: bool,
+    /// Time between re-checks of a verified domain.
+    pub recheck_interval: Duration,
 }
 
 /// Input of `Verify` (sent by the object to itself).
@@ -208,6 +212,32 @@ impl CustomDomainObject {
         Ok(())
     }
 
+    /// Checks a verified domain's records again (they may have been removed
+    /// or changed since): it stays routed, and what was found shows on the
+    /// domain; then schedules the next re-check.
+    #[handler(name = "Recheck")]
+    async fn recheck(
+        &self,
+        ctx: ObjectContext<'_>,
+        Json(req): Json<VerifyInput>,
+    ) -> HandlerResult<()> {
+        if ctx.get::<u64>(GENERATION).await? != Some(req.generation) {
+            return Ok(());
+        }
+        let (db, verifier, id) = (self.db.clone(), self.verifier.clone(), ctx.key().to_owned());
+        let still_verified = ctx
+            .run(|| async move { recheck(&db, &verifier, &id).await })
+            .name("re-check DNS records")
+            .retry_policy(step_retry())
+            .await?;
+        if still_verified {
+            ctx.object_client::<CustomDomainObjectClient<'_>>(ctx.key())
+                .recheck(Json(req))
+                .send_after(self.verifier.recheck_interval);
+        }
+        Ok(())
+    }
+
     /// Removes the domain with its route, challenge and certificate.
     #[handler(name = "Delete")]
     async fn delete(
@@ -358,6 +388,10 @@ impl CustomDomainObject {
         .retry_policy(compensation_retry())
         .await?;
 
+        let generation = ctx.get::<u64>(GENERATION).await?.unwrap_or(0);
+        ctx.object_client::<CustomDomainObjectClient<'_>>(ctx.key())
+            .recheck(Json(VerifyInput { generation }))
+            .send_after(self.verifier.recheck_interval);
         if !self.verifier.issue_certificates {
             return Ok(());
         }
@@ -401,6 +435,55 @@ fn own_key(ctx: &ObjectContext<'_>, req: &CustomDomainInput) -> Result<(), Handl
     Ok(())
 }
 
+/// One re-check of a verified domain, recorded on its row; whether it is
+/// still verified (deleted, failed or restarted: the re-checks stop).
+async fn recheck(db: &MySqlPool, verifier: &Verifier, id: &str) -> Result<bool, HandlerError> {
+    let Some(d) = custom_domain::find(db, id).await.map_err(db_error)? else {
+        return Ok(false);
+    };
+    if d.verification_status != CustomDomainStatus::Verified {
+        return Ok(false);
+    }
+    let verdict = verifier
+        .checker
+        .check(&expected(db, verifier, &d).await?)
+        .await;
+    let summary = if verdict.verified {
+        String::new()
+    } else {
+        format!("re-check: {}", verdict.summary)
+    };
+    let found = Check {
+        cname_verified: verdict.cname_verified,
+        ownership_verified: verdict.ownership_verified,
+        summary: &summary,
+    };
+    custom_domain::record_recheck(db, id, found, now_ms())
+        .await
+        .map_err(db_error)
+}
+
+/// What a domain must show: contested when another workspace holds it
+/// verified.
+async fn expected(
+    db: &MySqlPool,
+    verifier: &Verifier,
+    d: &CustomDomain,
+) -> Result<Expected, HandlerError> {
+    let contested = custom_domain::verified_others(db, &d.domain, &d.id)
+        .await
+        .map_err(db_error)?
+        .iter()
+        .any(|o| o.workspace_id != d.workspace_id);
+    Ok(Expected {
+        domain: d.domain.clone(),
+        target_cname: d.target_cname.clone(),
+        token: d.verification_token.clone(),
+        contested,
+        apex_addresses: verifier.apex_addresses.clone(),
+    })
+}
+
 /// One DNS check of the domain, recorded on its row.
 async fn check(
     db: &MySqlPool,
@@ -416,20 +499,9 @@ async fn check(
     ) {
         return Ok(Json(Checked::Over));
     }
-    let contested = custom_domain::verified_others(db, &d.domain, &d.id)
-        .await
-        .map_err(db_error)?
-        .iter()
-        .any(|o| o.workspace_id != d.workspace_id);
     let verdict = verifier
         .checker
-        .check(&Expected {
-            domain: d.domain.clone(),
-            target_cname: d.target_cname.clone(),
-            token: d.verification_token.clone(),
-            contested,
-            apex_addresses: verifier.apex_addresses.clone(),
-        })
+        .check(&expected(db, verifier, &d).await?)
         .await;
     let found = Check {
         cname_verified: verdict.cname_verified,

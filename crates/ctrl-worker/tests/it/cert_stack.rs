@@ -90,7 +90,7 @@ impl Stack {
              [acme]\nenabled = true\nemail_domain = \"{APEX}\"\ndirectory = \"{dir}\"\nca_bundle = \"{ca}\"\n\
              request_timeout_seconds = 10\nvalidation_timeout_seconds = 30\nrenewal_spacing_seconds = 0\n{extra}\n\
              {route53}\
-             [custom_domains]\nnameservers = [\"{ns}\"]\ncheck_interval_seconds = 1\ngive_up_after_seconds = 3600\napex_addresses = [\"127.0.0.1\"]\n\
+             [custom_domains]\nnameservers = [\"{ns}\"]\ncheck_interval_seconds = 1\ngive_up_after_seconds = 3600\nrecheck_interval_seconds = 1\napex_addresses = [\"127.0.0.1\"]\n\
              [vault]\nkeys = [{{ id = \"k1\", key = \"{VAULT_KEY}\" }}]\n",
             dir = o
                 .directory

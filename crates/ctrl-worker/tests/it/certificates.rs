@@ -876,3 +876,44 @@ async fn a_domain_follows_its_environments_new_deployments() -> Result<()> {
     }
     Ok(())
 }
+
+/// A verified domain is checked again: a CNAME removed later shows on the
+/// domain while it keeps routing; put back, the note goes away.
+#[tokio::test]
+async fn a_record_removed_after_verification_shows_on_the_domain() -> Result<()> {
+    let s = Stack::start(Options::default()).await?;
+    let host = "drift.customer.test";
+    let d = s.add(host).await?;
+    let cname = d
+        .records
+        .iter()
+        .find(|r| r.r#type == "CNAME")
+        .context("CNAME")?;
+    s.dns.set_cname(host, &cname.value).await?;
+    s.wait_domain(&d.id, "verified", Duration::from_secs(20), |d| {
+        d.status == pb::CustomDomainStatus::Verified as i32
+    })
+    .await?;
+    s.dns.clear_cname(host).await?;
+    let drifted = s
+        .wait_domain(
+            &d.id,
+            "the removed CNAME shown",
+            Duration::from_secs(20),
+            |d| d.verification_error.contains("re-check: no CNAME"),
+        )
+        .await?;
+    assert_eq!(drifted.status, pb::CustomDomainStatus::Verified as i32);
+    assert!(!drifted.cname_verified);
+    assert!(
+        ctrl_db::route::find_by_fqdn(&s.h.db.pool, host)
+            .await?
+            .is_some()
+    );
+    s.dns.set_cname(host, &cname.value).await?;
+    s.wait_domain(&d.id, "the note gone", Duration::from_secs(20), |d| {
+        d.verification_error.is_empty() && d.cname_verified
+    })
+    .await?;
+    Ok(())
+}
