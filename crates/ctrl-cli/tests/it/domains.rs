@@ -203,8 +203,17 @@ async fn a_custom_domain_is_added_checked_verified_served_and_removed() -> Resul
         line_with(&listed.stdout, HOST)?.contains(" verified "),
         "{listed}"
     );
+    // This stack's worker issues no certificates, and says so.
+    wait_for(&stack, "the certificate state", |d| {
+        d["certificate"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not issued by this installation"))
+    })
+    .await?;
     let shown = stack.ok(&["domains", "get", HOST]).await?;
     assert_eq!(record_row(&shown.stdout, "TXT")?[0], "✓", "{shown}");
+    let certificate = line_with(&shown.stdout, "certificate error")?;
+    assert!(certificate.contains("[acme] enabled = false"), "{shown}");
 
     // A deploy ends with the environment's verified custom domains.
     let deployed = stack.ok(&["deploy", "--app", "web", "--image", V1]).await?;

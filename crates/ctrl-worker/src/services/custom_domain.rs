@@ -25,7 +25,7 @@ use ctrl_core::id::{IdKind, generate};
 use ctrl_core::workflows::{CustomDomainInput, ObtainCertificate};
 use ctrl_db::custom_domain::{self, Check, CustomDomain};
 use ctrl_db::route::{self, NewRoute};
-use ctrl_db::types::CustomDomainStatus;
+use ctrl_db::types::{ChallengeStatus, CustomDomainStatus};
 use ctrl_db::{certificate, tenancy};
 use restate_sdk::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -392,10 +392,7 @@ impl CustomDomainObject {
         ctx.object_client::<CustomDomainObjectClient<'_>>(ctx.key())
             .recheck(Json(VerifyInput { generation }))
             .send_after(self.verifier.recheck_interval);
-        if !self.verifier.issue_certificates {
-            return Ok(());
-        }
-        let (db, row) = (self.db.clone(), d.clone());
+        let (db, row, issue) = (self.db.clone(), d.clone(), self.verifier.issue_certificates);
         ctx.run(|| async move {
             let now = now_ms();
             certificate::ensure_challenge(
@@ -408,11 +405,28 @@ impl CustomDomainObject {
             )
             .await
             .map_err(db_error)?;
+            if !issue {
+                // Said where users look; once ACME is enabled, the renewal
+                // job retries failed challenges.
+                certificate::set_challenge_status(
+                    &db,
+                    &row.id,
+                    ChallengeStatus::Failed,
+                    None,
+                    Some("certificates are not issued by this installation ([acme] enabled = false in ctrl-worker's config)"),
+                    now,
+                )
+                .await
+                .map_err(db_error)?;
+            }
             Ok(())
         })
         .name("open challenge")
         .retry_policy(compensation_retry())
         .await?;
+        if !self.verifier.issue_certificates {
+            return Ok(());
+        }
         ctx.object_client::<CertificateObjectClient<'_>>(d.domain.clone())
             .obtain(Json(ObtainCertificate {
                 domain_id: d.id.clone(),
