@@ -45,7 +45,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Whether a failed start lost a race for its ports and is worth another try
 /// (says so on stderr).
-fn retry_on_port_clash(name: &str, attempt: u32, error: &Error) -> bool {
+pub(crate) fn retry_on_port_clash(name: &str, attempt: u32, error: &Error) -> bool {
     let clash = matches!(error, Error::Startup { tail, .. }
         if tail.to_ascii_lowercase().contains("address already in use"));
     let retry = clash && attempt < START_ATTEMPTS;
@@ -59,7 +59,7 @@ fn retry_on_port_clash(name: &str, attempt: u32, error: &Error) -> bool {
 
 /// A log file for a new attempt: the previous attempt's is removed, so its
 /// "address already in use" cannot be taken for this one's.
-fn fresh_log(dir: &Path, name: &str) -> Result<PathBuf, Error> {
+pub(crate) fn fresh_log(dir: &Path, name: &str) -> Result<PathBuf, Error> {
     let log = dir.join(name);
     match fs::remove_file(&log) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

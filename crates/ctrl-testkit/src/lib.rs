@@ -4,8 +4,11 @@
 //! [`MariaDb`] (and fresh databases in it via [`test_database`]),
 //! [`Podman`]'s Docker-compatible API, and in [`acme`] Let's Encrypt's test
 //! CA [`Pebble`], the DNS server [`ChallTestSrv`] whose records a test
-//! changes over HTTP, and [`Moto`] for AWS's Route53 API — as child
-//! processes on loopback ports with their own directories, waits until they
+//! changes over HTTP, and [`Moto`] for AWS's Route53 API; [`S3Server`], a
+//! real S3 API (s3s-fs) that checks request signatures; and [`Registry`], a
+//! container registry (Debian's `docker-registry`) that podman pushes to over
+//! plain HTTP — as child processes on loopback ports with their own
+//! directories, waits until they
 //! are ready, and guarantees they go away: handles kill their process group
 //! on drop, the kernel kills them if the owner dies (panic, timeout,
 //! SIGKILL), and stale leftovers of crashed runs are reaped through pid files
@@ -27,7 +30,9 @@ pub mod paths;
 pub mod podman;
 pub mod process;
 pub mod reaper;
+pub mod registry;
 pub mod restate;
+pub mod s3;
 
 mod error;
 
@@ -39,7 +44,9 @@ pub use error::Error;
 pub use in_process::InProcess;
 pub use mariadb::{MariaDb, TestDatabase, test_database};
 pub use podman::{Podman, StorageDriver};
+pub use registry::Registry;
 pub use restate::{RestatePorts, RestateServer};
+pub use s3::S3Server;
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 ///

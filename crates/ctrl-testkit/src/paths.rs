@@ -17,6 +17,10 @@ pub const BUF_VERSION: &str = "1.75.0";
 /// The pinned moto version (AWS APIs such as Route53 and S3 on loopback).
 pub const MOTO_VERSION: &str = "5.2.5";
 
+/// The pinned s3s-fs version (S3 on a local directory, with SigV4 checks).
+/// 0.15 and later need a newer rustc than the workspace's.
+pub const S3S_FS_VERSION: &str = "0.14.1";
+
 /// The user-level cache for downloaded tools and templates:
 /// `$CTRL_CACHE_DIR`, else `$XDG_CACHE_HOME/ctrl`, else `~/.cache/ctrl`.
 /// It survives fresh clones, so CI runs on one machine install once.
@@ -46,6 +50,26 @@ pub fn restate_server_bin() -> Result<PathBuf, Error> {
         .chain([restate_server_install_path()])
         .collect();
     first_existing("restate-server", &candidates)
+}
+
+/// The `--root` `cargo xtask deps` installs s3s-fs into (the binary is in its `bin/`).
+pub fn s3s_fs_root() -> PathBuf {
+    cache_dir().join(format!("s3s-fs-{S3S_FS_VERSION}"))
+}
+
+/// Where `cargo xtask deps` puts the s3s-fs binary.
+pub fn s3s_fs_install_path() -> PathBuf {
+    s3s_fs_root().join("bin").join("s3s-fs")
+}
+
+/// The s3s-fs binary: `$S3S_FS_BIN` if set, else the cached install.
+pub fn s3s_fs_bin() -> Result<PathBuf, Error> {
+    let candidates: Vec<PathBuf> = env::var_os("S3S_FS_BIN")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([s3s_fs_install_path()])
+        .collect();
+    first_existing("s3s-fs", &candidates)
 }
 
 /// Where `cargo xtask deps` puts the static buf binary.

@@ -6,6 +6,8 @@
 //! that make podman work on a machine without systemd and with cgroups in
 //! hybrid mode (runc, not crun; ulimits within the hard limits; cgroupfs; file
 //! events; short exec cleanup delay) — see `reference/local-infra.md` §8.
+//! Its `registries.conf` marks registries on `127.0.0.1` as plain HTTP, so
+//! images can be pushed to a [`crate::Registry`].
 //!
 //! Containers run under `conmon`, outside the API service's process group, so
 //! on drop (and in the reaper) the instance removes all of its containers
@@ -26,6 +28,7 @@ use crate::{Error, paths, reaper};
 /// podman instance directories by it).
 pub(crate) const CONTAINERS_CONF: &str = "containers.conf";
 const STORAGE_CONF: &str = "storage.conf";
+const REGISTRIES_CONF: &str = "registries.conf";
 
 /// The storage driver for an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,7 +237,8 @@ fn run_checked(cmd: &mut Command, what: &str) -> Result<(), Error> {
 /// Points a podman command at the instance in `dir`.
 fn configure(cmd: &mut Command, dir: &Path) {
     cmd.env("CONTAINERS_CONF", dir.join(CONTAINERS_CONF))
-        .env("CONTAINERS_STORAGE_CONF", dir.join(STORAGE_CONF));
+        .env("CONTAINERS_STORAGE_CONF", dir.join(STORAGE_CONF))
+        .env("CONTAINERS_REGISTRIES_CONF", dir.join(REGISTRIES_CONF));
 }
 
 /// Force-removes all containers of the podman instance in `dir` (best
@@ -282,6 +286,11 @@ volume_path = "{d}/volumes"
     let storage = format!(
         "[storage]\ndriver = \"{driver}\"\nrunroot = \"{d}/run\"\ngraphroot = \"{d}/storage\"\n"
     );
+    // Registries on loopback (the testkit's `Registry`) speak plain HTTP.
+    let registries =
+        "# Written by ctrl-testkit.\n[[registry]]\nlocation = \"127.0.0.1\"\ninsecure = true\n";
+    fs::write(dir.join(REGISTRIES_CONF), registries)
+        .map_err(|e| Error::io("write registries.conf", e))?;
     fs::write(dir.join(CONTAINERS_CONF), containers)
         .map_err(|e| Error::io("write containers.conf", e))?;
     fs::write(dir.join(STORAGE_CONF), storage).map_err(|e| Error::io("write storage.conf", e))

@@ -36,6 +36,14 @@ enum Install {
     },
     /// `cargo install --locked <crate>`.
     Cargo(&'static str),
+    /// `cargo install <crate>@<version> --features <features> --locked
+    /// --root <root>`: a pinned tool in the user cache, off `PATH`.
+    CargoPinned {
+        krate: &'static str,
+        version: &'static str,
+        features: &'static [&'static str],
+        root: fn() -> PathBuf,
+    },
     /// Python packages (pinned requirement specifiers) installed with pip
     /// into a virtualenv made from Debian's `python3` (never a `python3`
     /// that happens to be first on `PATH`, such as a pyenv shim).
@@ -147,6 +155,23 @@ fn all() -> Vec<Dep> {
             },
         },
         Dep {
+            name: "s3s-fs",
+            purpose: "S3 with signature checks on loopback (tests, dev stack)",
+            check: check_s3s_fs,
+            install: Install::CargoPinned {
+                krate: "s3s-fs",
+                version: paths::S3S_FS_VERSION,
+                features: &["binary"],
+                root: paths::s3s_fs_root,
+            },
+        },
+        Dep {
+            name: "docker-registry",
+            purpose: "a container registry on loopback (tests, dev stack)",
+            check: check_docker_registry,
+            install: Install::Apt(&["docker-registry"]),
+        },
+        Dep {
             name: "cargo-nextest",
             purpose: "the test runner",
             check: || version_of(Command::new(cargo()).args(["nextest", "--version"])),
@@ -174,6 +199,7 @@ pub(crate) const PROGRAMS: &[&str] = &[
     "nginx",
     "pebble",
     "pebble-challtestsrv",
+    "docker-registry",
 ];
 
 /// Every Debian package `deps` installs.
@@ -250,6 +276,12 @@ pub(crate) fn ensure(check_only: bool) -> Result<()> {
                     .with_context(|| format!("installing {}", dep.name))?;
             }
             Install::Cargo(krate) => cargo_install(krate)?,
+            Install::CargoPinned {
+                krate,
+                version,
+                features,
+                root,
+            } => cargo_install_pinned(krate, version, features, &root())?,
             Install::Pip { venv, packages } => pip_install(&venv(), &packages())
                 .with_context(|| format!("installing {}", dep.name))?,
         }
@@ -335,6 +367,26 @@ fn check_pebble() -> Result<String, String> {
         paths::system_program(program).map_err(|e| e.to_string())?;
     }
     dpkg_installed("pebble")
+}
+
+/// s3s-fs (or `$S3S_FS_BIN`) runs and, when it is the cached install, is
+/// the pinned version.
+fn check_s3s_fs() -> Result<String, String> {
+    let path = paths::s3s_fs_bin().map_err(|e| e.to_string())?;
+    let version = version_of(Command::new(&path).arg("--version"))?;
+    if path == paths::s3s_fs_install_path() && !version.contains(paths::S3S_FS_VERSION) {
+        return Err(format!(
+            "{} is {version}, expected {}",
+            path.display(),
+            paths::S3S_FS_VERSION
+        ));
+    }
+    Ok(format!("{version} ({})", path.display()))
+}
+
+fn check_docker_registry() -> Result<String, String> {
+    paths::system_program("docker-registry").map_err(|e| e.to_string())?;
+    dpkg_installed("docker-registry")
 }
 
 /// moto's server from the virtualenv (or `$MOTO_SERVER_BIN`) runs, and the
@@ -607,6 +659,31 @@ fn cargo_install(krate: &str) -> Result<()> {
         .context("run cargo install")?;
     if !status.success() {
         bail!("cargo install {krate} failed; run by hand: cargo install --locked {krate}");
+    }
+    Ok(())
+}
+
+/// Installs one pinned version of a crate's binaries under `root` (its
+/// `bin/`), with the crate's own lock file.
+fn cargo_install_pinned(krate: &str, version: &str, features: &[&str], root: &Path) -> Result<()> {
+    let spec = format!("{krate}@{version}");
+    let features = features.join(",");
+    let manual = format!(
+        "cargo install {spec} --features '{features}' --locked --root {}",
+        root.display()
+    );
+    eprintln!("  running  {manual} (about 4 minutes, once)");
+    let mut cmd = Command::new(cargo());
+    cmd.args(["install", &spec, "--locked", "--root"]).arg(root);
+    if !features.is_empty() {
+        cmd.args(["--features", &features]);
+    }
+    let status = cmd
+        .stdin(Stdio::null())
+        .status()
+        .context("run cargo install")?;
+    if !status.success() {
+        bail!("cargo install {spec} failed; run by hand and read its errors:\n    {manual}");
     }
     Ok(())
 }

@@ -5,4 +5,6 @@ mod acme;
 mod cleanup;
 mod mariadb;
 mod podman;
+mod registry;
 mod restate;
+mod s3;

@@ -1,0 +1,133 @@
+//! A real container registry on a loopback port: Debian's
+//! `docker-registry` (distribution/registry 2.8) over a fresh directory.
+//!
+//! It serves the Docker Registry HTTP API v2 over plain HTTP without
+//! authentication, from a generated config; images pushed to it live in a
+//! throwaway directory. Like the other handles, it runs as a supervised child
+//! and is killed on drop (see [`crate::process`]).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::acme::{fresh_log, retry_on_port_clash};
+use crate::process::{Supervised, wait_ready};
+use crate::{Error, free_port, http_client, paths, reaper};
+
+/// How long the registry may take to become ready.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `docker-registry serve` on a free loopback port, storing images in a
+/// fresh directory; killed on drop.
+#[derive(Debug)]
+pub struct Registry {
+    process: Supervised,
+    port: u16,
+    // Declared last: the directory is removed after the process is killed.
+    _scratch: Option<TempDir>,
+}
+
+impl Registry {
+    /// Starts the registry (the apt package `docker-registry`, which
+    /// `cargo xtask deps` installs) and waits until `GET /v2/` answers 200.
+    pub async fn start() -> Result<Self, Error> {
+        let binary = paths::system_program("docker-registry")?;
+        let (dir, scratch) = reaper::instance_dir(None, "registry-")?;
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data)
+            .map_err(|e| Error::io(format!("create {}", data.display()), e))?;
+        let client = http_client();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let port = free_port()?;
+            let config = dir.join("config.yml");
+            std::fs::write(&config, config_yaml(&data, port))
+                .map_err(|e| Error::io(format!("write {}", config.display()), e))?;
+            let mut cmd = Command::new(&binary);
+            cmd.arg("serve").arg(&config).current_dir(&dir);
+            // Only our config: REGISTRY_* variables override it.
+            for (key, _) in std::env::vars_os() {
+                if key.to_string_lossy().starts_with("REGISTRY_") {
+                    cmd.env_remove(key);
+                }
+            }
+            let log = fresh_log(&dir, "registry.log")?;
+            let mut process = Supervised::spawn(
+                "docker-registry",
+                cmd,
+                &log,
+                Some(&dir.join("registry.pid")),
+            )?;
+            let url = format!("http://127.0.0.1:{port}/v2/");
+            let ready = wait_ready(&mut process, STARTUP_TIMEOUT, || async {
+                client
+                    .get(&url)
+                    .timeout(Duration::from_millis(500))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            })
+            .await;
+            match ready {
+                Ok(()) => {
+                    return Ok(Self {
+                        process,
+                        port,
+                        _scratch: scratch,
+                    });
+                }
+                Err(e) if retry_on_port_clash("docker-registry", attempt, &e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The registry's address for image names, e.g. `127.0.0.1:5000`
+    /// (`127.0.0.1:5000/hello:1`).
+    pub fn host_port(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The API's base URL, e.g. `http://127.0.0.1:5000` (append `/v2/...`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.host_port())
+    }
+
+    /// The registry's pid.
+    pub fn pid(&self) -> i32 {
+        self.process.id().pid
+    }
+
+    /// The registry's log (one line per request).
+    pub fn log_path(&self) -> &Path {
+        self.process.log_path()
+    }
+}
+
+/// The registry's configuration: filesystem storage in `data`, plain HTTP
+/// on `127.0.0.1:port`, no authentication, deletes allowed.
+fn config_yaml(data: &Path, port: u16) -> String {
+    let secret = format!("{:032x}", rand::random::<u128>());
+    format!(
+        "# Written by ctrl-testkit.
+version: 0.1
+log:
+  level: info
+  formatter: text
+storage:
+  filesystem:
+    rootdirectory: \"{data}\"
+  delete:
+    enabled: true
+  cache:
+    blobdescriptor: inmemory
+http:
+  addr: 127.0.0.1:{port}
+  secret: {secret}
+",
+        data = data.display()
+    )
+}
