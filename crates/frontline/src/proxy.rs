@@ -49,6 +49,12 @@ const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
+/// Connection attempts of a replayable request to a deployment it just
+/// woke, [`STARTING_RETRY_DELAY`] apart once every instance refused: about
+/// three seconds for a freshly started app to listen.
+const STARTING_ATTEMPTS: usize = 30;
+/// Pause between rounds of those attempts.
+const STARTING_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 /// The connection a request came in on.
 #[derive(Debug, Clone, Copy)]
@@ -224,6 +230,7 @@ impl Proxy {
             return (redirect(&host, port, req.uri()), host, Some(deployment));
         }
         drop(table);
+        let mut starting = false;
         let deployment = match deployment.state {
             State::Running => deployment,
             State::Stopped => {
@@ -237,7 +244,10 @@ impl Proxy {
                 );
             }
             State::Idle => match self.wakes.wake_and_wait(&deployment.id, &host).await {
-                Some(d) => d,
+                Some(d) => {
+                    starting = true;
+                    d
+                }
                 None => {
                     let mut r = page(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -250,9 +260,13 @@ impl Proxy {
             },
         };
         self.traffic.record(self.worker, &deployment.id);
-        let response = self
-            .forward(req, &deployment, conn, &host, hops, request_id)
-            .await;
+        let how = Forwarding {
+            host: &host,
+            hops,
+            request_id,
+            starting,
+        };
+        let response = self.forward(req, &deployment, conn, how).await;
         (response, host, Some(deployment))
     }
 
@@ -284,10 +298,14 @@ impl Proxy {
         mut req: Request<Incoming>,
         d: &Deployment,
         conn: Conn,
-        host: &str,
-        hops: u32,
-        request_id: &str,
+        how: Forwarding<'_>,
     ) -> Response<Body> {
+        let Forwarding {
+            host,
+            hops,
+            request_id,
+            starting,
+        } = how;
         if let Some(len) = content_length(req.headers())
             && self.max_body_bytes > 0
             && len > self.max_body_bytes
@@ -344,14 +362,21 @@ impl Proxy {
             };
         }
 
-        let attempts = if replayable {
-            d.backends.len().min(3)
-        } else {
-            1
+        // A deployment this request just woke may run before its app
+        // listens: a replayable request keeps trying its instances for a
+        // moment instead of failing on the first refusal.
+        let attempts = match (replayable, starting) {
+            (true, true) => STARTING_ATTEMPTS,
+            (true, false) => d.backends.len().min(3),
+            (false, _) => 1,
         };
         let mut tried: Vec<usize> = Vec::new();
         let mut last_error = None;
-        for _ in 0..attempts {
+        for attempt in 0..attempts {
+            if starting && !d.backends.is_empty() && tried.len() == d.backends.len() {
+                tried.clear();
+                tokio::time::sleep(STARTING_RETRY_DELAY).await;
+            }
             let Some(i) = pick(&d.backends, &tried) else {
                 break;
             };
@@ -373,7 +398,7 @@ impl Proxy {
                 return page(StatusCode::BAD_REQUEST, "Bad request path.");
             };
             // The last attempt takes the parts; earlier ones copy them.
-            let this = if tried.len() == attempts {
+            let this = if attempt + 1 == attempts {
                 std::mem::replace(&mut parts, Request::new(()).into_parts().0)
             } else {
                 parts.clone()
@@ -595,6 +620,19 @@ impl hyper::body::Body for GuardedBody {
 /// Power of two choices on in-flight requests, among backends not ejected
 /// and not tried yet; if every one is ejected, any not tried (better a
 /// likely failure than a certain 503).
+/// What one request's forwarding needs to know besides the request.
+#[derive(Debug, Clone, Copy)]
+struct Forwarding<'a> {
+    /// The requested host.
+    host: &'a str,
+    /// Edges it went through so far.
+    hops: u32,
+    /// Its request id.
+    request_id: &'a str,
+    /// It just woke the deployment (whose app may not listen yet).
+    starting: bool,
+}
+
 fn pick(backends: &[Arc<Backend>], tried: &[usize]) -> Option<usize> {
     let now = clock::mono_ms();
     let fresh: Vec<usize> = (0..backends.len()).filter(|i| !tried.contains(i)).collect();

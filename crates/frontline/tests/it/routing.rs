@@ -458,6 +458,74 @@ async fn idle_previews_wake_on_request() -> Result<()> {
     w.edge.shutdown().await
 }
 
+/// A woken deployment may be reported running before its app listens: the
+/// request that woke it keeps trying for a moment instead of answering 502.
+#[tokio::test]
+async fn a_woken_app_that_listens_late_still_answers() -> Result<()> {
+    let w = world("[proxy]\nwake_timeout_seconds = 20\n").await?;
+    let d = w
+        .seed
+        .deployment(&w.seed.preview, UpstreamProtocol::Http1)
+        .await?;
+    w.seed.route(&host("pr-late"), &d, &w.seed.preview).await?;
+    w.seed.stop(&d).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The instance is reported at once; its app listens 700 ms later.
+    let port = ctrl_testkit::free_port()?;
+    let (seed_db, region, workspace, id) = (
+        w.seed.db.clone(),
+        w.seed.region.clone(),
+        w.seed.workspace.clone(),
+        d.clone(),
+    );
+    let woken = w.ingress.woken.clone();
+    let worker = tokio::spawn(async move {
+        while !woken.lock().unwrap().contains(&id) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ctrl_db::deployment::set_desired_state(
+            &seed_db,
+            &id,
+            ctrl_core::status::DesiredState::Running,
+            9,
+        )
+        .await?;
+        let mut tx = seed_db.begin().await?;
+        ctrl_db::instance::replace_for_deployment(
+            &mut tx,
+            &workspace,
+            &id,
+            &region,
+            &[ctrl_db::instance::ReportedInstance {
+                new_id: "ins_late".into(),
+                name: "late-0".into(),
+                address: format!("127.0.0.1:{port}"),
+                cpu_millicores: 100,
+                memory_mib: 64,
+                status: ctrl_db::types::InstanceStatus::Running,
+            }],
+            9,
+        )
+        .await?;
+        tx.commit().await?;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let (mut stream, _) = listener.accept().await?;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await?;
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nlate\n")
+            .await?;
+        anyhow::Ok(())
+    });
+    let r = get(w.edge.http, &host("pr-late"), "/").await?;
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "late\n"));
+    worker.await??;
+    w.edge.shutdown().await
+}
+
 /// A deployment that runs only in another region is served through that
 /// region's edge (a configured peer), one hop further; without a peer that
 /// has it, 503.
