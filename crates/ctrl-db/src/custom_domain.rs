@@ -3,7 +3,7 @@
 //! certificate names (its wildcard) are rows here too, marked `platform`,
 //! pre-verified, so one challenge table serves both.
 
-use sqlx::{FromRow, MySqlExecutor};
+use sqlx::{Acquire, FromRow, MySql, MySqlExecutor};
 
 use crate::types::CustomDomainStatus;
 use crate::{Error, Result};
@@ -270,6 +270,24 @@ pub async fn reset(ex: impl MySqlExecutor<'_>, id: &str, now: i64) -> Result<boo
     .execute(ex)
     .await?;
     Ok(done.rows_affected() > 0)
+}
+
+/// Stops serving a domain, in one transaction: its route (in its own
+/// environment), its ACME challenge, and — if it held the domain verified,
+/// so the certificate is its own — its certificate. The row stays.
+pub async fn unserve(
+    db: impl Acquire<'_, Database = MySql>,
+    d: &CustomDomain,
+    now: i64,
+) -> Result<()> {
+    let mut tx = db.begin().await?;
+    crate::route::delete_by_fqdn(&mut *tx, &d.domain, &d.environment_id, now).await?;
+    crate::certificate::delete_challenge(&mut *tx, &d.id).await?;
+    if d.verification_status == CustomDomainStatus::Verified {
+        crate::certificate::delete(&mut *tx, &d.domain, now).await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Deletes a custom domain row; returns whether there was one.

@@ -260,20 +260,9 @@ impl CustomDomainObject {
                 )
                 .into());
             }
-            let now = now_ms();
-            route::delete_by_fqdn(&db, &d.domain, &d.environment_id, now)
+            custom_domain::unserve(&db, &d, now_ms())
                 .await
                 .map_err(db_error)?;
-            certificate::delete_challenge(&db, &id)
-                .await
-                .map_err(db_error)?;
-            // The certificate is this domain's only if it held the domain
-            // verified (a contested claim never had one).
-            if d.verification_status == CustomDomainStatus::Verified {
-                certificate::delete(&db, &d.domain, now)
-                    .await
-                    .map_err(db_error)?;
-            }
             custom_domain::delete(&db, &id).await.map_err(db_error)?;
             tracing::info!(domain = %d.domain, "custom domain deleted");
             Ok(())
@@ -304,6 +293,10 @@ impl CustomDomainObject {
                 .await
                 .map_err(db_error)?
             {
+                // Unserved while still marked verified: its certificate goes too.
+                custom_domain::unserve(&db, &other, now)
+                    .await
+                    .map_err(db_error)?;
                 custom_domain::mark_failed(
                     &db,
                     &other.id,
@@ -312,15 +305,6 @@ impl CustomDomainObject {
                 )
                 .await
                 .map_err(db_error)?;
-                route::delete_by_fqdn(&db, &other.domain, &other.environment_id, now)
-                    .await
-                    .map_err(db_error)?;
-                certificate::delete_challenge(&db, &other.id)
-                    .await
-                    .map_err(db_error)?;
-                certificate::delete(&db, &other.domain, now)
-                    .await
-                    .map_err(db_error)?;
                 tracing::warn!(domain = %other.domain, revoked = %other.id, "contested domain revoked");
             }
             Ok(())

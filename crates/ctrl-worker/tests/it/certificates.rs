@@ -484,13 +484,7 @@ async fn certificates_are_renewed_and_served_without_a_restart() -> Result<()> {
     })
     .await?;
     let host = "renew.customer.test";
-    let d = s.add(host).await?;
-    let cname = d
-        .records
-        .iter()
-        .find(|r| r.r#type == "CNAME")
-        .context("CNAME")?;
-    s.dns.set_cname(host, &cname.value).await?;
+    add_with_cname(&s, host).await?;
     eventually(Duration::from_secs(60), || async {
         Ok(ctrl_db::certificate::find(&s.h.db.pool, host)
             .await?
@@ -548,6 +542,29 @@ async fn journal(s: &Stack, service: &str, key: &str) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// Adds `host` to production and publishes its CNAME.
+async fn add_with_cname(s: &Stack, host: &str) -> Result<pb::CustomDomain> {
+    let d = s.add(host).await?;
+    let cname = d
+        .records
+        .iter()
+        .find(|r| r.r#type == "CNAME")
+        .context("CNAME")?;
+    s.dns.set_cname(host, &cname.value).await?;
+    Ok(d)
+}
+
+/// Waits until `Certificate/{key}` has journaled the step named `step`.
+async fn wait_for_step(s: &Stack, key: &str, step: &str) -> Result<()> {
+    eventually(Duration::from_secs(30), || async {
+        Ok(journal(s, "Certificate", key)
+            .await?
+            .iter()
+            .any(|n| n == step))
+    })
+    .await
+}
+
 /// How many certificates pebble issued.
 fn issued_by_pebble(s: &Stack) -> Result<usize> {
     let log = std::fs::read_to_string(s.pebble.log_path())?;
@@ -589,13 +606,7 @@ async fn assert_issued_once(s: &Stack, host: &str) -> Result<()> {
 async fn a_worker_killed_after_the_order_is_created_resumes_it() -> Result<()> {
     let mut s = Stack::start(Options::default()).await?;
     let host = "crash-order.customer.test";
-    let d = s.add(host).await?;
-    let cname = d
-        .records
-        .iter()
-        .find(|r| r.r#type == "CNAME")
-        .context("CNAME")?;
-    s.dns.set_cname(host, &cname.value).await?;
+    let d = add_with_cname(&s, host).await?;
     // Claimed (pending): lock the row before the order's challenge is written.
     let pool = s.h.db.pool.clone();
     eventually(Duration::from_secs(20), || async {
@@ -628,21 +639,10 @@ async fn a_worker_killed_after_the_order_is_created_resumes_it() -> Result<()> {
 async fn a_worker_killed_after_the_challenge_is_presented_resumes_it() -> Result<()> {
     let mut s = Stack::start(Options::default()).await?;
     let host = "crash-present.customer.test";
-    let d = s.add(host).await?;
-    let cname = d
-        .records
-        .iter()
-        .find(|r| r.r#type == "CNAME")
-        .context("CNAME")?;
-    s.dns.set_cname(host, &cname.value).await?;
-    eventually(Duration::from_secs(30), || async {
-        Ok(journal(&s, "Certificate", host)
-            .await?
-            .iter()
-            .any(|n| n == "present challenges"))
-    })
-    .await
-    .context("no challenge presented")?;
+    add_with_cname(&s, host).await?;
+    wait_for_step(&s, host, "present challenges")
+        .await
+        .context("no challenge presented")?;
     s.h.crash_worker().await?;
     assert_issued_once(&s, host).await
 }
@@ -660,21 +660,10 @@ async fn a_worker_killed_after_finalize_stores_the_certificate_once() -> Result<
         .bind(host)
         .fetch_optional(&mut *lock)
         .await?;
-    let d = s.add(host).await?;
-    let cname = d
-        .records
-        .iter()
-        .find(|r| r.r#type == "CNAME")
-        .context("CNAME")?;
-    s.dns.set_cname(host, &cname.value).await?;
-    eventually(Duration::from_secs(30), || async {
-        Ok(journal(&s, "Certificate", host)
-            .await?
-            .iter()
-            .any(|n| n == "finalize order"))
-    })
-    .await
-    .context("the order was not finalized")?;
+    add_with_cname(&s, host).await?;
+    wait_for_step(&s, host, "finalize order")
+        .await
+        .context("the order was not finalized")?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(issued_by_pebble(&s)?, 1, "finalized before the crash");
     s.h.crash_worker().await?;
@@ -692,14 +681,9 @@ async fn a_worker_killed_during_dns_01_leaves_no_txt_record() -> Result<()> {
     })
     .await?;
     let wildcard = format!("*.{APEX}");
-    eventually(Duration::from_secs(30), || async {
-        Ok(journal(&s, "Certificate", &wildcard)
-            .await?
-            .iter()
-            .any(|n| n == "present challenges"))
-    })
-    .await
-    .context("no TXT record presented")?;
+    wait_for_step(&s, &wildcard, "present challenges")
+        .await
+        .context("no TXT record presented")?;
     s.h.crash_worker().await?;
     assert_issued_once(&s, &wildcard).await?;
     let moto = s.moto.as_ref().context("moto")?;
@@ -724,13 +708,7 @@ async fn an_unreachable_ca_is_reported_then_fails_the_order() -> Result<()> {
     })
     .await?;
     let host = "no-ca.customer.test";
-    let d = s.add(host).await?;
-    let cname = d
-        .records
-        .iter()
-        .find(|r| r.r#type == "CNAME")
-        .context("CNAME")?;
-    s.dns.set_cname(host, &cname.value).await?;
+    let d = add_with_cname(&s, host).await?;
     let retrying = s
         .wait_domain(&d.id, "the retry shown", Duration::from_secs(30), |d| {
             d.certificate.as_ref().is_some_and(|c| {
