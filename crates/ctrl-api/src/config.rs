@@ -40,6 +40,10 @@ pub struct Config {
     /// Users' own domains (absent: AddCustomDomain is refused).
     #[serde(default)]
     pub custom_domains: CustomDomainsConfig,
+    /// Uploads of build contexts (`ctrl deploy --context`): the S3 bucket
+    /// the worker reads them from (no bucket = uploads are refused).
+    #[serde(default)]
+    pub build_contexts: ctrl_build::store::StoreConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -139,6 +143,9 @@ impl Validate for Config {
                 &format!("custom_domains.platform_domains[{n}]"),
                 "must be a lowercase hostname",
             );
+        }
+        for (field, problem) in self.build_contexts.problems() {
+            v.check(false, field, problem);
         }
         self.log.validate(v);
         v.url(

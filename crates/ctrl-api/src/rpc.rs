@@ -13,7 +13,7 @@ use connectrpc_axum::{
 use ctrl_proto::ctrl::v1 as pb;
 
 use crate::error::ApiError;
-use crate::services::{custom_domain, deployment, settings, tenancy};
+use crate::services::{build, custom_domain, deployment, settings, tenancy};
 use crate::state::AppState;
 
 /// Largest accepted request body.
@@ -139,6 +139,8 @@ unary!(get_custom_domain => custom_domain::get_custom_domain, pb::GetCustomDomai
 unary!(list_custom_domains => custom_domain::list_custom_domains, pb::ListCustomDomainsRequest, pb::ListCustomDomainsResponse);
 unary!(delete_custom_domain => custom_domain::delete_custom_domain, pb::DeleteCustomDomainRequest, pb::DeleteCustomDomainResponse);
 unary!(retry_verification => custom_domain::retry_verification, pb::RetryVerificationRequest, pb::RetryVerificationResponse);
+unary!(generate_upload_url => build::generate_upload_url, pb::GenerateUploadUrlRequest, pb::GenerateUploadUrlResponse);
+unary!(get_build => build::get_build, pb::GetBuildRequest, pb::GetBuildResponse);
 unary!(list_regions => tenancy::list_regions, pb::ListRegionsRequest, pb::ListRegionsResponse);
 unary!(update_region => tenancy::update_region, pb::UpdateRegionRequest, pb::UpdateRegionResponse);
 
@@ -249,6 +251,89 @@ async fn stream_deployment_logs(
     )))
 }
 
+/// BuildService.StreamBuildLogs: the lines recorded so far in batches, then
+/// (with follow) new lines as the build writes them, until it has finished
+/// and every line is sent; a deployment still queued before its build is
+/// waited for.
+async fn stream_build_logs(
+    State(state): State<AppState>,
+    _auth: Authorized,
+    ConnectRequest(req): ConnectRequest<pb::StreamBuildLogsRequest>,
+) -> Result<ConnectResponse<StreamBody<BoxedStream<pb::StreamBuildLogsResponse>>>, ConnectError> {
+    let waiting = |e: &crate::error::ApiError| matches!(e, crate::error::ApiError::NotFound(m) if m.contains("not started building"));
+    match build::find(&state, &req.deployment_id).await {
+        Ok(_) => {}
+        Err(e) if req.follow && waiting(&e) => {}
+        Err(e) => return Err(to_connect(e)),
+    }
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<Result<pb::StreamBuildLogsResponse, ConnectError>>(8);
+    let stop = state.shutdown_signal();
+    tokio::spawn(async move {
+        tokio::pin!(stop);
+        let mut after = req.after_line.max(0);
+        loop {
+            let b = match build::find(&state, &req.deployment_id).await {
+                Ok(b) => b,
+                Err(e) if waiting(&e) => {
+                    let ended = ctrl_db::deployment::get(state.db(), &req.deployment_id)
+                        .await
+                        .map(|d| d.status.is_terminal())
+                        .unwrap_or(true);
+                    if ended {
+                        return;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(WATCH_POLL) => continue,
+                        () = &mut stop => return,
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(to_connect(e))).await;
+                    return;
+                }
+            };
+            // The status is read before the lines: once it says finished,
+            // every line was written before this read.
+            let finished = build::is_finished(b.status);
+            let lines = match build::build_logs(&state, &b.id, after).await {
+                Ok(lines) => lines,
+                Err(e) => {
+                    let _ = tx.send(Err(to_connect(e))).await;
+                    return;
+                }
+            };
+            let full = lines.len() >= build::LOG_BATCH as usize;
+            if let Some(last) = lines.last() {
+                after = last.number;
+            }
+            let done = !full && (finished || !req.follow);
+            let message = pb::StreamBuildLogsResponse {
+                lines,
+                finished: (done && finished).then(|| build::to_pb(b)),
+            };
+            if (!message.lines.is_empty() || message.finished.is_some())
+                && tx.send(Ok(message)).await.is_err()
+            {
+                return;
+            }
+            if done {
+                return;
+            }
+            if !full {
+                tokio::select! {
+                    () = tokio::time::sleep(WATCH_POLL) => {}
+                    () = &mut stop => return,
+                }
+            }
+        }
+    });
+    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    Ok(ConnectResponse::new(StreamBody::new(
+        Box::pin(stream) as BoxedStream<_>
+    )))
+}
+
 fn is_terminal(d: &pb::Deployment) -> bool {
     use pb::DeploymentStatus as P;
     matches!(
@@ -321,6 +406,7 @@ max_decoding!(
     pb::deployment_service_server::DeploymentServiceServer<pb::DeploymentTonicService>,
     pb::region_service_server::RegionServiceServer<pb::RegionTonicService>,
     pb::custom_domain_service_server::CustomDomainServiceServer<pb::CustomDomainTonicService>,
+    pb::build_service_server::BuildServiceServer<pb::BuildTonicService>,
     pb::acme_service_server::AcmeServiceServer<pb::AcmeTonicService>,
 );
 
@@ -526,6 +612,12 @@ pub fn router_with(
             .retry_verification(retry_verification)
             .with_state(state.clone())
             .build();
+    let (builds, builds_grpc) = build_service_connect::BuildServiceTonicCompatibleBuilder::new()
+        .generate_upload_url(generate_upload_url)
+        .get_build(get_build)
+        .stream_build_logs(stream_build_logs)
+        .with_state(state.clone())
+        .build();
     let (acme, acme_grpc) = acme_service_connect::AcmeServiceTonicCompatibleBuilder::new()
         .verify_certificate(verify_certificate)
         .with_state(state.clone())
@@ -545,6 +637,7 @@ pub fn router_with(
             deployments,
             regions,
             domains,
+            builds,
             acme,
         ])
         .add_grpc_service(grpc(ctrl_grpc))
@@ -555,6 +648,7 @@ pub fn router_with(
         .add_grpc_service(grpc(deployments_grpc))
         .add_grpc_service(grpc(regions_grpc))
         .add_grpc_service(grpc(domains_grpc))
+        .add_grpc_service(grpc(builds_grpc))
         .add_grpc_service(grpc(acme_grpc))
         .add_axum_router_raw(health)
         .receive_max_bytes(MAX_REQUEST_BYTES);

@@ -35,6 +35,11 @@ pub async fn serve(
             .map(|l| crate::agent_logs::AgentLogs::new(&l.token)),
     )
     .with_custom_domains(config.custom_domains.clone());
+    let state = if config.build_contexts.enabled() {
+        state.with_build_contexts(ctrl_build::store::ContextStore::new(&config.build_contexts))
+    } else {
+        state
+    };
     let cluster = config.cluster_sync.as_ref().map(|sync| {
         ctrl_cluster_sync::ClusterSync::new(
             db.clone(),

@@ -22,6 +22,7 @@ struct Inner {
     edge_tokens: ctrl_runtime::auth::BearerTokens,
     agent_logs: Option<crate::agent_logs::AgentLogs>,
     custom_domains: crate::config::CustomDomainsConfig,
+    build_contexts: Option<ctrl_build::store::ContextStore>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -59,6 +60,7 @@ impl AppState {
                 edge_tokens: ctrl_runtime::auth::BearerTokens::new(edge_tokens),
                 agent_logs,
                 custom_domains: crate::config::CustomDomainsConfig::default(),
+                build_contexts: None,
             }),
         }
     }
@@ -70,6 +72,20 @@ impl AppState {
             None => tracing::error!("with_custom_domains called on a shared state; ignored"),
         }
         self
+    }
+
+    /// The same state with uploads of build contexts (call before sharing it).
+    pub fn with_build_contexts(mut self, store: ctrl_build::store::ContextStore) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.build_contexts = Some(store),
+            None => tracing::error!("with_build_contexts called on a shared state; ignored"),
+        }
+        self
+    }
+
+    /// Where build contexts are uploaded, if the server takes uploads.
+    pub fn build_contexts(&self) -> Option<&ctrl_build::store::ContextStore> {
+        self.inner.build_contexts.as_ref()
     }
 
     /// The custom-domain settings.
@@ -128,8 +144,13 @@ impl AppState {
 
     /// The current time in unix milliseconds.
     pub fn now_ms(&self) -> i64 {
-        SystemTime::now()
+        self.now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    /// The wall clock.
+    pub fn now(&self) -> SystemTime {
+        SystemTime::now()
     }
 }

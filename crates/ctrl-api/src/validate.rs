@@ -54,3 +54,47 @@ pub fn branch(field: &str, value: &str) -> Result<(), ApiError> {
         Err(ApiError::invalid(field, "is not a valid git branch name"))
     }
 }
+
+/// A GitHub repository as `owner/repo`.
+pub fn repository(field: &str, value: &str) -> Result<(), ApiError> {
+    names::validate_repository(value).map_err(|e| ApiError::invalid(field, e))
+}
+
+/// Build arguments: at most `max`, names like environment variables (at
+/// most 256 bytes), values at most 4096 bytes without NUL.
+pub fn build_args(
+    field: &str,
+    args: &std::collections::HashMap<String, String>,
+    max: usize,
+) -> Result<(), ApiError> {
+    if args.len() > max {
+        return Err(ApiError::invalid(
+            field,
+            format!("at most {max} build arguments, got {}", args.len()),
+        ));
+    }
+    let mut names: Vec<&String> = args.keys().collect();
+    names.sort();
+    for name in names {
+        let value = &args[name];
+        let good_name = name.len() <= 256
+            && name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !good_name {
+            return Err(ApiError::invalid(
+                &format!("{field}[{name:?}]"),
+                "names are letters, digits and \"_\", not starting with a digit, at most 256 bytes",
+            ));
+        }
+        if value.len() > 4096 || value.contains('\0') {
+            return Err(ApiError::invalid(
+                &format!("{field}[{name:?}]"),
+                "values are at most 4096 bytes, without NUL",
+            ));
+        }
+    }
+    Ok(())
+}

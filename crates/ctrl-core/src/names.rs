@@ -307,3 +307,47 @@ mod tests {
         }
     }
 }
+
+/// Checks a GitHub repository name `owner/repo` by GitHub's rules: the
+/// owner 1–39 letters, digits and single hyphens (not at either end); the
+/// repository 1–100 letters, digits, `.`, `_` and `-`, not `.` or `..`.
+pub fn validate_repository(full: &str) -> Result<(), String> {
+    let bad = || format!("{full:?} is not a GitHub repository as owner/repo");
+    let (owner, repo) = full.split_once('/').ok_or_else(bad)?;
+    let owner_ok = (1..=39).contains(&owner.len())
+        && owner
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !owner.starts_with('-')
+        && !owner.ends_with('-')
+        && !owner.contains("--");
+    let repo_ok = (1..=100).contains(&repo.len())
+        && repo
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && repo != "."
+        && repo != "..";
+    if owner_ok && repo_ok {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
+#[cfg(test)]
+mod repository_tests {
+    use super::validate_repository;
+
+    #[test]
+    fn github_repository_names() {
+        for good in ["acme/hello", "a/b", "Acme-Co/my.repo_1", "x/.github"] {
+            assert!(validate_repository(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "acme", "acme/", "/repo", "-acme/x", "acme-/x", "a--b/x", "a/..", "a/b/c", "a/b c",
+            "a/é",
+        ] {
+            assert!(validate_repository(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -206,6 +206,12 @@ pub async fn remove_deployment(conn: &mut MySqlConnection, id: &str, now: i64) -
     .bind(id)
     .fetch_all(&mut *conn)
     .await?;
+    sqlx::query(
+        "DELETE FROM build_logs WHERE build_id IN (SELECT id FROM builds WHERE deployment_id = ?)",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
     for table in [
         "frontline_routes",
         "network_policies",

@@ -46,8 +46,18 @@ pub struct Deployment {
     pub image: Option<String>,
     /// The build that produced it.
     pub build_id: Option<String>,
+    /// S3 key of the uploaded build context (context builds).
+    pub build_context_path: Option<String>,
+    /// Directory inside the repository or context to build (default ".").
+    pub build_dir: Option<String>,
+    /// Dockerfile inside that directory (default "Dockerfile").
+    pub dockerfile_path: Option<String>,
+    /// Build arguments.
+    pub build_args: Option<Json<std::collections::BTreeMap<String, String>>>,
     /// "owner/repo".
     pub git_repository: Option<String>,
+    /// The GitHub App installation that reads the repository.
+    pub git_installation_id: Option<i64>,
     /// Commit SHA.
     pub git_commit_sha: Option<String>,
     /// Exact branch name.
@@ -121,6 +131,8 @@ pub struct NewDeployment {
     pub source_kind: SourceKind,
     /// The image, for image deployments.
     pub image: Option<String>,
+    /// What to build, for builds from source.
+    pub build: Option<BuildSource>,
     /// "owner/repo".
     pub git_repository: Option<String>,
     /// Commit SHA.
@@ -156,19 +168,37 @@ pub struct NewDeployment {
     pub idempotency_key: Option<String>,
 }
 
+/// What a deployment from source builds (besides its git columns).
+#[derive(Debug, Clone, Default)]
+pub struct BuildSource {
+    /// S3 key of the uploaded context (context builds).
+    pub context_path: Option<String>,
+    /// Directory inside the repository or context.
+    pub dir: Option<String>,
+    /// Dockerfile inside that directory.
+    pub dockerfile: Option<String>,
+    /// Build arguments.
+    pub args: std::collections::BTreeMap<String, String>,
+    /// The GitHub App installation (git builds).
+    pub installation_id: Option<i64>,
+}
+
 /// Inserts a deployment.
 pub async fn insert(ex: impl MySqlExecutor<'_>, d: &NewDeployment, now: i64) -> Result<()> {
     let r = &d.runtime;
+    let b = d.build.as_ref();
     sqlx::query(
         "INSERT INTO deployments
            (id, k8s_name, workspace_id, project_id, app_id, environment_id, source_kind, image,
+            build_context_path, build_dir, dockerfile_path, build_args, git_installation_id,
             git_repository, git_commit_sha, git_branch, git_commit_message, git_commit_author_handle,
             git_commit_author_avatar_url, git_commit_timestamp, fork_repository,
             port, cpu_millicores, memory_mib, storage_mib, command, healthcheck, shutdown_signal,
             termination_grace_seconds, upstream_protocol, encrypted_environment,
             trigger_kind, trigger_reason, actor_id, actor_name, actor_type, idempotency_key,
             created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+                 ?, ?, ?, ?, ?)",
     )
     .bind(&d.id)
     .bind(&d.k8s_name)
@@ -178,6 +208,11 @@ pub async fn insert(ex: impl MySqlExecutor<'_>, d: &NewDeployment, now: i64) -> 
     .bind(&d.environment_id)
     .bind(d.source_kind)
     .bind(&d.image)
+    .bind(b.and_then(|b| b.context_path.as_deref()))
+    .bind(b.and_then(|b| b.dir.as_deref()))
+    .bind(b.and_then(|b| b.dockerfile.as_deref()))
+    .bind(b.map(|b| Json(&b.args)))
+    .bind(b.and_then(|b| b.installation_id))
     .bind(&d.git_repository)
     .bind(&d.git_commit_sha)
     .bind(&d.git_branch)
@@ -210,7 +245,8 @@ pub async fn insert(ex: impl MySqlExecutor<'_>, d: &NewDeployment, now: i64) -> 
 }
 
 const DEPLOYMENT: &str = "SELECT pk, id, k8s_name, workspace_id, project_id, app_id, environment_id, status,
-    error_message, desired_state, source_kind, image, build_id, git_repository, git_commit_sha, git_branch,
+    error_message, desired_state, source_kind, image, build_id, build_context_path, build_dir,
+    dockerfile_path, build_args, git_repository, git_installation_id, git_commit_sha, git_branch,
     git_commit_message, git_commit_author_handle, git_commit_author_avatar_url, git_commit_timestamp,
     fork_repository, port, cpu_millicores, memory_mib, storage_mib, command, healthcheck, shutdown_signal,
     termination_grace_seconds, upstream_protocol, encrypted_environment, trigger_kind, trigger_reason,
@@ -783,4 +819,57 @@ pub async fn delete_unstarted(ex: impl MySqlExecutor<'_>, id: &str) -> Result<bo
     .execute(ex)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// The commit a git build resolved (its branch head, or the pinned SHA),
+/// with its metadata; fills only what the deployment did not already say.
+#[derive(Debug, Clone, Default)]
+pub struct ResolvedCommit<'a> {
+    /// Full SHA.
+    pub sha: &'a str,
+    /// Branch it was resolved from.
+    pub branch: Option<&'a str>,
+    /// Commit message.
+    pub message: &'a str,
+    /// Author handle.
+    pub author_handle: &'a str,
+    /// Author avatar URL.
+    pub author_avatar_url: &'a str,
+    /// Commit time, unix ms.
+    pub timestamp: i64,
+}
+
+/// Records the commit a git build resolved.
+pub async fn set_git_commit(
+    ex: impl MySqlExecutor<'_>,
+    id: &str,
+    c: &ResolvedCommit<'_>,
+    now: i64,
+) -> Result<()> {
+    let done = sqlx::query(
+        "UPDATE deployments SET git_commit_sha = ?, git_branch = COALESCE(git_branch, ?),
+           git_commit_message = COALESCE(git_commit_message, ?),
+           git_commit_author_handle = COALESCE(git_commit_author_handle, ?),
+           git_commit_author_avatar_url = COALESCE(git_commit_author_avatar_url, ?),
+           git_commit_timestamp = COALESCE(git_commit_timestamp, ?), updated_at = ?
+         WHERE id = ?",
+    )
+    .bind(c.sha)
+    .bind(c.branch)
+    .bind(non_empty(c.message, 10240))
+    .bind(non_empty(c.author_handle, 256))
+    .bind(non_empty(c.author_avatar_url, 512))
+    .bind((c.timestamp != 0).then_some(c.timestamp))
+    .bind(now)
+    .bind(id)
+    .execute(ex)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(Error::NotFound("deployment"));
+    }
+    Ok(())
+}
+
+fn non_empty(s: &str, max: usize) -> Option<&str> {
+    (!s.is_empty()).then(|| truncate(s, max))
 }

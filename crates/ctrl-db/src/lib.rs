@@ -4,7 +4,8 @@
 //! `migrations/` directory (embedded at compile time as [`MIGRATOR`]) and
 //! every query, grouped by table family: [`tenancy`] (workspaces, projects,
 //! apps, environments), [`settings`] (build/runtime/regional settings and
-//! sealed environment variables), [`cluster`] (regions, clusters),
+//! sealed environment variables), [`build`] (builds, build slots, build
+//! output), [`cluster`] (regions, clusters),
 //! [`deployment`] (deployments and steps), [`topology`] (versioned desired
 //! state per region), [`instance`], [`route`], [`certificate`] (and ACME
 //! challenges), [`custom_domain`], [`edge`] (what the edge serves, and its change feed) and
@@ -19,6 +20,7 @@
 //!
 //! Works with MySQL 8 and MariaDB 10.11+ (tests run on MariaDB).
 
+pub mod build;
 pub mod certificate;
 pub mod cluster;
 pub mod custom_domain;

@@ -75,8 +75,26 @@ string_enum! {
     SourceKind {
         /// A given image.
         Image = "image",
-        /// Built from git.
+        /// Built from a git repository.
         Git = "git",
+        /// Built from an uploaded build context.
+        Context = "context",
+    }
+}
+
+string_enum! {
+    /// Where a build is.
+    BuildStatus {
+        /// Waiting for a build slot.
+        Queued = "queued",
+        /// Building or pushing; holds a slot.
+        Running = "running",
+        /// Built and pushed.
+        Succeeded = "succeeded",
+        /// Failed.
+        Failed = "failed",
+        /// Its deployment was cancelled or superseded.
+        Cancelled = "cancelled",
     }
 }
 

@@ -19,10 +19,13 @@
 //! [`wait_until_ok`] waits for their health endpoints.
 //!
 //! It does not install anything: `cargo xtask deps` does, into the locations
-//! named in [`paths`]. Nothing here is a mock; each handle is the real server.
+//! named in [`paths`]. Nothing here is a mock; each handle is the real server
+//! — except [`github::FakeGitHub`], an in-process stand-in for GitHub's REST
+//! API (which cannot run locally).
 
 pub mod acme;
 pub mod ca;
+pub mod github;
 pub mod images;
 pub mod in_process;
 pub mod mariadb;

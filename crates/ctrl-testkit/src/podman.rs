@@ -167,9 +167,10 @@ impl Podman {
     }
 
     /// Imports a tiny image made from the static busybox (package
-    /// `busybox-static`) as `tag`: `/bin/busybox` with links for the common
-    /// applets (`sh`, `sleep`, `httpd`, `wget`, ...) and `CMD ["/bin/sh"]`.
-    /// No registry is reachable here, so test images are built locally.
+    /// `busybox-static`) as `tag`, laid out like Docker Hub's `busybox`:
+    /// `/bin/busybox` with a link for every applet it has, `/etc/passwd`,
+    /// `/tmp`, and `CMD ["/bin/sh"]`. No registry is reachable here, so test
+    /// images (and `FROM busybox` in example apps) are built locally.
     pub fn import_busybox_image(&self, tag: &str) -> Result<(), Error> {
         let busybox = paths::system_program("busybox")?;
         let build = tempfile::Builder::new()
@@ -179,10 +180,31 @@ impl Podman {
         let bin = build.path().join("rootfs/bin");
         fs::create_dir_all(&bin).map_err(|e| Error::io("create rootfs/bin", e))?;
         fs::copy(&busybox, bin.join("busybox")).map_err(|e| Error::io("copy busybox", e))?;
-        for applet in BUSYBOX_APPLETS {
+        let list = Command::new(&busybox)
+            .arg("--list")
+            .output()
+            .map_err(|e| Error::io("list busybox applets", e))?;
+        let applets = String::from_utf8_lossy(&list.stdout).into_owned();
+        for applet in applets.lines().filter(|a| !a.is_empty() && *a != "busybox") {
             std::os::unix::fs::symlink("busybox", bin.join(applet))
                 .map_err(|e| Error::io(format!("link {applet}"), e))?;
         }
+        let root = build.path().join("rootfs");
+        for dir in ["etc", "tmp", "root"] {
+            fs::create_dir_all(root.join(dir)).map_err(|e| Error::io("create rootfs dirs", e))?;
+        }
+        fs::set_permissions(
+            root.join("tmp"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+        )
+        .map_err(|e| Error::io("chmod /tmp", e))?;
+        fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n",
+        )
+        .map_err(|e| Error::io("write /etc/passwd", e))?;
+        fs::write(root.join("etc/group"), "root:x:0:\nnobody:x:65534:\n")
+            .map_err(|e| Error::io("write /etc/group", e))?;
         let tar = build.path().join("rootfs.tar");
         let mut pack = Command::new("tar");
         pack.arg("-C")
@@ -213,10 +235,6 @@ impl Drop for Podman {
         self.stop(Duration::ZERO);
     }
 }
-
-const BUSYBOX_APPLETS: &[&str] = &[
-    "sh", "sleep", "httpd", "wget", "cat", "echo", "env", "ls", "true", "false",
-];
 
 fn run_checked(cmd: &mut Command, what: &str) -> Result<(), Error> {
     let out = cmd.output().map_err(|e| Error::io(what, e))?;

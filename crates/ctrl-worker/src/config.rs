@@ -31,6 +31,21 @@ pub struct Config {
     /// Verifying users' custom domains.
     #[serde(default)]
     pub custom_domains: CustomDomainsConfig,
+    /// Target platform of image builds (seed 001's `build_platform`).
+    #[serde(default = "default_build_platform")]
+    pub build_platform: String,
+    /// Builds of deployments from source (no backend = they fail with why).
+    #[serde(default)]
+    pub build: BuildConfig,
+    /// Where built images are pushed (seed 001's `[registry]`).
+    #[serde(default)]
+    pub registry: RegistrySection,
+    /// Uploaded build contexts (the same section as ctrl-api's).
+    #[serde(default)]
+    pub build_contexts: ctrl_build::store::StoreConfig,
+    /// The GitHub App reading repositories (seed 001's `[github]`).
+    #[serde(default)]
+    pub github: GitHubSection,
     /// Keys sealing the ACME account and certificates' private keys
     /// (required when `acme.enabled`).
     #[serde(default)]
@@ -38,6 +53,130 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+}
+
+fn default_build_platform() -> String {
+    "linux/amd64".into()
+}
+
+/// The `[build]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuildConfig {
+    /// `docker` (a Docker Engine API: Docker or podman) or empty (builds off).
+    pub backend: String,
+    /// The engine's unix socket (`docker` backend).
+    pub docker_socket: String,
+    /// A build (with its push) taking longer fails.
+    pub timeout_seconds: u64,
+    /// Builds of one workspace running at once; more wait in line
+    /// (production first, then oldest first).
+    pub slots_per_workspace: u32,
+    /// A build waiting longer than this for a slot fails.
+    pub queue_timeout_seconds: u64,
+    /// Largest unpacked build context.
+    pub max_context_bytes: u64,
+    /// Output lines kept per build (the rest is counted, not kept).
+    pub max_log_lines: u32,
+    /// Attempts of a build failing for a transient reason (engine or
+    /// registry unreachable) before the deployment fails.
+    pub attempts: u32,
+}
+
+impl Default for BuildConfig {
+    fn default() -> Self {
+        Self {
+            backend: String::new(),
+            docker_socket: "/run/podman/podman.sock".into(),
+            timeout_seconds: 30 * 60,
+            slots_per_workspace: 2,
+            queue_timeout_seconds: 3600,
+            max_context_bytes: 2 << 30,
+            max_log_lines: 10_000,
+            attempts: 3,
+        }
+    }
+}
+
+/// The `[registry]` section.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySection {
+    /// `https://ghcr.io`, `http://127.0.0.1:5000`, …
+    pub url: String,
+    /// Path prefix of ctrl's repositories in it.
+    pub repository: String,
+    /// Empty = anonymous.
+    pub username: String,
+    /// Password or token; never logged.
+    pub password: String,
+}
+
+impl Default for RegistrySection {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            repository: "ctrl".into(),
+            username: String::new(),
+            password: String::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RegistrySection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistrySection")
+            .field("url", &self.url)
+            .field("repository", &self.repository)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The `[github]` section.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GitHubSection {
+    /// The GitHub App's id (0 = no app: public repositories only).
+    pub app_id: u64,
+    /// The app's private key (PEM); never logged.
+    pub private_key_pem: String,
+    /// Build public repositories without an installation.
+    pub allow_unauthenticated_deployments: bool,
+    /// GitHub's REST API.
+    pub api_url: String,
+    /// Bound on each request.
+    pub request_timeout_seconds: u64,
+    /// Largest repository tarball downloaded.
+    pub max_tarball_bytes: u64,
+}
+
+impl Default for GitHubSection {
+    fn default() -> Self {
+        Self {
+            app_id: 0,
+            private_key_pem: String::new(),
+            allow_unauthenticated_deployments: false,
+            api_url: "https://api.github.com".into(),
+            request_timeout_seconds: 30,
+            max_tarball_bytes: 512 << 20,
+        }
+    }
+}
+
+impl std::fmt::Debug for GitHubSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitHubSection")
+            .field("app_id", &self.app_id)
+            .field("private_key_pem", &"<redacted>")
+            .field(
+                "allow_unauthenticated_deployments",
+                &self.allow_unauthenticated_deployments,
+            )
+            .field("api_url", &self.api_url)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The `[acme]` section (seed 001's names, plus the directory and CA bundle
@@ -423,7 +562,73 @@ impl Validate for Config {
             d.give_up_after_seconds,
             1..=30 * 86_400,
         );
+        self.validate_builds(v);
         self.log.validate(v);
+    }
+}
+
+impl Config {
+    fn validate_builds(&self, v: &mut Validator) {
+        let b = &self.build;
+        v.check(
+            matches!(b.backend.as_str(), "" | "docker"),
+            "build.backend",
+            "must be \"docker\" or empty (builds off)",
+        );
+        v.check(
+            matches!(
+                self.build_platform.as_str(),
+                "linux/amd64"
+                    | "linux/arm64"
+                    | "linux/arm/v7"
+                    | "linux/386"
+                    | "linux/ppc64le"
+                    | "linux/s390x"
+            ),
+            "build_platform",
+            "must be a linux platform, e.g. \"linux/amd64\" or \"linux/arm64\"",
+        );
+        if !b.backend.is_empty() {
+            v.nonempty("build.docker_socket", &b.docker_socket);
+            v.nonempty("registry.url", &self.registry.url);
+        }
+        v.range("build.timeout_seconds", b.timeout_seconds, 10..=6 * 3600);
+        v.range("build.slots_per_workspace", b.slots_per_workspace, 1..=100);
+        v.range(
+            "build.queue_timeout_seconds",
+            b.queue_timeout_seconds,
+            1..=24 * 3600,
+        );
+        v.range(
+            "build.max_context_bytes",
+            b.max_context_bytes,
+            1 << 10..=64 << 30,
+        );
+        v.range("build.max_log_lines", b.max_log_lines, 100..=1_000_000);
+        v.range("build.attempts", b.attempts, 1..=20);
+        if !self.registry.url.is_empty() {
+            v.url("registry.url", &self.registry.url, &["http", "https"]);
+        }
+        for (field, problem) in self.build_contexts.problems() {
+            v.check(false, field, problem);
+        }
+        let g = &self.github;
+        v.url("github.api_url", &g.api_url, &["http", "https"]);
+        v.check(
+            (g.app_id == 0) == g.private_key_pem.trim().is_empty(),
+            "github.private_key_pem",
+            "github.app_id and github.private_key_pem go together",
+        );
+        v.range(
+            "github.request_timeout_seconds",
+            g.request_timeout_seconds,
+            1..=600,
+        );
+        v.range(
+            "github.max_tarball_bytes",
+            g.max_tarball_bytes,
+            1 << 10..=64 << 30,
+        );
     }
 }
 

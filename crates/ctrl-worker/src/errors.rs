@@ -26,8 +26,13 @@ pub enum WorkflowError {
     },
     /// The deployment row says neither what to run nor what to build.
     NoSource,
-    /// Git builds are not wired in yet.
-    GitBuildUnavailable,
+    /// The deployment needs a build and this worker has no build backend
+    /// (or no store for uploads).
+    BuildsUnavailable(String),
+    /// The build failed: the user's source, Dockerfile or repository access.
+    BuildFailed(String),
+    /// The build, or its wait for a slot, took too long.
+    BuildTimedOut(String),
     /// The environment has nowhere to run.
     NoRegion,
     /// Agents gave up on too many regions for the deployment to become ready.
@@ -64,9 +69,6 @@ impl std::fmt::Display for WorkflowError {
                 )
             }
             Self::NoSource => f.write_str("The deployment has neither an image nor a git source."),
-            Self::GitBuildUnavailable => {
-                f.write_str("Building from a git repository is not available yet; deploy an image.")
-            }
             Self::NoRegion => {
                 f.write_str("No schedulable region is configured for this environment.")
             }
@@ -85,9 +87,13 @@ impl std::fmt::Display for WorkflowError {
             }
             Self::Cancelled => f.write_str("cancelled"),
             Self::NotFound(what) => write!(f, "{what} not found"),
-            Self::RegionsFailed(m) | Self::Refused(m) | Self::Invalid(m) | Self::Internal(m) => {
-                f.write_str(m)
-            }
+            Self::RegionsFailed(m)
+            | Self::Refused(m)
+            | Self::Invalid(m)
+            | Self::Internal(m)
+            | Self::BuildsUnavailable(m)
+            | Self::BuildFailed(m)
+            | Self::BuildTimedOut(m) => f.write_str(m),
         }
     }
 }
@@ -101,9 +107,9 @@ impl WorkflowError {
             Self::NotFound(_) => 404,
             Self::Refused(_) => 412,
             Self::NoLongerActive => 410,
-            Self::RegionsFailed(_) => 422,
-            Self::GitBuildUnavailable => 501,
-            Self::ReadinessTimeout { .. } => 504,
+            Self::RegionsFailed(_) | Self::BuildFailed(_) => 422,
+            Self::BuildsUnavailable(_) => 501,
+            Self::ReadinessTimeout { .. } | Self::BuildTimedOut(_) => 504,
             Self::Internal(_) => 500,
         }
     }

@@ -5,11 +5,13 @@
 //! stay thin — decode, call ctrl-core rules, perform side effects inside
 //! named `ctx.run` blocks through ctrl-db — and [`errors`] decides once what
 //! is terminal (with which code) and what Restate retries. [`sweep`] fails
-//! deployments left on their way with no workflow behind them. [`startup`]
+//! deployments left on their way with no workflow behind them. [`builds`]
+//! holds what the building phase uses (backend, registry, stores, GitHub). [`startup`]
 //! is the process: config → logging → database → endpoint →
 //! self-registration (with retry and `force`) → health endpoint and sweep →
 //! graceful shutdown.
 
+pub mod builds;
 pub mod config;
 pub mod errors;
 pub mod serve;

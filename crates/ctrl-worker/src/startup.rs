@@ -20,6 +20,7 @@ use restate_sdk::service::IntoServiceDefinition;
 use sqlx::MySqlPool;
 use tokio::net::TcpListener;
 
+use crate::builds::Builds;
 use crate::config::Config;
 use crate::services::certificate::{CertificateObject, Issuer, RenewalObject};
 use crate::services::custom_domain::{CustomDomainObject, Verifier};
@@ -34,7 +35,12 @@ use crate::services::routing::RoutingObject;
 /// six minutes in all; then the invocation pauses rather than dies, so an
 /// operator can resume or cancel it and a cancelled pipeline still runs its
 /// compensation.
-pub fn endpoint(db: &MySqlPool, config: &Config, certs: &Certificates) -> Endpoint {
+pub fn endpoint(
+    db: &MySqlPool,
+    config: &Config,
+    certs: &Certificates,
+    builds: Arc<Builds>,
+) -> Endpoint {
     let options = || {
         ServiceOptions::new()
             .retry_policy_initial_interval(Duration::from_millis(100))
@@ -55,10 +61,14 @@ pub fn endpoint(db: &MySqlPool, config: &Config, certs: &Certificates) -> Endpoi
                 .into_service_definition()
                 .options(options().ingress_private(true)),
         )
+        // A build runs inside one step; Restate must not abort the attempt
+        // before the build timeout (the default is 10 minutes).
         .bind(
-            DeployObject::new(db.clone(), DeploySettings::from(&config.deploy))
+            DeployObject::new(db.clone(), DeploySettings::from(&config.deploy), builds)
                 .into_service_definition()
-                .options(options()),
+                .options(options().abort_timeout(
+                    Duration::from_secs(config.build.timeout_seconds) + Duration::from_secs(300),
+                )),
         )
         .bind(
             DeletionObject::new(db.clone())
@@ -317,7 +327,8 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let certs = Certificates::from_config(config)?;
-    let services = endpoint(&db, config, &certs);
+    let builds = Arc::new(Builds::from_config(config)?);
+    let services = endpoint(&db, config, &certs, builds);
     let mut endpoint_stop = stop_rx.clone();
     let serving = tokio::spawn(crate::serve::serve(
         services,

@@ -156,6 +156,7 @@ fn summary(d: Deployment, environment_slug: String, live: bool) -> pb::Deploymen
         is_live: live,
         created_at: d.created_at,
         updated_at: d.updated_at,
+        build_id: d.build_id.unwrap_or_default(),
     }
 }
 
@@ -382,7 +383,7 @@ pub async fn create_deployment(
     s: &AppState,
     req: pb::CreateDeploymentRequest,
 ) -> Result<pb::CreateDeploymentResponse, ApiError> {
-    use ctrl_db::types::{ActorType as DbActor, SourceKind};
+    use ctrl_db::types::ActorType as DbActor;
     use prost::Message;
 
     validate::id("app_id", IdKind::App, &req.app_id)?;
@@ -396,24 +397,6 @@ pub async fn create_deployment(
             format!("must be at most {MAX_IDEMPOTENCY_KEY} characters without control characters"),
         ));
     }
-    let image = match &req.source {
-        Some(pb::create_deployment_request::Source::Image(img)) => {
-            ctrl_core::settings::validate_image_reference(&img.image)
-                .map_err(|e| ApiError::invalid("image.image", e.message))?;
-            img.image.clone()
-        }
-        Some(pb::create_deployment_request::Source::GitBuild(_)) => {
-            return Err(ApiError::FailedPrecondition(
-                "building from git is not available yet; deploy a built image".into(),
-            ));
-        }
-        None => {
-            return Err(ApiError::invalid(
-                "source",
-                "set image (a built image) or git_build",
-            ));
-        }
-    };
     let git = req.git.clone().unwrap_or_default();
     if !git.commit_sha.is_empty()
         && (git.commit_sha.len() != 40 || !git.commit_sha.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -461,6 +444,7 @@ pub async fn create_deployment(
         })?;
     super::tenancy::not_deleting("app", app.deleting_at)?;
     super::tenancy::not_deleting("environment", env.deleting_at)?;
+    let source = source(s, &req, &app, &env.id).await?;
     let schedulable = ctrl_db::settings::list_regional(s.db(), &env.id)
         .await?
         .into_iter()
@@ -493,9 +477,10 @@ pub async fn create_deployment(
         project_id: app.project_id.clone(),
         app_id: app.id.clone(),
         environment_id: env.id.clone(),
-        source_kind: SourceKind::Image,
-        image: Some(image),
-        git_repository: None,
+        source_kind: source.kind,
+        image: source.image,
+        build: source.build,
+        git_repository: source.repository,
         git_commit_sha: (!git.commit_sha.is_empty()).then(|| git.commit_sha.to_ascii_lowercase()),
         git_branch: (!git.branch.is_empty()).then(|| git.branch.clone()),
         git_commit_message: (!git.commit_message.is_empty())
@@ -572,6 +557,135 @@ pub async fn create_deployment(
         status: pb::DeploymentStatus::Pending as i32,
         deduplicated: false,
     })
+}
+
+/// What a new deployment runs or builds.
+struct Source {
+    kind: ctrl_db::types::SourceKind,
+    image: Option<String>,
+    build: Option<deployment::BuildSource>,
+    repository: Option<String>,
+}
+
+/// Most build arguments one deployment may pass.
+const MAX_BUILD_ARGS: usize = 64;
+
+/// Checks the request's source: an image reference, an upload of this app
+/// (it must exist and be within the size limit), or a GitHub repository;
+/// fills a build's directory and Dockerfile from the app's build settings
+/// when the request leaves them empty.
+async fn source(
+    s: &AppState,
+    req: &pb::CreateDeploymentRequest,
+    app: &ctrl_db::tenancy::App,
+    environment_id: &str,
+) -> Result<Source, ApiError> {
+    use ctrl_db::types::SourceKind;
+    use pb::create_deployment_request::Source as S;
+    let (dir, dockerfile) = match &req.source {
+        Some(S::Image(img)) => {
+            ctrl_core::settings::validate_image_reference(&img.image)
+                .map_err(|e| ApiError::invalid("image.image", e.message))?;
+            if !req.build_args.is_empty() {
+                return Err(ApiError::invalid(
+                    "build_args",
+                    "only builds from source take build arguments",
+                ));
+            }
+            return Ok(Source {
+                kind: SourceKind::Image,
+                image: Some(img.image.clone()),
+                build: None,
+                repository: None,
+            });
+        }
+        Some(S::GitBuild(g)) => (g.context_path.as_str(), g.dockerfile_path.as_str()),
+        Some(S::ContextBuild(c)) => ("", c.dockerfile_path.as_str()),
+        None => {
+            return Err(ApiError::invalid(
+                "source",
+                "set image (a built image), context_build (an upload) or git_build",
+            ));
+        }
+    };
+    validate::build_args("build_args", &req.build_args, MAX_BUILD_ARGS)?;
+    let settings = ctrl_db::settings::get_build(s.db(), environment_id).await?;
+    let dir = if dir.is_empty() {
+        settings.docker_context.clone()
+    } else {
+        dir.to_owned()
+    };
+    let dockerfile = match (dockerfile, settings.dockerfile.as_deref()) {
+        ("", Some(d)) if !d.is_empty() => d.to_owned(),
+        ("", _) => ctrl_build::context::DEFAULT_DOCKERFILE.to_owned(),
+        (d, _) => d.to_owned(),
+    };
+    let field = |f: &'static str| match &req.source {
+        Some(S::GitBuild(_)) => ("git_build", f),
+        _ => ("context_build", f),
+    };
+    let dir = ctrl_build::context::relative_path("build directory", &dir).map_err(|e| {
+        let (source, f) = field("context_path");
+        ApiError::invalid(&format!("{source}.{f}"), e.to_string())
+    })?;
+    let dockerfile =
+        ctrl_build::context::relative_path("dockerfile", &dockerfile).map_err(|e| {
+            let (source, f) = field("dockerfile_path");
+            ApiError::invalid(&format!("{source}.{f}"), e.to_string())
+        })?;
+    let mut build = deployment::BuildSource {
+        context_path: None,
+        dir: Some(if dir.is_empty() { ".".into() } else { dir }),
+        dockerfile: Some(dockerfile),
+        args: req.build_args.clone().into_iter().collect(),
+        installation_id: None,
+    };
+    match &req.source {
+        Some(S::ContextBuild(c)) => {
+            let store = s.build_contexts().ok_or_else(|| {
+                ApiError::FailedPrecondition(
+                    "this server takes no build contexts ([build_contexts] is not configured)"
+                        .into(),
+                )
+            })?;
+            store
+                .check(&app.workspace_id, &app.id, &c.build_context_path)
+                .await
+                .map_err(|e| match e {
+                    ctrl_build::store::StoreError::Invalid(m) => {
+                        ApiError::invalid("context_build.build_context_path", m)
+                    }
+                    ctrl_build::store::StoreError::Missing { .. } => {
+                        ApiError::FailedPrecondition(e.to_string())
+                    }
+                    ctrl_build::store::StoreError::Unavailable(m) => ApiError::Unavailable(m),
+                })?;
+            build.context_path = Some(c.build_context_path.clone());
+            Ok(Source {
+                kind: SourceKind::Context,
+                image: None,
+                build: Some(build),
+                repository: None,
+            })
+        }
+        Some(S::GitBuild(g)) => {
+            validate::repository("git_build.repository", &g.repository)?;
+            if g.installation_id < 0 {
+                return Err(ApiError::invalid(
+                    "git_build.installation_id",
+                    "must be a GitHub App installation id (or 0 for none)",
+                ));
+            }
+            build.installation_id = (g.installation_id > 0).then_some(g.installation_id);
+            Ok(Source {
+                kind: SourceKind::Git,
+                image: None,
+                build: Some(build),
+                repository: Some(g.repository.clone()),
+            })
+        }
+        _ => Err(ApiError::Internal("unreachable source".into())),
+    }
 }
 
 /// The message stamped on steps and the deployment when a user cancels.

@@ -90,6 +90,7 @@ pub(crate) async fn deployment(
         environment_id: environment_id.into(),
         source_kind: SourceKind::Image,
         image: Some("localhost/demo:1".into()),
+        build: None,
         git_repository: None,
         git_commit_sha: Some("abc1234def5678901234567890123456789abcde".into()),
         git_branch: branch.map(str::to_owned),

@@ -80,6 +80,7 @@ pub(crate) fn new_deployment(t: &Tree, environment: &str, branch: Option<&str>) 
         environment_id: environment.to_owned(),
         source_kind: SourceKind::Image,
         image: Some("localhost/demo:1".into()),
+        build: None,
         git_repository: None,
         git_commit_sha: Some("abc1234def5678901234567890123456789abcde".into()),
         git_branch: branch.map(str::to_owned),

@@ -42,6 +42,12 @@ impl Harness {
 
     /// Like [`Harness::start`], with extra TOML for the `[deploy]` section.
     pub(crate) async fn start_with(deploy: &str) -> Result<Self> {
+        Self::start_with_sections(deploy, "").await
+    }
+
+    /// Like [`Harness::start_with`], with more sections (whole TOML tables,
+    /// e.g. `[build]`) in the worker's configuration.
+    pub(crate) async fn start_with_sections(deploy: &str, sections: &str) -> Result<Self> {
         let restate = RestateServer::start().await?;
         let db = ctrl_testkit::test_database().await?;
         let dir = tempfile::tempdir()?;
@@ -50,7 +56,7 @@ impl Harness {
         std::fs::write(
             &config,
             format!(
-                "[restate]\nlisten = \"127.0.0.1:{port}\"\nadmin_url = \"{admin}\"\nregister_as = \"http://127.0.0.1:{port}\"\ningress_url = \"{ingress}\"\n\
+                "{sections}\n[restate]\nlisten = \"127.0.0.1:{port}\"\nadmin_url = \"{admin}\"\nregister_as = \"http://127.0.0.1:{port}\"\ningress_url = \"{ingress}\"\n\
                  [database]\nurl = \"{url}\"\n[health]\nlisten = \"127.0.0.1:{health_port}\"\n[deploy]\n{deploy}\n",
                 admin = restate.admin_url(),
                 ingress = restate.ingress_url(),
@@ -178,10 +184,24 @@ impl Harness {
         environment: &str,
         branch: Option<&str>,
     ) -> Result<String> {
-        let id = generate(IdKind::Deployment, &mut rand::rng());
         let sha = branch.map(|_| format!("{:040x}", rand::random::<u128>()));
+        self.pending_with(environment, |d| {
+            d.git_repository = branch.map(|_| "acme/shop".into());
+            d.git_commit_sha = sha;
+            d.git_branch = branch.map(Into::into);
+        })
+        .await
+    }
+
+    /// A pending deployment of the app's image, changed by `edit` first.
+    pub(crate) async fn pending_with(
+        &self,
+        environment: &str,
+        edit: impl FnOnce(&mut NewDeployment),
+    ) -> Result<String> {
+        let id = generate(IdKind::Deployment, &mut rand::rng());
         let project = tenancy::get_app(&self.db.pool, &self.app).await?.project_id;
-        let d = NewDeployment {
+        let mut d = NewDeployment {
             id: id.clone(),
             k8s_name: ctrl_core::names::random_dns1035(12, &mut rand::rng()),
             workspace_id: self.workspace.clone(),
@@ -190,9 +210,10 @@ impl Harness {
             environment_id: environment.into(),
             source_kind: SourceKind::Image,
             image: Some("localhost/demo:1".into()),
-            git_repository: branch.map(|_| "acme/shop".into()),
-            git_commit_sha: sha,
-            git_branch: branch.map(Into::into),
+            build: None,
+            git_repository: None,
+            git_commit_sha: None,
+            git_branch: None,
             git_commit_message: None,
             git_commit_author_handle: None,
             git_commit_author_avatar_url: None,
@@ -207,6 +228,7 @@ impl Harness {
             actor_type: None,
             idempotency_key: None,
         };
+        edit(&mut d);
         // Created now, so the queued step measures real time.
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?

@@ -132,6 +132,7 @@ impl Seed {
             environment_id: environment.to_owned(),
             source_kind: SourceKind::Image,
             image: Some("localhost/demo:1".into()),
+            build: None,
             git_repository: None,
             git_commit_sha: None,
             git_branch: None,

@@ -93,6 +93,7 @@ impl Seed {
             environment_id: self.environment.clone(),
             source_kind: SourceKind::Image,
             image: Some("localhost/demo:1".into()),
+            build: None,
             git_repository: None,
             git_commit_sha: None,
             git_branch: None,

@@ -67,14 +67,20 @@ impl From<&DeployConfig> for DeploySettings {
 pub struct DeployObject {
     db: MySqlPool,
     settings: Arc<DeploySettings>,
+    builds: Arc<crate::builds::Builds>,
 }
 
 impl DeployObject {
-    /// The object over a database pool.
-    pub fn new(db: MySqlPool, settings: DeploySettings) -> Self {
+    /// The object over a database pool, with what builds need.
+    pub fn new(
+        db: MySqlPool,
+        settings: DeploySettings,
+        builds: Arc<crate::builds::Builds>,
+    ) -> Self {
         Self {
             db,
             settings: Arc::new(settings),
+            builds,
         }
     }
 }
@@ -88,7 +94,7 @@ impl DeployObject {
         ctx: ObjectContext<'_>,
         Json(req): Json<DeployInput>,
     ) -> HandlerResult<()> {
-        pipeline::run(&self.db, &self.settings, &ctx, req).await
+        pipeline::run(&self.db, &self.settings, &self.builds, &ctx, req).await
     }
 
     /// Starts a stopped deployment's instances again and waits until they

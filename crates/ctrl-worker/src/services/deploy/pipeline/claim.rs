@@ -92,6 +92,7 @@ async fn load(db: &MySqlPool, id: &str) -> Result<Claim, HandlerError> {
         .await
         .map_err(db_error)?;
     commit(tx).await?;
+    let source = source_of(&d)?;
     Ok(Claim::Started(Box::new(Plan {
         deployment_id: d.id,
         workspace_id: d.workspace_id,
@@ -100,8 +101,7 @@ async fn load(db: &MySqlPool, id: &str) -> Result<Claim, HandlerError> {
         environment_id: d.environment_id,
         k8s_name: d.k8s_name,
         namespace,
-        image: d.image,
-        from_git: d.source_kind == SourceKind::Git,
+        source,
         port: d.port,
         git_commit_sha: d.git_commit_sha,
         git_branch: d.git_branch,
@@ -117,6 +117,52 @@ async fn load(db: &MySqlPool, id: &str) -> Result<Claim, HandlerError> {
         environment_slug: environment.slug,
         is_production: environment.kind == EnvironmentKind::Production,
     })))
+}
+
+/// What the deployment row says to run or build.
+fn source_of(d: &deployment::Deployment) -> Result<super::Source, HandlerError> {
+    use super::{BuildSpec, Source};
+    let spec = || BuildSpec {
+        dir: d.build_dir.clone().unwrap_or_else(|| ".".into()),
+        dockerfile: d
+            .dockerfile_path
+            .clone()
+            .unwrap_or_else(|| ctrl_build::context::DEFAULT_DOCKERFILE.into()),
+        args: d.build_args.clone().map(|a| a.0).unwrap_or_default(),
+    };
+    let missing = |what: &str| -> HandlerError {
+        crate::errors::WorkflowError::Internal(format!(
+            "deployment {} is a {} build without {what}",
+            d.id,
+            d.source_kind.as_str()
+        ))
+        .into()
+    };
+    Ok(match d.source_kind {
+        SourceKind::Image => Source::Image(
+            d.image
+                .clone()
+                .ok_or(crate::errors::WorkflowError::NoSource)?,
+        ),
+        SourceKind::Context => Source::Context {
+            key: d
+                .build_context_path
+                .clone()
+                .ok_or_else(|| missing("a build context"))?,
+            spec: spec(),
+        },
+        SourceKind::Git => Source::Git {
+            repository: d
+                .git_repository
+                .clone()
+                .ok_or_else(|| missing("a repository"))?,
+            installation_id: d
+                .git_installation_id
+                .and_then(|i| u64::try_from(i).ok())
+                .filter(|i| *i > 0),
+            spec: spec(),
+        },
+    })
 }
 
 /// Supersedes `d` if a newer deployment of its branch exists (returning

@@ -25,6 +25,8 @@ pub(in crate::services::deploy) enum Undo {
     ForgetAwakeable,
     /// Move or delete the routes that point at it.
     ReleaseRoutes,
+    /// End its unfinished build (failed, or cancelled), freeing its slot.
+    EndBuild,
 }
 
 /// Runs the compensations in reverse. The pipeline's own error is what the
@@ -57,6 +59,7 @@ pub(in crate::services::deploy) async fn unwind(
                 .call()
                 .await
                 .map(|_| ()),
+            Undo::EndBuild => end_build(db, ctx, deployment_id, cancelled, error).await,
             Undo::MarkFailed if cancelled => {
                 end(
                     db,
@@ -73,6 +76,42 @@ pub(in crate::services::deploy) async fn unwind(
             tracing::error!(%deployment_id, compensation = ?step, error = %e.message(), "compensation failed");
         }
     }
+}
+
+/// Ends the deployment's build if it has not ended: cancelled when the
+/// deployment was (or stopped being active), else failed with the error.
+async fn end_build(
+    db: &MySqlPool,
+    ctx: &ObjectContext<'_>,
+    deployment_id: &str,
+    cancelled: bool,
+    error: &TerminalError,
+) -> Result<(), TerminalError> {
+    use ctrl_db::types::BuildStatus;
+    let gone = cancelled || error.code() == crate::errors::WorkflowError::NoLongerActive.code();
+    let (status, why) = if gone {
+        (
+            BuildStatus::Cancelled,
+            "The deployment was cancelled or replaced".to_owned(),
+        )
+    } else {
+        (BuildStatus::Failed, error.message().to_owned())
+    };
+    let (pool, id) = (db.clone(), deployment_id.to_owned());
+    ctx.run(|| async move {
+        if let Some(b) = ctrl_db::build::for_deployment(&pool, &id)
+            .await
+            .map_err(db_error)?
+        {
+            ctrl_db::build::end(&pool, &b.id, status, &why, now_ms())
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(())
+    })
+    .name("[compensation] end build")
+    .retry_policy(compensation_retry())
+    .await
 }
 
 /// Marks the deployment failed with `why` (its running steps too), unless

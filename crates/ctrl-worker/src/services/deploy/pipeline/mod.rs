@@ -1,6 +1,7 @@
 //! The deployment pipeline (`Deploy/{id}/Deploy`), one module per phase:
 //!
-//! [`claim`] (pending → starting, superseding) → [`building`] (the image) →
+//! [`claim`] (pending → starting, superseding) → [`building`] (the image:
+//! given, or built from an upload or a git commit) →
 //! [`deploying`] (topology and network policy per schedulable region, then
 //! [`wait`] for instances) → [`network`] (hostnames and routes) →
 //! [`finalizing`] (ready, then live in production or older previews
@@ -42,8 +43,7 @@ pub(super) struct Plan {
     pub(super) environment_id: String,
     pub(super) k8s_name: String,
     pub(super) namespace: String,
-    pub(super) image: Option<String>,
-    pub(super) from_git: bool,
+    pub(super) source: Source,
     pub(super) port: i32,
     pub(super) git_commit_sha: Option<String>,
     pub(super) git_branch: Option<String>,
@@ -56,10 +56,37 @@ pub(super) struct Plan {
     pub(super) is_production: bool,
 }
 
+/// What the deployment runs, or builds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) enum Source {
+    /// A given image.
+    Image(String),
+    /// An uploaded context (its S3 key).
+    Context { key: String, spec: BuildSpec },
+    /// A GitHub repository at a commit (pinned, or the head of the branch).
+    Git {
+        repository: String,
+        installation_id: Option<u64>,
+        spec: BuildSpec,
+    },
+}
+
+/// How to build a context.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct BuildSpec {
+    /// Directory inside the source ("." = its root).
+    pub(super) dir: String,
+    /// Dockerfile inside that directory.
+    pub(super) dockerfile: String,
+    /// Build arguments.
+    pub(super) args: std::collections::BTreeMap<String, String>,
+}
+
 /// Runs the pipeline of `req.deployment_id` (the object's key).
 pub(super) async fn run(
     db: &MySqlPool,
     settings: &DeploySettings,
+    builds: &crate::builds::Builds,
     ctx: &ObjectContext<'_>,
     req: DeployInput,
 ) -> HandlerResult<()> {
@@ -78,7 +105,7 @@ pub(super) async fn run(
         }
     };
     let mut undo = vec![Undo::MarkFailed];
-    match phases(db, settings, ctx, &plan, &mut undo).await {
+    match phases(db, settings, builds, ctx, &plan, &mut undo).await {
         Ok(()) => Ok(()),
         Err(e) => {
             tracing::warn!(deployment_id = %plan.deployment_id, error = %e.message(), "deployment failed");
@@ -93,11 +120,12 @@ pub(super) async fn run(
 async fn phases(
     db: &MySqlPool,
     settings: &DeploySettings,
+    builds: &crate::builds::Builds,
     ctx: &ObjectContext<'_>,
     plan: &Plan,
     undo: &mut Vec<Undo>,
 ) -> Result<(), TerminalError> {
-    building::image(db, ctx, plan).await?;
+    building::image(db, builds, ctx, plan, undo).await?;
     deploying::start_instances(db, settings, ctx, plan, undo).await?;
     network::assign_routes(db, settings, ctx, plan, undo).await?;
     finalizing::finish(db, settings, ctx, plan, undo).await

@@ -1,0 +1,261 @@
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use bollard::query_parameters::BuildImageOptionsBuilder;
+use ctrl_build::builder::{BuildError, BuildEvent, BuildRequest, Builder, HowBuilt, ImageName};
+use ctrl_build::context::{self, Layout, Limits};
+use ctrl_build::docker::{BUILD_ID_LABEL, DockerBuilder};
+use ctrl_build::registry::{Registry, RegistryConfig};
+use ctrl_testkit::{Podman, Registry as RegistryServer};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const PLATFORM: &str = "linux/amd64";
+
+struct Setup {
+    podman: Podman,
+    registry_server: RegistryServer,
+    builder: DockerBuilder,
+    registry: Registry,
+}
+
+async fn setup() -> Result<Setup> {
+    let (registry_server, podman) = tokio::try_join!(RegistryServer::start(), Podman::start())?;
+    podman.import_busybox_image("docker.io/library/busybox:latest")?;
+    let config = RegistryConfig {
+        url: registry_server.url(),
+        repository: "ctrl".into(),
+        username: String::new(),
+        password: String::new().into(),
+        request_timeout: Duration::from_secs(10),
+    };
+    let registry = Registry::new(config).map_err(anyhow::Error::msg)?;
+    let builder = DockerBuilder::new(
+        &podman.socket().to_string_lossy(),
+        Duration::from_secs(300),
+        registry.clone(),
+        PLATFORM,
+    )
+    .map_err(anyhow::Error::msg)?;
+    Ok(Setup {
+        podman,
+        registry_server,
+        builder,
+        registry,
+    })
+}
+
+fn request(s: &Setup, build_id: &str, tag: &str) -> BuildRequest {
+    BuildRequest {
+        build_id: build_id.into(),
+        image: ImageName {
+            registry: s.registry.host().into(),
+            path: "ctrl/acme/hello".into(),
+            tag: tag.into(),
+        },
+        build_args: BTreeMap::from([("GREETING".into(), "hi from the test".into())]),
+        platform: PLATFORM.into(),
+        labels: BTreeMap::new(),
+    }
+}
+
+fn hello_context() -> Result<context::Context> {
+    let packed = context::pack(&crate::hello_dir(), "")?;
+    Ok(context::prepare(
+        &packed.gz,
+        Layout::Root,
+        ".",
+        "",
+        Limits::default(),
+    )?)
+}
+
+/// Runs a build, collecting its events.
+async fn build(
+    b: &DockerBuilder,
+    req: &BuildRequest,
+    ctx: context::Context,
+    cancel: &CancellationToken,
+) -> (
+    Result<ctrl_build::builder::Built, BuildError>,
+    Vec<BuildEvent>,
+) {
+    let (tx, mut rx) = mpsc::channel(1024);
+    let collect = tokio::spawn(async move {
+        let mut events = Vec::new();
+        while let Some(e) = rx.recv().await {
+            events.push(e);
+        }
+        events
+    });
+    let result = b.build(req, ctx, &tx, cancel).await;
+    drop(tx);
+    (result, collect.await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn builds_pushes_by_digest_and_reuses_an_earlier_attempt() -> Result<()> {
+    let s = setup().await?;
+    let req = request(&s, "bld_first", "d_first");
+    let (built, events) = build(
+        &s.builder,
+        &req,
+        hello_context()?,
+        &CancellationToken::new(),
+    )
+    .await;
+    let built = built?;
+    assert_eq!(built.how, HowBuilt::Built);
+    assert!(built.digest.starts_with("sha256:"), "{built:?}");
+    assert_eq!(
+        built.image,
+        format!(
+            "{}/ctrl/acme/hello@{}",
+            s.registry_server.host_port(),
+            built.digest
+        )
+    );
+    let steps: Vec<&String> = events
+        .iter()
+        .filter_map(|e| match e {
+            BuildEvent::Step(s) => Some(s),
+            BuildEvent::Line(_) => None,
+        })
+        .collect();
+    assert!(
+        steps.iter().any(|s| s.contains("RUN echo")),
+        "the RUN step was reported: {steps:?}"
+    );
+    assert_eq!(
+        s.registry.digest("ctrl/acme/hello", "d_first").await?,
+        Some(built.digest.clone())
+    );
+
+    // A retry of the same build (its result already pushed) builds nothing.
+    let (again, events) = build(
+        &s.builder,
+        &req,
+        hello_context()?,
+        &CancellationToken::new(),
+    )
+    .await;
+    let again = again?;
+    assert_eq!(again.how, HowBuilt::AlreadyPushed);
+    assert_eq!(again.digest, built.digest);
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, BuildEvent::Step(s) if s.contains("RUN")))
+    );
+
+    // The pushed image runs: pull it by digest and read what the RUN step wrote.
+    let out = s
+        .podman
+        .command()?
+        .args(["run", "--rm", &built.image, "cat", "/www/greeting.txt"])
+        .output()?;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hi from the test",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_image_built_before_a_crash_is_pushed_not_rebuilt() -> Result<()> {
+    let s = setup().await?;
+    let req = request(&s, "bld_crashed", "d_crashed");
+    // What an attempt that died after building (before pushing) leaves behind.
+    let ctx = hello_context()?;
+    let labels =
+        std::collections::HashMap::from([(BUILD_ID_LABEL.to_owned(), req.build_id.clone())]);
+    let options = BuildImageOptionsBuilder::new()
+        .t(&req.image.tagged())
+        .labels(&labels)
+        .rm(true)
+        .build();
+    let mut stream = s.podman.docker().build_image(
+        options,
+        None,
+        Some(bollard::body_full(ctx.tar.clone().into())),
+    );
+    while let Some(item) = stream.next().await {
+        if let Some(e) = item?.error_detail {
+            bail!("pre-build failed: {e:?}");
+        }
+    }
+    let local = s.podman.docker().inspect_image(&req.image.tagged()).await?;
+    let (built, _) = build(&s.builder, &req, ctx, &CancellationToken::new()).await;
+    let built = built?;
+    assert_eq!(built.how, HowBuilt::PushedEarlierBuild);
+    let after = s.podman.docker().inspect_image(&req.image.tagged()).await?;
+    assert_eq!(local.id, after.id, "the image was rebuilt");
+    Ok(())
+}
+
+async fn build_dockerfile(
+    s: &Setup,
+    dockerfile: &str,
+    cancel: &CancellationToken,
+) -> (
+    Result<ctrl_build::builder::Built, BuildError>,
+    Vec<BuildEvent>,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile).expect("write");
+    let packed = context::pack(dir.path(), "").expect("pack");
+    let ctx =
+        context::prepare(&packed.gz, Layout::Root, ".", "", Limits::default()).expect("prepare");
+    build(&s.builder, &request(s, "bld_x", "d_x"), ctx, cancel).await
+}
+
+#[tokio::test]
+async fn a_failing_step_is_named_with_the_engines_message() -> Result<()> {
+    let s = setup().await?;
+    let (result, events) = build_dockerfile(
+        &s,
+        "FROM busybox\nRUN echo one\nRUN echo 'about to fail' && exit 3\nRUN echo never\n",
+        &CancellationToken::new(),
+    )
+    .await;
+    match result {
+        Err(BuildError::StepFailed { step, message }) => {
+            // podman counts the build-id label as a step of its own.
+            assert!(
+                step.starts_with("STEP 3/") && step.ends_with("exit 3"),
+                "step: {step}"
+            );
+            assert!(message.contains("exit status 3"), "message: {message}");
+        }
+        other => bail!("expected a failed step, got {other:?}"),
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, BuildEvent::Line(l) if l.contains("about to fail"))),
+        "the failing step's output was streamed"
+    );
+    assert_eq!(s.registry.digest("ctrl/acme/hello", "d_x").await?, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cancelled_build_stops_promptly() -> Result<()> {
+    let s = setup().await?;
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        trigger.cancel();
+    });
+    let started = Instant::now();
+    let (result, _) = build_dockerfile(&s, "FROM busybox\nRUN sleep 120\n", &cancel).await;
+    assert!(matches!(result, Err(BuildError::Cancelled)), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert_eq!(s.registry.digest("ctrl/acme/hello", "d_x").await?, None);
+    Ok(())
+}

@@ -1,0 +1,34 @@
+//! ctrl's GitHub client: what the worker needs to build a deployment from a
+//! GitHub repository.
+//!
+//! A [`GitHub`] authenticates as a GitHub App — it signs the app's RS256 JSON
+//! web token itself with `ring` ([`app`]) and trades it for installation
+//! tokens, cached until five minutes before they expire — and reads
+//! repositories ([`repos`]): it resolves a branch, the default branch or a
+//! pinned commit to a [`Commit`] and downloads the tarball of a commit,
+//! refusing more than a configured number of bytes. Public repositories can
+//! be read without an installation when the configuration allows it.
+//!
+//! HTTP goes through octocrab's client (rustls with ring, its timeouts and
+//! redirect handling); every request also has an overall deadline. Errors
+//! ([`GitHubError`]) say what the user can do about them, name the input or
+//! configuration field at fault, tell whether trying again can help
+//! ([`GitHubError::is_transient`]) and never contain a key or a token.
+//!
+//! Only four endpoints are used: `POST /app/installations/{id}/access_tokens`,
+//! `GET /repos/{owner}/{repo}`, `GET /repos/{owner}/{repo}/commits/{ref}` and
+//! `GET /repos/{owner}/{repo}/tarball/{sha}` (and the codeload URL it
+//! redirects to). `ctrl_testkit::github::FakeGitHub` serves the same
+//! endpoints for tests.
+
+pub mod app;
+pub mod repos;
+
+mod client;
+mod error;
+mod time;
+
+pub use app::Token;
+pub use client::{DEFAULT_API_URL, GitHub, GitHubConfig};
+pub use error::GitHubError;
+pub use repos::{Commit, RepoRef, Want};

@@ -1,0 +1,473 @@
+//! Deployments built from source, on real components: the worker process
+//! builds through podman's Docker API, pushes to a real registry, reads
+//! uploads from a real S3 (s3s-fs); crashes are real SIGKILLs.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use ctrl_build::store::{CONTENT_TYPE, ContextStore, StoreConfig};
+use ctrl_core::status::DeploymentStatus;
+use ctrl_db::deployment::BuildSource;
+use ctrl_db::types::{BuildStatus, SourceKind};
+use ctrl_db::{build, deployment};
+use ctrl_testkit::{Podman, Registry, S3Server, http_client};
+
+use crate::harness::{Harness, eventually};
+
+/// The harness with a build backend, a registry and an upload store.
+pub(crate) struct BuildStack {
+    pub(crate) h: Harness,
+    pub(crate) podman: Podman,
+    pub(crate) registry: Registry,
+    _s3: S3Server,
+    pub(crate) store: ContextStore,
+    pub(crate) digests: ctrl_build::registry::Registry,
+}
+
+impl BuildStack {
+    /// `slots` builds of a workspace at once; `extra` more worker TOML
+    /// (whole tables).
+    pub(crate) async fn start(slots: u32, extra: &str) -> Result<Self> {
+        let (podman, registry, s3) =
+            tokio::try_join!(Podman::start(), Registry::start(), S3Server::start())?;
+        podman.import_busybox_image("docker.io/library/busybox:latest")?;
+        let store_config = StoreConfig {
+            endpoint: s3.endpoint_url(),
+            bucket: "contexts".into(),
+            access_key_id: s3.access_key().into(),
+            secret_access_key: s3.secret_key().into(),
+            force_path_style: true,
+            ..StoreConfig::default()
+        };
+        let store = ContextStore::new(&store_config);
+        store.ensure_bucket().await?;
+        let sections = format!(
+            "build_platform = \"linux/amd64\"\n\
+             [build]\nbackend = \"docker\"\ndocker_socket = \"{socket}\"\nslots_per_workspace = {slots}\ntimeout_seconds = 120\n\
+             [registry]\nurl = \"{registry}\"\nrepository = \"ctrl\"\n\
+             [build_contexts]\nendpoint = \"{endpoint}\"\nbucket = \"contexts\"\naccess_key_id = \"{key}\"\nsecret_access_key = \"{secret}\"\nforce_path_style = true\n\
+             {extra}",
+            socket = podman.socket().display(),
+            registry = registry.url(),
+            endpoint = s3.endpoint_url(),
+            key = s3.access_key(),
+            secret = s3.secret_key(),
+        );
+        let h = Harness::start_with_sections("readiness_timeout_seconds = 60\n", &sections).await?;
+        let digests = ctrl_build::registry::Registry::new(ctrl_build::registry::RegistryConfig {
+            url: registry.url(),
+            repository: "ctrl".into(),
+            username: String::new(),
+            password: String::new().into(),
+            request_timeout: Duration::from_secs(10),
+        })
+        .map_err(anyhow::Error::msg)?;
+        Ok(Self {
+            h,
+            podman,
+            registry,
+            _s3: s3,
+            store,
+            digests,
+        })
+    }
+
+    /// Packs and uploads `dir` through a presigned URL, as the CLI does.
+    pub(crate) async fn upload(&self, dir: &Path) -> Result<String> {
+        let packed = ctrl_build::context::pack(dir, "")?;
+        let upload = self
+            .store
+            .presign_upload(
+                &self.h.workspace,
+                &self.h.app,
+                &ctrl_core::names::random_dns1035(12, &mut rand::rng()),
+                packed.gz.len() as u64,
+                SystemTime::now(),
+            )
+            .await?;
+        let status = http_client()
+            .put(&upload.url)
+            .header("content-type", CONTENT_TYPE)
+            .body(packed.gz)
+            .send()
+            .await?
+            .status();
+        if !status.is_success() {
+            bail!("upload answered {status}");
+        }
+        Ok(upload.key)
+    }
+
+    /// A pending deployment building the upload `key`.
+    pub(crate) async fn context_deployment(&self, environment: &str, key: &str) -> Result<String> {
+        let key = key.to_owned();
+        self.h
+            .pending_with(environment, move |d| {
+                d.source_kind = SourceKind::Context;
+                d.image = None;
+                d.build = Some(BuildSource {
+                    context_path: Some(key),
+                    dir: Some(".".into()),
+                    dockerfile: Some("Dockerfile".into()),
+                    args: [("GREETING".to_owned(), "built by the worker".to_owned())].into(),
+                    installation_id: None,
+                });
+            })
+            .await
+    }
+
+    /// Uploads a context made of `files` and starts a deployment building it.
+    pub(crate) async fn deploy_files(&self, files: &[(&str, &str)]) -> Result<String> {
+        let dir = tempfile::tempdir()?;
+        for (name, body) in files {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().context("parent")?)?;
+            std::fs::write(path, body)?;
+        }
+        let key = self.upload(dir.path()).await?;
+        let id = self.context_deployment(&self.h.production, &key).await?;
+        self.h.deploy(&id).await?;
+        Ok(id)
+    }
+
+    /// The deployment's build row, once it exists.
+    pub(crate) async fn build_of(&self, id: &str) -> Result<build::Build> {
+        eventually(Duration::from_secs(30), || async {
+            Ok(build::for_deployment(&self.h.db.pool, id).await?.is_some())
+        })
+        .await?;
+        build::for_deployment(&self.h.db.pool, id)
+            .await?
+            .context("no build")
+    }
+
+    /// Waits until the deployment's building step says something containing `text`.
+    pub(crate) async fn wait_step_message(&self, id: &str, text: &str) -> Result<()> {
+        let waited = eventually(Duration::from_secs(60), || async {
+            let steps = deployment::list_steps(&self.h.db.pool, id).await?;
+            Ok(steps.iter().any(|s| s.message.contains(text)))
+        })
+        .await;
+        if waited.is_err() {
+            let steps = deployment::list_steps(&self.h.db.pool, id).await?;
+            bail!(
+                "no step said {text:?}: {steps:?}\nworker log:\n{}",
+                self.h.worker_log(30)
+            );
+        }
+        Ok(())
+    }
+
+    /// Every line of the build's output.
+    pub(crate) async fn output(&self, build_id: &str) -> Result<String> {
+        let lines = build::list_logs(&self.h.db.pool, build_id, 0, 100_000).await?;
+        Ok(lines
+            .into_iter()
+            .map(|l| l.text)
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
+    /// The tags of the app's repository in the registry.
+    pub(crate) async fn tags(&self) -> Result<Vec<String>> {
+        let url = format!("{}/v2/ctrl/acme/shop-web/tags/list", self.registry.url());
+        let response = http_client().get(url).send().await?;
+        if response.status() == 404 {
+            return Ok(Vec::new());
+        }
+        let body: serde_json::Value = response.json().await?;
+        Ok(body["tags"]
+            .as_array()
+            .map(|t| {
+                t.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
+fn hello() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello")
+}
+
+#[tokio::test]
+async fn an_uploaded_context_is_built_pushed_by_digest_and_deployed() -> Result<()> {
+    let s = BuildStack::start(2, "").await?;
+    let key = s.upload(&hello()).await?;
+    let id = s.context_deployment(&s.h.production, &key).await?;
+    s.h.deploy_to_ready(&id).await?;
+
+    let d = deployment::get(&s.h.db.pool, &id).await?;
+    assert_eq!(d.status, DeploymentStatus::Ready);
+    let b = build::for_deployment(&s.h.db.pool, &id)
+        .await?
+        .context("build row")?;
+    assert_eq!(b.status, BuildStatus::Succeeded);
+    assert_eq!(d.build_id.as_deref(), Some(b.id.as_str()));
+    let digest = s
+        .digests
+        .digest("ctrl/acme/shop-web", &id)
+        .await?
+        .context("the tag is in the registry")?;
+    let expected = format!("{}/ctrl/acme/shop-web@{digest}", s.registry.host_port());
+    assert_eq!(
+        d.image.as_deref(),
+        Some(expected.as_str()),
+        "the image is pinned by digest"
+    );
+    assert_eq!(b.digest.as_deref(), Some(digest.as_str()));
+    assert!(b.started_at.is_some() && b.finished_at.is_some());
+    assert!(b.context_bytes.unwrap_or_default() > 0);
+    let output = s.output(&b.id).await?;
+    assert!(output.contains("STEP"), "{output}");
+    assert!(output.contains("Pushed"), "{output}");
+
+    // The deployed image is the built one, build argument included.
+    let out = s
+        .podman
+        .command()?
+        .args(["run", "--rm", &expected, "cat", "/www/greeting.txt"])
+        .output()?;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "built by the worker",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_step_fails_the_deployment_with_the_step_and_its_output() -> Result<()> {
+    let s = BuildStack::start(2, "").await?;
+    let id = s
+        .deploy_files(&[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo preparing\nRUN echo 'compiler says: missing semicolon' && exit 2\nCMD [\"true\"]\n",
+        )])
+        .await?;
+    s.h.wait_status(&id, DeploymentStatus::Failed).await?;
+    let d = deployment::get(&s.h.db.pool, &id).await?;
+    let error = d.error_message.unwrap_or_default();
+    assert!(error.starts_with("Build failed: STEP 3/"), "{error}");
+    assert!(error.contains("exit 2"), "{error}");
+    assert!(
+        error.contains("missing semicolon"),
+        "the last output lines are quoted: {error}"
+    );
+    let b = build::for_deployment(&s.h.db.pool, &id)
+        .await?
+        .context("build")?;
+    assert_eq!(b.status, BuildStatus::Failed);
+    assert!(s.tags().await?.is_empty(), "nothing was pushed");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_context_without_its_dockerfile_fails_before_building() -> Result<()> {
+    let s = BuildStack::start(2, "").await?;
+    let id = s
+        .deploy_files(&[("app/Containerfile", "FROM busybox\n"), ("README.md", "hi")])
+        .await?;
+    s.h.wait_status(&id, DeploymentStatus::Failed).await?;
+    let error = deployment::get(&s.h.db.pool, &id)
+        .await?
+        .error_message
+        .unwrap_or_default();
+    assert_eq!(
+        error,
+        "no Dockerfile at \"Dockerfile\" in the build context (found [\"app/Containerfile\"]; pass the Dockerfile's path)"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_corrupt_upload_fails_with_a_clear_error() -> Result<()> {
+    let s = BuildStack::start(2, "").await?;
+    let garbage = b"\x1f\x8b\x08\x00 this is not a gzip stream".to_vec();
+    let upload = s
+        .store
+        .presign_upload(
+            &s.h.workspace,
+            &s.h.app,
+            "corrupt",
+            garbage.len() as u64,
+            SystemTime::now(),
+        )
+        .await?;
+    http_client()
+        .put(&upload.url)
+        .header("content-type", CONTENT_TYPE)
+        .body(garbage)
+        .send()
+        .await?
+        .error_for_status()?;
+    let id = s.context_deployment(&s.h.production, &upload.key).await?;
+    s.h.deploy(&id).await?;
+    s.h.wait_status(&id, DeploymentStatus::Failed).await?;
+    let error = deployment::get(&s.h.db.pool, &id)
+        .await?
+        .error_message
+        .unwrap_or_default();
+    assert!(
+        error.starts_with("the build context is not a valid tar.gz archive"),
+        "{error}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn cancelling_a_deployment_stops_its_build() -> Result<()> {
+    let s = BuildStack::start(2, "").await?;
+    let id = s
+        .deploy_files(&[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo sleeping && sleep 120\n",
+        )])
+        .await?;
+    s.wait_step_message(&id, "sleep 120").await?;
+    // What CancelDeployment does first: the status, then the invocation.
+    deployment::set_status_if_active(
+        &s.h.db.pool,
+        &id,
+        DeploymentStatus::Cancelled,
+        Some("Cancelled by user"),
+        9,
+    )
+    .await?;
+    let started = std::time::Instant::now();
+    eventually(Duration::from_secs(30), || async {
+        let b = build::for_deployment(&s.h.db.pool, &id).await?;
+        Ok(b.is_some_and(|b| b.status == BuildStatus::Cancelled))
+    })
+    .await?;
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(s.tags().await?.is_empty(), "nothing was pushed");
+    Ok(())
+}
+
+#[tokio::test]
+async fn builds_wait_for_a_slot_of_their_workspace_and_say_why() -> Result<()> {
+    let s = BuildStack::start(1, "").await?;
+    let slow = s
+        .deploy_files(&[(
+            "Dockerfile",
+            "FROM busybox\nRUN sleep 4 && echo slow done\n",
+        )])
+        .await?;
+    s.wait_step_message(&slow, "sleep 4").await?;
+    let fast = s
+        .deploy_files(&[("Dockerfile", "FROM busybox\nRUN echo fast\n")])
+        .await?;
+    s.wait_step_message(
+        &fast,
+        "Waiting for a build slot: 1 of 1 builds of this workspace are running",
+    )
+    .await?;
+    let b = build::for_deployment(&s.h.db.pool, &fast)
+        .await?
+        .context("build")?;
+    assert_eq!(b.status, BuildStatus::Queued);
+    // Once the first build ends, the second takes its slot.
+    eventually(Duration::from_secs(60), || async {
+        let b = build::for_deployment(&s.h.db.pool, &fast).await?;
+        Ok(b.is_some_and(|b| b.status == BuildStatus::Succeeded))
+    })
+    .await?;
+    let first = build::for_deployment(&s.h.db.pool, &slow)
+        .await?
+        .context("build")?;
+    let second = build::for_deployment(&s.h.db.pool, &fast)
+        .await?
+        .context("build")?;
+    assert!(
+        second.started_at >= first.finished_at,
+        "the second build started only after the first finished"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_worker_killed_during_the_build_resumes_it_once() -> Result<()> {
+    let mut s = BuildStack::start(1, "").await?;
+    let id = s
+        .deploy_files(&[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo step-one > /one\nRUN sleep 3 && echo slept > /two\nCMD [\"sleep\", \"60\"]\n",
+        )])
+        .await?;
+    s.wait_step_message(&id, "sleep 3").await?;
+    s.h.crash_worker().await?;
+    s.h.wait_status(&id, DeploymentStatus::Deploying).await?;
+    let b = s.build_of(&id).await?;
+    assert_eq!(b.status, BuildStatus::Succeeded);
+    assert_eq!(s.tags().await?, vec![id.clone()], "one image, one tag");
+    let digest = s
+        .digests
+        .digest("ctrl/acme/shop-web", &id)
+        .await?
+        .context("pushed")?;
+    let image = deployment::get(&s.h.db.pool, &id)
+        .await?
+        .image
+        .unwrap_or_default();
+    assert!(
+        image.ends_with(&digest),
+        "{image} is the pushed digest {digest}"
+    );
+    let output = s.output(&b.id).await?;
+    assert!(
+        output.contains("an earlier attempt of this build was interrupted"),
+        "{output}"
+    );
+
+    // The slot was not leaked: another build of the workspace runs.
+    let next = s
+        .deploy_files(&[("Dockerfile", "FROM busybox\nRUN echo next\n")])
+        .await?;
+    eventually(Duration::from_secs(60), || async {
+        let b = build::for_deployment(&s.h.db.pool, &next).await?;
+        Ok(b.is_some_and(|b| b.status == BuildStatus::Succeeded))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_worker_killed_during_the_push_pushes_the_same_image() -> Result<()> {
+    let mut s = BuildStack::start(1, "").await?;
+    // A layer big enough that the push takes a moment.
+    let id = s
+        .deploy_files(&[(
+            "Dockerfile",
+            "FROM busybox\nRUN dd if=/dev/urandom of=/blob bs=1M count=96 2>/dev/null\n",
+        )])
+        .await?;
+    s.wait_step_message(&id, "Pushing").await?;
+    s.h.crash_worker().await?;
+    s.h.wait_status(&id, DeploymentStatus::Deploying).await?;
+    let b = s.build_of(&id).await?;
+    assert_eq!(b.status, BuildStatus::Succeeded);
+    let output = s.output(&b.id).await?;
+    assert!(
+        output.contains("was built by an earlier attempt; pushing it")
+            || output.contains("was pushed by an earlier attempt"),
+        "the resumed attempt did not rebuild:\n{output}"
+    );
+    assert_eq!(s.tags().await?, vec![id.clone()]);
+    let digest = s
+        .digests
+        .digest("ctrl/acme/shop-web", &id)
+        .await?
+        .context("pushed")?;
+    assert!(
+        deployment::get(&s.h.db.pool, &id)
+            .await?
+            .image
+            .unwrap_or_default()
+            .ends_with(&digest)
+    );
+    Ok(())
+}
