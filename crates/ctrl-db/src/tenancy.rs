@@ -98,9 +98,16 @@ pub async fn ensure_k8s_namespace(
         .bind(id)
         .execute(&mut *conn)
         .await?;
-    get_workspace(&mut *conn, id)
-        .await?
-        .k8s_namespace
+    // A locking read: it sees what a concurrent transaction committed
+    // meanwhile (its namespace won), where a plain read in this
+    // transaction's snapshot would still see NULL.
+    let namespace: Option<Option<String>> =
+        sqlx::query_scalar("SELECT k8s_namespace FROM workspaces WHERE id = ? FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    namespace
+        .ok_or(Error::NotFound("workspace"))?
         .ok_or_else(|| {
             Error::Corrupt(format!(
                 "workspace {id} has no namespace after assigning one"

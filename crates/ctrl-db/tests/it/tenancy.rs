@@ -55,6 +55,35 @@ async fn workspaces_insert_get_list_page_namespace_and_delete() -> Result<()> {
     Ok(())
 }
 
+/// Two pipelines claiming deployments of a fresh workspace at once: the
+/// second transaction read the workspace (its snapshot: no namespace)
+/// before the first committed its namespace; it must see the winner's.
+#[tokio::test]
+async fn a_concurrent_namespace_assignment_sees_the_winner() -> Result<()> {
+    let db = test_database().await?;
+    let p = &db.pool;
+    let t = tree(p).await?;
+    let mut late = p.begin().await?;
+    assert_eq!(
+        tenancy::get_workspace(&mut *late, &t.workspace)
+            .await?
+            .k8s_namespace,
+        None
+    );
+    let mut first = p.begin().await?;
+    assert_eq!(
+        tenancy::ensure_k8s_namespace(&mut first, &t.workspace, "ns-first", NOW).await?,
+        "ns-first"
+    );
+    first.commit().await?;
+    assert_eq!(
+        tenancy::ensure_k8s_namespace(&mut late, &t.workspace, "ns-late", NOW).await?,
+        "ns-first"
+    );
+    late.commit().await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn projects_and_apps() -> Result<()> {
     let db = test_database().await?;

@@ -471,3 +471,184 @@ async fn a_worker_killed_during_the_push_pushes_the_same_image() -> Result<()> {
     );
     Ok(())
 }
+
+mod git {
+    use ctrl_testkit::github::{Author, CommitSpec, FakeGitHub, RepoOpts, TEST_APP_KEY_PEM};
+
+    use super::*;
+
+    const APP_ID: u64 = 4242;
+    const INSTALLATION: i64 = 77;
+
+    /// A build stack whose worker reads repositories from a fake GitHub,
+    /// as GitHub App `APP_ID` (installed on acme/private only).
+    async fn stack() -> Result<(BuildStack, FakeGitHub)> {
+        let github = FakeGitHub::start().await?;
+        github.add_app(APP_ID, &ctrl_testkit::github::test_app_public_key_der());
+        github.add_installation(u64::try_from(INSTALLATION)?, APP_ID, &["acme/private"]);
+        let key = TEST_APP_KEY_PEM.replace('\n', "\\n");
+        let s = BuildStack::start(
+            2,
+            &format!(
+                "[github]\napi_url = \"{}\"\napp_id = {APP_ID}\nprivate_key_pem = \"{key}\"\nallow_unauthenticated_deployments = true\n",
+                github.url()
+            ),
+        )
+        .await?;
+        Ok((s, github))
+    }
+
+    fn hello_commit(message: &str) -> CommitSpec {
+        CommitSpec::new(message)
+            .author(Author {
+                login: Some("octocat".into()),
+                name: "The Octocat".into(),
+                email: "octocat@example.com".into(),
+                avatar_url: "https://avatars.example.com/u/1".into(),
+            })
+            .date(1_700_000_000)
+            .file(
+                "web/Dockerfile",
+                "FROM busybox\nARG GREETING=none\nCOPY index.html /www/index.html\nRUN echo \"$GREETING\" > /www/greeting.txt\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+            )
+            .file("web/index.html", "hello from git\n")
+            .file("README.md", "# hello\n")
+    }
+
+    async fn git_deployment(
+        s: &BuildStack,
+        repository: &str,
+        branch: Option<&str>,
+        installation: Option<i64>,
+    ) -> Result<String> {
+        let (repository, branch) = (repository.to_owned(), branch.map(str::to_owned));
+        let id =
+            s.h.pending_with(&s.h.preview, move |d| {
+                d.source_kind = SourceKind::Git;
+                d.image = None;
+                d.git_repository = Some(repository);
+                d.git_branch = branch;
+                d.build = Some(BuildSource {
+                    context_path: None,
+                    dir: Some("web".into()),
+                    dockerfile: Some("Dockerfile".into()),
+                    args: [("GREETING".to_owned(), "from a branch".to_owned())].into(),
+                    installation_id: installation,
+                });
+            })
+            .await?;
+        s.h.deploy(&id).await?;
+        Ok(id)
+    }
+
+    #[tokio::test]
+    async fn a_public_branch_is_resolved_built_and_its_commit_recorded() -> Result<()> {
+        let (s, github) = stack().await?;
+        github.add_repo("acme/hello", RepoOpts::default());
+        let sha = github.push("acme/hello", "main", hello_commit("Add the web app"));
+        let id = git_deployment(&s, "acme/hello", Some("main"), None).await?;
+        s.h.wait_status(&id, DeploymentStatus::Deploying).await?;
+        let d = deployment::get(&s.h.db.pool, &id).await?;
+        assert_eq!(d.git_commit_sha.as_deref(), Some(sha.as_str()));
+        assert_eq!(d.git_commit_message.as_deref(), Some("Add the web app"));
+        assert_eq!(d.git_commit_author_handle.as_deref(), Some("octocat"));
+        assert_eq!(d.git_commit_timestamp, Some(1_700_000_000_000));
+        let b = s.build_of(&id).await?;
+        assert_eq!(b.git_commit_sha.as_deref(), Some(sha.as_str()));
+        let image = d.image.context("image")?;
+        let out = s
+            .podman
+            .command()?
+            .args([
+                "run",
+                "--rm",
+                &image,
+                "cat",
+                "/www/index.html",
+                "/www/greeting.txt",
+            ])
+            .output()?;
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "hello from git\nfrom a branch\n",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Public and unauthenticated: no token was minted, no JWT sent.
+        assert!(
+            github
+                .requests()
+                .iter()
+                .all(|r| r.authorization_kind == ctrl_testkit::github::AuthKind::None),
+            "{:?}",
+            github.requests()
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_private_repository_builds_through_the_installation_and_fails_without() -> Result<()>
+    {
+        let (s, github) = stack().await?;
+        github.add_repo(
+            "acme/private",
+            RepoOpts {
+                private: true,
+                ..RepoOpts::default()
+            },
+        );
+        github.push("acme/private", "main", hello_commit("Private app"));
+        let ok = git_deployment(&s, "acme/private", None, Some(INSTALLATION)).await?;
+        s.h.wait_status(&ok, DeploymentStatus::Deploying).await?;
+        assert_eq!(
+            deployment::get(&s.h.db.pool, &ok)
+                .await?
+                .git_branch
+                .as_deref(),
+            Some("main"),
+            "the default branch was resolved and recorded"
+        );
+
+        let denied = git_deployment(&s, "acme/private", Some("main"), None).await?;
+        s.h.wait_status(&denied, DeploymentStatus::Failed).await?;
+        let error = deployment::get(&s.h.db.pool, &denied)
+            .await?
+            .error_message
+            .unwrap_or_default();
+        assert_eq!(
+            error,
+            "ctrl cannot read the GitHub repository acme/private: the repository is private or does not exist and ctrl has no GitHub App installation for it"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_empty_repository_and_a_missing_branch_fail_precisely() -> Result<()> {
+        let (s, github) = stack().await?;
+        github.add_repo("acme/empty", RepoOpts::default());
+        let empty = git_deployment(&s, "acme/empty", None, None).await?;
+        github.add_repo("acme/hello", RepoOpts::default());
+        github.push("acme/hello", "main", hello_commit("x"));
+        let missing = git_deployment(&s, "acme/hello", Some("no-such-branch"), None).await?;
+        s.h.wait_status(&empty, DeploymentStatus::Failed).await?;
+        s.h.wait_status(&missing, DeploymentStatus::Failed).await?;
+        let pool = &s.h.db.pool;
+        let empty = deployment::get(pool, &empty)
+            .await?
+            .error_message
+            .unwrap_or_default();
+        assert_eq!(
+            empty,
+            "branch `main` has no commits: the repository is empty"
+        );
+        let missing = deployment::get(pool, &missing)
+            .await?
+            .error_message
+            .unwrap_or_default();
+        assert!(
+            missing.contains("no-such-branch") && missing.contains("not found"),
+            "{missing}"
+        );
+        Ok(())
+    }
+}
