@@ -229,6 +229,8 @@ mod tests {
             ),
             ("CTRL_AGENT_LOGS_TOKEN", "fedcba9876543210fedcba"),
             ("CTRL_EDGE_TOKEN", "edge-0123456789abcdef"),
+            ("CTRL_S3_ACCESS_KEY", "AKIDEXAMPLE"),
+            ("CTRL_S3_SECRET_KEY", "s3-secret-value"),
         ]
         .into_iter()
         .map(|(k, v)| (k.into(), v.into()))
@@ -238,6 +240,8 @@ mod tests {
             ctrl_runtime::config::parse(text, "ctrl-api.example.toml", &env, ENV_PREFIX).unwrap();
         assert!(c.agent_logs.is_some());
         assert!(!format!("{c:?}").contains("fedcba9876543210fedcba"));
+        assert!(c.build_contexts.enabled());
+        assert!(!format!("{c:?}").contains("s3-secret-value"));
     }
 
     #[test]

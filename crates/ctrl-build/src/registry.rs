@@ -35,6 +35,11 @@ const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+js
 pub struct RegistryConfig {
     /// `http://127.0.0.1:5000` or `https://ghcr.io`.
     pub url: String,
+    /// The registry's name in image references (what engines push to and
+    /// pull from) when it differs from `url`'s host, e.g. the worker reaches
+    /// `http://registry:5000` but hosts pull `127.0.0.1:5051/…`; empty =
+    /// `url`'s host.
+    pub image_host: String,
     /// Path prefix of ctrl's repositories, e.g. `ctrl` or `acme-org/ctrl`.
     pub repository: String,
     /// Empty = anonymous.
@@ -49,6 +54,7 @@ impl fmt::Debug for RegistryConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RegistryConfig")
             .field("url", &self.url)
+            .field("image_host", &self.image_host)
             .field("repository", &self.repository)
             .field("username", &self.username)
             .field("password", &"<redacted>")
@@ -137,8 +143,13 @@ impl Registry {
             .enable_http1()
             .wrap_connector(connector);
         let http = Client::builder(TokioExecutor::new()).build(https);
+        let host = if config.image_host.is_empty() {
+            host.to_owned()
+        } else {
+            config.image_host.clone()
+        };
         Ok(Self {
-            host: host.to_owned(),
+            host,
             config: RegistryConfig {
                 repository: repo.to_owned(),
                 ..config

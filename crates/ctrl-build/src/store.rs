@@ -37,6 +37,8 @@ pub struct StoreConfig {
     pub upload_url_ttl_seconds: u64,
     /// Bound on each S3 request.
     pub request_timeout_seconds: u64,
+    /// Create the bucket at start-up if it does not exist (local stacks).
+    pub create_bucket: bool,
 }
 
 impl Default for StoreConfig {
@@ -51,6 +53,7 @@ impl Default for StoreConfig {
             max_upload_bytes: 512 << 20,
             upload_url_ttl_seconds: 900,
             request_timeout_seconds: 30,
+            create_bucket: false,
         }
     }
 }

@@ -33,8 +33,15 @@ impl Registry {
     /// Starts the registry (the apt package `docker-registry`, which
     /// `cargo xtask deps` installs) and waits until `GET /v2/` answers 200.
     pub async fn start() -> Result<Self, Error> {
+        Self::start_in(None, None).await
+    }
+
+    /// [`Registry::start`], keeping the images in `dir` (kept after the
+    /// registry stops: the dev stack's images outlive a restart) and
+    /// listening on `port` when given.
+    pub async fn start_in(dir: Option<&Path>, fixed_port: Option<u16>) -> Result<Self, Error> {
         let binary = paths::system_program("docker-registry")?;
-        let (dir, scratch) = reaper::instance_dir(None, "registry-")?;
+        let (dir, scratch) = reaper::instance_dir(dir, "registry-")?;
         let data = dir.join("data");
         std::fs::create_dir_all(&data)
             .map_err(|e| Error::io(format!("create {}", data.display()), e))?;
@@ -42,7 +49,10 @@ impl Registry {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let port = free_port()?;
+            let port = match fixed_port {
+                Some(port) => port,
+                None => free_port()?,
+            };
             let config = dir.join("config.yml");
             std::fs::write(&config, config_yaml(&data, port))
                 .map_err(|e| Error::io(format!("write {}", config.display()), e))?;
@@ -79,7 +89,9 @@ impl Registry {
                         _scratch: scratch,
                     });
                 }
-                Err(e) if retry_on_port_clash("docker-registry", attempt, &e) => {}
+                Err(e)
+                    if fixed_port.is_none()
+                        && retry_on_port_clash("docker-registry", attempt, &e) => {}
                 Err(e) => return Err(e),
             }
         }

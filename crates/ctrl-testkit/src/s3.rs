@@ -45,18 +45,33 @@ impl S3Server {
     /// [`paths::s3s_fs_bin`]) on a free port with fresh credentials and an
     /// empty data directory, and waits until it answers HTTP.
     pub async fn start() -> Result<Self, Error> {
+        let access_key = format!("TESTKIT{:013X}", rand::random::<u64>() >> 12);
+        let secret_key = format!("{:032x}", rand::random::<u128>());
+        Self::start_in(None, None, &access_key, &secret_key).await
+    }
+
+    /// [`S3Server::start`] with the data kept in `dir` (not removed on
+    /// drop), on `port` when given, with these credentials (the dev stack's).
+    pub async fn start_in(
+        dir: Option<&Path>,
+        fixed_port: Option<u16>,
+        access_key: &str,
+        secret_key: &str,
+    ) -> Result<Self, Error> {
         let binary = paths::s3s_fs_bin()?;
-        let (dir, scratch) = reaper::instance_dir(None, "s3-")?;
+        let (dir, scratch) = reaper::instance_dir(dir, "s3-")?;
         let data = dir.join("data");
         std::fs::create_dir_all(&data)
             .map_err(|e| Error::io(format!("create {}", data.display()), e))?;
-        let access_key = format!("TESTKIT{:013X}", rand::random::<u64>() >> 12);
-        let secret_key = format!("{:032x}", rand::random::<u128>());
+        let (access_key, secret_key) = (access_key.to_owned(), secret_key.to_owned());
         let client = http_client();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let port = free_port()?;
+            let port = match fixed_port {
+                Some(port) => port,
+                None => free_port()?,
+            };
             let mut cmd = Command::new(&binary);
             cmd.args(["--host", "127.0.0.1", "--port"])
                 .arg(port.to_string())
@@ -90,7 +105,7 @@ impl S3Server {
                         _scratch: scratch,
                     });
                 }
-                Err(e) if retry_on_port_clash("s3s-fs", attempt, &e) => {}
+                Err(e) if fixed_port.is_none() && retry_on_port_clash("s3s-fs", attempt, &e) => {}
                 Err(e) => return Err(e),
             }
         }

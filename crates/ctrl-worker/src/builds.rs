@@ -59,6 +59,7 @@ impl Builds {
         } else {
             let registry = Registry::new(RegistryConfig {
                 url: config.registry.url.clone(),
+                image_host: config.registry.image_host.clone(),
                 repository: config.registry.repository.clone(),
                 username: config.registry.username.clone(),
                 password: config.registry.password.clone().into(),
@@ -109,6 +110,34 @@ impl Builds {
                 attempts: b.attempts,
             },
         })
+    }
+
+    /// Creates the uploads' bucket when `[build_contexts] create_bucket` asks
+    /// for it (local stacks), retrying for up to a minute while the store starts;
+    /// a failure is logged, not fatal (uploads then fail with the store's
+    /// message).
+    pub async fn create_bucket(&self, config: &Config) {
+        let Some(store) = self
+            .store
+            .as_ref()
+            .filter(|_| config.build_contexts.create_bucket)
+        else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match store.ensure_bucket().await {
+                Ok(()) => return,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "build context bucket not ready; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, bucket = %config.build_contexts.bucket, "could not create the build context bucket");
+                    return;
+                }
+            }
+        }
     }
 
     /// Where the build of a deployment is pushed:

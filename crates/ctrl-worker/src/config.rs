@@ -102,8 +102,12 @@ impl Default for BuildConfig {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrySection {
-    /// `https://ghcr.io`, `http://127.0.0.1:5000`, …
+    /// `https://ghcr.io`, `http://127.0.0.1:5000`, … (where the worker asks
+    /// for digests).
     pub url: String,
+    /// The registry's name in image references when engines reach it under
+    /// another name than `url` (e.g. `127.0.0.1:5051`); empty = `url`'s host.
+    pub image_host: String,
     /// Path prefix of ctrl's repositories in it.
     pub repository: String,
     /// Empty = anonymous.
@@ -116,6 +120,7 @@ impl Default for RegistrySection {
     fn default() -> Self {
         Self {
             url: String::new(),
+            image_host: String::new(),
             repository: "ctrl".into(),
             username: String::new(),
             password: String::new(),
@@ -127,6 +132,7 @@ impl std::fmt::Debug for RegistrySection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegistrySection")
             .field("url", &self.url)
+            .field("image_host", &self.image_host)
             .field("repository", &self.repository)
             .field("username", &self.username)
             .field("password", &"<redacted>")
@@ -639,7 +645,22 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ctrl_runtime::config::ConfigError> {
-        let env = HashMap::from([("CTRL_DB_PASSWORD".to_owned(), "secret".to_owned())]);
+        let env = HashMap::from([
+            ("CTRL_DB_PASSWORD".to_owned(), "secret".to_owned()),
+            (
+                "CTRL_REGISTRY_PASSWORD".to_owned(),
+                "registry-secret-value".to_owned(),
+            ),
+            ("CTRL_S3_ACCESS_KEY".to_owned(), "AKIDEXAMPLE".to_owned()),
+            (
+                "CTRL_S3_SECRET_KEY".to_owned(),
+                "s3-secret-value".to_owned(),
+            ),
+            (
+                "CTRL_GITHUB_APP_KEY".to_owned(),
+                "-----BEGIN RSA PRIVATE KEY-----\nx\n".to_owned(),
+            ),
+        ]);
         ctrl_runtime::config::parse(text, "test", &env, ENV_PREFIX)
     }
 
@@ -649,6 +670,35 @@ mod tests {
         let config = parse(text).expect("example parses");
         assert_eq!(config.deploy.apex_domain, "ctrl.example.com");
         assert_eq!(config.deploy.retire_previous_live_seconds, 1800);
+        assert_eq!(config.build.backend, "docker");
+        assert_eq!(config.build_platform, "linux/amd64");
+        let shown = format!("{config:?}");
+        for secret in ["registry-secret-value", "s3-secret-value", "BEGIN RSA"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
+
+    #[test]
+    fn build_fields_are_named() {
+        let base =
+            "[restate]\nadmin_url = \"http://r:9070\"\n[database]\nurl = \"mysql://u@h/db\"\n";
+        let err = parse(&format!(
+            "build_platform = \"windows/amd64\"\n{base}[build]\nbackend = \"kaniko\"\nslots_per_workspace = 0\n[github]\napp_id = 5\n"
+        ))
+        .expect_err("invalid")
+        .to_string();
+        for field in [
+            "build_platform",
+            "build.backend",
+            "build.slots_per_workspace",
+            "github.private_key_pem",
+        ] {
+            assert!(err.contains(field), "{field} not named: {err}");
+        }
+        let err = parse(&format!("{base}[build]\nbackend = \"docker\"\n"))
+            .expect_err("no registry")
+            .to_string();
+        assert!(err.contains("registry.url"), "{err}");
     }
 
     #[test]

@@ -328,6 +328,11 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let certs = Certificates::from_config(config)?;
     let builds = Arc::new(Builds::from_config(config)?);
+    // In the background: a local stack's S3 may start after the worker.
+    tokio::spawn({
+        let (builds, config) = (builds.clone(), config.clone());
+        async move { builds.create_bucket(&config).await }
+    });
     let services = endpoint(&db, config, &certs, builds);
     let mut endpoint_stop = stop_rx.clone();
     let serving = tokio::spawn(crate::serve::serve(

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use base64::Engine;
 use clap::Args;
 use ctrl_testkit::process::{ProcessId, Supervised};
-use ctrl_testkit::{MariaDb, Podman, RestatePorts, RestateServer, reaper};
+use ctrl_testkit::{MariaDb, Podman, Registry, RestatePorts, RestateServer, S3Server, reaper};
 
 use crate::demo;
 use rand::RngCore;
@@ -39,6 +39,8 @@ pub(crate) mod ports {
     pub(crate) const EDGE_HTTP: u16 = 7080;
     pub(crate) const EDGE_ADMIN: u16 = 7081;
     pub(crate) const EDGE_HTTPS: u16 = 7443;
+    pub(crate) const S3: u16 = 8014;
+    pub(crate) const REGISTRY: u16 = 5051;
 }
 
 /// Where the stack lives and which ports it uses.
@@ -80,6 +82,12 @@ pub(crate) struct DevArgs {
     /// frontline's health and metrics port.
     #[arg(long, env = "CTRL_DEV_EDGE_ADMIN_PORT", default_value_t = ports::EDGE_ADMIN)]
     edge_admin_port: u16,
+    /// The S3 server's port (uploaded build contexts).
+    #[arg(long, env = "CTRL_DEV_S3_PORT", default_value_t = ports::S3)]
+    s3_port: u16,
+    /// The container registry's port (built images).
+    #[arg(long, env = "CTRL_DEV_REGISTRY_PORT", default_value_t = ports::REGISTRY)]
+    registry_port: u16,
     /// A directory with built ctrl-api, ctrl-worker, krane, frontline and ctrl binaries
     /// to run instead of building them with cargo.
     #[arg(long, env = "CTRL_DEV_BIN_DIR")]
@@ -87,6 +95,13 @@ pub(crate) struct DevArgs {
 }
 
 const DATABASE: &str = "ctrl";
+
+/// The base image `FROM busybox` resolves to, imported from the host's
+/// static busybox (nothing is pulled).
+pub(crate) const BUSYBOX: &str = "docker.io/library/busybox:latest";
+
+/// The dev S3's access key id (its secret is generated into `.dev/s3.secret`).
+const S3_ACCESS_KEY: &str = "ctrl-dev";
 
 pub(crate) async fn run(args: DevArgs) -> Result<()> {
     let started = Instant::now();
@@ -120,6 +135,8 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
         (args.edge_http_port, "frontline HTTP", "--edge-http-port"),
         (args.edge_https_port, "frontline HTTPS", "--edge-https-port"),
         (args.edge_admin_port, "frontline admin", "--edge-admin-port"),
+        (args.s3_port, "S3", "--s3-port"),
+        (args.registry_port, "the registry", "--registry-port"),
     ] {
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
             bail!("port {port} for {what} is in use; free it or choose another with {flag}");
@@ -157,6 +174,35 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
 
     eprintln!("starting the podman Docker API");
     let mut podman = Podman::builder().dir(dir.join("podman")).start().await?;
+    // `FROM busybox` (examples/hello) builds without pulling.
+    podman
+        .import_busybox_image(BUSYBOX)
+        .context("import the busybox base image")?;
+
+    eprintln!(
+        "starting S3 (s3s-fs) on 127.0.0.1:{} and a registry on 127.0.0.1:{}",
+        args.s3_port, args.registry_port
+    );
+    let s3_secret = secret(&dir.join("s3.secret"), 24, Encoding::Hex)?;
+    let s3 = S3Server::start_in(
+        Some(&dir.join("s3")),
+        Some(args.s3_port),
+        S3_ACCESS_KEY,
+        &s3_secret,
+    )
+    .await?;
+    let registry =
+        Registry::start_in(Some(&dir.join("registry")), Some(args.registry_port)).await?;
+    let builds = vec![
+        ("CTRL_S3_URL", s3.endpoint_url()),
+        ("CTRL_S3_ACCESS_KEY", S3_ACCESS_KEY.to_owned()),
+        ("CTRL_S3_SECRET_KEY", s3_secret.clone()),
+        ("CTRL_REGISTRY_URL", registry.url()),
+        (
+            "CTRL_BUILD_DOCKER_SOCKET",
+            podman.socket().display().to_string(),
+        ),
+    ];
 
     eprintln!("starting ctrl-worker on 127.0.0.1:{}", args.worker_port);
     let mut worker = start_ctrl_worker(
@@ -166,7 +212,7 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
         args.worker_health_port,
         &database_url,
         &restate,
-        &[],
+        &builds,
     )?;
     wait_for_http(
         &mut worker,
@@ -190,6 +236,7 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
             vault_key: &vault_key,
         },
         &restate,
+        &builds,
     )?;
     wait_for_api(&mut api, &api_url).await?;
 
@@ -279,6 +326,8 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
          \x20 MariaDB      {database_url}\n\
          \x20 Restate      ingress {}  admin {}\n\
          \x20 Docker API   {}\n\
+         \x20 S3           {s3}  (uploaded build contexts)\n\
+         \x20 registry     {registry}  (built images)\n\
          \x20 logs         {}/{{ctrl-api.log,ctrl-worker.log,krane.log,frontline.log,mariadb/error.log,restate/restate.log,podman/service.log}}\n\
          \x20 env          {} (endpoints, API token, demo workspace)",
         started.elapsed(),
@@ -293,6 +342,8 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
         edge_https = args.edge_https_port,
         edge_admin = args.edge_admin_port,
         ca = ca.display(),
+        s3 = s3.endpoint_url(),
+        registry = registry.url(),
     );
 
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -330,6 +381,8 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
     krane.terminate(Duration::from_secs(15));
     api.terminate(Duration::from_secs(15));
     worker.terminate(Duration::from_secs(15));
+    drop(registry);
+    drop(s3);
     podman.stop(Duration::from_secs(10));
     restate.stop(Duration::from_secs(10));
     mariadb.stop(Duration::from_secs(30));
@@ -360,6 +413,7 @@ fn print_demo(demo: &demo::Demo, cli: &Path, dir: &Path, env_file: &Path, ca: &P
          \x20 {cli} deployments list --app {app}\n\
          \x20 {cli} logs --app {app}\n\
          \x20 {cli} deploy --app {app} --image {v2}\n\
+         \x20 {cli} deploy --app {app} --context examples/hello   (build it from source)\n\
          \x20 {cli} rollback --app {app}\n\
          \x20 {cli} env set --app {app} GREETING=hello\n\
          \x20 {cli} --help",
@@ -658,6 +712,7 @@ pub(crate) fn start_ctrl_api(
     database_url: &str,
     secrets: Secrets<'_>,
     restate: &RestateServer,
+    overrides: &[(&str, String)],
 ) -> Result<Supervised> {
     let Secrets {
         token,
@@ -674,7 +729,8 @@ pub(crate) fn start_ctrl_api(
         .env("DATABASE_URL", database_url)
         .env("CTRL_VAULT_KEY", vault_key)
         .env("RESTATE_INGRESS_URL", restate.ingress_url())
-        .env("RESTATE_ADMIN_URL", restate.admin_url());
+        .env("RESTATE_ADMIN_URL", restate.admin_url())
+        .envs(overrides.iter().map(|(k, v)| (*k, v)));
     Ok(Supervised::spawn(
         "ctrl-api",
         cmd,

@@ -252,6 +252,7 @@ impl Stack {
                     &self.database_url,
                     self.secrets(),
                     &self.restate,
+                    &[],
                 )?;
                 dev::wait_for_api(&mut api, &self.api_url()).await?;
                 self.api = Some(api);

@@ -27,6 +27,7 @@ async fn setup() -> Result<Setup> {
     let config = RegistryConfig {
         url: registry_server.url(),
         repository: "ctrl".into(),
+        image_host: String::new(),
         username: String::new(),
         password: String::new().into(),
         request_timeout: Duration::from_secs(10),

@@ -58,6 +58,7 @@ impl BuildStack {
         let digests = ctrl_build::registry::Registry::new(ctrl_build::registry::RegistryConfig {
             url: registry.url(),
             repository: "ctrl".into(),
+            image_host: String::new(),
             username: String::new(),
             password: String::new().into(),
             request_timeout: Duration::from_secs(10),
