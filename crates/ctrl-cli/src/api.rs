@@ -153,6 +153,11 @@ impl Api {
         pb::deployment_service_client::DeploymentServiceClient::new(self.channel.clone())
     }
 
+    /// BuildService.
+    pub fn builds(&self) -> pb::build_service_client::BuildServiceClient<Authed> {
+        pb::build_service_client::BuildServiceClient::new(self.channel.clone())
+    }
+
     /// CustomDomainService.
     pub fn custom_domains(
         &self,

@@ -1,6 +1,6 @@
 //! The command line, as clap parses it.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 /// ctrl: deploy apps and move their traffic.
 #[derive(Debug, Parser)]
@@ -60,7 +60,7 @@ pub enum Command {
     /// Environment variables of an app's environment.
     #[command(subcommand)]
     Env(EnvCommand),
-    /// Deploy an image (or a git commit) and follow it until it is ready.
+    /// Deploy an image, a git commit or a local directory and follow it until it is ready.
     Deploy(DeployArgs),
     /// List and inspect deployments.
     #[command(subcommand)]
@@ -243,36 +243,83 @@ pub enum EnvCommand {
 
 /// `ctrl deploy …`
 #[derive(Debug, Args)]
+#[command(
+    group(ArgGroup::new("source").args(["image", "git", "context"]).required(true).multiple(true)),
+    after_help = "What to deploy, exactly one of: --image IMAGE, --git OWNER/REPO (with --context \
+                  DIR: a directory inside the repository), or --context DIR (a local directory, \
+                  uploaded and built like `docker build DIR`, leaving out what .dockerignore names)."
+)]
 pub struct DeployArgs {
     #[command(flatten)]
     pub target: EnvTarget,
     /// An image to deploy, e.g. ghcr.io/acme/api:1.2.3.
-    #[arg(long, conflicts_with = "git", required_unless_present = "git")]
+    #[arg(long, conflicts_with_all = ["git", "context"])]
     pub image: Option<String>,
     /// A GitHub repository to build, as owner/repo.
     #[arg(long, value_name = "OWNER/REPO")]
     pub git: Option<String>,
+    /// The GitHub App installation that can read the repository (with --git;
+    /// default: none, which works for public repositories only).
+    #[arg(long, value_name = "ID", requires = "git", value_parser = clap::value_parser!(i64).range(1..))]
+    pub installation: Option<i64>,
     /// Git branch (the build's branch, or the branch an image came from).
     #[arg(long)]
     pub branch: Option<String>,
     /// Git commit SHA (40 hex characters).
     #[arg(long)]
     pub commit: Option<String>,
-    /// Build context inside the repository (with --git).
-    #[arg(long, requires = "git")]
+    /// A local directory to upload and build; with --git, the directory
+    /// inside the repository to build.
+    #[arg(long, value_name = "DIR")]
     pub context: Option<String>,
-    /// Dockerfile inside the context (with --git).
-    #[arg(long, requires = "git")]
+    /// Dockerfile inside the context [default: Dockerfile for a local
+    /// directory; the app's build settings with --git].
+    #[arg(long, value_name = "FILE", conflicts_with = "image")]
     pub dockerfile: Option<String>,
+    /// A build argument (Dockerfile ARG) as KEY=VALUE; repeatable. Not for
+    /// secrets: build arguments stay readable in the image's history.
+    #[arg(
+        long = "build-arg",
+        value_name = "KEY=VALUE",
+        conflicts_with = "image",
+        value_parser = parse_build_arg
+    )]
+    pub build_args: Vec<(String, String)>,
     /// Why this deployment is made.
     #[arg(long)]
     pub reason: Option<String>,
     /// Return as soon as the deployment is created (prints its id).
     #[arg(long)]
     pub detach: bool,
+    /// Print every line of the build's output (on a terminal the building
+    /// step otherwise shows only its latest line; piped, every line is
+    /// printed anyway).
+    #[arg(long, short)]
+    pub verbose: bool,
     /// Command overriding the app's, for this deployment only (after `--`).
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+/// `KEY=VALUE` of `--build-arg`: the key like an environment variable's
+/// name (letters, digits and "_", not starting with a digit), the value
+/// anything (also empty).
+pub fn parse_build_arg(arg: &str) -> Result<(String, String), String> {
+    let Some((key, value)) = arg.split_once('=') else {
+        return Err("expected KEY=VALUE, e.g. --build-arg VERSION=1.2.3".into());
+    };
+    let good = key.len() <= 256
+        && key
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !good {
+        return Err(format!(
+            "{key:?} is not a build argument name: letters, digits and \"_\", not starting with a digit"
+        ));
+    }
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 /// `ctrl deployments …`
@@ -327,7 +374,12 @@ pub struct LogsArgs {
     /// The app whose live deployment to read (when no deployment is named).
     #[arg(long, short, conflicts_with = "deployment")]
     pub app: Option<String>,
-    /// Keep printing new lines until interrupted.
+    /// Print the deployment's build output (a deployment made from source)
+    /// instead of its instances' output; ends with the build's result.
+    #[arg(long, short, conflicts_with_all = ["tail", "region"])]
+    pub build: bool,
+    /// Keep printing new lines until interrupted (with --build: until the
+    /// build ends).
     #[arg(long, short)]
     pub follow: bool,
     /// Lines of each instance's past output to start with (0: only new
@@ -434,6 +486,135 @@ mod tests {
             Command::Domains(c) => Ok(c),
             other => panic!("not a domains command: {other:?}"),
         }
+    }
+
+    fn deploy(args: &[&str]) -> Result<DeployArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["ctrl", "deploy", "--app", "web"].iter().chain(args))?;
+        match cli.command {
+            Command::Deploy(d) => Ok(d),
+            other => panic!("not a deploy command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_deploy_takes_exactly_one_source() {
+        use clap::error::ErrorKind;
+        let e = deploy(&[]).expect_err("no source");
+        assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
+        let text = e.to_string();
+        for flag in ["--image", "--git", "--context"] {
+            assert!(text.contains(flag), "{text}");
+        }
+        for two in [
+            &["--image", "a", "--git", "o/r"][..],
+            &["--image", "a", "--context", "."],
+            &["--image", "a", "--git", "o/r", "--context", "sub"],
+        ] {
+            let e = deploy(two).expect_err("two sources");
+            assert_eq!(e.kind(), ErrorKind::ArgumentConflict, "{two:?}");
+            assert!(e.to_string().contains("cannot be used with"), "{e}");
+        }
+
+        let d = deploy(&["--image", "ghcr.io/acme/api:1"]).expect("an image");
+        assert_eq!(d.image.as_deref(), Some("ghcr.io/acme/api:1"));
+        let d = deploy(&["--context", "./app"]).expect("a local directory");
+        assert_eq!((d.context.as_deref(), d.git), (Some("./app"), None));
+        // With --git, --context is the directory inside the repository.
+        let d = deploy(&[
+            "--git",
+            "acme/api",
+            "--context",
+            "services/api",
+            "--dockerfile",
+            "Dockerfile.prod",
+            "--branch",
+            "main",
+            "--installation",
+            "42",
+        ])
+        .expect("a git build");
+        assert_eq!(d.git.as_deref(), Some("acme/api"));
+        assert_eq!(d.context.as_deref(), Some("services/api"));
+        assert_eq!(d.dockerfile.as_deref(), Some("Dockerfile.prod"));
+        assert_eq!(d.installation, Some(42));
+
+        // Build inputs need something to build.
+        for with_an_image in [
+            &["--image", "a", "--dockerfile", "D"][..],
+            &["--image", "a", "--build-arg", "A=1"],
+        ] {
+            let e = deploy(with_an_image).expect_err("a build input without a build");
+            assert_eq!(e.kind(), ErrorKind::ArgumentConflict, "{with_an_image:?}");
+        }
+        let e = deploy(&["--context", ".", "--installation", "42"]).expect_err("not git");
+        assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
+        let e = deploy(&["--git", "o/r", "--installation", "0"]).expect_err("installation 0");
+        assert_eq!(e.kind(), ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn build_args_are_key_value_pairs_with_variable_like_keys() {
+        use clap::error::ErrorKind;
+        let d = deploy(&[
+            "--context",
+            ".",
+            "--build-arg",
+            "VERSION=1.2.3",
+            "--build-arg",
+            "FLAGS=a=b c",
+            "--build-arg",
+            "_EMPTY=",
+            "-v",
+        ])
+        .expect("build args");
+        assert_eq!(
+            d.build_args,
+            [
+                ("VERSION".to_owned(), "1.2.3".to_owned()),
+                ("FLAGS".to_owned(), "a=b c".to_owned()),
+                ("_EMPTY".to_owned(), String::new()),
+            ]
+        );
+        assert!(d.verbose);
+
+        for (bad, says) in [
+            ("VERSION", "expected KEY=VALUE"),
+            ("=1", "\"\" is not a build argument name"),
+            ("1X=1", "\"1X\" is not a build argument name"),
+            ("A-B=1", "letters, digits and \"_\""),
+        ] {
+            let e = deploy(&["--git", "o/r", "--build-arg", bad]).expect_err(bad);
+            assert_eq!(e.kind(), ErrorKind::ValueValidation, "{bad}");
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn logs_of_a_build_name_the_deployment_like_other_logs() {
+        use clap::error::ErrorKind;
+        let logs = |args: &[&str]| -> Result<LogsArgs, clap::Error> {
+            let cli = Cli::try_parse_from(["ctrl", "logs"].iter().chain(args))?;
+            match cli.command {
+                Command::Logs(l) => Ok(l),
+                other => panic!("not a logs command: {other:?}"),
+            }
+        };
+        let l = logs(&["--build", "d_1", "--follow", "--timestamps"]).expect("by id");
+        assert!(l.build && l.follow && l.timestamps);
+        assert_eq!(l.deployment.as_deref(), Some("d_1"));
+        let l = logs(&["-b", "--app", "web"]).expect("the live deployment's");
+        assert_eq!((l.build, l.app.as_deref()), (true, Some("web")));
+        for instance_only in [
+            &["--build", "-n", "5", "d_1"][..],
+            &["--build", "--region", "x", "d_1"],
+        ] {
+            let e = logs(instance_only).expect_err("an instance-log flag");
+            assert_eq!(e.kind(), ErrorKind::ArgumentConflict, "{instance_only:?}");
+        }
+        assert_eq!(
+            logs(&["--build"]).expect_err("nothing named").kind(),
+            ErrorKind::MissingRequiredArgument
+        );
     }
 
     #[test]

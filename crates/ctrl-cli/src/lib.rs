@@ -6,7 +6,11 @@
 //! that into ids. Reads print tables or, with `--output json`, the API's
 //! JSON mapping; `deploy` follows the deployment's steps live
 //! ([`progress`]) and ends with its URLs or the failing step's message.
-//! Errors are one line; the exit code says whether the command succeeded.
+//! A local directory is packed (`.dockerignore` honoured), uploaded to the
+//! presigned URL ctrl-api hands out ([`upload`]) and built; the build's
+//! output shows while it runs, and `logs --build` prints it.
+//! Errors are one line (a failed build's adds its last output lines); the
+//! exit code says whether the command succeeded.
 
 pub mod api;
 pub mod args;
@@ -14,6 +18,7 @@ pub mod commands;
 pub mod output;
 pub mod progress;
 pub mod resolve;
+pub mod upload;
 
 use std::collections::HashMap;
 use std::process::ExitCode;

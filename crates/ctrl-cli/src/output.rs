@@ -196,6 +196,20 @@ pub fn date(ms: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
+/// `ms` (milliseconds since the epoch) as an RFC 3339 UTC time with
+/// milliseconds, e.g. "2027-03-01T09:05:07.042Z".
+pub fn timestamp(ms: i64) -> String {
+    let of_day = ms.rem_euclid(86_400_000);
+    format!(
+        "{}T{:02}:{:02}:{:02}.{:03}Z",
+        date(ms),
+        of_day / 3_600_000,
+        of_day / 60_000 % 60,
+        of_day / 1000 % 60,
+        of_day % 1000
+    )
+}
+
 /// `text` cut to at most `max` characters, ending in "…" when cut.
 pub fn clip(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
@@ -264,6 +278,12 @@ mod tests {
         assert_eq!(date(951_782_400_000), "2000-02-29");
         assert_eq!(date(1_803_906_000_000), "2027-03-01");
         assert_eq!(date(4_102_444_799_999), "2099-12-31");
+        assert_eq!(timestamp(1_803_859_200_000), "2027-03-01T00:00:00.000Z");
+        assert_eq!(
+            timestamp(1_803_859_200_000 + 32_707_042),
+            "2027-03-01T09:05:07.042Z"
+        );
+        assert_eq!(timestamp(-1), "1969-12-31T23:59:59.999Z");
     }
 
     #[test]

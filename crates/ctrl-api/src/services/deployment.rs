@@ -600,7 +600,9 @@ async fn source(
             });
         }
         Some(S::GitBuild(g)) => (g.context_path.as_str(), g.dockerfile_path.as_str()),
-        Some(S::ContextBuild(c)) => ("", c.dockerfile_path.as_str()),
+        // The upload is the context itself: the app's `docker_context`
+        // (a directory of its repository) does not apply.
+        Some(S::ContextBuild(c)) => (".", c.dockerfile_path.as_str()),
         None => {
             return Err(ApiError::invalid(
                 "source",

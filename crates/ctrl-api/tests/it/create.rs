@@ -226,21 +226,105 @@ async fn create_rejects_bad_input_and_missing_regions_with_clear_errors() -> Res
         svc::create_deployment(&s, bad_env).await,
         Err(ApiError::NotFound(_))
     ));
-    let mut git = request(&app, "x", "");
-    git.source = Some(pb::create_deployment_request::Source::GitBuild(
-        pb::GitSource {
-            repository: "acme/web".into(),
-            ..Default::default()
+    let mut upload = request(&app, "x", "");
+    upload.source = Some(pb::create_deployment_request::Source::ContextBuild(
+        pb::ContextSource {
+            build_context_path: format!("contexts/{}/{}/x.tar.gz", app.workspace_id, app.id),
+            dockerfile_path: String::new(),
         },
     ));
-    assert!(matches!(
-        svc::create_deployment(&s, git).await,
-        Err(ApiError::FailedPrecondition(_))
-    ));
+    assert_eq!(
+        svc::create_deployment(&s, upload).await.unwrap_err(),
+        ApiError::FailedPrecondition(
+            "this server takes no build contexts ([build_contexts] is not configured)".into()
+        )
+    );
     assert_eq!(
         deployment::count_for_app(s.db(), &app.id).await?,
         0,
         "nothing was created"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_uploaded_context_and_a_git_commit_become_deployments_to_build() -> Result<()> {
+    let (restate, recorder) = restate_with_recorder().await?;
+    let (_s3, store) = crate::builds::store().await?;
+    let s = state_with_restate(&restate.ingress_url(), &restate.admin_url())
+        .await?
+        .with_build_contexts(store);
+    let app = app(&s, true).await?;
+    let key = crate::builds::upload(&s, &app, b"gzip bytes".to_vec()).await?;
+    let mut req = request(&app, "x", "");
+    req.git = None;
+    req.source = Some(pb::create_deployment_request::Source::ContextBuild(
+        pb::ContextSource {
+            build_context_path: key.clone(),
+            dockerfile_path: "docker/Dockerfile.prod".into(),
+        },
+    ));
+    req.build_args = [("VERSION".to_owned(), "1.2.3".to_owned())].into();
+    let id = svc::create_deployment(&s, req).await?.deployment_id;
+    let d = deployment::get(s.db(), &id).await?;
+    assert_eq!(d.source_kind, ctrl_db::types::SourceKind::Context);
+    assert_eq!(d.image, None);
+    assert_eq!(d.build_context_path.as_deref(), Some(key.as_str()));
+    assert_eq!(d.build_dir.as_deref(), Some("."));
+    assert_eq!(d.dockerfile_path.as_deref(), Some("docker/Dockerfile.prod"));
+    assert_eq!(
+        d.build_args.map(|a| a.0),
+        Some([("VERSION".to_owned(), "1.2.3".to_owned())].into())
+    );
+    assert_eq!(wait_for(&recorder, 1).await?, std::slice::from_ref(&id));
+
+    let mut git = request(&app, "x", "");
+    git.git = Some(pb::GitCommitInfo {
+        branch: "feature/x".into(),
+        ..Default::default()
+    });
+    git.source = Some(pb::create_deployment_request::Source::GitBuild(
+        pb::GitSource {
+            repository: "acme/web".into(),
+            context_path: "services/api".into(),
+            dockerfile_path: String::new(),
+            installation_id: 77,
+        },
+    ));
+    let git_id = svc::create_deployment(&s, git).await?.deployment_id;
+    let g = deployment::get(s.db(), &git_id).await?;
+    assert_eq!(g.source_kind, ctrl_db::types::SourceKind::Git);
+    assert_eq!(g.git_repository.as_deref(), Some("acme/web"));
+    assert_eq!(g.git_installation_id, Some(77));
+    assert_eq!(g.build_dir.as_deref(), Some("services/api"));
+    assert_eq!(g.dockerfile_path.as_deref(), Some("Dockerfile"));
+    assert_eq!(g.git_branch.as_deref(), Some("feature/x"));
+
+    // Their builds are not queued yet; an image deployment has none at all.
+    let e = ctrl_api::services::build::get_build(
+        &s,
+        pb::GetBuildRequest {
+            deployment_id: id.clone(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&e, ApiError::NotFound(m) if m.contains("has not started building yet")),
+        "{e:?}"
+    );
+    let image = svc::create_deployment(&s, request(&app, "localhost/demo:1", "")).await?;
+    let e = ctrl_api::services::build::get_build(
+        &s,
+        pb::GetBuildRequest {
+            deployment_id: image.deployment_id,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&e, ApiError::NotFound(m) if m.contains("runs a given image")),
+        "{e:?}"
     );
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod acme;
 mod binary;
+mod builds;
 mod create;
 mod deletion;
 mod deployments;

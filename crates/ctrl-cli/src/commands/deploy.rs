@@ -1,5 +1,7 @@
-//! `ctrl deploy`: create a deployment, follow its steps live, end with its
-//! URLs — or with the failing step's message and a non-zero exit.
+//! `ctrl deploy`: create a deployment — of an image, a git commit, or a
+//! local directory packed and uploaded first — follow its steps (and its
+//! build's output) live, end with its URLs — or with the failing step's
+//! message and a non-zero exit.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -8,9 +10,10 @@ use std::time::Duration;
 use anyhow::{Result, anyhow, bail};
 use ctrl_proto::ctrl::v1 as pb;
 use rand::Rng;
+use tokio::sync::{mpsc, watch};
 
-use super::Ctx;
 use super::deployments::urls_with;
+use super::{Ctx, build};
 use crate::args::DeployArgs;
 use crate::output::{self, duration, status, step_kind};
 use crate::progress::Progress;
@@ -22,7 +25,16 @@ const MAX_WATCH_FAILURES: u32 = 6;
 
 /// `ctrl deploy …`
 pub(super) async fn run(ctx: &Ctx, args: DeployArgs) -> Result<ExitCode> {
+    use pb::create_deployment_request::Source;
     let api = &ctx.api;
+    // A local directory is checked before anything is sent.
+    let local = match (&args.context, &args.git) {
+        (Some(dir), None) => Some((
+            dir.clone(),
+            build::check_local(dir, args.dockerfile.as_deref().unwrap_or_default())?,
+        )),
+        _ => None,
+    };
     let app = resolve::app(api, ctx.workspace_ref(), &args.target.app).await?;
     let env = args.target.env.clone();
     let git = (args.branch.is_some() || args.commit.is_some()).then(|| pb::GitCommitInfo {
@@ -30,18 +42,19 @@ pub(super) async fn run(ctx: &Ctx, args: DeployArgs) -> Result<ExitCode> {
         branch: args.branch.clone().unwrap_or_default(),
         ..Default::default()
     });
-    let (source, what) = match (&args.image, &args.git) {
-        (Some(image), _) => (
-            pb::create_deployment_request::Source::Image(pb::ImageSource {
+    let (source, what) = match (&args.image, &args.git, local) {
+        (Some(image), _, _) => (
+            Source::Image(pb::ImageSource {
                 image: image.clone(),
             }),
             image.clone(),
         ),
-        (None, Some(repository)) => (
-            pb::create_deployment_request::Source::GitBuild(pb::GitSource {
+        (None, Some(repository), _) => (
+            Source::GitBuild(pb::GitSource {
                 repository: repository.clone(),
                 context_path: args.context.clone().unwrap_or_default(),
                 dockerfile_path: args.dockerfile.clone().unwrap_or_default(),
+                installation_id: args.installation.unwrap_or(0),
             }),
             match (&args.commit, &args.branch) {
                 (Some(sha), _) => format!("{repository}@{}", sha.get(..12).unwrap_or(sha)),
@@ -49,8 +62,17 @@ pub(super) async fn run(ctx: &Ctx, args: DeployArgs) -> Result<ExitCode> {
                 (None, None) => repository.clone(),
             },
         ),
-        (None, None) => bail!("say what to deploy: --image <image> or --git <owner/repo>"),
+        (None, None, Some((dir, (path, dockerfile)))) => (
+            Source::ContextBuild(
+                build::upload_local(ctx, &app.id, &path, &dockerfile, args.verbose).await?,
+            ),
+            dir,
+        ),
+        (None, None, None) => {
+            bail!("say what to deploy: --image <image>, --git <owner/repo> or --context <dir>")
+        }
     };
+    let from_source = !matches!(source, Source::Image(_));
     // The same key on a retried request returns the same deployment.
     let idempotency_key = format!("cli-{:032x}", rand::rng().random::<u128>());
     let req = api.request(pb::CreateDeploymentRequest {
@@ -63,6 +85,7 @@ pub(super) async fn run(ctx: &Ctx, args: DeployArgs) -> Result<ExitCode> {
         trigger_reason: args.reason.clone().unwrap_or_default(),
         actor: Some(ctx.actor()),
         idempotency_key,
+        build_args: args.build_args.iter().cloned().collect(),
     });
     let created = api
         .call(
@@ -86,9 +109,9 @@ pub(super) async fn run(ctx: &Ctx, args: DeployArgs) -> Result<ExitCode> {
         "Deploying {what} to {} ({env}) as {id}",
         resolve::app_label(&args.target.app, &app)
     );
-    let mut progress = Progress::new(std::io::stderr().is_terminal());
+    let mut progress = Progress::new(std::io::stderr().is_terminal()).verbose(args.verbose);
     let followed = tokio::select! {
-        d = follow(ctx, &id, &mut progress) => d,
+        d = follow_deploy(ctx, &id, &mut progress, from_source) => d,
         _ = tokio::signal::ctrl_c() => {
             progress.interrupt();
             eprintln!(
@@ -139,7 +162,8 @@ pub(super) async fn run(ctx: &Ctx, args: DeployArgs) -> Result<ExitCode> {
     }
 }
 
-/// The failing step and its message.
+/// The failing step and its message, in full: a failed build's goes on
+/// with its last output lines.
 fn failure(d: &pb::Deployment) -> anyhow::Error {
     let step = d
         .steps
@@ -150,10 +174,11 @@ fn failure(d: &pb::Deployment) -> anyhow::Error {
             "deployment {} failed at step {}: {}",
             d.id,
             step_kind(s.kind),
-            if s.error_message.is_empty() {
-                &d.error_message
-            } else {
+            // Both say why; the longer says more.
+            if s.error_message.len() >= d.error_message.len() {
                 &s.error_message
+            } else {
+                &d.error_message
             }
         ),
         None => anyhow!("deployment {} failed: {}", d.id, d.error_message),
@@ -173,6 +198,64 @@ fn terminal(d: &pb::Deployment) -> bool {
 /// when the stream breaks: each stream starts with the current state, so
 /// nothing is missed.
 pub(super) async fn follow(ctx: &Ctx, id: &str, progress: &mut Progress) -> Result<pb::Deployment> {
+    follow_with(ctx, id, progress, None).await
+}
+
+/// [`follow`], with the build's output alongside for a deployment made
+/// from source.
+async fn follow_deploy(
+    ctx: &Ctx,
+    id: &str,
+    progress: &mut Progress,
+    from_source: bool,
+) -> Result<pb::Deployment> {
+    if !from_source {
+        return follow(ctx, id, progress).await;
+    }
+    let (phase, phase_rx) = watch::channel(pb::DeploymentStatus::Pending as i32);
+    let (lines_tx, lines) = mpsc::unbounded_channel();
+    let (followed, ()) = tokio::join!(
+        follow_with(ctx, id, progress, Some(BuildFeed { phase, lines })),
+        build::follow_output(&ctx.api, id, phase_rx, lines_tx),
+    );
+    followed
+}
+
+/// The build output's way into the display: the deployment's status goes
+/// out (the follower stops after the building phase), lines come in.
+#[derive(Debug)]
+struct BuildFeed {
+    phase: watch::Sender<i32>,
+    lines: mpsc::UnboundedReceiver<Vec<pb::BuildLogLine>>,
+}
+
+impl BuildFeed {
+    /// Shows what the follower still sends until it stops.
+    async fn drain(mut self, progress: &mut Progress) {
+        while let Some(batch) = self.lines.recv().await {
+            progress.build_lines(&batch);
+        }
+    }
+}
+
+/// The next lines of the build output; never, without a follower or after
+/// it stopped.
+async fn next_lines(build: &mut Option<BuildFeed>) -> Vec<pb::BuildLogLine> {
+    if let Some(feed) = build.as_mut() {
+        match feed.lines.recv().await {
+            Some(batch) => return batch,
+            None => *build = None,
+        }
+    }
+    std::future::pending().await
+}
+
+async fn follow_with(
+    ctx: &Ctx,
+    id: &str,
+    progress: &mut Progress,
+    mut build: Option<BuildFeed>,
+) -> Result<pb::Deployment> {
     let api = &ctx.api;
     let mut failures = 0;
     loop {
@@ -186,14 +269,29 @@ pub(super) async fn follow(ctx: &Ctx, id: &str, progress: &mut Progress) -> Resu
         let what = format!("following {id}");
         let status = match opened {
             Ok(mut stream) => loop {
-                match stream.message().await {
+                let message = tokio::select! {
+                    m = stream.message() => m,
+                    batch = next_lines(&mut build) => {
+                        progress.build_lines(&batch);
+                        continue;
+                    }
+                };
+                match message {
                     Ok(Some(msg)) => {
                         failures = 0;
                         let Some(d) = msg.deployment else { continue };
-                        progress.update(&d);
+                        if let Some(feed) = &build {
+                            feed.phase.send_replace(d.status);
+                        }
                         if terminal(&d) {
+                            // The build's last lines before its verdict.
+                            if let Some(feed) = build.take() {
+                                feed.drain(progress).await;
+                            }
+                            progress.update(&d);
                             return Ok(d);
                         }
+                        progress.update(&d);
                     }
                     Ok(None) => break tonic::Status::unavailable("the server ended the stream"),
                     Err(status) => break status,

@@ -3,8 +3,8 @@
 use anyhow::{Result, anyhow, bail};
 use ctrl_proto::ctrl::v1 as pb;
 
-use super::Ctx;
 use super::tenancy::or_dash;
+use super::{Ctx, build};
 use crate::args::{DeploymentsCommand, RollbackArgs};
 use crate::output::{self, Table, ago, duration, status, step_kind};
 use crate::resolve;
@@ -93,7 +93,18 @@ pub(super) async fn run(ctx: &Ctx, cmd: DeploymentsCommand) -> Result<()> {
             if ctx.json() {
                 return output::json(&d);
             }
-            print(&d, ctx.edge_https_port)
+            // Made from source: its build too (a build that cannot be read
+            // says why instead; the deployment is shown regardless).
+            let build = if d.build_id.is_empty() {
+                None
+            } else {
+                Some(
+                    build::get(&ctx.api, &d.id)
+                        .await
+                        .map_err(|e| format!("{e:#}")),
+                )
+            };
+            print(&d, build, ctx.edge_https_port)
         }
     }
 }
@@ -130,8 +141,12 @@ async fn list(
     }
 }
 
-/// A deployment in full: what, where, its steps, URLs and instances.
-pub(super) fn print(d: &pb::Deployment, edge_https_port: Option<u16>) -> Result<()> {
+/// A deployment in full: what, where, its build, steps, URLs and instances.
+pub(super) fn print(
+    d: &pb::Deployment,
+    build: Option<std::result::Result<pb::Build, String>>,
+    edge_https_port: Option<u16>,
+) -> Result<()> {
     let git = d.git.clone().unwrap_or_default();
     let mut state = status(d.status);
     if d.is_live {
@@ -158,6 +173,16 @@ pub(super) fn print(d: &pb::Deployment, edge_https_port: Option<u16>) -> Result<
     }
     fields.push(("created", ago(d.created_at)));
     output::fields(&fields)?;
+    match build {
+        Some(Ok(b)) => {
+            println!("\nbuild");
+            for line in output::field_lines(&build::fields(&b, output::now_ms())) {
+                println!("  {line}");
+            }
+        }
+        Some(Err(why)) => println!("\nbuild\n  {} ({why})", d.build_id),
+        None => {}
+    }
     if !d.steps.is_empty() {
         println!("\nsteps");
         let mut table = Table::new(&["", "STEP", "TOOK", "MESSAGE"]);

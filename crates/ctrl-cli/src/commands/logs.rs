@@ -2,14 +2,15 @@
 //! logs. The instances' stdout goes to stdout and their stderr to stderr,
 //! each line prefixed by `region/instance`; ctrl's own notices (a region
 //! that cannot be read) go to stderr. `-o json` prints every message as one
-//! JSON line on stdout instead.
+//! JSON line on stdout instead. `--build` prints the deployment's build
+//! output instead (see `build::logs`).
 
 use std::io::Write;
 
 use anyhow::{Result, bail};
 use ctrl_proto::ctrl::v1 as pb;
 
-use super::Ctx;
+use super::{Ctx, build};
 use crate::args::LogsArgs;
 use crate::resolve;
 
@@ -31,6 +32,9 @@ pub(super) async fn run(ctx: &Ctx, args: LogsArgs) -> Result<()> {
         }
         (None, None) => bail!("name a deployment or --app"),
     };
+    if args.build {
+        return build::logs(ctx, &deployment_id, args.follow, args.timestamps).await;
+    }
     // No timeout header: it would cut a followed stream; opening it is
     // bounded by the call timeout, a read without --follow by the server.
     let req = tonic::Request::new(pb::StreamDeploymentLogsRequest {

@@ -1,5 +1,6 @@
 //! One module per group of commands; [`Ctx`] is what they share.
 
+mod build;
 mod deploy;
 mod deployments;
 mod domains;
@@ -148,7 +149,7 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<ExitCode> {
         Command::Apps(c) => tenancy::apps(ctx, c).await?,
         Command::Envs(c) => tenancy::envs(ctx, c).await?,
         Command::Env(c) => variables::run(ctx, c).await?,
-        Command::Deploy(args) => return deploy::run(ctx, args).await,
+        Command::Deploy(args) => return Box::pin(deploy::run(ctx, args)).await,
         Command::Deployments(c) => deployments::run(ctx, c).await?,
         Command::Rollback(args) => deployments::rollback(ctx, args).await?,
         Command::Promote(d) => deployments::promote(ctx, &d.deployment).await?,

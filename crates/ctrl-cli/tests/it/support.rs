@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ctrl_testkit::{
-    ChallTestSrv, InProcess, Podman, RestateServer, free_ports, images, wait_until_ok,
+    ChallTestSrv, InProcess, Podman, Registry, RestateServer, S3Server, free_ports, images,
+    wait_until_ok,
 };
 
 pub(crate) const TOKEN: &str = "cli-test-token-0123456789";
@@ -33,6 +34,8 @@ pub(crate) struct Stack {
     _db: ctrl_testkit::TestDatabase,
     _podman: Podman,
     _restate: RestateServer,
+    _s3: S3Server,
+    _registry: Registry,
     /// The DNS server the worker checks custom domains' records with.
     pub(crate) dns: ChallTestSrv,
 }
@@ -51,6 +54,16 @@ impl Stack {
         let db = ctrl_testkit::test_database().await?;
         let podman = Podman::start().await?;
         let dns = ChallTestSrv::start().await?;
+        // Builds from source: `FROM busybox` without a pull, a registry to
+        // push to, S3 for the uploads.
+        let (s3, registry) = tokio::try_join!(S3Server::start(), Registry::start())?;
+        podman.import_busybox_image("docker.io/library/busybox:latest")?;
+        let build_contexts = format!(
+            "[build_contexts]\nendpoint = \"{}\"\nbucket = \"contexts\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\nforce_path_style = true\n",
+            s3.endpoint_url(),
+            s3.access_key(),
+            s3.secret_key()
+        );
         images::build_http_image(podman.docker(), V1).await?;
         images::derive_image(podman.docker(), V1, V2, &[("VERSION", "v2")]).await?;
         let [worker_port, worker_health, api_port, krane_health] = free_ports()?;
@@ -61,10 +74,15 @@ impl Stack {
                 "[restate]\nlisten = \"127.0.0.1:{worker_port}\"\nadmin_url = \"{admin}\"\nregister_as = \"http://127.0.0.1:{worker_port}\"\n\
                  [database]\nurl = \"{url}\"\n[health]\nlisten = \"127.0.0.1:{worker_health}\"\n\
                  [deploy]\nreadiness_timeout_seconds = {READINESS_TIMEOUT_SECONDS}\n\
-                 [custom_domains]\nnameservers = [\"{dns_addr}\"]\ncheck_interval_seconds = 1\n",
+                 [custom_domains]\nnameservers = [\"{dns_addr}\"]\ncheck_interval_seconds = 1\n\
+                 [build]\nbackend = \"docker\"\ndocker_socket = \"{socket}\"\n\
+                 [registry]\nurl = \"{registry}\"\n\
+                 {build_contexts}create_bucket = true\n",
                 admin = restate.admin_url(),
                 url = db.url,
                 dns_addr = dns.dns_addr(),
+                socket = podman.socket().display(),
+                registry = registry.url(),
             ),
             ctrl_worker::config::ENV_PREFIX,
         )?;
@@ -80,7 +98,7 @@ impl Stack {
                  [vault]\nkeys = [{{ id = \"k1\", key = \"{VAULT_KEY}\" }}]\n\
                  [restate]\ningress_url = \"{ingress}\"\nadmin_url = \"{admin}\"\n\
                  [cluster_sync]\npoll_interval_ms = 50\n[agent_logs]\ntoken = \"{TOKEN}\"\n\
-                 [custom_domains]\ncname_domain = \"{CNAME_DOMAIN}\"\n",
+                 [custom_domains]\ncname_domain = \"{CNAME_DOMAIN}\"\n{build_contexts}",
                 url = db.url,
                 ingress = restate.ingress_url(),
                 admin = restate.admin_url(),
@@ -118,6 +136,8 @@ impl Stack {
             _db: db,
             _podman: podman,
             _restate: restate,
+            _s3: s3,
+            _registry: registry,
             dns,
         };
         // Ready once krane registered its region (deployments need one).

@@ -1,5 +1,6 @@
 //! The real ctrl-worker process on a real restate-server and MariaDB.
 
+mod build_stack;
 mod builds;
 mod cert_stack;
 mod certificates;
