@@ -57,7 +57,7 @@ impl fmt::Display for ImageName {
 }
 
 /// One build.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BuildRequest {
     /// The build's id (labelled on the image, so a retry recognises its own
     /// earlier result).
@@ -70,6 +70,22 @@ pub struct BuildRequest {
     pub platform: String,
     /// Labels put on the image (ids of what it belongs to).
     pub labels: BTreeMap<String, String>,
+    /// Build secrets by id (`RUN --mount=type=secret,id=ID`): never a build
+    /// argument, never in a layer; redacted in `Debug`.
+    pub secrets: BTreeMap<String, zeroize::Zeroizing<String>>,
+}
+
+impl fmt::Debug for BuildRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BuildRequest")
+            .field("build_id", &self.build_id)
+            .field("image", &self.image)
+            .field("build_args", &self.build_args)
+            .field("platform", &self.platform)
+            .field("labels", &self.labels)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// The pushed image.

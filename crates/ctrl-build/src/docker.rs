@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::auth::DockerCredentials;
-use bollard::query_parameters::{BuildImageOptionsBuilder, PushImageOptionsBuilder};
+use bollard::query_parameters::PushImageOptionsBuilder;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +33,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct DockerBuilder {
     docker: Docker,
+    socket: std::path::PathBuf,
     registry: Registry,
     capabilities: Capabilities,
 }
@@ -58,6 +59,7 @@ impl DockerBuilder {
         .map_err(|e| format!("build.docker.socket {socket:?}: {e}"))?;
         Ok(Self {
             docker,
+            socket: path.into(),
             registry,
             capabilities: Capabilities {
                 platforms: vec![platform.to_owned()],
@@ -65,6 +67,24 @@ impl DockerBuilder {
                 secrets: false,
             },
         })
+    }
+
+    /// Asks the engine what it is: podman's compatible API takes build
+    /// secrets with the context (`secrets=["id=…,src=…"]`, files it moves
+    /// out of the context before building); Docker's needs a BuildKit
+    /// session, which this backend does not speak.
+    pub async fn detect(mut self) -> Result<Self, String> {
+        let version = tokio::time::timeout(CALL_TIMEOUT, self.docker.version())
+            .await
+            .map_err(|_| "the engine did not answer /version".to_owned())?
+            .map_err(|e| format!("the engine's /version: {e}"))?;
+        let podman = version
+            .components
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.name.to_ascii_lowercase().contains("podman"));
+        self.capabilities.secrets = podman;
+        Ok(self)
     }
 
     /// The engine's client (for tests and health checks).
@@ -107,18 +127,25 @@ impl DockerBuilder {
     ) -> Result<(), BuildError> {
         let mut labels: HashMap<String, String> = req.labels.clone().into_iter().collect();
         labels.insert(BUILD_ID_LABEL.into(), req.build_id.clone());
-        let args: HashMap<String, String> = req.build_args.clone().into_iter().collect();
-        let options = BuildImageOptionsBuilder::new()
-            .dockerfile(&context.dockerfile)
-            .t(&req.image.tagged())
-            .buildargs(&args)
-            .labels(&labels)
-            .platform(&req.platform)
-            .rm(true)
-            .forcerm(true)
-            .build();
-        let body = bollard::body_full(context.tar.into());
-        let mut stream = self.docker.build_image(options, None, Some(body));
+        let (tar, secrets) = with_secrets(context.tar, &req.secrets)
+            .map_err(|e| Self::backend("add the build secrets", e))?;
+        let query = build_query(
+            &req.image.tagged(),
+            &context.dockerfile,
+            req,
+            &labels,
+            &secrets,
+        )
+        .map_err(|e| Self::backend("encode the build request", e))?;
+        let mut stream = Box::pin(raw_build(&self.socket, &query, tar).await.map_err(
+            |e| match e {
+                RawError::Refused(status, message) if status < 500 => BuildError::StepFailed {
+                    step: "the build".into(),
+                    message,
+                },
+                other => Self::backend("build", other),
+            },
+        )?);
         let mut step = String::from("the build");
         let mut partial = String::new();
         loop {
@@ -127,29 +154,17 @@ impl DockerBuilder {
                 item = stream.next() => item,
             };
             let Some(item) = item else { break };
-            let info = match item {
-                Ok(info) => info,
-                Err(bollard::errors::Error::DockerStreamError { error }) => {
-                    return Err(BuildError::StepFailed {
-                        step,
-                        message: error,
-                    });
-                }
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code,
-                    message,
-                }) if status_code < 500 => {
-                    return Err(BuildError::StepFailed { step, message });
-                }
+            let message = match item {
+                Ok(message) => message,
                 Err(e) => return Err(Self::backend("build", e)),
             };
-            if let Some(error) = info.error_detail.and_then(|d| d.message) {
+            if let Some(error) = message.error {
                 return Err(BuildError::StepFailed {
                     step,
                     message: error,
                 });
             }
-            let Some(text) = info.stream.or(info.status) else {
+            let Some(text) = message.text else {
                 continue;
             };
             partial.push_str(&text);
@@ -251,6 +266,11 @@ impl Builder for DockerBuilder {
         events: &Events,
         cancel: &CancellationToken,
     ) -> Result<Built, BuildError> {
+        if !req.secrets.is_empty() && !self.capabilities.secrets {
+            return Err(BuildError::Unsupported(
+                "this build engine cannot receive build secrets (Docker's API needs a BuildKit session; podman's takes them): unmark the variables' build_secret or build on podman".into(),
+            ));
+        }
         if !self.capabilities.platforms.contains(&req.platform) {
             return Err(BuildError::Unsupported(format!(
                 "this builder builds for {:?}, not {}",
@@ -305,5 +325,221 @@ impl Builder for DockerBuilder {
             digest,
             how,
         })
+    }
+}
+
+/// The engine's API version the raw build speaks (Docker ≥ 1.41 and podman
+/// 4 accept it).
+const BUILD_API: &str = "v1.41";
+
+/// A secret's id and the file in the context that holds it.
+type SecretFile = (String, String);
+
+/// Where each build secret goes in the context: a random file name, which
+/// podman moves out of the context before building (so no layer sees it).
+fn with_secrets(
+    tar: Vec<u8>,
+    secrets: &std::collections::BTreeMap<String, zeroize::Zeroizing<String>>,
+) -> std::io::Result<(Vec<u8>, Vec<SecretFile>)> {
+    if secrets.is_empty() {
+        return Ok((tar, Vec::new()));
+    }
+    // Drop the end-of-archive blocks, append the secrets, close again.
+    let mut archive = tar::Archive::new(tar.as_slice());
+    let mut out = tar::Builder::new(Vec::new());
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let mut header = entry.header().clone();
+        let path = entry.path()?.into_owned();
+        if header.entry_type().is_symlink() || header.entry_type().is_hard_link() {
+            let target = entry.link_name()?.unwrap_or_default().into_owned();
+            out.append_link(&mut header, &path, target)?;
+        } else {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data)?;
+            out.append_data(&mut header, &path, data.as_slice())?;
+        }
+    }
+    let mut ids = Vec::new();
+    for (id, value) in secrets {
+        let file = format!(".ctrl-build-secret-{}", hex::encode(rand_bytes()));
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o600);
+        header.set_size(value.len() as u64);
+        out.append_data(&mut header, &file, value.as_bytes())?;
+        ids.push((id.clone(), file));
+    }
+    Ok((out.into_inner()?, ids))
+}
+
+fn rand_bytes() -> [u8; 12] {
+    rand::random()
+}
+
+/// The `/build` query: what bollard would send, plus `secrets`.
+fn build_query(
+    tag: &str,
+    dockerfile: &str,
+    req: &BuildRequest,
+    labels: &HashMap<String, String>,
+    secrets: &[SecretFile],
+) -> Result<String, serde_json::Error> {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    q.append_pair("t", tag)
+        .append_pair("dockerfile", dockerfile)
+        .append_pair("buildargs", &serde_json::to_string(&req.build_args)?)
+        .append_pair("labels", &serde_json::to_string(labels)?)
+        .append_pair("platform", &req.platform)
+        .append_pair("rm", "true")
+        .append_pair("forcerm", "true");
+    if !secrets.is_empty() {
+        let specs: Vec<String> = secrets
+            .iter()
+            .map(|(id, file)| format!("id={id},src={file}"))
+            .collect();
+        q.append_pair("secrets", &serde_json::to_string(&specs)?);
+    }
+    Ok(q.finish())
+}
+
+/// One line of `/build` output.
+#[derive(Debug, Default)]
+struct BuildMessage {
+    /// Output text (may hold several lines, or part of one).
+    text: Option<String>,
+    /// The engine's error: the build failed.
+    error: Option<String>,
+}
+
+/// Why the raw build request failed.
+#[derive(Debug, thiserror::Error)]
+enum RawError {
+    #[error("cannot reach the engine: {0}")]
+    Connect(String),
+    #[error("the engine answered {0}: {1}")]
+    Refused(u16, String),
+    #[error("the build output broke off: {0}")]
+    Stream(String),
+}
+
+/// `POST /build` over the engine's unix socket, the context as the body;
+/// the answer's JSON lines as they come. The connection is closed (and the
+/// engine stops the build) when the stream is dropped.
+async fn raw_build(
+    socket: &std::path::Path,
+    query: &str,
+    tar: Vec<u8>,
+) -> Result<impl futures::Stream<Item = Result<BuildMessage, RawError>> + use<>, RawError> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| RawError::Connect(format!("{}: {e}", socket.display())))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| RawError::Connect(e.to_string()))?;
+    let connection = AbortOnDrop(tokio::spawn(async move {
+        let _ = connection.await;
+    }));
+    let request = hyper::Request::post(format!("http://engine/{BUILD_API}/build?{query}"))
+        .header(hyper::header::HOST, "engine")
+        .header(hyper::header::CONTENT_TYPE, "application/x-tar")
+        .body(http_body_util::Full::new(bytes::Bytes::from(tar)))
+        .map_err(|e| RawError::Connect(e.to_string()))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| RawError::Connect(e.to_string()))?;
+    let status = response.status();
+    let body = response.into_body();
+    if !status.is_success() {
+        let bytes = tokio::time::timeout(CALL_TIMEOUT, body.collect())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_owned());
+        return Err(RawError::Refused(status.as_u16(), message));
+    }
+    Ok(async_stream_lines(body, connection))
+}
+
+/// Splits the response into JSON lines and decodes each.
+fn async_stream_lines(
+    body: hyper::body::Incoming,
+    connection: AbortOnDrop,
+) -> impl futures::Stream<Item = Result<BuildMessage, RawError>> {
+    use http_body_util::BodyExt;
+    let state = (body, Vec::<u8>::new(), connection, false);
+    futures::stream::unfold(
+        state,
+        |(mut body, mut pending, connection, mut done)| async move {
+            loop {
+                if let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    return Some((Ok(decode(&line)), (body, pending, connection, done)));
+                }
+                if done {
+                    if pending.iter().all(u8::is_ascii_whitespace) {
+                        return None;
+                    }
+                    let line = std::mem::take(&mut pending);
+                    return Some((Ok(decode(&line)), (body, pending, connection, true)));
+                }
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            pending.extend_from_slice(&data);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        return Some((
+                            Err(RawError::Stream(e.to_string())),
+                            (body, Vec::new(), connection, true),
+                        ));
+                    }
+                    None => done = true,
+                }
+            }
+        },
+    )
+}
+
+/// One JSON line of `/build` output (`stream`, `status`, `error`,
+/// `errorDetail.message`); a line that is not JSON is output text.
+fn decode(line: &[u8]) -> BuildMessage {
+    match serde_json::from_slice::<serde_json::Value>(line) {
+        Ok(v) => BuildMessage {
+            text: v["stream"]
+                .as_str()
+                .or_else(|| v["status"].as_str())
+                .map(str::to_owned),
+            error: v["errorDetail"]["message"]
+                .as_str()
+                .or_else(|| v["error"].as_str())
+                .map(str::to_owned),
+        },
+        Err(_) => BuildMessage {
+            text: Some(String::from_utf8_lossy(line).into_owned()),
+            error: None,
+        },
+    }
+}
+
+/// Aborts the connection task when the build's stream is dropped (a
+/// cancelled build closes its connection; the engine then stops).
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -230,6 +230,10 @@ pub enum EnvCommand {
         /// Write-only: the value is never shown again, only the app sees it.
         #[arg(long)]
         write_only: bool,
+        /// Also hand the value to image builds from source as a secret
+        /// (`RUN --mount=type=secret,id=KEY`), never as a build argument.
+        #[arg(long)]
+        build_secret: bool,
     },
     /// Remove variables.
     Unset {

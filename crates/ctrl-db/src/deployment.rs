@@ -54,6 +54,8 @@ pub struct Deployment {
     pub dockerfile_path: Option<String>,
     /// Build arguments.
     pub build_args: Option<Json<std::collections::BTreeMap<String, String>>>,
+    /// Names of the snapshotted variables the build receives as secrets.
+    pub build_secrets: Option<Json<Vec<String>>>,
     /// "owner/repo".
     pub git_repository: Option<String>,
     /// The GitHub App installation that reads the repository.
@@ -179,6 +181,8 @@ pub struct BuildSource {
     pub dockerfile: Option<String>,
     /// Build arguments.
     pub args: std::collections::BTreeMap<String, String>,
+    /// Variables (of the snapshot) the build receives as secrets.
+    pub secrets: Vec<String>,
     /// The GitHub App installation (git builds).
     pub installation_id: Option<i64>,
 }
@@ -190,7 +194,7 @@ pub async fn insert(ex: impl MySqlExecutor<'_>, d: &NewDeployment, now: i64) -> 
     sqlx::query(
         "INSERT INTO deployments
            (id, k8s_name, workspace_id, project_id, app_id, environment_id, source_kind, image,
-            build_context_path, build_dir, dockerfile_path, build_args, git_installation_id,
+            build_context_path, build_dir, dockerfile_path, build_args, build_secrets, git_installation_id,
             git_repository, git_commit_sha, git_branch, git_commit_message, git_commit_author_handle,
             git_commit_author_avatar_url, git_commit_timestamp, fork_repository,
             port, cpu_millicores, memory_mib, storage_mib, command, healthcheck, shutdown_signal,
@@ -198,7 +202,7 @@ pub async fn insert(ex: impl MySqlExecutor<'_>, d: &NewDeployment, now: i64) -> 
             trigger_kind, trigger_reason, actor_id, actor_name, actor_type, idempotency_key,
             created_at, updated_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-                 ?, ?, ?, ?, ?)",
+                 ?, ?, ?, ?, ?, ?)",
     )
     .bind(&d.id)
     .bind(&d.k8s_name)
@@ -212,6 +216,7 @@ pub async fn insert(ex: impl MySqlExecutor<'_>, d: &NewDeployment, now: i64) -> 
     .bind(b.and_then(|b| b.dir.as_deref()))
     .bind(b.and_then(|b| b.dockerfile.as_deref()))
     .bind(b.map(|b| Json(&b.args)))
+    .bind(b.map(|b| Json(&b.secrets)))
     .bind(b.and_then(|b| b.installation_id))
     .bind(&d.git_repository)
     .bind(&d.git_commit_sha)
@@ -246,7 +251,7 @@ pub async fn insert(ex: impl MySqlExecutor<'_>, d: &NewDeployment, now: i64) -> 
 
 const DEPLOYMENT: &str = "SELECT pk, id, k8s_name, workspace_id, project_id, app_id, environment_id, status,
     error_message, desired_state, source_kind, image, build_id, build_context_path, build_dir,
-    dockerfile_path, build_args, git_repository, git_installation_id, git_commit_sha, git_branch,
+    dockerfile_path, build_args, build_secrets, git_repository, git_installation_id, git_commit_sha, git_branch,
     git_commit_message, git_commit_author_handle, git_commit_author_avatar_url, git_commit_timestamp,
     fork_repository, port, cpu_millicores, memory_mib, storage_mib, command, healthcheck, shutdown_signal,
     termination_grace_seconds, upstream_protocol, encrypted_environment, trigger_kind, trigger_reason,

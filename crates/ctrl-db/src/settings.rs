@@ -283,6 +283,8 @@ pub struct EnvVar {
     pub encrypted_value: Vec<u8>,
     /// Recoverable or write-only.
     pub kind: EnvVarKind,
+    /// Also handed to image builds as a secret.
+    pub build_secret: bool,
     /// Free text.
     pub description: String,
     /// Unix ms.
@@ -300,6 +302,8 @@ pub struct NewEnvVar<'a> {
     pub encrypted_value: &'a [u8],
     /// Recoverable or write-only.
     pub kind: EnvVarKind,
+    /// Also handed to image builds as a secret.
+    pub build_secret: bool,
     /// Free text.
     pub description: &'a str,
 }
@@ -313,10 +317,10 @@ pub async fn upsert_env_var(
 ) -> Result<()> {
     sqlx::query(
         "INSERT INTO app_environment_variables
-           (id, workspace_id, app_id, environment_id, `key`, encrypted_value, kind, description, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+           (id, workspace_id, app_id, environment_id, `key`, encrypted_value, kind, build_secret, description, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON DUPLICATE KEY UPDATE encrypted_value = VALUES(encrypted_value), kind = VALUES(kind),
-           description = VALUES(description), updated_at = VALUES(updated_at)",
+           build_secret = VALUES(build_secret), description = VALUES(description), updated_at = VALUES(updated_at)",
     )
     .bind(var.id)
     .bind(scope.workspace_id)
@@ -325,6 +329,7 @@ pub async fn upsert_env_var(
     .bind(var.key)
     .bind(var.encrypted_value)
     .bind(var.kind)
+    .bind(var.build_secret)
     .bind(var.description)
     .bind(now)
     .bind(now)
@@ -339,7 +344,7 @@ pub async fn list_env_vars(
     environment_id: &str,
 ) -> Result<Vec<EnvVar>> {
     Ok(sqlx::query_as(
-        "SELECT id, `key`, encrypted_value, kind, description, updated_at
+        "SELECT id, `key`, encrypted_value, kind, build_secret, description, updated_at
          FROM app_environment_variables WHERE environment_id = ? ORDER BY `key`",
     )
     .bind(environment_id)

@@ -110,8 +110,15 @@ impl LogConfig {
             .lossy(false)
             .thread_name("log-writer")
             .finish(std::io::stdout());
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&self.filter));
+        // Whatever the filter asks: these log request URLs at debug level,
+        // and GitHub's tarball redirects carry a token in theirs.
+        for quiet in SECRET_BEARING_TARGETS {
+            if let Ok(directive) = format!("{quiet}=info").parse() {
+                filter = filter.add_directive(directive);
+            }
+        }
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_target(false)
@@ -124,6 +131,10 @@ impl LogConfig {
         LogGuard { _writer: guard }
     }
 }
+
+/// Libraries whose debug logs would print credentials (URLs with tokens);
+/// they never log below info.
+pub const SECRET_BEARING_TARGETS: &[&str] = &["octocrab", "tower_http"];
 
 /// Keeps the log writer thread; dropping it writes what is still queued.
 #[must_use = "hold it until exit, or the last log lines are lost"]

@@ -45,13 +45,15 @@ pub struct Builds {
     pub store: Option<ContextStore>,
     /// Reads repositories.
     pub github: GitHub,
+    /// Opens the variables a build receives as secrets (`[vault]`).
+    pub vault: Option<ctrl_vault::Vault>,
     /// Limits and timings.
     pub settings: BuildSettings,
 }
 
 impl Builds {
     /// Builds from the (validated) configuration.
-    pub fn from_config(config: &Config) -> Result<Self> {
+    pub async fn from_config(config: &Config) -> Result<Self> {
         let b = &config.build;
         let timeout = Duration::from_secs(b.timeout_seconds);
         let (builder, registry) = if b.backend.is_empty() {
@@ -66,15 +68,30 @@ impl Builds {
                 request_timeout: Duration::from_secs(30),
             })
             .map_err(anyhow::Error::msg)?;
-            let builder: Arc<dyn Builder> = Arc::new(
-                ctrl_build::docker::DockerBuilder::new(
-                    &b.docker_socket,
-                    timeout,
-                    registry.clone(),
-                    &config.build_platform,
-                )
-                .map_err(anyhow::Error::msg)?,
-            );
+            let docker = ctrl_build::docker::DockerBuilder::new(
+                &b.docker_socket,
+                timeout,
+                registry.clone(),
+                &config.build_platform,
+            )
+            .map_err(anyhow::Error::msg)?;
+            // Which engine it is decides whether builds take secrets; an
+            // engine not up yet is asked again by nothing: secrets are then
+            // refused with the reason until the worker restarts.
+            let docker = match docker.detect().await {
+                Ok(docker) => docker,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not ask the build engine what it is; builds take no secrets");
+                    ctrl_build::docker::DockerBuilder::new(
+                        &b.docker_socket,
+                        timeout,
+                        registry.clone(),
+                        &config.build_platform,
+                    )
+                    .map_err(anyhow::Error::msg)?
+                }
+            };
+            let builder: Arc<dyn Builder> = Arc::new(docker);
             (Some(builder), Some(registry))
         };
         let store = config
@@ -92,11 +109,16 @@ impl Builds {
             ..GitHubConfig::default()
         })
         .context("[github]")?;
+        let vault = match &config.vault {
+            Some(v) => Some(v.vault().map_err(|e| anyhow::anyhow!("vault: {e}"))?),
+            None => None,
+        };
         Ok(Self {
             builder,
             registry,
             store,
             github,
+            vault,
             settings: BuildSettings {
                 platform: config.build_platform.clone(),
                 timeout,

@@ -327,7 +327,7 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let certs = Certificates::from_config(config)?;
-    let builds = Arc::new(Builds::from_config(config)?);
+    let builds = Arc::new(Builds::from_config(config).await?);
     // In the background: a local stack's S3 may start after the worker.
     tokio::spawn({
         let (builds, config) = (builds.clone(), config.clone());

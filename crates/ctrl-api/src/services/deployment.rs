@@ -460,6 +460,14 @@ pub async fn create_deployment(
         runtime.command = sqlx::types::Json(req.command.clone());
     }
     let sealed = ctrl_db::settings::list_env_vars(s.db(), &env.id).await?;
+    let mut source = source;
+    if let Some(build) = &mut source.build {
+        build.secrets = sealed
+            .iter()
+            .filter(|v| v.build_secret)
+            .map(|v| v.key.clone())
+            .collect();
+    }
     let environment = pb::EncryptedEnvironment {
         keyring: env.id.clone(),
         variables: sealed
@@ -640,6 +648,8 @@ async fn source(
         dir: Some(if dir.is_empty() { ".".into() } else { dir }),
         dockerfile: Some(dockerfile),
         args: req.build_args.clone().into_iter().collect(),
+        // Filled from the same rows as the environment snapshot.
+        secrets: Vec::new(),
         installation_id: None,
     };
     match &req.source {

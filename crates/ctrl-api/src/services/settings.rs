@@ -349,6 +349,7 @@ pub async fn list_environment_variables(
             } as i32,
             description: v.description,
             updated_at: v.updated_at,
+            build_secret: v.build_secret,
         });
     }
     Ok(pb::ListEnvironmentVariablesResponse { variables })
@@ -401,17 +402,24 @@ pub async fn set_environment_variables(
                 tracing::error!(error = %e, "cannot seal an environment variable");
                 ApiError::Internal("the value could not be encrypted".into())
             })?;
-        sealed.push((v.key.clone(), value, kind, v.description.clone()));
+        sealed.push((
+            v.key.clone(),
+            value,
+            kind,
+            v.build_secret,
+            v.description.clone(),
+        ));
     }
     let now = s.now_ms();
     let mut tx = s.db().begin().await.map_err(ctrl_db::Error::from)?;
-    for (key, value, kind, description) in &sealed {
+    for (key, value, kind, build_secret, description) in &sealed {
         let var_id = id::generate(IdKind::EnvironmentVariable, &mut rand::rng());
         let var = NewEnvVar {
             id: &var_id,
             key,
             encrypted_value: value,
             kind: *kind,
+            build_secret: *build_secret,
             description,
         };
         db::upsert_env_var(&mut *tx, t.scope(), var, now).await?;

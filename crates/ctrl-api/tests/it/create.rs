@@ -84,6 +84,7 @@ async fn app(s: &AppState, with_region: bool) -> Result<pb::App> {
         r#type: 0,
         description: String::new(),
         updated_at: 0,
+        build_secret: false,
     };
     settings::set_environment_variables(
         s,
@@ -255,6 +256,36 @@ async fn an_uploaded_context_and_a_git_commit_become_deployments_to_build() -> R
         .await?
         .with_build_contexts(store);
     let app = app(&s, true).await?;
+    settings::set_environment_variables(
+        &s,
+        pb::SetEnvironmentVariablesRequest {
+            app_id: app.id.clone(),
+            environment_slug: "production".into(),
+            variables: vec![pb::EnvironmentVariable {
+                key: "NPM_TOKEN".into(),
+                value: "tok".into(),
+                build_secret: true,
+                ..Default::default()
+            }],
+            actor: None,
+        },
+    )
+    .await?;
+    let listed = settings::list_environment_variables(
+        &s,
+        pb::ListEnvironmentVariablesRequest {
+            app_id: app.id.clone(),
+            environment_slug: "production".into(),
+            ..Default::default()
+        },
+    )
+    .await?
+    .variables;
+    let marked: Vec<(&str, bool)> = listed
+        .iter()
+        .map(|v| (v.key.as_str(), v.build_secret))
+        .collect();
+    assert_eq!(marked, [("NPM_TOKEN", true), ("SECRET", false)]);
     let key = crate::builds::upload(&s, &app, b"gzip bytes".to_vec()).await?;
     let mut req = request(&app, "x", "");
     req.git = None;
@@ -275,6 +306,11 @@ async fn an_uploaded_context_and_a_git_commit_become_deployments_to_build() -> R
     assert_eq!(
         d.build_args.map(|a| a.0),
         Some([("VERSION".to_owned(), "1.2.3".to_owned())].into())
+    );
+    assert_eq!(
+        d.build_secrets.map(|s| s.0),
+        Some(vec!["NPM_TOKEN".to_owned()]),
+        "only the marked variable is the build's secret"
     );
     assert_eq!(wait_for(&recorder, 1).await?, std::slice::from_ref(&id));
 

@@ -17,6 +17,7 @@ fn var(key: &str, value: &str, kind: pb::EnvironmentVariableType) -> pb::Environ
         r#type: kind as i32,
         description: String::new(),
         updated_at: 0,
+        build_secret: false,
     }
 }
 

@@ -39,7 +39,14 @@ async fn setup() -> Result<Setup> {
         registry.clone(),
         PLATFORM,
     )
+    .map_err(anyhow::Error::msg)?
+    .detect()
+    .await
     .map_err(anyhow::Error::msg)?;
+    assert!(
+        builder.capabilities().secrets,
+        "podman's API takes build secrets"
+    );
     Ok(Setup {
         podman,
         registry_server,
@@ -59,6 +66,7 @@ fn request(s: &Setup, build_id: &str, tag: &str) -> BuildRequest {
         build_args: BTreeMap::from([("GREETING".into(), "hi from the test".into())]),
         platform: PLATFORM.into(),
         labels: BTreeMap::new(),
+        secrets: BTreeMap::new(),
     }
 }
 
@@ -258,5 +266,75 @@ async fn a_cancelled_build_stops_promptly() -> Result<()> {
     assert!(matches!(result, Err(BuildError::Cancelled)), "{result:?}");
     assert!(started.elapsed() < Duration::from_secs(60));
     assert_eq!(s.registry.digest("ctrl/acme/hello", "d_x").await?, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_build_secret_reaches_run_and_no_layer_or_output() -> Result<()> {
+    let s = setup().await?;
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        // The Dockerfile must not spell the value (its steps are printed).
+        "FROM busybox\nRUN --mount=type=secret,id=NPM_TOKEN grep -q '^tok-s3cr3t-' /run/secrets/NPM_TOKEN && test \"$(wc -c < /run/secrets/NPM_TOKEN)\" -eq 14 && echo secret-matched\n",
+    )?;
+    let packed = context::pack(dir.path(), "")?;
+    let ctx = context::prepare(&packed.gz, Layout::Root, ".", "", Limits::default())?;
+    let mut req = request(&s, "bld_secret", "d_secret");
+    req.secrets.insert(
+        "NPM_TOKEN".into(),
+        zeroize::Zeroizing::new("tok-s3cr3t-123".into()),
+    );
+    assert!(
+        !format!("{req:?}").contains("tok-s3cr3t-123"),
+        "Debug redacts"
+    );
+    let (built, events) = build(&s.builder, &req, ctx, &CancellationToken::new()).await;
+    let built = built?;
+    let output = format!("{events:?}");
+    assert!(
+        output.contains("secret-matched"),
+        "the RUN step read it: {output}"
+    );
+    assert!(!output.contains("tok-s3cr3t-123"), "not in the output");
+    // Not in any layer, the config or the history of the image (the local
+    // image the digest was pushed from).
+    let saved = s
+        .podman
+        .command()?
+        .args(["save", &req.image.tagged()])
+        .output()?;
+    assert!(
+        saved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&saved.stderr)
+    );
+    assert!(
+        !saved.stdout.windows(14).any(|w| w == b"tok-s3cr3t-123"),
+        "the secret is in the image"
+    );
+    let history = s
+        .podman
+        .command()?
+        .args(["history", "--no-trunc", &req.image.tagged()])
+        .output()?;
+    assert!(!String::from_utf8_lossy(&history.stdout).contains("tok-s3cr3t-123"));
+    let files = s
+        .podman
+        .command()?
+        .args([
+            "run",
+            "--rm",
+            &built.image,
+            "sh",
+            "-c",
+            "ls -a / /run/secrets 2>&1",
+        ])
+        .output()?;
+    assert!(
+        !String::from_utf8_lossy(&files.stdout).contains("ctrl-build-secret"),
+        "{}",
+        String::from_utf8_lossy(&files.stdout)
+    );
     Ok(())
 }

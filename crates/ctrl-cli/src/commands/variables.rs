@@ -29,7 +29,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: EnvCommand) -> Result<()> {
             if ctx.json() {
                 return output::json(&vars);
             }
-            let mut table = Table::new(&["KEY", "VALUE", "TYPE", "UPDATED"]);
+            let mut table = Table::new(&["KEY", "VALUE", "TYPE", "BUILD", "UPDATED"]);
             for v in vars {
                 let writeonly = v.r#type == pb::EnvironmentVariableType::Writeonly as i32;
                 let value = match (reveal, writeonly) {
@@ -37,7 +37,8 @@ pub(super) async fn run(ctx: &Ctx, cmd: EnvCommand) -> Result<()> {
                     (true, false) => v.value,
                     (false, false) => "••••••".to_owned(),
                 };
-                table.row(vec![v.key, value, kind(v.r#type), ago(v.updated_at)]);
+                let build = if v.build_secret { "secret" } else { "-" }.to_owned();
+                table.row(vec![v.key, value, kind(v.r#type), build, ago(v.updated_at)]);
             }
             table.print("no variables; set one with `ctrl env set KEY=VALUE --app <app>`")
         }
@@ -45,11 +46,12 @@ pub(super) async fn run(ctx: &Ctx, cmd: EnvCommand) -> Result<()> {
             target,
             pairs,
             write_only,
+            build_secret,
         } => {
             let variables = pairs
                 .iter()
                 .enumerate()
-                .map(|(i, pair)| parse_pair(i + 1, pair, write_only))
+                .map(|(i, pair)| parse_pair(i + 1, pair, write_only, build_secret))
                 .collect::<Result<Vec<_>>>()?;
             let app = resolve::app(api, ctx.workspace_ref(), &target.app).await?;
             let req = api.request(pb::SetEnvironmentVariablesRequest {
@@ -110,7 +112,12 @@ pub(super) async fn run(ctx: &Ctx, cmd: EnvCommand) -> Result<()> {
 
 /// The `n`th `KEY=VALUE` (the value may contain `=`); the key is checked by
 /// the API. Errors never repeat the argument: it may hold a secret.
-fn parse_pair(n: usize, pair: &str, write_only: bool) -> Result<pb::EnvironmentVariable> {
+fn parse_pair(
+    n: usize,
+    pair: &str,
+    write_only: bool,
+    build_secret: bool,
+) -> Result<pb::EnvironmentVariable> {
     let Some((key, value)) = pair.split_once('=') else {
         bail!("variable {n} is not KEY=VALUE (no `=`)");
     };
@@ -125,6 +132,7 @@ fn parse_pair(n: usize, pair: &str, write_only: bool) -> Result<pb::EnvironmentV
         } else {
             pb::EnvironmentVariableType::Recoverable
         } as i32,
+        build_secret,
         ..Default::default()
     })
 }

@@ -138,6 +138,7 @@ fn var<'a>(
         key,
         encrypted_value: sealed,
         kind,
+        build_secret: false,
         description,
     }
 }

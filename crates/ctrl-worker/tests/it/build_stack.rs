@@ -111,6 +111,7 @@ impl BuildStack {
                     dir: Some(".".into()),
                     dockerfile: Some("Dockerfile".into()),
                     args: [("GREETING".to_owned(), "built by the worker".to_owned())].into(),
+                    secrets: Vec::new(),
                     installation_id: None,
                 });
             })

@@ -361,6 +361,7 @@ mod git {
                     dir: Some("web".into()),
                     dockerfile: Some("Dockerfile".into()),
                     args: [("GREETING".to_owned(), "from a branch".to_owned())].into(),
+                    secrets: Vec::new(),
                     installation_id: installation,
                 });
             })
@@ -479,4 +480,109 @@ mod git {
         );
         Ok(())
     }
+}
+
+const VAULT_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// A deployment of `files` whose environment holds `NPM_TOKEN`, handed to
+/// the build as a secret.
+async fn deploy_with_secret(s: &BuildStack, files: &[(&str, &str)]) -> Result<String> {
+    use prost::Message;
+    let dir = tempfile::tempdir()?;
+    for (name, body) in files {
+        std::fs::write(dir.path().join(name), body)?;
+    }
+    let key = s.upload(dir.path()).await?;
+    let vault = ctrl_vault::Vault::new(&[ctrl_vault::KeyConfig {
+        id: "k1".into(),
+        base64: VAULT_KEY.into(),
+    }])?;
+    let keyring = s.h.production.clone();
+    let sealed = vault.seal(&keyring, b"tok-s3cr3t-123")?;
+    let snapshot = ctrl_proto::ctrl::v1::EncryptedEnvironment {
+        keyring,
+        variables: [("NPM_TOKEN".to_owned(), sealed)].into(),
+    }
+    .encode_to_vec();
+    let id =
+        s.h.pending_with(&s.h.production, move |d| {
+            d.source_kind = SourceKind::Context;
+            d.image = None;
+            d.encrypted_environment = snapshot;
+            d.build = Some(BuildSource {
+                context_path: Some(key),
+                dir: Some(".".into()),
+                dockerfile: Some("Dockerfile".into()),
+                args: Default::default(),
+                secrets: vec!["NPM_TOKEN".into()],
+                installation_id: None,
+            });
+        })
+        .await?;
+    s.h.deploy(&id).await?;
+    Ok(id)
+}
+
+#[tokio::test]
+async fn a_variable_marked_for_builds_is_a_secret_of_the_build_only() -> Result<()> {
+    let s = BuildStack::start(
+        2,
+        &format!("[vault]\nkeys = [{{ id = \"k1\", key = \"{VAULT_KEY}\" }}]\n"),
+    )
+    .await?;
+    let id = deploy_with_secret(
+        &s,
+        &[(
+            "Dockerfile",
+            // The Dockerfile must not spell the value (its steps are printed).
+            "FROM busybox\nRUN --mount=type=secret,id=NPM_TOKEN grep -q '^tok-s3cr3t-' /run/secrets/NPM_TOKEN && test \"$(wc -c < /run/secrets/NPM_TOKEN)\" -eq 14 && echo secret-matched\n",
+        )],
+    )
+    .await?;
+    s.h.wait_status(&id, DeploymentStatus::Deploying).await?;
+    let b = s.build_of(&id).await?;
+    let output = s.output(&b.id).await?;
+    assert!(output.contains("secret-matched"), "{output}");
+    assert!(!output.contains("tok-s3cr3t-123"), "{output}");
+    let image = deployment::get(&s.h.db.pool, &id)
+        .await?
+        .image
+        .context("image")?;
+    // The local image the digest was pushed from.
+    let (repository, _) = image.split_once('@').context("by digest")?;
+    let saved = s
+        .podman
+        .command()?
+        .args(["save", &format!("{repository}:{id}")])
+        .output()?;
+    assert!(
+        saved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&saved.stderr)
+    );
+    assert!(
+        !saved.stdout.windows(14).any(|w| w == b"tok-s3cr3t-123"),
+        "the secret is in the image"
+    );
+    assert!(
+        !s.h.worker_log(400).contains("tok-s3cr3t-123"),
+        "the secret is in the worker's log"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn build_secrets_without_a_vault_fail_with_the_reason() -> Result<()> {
+    let s = BuildStack::start(2, "").await?;
+    let id = deploy_with_secret(&s, &[("Dockerfile", "FROM busybox\n")]).await?;
+    s.h.wait_status(&id, DeploymentStatus::Failed).await?;
+    let error = deployment::get(&s.h.db.pool, &id)
+        .await?
+        .error_message
+        .unwrap_or_default();
+    assert_eq!(
+        error,
+        "This build needs secrets, and the worker has no [vault] to open them with."
+    );
+    Ok(())
 }

@@ -126,6 +126,8 @@ pub(super) async fn image(
             build_args: spec.args.clone(),
             platform: builds.settings.platform.clone(),
             labels: Default::default(),
+            // Opened inside the build step only (never journaled).
+            secrets: Default::default(),
         },
     };
     let retry = RunRetryPolicy::new()
@@ -395,9 +397,13 @@ async fn execute(db: &MySqlPool, builds: &Builds, job: &Job) -> Result<Built, Ha
     ));
     let timeout = builds.settings.timeout;
     let result = tokio::time::timeout(timeout, async {
+        let mut request = job.request.clone();
+        request.secrets = open_secrets(db, builds, job)
+            .await
+            .map_err(Failure::Retry)?;
         let context = fetch(db, builds, job, &tx).await?;
         builder
-            .build(&job.request, context, &tx, &cancel)
+            .build(&request, context, &tx, &cancel)
             .await
             .map_err(Failure::Build)
     })
@@ -433,6 +439,54 @@ enum Failure {
     Build(BuildError),
     /// Fetching or checking the source: already decided terminal or not.
     Retry(HandlerError),
+}
+
+/// The values of the variables the build receives as secrets, opened from
+/// the deployment's sealed snapshot (the vault's keyring is the
+/// environment). They live only in this attempt's memory.
+async fn open_secrets(
+    db: &MySqlPool,
+    builds: &Builds,
+    job: &Job,
+) -> Result<std::collections::BTreeMap<String, zeroize::Zeroizing<String>>, HandlerError> {
+    use prost::Message;
+    let names = match &job.source {
+        Source::Context { spec, .. } | Source::Git { spec, .. } => &spec.secrets,
+        Source::Image(_) => return Ok(Default::default()),
+    };
+    if names.is_empty() {
+        return Ok(Default::default());
+    }
+    let vault = builds.vault.as_ref().ok_or_else(|| {
+        WorkflowError::BuildsUnavailable(
+            "This build needs secrets, and the worker has no [vault] to open them with.".into(),
+        )
+    })?;
+    let d = deployment::get(db, &job.deployment_id)
+        .await
+        .map_err(db_error)?;
+    let snapshot =
+        ctrl_proto::ctrl::v1::EncryptedEnvironment::decode(d.encrypted_environment.as_slice())
+            .map_err(|e| {
+                WorkflowError::Internal(format!("the deployment's variables cannot be read: {e}"))
+            })?;
+    let mut secrets = std::collections::BTreeMap::new();
+    for name in names {
+        let sealed = snapshot.variables.get(name).ok_or_else(|| {
+            WorkflowError::BuildFailed(format!(
+                "The build secret {name} is not among the deployment's variables."
+            ))
+        })?;
+        let plain = vault.open(&snapshot.keyring, sealed).map_err(|e| {
+            tracing::error!(deployment_id = %job.deployment_id, variable = %name, error = %e, "cannot open a build secret");
+            WorkflowError::BuildFailed(format!("The build secret {name} could not be decrypted."))
+        })?;
+        let value = String::from_utf8(plain.to_vec()).map_err(|_| {
+            WorkflowError::BuildFailed(format!("The build secret {name} is not UTF-8 text."))
+        })?;
+        secrets.insert(name.clone(), zeroize::Zeroizing::new(value));
+    }
+    Ok(secrets)
 }
 
 /// Downloads the source and makes it a checked context rooted at the

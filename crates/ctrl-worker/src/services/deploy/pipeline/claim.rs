@@ -129,6 +129,7 @@ fn source_of(d: &deployment::Deployment) -> Result<super::Source, HandlerError> 
             .clone()
             .unwrap_or_else(|| ctrl_build::context::DEFAULT_DOCKERFILE.into()),
         args: d.build_args.clone().map(|a| a.0).unwrap_or_default(),
+        secrets: d.build_secrets.clone().map(|s| s.0).unwrap_or_default(),
     };
     let missing = |what: &str| -> HandlerError {
         crate::errors::WorkflowError::Internal(format!(

@@ -80,6 +80,9 @@ pub(super) struct BuildSpec {
     pub(super) dockerfile: String,
     /// Build arguments.
     pub(super) args: std::collections::BTreeMap<String, String>,
+    /// Variables of the deployment's snapshot handed to the build as
+    /// secrets (names only; values are opened inside the build step).
+    pub(super) secrets: Vec<String>,
 }
 
 /// Runs the pipeline of `req.deployment_id` (the object's key).
