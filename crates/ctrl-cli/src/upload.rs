@@ -210,7 +210,7 @@ mod tests {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(ctrl_runtime::net::nodelay(listener), app).await;
         });
         (format!("http://{addr}"), seen)
     }

@@ -301,7 +301,7 @@ impl FakeGitHub {
             .fallback(handle)
             .with_state(Arc::clone(&state));
         let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
+            if let Err(e) = axum::serve(ctrl_runtime::net::nodelay(listener), router).await {
                 tracing::warn!(error = %e, "the fake GitHub stopped");
             }
         });

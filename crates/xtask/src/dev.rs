@@ -413,7 +413,7 @@ fn print_demo(demo: &demo::Demo, cli: &Path, dir: &Path, env_file: &Path, ca: &P
          \x20 {cli} deployments list --app {app}\n\
          \x20 {cli} logs --app {app}\n\
          \x20 {cli} deploy --app {app} --image {v2}\n\
-         \x20 {cli} deploy --app {app} --context examples/hello   (build it from source)\n\
+         \x20 {cli} deploy --app {app} --context examples/hello\n\
          \x20 {cli} rollback --app {app}\n\
          \x20 {cli} env set --app {app} GREETING=hello\n\
          \x20 {cli} --help",

@@ -171,7 +171,12 @@ async fn dev_stack_comes_up_keeps_data_and_stops_cleanly() -> Result<()> {
         redirect.headers()["location"],
         format!("https://{host}:{port}/")
     );
-    // Every printed CLI command works as printed, from the clone's root.
+    // Every printed CLI command works as printed, from the clone's root
+    // (which has the example apps: one command builds examples/hello).
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples"),
+        &root.path().join("examples"),
+    )?;
     let commands = printed_commands(&stack.output);
     assert!(commands.len() >= 4, "{}", stack.output);
     for command in &commands {
@@ -298,6 +303,21 @@ async fn demo_answer(output: &str) -> Result<String> {
         ctrl_testkit::ca::https_get(&ca_pem, addr, &host, "/", Duration::from_secs(5)).await?;
     anyhow::ensure!(status == 200, "{url} answered {status}: {body}");
     Ok(body.trim().to_owned())
+}
+
+/// Copies a directory tree.
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }
 
 /// The commands printed under "Try the ctrl CLI".

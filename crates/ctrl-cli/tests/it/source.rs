@@ -434,7 +434,7 @@ async fn start(fails: bool) -> Result<(String, Arc<Mutex<Seen>>)> {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let store_url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, store).await });
+    tokio::spawn(async move { axum::serve(ctrl_runtime::net::nodelay(listener), store).await });
 
     let fake = Fake {
         seen: seen.clone(),
