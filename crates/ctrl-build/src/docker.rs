@@ -32,15 +32,16 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Builds on a Docker Engine API.
 #[derive(Debug)]
 pub struct DockerBuilder {
-    docker: Docker,
     socket: std::path::PathBuf,
+    timeout: Duration,
     registry: Registry,
     capabilities: Capabilities,
 }
 
 impl DockerBuilder {
-    /// Connects to the engine at `socket` (a unix socket path, optionally
+    /// A builder for the engine at `socket` (a unix socket path, optionally
     /// `unix://`-prefixed). `build_timeout` bounds one build or push stream.
+    /// The engine need not be up yet: it is reached when a build starts.
     pub fn new(
         socket: &str,
         build_timeout: Duration,
@@ -49,17 +50,11 @@ impl DockerBuilder {
     ) -> Result<Self, String> {
         let path = socket.strip_prefix("unix://").unwrap_or(socket);
         if path.is_empty() {
-            return Err("build.docker.socket is empty".into());
+            return Err("build.docker_socket is empty".into());
         }
-        let docker = Docker::connect_with_unix(
-            path,
-            build_timeout.as_secs().max(1),
-            bollard::API_DEFAULT_VERSION,
-        )
-        .map_err(|e| format!("build.docker.socket {socket:?}: {e}"))?;
         Ok(Self {
-            docker,
             socket: path.into(),
+            timeout: build_timeout,
             registry,
             capabilities: Capabilities {
                 platforms: vec![platform.to_owned()],
@@ -69,12 +64,28 @@ impl DockerBuilder {
         })
     }
 
+    /// A client of the engine (bollard checks that the socket exists).
+    pub fn docker(&self) -> Result<Docker, BuildError> {
+        Docker::connect_with_unix(
+            &self.socket.to_string_lossy(),
+            self.timeout.as_secs().max(1),
+            bollard::API_DEFAULT_VERSION,
+        )
+        .map_err(|e| {
+            Self::backend(
+                "reach the build engine",
+                format!("{}: {e}", self.socket.display()),
+            )
+        })
+    }
+
     /// Asks the engine what it is: podman's compatible API takes build
     /// secrets with the context (`secrets=["id=…,src=…"]`, files it moves
     /// out of the context before building); Docker's needs a BuildKit
     /// session, which this backend does not speak.
     pub async fn detect(mut self) -> Result<Self, String> {
-        let version = tokio::time::timeout(CALL_TIMEOUT, self.docker.version())
+        let docker = self.docker().map_err(|e| e.to_string())?;
+        let version = tokio::time::timeout(CALL_TIMEOUT, docker.version())
             .await
             .map_err(|_| "the engine did not answer /version".to_owned())?
             .map_err(|e| format!("the engine's /version: {e}"))?;
@@ -87,11 +98,6 @@ impl DockerBuilder {
         Ok(self)
     }
 
-    /// The engine's client (for tests and health checks).
-    pub fn docker(&self) -> &Docker {
-        &self.docker
-    }
-
     fn backend(operation: &'static str, e: impl std::fmt::Display) -> BuildError {
         BuildError::Backend {
             operation,
@@ -101,10 +107,10 @@ impl DockerBuilder {
 
     /// Whether the engine has our image with this build's label.
     async fn built_earlier(&self, req: &BuildRequest) -> Result<bool, BuildError> {
-        let inspect =
-            tokio::time::timeout(CALL_TIMEOUT, self.docker.inspect_image(&req.image.tagged()))
-                .await
-                .map_err(|_| Self::backend("inspect the image", "timed out"))?;
+        let docker = self.docker()?;
+        let inspect = tokio::time::timeout(CALL_TIMEOUT, docker.inspect_image(&req.image.tagged()))
+            .await
+            .map_err(|_| Self::backend("inspect the image", "timed out"))?;
         match inspect {
             Ok(image) => Ok(image
                 .config
@@ -202,7 +208,8 @@ impl DockerBuilder {
             serveraddress: Some(self.registry.host().to_owned()),
             ..Default::default()
         });
-        let mut stream = self.docker.push_image(
+        let docker = self.docker()?;
+        let mut stream = docker.push_image(
             &req.image.repository(),
             Some(PushImageOptionsBuilder::new().tag(&req.image.tag).build()),
             credentials,
@@ -541,5 +548,80 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_engine_that_is_not_up_is_a_transient_error_not_a_startup_failure() {
+        let registry = Registry::new(crate::registry::RegistryConfig {
+            url: "http://127.0.0.1:9".into(),
+            image_host: String::new(),
+            repository: "ctrl".into(),
+            username: String::new(),
+            password: String::new().into(),
+            request_timeout: Duration::from_secs(1),
+        })
+        .expect("registry");
+        let builder = DockerBuilder::new(
+            "unix:///nonexistent/engine.sock",
+            Duration::from_secs(10),
+            registry,
+            "linux/amd64",
+        )
+        .expect("a worker starts before its engine");
+        let e = builder.docker().expect_err("no engine there");
+        assert!(e.is_transient(), "{e}");
+        assert!(e.to_string().contains("/nonexistent/engine.sock"), "{e}");
+        let detected = builder.detect().await;
+        assert!(detected.is_err(), "nothing to detect");
+    }
+
+    #[test]
+    fn the_build_query_carries_secrets_by_file_never_by_value() {
+        let req = BuildRequest {
+            build_id: "bld_1".into(),
+            image: crate::builder::ImageName {
+                registry: "r".into(),
+                path: "p".into(),
+                tag: "t".into(),
+            },
+            build_args: [("A".to_owned(), "b c".to_owned())].into(),
+            platform: "linux/amd64".into(),
+            labels: Default::default(),
+            secrets: [(
+                "TOKEN".to_owned(),
+                zeroize::Zeroizing::new("v4lue".to_owned()),
+            )]
+            .into(),
+        };
+        let (tar, files) = with_secrets(Vec::new(), &req.secrets).expect("tar");
+        assert_eq!(files.len(), 1);
+        assert!(files[0].1.starts_with(".ctrl-build-secret-"));
+        let query = build_query("r/p:t", "Dockerfile", &req, &HashMap::new(), &files).expect("q");
+        assert!(!query.contains("v4lue"), "{query}");
+        assert!(
+            query.contains("secrets=%5B%22id%3DTOKEN%2Csrc%3D.ctrl-build-secret-"),
+            "{query}"
+        );
+        assert!(
+            query.contains("buildargs=%7B%22A%22%3A%22b+c%22%7D"),
+            "{query}"
+        );
+        // The value travels only inside the context, in the named file.
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let mut entry = archive
+            .entries()
+            .expect("entries")
+            .next()
+            .expect("one")
+            .expect("ok");
+        assert_eq!(entry.path().expect("path").to_string_lossy(), files[0].1);
+        let mut value = String::new();
+        std::io::Read::read_to_string(&mut entry, &mut value).expect("read");
+        assert_eq!(value, "v4lue");
     }
 }

@@ -75,9 +75,9 @@ impl Builds {
                 &config.build_platform,
             )
             .map_err(anyhow::Error::msg)?;
-            // Which engine it is decides whether builds take secrets; an
-            // engine not up yet is asked again by nothing: secrets are then
-            // refused with the reason until the worker restarts.
+            // Which engine it is decides whether builds take secrets. An
+            // engine that is not up yet is not asked again: builds with
+            // secrets are refused with the reason until the worker restarts.
             let docker = match docker.detect().await {
                 Ok(docker) => docker,
                 Err(e) => {

@@ -235,6 +235,10 @@ impl Stack {
                         ),
                         ("CTRL_WORKER__DEPLOY__SWEEP_INTERVAL_SECONDS", "10".into()),
                         ("CTRL_WORKER__DEPLOY__SWEEP_GRACE_SECONDS", "60".into()),
+                        (
+                            "CTRL_BUILD_DOCKER_SOCKET",
+                            self.podman.socket().display().to_string(),
+                        ),
                     ],
                 )?;
                 dev::wait_for_http(

@@ -28,6 +28,11 @@ impl BuildStack {
     /// `slots` builds of a workspace at once; `extra` more worker TOML
     /// (whole tables).
     pub(crate) async fn start(slots: u32, extra: &str) -> Result<Self> {
+        Self::start_with(slots, 120, extra).await
+    }
+
+    /// [`BuildStack::start`] with a build timeout of `timeout_seconds`.
+    pub(crate) async fn start_with(slots: u32, timeout_seconds: u64, extra: &str) -> Result<Self> {
         let (podman, registry, s3) =
             tokio::try_join!(Podman::start(), Registry::start(), S3Server::start())?;
         podman.import_busybox_image("docker.io/library/busybox:latest")?;
@@ -43,7 +48,7 @@ impl BuildStack {
         store.ensure_bucket().await?;
         let sections = format!(
             "build_platform = \"linux/amd64\"\n\
-             [build]\nbackend = \"docker\"\ndocker_socket = \"{socket}\"\nslots_per_workspace = {slots}\ntimeout_seconds = 120\n\
+             [build]\nbackend = \"docker\"\ndocker_socket = \"{socket}\"\nslots_per_workspace = {slots}\ntimeout_seconds = {timeout_seconds}\n\
              [registry]\nurl = \"{registry}\"\nrepository = \"ctrl\"\n\
              [build_contexts]\nendpoint = \"{endpoint}\"\nbucket = \"contexts\"\naccess_key_id = \"{key}\"\nsecret_access_key = \"{secret}\"\nforce_path_style = true\n\
              {extra}",

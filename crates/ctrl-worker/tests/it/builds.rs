@@ -177,6 +177,34 @@ async fn cancelling_a_deployment_stops_its_build() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_build_over_its_timeout_fails_saying_where_it_was() -> Result<()> {
+    let s = BuildStack::start_with(2, 10, "").await?;
+    let id = s
+        .deploy_files(&[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo waiting && sleep 120\n",
+        )])
+        .await?;
+    let started = std::time::Instant::now();
+    s.h.wait_status(&id, DeploymentStatus::Failed).await?;
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let error = deployment::get(&s.h.db.pool, &id)
+        .await?
+        .error_message
+        .unwrap_or_default();
+    assert!(
+        error.starts_with("The build did not finish within 10 s (it was at STEP 2/"),
+        "{error}"
+    );
+    let b = build::for_deployment(&s.h.db.pool, &id)
+        .await?
+        .context("build")?;
+    assert_eq!(b.status, BuildStatus::Failed);
+    assert!(s.tags().await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
 async fn builds_wait_for_a_slot_of_their_workspace_and_say_why() -> Result<()> {
     let s = BuildStack::start(1, "").await?;
     let slow = s
