@@ -83,7 +83,7 @@ impl DockerBuilder {
     /// secrets with the context (`secrets=["id=…,src=…"]`, files it moves
     /// out of the context before building); Docker's needs a BuildKit
     /// session, which this backend does not speak.
-    pub async fn detect(mut self) -> Result<Self, String> {
+    pub async fn detect(&mut self) -> Result<(), String> {
         let docker = self.docker().map_err(|e| e.to_string())?;
         let version = tokio::time::timeout(CALL_TIMEOUT, docker.version())
             .await
@@ -95,7 +95,7 @@ impl DockerBuilder {
             .iter()
             .any(|c| c.name.to_ascii_lowercase().contains("podman"));
         self.capabilities.secrets = podman;
-        Ok(self)
+        Ok(())
     }
 
     fn backend(operation: &'static str, e: impl std::fmt::Display) -> BuildError {
@@ -369,7 +369,10 @@ fn with_secrets(
     }
     let mut ids = Vec::new();
     for (id, value) in secrets {
-        let file = format!(".ctrl-build-secret-{}", hex::encode(rand_bytes()));
+        let file = format!(
+            ".ctrl-build-secret-{}",
+            hex::encode(rand::random::<[u8; 12]>())
+        );
         let mut header = tar::Header::new_gnu();
         header.set_mode(0o600);
         header.set_size(value.len() as u64);
@@ -377,10 +380,6 @@ fn with_secrets(
         ids.push((id.clone(), file));
     }
     Ok((out.into_inner()?, ids))
-}
-
-fn rand_bytes() -> [u8; 12] {
-    rand::random()
 }
 
 /// The `/build` query: what bollard would send, plus `secrets`.
@@ -472,11 +471,11 @@ async fn raw_build(
             .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_owned());
         return Err(RawError::Refused(status.as_u16(), message));
     }
-    Ok(async_stream_lines(body, connection))
+    Ok(json_lines(body, connection))
 }
 
 /// Splits the response into JSON lines and decodes each.
-fn async_stream_lines(
+fn json_lines(
     body: hyper::body::Incoming,
     connection: AbortOnDrop,
 ) -> impl futures::Stream<Item = Result<BuildMessage, RawError>> {
@@ -566,7 +565,7 @@ mod tests {
             request_timeout: Duration::from_secs(1),
         })
         .expect("registry");
-        let builder = DockerBuilder::new(
+        let mut builder = DockerBuilder::new(
             "unix:///nonexistent/engine.sock",
             Duration::from_secs(10),
             registry,

@@ -7,7 +7,6 @@
 //! deployment is still in progress — so a deployment that ended without its
 //! workflow finishing (killed, swept) never keeps a slot.
 
-use ctrl_core::status::DeploymentStatus;
 use sqlx::{FromRow, MySqlConnection, MySqlExecutor};
 
 use crate::types::BuildStatus;
@@ -298,21 +297,6 @@ pub async fn end(
     .execute(ex)
     .await?;
     Ok(done.rows_affected() == 1)
-}
-
-/// Whether the deployment a build belongs to is still in progress (not
-/// cancelled, superseded or failed meanwhile).
-pub async fn deployment_status(
-    ex: impl MySqlExecutor<'_>,
-    deployment_id: &str,
-) -> Result<DeploymentStatus> {
-    let s: String = sqlx::query_scalar("SELECT status FROM deployments WHERE id = ?")
-        .bind(deployment_id)
-        .fetch_optional(ex)
-        .await?
-        .ok_or(Error::NotFound("deployment"))?;
-    s.parse()
-        .map_err(|e: ctrl_core::status::UnknownName| Error::Corrupt(e.to_string()))
 }
 
 /// One recorded output line.

@@ -878,3 +878,15 @@ pub async fn set_git_commit(
 fn non_empty(s: &str, max: usize) -> Option<&str> {
     (!s.is_empty()).then(|| truncate(s, max))
 }
+
+/// Only the deployment's status (cheap enough to poll, e.g. by a running
+/// build watching for a cancel).
+pub async fn status(ex: impl MySqlExecutor<'_>, id: &str) -> Result<DeploymentStatus> {
+    let s: String = sqlx::query_scalar("SELECT status FROM deployments WHERE id = ?")
+        .bind(id)
+        .fetch_optional(ex)
+        .await?
+        .ok_or(Error::NotFound("deployment"))?;
+    s.parse()
+        .map_err(|e: ctrl_core::status::UnknownName| Error::Corrupt(e.to_string()))
+}

@@ -68,7 +68,7 @@ impl Builds {
                 request_timeout: Duration::from_secs(30),
             })
             .map_err(anyhow::Error::msg)?;
-            let docker = ctrl_build::docker::DockerBuilder::new(
+            let mut docker = ctrl_build::docker::DockerBuilder::new(
                 &b.docker_socket,
                 timeout,
                 registry.clone(),
@@ -78,19 +78,9 @@ impl Builds {
             // Which engine it is decides whether builds take secrets. An
             // engine that is not up yet is not asked again: builds with
             // secrets are refused with the reason until the worker restarts.
-            let docker = match docker.detect().await {
-                Ok(docker) => docker,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not ask the build engine what it is; builds take no secrets");
-                    ctrl_build::docker::DockerBuilder::new(
-                        &b.docker_socket,
-                        timeout,
-                        registry.clone(),
-                        &config.build_platform,
-                    )
-                    .map_err(anyhow::Error::msg)?
-                }
-            };
+            if let Err(e) = docker.detect().await {
+                tracing::warn!(error = %e, "could not ask the build engine what it is; builds take no secrets");
+            }
             let builder: Arc<dyn Builder> = Arc::new(docker);
             (Some(builder), Some(registry))
         };

@@ -33,16 +33,14 @@ async fn setup() -> Result<Setup> {
         request_timeout: Duration::from_secs(10),
     };
     let registry = Registry::new(config).map_err(anyhow::Error::msg)?;
-    let builder = DockerBuilder::new(
+    let mut builder = DockerBuilder::new(
         &podman.socket().to_string_lossy(),
         Duration::from_secs(300),
         registry.clone(),
         PLATFORM,
     )
-    .map_err(anyhow::Error::msg)?
-    .detect()
-    .await
     .map_err(anyhow::Error::msg)?;
+    builder.detect().await.map_err(anyhow::Error::msg)?;
     assert!(
         builder.capabilities().secrets,
         "podman's API takes build secrets"

@@ -148,6 +148,31 @@ impl BuildStack {
             .context("no build")
     }
 
+    /// Waits until the deployment failed; its error message.
+    pub(crate) async fn failure(&self, id: &str) -> Result<String> {
+        self.h
+            .wait_status(id, ctrl_core::status::DeploymentStatus::Failed)
+            .await?;
+        Ok(deployment::get(&self.h.db.pool, id)
+            .await?
+            .error_message
+            .unwrap_or_default())
+    }
+
+    /// Waits until the deployment's build has `status`; the build.
+    pub(crate) async fn wait_build(
+        &self,
+        id: &str,
+        status: ctrl_db::types::BuildStatus,
+    ) -> Result<build::Build> {
+        eventually(Duration::from_secs(60), || async {
+            let b = build::for_deployment(&self.h.db.pool, id).await?;
+            Ok(b.is_some_and(|b| b.status == status))
+        })
+        .await?;
+        self.build_of(id).await
+    }
+
     /// Waits until the deployment's building step says something containing `text`.
     pub(crate) async fn wait_step_message(&self, id: &str, text: &str) -> Result<()> {
         let waited = eventually(Duration::from_secs(60), || async {

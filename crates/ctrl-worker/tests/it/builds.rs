@@ -14,7 +14,6 @@ use ctrl_db::{build, deployment};
 use ctrl_testkit::http_client;
 
 use crate::build_stack::BuildStack;
-use crate::harness::eventually;
 
 fn hello() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello")
@@ -76,9 +75,7 @@ async fn a_failing_step_fails_the_deployment_with_the_step_and_its_output() -> R
             "FROM busybox\nRUN echo preparing\nRUN echo 'compiler says: missing semicolon' && exit 2\nCMD [\"true\"]\n",
         )])
         .await?;
-    s.h.wait_status(&id, DeploymentStatus::Failed).await?;
-    let d = deployment::get(&s.h.db.pool, &id).await?;
-    let error = d.error_message.unwrap_or_default();
+    let error = s.failure(&id).await?;
     assert!(error.starts_with("Build failed: STEP 3/"), "{error}");
     assert!(error.contains("exit 2"), "{error}");
     assert!(
@@ -99,11 +96,7 @@ async fn a_context_without_its_dockerfile_fails_before_building() -> Result<()> 
     let id = s
         .deploy_files(&[("app/Containerfile", "FROM busybox\n"), ("README.md", "hi")])
         .await?;
-    s.h.wait_status(&id, DeploymentStatus::Failed).await?;
-    let error = deployment::get(&s.h.db.pool, &id)
-        .await?
-        .error_message
-        .unwrap_or_default();
+    let error = s.failure(&id).await?;
     assert_eq!(
         error,
         "no Dockerfile at \"Dockerfile\" in the build context (found [\"app/Containerfile\"]; pass the Dockerfile's path)"
@@ -134,11 +127,7 @@ async fn a_corrupt_upload_fails_with_a_clear_error() -> Result<()> {
         .error_for_status()?;
     let id = s.context_deployment(&s.h.production, &upload.key).await?;
     s.h.deploy(&id).await?;
-    s.h.wait_status(&id, DeploymentStatus::Failed).await?;
-    let error = deployment::get(&s.h.db.pool, &id)
-        .await?
-        .error_message
-        .unwrap_or_default();
+    let error = s.failure(&id).await?;
     assert!(
         error.starts_with("the build context is not a valid tar.gz archive"),
         "{error}"
@@ -166,11 +155,7 @@ async fn cancelling_a_deployment_stops_its_build() -> Result<()> {
     )
     .await?;
     let started = std::time::Instant::now();
-    eventually(Duration::from_secs(30), || async {
-        let b = build::for_deployment(&s.h.db.pool, &id).await?;
-        Ok(b.is_some_and(|b| b.status == BuildStatus::Cancelled))
-    })
-    .await?;
+    s.wait_build(&id, BuildStatus::Cancelled).await?;
     assert!(started.elapsed() < Duration::from_secs(30));
     assert!(s.tags().await?.is_empty(), "nothing was pushed");
     Ok(())
@@ -186,12 +171,8 @@ async fn a_build_over_its_timeout_fails_saying_where_it_was() -> Result<()> {
         )])
         .await?;
     let started = std::time::Instant::now();
-    s.h.wait_status(&id, DeploymentStatus::Failed).await?;
+    let error = s.failure(&id).await?;
     assert!(started.elapsed() < Duration::from_secs(30));
-    let error = deployment::get(&s.h.db.pool, &id)
-        .await?
-        .error_message
-        .unwrap_or_default();
     assert!(
         error.starts_with("The build did not finish within 10 s (it was at STEP 2/"),
         "{error}"
@@ -227,11 +208,7 @@ async fn builds_wait_for_a_slot_of_their_workspace_and_say_why() -> Result<()> {
         .context("build")?;
     assert_eq!(b.status, BuildStatus::Queued);
     // Once the first build ends, the second takes its slot.
-    eventually(Duration::from_secs(60), || async {
-        let b = build::for_deployment(&s.h.db.pool, &fast).await?;
-        Ok(b.is_some_and(|b| b.status == BuildStatus::Succeeded))
-    })
-    .await?;
+    s.wait_build(&fast, BuildStatus::Succeeded).await?;
     let first = build::for_deployment(&s.h.db.pool, &slow)
         .await?
         .context("build")?;
@@ -283,11 +260,7 @@ async fn a_worker_killed_during_the_build_resumes_it_once() -> Result<()> {
     let next = s
         .deploy_files(&[("Dockerfile", "FROM busybox\nRUN echo next\n")])
         .await?;
-    eventually(Duration::from_secs(60), || async {
-        let b = build::for_deployment(&s.h.db.pool, &next).await?;
-        Ok(b.is_some_and(|b| b.status == BuildStatus::Succeeded))
-    })
-    .await?;
+    s.wait_build(&next, BuildStatus::Succeeded).await?;
     Ok(())
 }
 
@@ -467,11 +440,7 @@ mod git {
         );
 
         let denied = git_deployment(&s, "acme/private", Some("main"), None).await?;
-        s.h.wait_status(&denied, DeploymentStatus::Failed).await?;
-        let error = deployment::get(&s.h.db.pool, &denied)
-            .await?
-            .error_message
-            .unwrap_or_default();
+        let error = s.failure(&denied).await?;
         assert_eq!(
             error,
             "ctrl cannot read the GitHub repository acme/private: the repository is private or does not exist and ctrl has no GitHub App installation for it"
@@ -487,21 +456,12 @@ mod git {
         github.add_repo("acme/hello", RepoOpts::default());
         github.push("acme/hello", "main", hello_commit("x"));
         let missing = git_deployment(&s, "acme/hello", Some("no-such-branch"), None).await?;
-        s.h.wait_status(&empty, DeploymentStatus::Failed).await?;
-        s.h.wait_status(&missing, DeploymentStatus::Failed).await?;
-        let pool = &s.h.db.pool;
-        let empty = deployment::get(pool, &empty)
-            .await?
-            .error_message
-            .unwrap_or_default();
+        let empty = s.failure(&empty).await?;
         assert_eq!(
             empty,
             "branch `main` has no commits: the repository is empty"
         );
-        let missing = deployment::get(pool, &missing)
-            .await?
-            .error_message
-            .unwrap_or_default();
+        let missing = s.failure(&missing).await?;
         assert!(
             missing.contains("no-such-branch") && missing.contains("not found"),
             "{missing}"
@@ -603,11 +563,7 @@ async fn a_variable_marked_for_builds_is_a_secret_of_the_build_only() -> Result<
 async fn build_secrets_without_a_vault_fail_with_the_reason() -> Result<()> {
     let s = BuildStack::start(2, "").await?;
     let id = deploy_with_secret(&s, &[("Dockerfile", "FROM busybox\n")]).await?;
-    s.h.wait_status(&id, DeploymentStatus::Failed).await?;
-    let error = deployment::get(&s.h.db.pool, &id)
-        .await?
-        .error_message
-        .unwrap_or_default();
+    let error = s.failure(&id).await?;
     assert_eq!(
         error,
         "This build needs secrets, and the worker has no [vault] to open them with."

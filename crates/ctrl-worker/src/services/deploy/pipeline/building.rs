@@ -400,7 +400,7 @@ async fn execute(db: &MySqlPool, builds: &Builds, job: &Job) -> Result<Built, Ha
         let mut request = job.request.clone();
         request.secrets = open_secrets(db, builds, job)
             .await
-            .map_err(Failure::Retry)?;
+            .map_err(Failure::Decided)?;
         let context = fetch(db, builds, job, &tx).await?;
         builder
             .build(&request, context, &tx, &cancel)
@@ -428,7 +428,7 @@ async fn execute(db: &MySqlPool, builds: &Builds, job: &Job) -> Result<Built, Ha
         Ok(Err(Failure::Build(e))) => {
             Err(WorkflowError::BuildFailed(format!("Build failed: {e}.{}", tail.quote())).into())
         }
-        Ok(Err(Failure::Retry(e))) => Err(e),
+        Ok(Err(Failure::Decided(e))) => Err(e),
     }
 }
 
@@ -437,8 +437,9 @@ async fn execute(db: &MySqlPool, builds: &Builds, job: &Job) -> Result<Built, Ha
 enum Failure {
     /// The backend's verdict.
     Build(BuildError),
-    /// Fetching or checking the source: already decided terminal or not.
-    Retry(HandlerError),
+    /// Fetching or checking the source failed; the error already says
+    /// whether it is retried (transient) or terminal.
+    Decided(HandlerError),
 }
 
 /// The values of the variables the build receives as secrets, opened from
@@ -499,13 +500,13 @@ async fn fetch(
 ) -> Result<context::Context, Failure> {
     let (archive, layout, spec) = match &job.source {
         Source::Image(_) => {
-            return Err(Failure::Retry(
+            return Err(Failure::Decided(
                 WorkflowError::Internal("an image deployment has nothing to build".into()).into(),
             ));
         }
         Source::Context { key, spec } => {
             let store = builds.store.as_ref().ok_or_else(|| {
-                Failure::Retry(
+                Failure::Decided(
                     WorkflowError::BuildsUnavailable("no [build_contexts]".into()).into(),
                 )
             })?;
@@ -513,7 +514,7 @@ async fn fetch(
                 .send(BuildEvent::Step("Downloading the build context".into()))
                 .await;
             let data = store.get(key).await.map_err(|e| {
-                Failure::Retry(match e {
+                Failure::Decided(match e {
                     ctrl_build::store::StoreError::Unavailable(_) => HandlerError::from(e),
                     other => WorkflowError::BuildFailed(other.to_string()).into(),
                 })
@@ -532,12 +533,12 @@ async fn fetch(
                     &sha[..sha.len().min(12)]
                 )))
                 .await;
-            let repo = RepoRef::parse(repository).map_err(|e| Failure::Retry(github_error(e)))?;
+            let repo = RepoRef::parse(repository).map_err(|e| Failure::Decided(github_error(e)))?;
             let data = builds
                 .github
                 .tarball(&repo, *installation_id, sha)
                 .await
-                .map_err(|e| Failure::Retry(github_error(e)))?;
+                .map_err(|e| Failure::Decided(github_error(e)))?;
             (data.to_vec(), Layout::SingleTopDir, spec)
         }
     };
@@ -551,8 +552,8 @@ async fn fetch(
         context::prepare(&archive, layout, &dir, &dockerfile, limits)
     })
     .await
-    .map_err(|e| Failure::Retry(WorkflowError::Internal(e.to_string()).into()))?
-    .map_err(|e| Failure::Retry(WorkflowError::BuildFailed(e.to_string()).into()))?;
+    .map_err(|e| Failure::Decided(WorkflowError::Internal(e.to_string()).into()))?
+    .map_err(|e| Failure::Decided(WorkflowError::BuildFailed(e.to_string()).into()))?;
     let _ = events
         .send(BuildEvent::Line(format!(
             "ctrl: build context of {} files, {} ({} compressed)",
@@ -570,7 +571,7 @@ async fn fetch(
         now_ms(),
     )
     .await
-    .map_err(|e| Failure::Retry(db_error(e)))?;
+    .map_err(|e| Failure::Decided(db_error(e)))?;
     Ok(context)
 }
 
@@ -579,7 +580,7 @@ async fn fetch(
 async fn watch_deployment(db: MySqlPool, deployment_id: String, cancel: CancellationToken) {
     loop {
         tokio::time::sleep(CANCEL_CHECK_EVERY).await;
-        if let Ok(status) = build::deployment_status(&db, &deployment_id).await
+        if let Ok(status) = deployment::status(&db, &deployment_id).await
             && status != DeploymentStatus::Building
         {
             tracing::info!(%deployment_id, %status, "deployment no longer building; stopping its build");
