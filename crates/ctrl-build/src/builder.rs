@@ -62,6 +62,9 @@ pub struct BuildRequest {
     /// The build's id (labelled on the image, so a retry recognises its own
     /// earlier result).
     pub build_id: String,
+    /// The ctrl project it belongs to (backends that isolate caches per
+    /// customer key them by it).
+    pub project_id: String,
     /// Where the result is pushed.
     pub image: ImageName,
     /// Build arguments.
@@ -79,6 +82,7 @@ impl fmt::Debug for BuildRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BuildRequest")
             .field("build_id", &self.build_id)
+            .field("project_id", &self.project_id)
             .field("image", &self.image)
             .field("build_args", &self.build_args)
             .field("platform", &self.platform)
@@ -150,6 +154,15 @@ pub enum BuildError {
     /// The build was cancelled.
     #[error("the build was cancelled")]
     Cancelled,
+    /// The backend refused the request on grounds trying again does not
+    /// change (credentials, permissions, an invalid setting).
+    #[error("{operation}: {message}")]
+    Refused {
+        /// What was being done.
+        operation: &'static str,
+        /// Why.
+        message: String,
+    },
     /// The backend could not be reached or failed on its own account.
     #[error("{operation}: {message}")]
     Backend {
@@ -167,7 +180,10 @@ impl BuildError {
         match self {
             Self::Backend { .. } => true,
             Self::Push { transient, .. } => *transient,
-            Self::StepFailed { .. } | Self::Unsupported(_) | Self::Cancelled => false,
+            Self::StepFailed { .. }
+            | Self::Unsupported(_)
+            | Self::Refused { .. }
+            | Self::Cancelled => false,
         }
     }
 }

@@ -284,24 +284,8 @@ impl Builder for DockerBuilder {
                 self.capabilities.platforms, req.platform
             )));
         }
-        let registry_error = |e: crate::registry::RegistryError| BuildError::Push {
-            image: req.image.tagged(),
-            transient: e.transient,
-            message: e.to_string(),
-        };
-        let lookup = || self.registry.digest(&req.image.path, &req.image.tag);
-        if let Some(digest) = lookup().await.map_err(registry_error)? {
-            let _ = events
-                .send(BuildEvent::Line(format!(
-                    "{} was pushed by an earlier attempt ({digest}); using it",
-                    req.image
-                )))
-                .await;
-            return Ok(Built {
-                image: req.image.by_digest(&digest),
-                digest,
-                how: HowBuilt::AlreadyPushed,
-            });
+        if let Some(built) = self.registry.earlier_push(req, events).await? {
+            return Ok(built);
         }
         let how = if self.built_earlier(req).await? {
             let _ = events
@@ -316,22 +300,7 @@ impl Builder for DockerBuilder {
             HowBuilt::Built
         };
         self.push(req, events, cancel).await?;
-        let digest = lookup()
-            .await
-            .map_err(registry_error)?
-            .ok_or_else(|| BuildError::Push {
-                image: req.image.tagged(),
-                message: "the push finished but the registry does not have the tag".into(),
-                transient: true,
-            })?;
-        let _ = events
-            .send(BuildEvent::Line(format!("Pushed {} ({digest})", req.image)))
-            .await;
-        Ok(Built {
-            image: req.image.by_digest(&digest),
-            digest,
-            how,
-        })
+        self.registry.pushed(req, events, how, "the push").await
     }
 }
 
@@ -583,6 +552,7 @@ mod tests {
     fn the_build_query_carries_secrets_by_file_never_by_value() {
         let req = BuildRequest {
             build_id: "bld_1".into(),
+            project_id: "proj_1".into(),
             image: crate::builder::ImageName {
                 registry: "r".into(),
                 path: "p".into(),

@@ -15,10 +15,29 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use zeroize::Zeroizing;
 
+use crate::builder::{BuildError, BuildEvent, BuildRequest, Built, Events, HowBuilt};
+
 /// HTTPS (rustls on ring, the platform's roots) or plain HTTP. Not reqwest:
 /// its rustls needs a process-wide crypto provider, which every other
 /// reqwest client in the workspace would then have to install too.
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// HTTPS (rustls on ring, the platform's roots) or plain HTTP, HTTP/1.1,
+/// connecting within `connect_timeout`: the build backends' one HTTP client.
+pub(crate) fn https_connector(
+    connect_timeout: Duration,
+) -> std::io::Result<hyper_rustls::HttpsConnector<HttpConnector>> {
+    let mut connector = HttpConnector::new();
+    connector.enforce_http(false);
+    connector.set_connect_timeout(Some(connect_timeout));
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector))
+}
 
 /// Largest token response read.
 const MAX_BODY: usize = 64 << 10;
@@ -131,17 +150,8 @@ impl Registry {
                 config.repository
             ));
         }
-        let mut connector = HttpConnector::new();
-        connector.enforce_http(false);
-        connector.set_connect_timeout(Some(config.request_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(std::sync::Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .map_err(|e| format!("registry TLS roots: {e}"))?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
+        let https = https_connector(config.request_timeout)
+            .map_err(|e| format!("registry TLS roots: {e}"))?;
         let http = Client::builder(TokioExecutor::new()).build(https);
         let host = if config.image_host.is_empty() {
             host.to_owned()
@@ -229,6 +239,69 @@ impl Registry {
                     true,
                 )
             })?
+    }
+
+    /// What an earlier attempt of `req` pushed, if it did (told to
+    /// `events`): the first thing every backend asks, so a retried build is
+    /// never built twice.
+    pub(crate) async fn earlier_push(
+        &self,
+        req: &BuildRequest,
+        events: &Events,
+    ) -> Result<Option<Built>, BuildError> {
+        let Some(digest) = self.tag_digest(req).await? else {
+            return Ok(None);
+        };
+        let _ = events
+            .send(BuildEvent::Line(format!(
+                "{} was pushed by an earlier attempt ({digest}); using it",
+                req.image
+            )))
+            .await;
+        Ok(Some(Built {
+            image: req.image.by_digest(&digest),
+            digest,
+            how: HowBuilt::AlreadyPushed,
+        }))
+    }
+
+    /// The image `req` just pushed, by the digest the registry has for its
+    /// tag (told to `events`). `who` names the pusher in the error when the
+    /// tag is missing.
+    pub(crate) async fn pushed(
+        &self,
+        req: &BuildRequest,
+        events: &Events,
+        how: HowBuilt,
+        who: &str,
+    ) -> Result<Built, BuildError> {
+        let digest = self
+            .tag_digest(req)
+            .await?
+            .ok_or_else(|| BuildError::Push {
+                image: req.image.tagged(),
+                message: format!("{who} finished but the registry does not have the tag"),
+                transient: true,
+            })?;
+        let _ = events
+            .send(BuildEvent::Line(format!("Pushed {} ({digest})", req.image)))
+            .await;
+        Ok(Built {
+            image: req.image.by_digest(&digest),
+            digest,
+            how,
+        })
+    }
+
+    /// [`Registry::digest`] of `req`'s tag, as a build error.
+    async fn tag_digest(&self, req: &BuildRequest) -> Result<Option<String>, BuildError> {
+        self.digest(&req.image.path, &req.image.tag)
+            .await
+            .map_err(|e| BuildError::Push {
+                image: req.image.tagged(),
+                transient: e.transient,
+                message: e.to_string(),
+            })
     }
 
     /// The digest `path:tag` points to, or `None` if the tag does not exist.

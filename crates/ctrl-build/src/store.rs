@@ -235,7 +235,7 @@ impl ContextStore {
             .content_length(i64::try_from(size).unwrap_or(i64::MAX))
             .presigned(presigning)
             .await
-            .map_err(|e| StoreError::Unavailable(error_text(&e)))?;
+            .map_err(|e| StoreError::Unavailable(crate::error_chain(&e)))?;
         let expires = now + self.upload_url_ttl;
         Ok(Upload {
             url: request.uri().to_owned(),
@@ -282,7 +282,7 @@ impl ContextStore {
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => {
                 Err(StoreError::Missing { key: key.into() })
             }
-            Err(e) => Err(StoreError::Unavailable(error_text(&e))),
+            Err(e) => Err(StoreError::Unavailable(crate::error_chain(&e))),
         }
     }
 
@@ -299,7 +299,7 @@ impl ContextStore {
                 if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
                     StoreError::Missing { key: key.into() }
                 } else {
-                    StoreError::Unavailable(error_text(&e))
+                    StoreError::Unavailable(crate::error_chain(&e))
                 }
             })?;
         let mut body = object.body;
@@ -320,6 +320,55 @@ impl ContextStore {
         Ok(data)
     }
 
+    /// The key of a build's prepared context, shared with a remote builder.
+    pub fn prepared_key(build_id: &str) -> String {
+        format!("prepared/{build_id}.tar.gz")
+    }
+
+    /// Stores a build's prepared context (a tar.gz) for a remote builder and
+    /// returns a presigned GET of it valid for `ttl`. Idempotent per build.
+    pub async fn share_prepared(
+        &self,
+        build_id: &str,
+        tar_gz: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<String, StoreError> {
+        let key = Self::prepared_key(build_id);
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type(CONTENT_TYPE)
+            .body(tar_gz.into())
+            .send()
+            .await
+            .map_err(|e| StoreError::Unavailable(crate::error_chain(&e)))?;
+        let presigning =
+            PresigningConfig::expires_in(ttl).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .presigned(presigning)
+            .await
+            .map_err(|e| StoreError::Unavailable(crate::error_chain(&e)))?;
+        Ok(request.uri().to_owned())
+    }
+
+    /// Deletes a build's prepared context (done with it; a missing one is
+    /// fine).
+    pub async fn delete_prepared(&self, build_id: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(Self::prepared_key(build_id))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::Unavailable(crate::error_chain(&e)))
+    }
+
     /// Creates the bucket if it does not exist (the local stack's start).
     pub async fn ensure_bucket(&self) -> Result<(), StoreError> {
         match self
@@ -337,20 +386,7 @@ impl ContextStore {
             {
                 Ok(())
             }
-            Err(e) => Err(StoreError::Unavailable(error_text(&e))),
+            Err(e) => Err(StoreError::Unavailable(crate::error_chain(&e))),
         }
     }
-}
-
-/// The SDK's error with its source chain (its `Display` alone says only
-/// "service error").
-fn error_text(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

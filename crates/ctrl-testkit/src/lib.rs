@@ -21,10 +21,13 @@
 //! It does not install anything: `cargo xtask deps` does, into the locations
 //! named in [`paths`]. Nothing here is a mock; each handle is the real server
 //! — except [`github::FakeGitHub`], an in-process stand-in for GitHub's REST
-//! API (which cannot run locally).
+//! API (which cannot run locally), and [`depot::FakeDepot`], one for Depot's
+//! API and the BuildKit machine it hands out (which builds for real on
+//! [`Podman`]).
 
 pub mod acme;
 pub mod ca;
+pub mod depot;
 pub mod github;
 pub mod images;
 pub mod in_process;
@@ -37,12 +40,14 @@ pub mod registry;
 pub mod restate;
 pub mod s3;
 
+mod clock;
 mod error;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::time::Duration;
 
 pub use acme::{ChallTestSrv, Moto, Pebble, PebbleOptions};
+pub use depot::{FakeDepot, FakeDepotOptions};
 pub use error::Error;
 pub use in_process::InProcess;
 pub use mariadb::{MariaDb, TestDatabase, test_database};

@@ -68,20 +68,42 @@ impl Builds {
                 request_timeout: Duration::from_secs(30),
             })
             .map_err(anyhow::Error::msg)?;
-            let mut docker = ctrl_build::docker::DockerBuilder::new(
-                &b.docker_socket,
-                timeout,
-                registry.clone(),
-                &config.build_platform,
-            )
-            .map_err(anyhow::Error::msg)?;
-            // Which engine it is decides whether builds take secrets. An
-            // engine that is not up yet is not asked again: builds with
-            // secrets are refused with the reason until the worker restarts.
-            if let Err(e) = docker.detect().await {
-                tracing::warn!(error = %e, "could not ask the build engine what it is; builds take no secrets");
-            }
-            let builder: Arc<dyn Builder> = Arc::new(docker);
+            let builder: Arc<dyn Builder> = if b.backend == "depot" {
+                let store = ContextStore::new(&config.build_contexts);
+                let d = &config.depot;
+                Arc::new(
+                    ctrl_build::depot::DepotBuilder::new(
+                        ctrl_build::depot::DepotConfig {
+                            api_url: d.api_url.clone(),
+                            token: d.token.clone().into(),
+                            project_region: d.project_region.clone(),
+                            project_prefix: d.project_prefix.clone(),
+                            cache_keep_bytes: d.cache_keep_gib << 30,
+                            cache_keep_days: d.cache_keep_days,
+                            request_timeout: Duration::from_secs(d.request_timeout_seconds),
+                            build_timeout: timeout,
+                        },
+                        registry.clone(),
+                        store,
+                    )
+                    .map_err(anyhow::Error::msg)?,
+                )
+            } else {
+                let mut docker = ctrl_build::docker::DockerBuilder::new(
+                    &b.docker_socket,
+                    timeout,
+                    registry.clone(),
+                    &config.build_platform,
+                )
+                .map_err(anyhow::Error::msg)?;
+                // Which engine it is decides whether builds take secrets. An
+                // engine that is not up yet is not asked again: builds with
+                // secrets are refused with the reason until the worker restarts.
+                if let Err(e) = docker.detect().await {
+                    tracing::warn!(error = %e, "could not ask the build engine what it is; builds take no secrets");
+                }
+                Arc::new(docker)
+            };
             (Some(builder), Some(registry))
         };
         let store = config

@@ -40,6 +40,9 @@ pub struct Config {
     /// Where built images are pushed (seed 001's `[registry]`).
     #[serde(default)]
     pub registry: RegistrySection,
+    /// Depot, the `depot` build backend (seed 001's `[depot]`).
+    #[serde(default)]
+    pub depot: DepotSection,
     /// Uploaded build contexts (the same section as ctrl-api's).
     #[serde(default)]
     pub build_contexts: ctrl_build::store::StoreConfig,
@@ -63,7 +66,8 @@ fn default_build_platform() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BuildConfig {
-    /// `docker` (a Docker Engine API: Docker or podman) or empty (builds off).
+    /// `docker` (a Docker Engine API: Docker or podman), `depot` (Depot's
+    /// BuildKit machines, `[depot]`) or empty (builds off).
     pub backend: String,
     /// The engine's unix socket (`docker` backend).
     pub docker_socket: String,
@@ -95,6 +99,51 @@ impl Default for BuildConfig {
             max_log_lines: 10_000,
             attempts: 3,
         }
+    }
+}
+
+/// The `[depot]` section.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DepotSection {
+    /// Depot's API.
+    pub api_url: String,
+    /// The organization token; never logged.
+    pub token: String,
+    /// Region of the Depot projects created (one per ctrl project).
+    pub project_region: String,
+    /// Prefix of their names: `{project_prefix}-{ctrl project id}`.
+    pub project_prefix: String,
+    /// Build cache a project keeps, in GiB.
+    pub cache_keep_gib: u64,
+    /// Days a project keeps its build cache.
+    pub cache_keep_days: u32,
+    /// Bound on each API call.
+    pub request_timeout_seconds: u64,
+}
+
+impl Default for DepotSection {
+    fn default() -> Self {
+        Self {
+            api_url: "https://api.depot.dev".into(),
+            token: String::new(),
+            project_region: "us-east-1".into(),
+            project_prefix: "ctrl".into(),
+            cache_keep_gib: 50,
+            cache_keep_days: 14,
+            request_timeout_seconds: 30,
+        }
+    }
+}
+
+impl std::fmt::Debug for DepotSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DepotSection")
+            .field("api_url", &self.api_url)
+            .field("token", &"<redacted>")
+            .field("project_region", &self.project_region)
+            .field("project_prefix", &self.project_prefix)
+            .finish_non_exhaustive()
     }
 }
 
@@ -577,9 +626,9 @@ impl Config {
     fn validate_builds(&self, v: &mut Validator) {
         let b = &self.build;
         v.check(
-            matches!(b.backend.as_str(), "" | "docker"),
+            matches!(b.backend.as_str(), "" | "docker" | "depot"),
             "build.backend",
-            "must be \"docker\" or empty (builds off)",
+            "must be \"docker\", \"depot\" or empty (builds off)",
         );
         v.check(
             matches!(
@@ -595,8 +644,41 @@ impl Config {
             "must be a linux platform, e.g. \"linux/amd64\" or \"linux/arm64\"",
         );
         if !b.backend.is_empty() {
-            v.nonempty("build.docker_socket", &b.docker_socket);
             v.nonempty("registry.url", &self.registry.url);
+        }
+        if b.backend == "docker" {
+            v.nonempty("build.docker_socket", &b.docker_socket);
+        }
+        if b.backend == "depot" {
+            let d = &self.depot;
+            v.url("depot.api_url", &d.api_url, &["http", "https"]);
+            v.nonempty("depot.token", &d.token);
+            v.check(
+                !d.project_region.trim().is_empty(),
+                "depot.project_region",
+                "must name a Depot region, e.g. \"us-east-1\"",
+            );
+            v.check(
+                !d.project_prefix.is_empty()
+                    && d.project_prefix.len() <= 40
+                    && d.project_prefix
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'),
+                "depot.project_prefix",
+                "must be 1 to 40 letters, digits, \"-\" or \"_\"",
+            );
+            v.range("depot.cache_keep_gib", d.cache_keep_gib, 1..=10_000);
+            v.range("depot.cache_keep_days", d.cache_keep_days, 1..=365);
+            v.range(
+                "depot.request_timeout_seconds",
+                d.request_timeout_seconds,
+                1..=600,
+            );
+            v.check(
+                self.build_contexts.enabled(),
+                "build_contexts",
+                "the depot backend shares build contexts with Depot's machines through [build_contexts] (S3): configure it",
+            );
         }
         v.range("build.timeout_seconds", b.timeout_seconds, 10..=6 * 3600);
         v.range("build.slots_per_workspace", b.slots_per_workspace, 1..=100);
@@ -699,6 +781,32 @@ mod tests {
             .expect_err("no registry")
             .to_string();
         assert!(err.contains("registry.url"), "{err}");
+    }
+
+    #[test]
+    fn the_depot_backend_needs_its_token_and_the_context_store_and_hides_the_token() {
+        let base = "[restate]\nadmin_url = \"http://r:9070\"\n[database]\nurl = \"mysql://u@h/db\"\n[registry]\nurl = \"https://ghcr.io\"\n[build]\nbackend = \"depot\"\n";
+        let err = parse(&format!(
+            "{base}[depot]\nproject_prefix = \"a b\"\nproject_region = \"\"\n"
+        ))
+        .expect_err("invalid")
+        .to_string();
+        for field in [
+            "depot.token",
+            "depot.project_prefix",
+            "depot.project_region",
+            "build_contexts",
+        ] {
+            assert!(err.contains(field), "{field} not named: {err}");
+        }
+        let ok = parse(&format!(
+            "{base}[depot]\ntoken = \"depot-org-token-value\"\n[build_contexts]\nbucket = \"ctx\"\naccess_key_id = \"AKID\"\nsecret_access_key = \"s3-secret-value\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(ok.depot.api_url, "https://api.depot.dev");
+        assert_eq!(ok.depot.project_region, "us-east-1");
+        let shown = format!("{ok:?}");
+        assert!(!shown.contains("depot-org-token-value"), "{shown}");
     }
 
     #[test]

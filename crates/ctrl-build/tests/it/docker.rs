@@ -56,6 +56,7 @@ async fn setup() -> Result<Setup> {
 fn request(s: &Setup, build_id: &str, tag: &str) -> BuildRequest {
     BuildRequest {
         build_id: build_id.into(),
+        project_id: "proj_hello".into(),
         image: ImageName {
             registry: s.registry.host().into(),
             path: "ctrl/acme/hello".into(),

@@ -2,6 +2,7 @@
 //! Docker-compatible API builds, Debian's docker-registry receives the
 //! pushes, s3s-fs stores the uploads.
 
+mod depot;
 mod docker;
 mod store;
 

@@ -3,6 +3,7 @@
 
 mod acme;
 mod cleanup;
+mod depot;
 mod mariadb;
 mod podman;
 mod registry;

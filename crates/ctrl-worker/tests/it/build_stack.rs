@@ -22,6 +22,20 @@ pub(crate) struct BuildStack {
     pub(crate) _s3: S3Server,
     pub(crate) store: ContextStore,
     pub(crate) digests: ctrl_build::registry::Registry,
+    /// The Depot stand-in, when the stack builds on `depot`.
+    pub(crate) depot: Option<ctrl_testkit::depot::FakeDepot>,
+}
+
+/// The organization token of the stack's FakeDepot.
+pub(crate) const DEPOT_TOKEN: &str = "depot-org-token-of-the-worker-tests";
+
+/// Which build backend the worker uses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// podman's Docker API.
+    Docker,
+    /// The testkit's FakeDepot (whose machine builds on the same podman).
+    Depot,
 }
 
 impl BuildStack {
@@ -33,6 +47,16 @@ impl BuildStack {
 
     /// [`BuildStack::start`] with a build timeout of `timeout_seconds`.
     pub(crate) async fn start_with(slots: u32, timeout_seconds: u64, extra: &str) -> Result<Self> {
+        Self::start_on(Backend::Docker, slots, timeout_seconds, extra).await
+    }
+
+    /// [`BuildStack::start_with`] on `backend`.
+    pub(crate) async fn start_on(
+        backend: Backend,
+        slots: u32,
+        timeout_seconds: u64,
+        extra: &str,
+    ) -> Result<Self> {
         let (podman, registry, s3) =
             tokio::try_join!(Podman::start(), Registry::start(), S3Server::start())?;
         podman.import_busybox_image("docker.io/library/busybox:latest")?;
@@ -46,12 +70,35 @@ impl BuildStack {
         };
         let store = ContextStore::new(&store_config);
         store.ensure_bucket().await?;
+        let depot = match backend {
+            Backend::Docker => None,
+            Backend::Depot => Some(
+                ctrl_testkit::depot::FakeDepot::start(ctrl_testkit::depot::FakeDepotOptions {
+                    org_token: DEPOT_TOKEN.into(),
+                    podman_socket: podman.socket().to_path_buf(),
+                    registry_url: registry.url(),
+                    build_timeout: Duration::from_secs(timeout_seconds),
+                    pending_polls: 1,
+                })
+                .await?,
+            ),
+        };
+        let (backend_name, depot_section) = match &depot {
+            None => ("docker", String::new()),
+            Some(d) => (
+                "depot",
+                format!(
+                    "[depot]\napi_url = \"{}\"\ntoken = \"{DEPOT_TOKEN}\"\n",
+                    d.url()
+                ),
+            ),
+        };
         let sections = format!(
             "build_platform = \"linux/amd64\"\n\
-             [build]\nbackend = \"docker\"\ndocker_socket = \"{socket}\"\nslots_per_workspace = {slots}\ntimeout_seconds = {timeout_seconds}\n\
+             [build]\nbackend = \"{backend_name}\"\ndocker_socket = \"{socket}\"\nslots_per_workspace = {slots}\ntimeout_seconds = {timeout_seconds}\n\
              [registry]\nurl = \"{registry}\"\nrepository = \"ctrl\"\n\
              [build_contexts]\nendpoint = \"{endpoint}\"\nbucket = \"contexts\"\naccess_key_id = \"{key}\"\nsecret_access_key = \"{secret}\"\nforce_path_style = true\n\
-             {extra}",
+             {depot_section}{extra}",
             socket = podman.socket().display(),
             registry = registry.url(),
             endpoint = s3.endpoint_url(),
@@ -75,6 +122,7 @@ impl BuildStack {
             _s3: s3,
             store,
             digests,
+            depot,
         })
     }
 

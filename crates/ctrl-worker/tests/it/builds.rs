@@ -13,7 +13,7 @@ use ctrl_db::types::{BuildStatus, SourceKind};
 use ctrl_db::{build, deployment};
 use ctrl_testkit::http_client;
 
-use crate::build_stack::BuildStack;
+use crate::build_stack::{Backend, BuildStack, DEPOT_TOKEN};
 
 fn hello() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello")
@@ -62,6 +62,68 @@ async fn an_uploaded_context_is_built_pushed_by_digest_and_deployed() -> Result<
         "built by the worker",
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_uploaded_context_builds_on_depot_and_is_deployed_by_digest() -> Result<()> {
+    let s = BuildStack::start_on(Backend::Depot, 2, 120, "").await?;
+    let key = s.upload(&hello()).await?;
+    let id = s.context_deployment(&s.h.production, &key).await?;
+    s.h.deploy_to_ready(&id).await?;
+
+    let d = deployment::get(&s.h.db.pool, &id).await?;
+    let b = build::for_deployment(&s.h.db.pool, &id)
+        .await?
+        .context("build row")?;
+    assert_eq!(b.status, BuildStatus::Succeeded);
+    assert_eq!(b.backend, "depot");
+    let digest = s
+        .digests
+        .digest("ctrl/acme/shop-web", &id)
+        .await?
+        .context("the tag is in the registry")?;
+    let expected = format!("{}/ctrl/acme/shop-web@{digest}", s.registry.host_port());
+    assert_eq!(d.image.as_deref(), Some(expected.as_str()));
+    let output = s.output(&b.id).await?;
+    assert!(output.contains("Depot build"), "{output}");
+    assert!(output.contains("Pushed"), "{output}");
+
+    // One Depot project for the ctrl project, one finished build whose
+    // machine solved this build with the deployment's build argument.
+    let depot = s.depot.as_ref().context("depot")?;
+    let projects = depot.projects();
+    assert_eq!(projects.len(), 1);
+    assert_eq!(projects[0].name, format!("ctrl-{}", d.project_id));
+    let builds = depot.builds();
+    assert_eq!(builds.len(), 1);
+    assert_eq!(
+        builds[0].status,
+        ctrl_testkit::depot::FakeBuildStatus::Succeeded
+    );
+    let solves = depot.solves();
+    assert_eq!(solves.len(), 1);
+    assert_eq!(solves[0].reference, b.id);
+    assert_eq!(
+        solves[0]
+            .frontend_attrs
+            .get("build-arg:GREETING")
+            .map(String::as_str),
+        Some("built by the worker")
+    );
+    let out = s
+        .podman
+        .command()?
+        .args(["run", "--rm", &expected, "cat", "/www/greeting.txt"])
+        .output()?;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "built by the worker"
+    );
+    assert!(
+        !s.h.worker_log(10_000).contains(DEPOT_TOKEN),
+        "the Depot token is never logged"
     );
     Ok(())
 }

@@ -122,6 +122,7 @@ pub(super) async fn image(
         sha,
         request: BuildRequest {
             build_id: build_id.clone(),
+            project_id: plan.project_id.clone(),
             image: name,
             build_args: spec.args.clone(),
             platform: builds.settings.platform.clone(),
