@@ -22,6 +22,19 @@ pub struct Capabilities {
     pub secrets: bool,
 }
 
+impl Capabilities {
+    /// Refuses a platform the backend does not build for.
+    pub fn check_platform(&self, platform: &str) -> Result<(), BuildError> {
+        if self.platforms.iter().any(|p| p == platform) {
+            return Ok(());
+        }
+        Err(BuildError::Unsupported(format!(
+            "this builder builds for {:?}, not {platform}",
+            self.platforms
+        )))
+    }
+}
+
 /// The image a build produces: `repository:tag` before it is pushed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageName {

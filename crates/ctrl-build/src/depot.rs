@@ -526,12 +526,7 @@ impl Builder for DepotBuilder {
         events: &Events,
         cancel: &CancellationToken,
     ) -> Result<Built, BuildError> {
-        if !self.capabilities.platforms.contains(&req.platform) {
-            return Err(BuildError::Unsupported(format!(
-                "Depot builds for {:?}, not {}",
-                self.capabilities.platforms, req.platform
-            )));
-        }
+        self.capabilities.check_platform(&req.platform)?;
         if let Some(built) = self.registry.earlier_push(req, events).await? {
             return Ok(built);
         }

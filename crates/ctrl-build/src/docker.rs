@@ -278,12 +278,7 @@ impl Builder for DockerBuilder {
                 "this build engine cannot receive build secrets (Docker's API needs a BuildKit session; podman's takes them): unmark the variables' build_secret or build on podman".into(),
             ));
         }
-        if !self.capabilities.platforms.contains(&req.platform) {
-            return Err(BuildError::Unsupported(format!(
-                "this builder builds for {:?}, not {}",
-                self.capabilities.platforms, req.platform
-            )));
-        }
+        self.capabilities.check_platform(&req.platform)?;
         if let Some(built) = self.registry.earlier_push(req, events).await? {
             return Ok(built);
         }

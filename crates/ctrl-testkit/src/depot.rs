@@ -104,7 +104,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io::Read as _;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -514,8 +514,8 @@ impl FakeDepot {
         if rustls::crypto::CryptoProvider::get_default().is_none() {
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let api = loopback_listener(context)?;
-        let machine = loopback_listener(context)?;
+        let api = crate::loopback_listener(context)?;
+        let machine = crate::loopback_listener(context)?;
         let api_addr = api.local_addr().map_err(|e| Error::io(context, e))?;
         let machine_addr = machine.local_addr().map_err(|e| Error::io(context, e))?;
         let ca = LocalCa::generate()?;
@@ -680,30 +680,6 @@ impl FakeDepot {
         self.state().pending_polls = n;
         self
     }
-}
-
-/// A listener on a free loopback port that is reached (see
-/// [`crate::free_ports`]), non-blocking for tokio.
-fn loopback_listener(context: &str) -> Result<std::net::TcpListener, Error> {
-    let mut tries = 0;
-    let listener = loop {
-        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .map_err(|e| Error::io(context, e))?;
-        if crate::reaches(&listener) {
-            break listener;
-        }
-        tries += 1;
-        if tries > 20 {
-            return Err(Error::request(
-                context,
-                "no loopback port reaches its listener",
-            ));
-        }
-    };
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| Error::io(context, e))?;
-    Ok(listener)
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {

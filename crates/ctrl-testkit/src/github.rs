@@ -34,7 +34,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::io::Write as _;
-use std::net::{Ipv4Addr, TcpListener};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -275,24 +274,7 @@ impl FakeGitHub {
     /// Starts an empty fake on a free loopback port.
     pub async fn start() -> Result<Self, Error> {
         let context = "start the fake GitHub";
-        let mut tries = 0;
-        let listener = loop {
-            let listener =
-                TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| Error::io(context, e))?;
-            if crate::reaches(&listener) {
-                break listener;
-            }
-            tries += 1;
-            if tries > 20 {
-                return Err(Error::request(
-                    context,
-                    "no loopback port reaches its listener",
-                ));
-            }
-        };
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| Error::io(context, e))?;
+        let listener = crate::loopback_listener(context)?;
         let addr = listener.local_addr().map_err(|e| Error::io(context, e))?;
         let listener =
             tokio::net::TcpListener::from_std(listener).map_err(|e| Error::io(context, e))?;

@@ -100,6 +100,30 @@ pub fn free_ports<const N: usize>() -> Result<[u16; N], Error> {
 /// How many redirected ports [`free_ports`] skips before it gives up.
 const MAX_HIJACKED_PORTS: usize = 20;
 
+/// A listener on a free loopback port that is reached (see
+/// [`free_ports`]), non-blocking for tokio.
+pub(crate) fn loopback_listener(context: &str) -> Result<TcpListener, Error> {
+    let mut tries = 0;
+    let listener = loop {
+        let listener =
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| Error::io(context, e))?;
+        if reaches(&listener) {
+            break listener;
+        }
+        tries += 1;
+        if tries > 20 {
+            return Err(Error::request(
+                context,
+                "no loopback port reaches its listener",
+            ));
+        }
+    };
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::io(context, e))?;
+    Ok(listener)
+}
+
 /// Whether a connection to the listener's port arrives at the listener.
 /// A port can be free to bind yet redirected: a NAT rule left by a
 /// container whose cleanup never ran (podman's rootful port forwarding)

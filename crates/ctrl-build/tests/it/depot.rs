@@ -3,23 +3,18 @@
 //! (mTLS, the session with secrets and registry credentials, status) and
 //! builds for real on podman, pushing to the real registry.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use ctrl_build::builder::{
-    BuildError, BuildEvent, BuildRequest, Builder, Built, HowBuilt, ImageName,
-};
+use ctrl_build::builder::{BuildError, BuildEvent, BuildRequest, Built, HowBuilt};
 use ctrl_build::context::{self, Layout, Limits};
 use ctrl_build::depot::{DepotBuilder, DepotConfig};
 use ctrl_build::registry::{Registry, RegistryConfig};
 use ctrl_build::store::{ContextStore, StoreConfig, StoreError};
 use ctrl_testkit::depot::{FakeDepot, FakeDepotOptions};
 use ctrl_testkit::{Podman, Registry as RegistryServer, S3Server};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-const PLATFORM: &str = "linux/amd64";
 const ORG_TOKEN: &str = "depot-org-token-for-tests";
 
 struct Setup {
@@ -90,19 +85,7 @@ fn builder(s: &Setup, token: &str) -> Result<DepotBuilder> {
 }
 
 fn request(s: &Setup, build_id: &str, tag: &str) -> BuildRequest {
-    BuildRequest {
-        build_id: build_id.into(),
-        project_id: "proj_hello".into(),
-        image: ImageName {
-            registry: s.registry.host().into(),
-            path: "ctrl/acme/hello".into(),
-            tag: tag.into(),
-        },
-        build_args: BTreeMap::from([("GREETING".into(), "hi from depot".into())]),
-        platform: PLATFORM.into(),
-        labels: BTreeMap::new(),
-        secrets: BTreeMap::new(),
-    }
+    crate::request(s.registry.host(), build_id, tag, "hi from depot")
 }
 
 fn context_of(dockerfile: &str) -> Result<context::Context> {
@@ -124,17 +107,7 @@ async fn build(
     ctx: context::Context,
     cancel: &CancellationToken,
 ) -> (Result<Built, BuildError>, Vec<BuildEvent>) {
-    let (tx, mut rx) = mpsc::channel(1024);
-    let collect = tokio::spawn(async move {
-        let mut events = Vec::new();
-        while let Some(e) = rx.recv().await {
-            events.push(e);
-        }
-        events
-    });
-    let result = b.build(req, ctx, &tx, cancel).await;
-    drop(tx);
-    (result, collect.await.unwrap_or_default())
+    crate::run_build(b, req, ctx, cancel).await
 }
 
 /// The Depot methods called, in order, without the health reports (their

@@ -1,15 +1,13 @@
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use bollard::query_parameters::BuildImageOptionsBuilder;
-use ctrl_build::builder::{BuildError, BuildEvent, BuildRequest, Builder, HowBuilt, ImageName};
+use ctrl_build::builder::{BuildError, BuildEvent, BuildRequest, Builder, HowBuilt};
 use ctrl_build::context::{self, Layout, Limits};
 use ctrl_build::docker::{BUILD_ID_LABEL, DockerBuilder};
 use ctrl_build::registry::{Registry, RegistryConfig};
 use ctrl_testkit::{Podman, Registry as RegistryServer};
 use futures::StreamExt;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 const PLATFORM: &str = "linux/amd64";
@@ -54,19 +52,7 @@ async fn setup() -> Result<Setup> {
 }
 
 fn request(s: &Setup, build_id: &str, tag: &str) -> BuildRequest {
-    BuildRequest {
-        build_id: build_id.into(),
-        project_id: "proj_hello".into(),
-        image: ImageName {
-            registry: s.registry.host().into(),
-            path: "ctrl/acme/hello".into(),
-            tag: tag.into(),
-        },
-        build_args: BTreeMap::from([("GREETING".into(), "hi from the test".into())]),
-        platform: PLATFORM.into(),
-        labels: BTreeMap::new(),
-        secrets: BTreeMap::new(),
-    }
+    crate::request(s.registry.host(), build_id, tag, "hi from the test")
 }
 
 fn hello_context() -> Result<context::Context> {
@@ -80,7 +66,6 @@ fn hello_context() -> Result<context::Context> {
     )?)
 }
 
-/// Runs a build, collecting its events.
 async fn build(
     b: &DockerBuilder,
     req: &BuildRequest,
@@ -90,17 +75,7 @@ async fn build(
     Result<ctrl_build::builder::Built, BuildError>,
     Vec<BuildEvent>,
 ) {
-    let (tx, mut rx) = mpsc::channel(1024);
-    let collect = tokio::spawn(async move {
-        let mut events = Vec::new();
-        while let Some(e) = rx.recv().await {
-            events.push(e);
-        }
-        events
-    });
-    let result = b.build(req, ctx, &tx, cancel).await;
-    drop(tx);
-    (result, collect.await.unwrap_or_default())
+    crate::run_build(b, req, ctx, cancel).await
 }
 
 #[tokio::test]
