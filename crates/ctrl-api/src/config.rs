@@ -44,9 +44,44 @@ pub struct Config {
     /// the worker reads them from (no bucket = uploads are refused).
     #[serde(default)]
     pub build_contexts: ctrl_build::store::StoreConfig,
+    /// The GitHub App's webhooks (`POST /webhooks/github`; no secret =
+    /// the route answers 404).
+    #[serde(default)]
+    pub github: GitHubWebhooksConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+}
+
+/// The `[github]` section of ctrl-api: what it needs to accept the GitHub
+/// App's webhooks.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GitHubWebhooksConfig {
+    /// The webhook secret set on the GitHub App (seed 001's
+    /// `webhook_secret`); never logged.
+    pub webhook_secret: String,
+    /// A second accepted secret while the first is rotated.
+    pub previous_webhook_secret: String,
+}
+
+impl GitHubWebhooksConfig {
+    /// The secrets a delivery may be signed with.
+    pub fn secrets(&self) -> Vec<String> {
+        [&self.webhook_secret, &self.previous_webhook_secret]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for GitHubWebhooksConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitHubWebhooksConfig")
+            .field("configured", &!self.webhook_secret.is_empty())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The `[custom_domains]` section.
@@ -131,6 +166,25 @@ impl Validate for Config {
                 "must be at least 16 characters",
             );
         }
+        for (field, secret) in [
+            ("github.webhook_secret", &self.github.webhook_secret),
+            (
+                "github.previous_webhook_secret",
+                &self.github.previous_webhook_secret,
+            ),
+        ] {
+            v.check(
+                secret.is_empty() || secret.len() >= 16,
+                field,
+                "must be at least 16 characters (or empty: webhooks off)",
+            );
+        }
+        v.check(
+            self.github.previous_webhook_secret.is_empty()
+                || !self.github.webhook_secret.is_empty(),
+            "github.previous_webhook_secret",
+            "needs github.webhook_secret",
+        );
         let d = &self.custom_domains;
         v.check(
             d.cname_domain.is_empty() || ctrl_core::names::is_hostname(&d.cname_domain),
@@ -231,6 +285,7 @@ mod tests {
             ("CTRL_EDGE_TOKEN", "edge-0123456789abcdef"),
             ("CTRL_S3_ACCESS_KEY", "AKIDEXAMPLE"),
             ("CTRL_S3_SECRET_KEY", "s3-secret-value"),
+            ("CTRL_GITHUB_WEBHOOK_SECRET", "gh-webhook-secret-value"),
         ]
         .into_iter()
         .map(|(k, v)| (k.into(), v.into()))
@@ -242,6 +297,8 @@ mod tests {
         assert!(!format!("{c:?}").contains("fedcba9876543210fedcba"));
         assert!(c.build_contexts.enabled());
         assert!(!format!("{c:?}").contains("s3-secret-value"));
+        assert_eq!(c.github.secrets(), ["gh-webhook-secret-value"]);
+        assert!(!format!("{c:?}").contains("gh-webhook-secret-value"));
     }
 
     #[test]

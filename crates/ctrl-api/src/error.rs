@@ -32,6 +32,21 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The HTTP status for plain HTTP routes (the webhook), matching the
+    /// Connect code `rpc::to_connect` gives.
+    pub fn http_status(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode as S;
+        match self {
+            Self::InvalidArgument { .. } => S::BAD_REQUEST,
+            Self::NotFound(_) => S::NOT_FOUND,
+            Self::AlreadyExists(_) => S::CONFLICT,
+            Self::FailedPrecondition(_) => S::PRECONDITION_FAILED,
+            Self::Unauthenticated => S::UNAUTHORIZED,
+            Self::Unavailable(_) => S::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => S::INTERNAL_SERVER_ERROR,
+        }
+    }
+
     /// Bad input in `field`.
     pub fn invalid(field: &str, message: impl fmt::Display) -> Self {
         Self::InvalidArgument {

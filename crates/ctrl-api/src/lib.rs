@@ -4,7 +4,8 @@
 //! [`services`] holds the RPC implementations as plain functions over
 //! [`state::AppState`] — validation with ctrl-core, persistence with ctrl-db —
 //! returning [`error::ApiError`], which maps to Connect/gRPC codes in one place.
-//! [`agent_logs`] reads instance output from the regions' agents.
+//! [`agent_logs`] reads instance output from the regions' agents;
+//! [`webhook`] takes the GitHub App's deliveries (a plain HTTP route).
 
 pub mod agent_logs;
 pub mod config;
@@ -17,3 +18,4 @@ pub mod server;
 pub mod services;
 pub mod state;
 pub mod validate;
+pub mod webhook;

@@ -13,7 +13,7 @@ use connectrpc_axum::{
 use ctrl_proto::ctrl::v1 as pb;
 
 use crate::error::ApiError;
-use crate::services::{build, custom_domain, deployment, settings, tenancy};
+use crate::services::{build, custom_domain, deployment, repository, settings, tenancy};
 use crate::state::AppState;
 
 /// Largest accepted request body.
@@ -129,6 +129,7 @@ unary!(create_deployment => deployment::create_deployment, pb::CreateDeploymentR
 unary!(cancel_deployment => deployment::cancel_deployment, pb::CancelDeploymentRequest, pb::CancelDeploymentResponse);
 unary!(rollback => deployment::rollback, pb::RollbackRequest, pb::RollbackResponse);
 unary!(promote => deployment::promote, pb::PromoteRequest, pb::PromoteResponse);
+unary!(approve_deployment => deployment::approve_deployment, pb::ApproveDeploymentRequest, pb::ApproveDeploymentResponse);
 unary!(stop_deployment => deployment::stop_deployment, pb::StopDeploymentRequest, pb::StopDeploymentResponse);
 unary!(wake_deployment => deployment::wake_deployment, pb::WakeDeploymentRequest, pb::WakeDeploymentResponse);
 unary!(delete_deployment => deployment::delete_deployment, pb::DeleteDeploymentRequest, pb::DeleteDeploymentResponse);
@@ -139,6 +140,9 @@ unary!(get_custom_domain => custom_domain::get_custom_domain, pb::GetCustomDomai
 unary!(list_custom_domains => custom_domain::list_custom_domains, pb::ListCustomDomainsRequest, pb::ListCustomDomainsResponse);
 unary!(delete_custom_domain => custom_domain::delete_custom_domain, pb::DeleteCustomDomainRequest, pb::DeleteCustomDomainResponse);
 unary!(retry_verification => custom_domain::retry_verification, pb::RetryVerificationRequest, pb::RetryVerificationResponse);
+unary!(connect_repository => repository::connect_repository, pb::ConnectRepositoryRequest, pb::ConnectRepositoryResponse);
+unary!(list_repository_connections => repository::list_repository_connections, pb::ListRepositoryConnectionsRequest, pb::ListRepositoryConnectionsResponse);
+unary!(disconnect_repository => repository::disconnect_repository, pb::DisconnectRepositoryRequest, pb::DisconnectRepositoryResponse);
 unary!(generate_upload_url => build::generate_upload_url, pb::GenerateUploadUrlRequest, pb::GenerateUploadUrlResponse);
 unary!(get_build => build::get_build, pb::GetBuildRequest, pb::GetBuildResponse);
 unary!(list_regions => tenancy::list_regions, pb::ListRegionsRequest, pb::ListRegionsResponse);
@@ -407,6 +411,7 @@ max_decoding!(
     pb::region_service_server::RegionServiceServer<pb::RegionTonicService>,
     pb::custom_domain_service_server::CustomDomainServiceServer<pb::CustomDomainTonicService>,
     pb::build_service_server::BuildServiceServer<pb::BuildTonicService>,
+    pb::repository_service_server::RepositoryServiceServer<pb::RepositoryTonicService>,
     pb::acme_service_server::AcmeServiceServer<pb::AcmeTonicService>,
 );
 
@@ -588,6 +593,7 @@ pub fn router_with(
             .cancel_deployment(cancel_deployment)
             .rollback(rollback)
             .promote(promote)
+            .approve_deployment(approve_deployment)
             .stop_deployment(stop_deployment)
             .wake_deployment(wake_deployment)
             .delete_deployment(delete_deployment)
@@ -618,10 +624,18 @@ pub fn router_with(
         .stream_build_logs(stream_build_logs)
         .with_state(state.clone())
         .build();
+    let (repositories, repositories_grpc) =
+        repository_service_connect::RepositoryServiceTonicCompatibleBuilder::new()
+            .connect_repository(connect_repository)
+            .list_repository_connections(list_repository_connections)
+            .disconnect_repository(disconnect_repository)
+            .with_state(state.clone())
+            .build();
     let (acme, acme_grpc) = acme_service_connect::AcmeServiceTonicCompatibleBuilder::new()
         .verify_certificate(verify_certificate)
         .with_state(state.clone())
         .build();
+    let webhooks = crate::webhook::router(state.clone());
     let health = axum::Router::new()
         .route("/health/live", get(|| async { "ok" }))
         .route("/health/ready", get(ready))
@@ -638,6 +652,7 @@ pub fn router_with(
             regions,
             domains,
             builds,
+            repositories,
             acme,
         ])
         .add_grpc_service(grpc(ctrl_grpc))
@@ -649,8 +664,10 @@ pub fn router_with(
         .add_grpc_service(grpc(regions_grpc))
         .add_grpc_service(grpc(domains_grpc))
         .add_grpc_service(grpc(builds_grpc))
+        .add_grpc_service(grpc(repositories_grpc))
         .add_grpc_service(grpc(acme_grpc))
         .add_axum_router_raw(health)
+        .add_axum_router_raw(webhooks)
         .receive_max_bytes(MAX_REQUEST_BYTES);
     let dispatch = match cluster {
         Some(cluster) => {

@@ -34,7 +34,8 @@ pub async fn serve(
             .as_ref()
             .map(|l| crate::agent_logs::AgentLogs::new(&l.token)),
     )
-    .with_custom_domains(config.custom_domains.clone());
+    .with_custom_domains(config.custom_domains.clone())
+    .with_webhook_secrets(config.github.secrets());
     let state = if config.build_contexts.enabled() {
         state.with_build_contexts(ctrl_build::store::ContextStore::new(&config.build_contexts))
     } else {

@@ -8,5 +8,6 @@ pub mod acme;
 pub mod build;
 pub mod custom_domain;
 pub mod deployment;
+pub mod repository;
 pub mod settings;
 pub mod tenancy;

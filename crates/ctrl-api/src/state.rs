@@ -23,6 +23,7 @@ struct Inner {
     agent_logs: Option<crate::agent_logs::AgentLogs>,
     custom_domains: crate::config::CustomDomainsConfig,
     build_contexts: Option<ctrl_build::store::ContextStore>,
+    webhook_secrets: Vec<zeroize::Zeroizing<String>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -61,6 +62,7 @@ impl AppState {
                 agent_logs,
                 custom_domains: crate::config::CustomDomainsConfig::default(),
                 build_contexts: None,
+                webhook_secrets: Vec::new(),
             }),
         }
     }
@@ -81,6 +83,26 @@ impl AppState {
             None => tracing::error!("with_build_contexts called on a shared state; ignored"),
         }
         self
+    }
+
+    /// With the secrets GitHub webhooks are signed with.
+    pub fn with_webhook_secrets(mut self, secrets: Vec<String>) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => {
+                inner.webhook_secrets = secrets.into_iter().map(Into::into).collect();
+            }
+            None => tracing::error!("with_webhook_secrets called on a shared state; ignored"),
+        }
+        self
+    }
+
+    /// The secrets GitHub webhooks may be signed with (none: webhooks off).
+    pub fn webhook_secrets(&self) -> Vec<&str> {
+        self.inner
+            .webhook_secrets
+            .iter()
+            .map(|s| s.as_str())
+            .collect()
     }
 
     /// Where build contexts are uploaded, if the server takes uploads.

@@ -165,6 +165,11 @@ impl Api {
         pb::custom_domain_service_client::CustomDomainServiceClient::new(self.channel.clone())
     }
 
+    /// RepositoryService.
+    pub fn repositories(&self) -> pb::repository_service_client::RepositoryServiceClient<Authed> {
+        pb::repository_service_client::RepositoryServiceClient::new(self.channel.clone())
+    }
+
     /// A request carrying the call timeout (so the server gives up too).
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(message);

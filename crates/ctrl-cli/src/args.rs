@@ -80,6 +80,9 @@ pub enum Command {
     /// Custom domains: your own hostnames, routed to an environment's live deployment.
     #[command(subcommand)]
     Domains(DomainsCommand),
+    /// GitHub repositories connected to apps: pushes and pull requests deploy them.
+    #[command(subcommand)]
+    Repos(ReposCommand),
 }
 
 /// `ctrl workspaces …`
@@ -348,6 +351,8 @@ pub enum DeploymentsCommand {
     },
     /// Show a deployment: steps, URLs, regions and instances.
     Get(DeploymentArg),
+    /// Start a deployment that awaits approval (a pull request from a fork).
+    Approve(DeploymentArg),
     /// Delete a deployment that is not live: its instances stop, then it
     /// and its URLs are removed.
     Delete {
@@ -355,6 +360,35 @@ pub enum DeploymentsCommand {
         deployment: String,
         #[command(flatten)]
         confirm: Confirm,
+    },
+}
+
+/// `ctrl repos …`
+#[derive(Debug, Subcommand)]
+pub enum ReposCommand {
+    /// Connect an app to a GitHub repository (replacing its earlier one):
+    /// pushes to the app's default branch deploy production, other branches
+    /// and pull requests deploy previews.
+    Connect {
+        #[command(flatten)]
+        app: AppArg,
+        /// The repository, as owner/repo.
+        #[arg(long, value_name = "OWNER/REPO")]
+        repo: String,
+        /// The GitHub App installation with access to the repository.
+        #[arg(long, value_name = "ID", value_parser = clap::value_parser!(i64).range(1..))]
+        installation: i64,
+    },
+    /// List the workspace's connected repositories (or one app's).
+    List {
+        /// Only this app: id, `project/app`, or an app slug unique in the workspace.
+        #[arg(long, short)]
+        app: Option<String>,
+    },
+    /// Disconnect an app from its repository; pushes stop deploying it.
+    Disconnect {
+        #[command(flatten)]
+        app: AppArg,
     },
 }
 
@@ -646,6 +680,79 @@ mod tests {
             let e = domains(missing).expect_err("parsed without a required argument");
             assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
         }
+    }
+
+    #[test]
+    fn repos_take_an_app_a_repository_and_a_positive_installation() {
+        use clap::error::ErrorKind;
+        let repos = |args: &[&str]| -> Result<ReposCommand, clap::Error> {
+            let cli = Cli::try_parse_from(["ctrl", "repos"].iter().chain(args))?;
+            match cli.command {
+                Command::Repos(c) => Ok(c),
+                other => panic!("not a repos command: {other:?}"),
+            }
+        };
+        let Ok(ReposCommand::Connect {
+            app,
+            repo,
+            installation,
+        }) = repos(&[
+            "connect",
+            "--app",
+            "shop/web",
+            "--repo",
+            "acme/web",
+            "--installation",
+            "42",
+        ])
+        else {
+            panic!("connect did not parse");
+        };
+        assert_eq!(
+            (app.app.as_str(), repo.as_str(), installation),
+            ("shop/web", "acme/web", 42)
+        );
+        for bad in [
+            &["connect", "--app", "web", "--repo", "acme/web"][..],
+            &["connect", "--app", "web", "--installation", "1"],
+            &["connect", "--repo", "acme/web", "--installation", "1"],
+            &["disconnect"],
+        ] {
+            let e = repos(bad).expect_err("parsed without a required argument");
+            assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument, "{bad:?}");
+        }
+        for zero in ["0", "-1"] {
+            let e = repos(&[
+                "connect",
+                "--app",
+                "web",
+                "--repo",
+                "acme/web",
+                "--installation",
+                zero,
+            ])
+            .expect_err("installation 0");
+            assert!(
+                matches!(
+                    e.kind(),
+                    ErrorKind::ValueValidation | ErrorKind::UnknownArgument
+                ),
+                "{zero}: {e}"
+            );
+        }
+        assert!(matches!(
+            repos(&["list"]),
+            Ok(ReposCommand::List { app: None })
+        ));
+        assert!(matches!(
+            repos(&["disconnect", "-a", "web"]),
+            Ok(ReposCommand::Disconnect { app }) if app.app == "web"
+        ));
+        let cli = Cli::try_parse_from(["ctrl", "deployments", "approve", "d_1"]).expect("approve");
+        assert!(matches!(
+            cli.command,
+            Command::Deployments(DeploymentsCommand::Approve(DeploymentArg { ref deployment })) if deployment == "d_1"
+        ));
     }
 
     #[test]

@@ -173,6 +173,14 @@ pub struct CustomDomainInput {
     pub domain_id: String,
 }
 
+/// The GitHub webhook handler (virtual object keyed by installation and
+/// repository, so one repository's deliveries run in order); its input is
+/// `ctrl_github::webhook::Delivery`, sent with the delivery id as the
+/// idempotency key.
+pub const GITHUB_WEBHOOK_SERVICE: &str = "GitHubWebhook";
+/// Handles one delivery.
+pub const GITHUB_WEBHOOK_HANDLER: &str = "Handle";
+
 #[cfg(test)]
 mod tests {
     use super::*;

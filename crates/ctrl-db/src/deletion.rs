@@ -239,7 +239,8 @@ pub async fn remove_deployment(conn: &mut MySqlConnection, id: &str, now: i64) -
 }
 
 /// Removes the scope's own rows once its deployments are gone: settings,
-/// variables, routes, custom domains (with their certificates), then the tenancy rows (and, for a
+/// variables, routes, custom domains (with their certificates), repository
+/// connections, then the tenancy rows (and, for a
 /// workspace, its ACME account); call inside a transaction.
 pub async fn remove_scope(conn: &mut MySqlConnection, scope: Scope<'_>, now: i64) -> Result<()> {
     let hosts: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
@@ -289,6 +290,10 @@ pub async fn remove_scope(conn: &mut MySqlConnection, scope: Scope<'_>, now: i64
     let mut tables = vec!["frontline_routes", "custom_domains"];
     if matches!(scope, Scope::Workspace(_)) {
         tables.push("acme_users");
+    }
+    // An app's connection to its repository goes with the app.
+    if !matches!(scope, Scope::Environment(_)) {
+        tables.push("github_repo_connections");
     }
     for table in tables {
         sqlx::query(sqlx::AssertSqlSafe(format!(

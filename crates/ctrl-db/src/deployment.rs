@@ -74,6 +74,8 @@ pub struct Deployment {
     pub git_commit_timestamp: Option<i64>,
     /// Fork "owner/repo".
     pub fork_repository: Option<String>,
+    /// The pull request it deploys.
+    pub git_pr_number: Option<u32>,
     /// Snapshot: port.
     pub port: i32,
     /// Snapshot: CPU.
@@ -151,6 +153,8 @@ pub struct NewDeployment {
     pub git_commit_timestamp: Option<i64>,
     /// Fork "owner/repo".
     pub fork_repository: Option<String>,
+    /// The pull request it deploys.
+    pub git_pr_number: Option<u32>,
     /// Runtime snapshot.
     pub runtime: crate::settings::RuntimeSettings,
     /// Sealed environment snapshot.
@@ -196,13 +200,13 @@ pub async fn insert(ex: impl MySqlExecutor<'_>, d: &NewDeployment, now: i64) -> 
            (id, k8s_name, workspace_id, project_id, app_id, environment_id, source_kind, image,
             build_context_path, build_dir, dockerfile_path, build_args, build_secrets, git_installation_id,
             git_repository, git_commit_sha, git_branch, git_commit_message, git_commit_author_handle,
-            git_commit_author_avatar_url, git_commit_timestamp, fork_repository,
+            git_commit_author_avatar_url, git_commit_timestamp, fork_repository, git_pr_number,
             port, cpu_millicores, memory_mib, storage_mib, command, healthcheck, shutdown_signal,
             termination_grace_seconds, upstream_protocol, encrypted_environment,
             trigger_kind, trigger_reason, actor_id, actor_name, actor_type, idempotency_key,
             created_at, updated_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-                 ?, ?, ?, ?, ?, ?)",
+                 ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&d.id)
     .bind(&d.k8s_name)
@@ -226,6 +230,7 @@ pub async fn insert(ex: impl MySqlExecutor<'_>, d: &NewDeployment, now: i64) -> 
     .bind(&d.git_commit_author_avatar_url)
     .bind(d.git_commit_timestamp)
     .bind(&d.fork_repository)
+    .bind(d.git_pr_number)
     .bind(r.port)
     .bind(r.cpu_millicores)
     .bind(r.memory_mib)
@@ -253,7 +258,7 @@ const DEPLOYMENT: &str = "SELECT pk, id, k8s_name, workspace_id, project_id, app
     error_message, desired_state, source_kind, image, build_id, build_context_path, build_dir,
     dockerfile_path, build_args, build_secrets, git_repository, git_installation_id, git_commit_sha, git_branch,
     git_commit_message, git_commit_author_handle, git_commit_author_avatar_url, git_commit_timestamp,
-    fork_repository, port, cpu_millicores, memory_mib, storage_mib, command, healthcheck, shutdown_signal,
+    fork_repository, git_pr_number, port, cpu_millicores, memory_mib, storage_mib, command, healthcheck, shutdown_signal,
     termination_grace_seconds, upstream_protocol, encrypted_environment, trigger_kind, trigger_reason,
     actor_id, actor_name, actor_type, idempotency_key, invocation_id, created_at, updated_at FROM deployments";
 
@@ -349,6 +354,66 @@ impl Deployment {
             is_production,
         }
     }
+}
+
+/// Marks a just-inserted (pending) deployment as not started on purpose:
+/// `skipped` (with the reason as its message) or `awaiting_approval`.
+pub async fn hold(
+    ex: impl MySqlExecutor<'_>,
+    id: &str,
+    to: DeploymentStatus,
+    reason: &str,
+    now: i64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE deployments SET status = ?, error_message = ?, updated_at = ?
+         WHERE id = ? AND status = 'pending'",
+    )
+    .bind(to.as_str())
+    .bind(crate::truncate(reason, 1024))
+    .bind(now)
+    .bind(id)
+    .execute(ex)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Releases a deployment that awaited approval: back to `pending`, its
+/// hold reason cleared; false if it was not awaiting approval.
+pub async fn approve(ex: impl MySqlExecutor<'_>, id: &str, now: i64) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE deployments SET status = 'pending', error_message = NULL, updated_at = ?
+         WHERE id = ? AND status = 'awaiting_approval'",
+    )
+    .bind(now)
+    .bind(id)
+    .execute(ex)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Preview deployments of an app's branch (or pull request) that still run
+/// or progress: what a deleted branch or a closed pull request stops.
+pub async fn list_branch_previews(
+    ex: impl MySqlExecutor<'_>,
+    app_id: &str,
+    branch: &str,
+    pr_number: Option<u32>,
+) -> Result<Vec<Deployment>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{DEPLOYMENT} WHERE app_id = ? AND (git_branch = ? OR (? IS NOT NULL AND git_pr_number = ?))
+           AND environment_id IN (SELECT id FROM environments WHERE app_id = ? AND kind = 'preview')
+           AND (desired_state = 'running' OR status IN {})
+         ORDER BY created_at",
+        crate::progressing_sql()
+    )))
+    .bind(app_id)
+    .bind(branch)
+    .bind(pr_number)
+    .bind(pr_number)
+    .bind(app_id)
+    .fetch_all(ex)
+    .await?)
 }
 
 /// Sets the status to `to` only if it is still `from`; false if it was not.

@@ -8,7 +8,7 @@
 //! output), [`cluster`] (regions, clusters),
 //! [`deployment`] (deployments and steps), [`topology`] (versioned desired
 //! state per region), [`instance`], [`route`], [`certificate`] (and ACME
-//! challenges), [`custom_domain`], [`edge`] (what the edge serves, and its change feed) and
+//! challenges), [`custom_domain`], [`github`] (apps connected to repositories), [`edge`] (what the edge serves, and its change feed) and
 //! [`deletion`] (what a deletion cascade removes).
 //!
 //! Functions take an executor (pool, connection or transaction) and the
@@ -27,6 +27,7 @@ pub mod custom_domain;
 pub mod deletion;
 pub mod deployment;
 pub mod edge;
+pub mod github;
 pub mod instance;
 pub mod route;
 pub mod settings;

@@ -20,15 +20,28 @@
 //! `GET /repos/{owner}/{repo}/tarball/{sha}` (and the codeload URL it
 //! redirects to). `ctrl_testkit::github::FakeGitHub` serves the same
 //! endpoints for tests.
+//!
+//! [`webhook`] (no feature needed: ctrl-api links it without the client)
+//! checks deliveries' signatures and reads the events ctrl acts on.
 
+#[cfg(feature = "client")]
 pub mod app;
+#[cfg(feature = "client")]
 pub mod repos;
+pub mod webhook;
 
+#[cfg(feature = "client")]
 mod client;
+#[cfg(feature = "client")]
 mod error;
+#[cfg(feature = "client")]
 mod time;
 
+#[cfg(feature = "client")]
 pub use app::Token;
+#[cfg(feature = "client")]
 pub use client::{DEFAULT_API_URL, GitHub, GitHubConfig};
+#[cfg(feature = "client")]
 pub use error::GitHubError;
+#[cfg(feature = "client")]
 pub use repos::{Commit, RepoRef, Want};

@@ -6,4 +6,5 @@ pub mod custom_domain;
 pub mod deletion;
 pub mod deploy;
 pub mod deployment;
+pub mod github;
 pub mod routing;

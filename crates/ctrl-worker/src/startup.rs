@@ -27,6 +27,7 @@ use crate::services::custom_domain::{CustomDomainObject, Verifier};
 use crate::services::deletion::DeletionObject;
 use crate::services::deploy::{DeployObject, DeploySettings};
 use crate::services::deployment::DeploymentObject;
+use crate::services::github::GitHubWebhookObject;
 use crate::services::routing::RoutingObject;
 
 /// Every Restate service of the worker, with its invocation retry policy:
@@ -69,6 +70,12 @@ pub fn endpoint(
                 .options(options().abort_timeout(
                     Duration::from_secs(config.build.timeout_seconds) + Duration::from_secs(300),
                 )),
+        )
+        // ctrl-api hands it GitHub's deliveries through the ingress.
+        .bind(
+            GitHubWebhookObject::new(db.clone())
+                .into_service_definition()
+                .options(options()),
         )
         .bind(
             DeletionObject::new(db.clone())

@@ -1,6 +1,7 @@
-//! DeploymentService reads: GetDeployment, ListDeployments and the
-//! WatchDeployment stream. (Create, rollback, promote, cancel, stop and wake
-//! start durable workflows and arrive with the worker.)
+//! DeploymentService: the reads (GetDeployment, ListDeployments; the
+//! WatchDeployment stream is in `rpc.rs`) and the RPCs that start or steer
+//! the worker's durable workflows (create, approve, rollback, promote,
+//! cancel, stop, wake, delete).
 
 use ctrl_core::domains::Sticky;
 use ctrl_core::id::IdKind;
@@ -97,7 +98,8 @@ fn sticky_to_pb(s: Sticky) -> i32 {
 
 /// The summary fields of a deployment (what ListDeployments returns).
 fn summary(d: Deployment, environment_slug: String, live: bool) -> pb::Deployment {
-    let git = (d.git_commit_sha.is_some() || d.git_branch.is_some()).then(|| pb::GitCommitInfo {
+    let has_git = d.git_commit_sha.is_some() || d.git_branch.is_some() || d.git_pr_number.is_some();
+    let git = has_git.then(|| pb::GitCommitInfo {
         commit_sha: d.git_commit_sha.clone().unwrap_or_default(),
         branch: d.git_branch.clone().unwrap_or_default(),
         commit_message: d.git_commit_message.clone().unwrap_or_default(),
@@ -105,6 +107,7 @@ fn summary(d: Deployment, environment_slug: String, live: bool) -> pb::Deploymen
         author_avatar_url: d.git_commit_author_avatar_url.clone().unwrap_or_default(),
         timestamp: d.git_commit_timestamp.unwrap_or_default(),
         fork_repository: d.fork_repository.clone().unwrap_or_default(),
+        pr_number: d.git_pr_number.map(i64::from).unwrap_or_default(),
     });
     let actor = d.actor_id.clone().map(|id| pb::ActorInfo {
         id,
@@ -500,6 +503,7 @@ pub async fn create_deployment(
         git_commit_timestamp: (git.timestamp != 0).then_some(git.timestamp),
         fork_repository: (!git.fork_repository.is_empty())
             .then(|| truncate(&git.fork_repository, 256)),
+        git_pr_number: None,
         runtime,
         encrypted_environment: environment.encode_to_vec(),
         trigger_kind: trigger,
@@ -535,35 +539,94 @@ pub async fn create_deployment(
         Err(e) => return Err(e.into()),
     }
 
-    let input = ctrl_core::workflows::DeployInput {
-        deployment_id: id.clone(),
-    };
-    let invocation = s
-        .ingress()
-        .send(
-            ctrl_core::workflows::DEPLOY_SERVICE,
-            &id,
-            ctrl_core::workflows::DEPLOY_HANDLER,
-            &input,
-            &id,
-        )
-        .await;
-    match invocation {
-        Ok(invocation_id) => {
-            deployment::set_invocation_id(s.db(), &id, &invocation_id, s.now_ms()).await?;
-        }
-        Err(e) => {
-            if let Err(cleanup) = deployment::delete_unstarted(s.db(), &id).await {
-                tracing::error!(deployment_id = %id, error = %cleanup, "could not remove a deployment whose workflow did not start");
-            }
-            return Err(e);
-        }
-    }
+    let undo = async || deployment::delete_unstarted(s.db(), &id).await;
+    start_deploy(s, &id, undo, "removed").await?;
     tracing::info!(deployment_id = %id, app_id = %app.id, environment = %env.slug, "deployment created");
     Ok(pb::CreateDeploymentResponse {
         deployment_id: id,
         status: pb::DeploymentStatus::Pending as i32,
         deduplicated: false,
+    })
+}
+
+/// Starts the worker's Deploy pipeline of a pending deployment: an ingress
+/// send to `Deploy/{id}/Deploy` (the idempotency key is the id too, so a
+/// retried start lands on the same invocation), then records the
+/// invocation id on the row.
+///
+/// If Restate did not accept the invocation, `undo` runs (it puts the row
+/// back as it was; `undone` says how, for the log should it fail) and the
+/// send's error is returned: nothing was started.
+pub(crate) async fn start_deploy(
+    s: &AppState,
+    id: &str,
+    undo: impl AsyncFnOnce() -> ctrl_db::Result<bool>,
+    undone: &str,
+) -> Result<(), ApiError> {
+    use ctrl_core::workflows::{DEPLOY_HANDLER, DEPLOY_SERVICE, DeployInput};
+    let input = DeployInput {
+        deployment_id: id.to_owned(),
+    };
+    match s
+        .ingress()
+        .send(DEPLOY_SERVICE, id, DEPLOY_HANDLER, &input, id)
+        .await
+    {
+        Ok(invocation_id) => {
+            deployment::set_invocation_id(s.db(), id, &invocation_id, s.now_ms()).await?;
+            Ok(())
+        }
+        Err(e) => {
+            if let Err(cleanup) = undo().await {
+                tracing::error!(deployment_id = %id, error = %cleanup, "the workflow of a deployment did not start, and the deployment could not be {undone}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// DeploymentService.ApproveDeployment: moves a deployment that awaits
+/// approval to pending (a conditional update: of concurrent approvals one
+/// wins) and starts its Deploy pipeline as CreateDeployment does. Idempotent:
+/// a deployment that no longer awaits approval keeps its status, which is
+/// answered, and nothing starts. If the pipeline cannot be started, the
+/// deployment awaits approval again and the error is returned.
+pub async fn approve_deployment(
+    s: &AppState,
+    req: pb::ApproveDeploymentRequest,
+) -> Result<pb::ApproveDeploymentResponse, ApiError> {
+    use DeploymentStatus::{AwaitingApproval, Pending};
+    validate::id("deployment_id", IdKind::Deployment, &req.deployment_id)?;
+    let d = deployment::get(s.db(), &req.deployment_id).await?;
+    let actor = req.actor.unwrap_or_default();
+    if d.status == AwaitingApproval {
+        let app = tenancy::get_app(s.db(), &d.app_id).await?;
+        let env = tenancy::get_environment(s.db(), &d.environment_id).await?;
+        super::tenancy::not_deleting("app", app.deleting_at)?;
+        super::tenancy::not_deleting("environment", env.deleting_at)?;
+    }
+    // Clears the hold's reason with the status.
+    if !deployment::approve(s.db(), &d.id, s.now_ms()).await? {
+        let status = deployment::status(s.db(), &d.id).await?;
+        tracing::info!(deployment_id = %d.id, approver = %actor.id, status = status.as_str(), "approval of a deployment that does not await approval: nothing to do");
+        return Ok(pb::ApproveDeploymentResponse {
+            status: status_to_pb(status) as i32,
+        });
+    }
+    // Back on hold, with its reason.
+    let reason = d.error_message.clone().unwrap_or_default();
+    let undo =
+        async || deployment::hold(s.db(), &d.id, AwaitingApproval, &reason, s.now_ms()).await;
+    start_deploy(s, &d.id, undo, "put back to awaiting approval").await?;
+    tracing::info!(
+        deployment_id = %d.id,
+        app_id = %d.app_id,
+        approver = %actor.id,
+        approver_name = %actor.name,
+        "deployment approved"
+    );
+    Ok(pb::ApproveDeploymentResponse {
+        status: status_to_pb(Pending) as i32,
     })
 }
 

@@ -546,6 +546,169 @@ async fn over_the_wire_create_is_idempotent_and_cancel_twice_answers_the_same() 
     Ok(())
 }
 
+/// Why the deployments of these tests wait (what the webhook would say).
+const HELD: &str = "Waiting for approval: pull request #7 comes from a fork";
+
+/// A deployment of pull request 7 in the app's preview environment that
+/// awaits approval, as the webhook leaves one.
+async fn awaiting_approval(s: &AppState, app: &pb::App) -> Result<String> {
+    use ctrl_core::status::DeploymentStatus as S;
+    let preview = ctrl_db::tenancy::find_environment_by_slug(s.db(), &app.id, "preview").await?;
+    let id = crate::fixtures::deployment_of_pr(
+        s,
+        app,
+        &preview.id,
+        Some("fork-feature"),
+        Some(7),
+        S::Pending,
+        "",
+    )
+    .await?;
+    assert!(deployment::hold(s.db(), &id, S::AwaitingApproval, HELD, s.now_ms()).await?);
+    Ok(id)
+}
+
+fn approve(id: &str) -> pb::ApproveDeploymentRequest {
+    pb::ApproveDeploymentRequest {
+        deployment_id: id.into(),
+        actor: Some(pb::ActorInfo {
+            id: "reviewer".into(),
+            name: "Re Viewer".into(),
+            r#type: pb::ActorType::User as i32,
+            ..Default::default()
+        }),
+    }
+}
+
+#[tokio::test]
+async fn approve_starts_a_deployment_awaiting_approval_once() -> Result<()> {
+    use ctrl_core::status::DeploymentStatus as S;
+    let (restate, recorder) = restate_with_recorder().await?;
+    let s = state_with_restate(&restate.ingress_url(), &restate.admin_url()).await?;
+    let app = app(&s, true).await?;
+    let id = awaiting_approval(&s, &app).await?;
+
+    // Shown as awaiting approval, with its pull request.
+    let shown = svc::get_deployment(
+        &s,
+        pb::GetDeploymentRequest {
+            deployment_id: id.clone(),
+        },
+    )
+    .await?
+    .deployment
+    .expect("deployment");
+    assert_eq!(shown.status, pb::DeploymentStatus::AwaitingApproval as i32);
+    assert_eq!(shown.git.as_ref().map(|g| g.pr_number), Some(7));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        recorder.seen.lock().expect("lock").is_empty(),
+        "nothing runs before the approval"
+    );
+
+    let approved = svc::approve_deployment(&s, approve(&id)).await?;
+    assert_eq!(approved.status, pb::DeploymentStatus::Pending as i32);
+    assert_eq!(wait_for(&recorder, 1).await?, std::slice::from_ref(&id));
+    let row = deployment::get(s.db(), &id).await?;
+    assert_eq!(row.status, S::Pending);
+    let invocation = row.invocation_id.clone();
+    assert!(
+        invocation.as_deref().is_some_and(|i| i.starts_with("inv_")),
+        "{invocation:?}"
+    );
+    assert_eq!(
+        row.actor_id.as_deref(),
+        Some("dev"),
+        "the creator stays the actor"
+    );
+
+    // Again: it no longer awaits approval, so nothing starts.
+    let again = svc::approve_deployment(&s, approve(&id)).await?;
+    assert_eq!(again.status, pb::DeploymentStatus::Pending as i32);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(recorder.seen.lock().expect("lock").len(), 1);
+    assert_eq!(
+        deployment::get(s.db(), &id).await?.invocation_id,
+        invocation
+    );
+
+    // A deployment that is ready or failed answers its status unchanged.
+    let production = ctrl_db::tenancy::find_environment_by_slug(s.db(), &app.id, "production")
+        .await?
+        .id;
+    for (status, wire) in [
+        (S::Ready, pb::DeploymentStatus::Ready),
+        (S::Failed, pb::DeploymentStatus::Failed),
+    ] {
+        let other =
+            crate::fixtures::deployment(&s, &app, &production, Some("main"), status, "").await?;
+        let answer = svc::approve_deployment(&s, approve(&other)).await?;
+        assert_eq!(answer.status, wire as i32, "{status:?}");
+        let row = deployment::get(s.db(), &other).await?;
+        assert_eq!((row.status, row.invocation_id), (status, None));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(recorder.seen.lock().expect("lock").len(), 1);
+
+    // Over the wire too (Connect), for a second held deployment.
+    let second = awaiting_approval(&s, &app).await?;
+    let base = crate::serve(s.clone()).await?;
+    let connect = pb::deployment_service_connect_client::DeploymentServiceClient::builder(base)
+        .default_header("authorization", format!("Bearer {}", crate::TOKEN))
+        .build()?;
+    let answer = connect
+        .approve_deployment(&approve(&second))
+        .await?
+        .into_inner();
+    assert_eq!(answer.status, pb::DeploymentStatus::Pending as i32);
+    assert_eq!(wait_for(&recorder, 2).await?[1], second);
+    Ok(())
+}
+
+#[tokio::test]
+async fn approve_puts_the_deployment_back_when_restate_is_unreachable() -> Result<()> {
+    use ctrl_core::status::DeploymentStatus as S;
+    let s = state().await?; // the ingress address has no server behind it
+    let app = app(&s, true).await?;
+    let id = awaiting_approval(&s, &app).await?;
+    let err = svc::approve_deployment(&s, approve(&id)).await.unwrap_err();
+    assert!(matches!(err, ApiError::Unavailable(_)), "{err:?}");
+    let row = deployment::get(s.db(), &id).await?;
+    assert_eq!(
+        (row.status, row.invocation_id, row.error_message.as_deref()),
+        (S::AwaitingApproval, None, Some(HELD)),
+        "it awaits approval again"
+    );
+
+    // Bad input is named; an unknown deployment is not found.
+    let e = svc::approve_deployment(&s, approve("d_x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ApiError::InvalidArgument { field, .. } if field == "deployment_id"),
+        "{e:?}"
+    );
+    let e = svc::approve_deployment(&s, approve("d_0000000000000000"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApiError::NotFound(_)), "{e:?}");
+
+    // A deployment of an app being deleted is not started.
+    let mut conn = s.db().acquire().await?;
+    ctrl_db::deletion::mark(
+        &mut conn,
+        ctrl_db::deletion::Scope::App(&app.id),
+        s.now_ms(),
+    )
+    .await?;
+    assert_eq!(
+        svc::approve_deployment(&s, approve(&id)).await.unwrap_err(),
+        ApiError::FailedPrecondition("the app is being deleted".into())
+    );
+    assert_eq!(deployment::status(s.db(), &id).await?, S::AwaitingApproval);
+    Ok(())
+}
+
 fn auth<T>(msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     req.metadata_mut().insert(

@@ -79,6 +79,19 @@ pub(crate) async fn deployment(
     status: DeploymentStatus,
     id_suffix: &str,
 ) -> Result<String> {
+    deployment_of_pr(s, app, environment_id, branch, None, status, id_suffix).await
+}
+
+/// [`deployment`], made for pull request `pr_number` (when given).
+pub(crate) async fn deployment_of_pr(
+    s: &AppState,
+    app: &pb::App,
+    environment_id: &str,
+    branch: Option<&str>,
+    pr_number: Option<u32>,
+    status: DeploymentStatus,
+    id_suffix: &str,
+) -> Result<String> {
     let random = ctrl_core::id::generate(ctrl_core::id::IdKind::Deployment, &mut rand::rng());
     let id = format!("{}{id_suffix}", &random[..random.len() - id_suffix.len()]);
     let d = NewDeployment {
@@ -99,6 +112,7 @@ pub(crate) async fn deployment(
         git_commit_author_avatar_url: None,
         git_commit_timestamp: None,
         fork_repository: None,
+        git_pr_number: pr_number,
         runtime: settings::RuntimeSettings::default(),
         encrypted_environment: Vec::new(),
         trigger_kind: TriggerKind::Cli,

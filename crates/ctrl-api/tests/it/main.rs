@@ -10,6 +10,7 @@ mod deployments;
 mod fixtures;
 mod fuzz;
 mod live;
+mod repositories;
 mod server;
 mod settings;
 mod tenancy;

@@ -1,4 +1,4 @@
-//! `ctrl deployments list|get|delete`, `rollback`, `promote`, `cancel`, `stop`, `wake`.
+//! `ctrl deployments list|get|approve|delete`, `rollback`, `promote`, `cancel`, `stop`, `wake`.
 
 use anyhow::{Result, anyhow, bail};
 use ctrl_proto::ctrl::v1 as pb;
@@ -88,6 +88,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: DeploymentsCommand) -> Result<()> {
             .await?;
             ctx.done(&format!("deleted deployment {}", d.id))
         }
+        DeploymentsCommand::Approve(d) => approve(ctx, &d.deployment).await,
         DeploymentsCommand::Get(d) => {
             let d = resolve::deployment(&ctx.api, &d.deployment).await?;
             if ctx.json() {
@@ -167,6 +168,13 @@ pub(super) fn print(
                 git.commit_sha.get(..12).unwrap_or(&git.commit_sha)
             ),
         ));
+    }
+    if git.pr_number > 0 {
+        let mut pr = format!("#{}", git.pr_number);
+        if !git.fork_repository.is_empty() {
+            pr.push_str(&format!(" from {}", git.fork_repository));
+        }
+        fields.push(("pull request", pr));
     }
     if !d.error_message.is_empty() {
         fields.push(("error", d.error_message.clone()));
@@ -369,6 +377,33 @@ pub(super) async fn promote(ctx: &Ctx, id: &str) -> Result<()> {
         "promoted: {id} is live (was {}); new production deployments go live again",
         or_dash(previous)
     ))
+}
+
+/// `ctrl deployments approve <deployment>`: starts a deployment that
+/// awaits approval; one that does not is left as it is (and said so).
+async fn approve(ctx: &Ctx, id: &str) -> Result<()> {
+    let api = &ctx.api;
+    let req = api.request(pb::ApproveDeploymentRequest {
+        deployment_id: id.to_owned(),
+        actor: Some(ctx.actor()),
+    });
+    let after = api
+        .call(
+            &format!("approving {id}"),
+            api.deployments().approve_deployment(req),
+        )
+        .await?
+        .status;
+    if after == pb::DeploymentStatus::Pending as i32 {
+        ctx.done(&format!(
+            "approved {id}: it deploys now; `ctrl deployments get {id}` shows how far it is"
+        ))
+    } else {
+        ctx.done(&format!(
+            "{id} does not await approval (it is {}); nothing changed",
+            status(after)
+        ))
+    }
 }
 
 /// `ctrl cancel <deployment>`

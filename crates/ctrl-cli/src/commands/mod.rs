@@ -5,6 +5,7 @@ mod deploy;
 mod deployments;
 mod domains;
 mod logs;
+mod repos;
 mod tenancy;
 mod variables;
 
@@ -158,6 +159,7 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<ExitCode> {
         Command::Wake(d) => deployments::wake(ctx, &d.deployment).await?,
         Command::Logs(args) => logs::run(ctx, args).await?,
         Command::Domains(c) => domains::run(ctx, c).await?,
+        Command::Repos(c) => repos::run(ctx, c).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

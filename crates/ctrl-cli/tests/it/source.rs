@@ -304,6 +304,13 @@ impl pb::deployment_service_server::DeploymentService for Fake {
         Err(Status::unimplemented("not here"))
     }
 
+    async fn approve_deployment(
+        &self,
+        _: Request<pb::ApproveDeploymentRequest>,
+    ) -> Result<Response<pb::ApproveDeploymentResponse>, Status> {
+        Err(Status::unimplemented("not here"))
+    }
+
     async fn cancel_deployment(
         &self,
         _: Request<pb::CancelDeploymentRequest>,

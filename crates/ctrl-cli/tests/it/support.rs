@@ -31,7 +31,8 @@ pub(crate) struct Stack {
     pub(crate) cwd: tempfile::TempDir,
     // Stopped first (fields drop in order), then the servers they use.
     _services: InProcess,
-    _db: ctrl_testkit::TestDatabase,
+    /// The database (for rows only a webhook would make).
+    pub(crate) db: ctrl_testkit::TestDatabase,
     _podman: Podman,
     _restate: RestateServer,
     _s3: S3Server,
@@ -133,7 +134,7 @@ impl Stack {
             krane_url: format!("http://127.0.0.1:{krane_health}"),
             cwd: tempfile::tempdir()?,
             _services: services,
-            _db: db,
+            db,
             _podman: podman,
             _restate: restate,
             _s3: s3,

@@ -89,6 +89,7 @@ pub(crate) fn new_deployment(t: &Tree, environment: &str, branch: Option<&str>) 
         git_commit_author_avatar_url: None,
         git_commit_timestamp: Some(NOW - 1000),
         fork_repository: None,
+        git_pr_number: None,
         runtime: RuntimeSettings::default(),
         encrypted_environment: vec![0, 159, 146, 150],
         trigger_kind: TriggerKind::Cli,

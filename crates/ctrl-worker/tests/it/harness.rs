@@ -219,6 +219,7 @@ impl Harness {
             git_commit_author_avatar_url: None,
             git_commit_timestamp: None,
             fork_repository: None,
+            git_pr_number: None,
             runtime: RuntimeSettings::default(),
             encrypted_environment: Vec::new(),
             trigger_kind: TriggerKind::Api,

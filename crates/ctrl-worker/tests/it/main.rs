@@ -11,3 +11,4 @@ mod harness;
 mod live;
 mod pipeline;
 mod truth;
+mod webhooks;

@@ -141,6 +141,7 @@ impl Seed {
             git_commit_author_avatar_url: None,
             git_commit_timestamp: None,
             fork_repository: None,
+            git_pr_number: None,
             runtime: RuntimeSettings {
                 upstream_protocol: protocol,
                 ..RuntimeSettings::default()
