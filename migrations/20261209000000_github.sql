@@ -28,4 +28,4 @@ CREATE TABLE github_repo_connections (
 -- the preview), and who pushed.
 ALTER TABLE deployments
   ADD COLUMN git_pr_number INT UNSIGNED NULL AFTER fork_repository,
-  ADD KEY deployments_app_pr (app_id, git_pr_number);
+  ADD KEY deployments_pr (git_pr_number, app_id);

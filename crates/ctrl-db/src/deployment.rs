@@ -392,6 +392,23 @@ pub async fn approve(ex: impl MySqlExecutor<'_>, id: &str, now: i64) -> Result<b
     Ok(done.rows_affected() == 1)
 }
 
+/// The deployments made for a pull request of a repository (any app),
+/// oldest first: what its sticky comment lists.
+pub async fn list_for_pull_request(
+    ex: impl MySqlExecutor<'_>,
+    repository: &str,
+    pr_number: u32,
+) -> Result<Vec<Deployment>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{DEPLOYMENT} WHERE git_pr_number = ? AND LOWER(git_repository) = LOWER(?)
+         ORDER BY created_at, pk LIMIT 500"
+    )))
+    .bind(pr_number)
+    .bind(repository)
+    .fetch_all(ex)
+    .await?)
+}
+
 /// Preview deployments of an app's branch (or pull request) that still run
 /// or progress: what a deleted branch or a closed pull request stops.
 pub async fn list_branch_previews(

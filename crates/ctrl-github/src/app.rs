@@ -237,7 +237,10 @@ impl GitHub {
     async fn mint(&self, app: &AppKey, installation_id: u64) -> Result<Token, GitHubError> {
         let jwt = app.jwt(SystemTime::now())?;
         let path = format!("/app/installations/{installation_id}/access_tokens");
-        let body = match self.call(Method::POST, &path, &Auth::Jwt(&jwt)).await? {
+        let body = match self
+            .call(Method::POST, &path, &Auth::Jwt(&jwt), None)
+            .await?
+        {
             Ok(body) => body,
             Err(failure) => return Err(token_failure(&failure, app.app_id(), installation_id)),
         };

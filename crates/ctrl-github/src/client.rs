@@ -198,13 +198,15 @@ impl GitHub {
         })
     }
 
-    /// Sends one request with GitHub's headers and returns once the answer's
-    /// head has arrived (octocrab follows redirects on the way).
+    /// Sends one request with GitHub's headers (and `body` as JSON) and
+    /// returns once the answer's head has arrived (octocrab follows
+    /// redirects on the way).
     pub(crate) async fn send(
         &self,
         method: Method,
         path: &str,
         auth: &Auth<'_>,
+        body: Option<&serde_json::Value>,
         deadline: Instant,
     ) -> Result<Response<Body>, GitHubError> {
         let mut request = http::Request::builder()
@@ -224,11 +226,10 @@ impl GitHub {
             request = request.header(AUTHORIZATION, value);
         }
         // octocrab adds `X-GitHub-Api-Version: 2022-11-28` and its User-Agent.
-        let request = self
-            .inner
-            .crab
-            .build_request(request, None::<&()>)
-            .map_err(|e| GitHubError::Transient(format!("cannot build {method} {path}: {e}")))?;
+        let request =
+            self.inner.crab.build_request(request, body).map_err(|e| {
+                GitHubError::Transient(format!("cannot build {method} {path}: {e}"))
+            })?;
         tracing::debug!(%method, path, "GitHub request");
         match tokio::time::timeout_at(deadline, self.inner.crab.execute(request)).await {
             Ok(Ok(response)) => Ok(response),
@@ -247,9 +248,12 @@ impl GitHub {
         method: Method,
         path: &str,
         auth: &Auth<'_>,
+        body: Option<&serde_json::Value>,
     ) -> Result<Result<Bytes, Failure>, GitHubError> {
         let deadline = Instant::now() + self.inner.request_timeout;
-        let response = self.send(method.clone(), path, auth, deadline).await?;
+        let response = self
+            .send(method.clone(), path, auth, body, deadline)
+            .await?;
         read_answer(response, deadline, &format!("{method} {path}")).await
     }
 }

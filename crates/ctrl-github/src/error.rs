@@ -28,6 +28,33 @@ pub enum GitHubError {
         /// Why, in GitHub's words where it gave any.
         why: String,
     },
+    /// ctrl may not report to the repository (deployments, statuses,
+    /// comments): the GitHub App lacks a permission, or its installation
+    /// does not include the repository.
+    #[error(
+        "ctrl has no access to {what} of the GitHub repository {repository}: {why} (the GitHub App \
+         needs the \"{permission}\" permission, in an installation that includes the repository)"
+    )]
+    NoPermission {
+        /// `owner/name`.
+        repository: String,
+        /// What ctrl tried to write, e.g. "deployments".
+        what: &'static str,
+        /// The app permission that allows it, as GitHub's settings name it,
+        /// e.g. "Deployments: write".
+        permission: &'static str,
+        /// Why, in GitHub's words where it gave any.
+        why: String,
+    },
+    /// GitHub refused what ctrl sent (`422 Validation Failed`, `409
+    /// Conflict`).
+    #[error("GitHub refused {what}: {message}")]
+    Rejected {
+        /// What was sent, e.g. "the status of deployment 12".
+        what: String,
+        /// GitHub's message, with the details of its `errors`.
+        message: String,
+    },
     /// The GitHub App installation cannot be used (removed, suspended, or it
     /// belongs to another app). [`GitHub::resolve`](crate::GitHub::resolve)
     /// and [`GitHub::tarball`](crate::GitHub::tarball) report this as
@@ -164,9 +191,18 @@ impl Failure {
                 .and_then(|v| v.to_str().ok())
                 .map(str::trim)
         };
-        let message = serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| v.get("message")?.as_str().map(str::to_owned))
+        let json = serde_json::from_slice::<serde_json::Value>(body).ok();
+        let message = json
+            .as_ref()
+            .and_then(|v| {
+                let message = v.get("message")?.as_str()?;
+                let details = error_details(v);
+                Some(if details.is_empty() {
+                    message.to_owned()
+                } else {
+                    format!("{message}: {}", details.join("; "))
+                })
+            })
             .unwrap_or_else(|| {
                 let text = String::from_utf8_lossy(body);
                 let text = text.trim();
@@ -229,6 +265,34 @@ impl Failure {
     }
 }
 
+/// The details of a `422 Validation Failed`: each of GitHub's `errors`, as
+/// its `message`, or else as `{resource}.{field} {code}`.
+fn error_details(body: &serde_json::Value) -> Vec<String> {
+    let Some(errors) = body.get("errors").and_then(|e| e.as_array()) else {
+        return Vec::new();
+    };
+    errors
+        .iter()
+        .take(5)
+        .filter_map(|e| {
+            if let Some(text) = e.as_str() {
+                return Some(text.to_owned());
+            }
+            if let Some(message) = e.get("message").and_then(|m| m.as_str()) {
+                return Some(message.to_owned());
+            }
+            let part = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("");
+            let (resource, field, code) = (part("resource"), part("field"), part("code"));
+            (!code.is_empty()).then(|| match (resource.is_empty(), field.is_empty()) {
+                (false, false) => format!("{resource}.{field} {code}"),
+                (true, false) => format!("{field} {code}"),
+                _ => code.to_owned(),
+            })
+        })
+        .map(|d| d.chars().take(200).collect())
+        .collect()
+}
+
 /// What a repository read was after, for the words of its errors.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Resource<'a> {
@@ -279,6 +343,111 @@ pub(crate) fn repo_failure(
         // "No commit found for SHA: …": what GitHub says for a missing ref.
         (422, Resource::Branch(branch)) => not_found(format!("branch `{branch}` of {repo}")),
         (422, Resource::Commit(sha)) => not_found(format!("commit {sha} of {repo}")),
+        _ => f.unexpected(),
+    }
+}
+
+/// What a report to a repository wrote (or, for [`Write::Comments`], also
+/// read), for the words of its errors and the permission it needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Write<'a> {
+    /// `POST /repos/{owner}/{repo}/deployments`.
+    Deployment { sha: &'a str, environment: &'a str },
+    /// `POST /repos/{owner}/{repo}/deployments/{id}/statuses`.
+    DeploymentStatus(u64),
+    /// `POST /repos/{owner}/{repo}/statuses/{sha}`.
+    CommitStatus { sha: &'a str, context: &'a str },
+    /// `GET` or `POST /repos/{owner}/{repo}/issues/{number}/comments`.
+    Comments(u64),
+    /// `PATCH /repos/{owner}/{repo}/issues/comments/{id}`.
+    Comment(u64),
+}
+
+impl Write<'_> {
+    fn what(self) -> &'static str {
+        match self {
+            Self::Deployment { .. } => "deployments",
+            Self::DeploymentStatus(_) => "deployment statuses",
+            Self::CommitStatus { .. } => "commit statuses",
+            Self::Comments(_) | Self::Comment(_) => "pull request comments",
+        }
+    }
+
+    /// The permission as the app's settings page names it. Comments on
+    /// pull requests are allowed by "Pull requests: write" (or "Issues:
+    /// write"); ctrl asks for the former.
+    fn permission(self) -> &'static str {
+        match self {
+            Self::Deployment { .. } | Self::DeploymentStatus(_) => "Deployments: write",
+            Self::CommitStatus { .. } => "Commit statuses: write",
+            Self::Comments(_) | Self::Comment(_) => "Pull requests: write",
+        }
+    }
+
+    /// What a 404 may also mean: the thing addressed by id is gone.
+    fn missing(self) -> Option<String> {
+        match self {
+            Self::Deployment { .. } | Self::CommitStatus { .. } => None,
+            Self::DeploymentStatus(id) => Some(format!("deployment {id}")),
+            Self::Comments(number) => Some(format!("pull request (or issue) #{number}")),
+            Self::Comment(id) => Some(format!("comment {id}")),
+        }
+    }
+
+    fn subject(self) -> String {
+        match self {
+            Self::Deployment { sha, environment } => {
+                format!("the deployment of {sha} to `{environment}`")
+            }
+            Self::DeploymentStatus(id) => format!("the status of deployment {id}"),
+            Self::CommitStatus { sha, context } => {
+                format!("the commit status `{context}` of {sha}")
+            }
+            Self::Comments(number) => format!("the comment on #{number}"),
+            Self::Comment(id) => format!("the edit of comment {id}"),
+        }
+    }
+}
+
+/// Maps a failed report to `repo` (deployments, statuses, comments), sent
+/// with a token of `installation_id`.
+pub(crate) fn write_failure(
+    f: &Failure,
+    repo: &RepoRef,
+    installation_id: u64,
+    write: Write<'_>,
+) -> GitHubError {
+    if let Some(e) = f.limit_or_server() {
+        return e;
+    }
+    let no_permission = |why: String| GitHubError::NoPermission {
+        repository: repo.full_name(),
+        what: write.what(),
+        permission: write.permission(),
+        why,
+    };
+    match f.status {
+        401 => no_permission(format!(
+            "GitHub refused the token of GitHub App installation {installation_id}: {}",
+            f.message
+        )),
+        403 | 451 => no_permission(f.message.clone()),
+        // GitHub answers 404 for a repository the installation cannot see,
+        // and for an unknown deployment, pull request or comment.
+        404 => {
+            let also = write
+                .missing()
+                .map(|m| format!(", or {m} does not exist"))
+                .unwrap_or_default();
+            no_permission(format!(
+                "GitHub answered 404 Not Found: the repository does not exist or the GitHub App \
+                 installation {installation_id} does not include it{also}"
+            ))
+        }
+        409 | 422 => GitHubError::Rejected {
+            what: write.subject(),
+            message: f.message.clone(),
+        },
         _ => f.unexpected(),
     }
 }
@@ -475,6 +644,107 @@ mod tests {
                 message: "Problems parsing JSON".into()
             }
         );
+    }
+
+    #[test]
+    fn validation_errors_keep_githubs_details() {
+        let f = failure(
+            422,
+            &[],
+            r#"{"message":"Validation Failed","errors":[{"resource":"DeploymentStatus","code":"custom","field":"description","message":"description is too long (maximum is 140 characters)"},"a plain one",{"resource":"IssueComment","code":"missing_field","field":"body"}]}"#,
+        );
+        assert_eq!(
+            f.message,
+            "Validation Failed: description is too long (maximum is 140 characters); a plain one; IssueComment.body missing_field"
+        );
+    }
+
+    #[test]
+    fn reports_name_the_permission() {
+        let r = repo();
+        let deployment = Write::Deployment {
+            sha: "abc",
+            environment: "production",
+        };
+        let forbidden = failure(
+            403,
+            &[("x-ratelimit-remaining", "4999")],
+            r#"{"message":"Resource not accessible by integration"}"#,
+        );
+        let e = write_failure(&forbidden, &r, 7, deployment);
+        assert_eq!(
+            e,
+            GitHubError::NoPermission {
+                repository: "acme/hello".into(),
+                what: "deployments",
+                permission: "Deployments: write",
+                why: "Resource not accessible by integration".into(),
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "ctrl has no access to deployments of the GitHub repository acme/hello: Resource not \
+             accessible by integration (the GitHub App needs the \"Deployments: write\" \
+             permission, in an installation that includes the repository)"
+        );
+        assert!(!e.is_transient());
+        let nf = failure(404, &[], r#"{"message":"Not Found"}"#);
+        for (write, permission, also) in [
+            (deployment, "Deployments: write", ""),
+            (
+                Write::DeploymentStatus(5),
+                "Deployments: write",
+                ", or deployment 5 does not exist",
+            ),
+            (
+                Write::CommitStatus {
+                    sha: "abc",
+                    context: "ctrl",
+                },
+                "Commit statuses: write",
+                "",
+            ),
+            (
+                Write::Comments(12),
+                "Pull requests: write",
+                ", or pull request (or issue) #12 does not exist",
+            ),
+            (
+                Write::Comment(99),
+                "Pull requests: write",
+                ", or comment 99 does not exist",
+            ),
+        ] {
+            match write_failure(&nf, &r, 7, write) {
+                GitHubError::NoPermission {
+                    permission: p, why, ..
+                } => {
+                    assert_eq!(p, permission);
+                    assert_eq!(
+                        why,
+                        format!(
+                            "GitHub answered 404 Not Found: the repository does not exist or the \
+                             GitHub App installation 7 does not include it{also}"
+                        )
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let bad = failure(401, &[], r#"{"message":"Bad credentials"}"#);
+        assert!(matches!(
+            write_failure(&bad, &r, 7, Write::Comment(1)),
+            GitHubError::NoPermission { why, .. } if why.contains("installation 7: Bad credentials")
+        ));
+        let invalid = failure(422, &[], r#"{"message":"No ref found for: abc"}"#);
+        assert_eq!(
+            write_failure(&invalid, &r, 7, deployment).to_string(),
+            "GitHub refused the deployment of abc to `production`: No ref found for: abc"
+        );
+        let limited = failure(403, &[("retry-after", "5")], r#"{"message":"slow down"}"#);
+        assert!(write_failure(&limited, &r, 7, Write::Comments(1)).is_transient());
+        let down = failure(502, &[], "");
+        assert!(write_failure(&down, &r, 7, Write::DeploymentStatus(1)).is_transient());
     }
 
     #[test]

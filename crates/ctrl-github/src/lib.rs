@@ -7,7 +7,10 @@
 //! repositories ([`repos`]): it resolves a branch, the default branch or a
 //! pinned commit to a [`Commit`] and downloads the tarball of a commit,
 //! refusing more than a configured number of bytes. Public repositories can
-//! be read without an installation when the configuration allows it.
+//! be read without an installation when the configuration allows it. It
+//! also reports back to repositories ([`status`]), always with an
+//! installation: deployments and their statuses, commit statuses, and the
+//! comment ctrl keeps on a pull request.
 //!
 //! HTTP goes through octocrab's client (rustls with ring, its timeouts and
 //! redirect handling); every request also has an overall deadline. Errors
@@ -15,11 +18,19 @@
 //! configuration field at fault, tell whether trying again can help
 //! ([`GitHubError::is_transient`]) and never contain a key or a token.
 //!
-//! Only four endpoints are used: `POST /app/installations/{id}/access_tokens`,
-//! `GET /repos/{owner}/{repo}`, `GET /repos/{owner}/{repo}/commits/{ref}` and
-//! `GET /repos/{owner}/{repo}/tarball/{sha}` (and the codeload URL it
-//! redirects to). `ctrl_testkit::github::FakeGitHub` serves the same
-//! endpoints for tests.
+//! Only these endpoints are used:
+//!
+//! - `POST /app/installations/{id}/access_tokens`;
+//! - `GET /repos/{owner}/{repo}`, `GET /repos/{owner}/{repo}/commits/{ref}`
+//!   and `GET /repos/{owner}/{repo}/tarball/{sha}` (and the codeload URL it
+//!   redirects to);
+//! - `POST /repos/{owner}/{repo}/deployments` and
+//!   `POST /repos/{owner}/{repo}/deployments/{id}/statuses`;
+//! - `POST /repos/{owner}/{repo}/statuses/{sha}`;
+//! - `GET` and `POST /repos/{owner}/{repo}/issues/{number}/comments` and
+//!   `PATCH /repos/{owner}/{repo}/issues/comments/{id}`.
+//!
+//! `ctrl_testkit::github::FakeGitHub` serves the same endpoints for tests.
 //!
 //! [`webhook`] (no feature needed: ctrl-api links it without the client)
 //! checks deliveries' signatures and reads the events ctrl acts on.
@@ -28,6 +39,8 @@
 pub mod app;
 #[cfg(feature = "client")]
 pub mod repos;
+#[cfg(feature = "client")]
+pub mod status;
 pub mod webhook;
 
 #[cfg(feature = "client")]
@@ -45,3 +58,5 @@ pub use client::{DEFAULT_API_URL, GitHub, GitHubConfig};
 pub use error::GitHubError;
 #[cfg(feature = "client")]
 pub use repos::{Commit, RepoRef, Want};
+#[cfg(feature = "client")]
+pub use status::{CommitState, CommitStatus, DeploymentState, DeploymentStatus, NewDeployment};

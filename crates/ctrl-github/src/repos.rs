@@ -168,7 +168,7 @@ pub fn validate_branch(branch: &str) -> Result<(), GitHubError> {
 }
 
 /// Checks and lowercases a commit SHA of `min..=40` hexadecimal digits.
-fn commit_sha(sha: &str, min: usize) -> Result<String, GitHubError> {
+pub(crate) fn commit_sha(sha: &str, min: usize) -> Result<String, GitHubError> {
     let field = "commit_sha";
     if !(min..=40).contains(&sha.len()) {
         return Err(GitHubError::invalid(
@@ -421,7 +421,9 @@ impl GitHub {
         deadline: Instant,
     ) -> Result<(http::Response<Body>, RepoAuth), GitHubError> {
         let auth = self.repo_auth(repo, installation_id).await?;
-        let response = self.send(Method::GET, path, &auth.auth(), deadline).await?;
+        let response = self
+            .send(Method::GET, path, &auth.auth(), None, deadline)
+            .await?;
         if response.status() != http::StatusCode::UNAUTHORIZED {
             return Ok((response, auth));
         }
@@ -434,7 +436,9 @@ impl GitHub {
         );
         self.forget_token(*id, token).await;
         let auth = self.repo_auth(repo, installation_id).await?;
-        let response = self.send(Method::GET, path, &auth.auth(), deadline).await?;
+        let response = self
+            .send(Method::GET, path, &auth.auth(), None, deadline)
+            .await?;
         Ok((response, auth))
     }
 

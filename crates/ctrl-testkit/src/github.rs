@@ -19,6 +19,36 @@
 //!   of an installation that includes them, else `404` — GitHub hides them;
 //!   unknown or expired tokens get `401 Bad credentials`; public ones are
 //!   readable anonymously, within an anonymous rate limit (60 an hour).
+//! - What a deployment reports back, each needing an installation token of
+//!   an installation that includes the repository — public ones too, as
+//!   writes always need one — else `404` (`401` for unknown or expired
+//!   tokens), and the installation's permission for it
+//!   ([`deny_permission`](FakeGitHub::deny_permission)), else `403`:
+//!   - `POST /repos/{owner}/{repo}/deployments` (`201`; `ref` must resolve
+//!     to a commit, else `422` "No ref found for: …"; `environment`
+//!     required; without `required_contexts: []` every commit status of the
+//!     commit must be `success`, else `409` like GitHub);
+//!   - `POST /repos/{owner}/{repo}/deployments/{id}/statuses` (`201`;
+//!     unknown deployment `404`; `state` one of GitHub's seven; description
+//!     over 140 characters `422`; `auto_inactive`, on by default, marks
+//!     earlier successful deployments to the same non-transient,
+//!     non-production environment `inactive`);
+//!   - `POST /repos/{owner}/{repo}/statuses/{sha}` (`201`; unknown commit
+//!     `422`; `state` error, failure, pending or success; description over
+//!     140 characters `422`);
+//!   - `GET` and `POST /repos/{owner}/{repo}/issues/{number}/comments`
+//!     (`per_page` up to 100, `page`, and a `Link` header with `next`,
+//!     `last`, `prev` and `first` as GitHub sends them, its URLs under
+//!     `/repositories/{id}/…`, which are served too; `201` for a new
+//!     comment by `{app slug}[bot]`) and
+//!     `PATCH /repos/{owner}/{repo}/issues/comments/{id}` (`200`); bodies
+//!     over 65536 characters `422`; pull requests other than those declared
+//!     with [`add_pull_request`](FakeGitHub::add_pull_request), and unknown
+//!     comments, `404`.
+//!
+//!   Bodies GitHub's schema refuses get its `422 Invalid request.` (a
+//!   missing or mistyped field) or `422 Validation Failed` with `errors`
+//!   (too long, blank); JSON that does not parse `400`.
 //!
 //! Tarballs are gzip'd tars like GitHub's: a pax global header whose
 //! `comment` is the commit SHA, then every entry under one top directory
@@ -26,10 +56,15 @@
 //!
 //! Tests build the state with [`FakeGitHub::add_app`],
 //! [`add_installation`](FakeGitHub::add_installation),
-//! [`add_repo`](FakeGitHub::add_repo) and [`push`](FakeGitHub::push), inject
-//! failures with [`fail_next`](FakeGitHub::fail_next), and inspect what the
-//! client sent with [`requests`](FakeGitHub::requests). A repository without
-//! pushes is empty, as a freshly created GitHub repository is.
+//! [`add_repo`](FakeGitHub::add_repo), [`push`](FakeGitHub::push) and
+//! [`add_pull_request`](FakeGitHub::add_pull_request) (others' comments:
+//! [`add_comment`](FakeGitHub::add_comment)), inject failures with
+//! [`fail_next`](FakeGitHub::fail_next) (on any path), and
+//! inspect what the client sent with [`requests`](FakeGitHub::requests) and
+//! what it reported with [`deployments`](FakeGitHub::deployments),
+//! [`commit_statuses`](FakeGitHub::commit_statuses) and
+//! [`comments`](FakeGitHub::comments). A repository without pushes is
+//! empty, as a freshly created GitHub repository is.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
@@ -49,6 +84,11 @@ use sha2::{Digest as _, Sha256};
 
 use crate::Error;
 use crate::clock::{now_secs, rfc3339};
+
+mod reports;
+
+use reports::Reports;
+pub use reports::{FakeComment, FakeCommitStatus, FakeDeployment, FakeDeploymentStatus};
 
 /// A test-only GitHub App private key (PKCS#1 PEM, 2048 bits). It protects
 /// nothing; see `fixtures/README.md`.
@@ -301,9 +341,26 @@ impl FakeGitHub {
     }
 
     /// Registers a GitHub App and its public key (PKCS#1 `RSAPublicKey`
-    /// DER, e.g. from [`test_app_public_key_der`]).
+    /// DER, e.g. from [`test_app_public_key_der`]). Its slug is
+    /// `app-{app_id}` until [`set_app_slug`](Self::set_app_slug).
     pub fn add_app(&self, app_id: u64, public_key_der: &[u8]) -> &Self {
-        self.state().apps.insert(app_id, public_key_der.to_vec());
+        self.state().apps.insert(
+            app_id,
+            App {
+                key: public_key_der.to_vec(),
+                slug: format!("app-{app_id}"),
+            },
+        );
+        self
+    }
+
+    /// Sets an app's slug: what it writes shows as `{slug}[bot]`.
+    pub fn set_app_slug(&self, app_id: u64, slug: &str) -> &Self {
+        self.state()
+            .apps
+            .get_mut(&app_id)
+            .unwrap_or_else(|| panic!("unknown app {app_id}"))
+            .slug = slug.to_owned();
         self
     }
 
@@ -314,6 +371,7 @@ impl FakeGitHub {
             Installation {
                 app_id,
                 repos: repos.iter().map(|r| r.to_ascii_lowercase()).collect(),
+                denied: BTreeSet::new(),
             },
         );
         self
@@ -335,6 +393,7 @@ impl FakeGitHub {
             branches: BTreeMap::new(),
             commits: HashMap::new(),
             created: now_secs(),
+            reports: Reports::default(),
         };
         state.repos.insert(full_name.to_ascii_lowercase(), repo);
         self
@@ -453,7 +512,7 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 
 struct State {
     base_url: String,
-    apps: HashMap<u64, Vec<u8>>,
+    apps: HashMap<u64, App>,
     installations: HashMap<u64, Installation>,
     tokens: HashMap<String, IssuedToken>,
     /// `?token=` of codeload URLs for private repositories.
@@ -498,9 +557,17 @@ impl State {
     }
 }
 
+struct App {
+    /// PKCS#1 `RSAPublicKey` DER.
+    key: Vec<u8>,
+    slug: String,
+}
+
 struct Installation {
     app_id: u64,
     repos: BTreeSet<String>,
+    /// Permissions taken away with [`FakeGitHub::deny_permission`].
+    denied: BTreeSet<String>,
 }
 
 struct IssuedToken {
@@ -518,6 +585,8 @@ struct Repo {
     branches: BTreeMap<String, Vec<String>>,
     commits: HashMap<String, StoredCommit>,
     created: i64,
+    /// Deployments, statuses, pull requests and comments.
+    reports: Reports,
 }
 
 impl Repo {
@@ -639,10 +708,11 @@ async fn handle(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    body: Bytes,
 ) -> Response<Body> {
     let reply = {
         let mut state = lock(&state);
-        let reply = route(&mut state, &method, &uri, &headers);
+        let reply = route(&mut state, &method, &uri, &headers, &body);
         state.requests.push(RecordedRequest {
             method: method.to_string(),
             path: uri.path().to_owned(),
@@ -696,7 +766,7 @@ fn respond(reply: Reply) -> Response<Body> {
         .unwrap_or_else(|_| Response::new(Body::from("the fake GitHub built a bad response")))
 }
 
-fn route(state: &mut State, method: &Method, uri: &Uri, headers: &HeaderMap) -> Reply {
+fn route(state: &mut State, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Reply {
     let path = uri.path();
     if header(headers, "user-agent").is_none() {
         return Reply {
@@ -731,9 +801,32 @@ fn route(state: &mut State, method: &Method, uri: &Uri, headers: &HeaderMap) -> 
             "/overview/api-versions",
         );
     }
+    let query = uri.query().unwrap_or("");
+    let report = reports::Request {
+        method,
+        query,
+        headers,
+        body,
+    };
     let reply = match (method, segments.as_slice()) {
         (&Method::POST, ["app", "installations", id, "access_tokens"]) => {
             access_token(state, id, headers)
+        }
+        (_, ["repos", owner, name, rest @ ..]) if reports::is_report(method, rest) => {
+            reports::route(state, &format!("{owner}/{name}"), rest, &report)
+        }
+        (&Method::GET, ["repositories", id, rest @ ..]) if reports::is_report(method, rest) => {
+            let key = id.parse::<u64>().ok().and_then(|id| {
+                state
+                    .repos
+                    .iter()
+                    .find(|(_, r)| r.id == id)
+                    .map(|(k, _)| k.clone())
+            });
+            match key {
+                Some(key) => reports::route(state, &key, rest, &report),
+                None => Reply::not_found(""),
+            }
         }
         (&Method::GET, ["repos", owner, name, rest @ ..]) => {
             repos(state, owner, name, rest, headers)
@@ -847,7 +940,7 @@ fn access_token(state: &mut State, id: &str, headers: &HeaderMap) -> Reply {
         json!({
             "token": token,
             "expires_at": rfc3339(expires_at),
-            "permissions": {"contents": "read", "metadata": "read"},
+            "permissions": reports::permissions(&state.installations[&installation_id]),
             "repository_selection": "selected",
         }),
     );
@@ -875,7 +968,7 @@ fn verify_jwt(state: &State, jwt: &str, now: i64) -> Result<u64, &'static str> {
         _ => None,
     }
     .ok_or("'Issuer' claim ('iss') must be an Integer")?;
-    let key = state.apps.get(&app_id).ok_or(JWT_UNDECODABLE)?;
+    let key = &state.apps.get(&app_id).ok_or(JWT_UNDECODABLE)?.key;
     let signature = URL_SAFE_NO_PAD
         .decode(signature)
         .map_err(|_| JWT_UNDECODABLE)?;
@@ -904,8 +997,13 @@ fn verify_jwt(state: &State, jwt: &str, now: i64) -> Result<u64, &'static str> {
     Ok(app_id)
 }
 
-fn repos(state: &mut State, owner: &str, name: &str, rest: &[&str], headers: &HeaderMap) -> Reply {
-    // Who is asking: anonymous, or an installation by its token.
+/// Who is asking: anonymous, or an installation by its token (`token …`
+/// or `Bearer …`); `401 Bad credentials` for unknown or expired tokens.
+/// Counts the request against the identity's rate limit.
+fn identify(
+    state: &mut State,
+    headers: &HeaderMap,
+) -> Result<(Identity, Vec<(String, String)>), Reply> {
     let credential = header(headers, "authorization").and_then(|v| {
         let (scheme, cred) = v.split_once(' ')?;
         (scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer"))
@@ -918,12 +1016,20 @@ fn repos(state: &mut State, owner: &str, name: &str, rest: &[&str], headers: &He
             Some(t) if t.expires_at > now_secs() => Identity::Installation(t.installation_id),
             _ => {
                 let limits = rate_limit(state, Identity::Anonymous).unwrap_or_default();
-                return with_headers(Reply::error(401, "Bad credentials", ""), limits);
+                return Err(with_headers(
+                    Reply::error(401, "Bad credentials", ""),
+                    limits,
+                ));
             }
         },
     };
-    let limits = match rate_limit(state, identity) {
-        Ok(limits) => limits,
+    let limits = rate_limit(state, identity)?;
+    Ok((identity, limits))
+}
+
+fn repos(state: &mut State, owner: &str, name: &str, rest: &[&str], headers: &HeaderMap) -> Reply {
+    let (identity, limits) = match identify(state, headers) {
+        Ok(found) => found,
         Err(reply) => return reply,
     };
     let key = format!("{owner}/{name}").to_ascii_lowercase();
@@ -1307,6 +1413,7 @@ mod tests {
             branches: BTreeMap::new(),
             commits: HashMap::new(),
             created: 0,
+            reports: Reports::default(),
         };
         for (sha, branch) in [("abcd1111", "main"), ("abcd2222", "dev")] {
             let sha = format!("{sha}{}", "0".repeat(32));

@@ -205,6 +205,9 @@ pub struct GitHubSection {
     pub request_timeout_seconds: u64,
     /// Largest repository tarball downloaded.
     pub max_tarball_bytes: u64,
+    /// The dashboard (seed 001's `dashboard_url`): GitHub statuses link to
+    /// `{dashboard_url}/deployments/{id}`; empty = no log links.
+    pub dashboard_url: String,
 }
 
 impl Default for GitHubSection {
@@ -216,6 +219,7 @@ impl Default for GitHubSection {
             api_url: "https://api.github.com".into(),
             request_timeout_seconds: 30,
             max_tarball_bytes: 512 << 20,
+            dashboard_url: String::new(),
         }
     }
 }
@@ -712,6 +716,9 @@ impl Config {
             g.request_timeout_seconds,
             1..=600,
         );
+        if !g.dashboard_url.is_empty() {
+            v.url("github.dashboard_url", &g.dashboard_url, &["http", "https"]);
+        }
         v.range(
             "github.max_tarball_bytes",
             g.max_tarball_bytes,

@@ -7,4 +7,5 @@ pub mod deletion;
 pub mod deploy;
 pub mod deployment;
 pub mod github;
+pub mod github_status;
 pub mod routing;

@@ -28,6 +28,7 @@ use crate::services::deletion::DeletionObject;
 use crate::services::deploy::{DeployObject, DeploySettings};
 use crate::services::deployment::DeploymentObject;
 use crate::services::github::GitHubWebhookObject;
+use crate::services::github_status::{GitHubCommentObject, GitHubStatusObject, Reporter};
 use crate::services::routing::RoutingObject;
 
 /// Every Restate service of the worker, with its invocation retry policy:
@@ -50,6 +51,11 @@ pub fn endpoint(
             .retry_policy_max_attempts(20)
             .retry_policy_pause_on_max_attempts()
     };
+    let reporter = Reporter::new(
+        db.clone(),
+        builds.github.clone(),
+        &config.github.dashboard_url,
+    );
     Endpoint::builder()
         .bind(
             DeploymentObject::new(db.clone())
@@ -76,6 +82,17 @@ pub fn endpoint(
             GitHubWebhookObject::new(db.clone())
                 .into_service_definition()
                 .options(options()),
+        )
+        // Only the pipeline and the webhook handler report to GitHub.
+        .bind(
+            GitHubStatusObject::new(reporter.clone())
+                .into_service_definition()
+                .options(options().ingress_private(true)),
+        )
+        .bind(
+            GitHubCommentObject::new(reporter)
+                .into_service_definition()
+                .options(options().ingress_private(true)),
         )
         .bind(
             DeletionObject::new(db.clone())

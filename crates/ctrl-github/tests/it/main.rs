@@ -1,5 +1,8 @@
 //! `ctrl-github` against `ctrl_testkit::github::FakeGitHub`: tokens, commit
-//! resolution, tarballs and every error the worker has to tell apart.
+//! resolution, tarballs, reports (deployments, statuses, comments) and
+//! every error the worker has to tell apart.
+
+mod reports;
 
 use std::collections::BTreeMap;
 use std::io::Read as _;

@@ -28,6 +28,7 @@ use ctrl_core::workflows::{DeployInput, ScheduleDesiredStateChange};
 use ctrl_db::github::Connection;
 use ctrl_db::types::{EnvironmentKind, SourceKind, TriggerKind};
 use ctrl_db::{deployment, github, settings, tenancy};
+use ctrl_github::DeploymentState;
 use ctrl_github::webhook::{Delivery, Event, HeadCommit, PullRequestAction};
 use prost::Message as _;
 use restate_sdk::prelude::*;
@@ -37,6 +38,7 @@ use sqlx::MySqlPool;
 use crate::errors::{db_error, now_ms, step_retry};
 use crate::services::deploy::DeployObjectClient;
 use crate::services::deployment::DeploymentObjectClient;
+use crate::services::github_status;
 
 /// What one delivery did (the handler's output).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,6 +281,18 @@ impl GitHubWebhookObject {
                 .retry_policy(step_retry())
                 .await?;
             }
+            match made.status.as_str() {
+                "pending" => {
+                    github_status::report(ctx, &made.id, DeploymentState::Queued, "Queued")
+                }
+                "awaiting_approval" => github_status::report(
+                    ctx,
+                    &made.id,
+                    DeploymentState::Queued,
+                    "Waiting for approval (a pull request from a fork)",
+                ),
+                _ => {}
+            }
             made_all.push((c.app_id.clone(), made.id, made.status));
         }
         Ok(made_all)
@@ -339,6 +353,9 @@ impl GitHubWebhookObject {
                     overwrite: true,
                 }))
                 .send();
+        }
+        for id in cancelled.iter().chain(&running) {
+            github_status::report(ctx, id, DeploymentState::Inactive, reason);
         }
         tracing::info!(%reason, ?cancelled, ?running, "previews stopped");
         Ok(cancelled.into_iter().chain(running).collect())

@@ -48,7 +48,7 @@ impl Stack {
         let s = BuildStack::start(
             2,
             &format!(
-                "[github]\napi_url = \"{}\"\napp_id = {APP_ID}\nprivate_key_pem = \"{key}\"\n",
+                "[github]\napi_url = \"{}\"\napp_id = {APP_ID}\nprivate_key_pem = \"{key}\"\ndashboard_url = \"https://dashboard.example.com\"\n",
                 github.url()
             ),
         )
@@ -381,6 +381,38 @@ async fn a_signed_push_deploys_once_and_bad_deliveries_start_nothing() -> Result
         1,
         "exactly one deployment for the delivery"
     );
+    // GitHub heard about it: one deployment of the commit to the app's
+    // production environment, its statuses in order, the commit status.
+    eventually(Duration::from_secs(30), || async {
+        Ok(st
+            .github
+            .deployments(REPO)
+            .first()
+            .is_some_and(|d| d.statuses.len() >= 3))
+    })
+    .await?;
+    let gh = st.github.deployments(REPO);
+    assert_eq!(gh.len(), 1, "{gh:?}");
+    assert_eq!(gh[0].sha, sha);
+    assert_eq!(gh[0].environment, "web (production)");
+    assert!(gh[0].production && !gh[0].transient);
+    let states: Vec<&str> = gh[0].statuses.iter().map(|s| s.state.as_str()).collect();
+    assert_eq!(states, ["queued", "in_progress", "success"]);
+    assert_eq!(
+        gh[0].statuses[2].log_url.as_deref(),
+        Some(format!("https://dashboard.example.com/deployments/{}", d.id).as_str())
+    );
+    let commit: Vec<String> = st
+        .github
+        .commit_statuses(REPO, &sha)
+        .into_iter()
+        .map(|c| format!("{}:{}", c.context, c.state))
+        .collect();
+    assert_eq!(
+        commit.last().map(String::as_str),
+        Some("ctrl/web:success"),
+        "{commit:?}"
+    );
     // The connection learnt the repository's id.
     let c = connections::get(&st.s.h.db.pool, &st.s.h.app)
         .await?
@@ -589,5 +621,108 @@ async fn a_worker_killed_while_handling_a_delivery_makes_one_deployment() -> Res
     let all = st.deployments().await?;
     assert_eq!(all.len(), 1, "{all:?}");
     assert_eq!(all[0].status, DeploymentStatus::Ready);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pull_request_gets_a_preview_and_one_comment_kept_up_to_date() -> Result<()> {
+    let st = Stack::start().await?;
+    st.github.add_pull_request(REPO, 5);
+    let first = st
+        .github
+        .push(REPO, "nicer", web_commit("Nicer", "nicer\n"));
+    let opened = pull_request_payload("opened", 5, "nicer", &first, REPO);
+    let (status, body) = st
+        .deliver("pull_request", "d-pr5-open", &opened, Some(SECRET))
+        .await?;
+    assert_eq!(status, 202, "{body}");
+    let d = st.made_by("d-pr5-open").await?;
+    assert_eq!(d.environment_id, st.s.h.preview);
+    assert_eq!(d.git_pr_number, Some(5));
+    assert_ne!(
+        d.status,
+        DeploymentStatus::AwaitingApproval,
+        "same-repository pull requests need no approval"
+    );
+    st.s.h
+        .wait_status(&d.id, DeploymentStatus::Deploying)
+        .await?;
+    st.s.h.report_running(&d.id, 1).await?;
+    st.s.h.wait_finished(&d.id).await?;
+    let ready_row = |short: String| {
+        let st = &st;
+        async move {
+            let comments = st.github.comments(REPO, 5);
+            Ok::<_, anyhow::Error>(
+                comments.len() == 1
+                    && comments[0].body.contains("| web | ✅ Ready |")
+                    && comments[0].body.contains(&short),
+            )
+        }
+    };
+    eventually(Duration::from_secs(30), || {
+        ready_row(format!("`{}`", &first[..7]))
+    })
+    .await
+    .with_context(|| format!("{:?}", st.github.comments(REPO, 5)))?;
+
+    // New commits: a new preview, the same comment edited in place.
+    let second = st
+        .github
+        .push(REPO, "nicer", web_commit("Nicer still", "nicer still\n"));
+    let sync = pull_request_payload("synchronize", 5, "nicer", &second, REPO);
+    st.deliver("pull_request", "d-pr5-sync", &sync, Some(SECRET))
+        .await?;
+    let d2 = st.made_by("d-pr5-sync").await?;
+    st.s.h
+        .wait_status(&d2.id, DeploymentStatus::Deploying)
+        .await?;
+    st.s.h.report_running(&d2.id, 1).await?;
+    st.s.h.wait_finished(&d2.id).await?;
+    eventually(Duration::from_secs(30), || {
+        ready_row(format!("`{}`", &second[..7]))
+    })
+    .await
+    .with_context(|| format!("{:?}", st.github.comments(REPO, 5)))?;
+    let comments = st.github.comments(REPO, 5);
+    assert_eq!(comments.len(), 1, "one sticky comment");
+    assert!(comments[0].edits >= 1, "edited in place: {comments:?}");
+    // The preview's URL: the branch's hostname, which follows its newest
+    // deployment.
+    let body = &comments[0].body;
+    assert!(body.contains("(https://") && body.contains("nicer"), "{body}");
+    let gh = st.github.deployments(REPO);
+    assert!(
+        gh.iter()
+            .all(|g| g.environment == "web (pull request #5)" && g.transient),
+        "{gh:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn github_being_down_never_fails_or_holds_a_deploy() -> Result<()> {
+    let st = Stack::start().await?;
+    let sha = st
+        .github
+        .push(REPO, "main", web_commit("Outage", "outage\n"));
+    for _ in 0..40 {
+        st.github
+            .fail_next(&format!("/repos/{REPO}/deployments"), 502);
+        st.github.fail_next(&format!("/repos/{REPO}/statuses"), 502);
+    }
+    let payload = push_payload("main", ZERO, &sha, &["web/index.html"], false);
+    st.deliver("push", "d-outage", &payload, Some(SECRET))
+        .await?;
+    let d = st.made_by("d-outage").await?;
+    st.s.h
+        .wait_status(&d.id, DeploymentStatus::Deploying)
+        .await?;
+    st.s.h.report_running(&d.id, 1).await?;
+    st.s.h.wait_finished(&d.id).await?;
+    assert_eq!(
+        deployment::get(&st.s.h.db.pool, &d.id).await?.status,
+        DeploymentStatus::Ready
+    );
     Ok(())
 }

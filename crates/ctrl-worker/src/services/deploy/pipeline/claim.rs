@@ -116,6 +116,7 @@ async fn load(db: &MySqlPool, id: &str) -> Result<Claim, HandlerError> {
         app_slug: app.slug,
         environment_slug: environment.slug,
         is_production: environment.kind == EnvironmentKind::Production,
+        from_github: d.trigger_kind == TriggerKind::Github,
     })))
 }
 

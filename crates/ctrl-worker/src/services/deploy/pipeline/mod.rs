@@ -22,6 +22,7 @@ pub(super) mod steps;
 pub(super) mod wait;
 
 use ctrl_core::workflows::DeployInput;
+use ctrl_github::DeploymentState;
 use restate_sdk::prelude::*;
 use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
@@ -54,6 +55,8 @@ pub(super) struct Plan {
     pub(super) app_slug: String,
     pub(super) environment_slug: String,
     pub(super) is_production: bool,
+    /// Made by a GitHub webhook: its progress is reported to GitHub.
+    pub(super) from_github: bool,
 }
 
 /// What the deployment runs, or builds.
@@ -107,13 +110,23 @@ pub(super) async fn run(
             return Ok(());
         }
     };
+    let github = |state, description: &str| {
+        if plan.from_github {
+            crate::services::github_status::report(ctx, &plan.deployment_id, state, description);
+        }
+    };
+    github(DeploymentState::InProgress, "Building and deploying");
     let mut undo = vec![Undo::MarkFailed];
     match phases(db, settings, builds, ctx, &plan, &mut undo).await {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            github(DeploymentState::Success, "Deployed");
+            Ok(())
+        }
         Err(e) => {
             tracing::warn!(deployment_id = %plan.deployment_id, error = %e.message(), "deployment failed");
             compensation::unwind(db, ctx, &plan.deployment_id, &plan.environment_id, undo, &e)
                 .await;
+            github(DeploymentState::Failure, e.message());
             Err(e.into())
         }
     }
