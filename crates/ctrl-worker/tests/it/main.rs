@@ -7,6 +7,7 @@ mod certificates;
 mod deletion;
 mod deployment_object;
 mod durability;
+mod github_stack;
 mod harness;
 mod live;
 mod pipeline;

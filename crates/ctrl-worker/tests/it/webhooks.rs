@@ -6,287 +6,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ctrl_core::status::DeploymentStatus;
-use ctrl_db::deployment::Deployment;
 use ctrl_db::settings::{BuildSettings, Scope};
 use ctrl_db::{deployment, github as connections, settings};
-use ctrl_github::webhook::sign;
-use ctrl_testkit::github::{Author, CommitSpec, FakeGitHub, RepoOpts, TEST_APP_KEY_PEM};
-use ctrl_testkit::http_client;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::build_stack::BuildStack;
+use crate::github_stack::{
+    INSTALLATION, REPO, REPO_ID, SECRET, Stack, ZERO, pull_request_payload, push_payload,
+    web_commit,
+};
 use crate::harness::eventually;
-
-const APP_ID: u64 = 4242;
-const INSTALLATION: i64 = 77;
-const REPO: &str = "acme/shop";
-const REPO_ID: i64 = 9_001;
-const SECRET: &str = "webhook-secret-of-the-tests";
-
-/// The build stack, the fake GitHub (the app installed on acme/shop, which
-/// is private), the API serving webhooks, and the app connected.
-struct Stack {
-    s: BuildStack,
-    github: FakeGitHub,
-    api: String,
-    _server: tokio::task::JoinHandle<()>,
-}
-
-impl Stack {
-    async fn start() -> Result<Self> {
-        let github = FakeGitHub::start().await?;
-        github.add_app(APP_ID, &ctrl_testkit::github::test_app_public_key_der());
-        github.add_installation(u64::try_from(INSTALLATION)?, APP_ID, &[REPO]);
-        github.add_repo(
-            REPO,
-            RepoOpts {
-                private: true,
-                ..RepoOpts::default()
-            },
-        );
-        let key = TEST_APP_KEY_PEM.replace('\n', "\\n");
-        let s = BuildStack::start(
-            2,
-            &format!(
-                "[github]\napi_url = \"{}\"\napp_id = {APP_ID}\nprivate_key_pem = \"{key}\"\ndashboard_url = \"https://dashboard.example.com\"\n",
-                github.url()
-            ),
-        )
-        .await?;
-        for environment_id in [&s.h.production, &s.h.preview] {
-            let scope = Scope {
-                workspace_id: &s.h.workspace,
-                app_id: &s.h.app,
-                environment_id,
-            };
-            // What CreateApp records for each environment.
-            settings::upsert_build(
-                &s.h.db.pool,
-                scope,
-                &BuildSettings {
-                    docker_context: "web".into(),
-                    ..BuildSettings::default()
-                },
-                1,
-            )
-            .await?;
-            settings::upsert_runtime(
-                &s.h.db.pool,
-                scope,
-                &settings::RuntimeSettings::default(),
-                1,
-            )
-            .await?;
-        }
-        let app = ctrl_db::tenancy::get_app(&s.h.db.pool, &s.h.app).await?;
-        connections::connect(
-            &s.h.db.pool,
-            &connections::NewConnection {
-                workspace_id: &s.h.workspace,
-                project_id: &app.project_id,
-                app_id: &s.h.app,
-                installation_id: INSTALLATION,
-                repository_full_name: REPO,
-            },
-            1,
-        )
-        .await?;
-        let vault = ctrl_vault::Vault::new(&[ctrl_vault::KeyConfig {
-            id: "k1".into(),
-            base64: "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
-        }])?;
-        let state = ctrl_api::state::AppState::new(
-            s.h.db.pool.clone(),
-            vault,
-            &["api-token-0123456789abcdef".to_owned()],
-            &[],
-            (
-                ctrl_api::restate::Ingress::new(&s.h.restate.ingress_url()),
-                ctrl_api::restate::Admin::new(&s.h.restate.admin_url()),
-            ),
-            None,
-        )
-        .with_webhook_secrets(vec![SECRET.to_owned()]);
-        let router = ctrl_api::rpc::router(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let api = format!("http://{}", listener.local_addr()?);
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(ctrl_runtime::net::nodelay(listener), router).await;
-        });
-        Ok(Self {
-            s,
-            github,
-            api,
-            _server: server,
-        })
-    }
-
-    /// Posts a delivery signed with `secret` (None: unsigned); the status
-    /// and JSON answer.
-    async fn deliver(
-        &self,
-        event: &str,
-        delivery: &str,
-        payload: &Value,
-        secret: Option<&str>,
-    ) -> Result<(u16, Value)> {
-        let body = serde_json::to_vec(payload)?;
-        let mut request = http_client()
-            .post(format!("{}/webhooks/github", self.api))
-            .header("content-type", "application/json")
-            .header("x-github-event", event)
-            .header("x-github-delivery", delivery)
-            .header("user-agent", "GitHub-Hookshot/abc123");
-        if let Some(secret) = secret {
-            request = request.header("x-hub-signature-256", sign(secret, &body));
-        }
-        let response = request.body(body).send().await?;
-        let status = response.status().as_u16();
-        let text = response.text().await?;
-        Ok((
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        ))
-    }
-
-    /// The deployments of the app, oldest first.
-    async fn deployments(&self) -> Result<Vec<Deployment>> {
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM deployments WHERE app_id = ? ORDER BY created_at, pk",
-        )
-        .bind(&self.s.h.app)
-        .fetch_all(&self.s.h.db.pool)
-        .await?;
-        let mut all = Vec::new();
-        for id in ids {
-            all.push(deployment::get(&self.s.h.db.pool, &id).await?);
-        }
-        Ok(all)
-    }
-
-    /// Waits for the deployment a delivery made.
-    async fn made_by(&self, delivery: &str) -> Result<Deployment> {
-        let key = format!("github:{delivery}");
-        let made = eventually(Duration::from_secs(30), || async {
-            Ok(
-                deployment::find_by_idempotency_key(&self.s.h.db.pool, &self.s.h.app, &key)
-                    .await?
-                    .is_some(),
-            )
-        })
-        .await;
-        if made.is_err() {
-            let invocations = self
-                .s
-                .h
-                .query("SELECT target_service_key, status, last_failure, completion_failure, completion_result FROM sys_invocation WHERE target_service_name = 'GitHubWebhook'")
-                .await?;
-            anyhow::bail!(
-                "no deployment for {delivery}; handler invocations: {invocations:?}\n{}",
-                self.s.h.worker_log(40)
-            );
-        }
-        deployment::find_by_idempotency_key(&self.s.h.db.pool, &self.s.h.app, &key)
-            .await?
-            .context("made")
-    }
-}
-
-fn web_commit(message: &str, greeting: &str) -> CommitSpec {
-    CommitSpec::new(message)
-        .author(Author {
-            login: Some("octocat".into()),
-            name: "The Octocat".into(),
-            email: "octocat@example.com".into(),
-            avatar_url: "https://avatars.example.com/u/1".into(),
-        })
-        .date(1_700_000_000)
-        .file(
-            "web/Dockerfile",
-            "FROM busybox\nCOPY index.html /www/index.html\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
-        )
-        .file("web/index.html", greeting)
-}
-
-fn repository() -> Value {
-    json!({
-        "id": REPO_ID,
-        "node_id": "R_kgDOxyz",
-        "name": "shop",
-        "full_name": REPO,
-        "private": true,
-        "owner": { "login": "acme", "id": 1, "type": "Organization" },
-        "html_url": format!("https://github.com/{REPO}"),
-        "default_branch": "main",
-        "fork": false
-    })
-}
-
-/// A push event as GitHub sends it (the fields ctrl reads, and others).
-fn push_payload(branch: &str, before: &str, after: &str, files: &[&str], deleted: bool) -> Value {
-    let commit = json!({
-        "id": after,
-        "tree_id": "0000000000000000000000000000000000000000",
-        "distinct": true,
-        "message": "Change the shop",
-        "timestamp": "2023-11-14T22:13:20Z",
-        "url": format!("https://github.com/{REPO}/commit/{after}"),
-        "author": { "name": "The Octocat", "email": "octocat@example.com", "username": "octocat" },
-        "committer": { "name": "GitHub", "email": "noreply@github.com", "username": "web-flow" },
-        "added": [],
-        "removed": [],
-        "modified": files
-    });
-    json!({
-        "ref": format!("refs/heads/{branch}"),
-        "before": before,
-        "after": after,
-        "created": false,
-        "deleted": deleted,
-        "forced": false,
-        "base_ref": null,
-        "compare": format!("https://github.com/{REPO}/compare/{before}...{after}"),
-        "commits": if deleted { json!([]) } else { json!([commit]) },
-        "head_commit": if deleted { Value::Null } else { commit },
-        "repository": repository(),
-        "pusher": { "name": "octocat", "email": "octocat@example.com" },
-        "sender": { "login": "octocat", "id": 1, "type": "User" },
-        "installation": { "id": INSTALLATION, "node_id": "MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9uNzc=" }
-    })
-}
-
-fn pull_request_payload(
-    action: &str,
-    number: u32,
-    branch: &str,
-    sha: &str,
-    head_repo: &str,
-) -> Value {
-    json!({
-        "action": action,
-        "number": number,
-        "pull_request": {
-            "id": 1,
-            "number": number,
-            "state": if action == "closed" { "closed" } else { "open" },
-            "title": "Make the shop nicer",
-            "user": { "login": "contributor" },
-            "head": {
-                "label": format!("x:{branch}"),
-                "ref": branch,
-                "sha": sha,
-                "repo": { "id": 5, "full_name": head_repo, "default_branch": "main", "fork": head_repo != REPO }
-            },
-            "base": { "label": "acme:main", "ref": "main", "sha": "0".repeat(40), "repo": repository() },
-            "merged": false
-        },
-        "repository": repository(),
-        "sender": { "login": "contributor", "id": 2, "type": "User" },
-        "installation": { "id": INSTALLATION }
-    })
-}
-
-const ZERO: &str = "0000000000000000000000000000000000000000";
 
 #[tokio::test]
 async fn a_signed_push_deploys_once_and_bad_deliveries_start_nothing() -> Result<()> {
@@ -596,31 +324,82 @@ async fn a_fork_pull_request_waits_for_approval_and_closing_it_cancels_its_previ
 }
 
 #[tokio::test]
-async fn a_worker_killed_while_handling_a_delivery_makes_one_deployment() -> Result<()> {
+async fn a_worker_killed_half_way_through_a_delivery_makes_one_deployment_per_app() -> Result<()> {
     let mut st = Stack::start().await?;
+    let (api, api_preview) = st.second_app().await?;
     let sha = st
         .github
         .push(REPO, "main", web_commit("Crash test", "crash\n"));
     let payload = push_payload("main", ZERO, &sha, &["web/index.html"], false);
+    // Hold the second app's insert: a locking read of its (missing)
+    // deployment row takes the gap lock its INSERT waits for — bounded by
+    // two rows of that app around its key, so no other insert waits. The
+    // handler makes the first app's deployment, then blocks on the second.
+    for bound in ["a-lower", "zz-upper"] {
+        let app = api.clone();
+        st.s.h
+            .pending_with(&api_preview, move |d| {
+                d.app_id = app;
+                d.idempotency_key = Some(bound.into());
+            })
+            .await?;
+    }
+    let mut blocker = st.s.h.db.pool.begin().await?;
+    let held: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM deployments WHERE app_id = ? AND idempotency_key = 'github:d-crash' FOR UPDATE",
+    )
+    .bind(&api)
+    .fetch_optional(&mut *blocker)
+    .await?;
+    assert!(held.is_none());
     let (status, _) = st
         .deliver("push", "d-crash", &payload, Some(SECRET))
         .await?;
     assert_eq!(status, 202);
-    // Kill the worker as soon as the delivery's deployment exists (mid-way:
-    // the Deploy workflow may or may not have been sent yet).
-    let d = st.made_by("d-crash").await?;
+    let web = st.made_by("d-crash").await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        deployment::find_by_idempotency_key(&st.s.h.db.pool, &api, "github:d-crash")
+            .await?
+            .is_none(),
+        "the second app's deployment is held"
+    );
+    // Killed half-way: one app done, the other's step in flight.
     st.s.h.crash_worker().await?;
-    // Redelivered too, for good measure.
+    blocker.rollback().await?;
+    // A redelivery on top changes nothing.
     st.deliver("push", "d-crash", &payload, Some(SECRET))
         .await?;
-    st.s.h
-        .wait_status(&d.id, DeploymentStatus::Deploying)
+    let other = eventually(Duration::from_secs(60), || async {
+        Ok(
+            deployment::find_by_idempotency_key(&st.s.h.db.pool, &api, "github:d-crash")
+                .await?
+                .is_some(),
+        )
+    })
+    .await;
+    other.with_context(|| st.s.h.worker_log(40))?;
+    for app in [&st.s.h.app, &api] {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deployments WHERE app_id = ? AND idempotency_key LIKE 'github:%'",
+        )
+        .bind(app)
+        .fetch_one(&st.s.h.db.pool)
         .await?;
-    st.s.h.report_running(&d.id, 1).await?;
-    st.s.h.wait_finished(&d.id).await?;
-    let all = st.deployments().await?;
-    assert_eq!(all.len(), 1, "{all:?}");
-    assert_eq!(all[0].status, DeploymentStatus::Ready);
+        assert_eq!(n, 1, "exactly one deployment for {app}");
+    }
+    let api_d = deployment::find_by_idempotency_key(&st.s.h.db.pool, &api, "github:d-crash")
+        .await?
+        .context("made")?;
+    for id in [&web.id, &api_d.id] {
+        st.s.h.wait_status(id, DeploymentStatus::Deploying).await?;
+        st.s.h.report_running(id, 1).await?;
+        st.s.h.wait_finished(id).await?;
+        assert_eq!(
+            deployment::get(&st.s.h.db.pool, id).await?.status,
+            DeploymentStatus::Ready
+        );
+    }
     Ok(())
 }
 
@@ -690,7 +469,10 @@ async fn a_pull_request_gets_a_preview_and_one_comment_kept_up_to_date() -> Resu
     // The preview's URL: the branch's hostname, which follows its newest
     // deployment.
     let body = &comments[0].body;
-    assert!(body.contains("(https://") && body.contains("nicer"), "{body}");
+    assert!(
+        body.contains("(https://") && body.contains("nicer"),
+        "{body}"
+    );
     let gh = st.github.deployments(REPO);
     assert!(
         gh.iter()
