@@ -373,14 +373,9 @@ impl DepotBuilder {
         platform: &str,
         cancel: &CancellationToken,
     ) -> Result<Machine, BuildError> {
-        let platform = if platform.ends_with("arm64") {
-            "BUILDER_PLATFORM_ARM64"
-        } else {
-            "BUILDER_PLATFORM_AMD64"
-        };
         let request = json!({
             "buildId": build.build_id,
-            "platform": platform,
+            "platform": builder_platform(platform),
             "requiredEngine": {"buildkit": {}},
         });
         loop {
@@ -461,7 +456,8 @@ impl DepotBuilder {
             .await;
         let health = {
             let api = self.api.clone();
-            let body = json!({"buildId": build.build_id, "platform": "BUILDER_PLATFORM_AMD64"});
+            let body =
+                json!({"buildId": build.build_id, "platform": builder_platform(&req.platform)});
             let token = Zeroizing::new(build.build_token.clone());
             tokio::spawn(async move {
                 loop {
@@ -567,6 +563,15 @@ impl Builder for DepotBuilder {
             tracing::warn!(digest = %built.digest, %exported, "the registry's digest differs from the one Depot exported");
         }
         Ok(built)
+    }
+}
+
+/// Depot's name of the machine architecture a target platform builds on.
+fn builder_platform(platform: &str) -> &'static str {
+    if platform.ends_with("arm64") {
+        "BUILDER_PLATFORM_ARM64"
+    } else {
+        "BUILDER_PLATFORM_AMD64"
     }
 }
 

@@ -64,7 +64,40 @@
 //! what it reported with [`deployments`](FakeGitHub::deployments),
 //! [`commit_statuses`](FakeGitHub::commit_statuses) and
 //! [`comments`](FakeGitHub::comments). A repository without pushes is
-//! empty, as a freshly created GitHub repository is.
+//! empty, as a freshly created GitHub repository is. [`payloads`] builds
+//! the webhook deliveries GitHub would send about them.
+//!
+//! Started with [`FakeGitHubOptions::control_routes`] (the dev stack does;
+//! tests leave them off, and they answer `404` then), it also serves
+//! another process acting as a developer, without credentials and without
+//! being recorded in [`requests`](FakeGitHub::requests); errors are
+//! `{"message": …}`:
+//!
+//! - `POST /_fake/repos/{owner}/{repo}/commits` with
+//!   `{"branch": "main", "message": "…", "author": "login", "files":
+//!   {"path/in/repo": "<base64 contents>", …}, "executable": ["path", …]}`:
+//!   commits that whole tree (a snapshot, like [`push`](FakeGitHub::push);
+//!   `branch` defaults to the default branch, which a new branch starts
+//!   from) and answers `201` with `sha`, `repository_id`, `full_name`,
+//!   `private`, `default_branch`, `branch`, `before` (the branch's previous
+//!   head, zeros for a new branch), `message`, `author`, `author_email`,
+//!   `timestamp` (unix seconds) and the `added`, `modified` and `removed`
+//!   paths against the parent: what a push payload needs;
+//! - `POST /_fake/repos/{owner}/{repo}/pulls` with `{"number": N}`:
+//!   declares the pull request ([`add_pull_request`](FakeGitHub::add_pull_request)),
+//!   `201 {"number", "created": true}`, or `200` with `created: false` when
+//!   it was known;
+//! - `GET /_fake/repos/{owner}/{repo}`: `id`, `full_name`, `private`,
+//!   `default_branch` and `branches` (name → head SHA);
+//! - `GET /_fake/repos/{owner}/{repo}/deployments`: what
+//!   [`deployments`](FakeGitHub::deployments) returns (`id`, `sha`,
+//!   `environment`, `description`, `transient`, `production`, `statuses`
+//!   with `state`, `description`, `log_url`, `environment_url`);
+//! - `GET /_fake/repos/{owner}/{repo}/statuses/{sha}`:
+//!   [`commit_statuses`](FakeGitHub::commit_statuses) (`state`, `context`,
+//!   `description`, `target_url`);
+//! - `GET /_fake/repos/{owner}/{repo}/comments/{number}`:
+//!   [`comments`](FakeGitHub::comments) (`id`, `body`, `edits`, `author`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
@@ -85,6 +118,8 @@ use sha2::{Digest as _, Sha256};
 use crate::Error;
 use crate::clock::{now_secs, rfc3339};
 
+mod control;
+pub mod payloads;
 mod reports;
 
 use reports::Reports;
@@ -296,6 +331,15 @@ impl CommitSpec {
     }
 }
 
+/// How to start a [`FakeGitHub`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FakeGitHubOptions {
+    /// The loopback port to listen on; `None`: a free one.
+    pub port: Option<u16>,
+    /// Serve the `/_fake/…` control routes (see the module's documentation).
+    pub control_routes: bool,
+}
+
 /// The fake server. Stops when dropped.
 #[derive(Debug)]
 pub struct FakeGitHub {
@@ -311,15 +355,32 @@ impl Drop for FakeGitHub {
 }
 
 impl FakeGitHub {
-    /// Starts an empty fake on a free loopback port.
+    /// Starts an empty fake on a free loopback port, without control routes.
     pub async fn start() -> Result<Self, Error> {
+        Self::start_with(FakeGitHubOptions::default()).await
+    }
+
+    /// Starts an empty fake as `options` say.
+    pub async fn start_with(options: FakeGitHubOptions) -> Result<Self, Error> {
         let context = "start the fake GitHub";
-        let listener = crate::loopback_listener(context)?;
+        let listener = match options.port {
+            None => crate::loopback_listener(context)?,
+            Some(port) => {
+                let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))
+                    .map_err(|e| Error::io(context, e))?;
+                listener
+                    .set_nonblocking(true)
+                    .map_err(|e| Error::io(context, e))?;
+                listener
+            }
+        };
         let addr = listener.local_addr().map_err(|e| Error::io(context, e))?;
         let listener =
             tokio::net::TcpListener::from_std(listener).map_err(|e| Error::io(context, e))?;
         let url = format!("http://{addr}");
-        let state = Arc::new(Mutex::new(State::new(url.clone())));
+        let mut state = State::new(url.clone());
+        state.control_routes = options.control_routes;
+        let state = Arc::new(Mutex::new(state));
         let router = axum::Router::new()
             .fallback(handle)
             .with_state(Arc::clone(&state));
@@ -407,37 +468,7 @@ impl FakeGitHub {
             .repos
             .get_mut(&full_name.to_ascii_lowercase())
             .unwrap_or_else(|| panic!("push to unknown repository {full_name}"));
-        let parent = repo
-            .head(branch)
-            .or_else(|| repo.head(&repo.default_branch.clone()))
-            .map(str::to_owned);
-        let date = spec.date.unwrap_or_else(now_secs);
-        let mut hash = Sha256::new();
-        hash.update(parent.as_deref().unwrap_or("").as_bytes());
-        hash.update(spec.message.as_bytes());
-        hash.update(spec.author.name.as_bytes());
-        hash.update(spec.author.email.as_bytes());
-        hash.update(date.to_be_bytes());
-        let tree = tree_sha(&spec.files);
-        hash.update(tree.as_bytes());
-        let sha = hex40(&hash.finalize());
-        repo.commits.insert(
-            sha.clone(),
-            StoredCommit {
-                sha: sha.clone(),
-                parents: parent.into_iter().collect(),
-                message: spec.message,
-                author: spec.author,
-                date,
-                tree,
-                files: spec.files,
-            },
-        );
-        repo.branches
-            .entry(branch.to_owned())
-            .or_default()
-            .push(sha.clone());
-        sha
+        repo.commit(branch, spec)
     }
 
     /// Installation tokens minted from now on expire after `ttl` (GitHub's:
@@ -526,6 +557,8 @@ struct State {
     anonymous_limit: u32,
     rate: HashMap<Identity, Bucket>,
     next_id: u64,
+    /// Serve `/_fake/…`.
+    control_routes: bool,
 }
 
 impl std::fmt::Debug for State {
@@ -553,6 +586,7 @@ impl State {
             anonymous_limit: 60,
             rate: HashMap::new(),
             next_id: 0,
+            control_routes: false,
         }
     }
 }
@@ -590,6 +624,42 @@ struct Repo {
 }
 
 impl Repo {
+    /// Commits `spec` on top of `branch` (from the default branch's head if
+    /// new); the new commit's SHA.
+    fn commit(&mut self, branch: &str, spec: CommitSpec) -> String {
+        let parent = self
+            .head(branch)
+            .or_else(|| self.head(&self.default_branch))
+            .map(str::to_owned);
+        let date = spec.date.unwrap_or_else(now_secs);
+        let mut hash = Sha256::new();
+        hash.update(parent.as_deref().unwrap_or("").as_bytes());
+        hash.update(spec.message.as_bytes());
+        hash.update(spec.author.name.as_bytes());
+        hash.update(spec.author.email.as_bytes());
+        hash.update(date.to_be_bytes());
+        let tree = tree_sha(&spec.files);
+        hash.update(tree.as_bytes());
+        let sha = hex40(&hash.finalize());
+        self.commits.insert(
+            sha.clone(),
+            StoredCommit {
+                sha: sha.clone(),
+                parents: parent.into_iter().collect(),
+                message: spec.message,
+                author: spec.author,
+                date,
+                tree,
+                files: spec.files,
+            },
+        );
+        self.branches
+            .entry(branch.to_owned())
+            .or_default()
+            .push(sha.clone());
+        sha
+    }
+
     fn head(&self, branch: &str) -> Option<&str> {
         self.branches.get(branch)?.last().map(String::as_str)
     }
@@ -712,6 +782,15 @@ async fn handle(
 ) -> Response<Body> {
     let reply = {
         let mut state = lock(&state);
+        if state.control_routes
+            && let Some(rest) = uri.path().strip_prefix("/_fake/")
+        {
+            let segments: Vec<String> = rest.split('/').map(percent_decode).collect();
+            let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+            let reply = control::route(&mut state, &method, &segments, &body);
+            drop(state);
+            return respond(reply);
+        }
         let reply = route(&mut state, &method, &uri, &headers, &body);
         state.requests.push(RecordedRequest {
             method: method.to_string(),

@@ -60,7 +60,7 @@ impl Ctrl {
     }
 
     /// `ctrl -o json args…`, parsed.
-    async fn json(&self, args: &[&str]) -> Result<Value> {
+    pub(crate) async fn json(&self, args: &[&str]) -> Result<Value> {
         let mut all = vec!["-o", "json"];
         all.extend_from_slice(args);
         let out = tokio::time::timeout(Duration::from_secs(60), self.command(&all).output())

@@ -3,7 +3,8 @@
 //! Starts MariaDB (with the `ctrl` database migrated), restate-server, the
 //! podman Docker API, ctrl-worker, ctrl-api (serving the agents'
 //! ClusterService too) and krane as the agent of region `dev/local`, with
-//! state and logs under `.dev/`; writes the endpoints, the API token and the
+//! state and logs under `.dev/`, and the testkit's fake GitHub in process
+//! (see [`crate::github`]); writes the endpoints, the API token and the
 //! demo workspace to `.dev/stack.env`; then deploys the demo app through the
 //! `ctrl` CLI (see [`crate::demo`]) and prints where it answers. Runs until
 //! Ctrl-C or SIGTERM, then stops everything it started. Re-running reuses
@@ -20,7 +21,7 @@ use clap::Args;
 use ctrl_testkit::process::{ProcessId, Supervised};
 use ctrl_testkit::{MariaDb, Podman, Registry, RestatePorts, RestateServer, S3Server, reaper};
 
-use crate::demo;
+use crate::{demo, github};
 use rand::RngCore;
 use sqlx::Connection;
 use sqlx::mysql::MySqlConnection;
@@ -41,6 +42,7 @@ pub(crate) mod ports {
     pub(crate) const EDGE_HTTPS: u16 = 7443;
     pub(crate) const S3: u16 = 8014;
     pub(crate) const REGISTRY: u16 = 5051;
+    pub(crate) const GITHUB: u16 = 8016;
 }
 
 /// Where the stack lives and which ports it uses.
@@ -88,6 +90,9 @@ pub(crate) struct DevArgs {
     /// The container registry's port (built images).
     #[arg(long, env = "CTRL_DEV_REGISTRY_PORT", default_value_t = ports::REGISTRY)]
     registry_port: u16,
+    /// The fake GitHub's port (push to deploy without GitHub: `cargo xtask github push`).
+    #[arg(long, env = "CTRL_DEV_GITHUB_PORT", default_value_t = ports::GITHUB)]
+    github_port: u16,
     /// A directory with built ctrl-api, ctrl-worker, krane, frontline and ctrl binaries
     /// to run instead of building them with cargo.
     #[arg(long, env = "CTRL_DEV_BIN_DIR")]
@@ -137,6 +142,7 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
         (args.edge_admin_port, "frontline admin", "--edge-admin-port"),
         (args.s3_port, "S3", "--s3-port"),
         (args.registry_port, "the registry", "--registry-port"),
+        (args.github_port, "the fake GitHub", "--github-port"),
     ] {
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
             bail!("port {port} for {what} is in use; free it or choose another with {flag}");
@@ -193,7 +199,16 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
     .await?;
     let registry =
         Registry::start_in(Some(&dir.join("registry")), Some(args.registry_port)).await?;
-    let builds = vec![
+    eprintln!(
+        "starting the fake GitHub on 127.0.0.1:{} (app {}, installation {} on {})",
+        args.github_port,
+        github::APP_ID,
+        github::INSTALLATION,
+        github::REPO
+    );
+    let fake_github = github::start_fake(args.github_port).await?;
+    let webhook_secret = secret(&dir.join("github-webhook.secret"), 24, Encoding::Hex)?;
+    let mut builds = vec![
         ("CTRL_S3_URL", s3.endpoint_url()),
         ("CTRL_S3_ACCESS_KEY", S3_ACCESS_KEY.to_owned()),
         ("CTRL_S3_SECRET_KEY", s3_secret.clone()),
@@ -203,6 +218,9 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
             podman.socket().display().to_string(),
         ),
     ];
+    // The worker reads repositories and reports back through the fake
+    // GitHub's app; ctrl-api checks deliveries with the webhook secret.
+    builds.extend(github::service_env(fake_github.url(), &webhook_secret));
 
     eprintln!("starting ctrl-worker on 127.0.0.1:{}", args.worker_port);
     let mut worker = start_ctrl_worker(
@@ -303,7 +321,11 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
              CTRL_EDGE_HTTPS_PORT={edge_https}\n\
              CTRL_EDGE_HTTP_PORT={edge_http}\n\
              CTRL_CA_FILE={ca}\n\
-             DOCKER_HOST={docker}\n",
+             DOCKER_HOST={docker}\n\
+             CTRL_GITHUB_URL={github_url}\n\
+             CTRL_GITHUB_WEBHOOK_SECRET={webhook_secret}\n\
+             CTRL_GITHUB_INSTALLATION={installation}\n\
+             CTRL_GITHUB_REPO={repo}\n",
             env = env_file.display(),
             ingress = restate.ingress_url(),
             admin = restate.admin_url(),
@@ -312,6 +334,9 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
             edge_https = args.edge_https_port,
             edge_http = args.edge_http_port,
             ca = ca.display(),
+            github_url = fake_github.url(),
+            installation = github::INSTALLATION,
+            repo = github::REPO,
         ),
     )?;
     let ctrl_bin = link_cli(&dir, &bin_dir)?;
@@ -328,8 +353,9 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
          \x20 Docker API   {}\n\
          \x20 S3           {s3}  (uploaded build contexts)\n\
          \x20 registry     {registry}  (built images)\n\
+         \x20 GitHub       {github}  (fake: app {app_id}, installation {installation} on {repo}; push with `cargo xtask github push`)\n\
          \x20 logs         {}/{{ctrl-api.log,ctrl-worker.log,krane.log,frontline.log,mariadb/error.log,restate/restate.log,podman/service.log}}\n\
-         \x20 env          {} (endpoints, API token, demo workspace)",
+         \x20 env          {} (endpoints, API token, demo workspace, the fake GitHub's)",
         started.elapsed(),
         restate.ingress_url(),
         restate.admin_url(),
@@ -344,6 +370,10 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
         ca = ca.display(),
         s3 = s3.endpoint_url(),
         registry = registry.url(),
+        github = fake_github.url(),
+        app_id = github::APP_ID,
+        installation = github::INSTALLATION,
+        repo = github::REPO,
     );
 
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -383,6 +413,7 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
     worker.terminate(Duration::from_secs(15));
     drop(registry);
     drop(s3);
+    drop(fake_github);
     podman.stop(Duration::from_secs(10));
     restate.stop(Duration::from_secs(10));
     mariadb.stop(Duration::from_secs(30));

@@ -9,7 +9,9 @@
 //!   after every round;
 //! - `edge`: the edge (frontline) end to end on the stack: hostnames,
 //!   rollback and promote under load, streaming, a control-plane outage,
-//!   wake on request, and rollback latency at the edge.
+//!   wake on request, and rollback latency at the edge;
+//! - `github push`: push to deploy on the dev stack through its fake
+//!   GitHub (a commit, the signed webhook, the deployment followed).
 
 mod chaos;
 mod compose;
@@ -18,6 +20,7 @@ mod deps;
 mod dev;
 mod edge;
 mod engine;
+mod github;
 mod programs;
 mod stack;
 mod test;
@@ -54,6 +57,9 @@ enum Task {
     Chaos(chaos::ChaosArgs),
     /// Check the edge end to end on the stack and print its figures.
     Edge(edge::EdgeArgs),
+    /// Act as GitHub on the dev stack: push a directory and deliver the webhook.
+    #[command(name = "github")]
+    GitHub(github::GitHubArgs),
 }
 
 #[tokio::main]
@@ -65,6 +71,7 @@ async fn main() -> ExitCode {
         Task::Dev(args) => dev::run(args).await.map(|()| ExitCode::SUCCESS),
         Task::Chaos(args) => chaos::run(args).await,
         Task::Edge(args) => edge::run(args).await,
+        Task::GitHub(args) => github::run(args).await.map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

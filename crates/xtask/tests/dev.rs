@@ -1,7 +1,8 @@
 //! The README's dev command, run for real: it brings the stack up, writes
 //! `stack.env`, deploys the demo app through the ctrl CLI (reused on the next
-//! run), prints commands that work as printed, keeps data across restarts,
-//! and leaves no process behind on Ctrl-C or when it is killed.
+//! run), prints commands that work as printed, deploys a push through its
+//! fake GitHub (the README's walkthrough), keeps data across restarts, and
+//! leaves no process behind on Ctrl-C or when it is killed.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -28,7 +29,7 @@ struct Stack {
 
 /// Starts `xtask dev` in `dir` and waits until it has written stack.env and
 /// set up the demo.
-fn start(dir: &Path, ports: &[u16; 11]) -> Result<Stack> {
+fn start(dir: &Path, ports: &[u16; 14]) -> Result<Stack> {
     // The service binaries the workspace build put next to this xtask binary.
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_xtask"))
         .parent()
@@ -49,6 +50,9 @@ fn start(dir: &Path, ports: &[u16; 11]) -> Result<Stack> {
         .args(["--edge-http-port", &ports[8].to_string()])
         .args(["--edge-https-port", &ports[9].to_string()])
         .args(["--edge-admin-port", &ports[10].to_string()])
+        .args(["--s3-port", &ports[11].to_string()])
+        .args(["--registry-port", &ports[12].to_string()])
+        .args(["--github-port", &ports[13].to_string()])
         .arg("--bin-dir")
         .arg(&bin_dir);
     let log = dir.with_extension("log");
@@ -122,7 +126,7 @@ async fn dev_stack_comes_up_keeps_data_and_stops_cleanly() -> Result<()> {
     let _containers = RemoveContainers(root.path().join(".dev/podman"));
     // `.dev` as in a clone, so the printed commands find stack.env from `root`.
     let dir = root.path().join(".dev");
-    let ports: [u16; 11] = free_ports()?;
+    let ports: [u16; 14] = free_ports()?;
 
     // First run: everything is reachable through what stack.env says.
     let mut stack = start(&dir, &ports)?;
@@ -135,6 +139,9 @@ async fn dev_stack_comes_up_keeps_data_and_stops_cleanly() -> Result<()> {
         "DOCKER_HOST",
         "CTRL_EDGE_HTTPS_PORT",
         "CTRL_CA_FILE",
+        "CTRL_GITHUB_URL",
+        "CTRL_GITHUB_WEBHOOK_SECRET",
+        "CTRL_GITHUB_INSTALLATION",
     ] {
         assert!(
             stack.env.contains_key(key),
@@ -182,6 +189,7 @@ async fn dev_stack_comes_up_keeps_data_and_stops_cleanly() -> Result<()> {
     for command in &commands {
         run_printed(command, root.path())?;
     }
+    push_to_deploy(&stack, root.path()).await?;
     let mut db = MySqlConnection::connect(&stack.env["DATABASE_URL"]).await?;
     sqlx::query("SELECT COUNT(*) FROM _sqlx_migrations")
         .execute(&mut db)
@@ -258,6 +266,88 @@ async fn dev_stack_comes_up_keeps_data_and_stops_cleanly() -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_gone(&stack.servers);
+    Ok(())
+}
+
+/// The README's push to deploy, once: the demo app connected to the fake
+/// GitHub's demo/hello, a directory pushed with `xtask github push`; the
+/// production deployment it makes is ready, answers through the edge with
+/// the pushed content, and GitHub heard queued → in_progress → success.
+async fn push_to_deploy(stack: &Stack, root: &Path) -> Result<()> {
+    let marker = "pushed through the fake GitHub";
+    std::fs::write(
+        root.join("examples/hello/public/index.html"),
+        format!("{marker}\n"),
+    )?;
+    run_printed(
+        ".dev/bin/ctrl repos connect --app demo/hello --repo demo/hello --installation 1",
+        root,
+    )?;
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args([
+            "github",
+            "push",
+            "--dir",
+            "examples/hello",
+            "--message",
+            "Push from the test",
+        ])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .current_dir(root)
+        .output()?;
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    anyhow::ensure!(
+        out.status.success(),
+        "xtask github push failed: {printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{printed}");
+    assert!(printed.contains("delivered push "), "{printed}");
+    // "d_… is ready at https://host:port"
+    let url = printed
+        .lines()
+        .find_map(|l| l.split(" is ready at ").nth(1))
+        .with_context(|| format!("no URL printed: {printed}"))?
+        .trim()
+        .to_owned();
+    let (host, port) = host_port(&url)?;
+    let ca_pem = std::fs::read_to_string(&stack.env["CTRL_CA_FILE"])?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let (status, body) =
+        ctrl_testkit::ca::https_get(&ca_pem, addr, &host, "/", Duration::from_secs(5)).await?;
+    assert_eq!((status, body.trim()), (200, marker), "{url}");
+
+    let sha = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("committed "))
+        .and_then(|l| l.split_whitespace().next())
+        .with_context(|| format!("no commit printed: {printed}"))?
+        .to_owned();
+    let recorded: serde_json::Value = http_client()
+        .get(format!(
+            "{}/_fake/repos/demo/hello/deployments",
+            stack.env["CTRL_GITHUB_URL"]
+        ))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let deployment = recorded
+        .as_array()
+        .and_then(|all| {
+            all.iter()
+                .find(|d| d["sha"].as_str().is_some_and(|s| s.starts_with(&sha)))
+        })
+        .with_context(|| format!("GitHub heard of no deployment of {sha}: {recorded}"))?;
+    let states: Vec<&str> = deployment["statuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["state"].as_str())
+        .collect();
+    assert_eq!(states, ["queued", "in_progress", "success"], "{recorded}");
+    assert_eq!(deployment["environment"], "hello (production)");
     Ok(())
 }
 

@@ -88,6 +88,40 @@ pub(super) struct Reports {
     comments: Vec<StoredComment>,
 }
 
+impl Reports {
+    /// The deployments, oldest first, with their statuses.
+    pub(super) fn deployments(&self) -> Vec<FakeDeployment> {
+        self.deployments
+            .iter()
+            .map(|d| d.deployment.clone())
+            .collect()
+    }
+
+    /// The statuses of commit `sha`, oldest first.
+    pub(super) fn commit_statuses(&self, sha: &str) -> Vec<FakeCommitStatus> {
+        let sha = sha.to_ascii_lowercase();
+        self.statuses
+            .iter()
+            .filter(|s| s.sha == sha)
+            .map(|s| s.status.clone())
+            .collect()
+    }
+
+    /// The comments on pull request `number`, oldest first.
+    pub(super) fn comments(&self, number: u64) -> Vec<FakeComment> {
+        self.comments
+            .iter()
+            .filter(|c| c.issue == number)
+            .map(|c| c.comment.clone())
+            .collect()
+    }
+
+    /// Declares pull request `number`; whether it is new.
+    pub(super) fn open_pull_request(&mut self, number: u64) -> bool {
+        self.pulls.insert(number)
+    }
+}
+
 struct StoredDeployment {
     deployment: FakeDeployment,
     reference: String,
@@ -860,7 +894,7 @@ impl FakeGitHub {
             .repos
             .get_mut(&full_name.to_ascii_lowercase())
             .unwrap_or_else(|| panic!("pull request in unknown repository {full_name}"));
-        repo.reports.pulls.insert(number);
+        repo.reports.open_pull_request(number);
         self
     }
 
@@ -901,32 +935,17 @@ impl FakeGitHub {
 
     /// The repository's deployments, oldest first, with their statuses.
     pub fn deployments(&self, full_name: &str) -> Vec<FakeDeployment> {
-        self.with_reports(full_name, |r| {
-            r.deployments.iter().map(|d| d.deployment.clone()).collect()
-        })
+        self.with_reports(full_name, Reports::deployments)
     }
 
     /// The statuses of commit `sha`, oldest first.
     pub fn commit_statuses(&self, full_name: &str, sha: &str) -> Vec<FakeCommitStatus> {
-        let sha = sha.to_ascii_lowercase();
-        self.with_reports(full_name, |r| {
-            r.statuses
-                .iter()
-                .filter(|s| s.sha == sha)
-                .map(|s| s.status.clone())
-                .collect()
-        })
+        self.with_reports(full_name, |r| r.commit_statuses(sha))
     }
 
     /// The comments on pull request `number`, oldest first.
     pub fn comments(&self, full_name: &str, number: u64) -> Vec<FakeComment> {
-        self.with_reports(full_name, |r| {
-            r.comments
-                .iter()
-                .filter(|c| c.issue == number)
-                .map(|c| c.comment.clone())
-                .collect()
-        })
+        self.with_reports(full_name, |r| r.comments(number))
     }
 
     fn with_reports<T>(&self, full_name: &str, f: impl FnOnce(&Reports) -> T) -> T {

@@ -1,7 +1,7 @@
 //! The stack of the GitHub webhook tests and benchmark: the build stack,
 //! the fake GitHub (the app installed on a private acme/shop), ctrl-api's
 //! router serving webhooks in process, and the app connected; plus GitHub's
-//! payload shapes.
+//! payload shapes for acme/shop (`ctrl_testkit::github::payloads`).
 
 use std::time::Duration;
 
@@ -10,9 +10,9 @@ use ctrl_db::deployment::Deployment;
 use ctrl_db::settings::{BuildSettings, Scope};
 use ctrl_db::{deployment, github as connections, settings};
 use ctrl_github::webhook::sign;
-use ctrl_testkit::github::{Author, CommitSpec, FakeGitHub, RepoOpts, TEST_APP_KEY_PEM};
+use ctrl_testkit::github::{Author, CommitSpec, FakeGitHub, RepoOpts, TEST_APP_KEY_PEM, payloads};
 use ctrl_testkit::http_client;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::build_stack::BuildStack;
 use crate::harness::eventually;
@@ -302,18 +302,15 @@ pub(crate) fn web_commit(message: &str, greeting: &str) -> CommitSpec {
         .file("web/index.html", greeting)
 }
 
-pub(crate) fn repository() -> Value {
-    json!({
-        "id": REPO_ID,
-        "node_id": "R_kgDOxyz",
-        "name": "shop",
-        "full_name": REPO,
-        "private": true,
-        "owner": { "login": "acme", "id": 1, "type": "Organization" },
-        "html_url": format!("https://github.com/{REPO}"),
-        "default_branch": "main",
-        "fork": false
-    })
+/// acme/shop as the payloads name it, through the installation.
+pub(crate) fn repository() -> payloads::Repository<'static> {
+    payloads::Repository {
+        id: REPO_ID as u64,
+        full_name: REPO,
+        private: true,
+        default_branch: "main",
+        installation_id: INSTALLATION as u64,
+    }
 }
 
 /// A push event as GitHub sends it (the fields ctrl reads, and others).
@@ -324,35 +321,18 @@ pub(crate) fn push_payload(
     files: &[&str],
     deleted: bool,
 ) -> Value {
-    let commit = json!({
-        "id": after,
-        "tree_id": "0000000000000000000000000000000000000000",
-        "distinct": true,
-        "message": "Change the shop",
-        "timestamp": "2023-11-14T22:13:20Z",
-        "url": format!("https://github.com/{REPO}/commit/{after}"),
-        "author": { "name": "The Octocat", "email": "octocat@example.com", "username": "octocat" },
-        "committer": { "name": "GitHub", "email": "noreply@github.com", "username": "web-flow" },
-        "added": [],
-        "removed": [],
-        "modified": files
-    });
-    json!({
-        "ref": format!("refs/heads/{branch}"),
-        "before": before,
-        "after": after,
-        "created": false,
-        "deleted": deleted,
-        "forced": false,
-        "base_ref": null,
-        "compare": format!("https://github.com/{REPO}/compare/{before}...{after}"),
-        "commits": if deleted { json!([]) } else { json!([commit]) },
-        "head_commit": if deleted { Value::Null } else { commit },
-        "repository": repository(),
-        "pusher": { "name": "octocat", "email": "octocat@example.com" },
-        "sender": { "login": "octocat", "id": 1, "type": "User" },
-        "installation": { "id": INSTALLATION, "node_id": "MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9uNzc=" }
-    })
+    let head = payloads::PushedCommit {
+        sha: after,
+        message: "Change the shop",
+        author: "octocat",
+        author_name: "The Octocat",
+        author_email: "octocat@example.com",
+        timestamp: 1_700_000_000,
+        added: &[],
+        modified: files,
+        removed: &[],
+    };
+    payloads::push(&repository(), branch, before, (!deleted).then_some(&head))
 }
 
 pub(crate) fn pull_request_payload(
@@ -362,28 +342,18 @@ pub(crate) fn pull_request_payload(
     sha: &str,
     head_repo: &str,
 ) -> Value {
-    json!({
-        "action": action,
-        "number": number,
-        "pull_request": {
-            "id": 1,
-            "number": number,
-            "state": if action == "closed" { "closed" } else { "open" },
-            "title": "Make the shop nicer",
-            "user": { "login": "contributor" },
-            "head": {
-                "label": format!("x:{branch}"),
-                "ref": branch,
-                "sha": sha,
-                "repo": { "id": 5, "full_name": head_repo, "default_branch": "main", "fork": head_repo != REPO }
-            },
-            "base": { "label": "acme:main", "ref": "main", "sha": "0".repeat(40), "repo": repository() },
-            "merged": false
+    payloads::pull_request(
+        &repository(),
+        &payloads::PullRequest {
+            action,
+            number: u64::from(number),
+            title: "Make the shop nicer",
+            branch,
+            sha,
+            head_repo,
+            sender: "contributor",
         },
-        "repository": repository(),
-        "sender": { "login": "contributor", "id": 2, "type": "User" },
-        "installation": { "id": INSTALLATION }
-    })
+    )
 }
 
-pub(crate) const ZERO: &str = "0000000000000000000000000000000000000000";
+pub(crate) const ZERO: &str = payloads::ZERO_SHA;
