@@ -392,6 +392,46 @@ pub async fn approve(ex: impl MySqlExecutor<'_>, id: &str, now: i64) -> Result<b
     Ok(done.rows_affected() == 1)
 }
 
+/// The deployment webhooks already made of a commit of a branch in an
+/// environment, if any: GitHub sends both a `push` and a `pull_request`
+/// event for a commit pushed to a pull request's branch, and one commit
+/// deploys once.
+pub async fn find_github_commit(
+    ex: impl MySqlExecutor<'_>,
+    environment_id: &str,
+    branch: &str,
+    sha: &str,
+) -> Result<Option<Deployment>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{DEPLOYMENT} WHERE environment_id = ? AND git_branch = ? AND git_commit_sha = ?
+           AND trigger_kind = 'github'
+         ORDER BY created_at DESC, pk DESC LIMIT 1"
+    )))
+    .bind(environment_id)
+    .bind(branch)
+    .bind(sha)
+    .fetch_optional(ex)
+    .await?)
+}
+
+/// Records the pull request a deployment (made by a push) also deploys.
+pub async fn set_pr_number(
+    ex: impl MySqlExecutor<'_>,
+    id: &str,
+    pr_number: u32,
+    now: i64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE deployments SET git_pr_number = ?, updated_at = ? WHERE id = ? AND git_pr_number IS NULL",
+    )
+    .bind(pr_number)
+    .bind(now)
+    .bind(id)
+    .execute(ex)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// The deployments made for a pull request of a repository (any app),
 /// oldest first: what its sticky comment lists.
 pub async fn list_for_pull_request(

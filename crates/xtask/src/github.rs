@@ -9,8 +9,9 @@
 //! `cargo xtask github push` then acts as a developer and as GitHub: it
 //! commits a directory's files (what `ctrl deploy --context` would upload:
 //! `.dockerignore` honoured, never `.git` or `.dev`) through the fake's
-//! control route, builds the `push` delivery (or, with `--pr`, the
-//! `pull_request` one: `opened` the first time, `synchronize` after) with
+//! control route, builds the `push` delivery (and, with `--pr`, the
+//! `pull_request` one after it, as GitHub sends both: `opened` the first
+//! time, `synchronize` after) with
 //! the testkit's payload builders, signs it with the stack's webhook secret
 //! and posts it to ctrl-api's `/webhooks/github`; then it follows the
 //! deployments the delivery made (through the `ctrl` CLI) until they are
@@ -107,8 +108,9 @@ struct PushArgs {
     /// The branch (default: the repository's default branch).
     #[arg(long)]
     branch: Option<String>,
-    /// Deliver a `pull_request` event for this pull request (opened the
-    /// first time, synchronize after) instead of the push.
+    /// The branch is this pull request's: after the push, also deliver its
+    /// `pull_request` event (opened the first time, synchronize after), as
+    /// GitHub does.
     #[arg(long)]
     pr: Option<u64>,
     /// The commit message (and the pull request's title).
@@ -289,83 +291,83 @@ async fn push(args: PushArgs) -> Result<()> {
         installation_id: installation,
     };
 
-    // GitHub's side: the signed delivery.
-    let (event, payload) = match args.pr {
-        None => {
-            let head = payloads::PushedCommit {
-                sha: &sha,
-                message: &message,
-                author: &args.author,
-                author_name: &args.author,
-                author_email: commit["author_email"].as_str().unwrap_or_default(),
-                timestamp: commit["timestamp"].as_i64().unwrap_or_default(),
-                added: &added,
-                modified: &modified,
-                removed: &removed,
-            };
-            let before = field("before");
-            ("push", payloads::push(&repo, &branch, &before, Some(&head)))
-        }
-        Some(number) => {
-            let (status, pull) = answer(
-                http.post(format!("{control}/pulls"))
-                    .json(&json!({ "number": number }))
-                    .send()
-                    .await?,
-            )
-            .await?;
-            if !(200..300).contains(&status) {
-                bail!("the fake GitHub refused pull request #{number} ({status}): {pull}");
-            }
-            let action = if pull["created"] == true {
-                "opened"
-            } else {
-                "synchronize"
-            };
-            let pr = payloads::PullRequest {
-                action,
-                number,
-                title: &message,
-                branch: &branch,
-                sha: &sha,
-                head_repo: repo.full_name,
-                sender: &args.author,
-            };
-            ("pull_request", payloads::pull_request(&repo, &pr))
-        }
+    // GitHub's side: the signed deliveries. A commit pushed to a branch is
+    // a `push`; when the branch is a pull request's, GitHub also sends the
+    // `pull_request` event (ctrl deploys the commit once).
+    let head = payloads::PushedCommit {
+        sha: &sha,
+        message: &message,
+        author: &args.author,
+        author_name: &args.author,
+        author_email: commit["author_email"].as_str().unwrap_or_default(),
+        timestamp: commit["timestamp"].as_i64().unwrap_or_default(),
+        added: &added,
+        modified: &modified,
+        removed: &removed,
     };
-    let delivery = delivery_id();
-    let body = serde_json::to_vec(&payload)?;
-    let (status, answered) = answer(
-        http.post(format!("{api}/webhooks/github"))
-            .header("content-type", "application/json")
-            .header("x-github-event", event)
-            .header("x-github-delivery", &delivery)
-            .header(
-                "x-hub-signature-256",
-                ctrl_github::webhook::sign(&secret, &body),
-            )
-            .header("user-agent", "GitHub-Hookshot/xtask")
-            .body(body)
-            .send()
-            .await
-            .with_context(|| format!("reach ctrl-api at {api}"))?,
-    )
-    .await?;
-    let what = match payload["action"].as_str() {
-        Some(action) => format!("{event} ({action} #{})", payload["number"]),
-        None => event.to_owned(),
-    };
-    println!("delivered {what} {delivery} to {api}/webhooks/github: {status} {answered}");
-    if status == 422 {
-        bail!(
-            "no app is connected to {}: connect one first, e.g. `ctrl repos connect --app demo/hello --repo {} --installation {installation}`",
-            args.repo,
-            args.repo
-        );
+    let before = field("before");
+    let mut deliveries = vec![("push", payloads::push(&repo, &branch, &before, Some(&head)))];
+    if let Some(number) = args.pr {
+        let (status, pull) = answer(
+            http.post(format!("{control}/pulls"))
+                .json(&json!({ "number": number }))
+                .send()
+                .await?,
+        )
+        .await?;
+        if !(200..300).contains(&status) {
+            bail!("the fake GitHub refused pull request #{number} ({status}): {pull}");
+        }
+        let action = if pull["created"] == true {
+            "opened"
+        } else {
+            "synchronize"
+        };
+        let pr = payloads::PullRequest {
+            action,
+            number,
+            title: &message,
+            branch: &branch,
+            sha: &sha,
+            head_repo: repo.full_name,
+            sender: &args.author,
+        };
+        deliveries.push(("pull_request", payloads::pull_request(&repo, &pr)));
     }
-    if status != 202 {
-        bail!("ctrl-api did not accept the delivery");
+    for (event, payload) in deliveries {
+        let delivery = delivery_id();
+        let body = serde_json::to_vec(&payload)?;
+        let (status, answered) = answer(
+            http.post(format!("{api}/webhooks/github"))
+                .header("content-type", "application/json")
+                .header("x-github-event", event)
+                .header("x-github-delivery", &delivery)
+                .header(
+                    "x-hub-signature-256",
+                    ctrl_github::webhook::sign(&secret, &body),
+                )
+                .header("user-agent", "GitHub-Hookshot/xtask")
+                .body(body)
+                .send()
+                .await
+                .with_context(|| format!("reach ctrl-api at {api}"))?,
+        )
+        .await?;
+        let what = match payload["action"].as_str() {
+            Some(action) => format!("{event} ({action} #{})", payload["number"]),
+            None => event.to_owned(),
+        };
+        println!("delivered {what} {delivery} to {api}/webhooks/github: {status} {answered}");
+        if status == 422 {
+            bail!(
+                "no app is connected to {}: connect one first, e.g. `ctrl repos connect --app demo/hello --repo {} --installation {installation}`",
+                args.repo,
+                args.repo
+            );
+        }
+        if status != 202 {
+            bail!("ctrl-api did not accept the delivery");
+        }
     }
 
     follow(&stack, &args.repo, &sha, args.pr).await

@@ -73,6 +73,11 @@ struct Made {
     status: String,
     /// Its Deploy workflow is to be started now.
     start: bool,
+    /// Made by this delivery (not found from an earlier one).
+    new: bool,
+    /// An earlier deployment of the commit now also deploys the delivery's
+    /// pull request.
+    pr_attached: bool,
 }
 
 /// The GitHubWebhook object.
@@ -293,6 +298,19 @@ impl GitHubWebhookObject {
                 ),
                 _ => {}
             }
+            if made.pr_attached
+                && let (Ok(installation_id), Some(pr_number)) =
+                    (u64::try_from(c.installation_id), wanted.pr_number)
+            {
+                github_status::update_comment(
+                    ctx,
+                    github_status::CommentUpdate {
+                        installation_id,
+                        repository: c.repository_full_name.clone(),
+                        pr_number,
+                    },
+                );
+            }
             made_all.push((c.app_id.clone(), made.id, made.status));
         }
         Ok(made_all)
@@ -376,6 +394,8 @@ async fn make(
     if let Some(d) = deployment::find_by_idempotency_key(db, &c.app_id, key).await? {
         return Ok(Some(Made {
             start: d.status == DeploymentStatus::Pending && d.invocation_id.is_none(),
+            new: false,
+            pr_attached: false,
             status: d.status.as_str().into(),
             id: d.id,
         }));
@@ -398,6 +418,23 @@ async fn make(
         tracing::info!(app = %app.id, ?kind, "no environment for the delivery; nothing deployed");
         return Ok(None);
     };
+    // One commit of a branch deploys once, whichever of its push and its
+    // pull request event comes first; the pull request's number is kept.
+    let sha = w.sha.to_ascii_lowercase();
+    if let Some(d) = deployment::find_github_commit(db, &env.id, &w.branch, &sha).await? {
+        let pr_attached = match w.pr_number {
+            Some(n) => deployment::set_pr_number(db, &d.id, n, now_ms()).await?,
+            None => false,
+        };
+        tracing::info!(deployment_id = %d.id, reason = %w.reason, "this commit is already deployed by an earlier delivery");
+        return Ok(Some(Made {
+            start: false,
+            new: false,
+            pr_attached,
+            status: d.status.as_str().into(),
+            id: d.id,
+        }));
+    }
     let build = settings::get_build(db, &env.id).await?;
     let runtime = settings::get_runtime(db, &env.id).await?;
     let sealed = settings::list_env_vars(db, &env.id).await?;
@@ -444,7 +481,7 @@ async fn make(
             installation_id: Some(c.installation_id),
         }),
         git_repository: Some(c.repository_full_name.clone()),
-        git_commit_sha: Some(w.sha.to_ascii_lowercase()),
+        git_commit_sha: Some(sha),
         git_branch: Some(w.branch.clone()),
         git_commit_message: commit.map(|c| c.message.clone()),
         git_commit_author_handle: commit.map(|c| c.author.clone()),
@@ -496,6 +533,8 @@ async fn make(
                 .ok_or_else(|| ctrl_db::Error::NotFound("the deployment of the delivery"))?;
             return Ok(Some(Made {
                 start: d.status == DeploymentStatus::Pending && d.invocation_id.is_none(),
+                new: false,
+                pr_attached: false,
                 status: d.status.as_str().into(),
                 id: d.id,
             }));
@@ -512,6 +551,8 @@ async fn make(
         id,
         status: status.as_str().into(),
         start: hold.is_none(),
+        new: true,
+        pr_attached: false,
     }))
 }
 

@@ -87,6 +87,13 @@ pub fn report(
         .send();
 }
 
+/// Sends an update of a pull request's comment (fire and forget).
+pub fn update_comment(ctx: &ObjectContext<'_>, update: CommentUpdate) {
+    ctx.object_client::<GitHubCommentObjectClient<'_>>(update.key())
+        .update(Json(update))
+        .send();
+}
+
 /// What a report needs of the deployment, read once per report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Target {
@@ -293,14 +300,14 @@ impl GitHubStatusObject {
             }
         }
         if let Some(pr_number) = target.pr_number {
-            let update = CommentUpdate {
-                installation_id: target.installation_id,
-                repository: target.repository.clone(),
-                pr_number,
-            };
-            ctx.object_client::<GitHubCommentObjectClient<'_>>(update.key())
-                .update(Json(update))
-                .send();
+            update_comment(
+                &ctx,
+                CommentUpdate {
+                    installation_id: target.installation_id,
+                    repository: target.repository.clone(),
+                    pr_number,
+                },
+            );
         }
         Ok(())
     }
@@ -432,15 +439,9 @@ async fn target(db: &MySqlPool, id: &str) -> Result<Option<Target>, ctrl_db::Err
     let app = tenancy::get_app(db, &d.app_id).await?;
     let env = tenancy::get_environment(db, &d.environment_id).await?;
     let production = env.kind == EnvironmentKind::Production;
-    let environment = match (d.git_pr_number, production) {
-        (_, true) => format!("{} ({})", app.slug, env.slug),
-        (Some(n), false) => format!("{} (pull request #{n})", app.slug),
-        (None, false) => format!(
-            "{} ({})",
-            app.slug,
-            d.git_branch.as_deref().unwrap_or(&env.slug)
-        ),
-    };
+    // Like Vercel's "Production" and "Preview": one GitHub environment per
+    // app and ctrl environment (previews transient), not one per branch.
+    let environment = format!("{} ({})", app.slug, env.slug);
     Ok(Some(Target {
         installation_id,
         repository,

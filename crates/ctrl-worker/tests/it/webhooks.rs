@@ -190,10 +190,13 @@ async fn branches_preview_rules_skip_and_deleting_the_branch_stops_its_preview()
         2,
     )
     .await?;
+    let docs = st
+        .github
+        .push(REPO, "feature", web_commit("Docs only", "feature\n"));
     st.deliver(
         "push",
         "d-docs",
-        &push_payload("feature", &sha, &sha, &["docs/readme.md"], false),
+        &push_payload("feature", &sha, &docs, &["docs/readme.md"], false),
         Some(SECRET),
     )
     .await?;
@@ -225,10 +228,13 @@ async fn branches_preview_rules_skip_and_deleting_the_branch_stops_its_preview()
         3,
     )
     .await?;
+    let off_sha = st
+        .github
+        .push(REPO, "feature", web_commit("While off", "feature off\n"));
     st.deliver(
         "push",
         "d-off",
-        &push_payload("feature", &sha, &sha, &["web/index.html"], false),
+        &push_payload("feature", &docs, &off_sha, &["web/index.html"], false),
         Some(SECRET),
     )
     .await?;
@@ -247,7 +253,7 @@ async fn branches_preview_rules_skip_and_deleting_the_branch_stops_its_preview()
     st.deliver(
         "push",
         "d-delete",
-        &push_payload("feature", &sha, ZERO, &[], true),
+        &push_payload("feature", &off_sha, ZERO, &[], true),
         Some(SECRET),
     )
     .await?;
@@ -445,14 +451,35 @@ async fn a_pull_request_gets_a_preview_and_one_comment_kept_up_to_date() -> Resu
     .await
     .with_context(|| format!("{:?}", st.github.comments(REPO, 5)))?;
 
-    // New commits: a new preview, the same comment edited in place.
+    // New commits: GitHub sends the branch's push and the pull request's
+    // synchronize; the commit deploys once, as a preview of the pull
+    // request, and the same comment is edited in place.
     let second = st
         .github
         .push(REPO, "nicer", web_commit("Nicer still", "nicer still\n"));
-    let sync = pull_request_payload("synchronize", 5, "nicer", &second, REPO);
-    st.deliver("pull_request", "d-pr5-sync", &sync, Some(SECRET))
+    let push = push_payload("nicer", &first, &second, &["web/index.html"], false);
+    st.deliver("push", "d-pr5-push", &push, Some(SECRET))
         .await?;
-    let d2 = st.made_by("d-pr5-sync").await?;
+    let d2 = st.made_by("d-pr5-push").await?;
+    let sync = pull_request_payload("synchronize", 5, "nicer", &second, REPO);
+    let (status, _) = st
+        .deliver("pull_request", "d-pr5-sync", &sync, Some(SECRET))
+        .await?;
+    assert_eq!(status, 202);
+    eventually(Duration::from_secs(30), || async {
+        Ok(deployment::get(&st.s.h.db.pool, &d2.id)
+            .await?
+            .git_pr_number
+            == Some(5))
+    })
+    .await?;
+    let of_second = st
+        .deployments()
+        .await?
+        .into_iter()
+        .filter(|d| d.git_commit_sha.as_deref() == Some(second.as_str()))
+        .count();
+    assert_eq!(of_second, 1, "one deployment per commit");
     st.s.h
         .wait_status(&d2.id, DeploymentStatus::Deploying)
         .await?;
@@ -476,7 +503,7 @@ async fn a_pull_request_gets_a_preview_and_one_comment_kept_up_to_date() -> Resu
     let gh = st.github.deployments(REPO);
     assert!(
         gh.iter()
-            .all(|g| g.environment == "web (pull request #5)" && g.transient),
+            .all(|g| g.environment == "web (preview)" && g.transient),
         "{gh:?}"
     );
     Ok(())
