@@ -6,8 +6,9 @@ use sqlx::{FromRow, MySqlExecutor};
 
 use crate::Result;
 
-/// A `github_repo_connections` row.
-#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+/// A `github_repo_connections` row (serde: journaled by the webhook
+/// handler).
+#[derive(Debug, Clone, PartialEq, Eq, FromRow, serde::Serialize, serde::Deserialize)]
 pub struct Connection {
     /// Owner.
     pub workspace_id: String,

@@ -86,6 +86,11 @@ impl RepoRef {
         &self.name
     }
 
+    /// The REST API's path of the repository, `/repos/{owner}/{repo}`.
+    pub fn api_path(&self) -> String {
+        format!("/repos/{}/{}", self.owner, self.name)
+    }
+
     /// `owner/name`.
     pub fn full_name(&self) -> String {
         format!("{}/{}", self.owner, self.name)
@@ -268,7 +273,7 @@ impl GitHub {
                 (format!("heads/{}", encode_path(&name)), Some(name), false)
             }
             Want::DefaultBranch => {
-                let path = format!("/repos/{}/{}", repo.owner(), repo.name());
+                let path = repo.api_path();
                 let info: RepoJson = self
                     .repo_json(repo, installation_id, &path, Resource::Repository)
                     .await?;
@@ -281,11 +286,7 @@ impl GitHub {
                 (format!("heads/{}", encode_path(&name)), Some(name), false)
             }
         };
-        let path = format!(
-            "/repos/{}/{}/commits/{reference}",
-            repo.owner(),
-            repo.name()
-        );
+        let path = format!("{}/commits/{reference}", repo.api_path());
         let resource = match &branch {
             Some(name) => Resource::Branch(name),
             None => Resource::Commit(&reference),
@@ -337,7 +338,7 @@ impl GitHub {
         sha: &str,
     ) -> Result<Bytes, GitHubError> {
         let sha = commit_sha(sha, 40)?;
-        let path = format!("/repos/{}/{}/tarball/{sha}", repo.owner(), repo.name());
+        let path = format!("{}/tarball/{sha}", repo.api_path());
         let what = format!("the tarball of {repo} at {sha}");
         let limit = self.inner.max_tarball_bytes;
         let too_large = || GitHubError::TooLarge {
@@ -353,7 +354,7 @@ impl GitHub {
             let failure = failure_of(response, head_deadline, &path).await?;
             // Here 404 also means a missing commit: tell the two apart.
             if failure.status == 404 {
-                let repo_path = format!("/repos/{}/{}", repo.owner(), repo.name());
+                let repo_path = repo.api_path();
                 let _: RepoJson = self
                     .repo_json(repo, installation_id, &repo_path, Resource::Repository)
                     .await?;

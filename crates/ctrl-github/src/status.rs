@@ -152,7 +152,7 @@ impl GitHub {
                 format!("must be at most {MAX_ENVIRONMENT_CHARS} characters"),
             ));
         }
-        let path = format!("/repos/{}/{}/deployments", repo.owner(), repo.name());
+        let path = format!("{}/deployments", repo.api_path());
         let body = json!({
             "ref": sha,
             "environment": environment,
@@ -192,11 +192,7 @@ impl GitHub {
         s: &DeploymentStatus<'_>,
     ) -> Result<(), GitHubError> {
         nonzero("deployment_id", deployment_id)?;
-        let path = format!(
-            "/repos/{}/{}/deployments/{deployment_id}/statuses",
-            repo.owner(),
-            repo.name()
-        );
+        let path = format!("{}/deployments/{deployment_id}/statuses", repo.api_path());
         let mut body = json!({
             "state": s.state,
             "description": description(s.description),
@@ -237,7 +233,7 @@ impl GitHub {
                 "must not be empty",
             ));
         }
-        let path = format!("/repos/{}/{}/statuses/{sha}", repo.owner(), repo.name());
+        let path = format!("{}/statuses/{sha}", repo.api_path());
         let mut body = json!({
             "state": s.state,
             "context": s.context,
@@ -282,9 +278,8 @@ impl GitHub {
         }
         for page in 1..=MAX_COMMENT_PAGES {
             let path = format!(
-                "/repos/{}/{}/issues/{number}/comments?per_page={COMMENTS_PER_PAGE}&page={page}",
-                repo.owner(),
-                repo.name()
+                "{}/issues/{number}/comments?per_page={COMMENTS_PER_PAGE}&page={page}",
+                repo.api_path()
             );
             let answer = self
                 .call_as_installation(
@@ -328,11 +323,7 @@ impl GitHub {
     ) -> Result<u64, GitHubError> {
         nonzero("pull_request", number)?;
         check_comment(body)?;
-        let path = format!(
-            "/repos/{}/{}/issues/{number}/comments",
-            repo.owner(),
-            repo.name()
-        );
+        let path = format!("{}/issues/{number}/comments", repo.api_path());
         let answer = self
             .call_as_installation(
                 installation_id,
@@ -358,11 +349,7 @@ impl GitHub {
     ) -> Result<(), GitHubError> {
         nonzero("comment_id", comment_id)?;
         check_comment(body)?;
-        let path = format!(
-            "/repos/{}/{}/issues/comments/{comment_id}",
-            repo.owner(),
-            repo.name()
-        );
+        let path = format!("{}/issues/comments/{comment_id}", repo.api_path());
         self.call_as_installation(
             installation_id,
             repo,

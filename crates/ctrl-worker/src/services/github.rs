@@ -220,17 +220,12 @@ impl GitHubWebhookObject {
                             .map_err(db_error)?;
                     }
                 }
-                Ok(Json(
-                    found
-                        .into_iter()
-                        .map(ConnectionRow::from)
-                        .collect::<Vec<_>>(),
-                ))
+                Ok(Json(found))
             })
             .name("find the connected apps")
             .retry_policy(step_retry())
             .await?;
-        Ok(found.into_iter().map(Connection::from).collect())
+        Ok(found)
     }
 
     /// One deployment per connected app, each made once and started once.
@@ -245,13 +240,13 @@ impl GitHubWebhookObject {
         for c in connections {
             let (db, c2, w, key) = (
                 self.db.clone(),
-                ConnectionRow::from(c.clone()),
+                c.clone(),
                 wanted.clone(),
                 format!("github:{delivery_id}"),
             );
             let Json(made) = ctx
                 .run(|| async move {
-                    match make(&db, &Connection::from(c2), &w, &key).await {
+                    match make(&db, &c2, &w, &key).await {
                         Ok(made) => Ok(Json(made)),
                         // One app's missing rows (deleted meanwhile) do not
                         // keep the delivery from the others.
@@ -591,46 +586,6 @@ fn unwatched(watch_paths: &[String], changed: Option<&(BTreeSet<String>, bool)>)
             ""
         }
     ))
-}
-
-/// [`Connection`] as journaled (the db type has no serde).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ConnectionRow {
-    workspace_id: String,
-    project_id: String,
-    app_id: String,
-    installation_id: i64,
-    repository_full_name: String,
-    repository_id: Option<i64>,
-    created_at: i64,
-}
-
-impl From<Connection> for ConnectionRow {
-    fn from(c: Connection) -> Self {
-        Self {
-            workspace_id: c.workspace_id,
-            project_id: c.project_id,
-            app_id: c.app_id,
-            installation_id: c.installation_id,
-            repository_full_name: c.repository_full_name,
-            repository_id: c.repository_id,
-            created_at: c.created_at,
-        }
-    }
-}
-
-impl From<ConnectionRow> for Connection {
-    fn from(c: ConnectionRow) -> Self {
-        Self {
-            workspace_id: c.workspace_id,
-            project_id: c.project_id,
-            app_id: c.app_id,
-            installation_id: c.installation_id,
-            repository_full_name: c.repository_full_name,
-            repository_id: c.repository_id,
-            created_at: c.created_at,
-        }
-    }
 }
 
 #[cfg(test)]

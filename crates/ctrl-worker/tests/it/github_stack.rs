@@ -121,6 +121,27 @@ impl Stack {
         })
     }
 
+    /// Replaces the build settings of the app's environment.
+    pub(crate) async fn set_build(&self, environment_id: &str, build: BuildSettings) -> Result<()> {
+        let h = &self.s.h;
+        settings::upsert_build(
+            &h.db.pool,
+            Scope {
+                workspace_id: &h.workspace,
+                app_id: &h.app,
+                environment_id,
+            },
+            &build,
+            i64::try_from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_millis(),
+            )?,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// A second app of the project (`api`, building `web/` too), with its
     /// environments, settings and region, connected to the same repository:
     /// a monorepo. Its id and its preview environment's.

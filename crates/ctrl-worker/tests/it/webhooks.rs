@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ctrl_core::status::DeploymentStatus;
-use ctrl_db::settings::{BuildSettings, Scope};
-use ctrl_db::{deployment, github as connections, settings};
+use ctrl_db::settings::BuildSettings;
+use ctrl_db::{deployment, github as connections};
 use serde_json::json;
 
 use crate::github_stack::{
@@ -175,19 +175,13 @@ async fn branches_preview_rules_skip_and_deleting_the_branch_stops_its_preview()
     st.s.h.wait_finished(&preview.id).await?;
 
     // Watch paths none of the pushed files match: skipped, with why.
-    settings::upsert_build(
-        &st.s.h.db.pool,
-        Scope {
-            workspace_id: &st.s.h.workspace,
-            app_id: &st.s.h.app,
-            environment_id: &st.s.h.preview,
-        },
-        &BuildSettings {
+    st.set_build(
+        &st.s.h.preview,
+        BuildSettings {
             docker_context: "web".into(),
             watch_paths: sqlx::types::Json(vec!["web/**".into()]),
             ..BuildSettings::default()
         },
-        2,
     )
     .await?;
     let docs = st
@@ -213,19 +207,13 @@ async fn branches_preview_rules_skip_and_deleting_the_branch_stops_its_preview()
     );
 
     // auto_deploy off: skipped, with why.
-    settings::upsert_build(
-        &st.s.h.db.pool,
-        Scope {
-            workspace_id: &st.s.h.workspace,
-            app_id: &st.s.h.app,
-            environment_id: &st.s.h.preview,
-        },
-        &BuildSettings {
+    st.set_build(
+        &st.s.h.preview,
+        BuildSettings {
             docker_context: "web".into(),
             auto_deploy: false,
             ..BuildSettings::default()
         },
-        3,
     )
     .await?;
     let off_sha = st
