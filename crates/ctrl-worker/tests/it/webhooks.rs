@@ -130,16 +130,22 @@ async fn a_signed_push_deploys_once_and_bad_deliveries_start_nothing() -> Result
         gh[0].statuses[2].log_url.as_deref(),
         Some(format!("https://dashboard.example.com/deployments/{}", d.id).as_str())
     );
-    let commit: Vec<String> = st
-        .github
-        .commit_statuses(REPO, &sha)
-        .into_iter()
-        .map(|c| format!("{}:{}", c.context, c.state))
-        .collect();
+    // The commit status follows the deployment status in the same report.
+    let commit = || -> Vec<String> {
+        st.github
+            .commit_statuses(REPO, &sha)
+            .into_iter()
+            .map(|c| format!("{}:{}", c.context, c.state))
+            .collect()
+    };
+    eventually(Duration::from_secs(30), || async {
+        Ok(commit().last().map(String::as_str) == Some("ctrl/web:success"))
+    })
+    .await
+    .with_context(|| format!("{:?}", commit()))?;
     assert_eq!(
-        commit.last().map(String::as_str),
-        Some("ctrl/web:success"),
-        "{commit:?}"
+        commit(),
+        ["ctrl/web:pending", "ctrl/web:pending", "ctrl/web:success"]
     );
     // The connection learnt the repository's id.
     let c = connections::get(&st.s.h.db.pool, &st.s.h.app)
