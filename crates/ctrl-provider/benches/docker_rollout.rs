@@ -35,6 +35,8 @@ fn spec(id: &str, replicas: u32) -> WorkloadSpec {
             ..ServiceSpec::main("web", V1)
         }],
         labels: Default::default(),
+        autoscaling: None,
+        network_policy: None,
     }
 }
 

@@ -41,6 +41,13 @@ pub enum Capability {
     CustomDomains,
     /// Terminate TLS.
     Tls,
+    /// Apply rendered manifests as they are (tracked per instance).
+    Manifests,
+    /// Argo CD `Application`s.
+    #[serde(rename = "argo-cd")]
+    ArgoCd,
+    /// Helm charts.
+    Helm,
 }
 
 impl Capability {
@@ -61,6 +68,9 @@ impl Capability {
             Capability::Autoscale => "autoscale",
             Capability::CustomDomains => "custom-domains",
             Capability::Tls => "tls",
+            Capability::Manifests => "manifests",
+            Capability::ArgoCd => "argo-cd",
+            Capability::Helm => "helm",
         }
     }
 }

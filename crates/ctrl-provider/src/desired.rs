@@ -13,8 +13,9 @@ use ctrl_proto::ctrl::v1 as pb;
 
 use crate::Error;
 use crate::spec::{
-    HealthCheck, HttpMethod, PortSpec, Probe, Protocol, Resources, RestartPolicy, SecretRef,
-    ServiceSpec, StopSignal, VolumeSpec, WorkloadKind, WorkloadSpec,
+    Autoscaling, HealthCheck, HttpMethod, IngressRule, NetworkPeer, NetworkPolicy, PortSpec, Probe,
+    Protocol, Resources, RestartPolicy, SecretRef, ServiceSpec, StopSignal, VolumeSpec,
+    WorkloadKind, WorkloadSpec,
 };
 
 /// Name of the service that runs a deployment's image.
@@ -178,6 +179,17 @@ pub fn workload_from_apply(apply: &pb::ApplyDeployment) -> Result<WorkloadSpec, 
         replicas,
         services: vec![main],
         labels,
+        autoscaling: apply
+            .autoscaling
+            .as_ref()
+            .map(autoscaling)
+            .transpose()?
+            .flatten(),
+        network_policy: apply
+            .network_policy
+            .as_ref()
+            .map(network_policy)
+            .transpose()?,
     };
     spec.plan()?;
     Ok(spec)
@@ -213,6 +225,78 @@ fn health_check(h: &pb::HealthCheck, port: u16, startup: Duration) -> Result<Hea
         timeout: secs("timeout_seconds", h.timeout_seconds, 2)?,
         retries: u32::try_from(h.failure_threshold).unwrap_or(0).max(1),
         start_period: secs("initial_delay_seconds", h.initial_delay_seconds, 0)? + startup,
+    })
+}
+
+/// Bounds that leave room to scale become an [`Autoscaling`] policy;
+/// `min == max` is a fixed replica count.
+fn autoscaling(a: &pb::AutoscalingPolicy) -> Result<Option<Autoscaling>, Error> {
+    let min = a.min_replicas.max(1);
+    if a.max_replicas != 0 && a.max_replicas < min {
+        return Err(Error::InvalidSpec(format!(
+            "AutoscalingPolicy.max_replicas {} is below min_replicas {min}",
+            a.max_replicas
+        )));
+    }
+    for (name, value) in [
+        ("cpu_threshold_percent", a.cpu_threshold_percent),
+        ("memory_threshold_percent", a.memory_threshold_percent),
+    ] {
+        if value > 100 {
+            return Err(Error::InvalidSpec(format!(
+                "AutoscalingPolicy.{name} {value} is above 100"
+            )));
+        }
+    }
+    if a.max_replicas <= min {
+        return Ok(None);
+    }
+    Ok(Some(Autoscaling {
+        min_replicas: min,
+        max_replicas: a.max_replicas,
+        cpu_percent: match a.cpu_threshold_percent {
+            0 => 80,
+            v => v,
+        },
+        memory_percent: Some(a.memory_threshold_percent).filter(|v| *v > 0),
+    }))
+}
+
+fn network_policy(p: &pb::NetworkPolicy) -> Result<NetworkPolicy, Error> {
+    let ingress = p
+        .ingress
+        .iter()
+        .map(|rule| {
+            let port = u16::try_from(rule.port)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| {
+                    Error::InvalidSpec(format!(
+                        "NetworkPolicy.ingress.port {} is not a port",
+                        rule.port
+                    ))
+                })?;
+            Ok(IngressRule {
+                port,
+                from: rule
+                    .from
+                    .iter()
+                    .map(|peer| NetworkPeer {
+                        match_labels: peer
+                            .match_labels
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                        namespace: Some(peer.namespace.clone()).filter(|n| !n.is_empty()),
+                        cidr: Some(peer.cidr.clone()).filter(|c| !c.is_empty()),
+                    })
+                    .collect(),
+            })
+        })
+        .collect::<Result<_, Error>>()?;
+    Ok(NetworkPolicy {
+        ingress,
+        allow_internet_egress: p.allow_internet_egress,
     })
 }
 

@@ -9,20 +9,26 @@
 //! holds named providers with a default.
 //!
 //! Backends: [`docker`] (Docker Engine or podman's Docker-compatible API,
-//! through bollard). [`desired`] turns the ClusterService desired-state
+//! through bollard) and [`kubernetes`] (kube-rs, with the [`engine`]s of
+//! seed 004: rendered manifests, Argo CD and Helm). Nomad is not a backend:
+//! no Nomad server can run where ctrl is tested, and a backend that cannot
+//! be tested is not shipped; the trait needs nothing new for it. [`desired`] turns the ClusterService desired-state
 //! message into a spec, which is how the regional agent (krane) uses this
 //! crate.
 
 pub mod capability;
 pub mod desired;
 pub mod docker;
+pub mod engine;
 mod error;
+pub mod kubernetes;
 pub mod provider;
 mod registry;
 pub mod spec;
 pub mod status;
 
 pub use capability::{Capabilities, Capability};
+pub use engine::Engines;
 pub use error::Error;
 pub use provider::{
     DeployRequest, DeployResult, ExecRequest, ExecResult, LogLine, LogOptions, LogStream,

@@ -277,6 +277,14 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
         Err(self.unsupported("exec", Capability::Exec))
     }
 
+    /// Whether the backend answers, within `deadline` (the caller's: an
+    /// unreachable backend never blocks a health sweep). The answer names
+    /// the backend and its version.
+    async fn health(&self, deadline: Duration) -> Result<String, Error> {
+        let _ = deadline;
+        Err(self.unsupported("health", Capability::Provision))
+    }
+
     /// The error for an operation this provider cannot do.
     fn unsupported(&self, operation: &'static str, capability: Capability) -> Error {
         Error::Unsupported {

@@ -38,6 +38,63 @@ pub struct WorkloadSpec {
     /// Labels put on every object of the workload.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Replica counts that follow load (backends with the `autoscale`
+    /// capability; others run `replicas`).
+    #[serde(default)]
+    pub autoscaling: Option<Autoscaling>,
+    /// Which traffic may reach the replicas (enforced where the backend can).
+    #[serde(default)]
+    pub network_policy: Option<NetworkPolicy>,
+}
+
+/// Replica bounds and the utilisation that scales out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Autoscaling {
+    /// Fewest replicas (at least 1).
+    pub min_replicas: u32,
+    /// Most replicas (at least `min_replicas`).
+    pub max_replicas: u32,
+    /// Average CPU utilisation (percent of the limit) that scales out.
+    pub cpu_percent: u32,
+    /// Average memory utilisation that scales out; none = not a trigger.
+    #[serde(default)]
+    pub memory_percent: Option<u32>,
+}
+
+/// Allowed traffic to a workload; everything else is denied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkPolicy {
+    /// Allowed inbound traffic.
+    #[serde(default)]
+    pub ingress: Vec<IngressRule>,
+    /// Whether replicas may open connections outside the cluster.
+    #[serde(default)]
+    pub allow_internet_egress: bool,
+}
+
+/// One kind of allowed inbound traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngressRule {
+    /// Destination port on the replicas.
+    pub port: u16,
+    /// Allowed sources; empty = any source.
+    #[serde(default)]
+    pub from: Vec<NetworkPeer>,
+}
+
+/// A source of traffic: workloads carrying all of `match_labels` (in
+/// `namespace`), or an address range.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkPeer {
+    /// Labels the source carries.
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+    /// Namespace of the source; none = the workload's own.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// An address range in CIDR notation, instead of labels.
+    #[serde(default)]
+    pub cidr: Option<String>,
 }
 
 /// Runtime topology of a workload.
@@ -720,6 +777,8 @@ mod tests {
             replicas: 1,
             services,
             labels: BTreeMap::new(),
+            autoscaling: None,
+            network_policy: None,
         }
     }
 

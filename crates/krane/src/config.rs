@@ -20,9 +20,16 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Where ctrl-cluster-sync is.
     pub control: ControlConfig,
-    /// The Docker-API engine workloads run on.
+    /// Which backend runs workloads.
+    #[serde(default)]
+    pub provider: ProviderSection,
+    /// The Docker-API engine workloads run on (`provider.kind = "docker"`).
     #[serde(default)]
     pub docker: DockerSection,
+    /// The Kubernetes cluster workloads run on (`provider.kind =
+    /// "kubernetes"`); its region and cluster labels come from `[cluster]`.
+    #[serde(default)]
+    pub kubernetes: ctrl_provider::kubernetes::KubernetesConfig,
     /// Keys that open sealed environment variables (absent: deployments
     /// with variables fail to apply, naming the variable).
     #[serde(default)]
@@ -76,6 +83,35 @@ impl std::fmt::Debug for ControlConfig {
             .field("url", &self.url)
             .field("token", &"<redacted>")
             .finish_non_exhaustive()
+    }
+}
+
+/// The backend choice.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderSection {
+    /// `docker` (default) or `kubernetes`.
+    pub kind: ProviderKind,
+}
+
+/// The backends krane can drive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// A Docker-API engine (Docker or podman).
+    #[default]
+    Docker,
+    /// A Kubernetes cluster.
+    Kubernetes,
+}
+
+impl ProviderKind {
+    /// The registry name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Docker => "docker",
+            ProviderKind::Kubernetes => "kubernetes",
+        }
     }
 }
 
@@ -242,6 +278,53 @@ impl Validate for Config {
                 "logs.advertise_url",
                 "is required when http.listen is an unspecified address (0.0.0.0 or ::)",
             );
+        }
+        if self.provider.kind == ProviderKind::Kubernetes {
+            let k = &self.kubernetes;
+            v.check(
+                !(k.in_cluster && k.kubeconfig.is_some()),
+                "kubernetes.in_cluster",
+                "cannot be combined with kubernetes.kubeconfig",
+            );
+            v.check(
+                ctrl_core::names::is_dns_label(&k.namespace),
+                "kubernetes.namespace",
+                "must be a DNS label",
+            );
+            v.check(
+                ctrl_core::names::is_dns_label(&k.argo_namespace),
+                "kubernetes.argo_namespace",
+                "must be a DNS label",
+            );
+            v.range(
+                "kubernetes.api_timeout_seconds",
+                k.api_timeout_seconds,
+                1..=300,
+            );
+            v.range(
+                "kubernetes.start_timeout_seconds",
+                k.start_timeout_seconds,
+                1..=3600,
+            );
+            v.range(
+                "kubernetes.volume_size_mib",
+                k.volume_size_mib,
+                1..=u32::MAX,
+            );
+            if let Some(path) = &k.kubeconfig {
+                v.check(
+                    path.is_file(),
+                    "kubernetes.kubeconfig",
+                    "must name an existing file",
+                );
+            }
+            if let Some(path) = &k.helm_bin {
+                v.check(
+                    path.is_file(),
+                    "kubernetes.helm_bin",
+                    "must name an existing file",
+                );
+            }
         }
         let a = &self.agent;
         v.range("agent.full_sync_seconds", a.full_sync_seconds, 10..=86_400);

@@ -9,10 +9,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use ctrl_proto::ctrl::v1 as pb;
 use ctrl_provider::docker::{DockerConfig, DockerProvider};
+use ctrl_provider::kubernetes::{KubernetesConfig, KubernetesProvider};
+use ctrl_provider::{Provider, Registry};
 use tokio::sync::watch;
 
 use crate::agent::Agent;
-use crate::config::Config;
+use crate::config::{Config, ProviderKind};
 use crate::control::Control;
 use crate::metrics::Metrics;
 use crate::stream::{StreamSettings, StreamState};
@@ -51,12 +53,45 @@ pub async fn docker_provider(config: &Config) -> Result<DockerProvider> {
     .context("the Docker API does not answer")
 }
 
+/// Connects to the Kubernetes cluster the config names, labelling and
+/// watching only this agent's region and cluster.
+pub async fn kubernetes_provider(config: &Config) -> Result<KubernetesProvider> {
+    let vault = config
+        .vault
+        .as_ref()
+        .map(ctrl_runtime::sections::VaultConfig::vault)
+        .transpose()
+        .context("vault keys")?;
+    let settings = KubernetesConfig {
+        region: config.cluster.region.clone(),
+        cluster: config.cluster.cell_id.clone(),
+        ..config.kubernetes.clone()
+    };
+    KubernetesProvider::connect(settings, Arc::new(crate::secrets::VaultSecrets::new(vault)))
+        .await
+        .context("the Kubernetes API does not answer")
+}
+
+/// The backend `[provider] kind` selects, registered under its name as the
+/// registry's default.
+pub async fn provider(config: &Config) -> Result<Arc<dyn Provider>> {
+    let registry = Registry::new();
+    let kind = config.provider.kind;
+    let provider: Arc<dyn Provider> = match kind {
+        ProviderKind::Docker => Arc::new(docker_provider(config).await?),
+        ProviderKind::Kubernetes => Arc::new(kubernetes_provider(config).await?),
+    };
+    registry.register(kind.name(), provider);
+    registry.set_default(kind.name())?;
+    Ok(registry.default_provider()?)
+}
+
 /// Runs until `shutdown` resolves.
 pub async fn run(
     config: &Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let provider = docker_provider(config).await?;
+    let provider = provider(config).await?;
     let key = pb::ClusterKey {
         platform: config.cluster.platform.clone(),
         region: config.cluster.region.clone(),
@@ -72,7 +107,7 @@ pub async fn run(
     let metrics = Metrics::default();
     let agent = Agent::new(
         control.clone(),
-        Arc::new(provider),
+        provider,
         metrics.clone(),
         config.agent.max_concurrent_applies,
     );
@@ -103,7 +138,10 @@ pub async fn run(
     let reconnect = config.agent.reconnect();
     let heartbeat = tokio::spawn(crate::stream::heartbeat_loop(
         control.clone(),
-        pb::AgentBackend::Docker,
+        match config.provider.kind {
+            ProviderKind::Docker => pb::AgentBackend::Docker,
+            ProviderKind::Kubernetes => pb::AgentBackend::Kubernetes,
+        },
         state.clone(),
         reconnect,
         stop.clone(),

@@ -264,6 +264,17 @@ fn is_transient_podman_state(e: &bollard::errors::Error) -> bool {
 
 #[async_trait]
 impl Provider for DockerProvider {
+    async fn health(&self, deadline: Duration) -> Result<String, Error> {
+        match tokio::time::timeout(deadline, self.docker.version()).await {
+            Ok(Ok(v)) => Ok(format!("engine {}", v.version.unwrap_or_default())),
+            Ok(Err(e)) => Err(Error::backend("ask the engine for its version", e)),
+            Err(_) => Err(Error::backend(
+                "ask the engine for its version",
+                format!("no answer within {deadline:?}"),
+            )),
+        }
+    }
+
     fn info(&self) -> ProviderInfo {
         ProviderInfo {
             name: self.config.name.clone(),

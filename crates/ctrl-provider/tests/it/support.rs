@@ -53,6 +53,8 @@ pub(crate) fn web(id: &str, image: &str) -> WorkloadSpec {
         replicas: 1,
         services: vec![web_service("web", image)],
         labels: BTreeMap::from([("ctrl.dev/deployment-id".into(), "dep1".into())]),
+        autoscaling: None,
+        network_policy: None,
     }
 }
 
