@@ -17,13 +17,18 @@
 //! dev stack and the edge's tests. ctrl's own services, when a test runs them
 //! as tasks, are stopped the same way by an [`InProcess`] set;
 //! [`wait_until_ok`] waits for their health endpoints.
+//! [`kube_schema::validate`] checks Kubernetes objects against Kubernetes'
+//! own schemas (kubernetes-validate), and [`paths::helm_bin`] is a Helm CLI
+//! (`ctrl-helm`: `helm template` and `helm show` on Helm's own engine).
 //!
 //! It does not install anything: `cargo xtask deps` does, into the locations
 //! named in [`paths`]. Nothing here is a mock; each handle is the real server
 //! — except [`github::FakeGitHub`], an in-process stand-in for GitHub's REST
-//! API (which cannot run locally), and [`depot::FakeDepot`], one for Depot's
+//! API (which cannot run locally), [`depot::FakeDepot`], one for Depot's
 //! API and the BuildKit machine it hands out (which builds for real on
-//! [`Podman`]).
+//! [`Podman`]), and [`kube::FakeKube`], a stateful Kubernetes API server
+//! (with its controllers and a fake node) for the Kubernetes backend and
+//! krane, which no test machine could run for real.
 
 pub mod acme;
 pub mod ca;
@@ -31,6 +36,8 @@ pub mod depot;
 pub mod github;
 pub mod images;
 pub mod in_process;
+pub mod kube;
+pub mod kube_schema;
 pub mod mariadb;
 pub mod paths;
 pub mod podman;
@@ -50,6 +57,7 @@ pub use acme::{ChallTestSrv, Moto, Pebble, PebbleOptions};
 pub use depot::{FakeDepot, FakeDepotOptions};
 pub use error::Error;
 pub use in_process::InProcess;
+pub use kube::FakeKube;
 pub use mariadb::{MariaDb, TestDatabase, test_database};
 pub use podman::{Podman, StorageDriver};
 pub use registry::Registry;

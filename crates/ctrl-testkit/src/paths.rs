@@ -17,6 +17,19 @@ pub const BUF_VERSION: &str = "1.75.0";
 /// The pinned moto version (AWS APIs such as Route53 and S3 on loopback).
 pub const MOTO_VERSION: &str = "5.2.5";
 
+/// The pinned kubernetes-validate version: Kubernetes' own OpenAPI schemas as
+/// JSON Schema, for Kubernetes 1.25 to 1.37, and a validator (see
+/// [`crate::kube_schema`]).
+pub const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+
+/// The pinned helm-python-sdk version: Helm's Go SDK compiled into a shared
+/// library, which `ctrl-helm` (see [`helm_bin`]) drives.
+pub const HELM_PYTHON_SDK_VERSION: &str = "0.2.2";
+
+/// The Helm release that [`HELM_PYTHON_SDK_VERSION`]'s engine is built
+/// from, as `ctrl-helm version --short` names it.
+pub const HELM_VERSION: &str = "v4.2.3";
+
 /// The pinned s3s-fs version (S3 on a local directory, with SigV4 checks).
 /// 0.15 and later need a newer rustc than the workspace's.
 pub const S3S_FS_VERSION: &str = "0.14.1";
@@ -87,7 +100,8 @@ pub fn buf_bin() -> Result<PathBuf, Error> {
     first_existing("buf", &candidates)
 }
 
-/// The Python virtualenv `cargo xtask deps` creates for Python tools (moto).
+/// The Python virtualenv `cargo xtask deps` creates for Python tools (moto,
+/// kubernetes-validate, helm-python-sdk and `ctrl-helm`).
 pub fn venv_dir() -> PathBuf {
     cache_dir().join("venv")
 }
@@ -106,6 +120,57 @@ pub fn moto_server_bin() -> Result<PathBuf, Error> {
         .chain([moto_install_path()])
         .collect();
     first_existing("moto_server", &candidates)
+}
+
+/// Where `cargo xtask deps` puts kubernetes-validate: its entry point in [`venv_dir`].
+pub fn kubernetes_validate_install_path() -> PathBuf {
+    venv_dir().join("bin").join("kubernetes-validate")
+}
+
+/// The kubernetes-validate program: `$KUBERNETES_VALIDATE_BIN` if set, else
+/// the one in the virtualenv (never one on `PATH`).
+pub fn kubernetes_validate_bin() -> Result<PathBuf, Error> {
+    let candidates: Vec<PathBuf> = env::var_os("KUBERNETES_VALIDATE_BIN")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([kubernetes_validate_install_path()])
+        .collect();
+    first_existing("kubernetes-validate", &candidates)
+}
+
+/// The `ctrl-helm` program in the repository: a subset of the helm CLI
+/// (`template`, `show chart`, `show values`, `version --short`, with helm's
+/// syntax and output) on helm-python-sdk's engine.
+pub fn helm_program_source() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("helm")
+        .join("ctrl-helm")
+}
+
+/// A tiny chart (Deployment, Service, ConfigMap; a required `image` value)
+/// for tests and for `cargo xtask deps`' check of [`helm_bin`].
+pub fn helm_test_chart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("helm")
+        .join("testdata")
+        .join("hello")
+}
+
+/// Where `cargo xtask deps` installs [`helm_program_source`], its shebang
+/// naming the virtualenv's python: `ctrl-helm` in [`venv_dir`].
+pub fn helm_install_path() -> PathBuf {
+    venv_dir().join("bin").join("ctrl-helm")
+}
+
+/// The Helm CLI for tests: `$HELM_BIN` if set (a real `helm` works too),
+/// else the installed `ctrl-helm`. Never one on `PATH`.
+pub fn helm_bin() -> Result<PathBuf, Error> {
+    let candidates: Vec<PathBuf> = env::var_os("HELM_BIN")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([helm_install_path()])
+        .collect();
+    first_existing("ctrl-helm", &candidates)
 }
 
 /// A system program (MariaDB's and podman's live in `/usr/sbin` or `/usr/bin`,

@@ -407,5 +407,56 @@ mod tests {
         assert_eq!(c.cluster.cell_id, "use1-a");
         assert!(c.vault.is_some());
         assert_eq!(c.logs_url(), "http://krane.use1-a.internal:8070");
+        assert_eq!(c.provider.kind, ProviderKind::Docker);
+
+        let text = include_str!("../../../deploy/krane.kubernetes.example.toml");
+        let c: Config =
+            ctrl_runtime::config::parse(text, "krane.kubernetes.example.toml", &env, ENV_PREFIX)
+                .unwrap();
+        assert_eq!(c.provider.kind, ProviderKind::Kubernetes);
+        assert!(c.kubernetes.in_cluster);
+        assert_eq!(
+            c.kubernetes.network_policy,
+            ctrl_provider::kubernetes::NetworkPolicyMode::Cilium
+        );
+        assert_eq!(c.kubernetes.gpu_resource.as_deref(), Some("nvidia.com/gpu"));
+    }
+
+    #[test]
+    fn kubernetes_settings_are_validated_by_name() {
+        let env = HashMap::from([("CTRL_TOKEN".to_owned(), "0123456789abcdef0123".to_owned())]);
+        for (extra, field) in [
+            (
+                "[kubernetes]\nin_cluster = true\nkubeconfig = \"/etc/hosts\"\n",
+                "kubernetes.in_cluster",
+            ),
+            (
+                "[kubernetes]\nkubeconfig = \"/nonexistent/kubeconfig\"\n",
+                "kubernetes.kubeconfig",
+            ),
+            (
+                "[kubernetes]\nnamespace = \"Bad_NS\"\n",
+                "kubernetes.namespace",
+            ),
+            (
+                "[kubernetes]\napi_timeout_seconds = 0\n",
+                "kubernetes.api_timeout_seconds",
+            ),
+            (
+                "[kubernetes]\nnetwork_policy = \"calico\"\n",
+                "network_policy",
+            ),
+        ] {
+            let text = format!("{GOOD}\n[provider]\nkind = \"kubernetes\"\n{extra}");
+            let err = ctrl_runtime::config::parse::<Config>(&text, "krane.toml", &env, ENV_PREFIX)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{extra}: {err}");
+        }
+        let bad_kind = format!("{GOOD}\n[provider]\nkind = \"nomad\"\n");
+        let err = ctrl_runtime::config::parse::<Config>(&bad_kind, "krane.toml", &env, ENV_PREFIX)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nomad"), "{err}");
     }
 }

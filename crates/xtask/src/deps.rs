@@ -3,18 +3,21 @@
 //!
 //! Each dependency is one entry in [`all`]: how to tell that a usable version
 //! is present, and how to install it (apt packages, a binary shipped in an
-//! npm package, `cargo install`, or pip into the user cache's virtualenv).
+//! npm package, `cargo install`, pip into the user cache's virtualenv, or a
+//! script of this repository into that virtualenv).
 //! Adding one is one more entry. Checks are cheap `--version`/`--help`/
 //! `dpkg-query` calls, so a warm run takes about a second; installs happen
 //! only for what is missing.
 
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use std::{env, fs};
 
 use anyhow::{Context, Result, bail};
-use ctrl_testkit::paths;
+use ctrl_testkit::{kube_schema, paths};
 
 /// One dependency: what it is for, how to check it, how to install it.
 struct Dep {
@@ -50,6 +53,13 @@ enum Install {
     Pip {
         venv: fn() -> PathBuf,
         packages: fn() -> Vec<String>,
+    },
+    /// A Python script of this repository copied to `dest` (in the
+    /// virtualenv's `bin/`) with its shebang naming the virtualenv's python,
+    /// as pip does for a package's console scripts.
+    VenvScript {
+        source: fn() -> PathBuf,
+        dest: fn() -> PathBuf,
     },
 }
 
@@ -141,7 +151,7 @@ fn all() -> Vec<Dep> {
         },
         Dep {
             name: "python3-venv",
-            purpose: "the virtualenv moto is installed into (Debian's python3 has no ensurepip without it)",
+            purpose: "the virtualenv the Python tools are installed into (Debian's python3 has no ensurepip without it)",
             check: || dpkg_installed("python3-venv"),
             install: Install::Apt(&["python3-venv"]),
         },
@@ -152,6 +162,43 @@ fn all() -> Vec<Dep> {
             install: Install::Pip {
                 venv: paths::venv_dir,
                 packages: || vec![format!("moto[server]=={}", paths::MOTO_VERSION)],
+            },
+        },
+        Dep {
+            name: "kubernetes-validate",
+            purpose: "Kubernetes' own schemas for the objects the Kubernetes backend renders (tests)",
+            check: check_kubernetes_validate,
+            install: Install::Pip {
+                venv: paths::venv_dir,
+                packages: || {
+                    vec![format!(
+                        "kubernetes-validate=={}",
+                        paths::KUBERNETES_VALIDATE_VERSION
+                    )]
+                },
+            },
+        },
+        Dep {
+            name: "helm-python-sdk",
+            purpose: "Helm's Go engine as a shared library, which ctrl-helm drives (tests)",
+            check: check_helm_python_sdk,
+            install: Install::Pip {
+                venv: paths::venv_dir,
+                packages: || {
+                    vec![format!(
+                        "helm-python-sdk=={}",
+                        paths::HELM_PYTHON_SDK_VERSION
+                    )]
+                },
+            },
+        },
+        Dep {
+            name: "ctrl-helm",
+            purpose: "the helm CLI's `template` and `show` on Helm's engine, for the Helm engine's tests",
+            check: check_ctrl_helm,
+            install: Install::VenvScript {
+                source: paths::helm_program_source,
+                dest: paths::helm_install_path,
             },
         },
         Dep {
@@ -202,6 +249,19 @@ pub(crate) const PROGRAMS: &[&str] = &[
     "docker-registry",
 ];
 
+/// Programs ctrl's code runs from the virtualenv by path (through
+/// [`paths`]), never by name: `deps` installs them with pip (or as a
+/// [`Install::VenvScript`]), and the interpreter their shebang names must
+/// come from a package [`apt_packages`] installs, which the engine check and
+/// its test verify. None of them executes another program.
+pub(crate) fn venv_programs() -> [PathBuf; 3] {
+    [
+        paths::moto_install_path(),
+        paths::kubernetes_validate_install_path(),
+        paths::helm_install_path(),
+    ]
+}
+
 /// Every Debian package `deps` installs.
 pub(crate) fn apt_packages() -> Vec<&'static str> {
     all()
@@ -228,10 +288,10 @@ pub(crate) fn ensure(check_only: bool) -> Result<()> {
     let mut missing = Vec::new();
     for dep in &deps {
         match (dep.check)() {
-            Ok(found) => eprintln!("  ok       {:<15} {found}", dep.name),
+            Ok(found) => eprintln!("  ok       {:<19} {found}", dep.name),
             Err(why) => {
                 eprintln!(
-                    "  missing  {:<15} {why} (needed for {})",
+                    "  missing  {:<19} {why} (needed for {})",
                     dep.name, dep.purpose
                 );
                 missing.push(dep);
@@ -284,9 +344,11 @@ pub(crate) fn ensure(check_only: bool) -> Result<()> {
             } => cargo_install_pinned(krate, version, features, &root())?,
             Install::Pip { venv, packages } => pip_install(&venv(), &packages())
                 .with_context(|| format!("installing {}", dep.name))?,
+            Install::VenvScript { source, dest } => install_venv_script(&source(), &dest())
+                .with_context(|| format!("installing {}", dep.name))?,
         }
         match (dep.check)() {
-            Ok(found) => eprintln!("  ok       {:<15} {found} (installed)", dep.name),
+            Ok(found) => eprintln!("  ok       {:<19} {found} (installed)", dep.name),
             Err(why) => bail!(
                 "{} is still not usable after installing it: {why}",
                 dep.name
@@ -416,6 +478,151 @@ fn check_moto() -> Result<String, String> {
         }
     }
     Ok(format!("moto {} ({})", paths::MOTO_VERSION, path.display()))
+}
+
+/// kubernetes-validate (or `$KUBERNETES_VALIDATE_BIN`) is the pinned version
+/// (in the virtualenv) and validates a Deployment against the schemas of
+/// the Kubernetes version ctrl's API types are for, through the testkit's
+/// wrapper the tests use.
+fn check_kubernetes_validate() -> Result<String, String> {
+    let path = paths::kubernetes_validate_bin().map_err(|e| e.to_string())?;
+    let mut version = Command::new(&path);
+    version.arg("--version");
+    let out = output_within(&mut version, Duration::from_secs(30))?;
+    let found = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if !out.status.success() {
+        return Err(format!(
+            "`{} --version` failed with {}: {}",
+            path.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    if path == paths::kubernetes_validate_install_path()
+        && (found != paths::KUBERNETES_VALIDATE_VERSION
+            || installed_python_version(&paths::venv_dir(), "kubernetes_validate").as_deref()
+                != Some(paths::KUBERNETES_VALIDATE_VERSION))
+    {
+        return Err(format!(
+            "{} is {found}, expected {}",
+            path.display(),
+            paths::KUBERNETES_VALIDATE_VERSION
+        ));
+    }
+    let deployment = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "check"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "check"}},
+            "template": {
+                "metadata": {"labels": {"app": "check"}},
+                "spec": {"containers": [{"name": "check", "image": "busybox"}]},
+            },
+        },
+    });
+    let report = kube_schema::validate(&[deployment], kube_schema::KUBERNETES_VERSION)
+        .map_err(|e| e.to_string())?;
+    Ok(format!(
+        "kubernetes-validate {found}, validates against Kubernetes {} ({})",
+        report.schema_version,
+        path.display()
+    ))
+}
+
+/// The virtualenv holds the pinned helm-python-sdk, and its engine loads and
+/// is the Helm release [`paths::HELM_VERSION`].
+fn check_helm_python_sdk() -> Result<String, String> {
+    let venv = paths::venv_dir();
+    let found = installed_python_version(&venv, "helm_python_sdk");
+    if found.as_deref() != Some(paths::HELM_PYTHON_SDK_VERSION) {
+        return Err(format!(
+            "the virtualenv {} has helm-python-sdk {}, expected {}",
+            venv.display(),
+            found.as_deref().unwrap_or("(none)"),
+            paths::HELM_PYTHON_SDK_VERSION
+        ));
+    }
+    let mut engine = Command::new(venv.join("bin").join("python"));
+    engine.args([
+        "-c",
+        "import helm_python; print(helm_python.helm_sdk_version())",
+    ]);
+    let out = output_within(&mut engine, Duration::from_secs(30))?;
+    let helm = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if !out.status.success() || helm != paths::HELM_VERSION {
+        return Err(format!(
+            "its engine did not load as Helm {} ({}; {helm} {})",
+            paths::HELM_VERSION,
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(format!(
+        "helm-python-sdk {}, Helm {helm} engine",
+        paths::HELM_PYTHON_SDK_VERSION
+    ))
+}
+
+/// ctrl-helm (or `$HELM_BIN`) renders the test chart offline; the installed
+/// copy is this repository's program (an edited program is installed again).
+fn check_ctrl_helm() -> Result<String, String> {
+    let path = paths::helm_bin().map_err(|e| e.to_string())?;
+    if path == paths::helm_install_path() {
+        let source = paths::helm_program_source();
+        let expected = venv_script(&source, &paths::venv_dir().join("bin").join("python"))
+            .map_err(|e| format!("{e:#}"))?;
+        if fs::read_to_string(&path).ok().as_deref() != Some(expected.as_str()) {
+            return Err(format!(
+                "{} is not this repository's {}",
+                path.display(),
+                source.display()
+            ));
+        }
+    }
+    let run = |args: &[&OsStr]| -> Result<String, String> {
+        let mut cmd = Command::new(&path);
+        cmd.args(args);
+        let out = output_within(&mut cmd, Duration::from_secs(60))?;
+        if !out.status.success() {
+            return Err(format!(
+                "`{} {}` failed with {}: {}",
+                path.display(),
+                args.iter()
+                    .map(|a| a.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let version = run(&["version".as_ref(), "--short".as_ref()])?;
+    let chart = paths::helm_test_chart();
+    let rendered = run(&[
+        "template".as_ref(),
+        "check".as_ref(),
+        chart.as_os_str(),
+        "--namespace".as_ref(),
+        "ctrl-check".as_ref(),
+        "--set".as_ref(),
+        "image=busybox".as_ref(),
+    ])?;
+    if !rendered.contains("# Source: hello/templates/deployment.yaml")
+        || !rendered.contains("name: check-hello")
+    {
+        return Err(format!(
+            "`{} template` rendered {} unexpectedly:\n{rendered}",
+            path.display(),
+            chart.display()
+        ));
+    }
+    Ok(format!(
+        "Helm {}, renders charts offline ({})",
+        version.trim(),
+        path.display()
+    ))
 }
 
 /// The version of `package` installed in the virtualenv `venv`, read from
@@ -651,6 +858,42 @@ fn pip_install(venv: &Path, packages: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Installs the Python script `source` as `dest`, a program run by the
+/// virtualenv's python next to it (see [`venv_script`]).
+fn install_venv_script(source: &Path, dest: &Path) -> Result<()> {
+    let dir = dest
+        .parent()
+        .context("the script's destination has a parent")?;
+    let script = venv_script(source, &dir.join("python"))?;
+    eprintln!("  running  install {} {}", source.display(), dest.display());
+    // Rename into place so a concurrent reader never sees half a script.
+    let staged = dir.join(".ctrl-script.new");
+    fs::write(&staged, script).with_context(|| format!("write {}", staged.display()))?;
+    fs::set_permissions(&staged, fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("make {} executable", staged.display()))?;
+    fs::rename(&staged, dest).with_context(|| format!("move the script to {}", dest.display()))?;
+    Ok(())
+}
+
+/// The text of the script `source` with its `#!` line replaced by one that
+/// runs `python`. Like pip's console scripts, an interpreter path a shebang
+/// cannot hold (whitespace, or too long for the kernel) is started through
+/// `/bin/sh`.
+fn venv_script(source: &Path, python: &Path) -> Result<String> {
+    let text = fs::read_to_string(source).with_context(|| format!("read {}", source.display()))?;
+    let body = match text.strip_prefix("#!") {
+        Some(rest) => rest.split_once('\n').map_or("", |(_, body)| body),
+        None => text.as_str(),
+    };
+    let python = python.display().to_string();
+    let shebang = if python.len() <= 127 && !python.contains(char::is_whitespace) {
+        format!("#!{python}\n")
+    } else {
+        format!("#!/bin/sh\n'''exec' '{python}' \"$0\" \"$@\"\n' '''\n")
+    };
+    Ok(format!("{shebang}{body}"))
+}
+
 fn cargo_install(krate: &str) -> Result<()> {
     eprintln!("  running  cargo install --locked {krate} (a few minutes, once)");
     let status = Command::new(cargo())
@@ -703,7 +946,10 @@ fn npm_platform() -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::{PROGRAMS, at_least};
+    use std::path::Path;
+    use std::process::Command;
+
+    use super::{PROGRAMS, at_least, install_venv_script, venv_script};
 
     /// Programs the code runs that `deps` does not install: the README's
     /// prerequisites (the Rust toolchain, Node/npm, apt) and optional tools.
@@ -748,6 +994,38 @@ mod tests {
             unlisted.is_empty(),
             "programs the code runs that neither `deps` installs nor the README requires: {unlisted:?}"
         );
+    }
+
+    /// A script installed into a virtualenv runs with its python, also
+    /// when the path has a space (which a shebang cannot hold).
+    #[test]
+    fn a_venv_script_runs_with_the_virtualenvs_python() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("tool");
+        std::fs::write(
+            &source,
+            "#!/usr/bin/env python3\nimport sys\nprint(sys.argv[1:])\n",
+        )
+        .unwrap();
+        assert_eq!(
+            venv_script(&source, Path::new("/v/bin/python")).unwrap(),
+            "#!/v/bin/python\nimport sys\nprint(sys.argv[1:])\n"
+        );
+        for venv in ["venv", "a venv"] {
+            let bin = dir.path().join(venv).join("bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            std::os::unix::fs::symlink("/usr/bin/python3", bin.join("python")).unwrap();
+            install_venv_script(&source, &bin.join("tool")).unwrap();
+            let out = Command::new(bin.join("tool"))
+                .args(["a", "b c"])
+                .output()
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "['a', 'b c']\n",
+                "{venv}: {out:?}"
+            );
+        }
     }
 
     #[test]

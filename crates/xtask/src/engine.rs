@@ -7,12 +7,13 @@
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ctrl_testkit::{Podman, StorageDriver};
 
-use crate::deps::PROGRAMS;
+use crate::deps::{PROGRAMS, venv_programs};
 use crate::programs::{Exec, Installed, Trace, Traced, package_of};
 
 const IMAGE: &str = "localhost/ctrl-engine-check:1";
@@ -151,25 +152,52 @@ pub(crate) fn unprovided(trace: &Trace, apt_packages: &[&str]) -> Result<Vec<Str
     Ok(problems)
 }
 
-/// The programs ctrl's own code runs by name ([`PROGRAMS`]), as if traced.
+/// The programs ctrl's own code runs by name ([`PROGRAMS`]), and the
+/// interpreters of those it runs from the virtualenv ([`venv_programs`]),
+/// as if traced.
 pub(crate) fn direct_programs() -> Trace {
-    let execs = PROGRAMS
-        .iter()
-        .map(|program| {
-            let path = ctrl_testkit::paths::system_program(program).map_or_else(
-                |_| format!("/usr/bin/{program}"),
-                |p| p.display().to_string(),
-            );
-            Exec {
-                pid: 0,
-                ok: std::path::Path::new(&path).is_file(),
-                path,
-                argv: Vec::new(),
-                caller: "ctrl's code".to_owned(),
-            }
-        })
-        .collect();
-    Trace { execs }
+    let by_name = PROGRAMS.iter().map(|program| {
+        let path = ctrl_testkit::paths::system_program(program).map_or_else(
+            |_| format!("/usr/bin/{program}"),
+            |p| p.display().to_string(),
+        );
+        Exec {
+            pid: 0,
+            ok: Path::new(&path).is_file(),
+            path,
+            argv: Vec::new(),
+            caller: "ctrl's code".to_owned(),
+        }
+    });
+    // The kernel starts a script's interpreter without an `execve` of its own.
+    let interpreters = venv_programs().into_iter().map(|script| {
+        let (path, caller) = match interpreter(&script) {
+            Some(python) => (python, script.display().to_string()),
+            // A script that is not there is missing itself.
+            None => (script.display().to_string(), "ctrl's code".to_owned()),
+        };
+        Exec {
+            pid: 0,
+            ok: Path::new(&path).is_file(),
+            path,
+            argv: Vec::new(),
+            caller,
+        }
+    });
+    Trace {
+        execs: by_name.chain(interpreters).collect(),
+    }
+}
+
+/// The interpreter a script's `#!` line names.
+fn interpreter(script: &Path) -> Option<String> {
+    let mut head = [0; 256];
+    let n = std::fs::File::open(script)
+        .and_then(|mut f| f.read(&mut head))
+        .ok()?;
+    let head = String::from_utf8_lossy(&head[..n]);
+    let line = head.strip_prefix("#!")?.lines().next()?;
+    line.split_whitespace().next().map(str::to_owned)
 }
 
 /// `cargo xtask deps`'s engine check: the container answers, and every
@@ -182,7 +210,7 @@ pub(crate) async fn check(apt_packages: &[&str]) -> Result<()> {
     match (&proof.answered, problems.is_empty()) {
         (Ok(()), true) => {
             eprintln!(
-                "  ok       {:<15} a container with a published port answered ({:.1?})",
+                "  ok       {:<19} a container with a published port answered ({:.1?})",
                 "engine",
                 started.elapsed()
             );
@@ -255,19 +283,7 @@ mod tests {
             );
         }
         trace.extend(mariadb_bootstrap());
-        for program in PROGRAMS {
-            let path = ctrl_testkit::paths::system_program(program).map_or_else(
-                |_| format!("/usr/bin/{program}"),
-                |p| p.display().to_string(),
-            );
-            trace.execs.push(Exec {
-                pid: 0,
-                ok: std::path::Path::new(&path).is_file(),
-                path,
-                argv: Vec::new(),
-                caller: "ctrl's code".to_owned(),
-            });
-        }
+        trace.extend(direct_programs());
         let problems = unprovided(&trace, &apt_packages()).unwrap();
         assert!(
             problems.is_empty(),

@@ -203,6 +203,15 @@ impl Manifests {
         self.namespace.metadata.name.as_deref().unwrap_or_default()
     }
 
+    /// The name of the Deployment or StatefulSet.
+    pub fn controller_name(&self) -> &str {
+        match &self.controller {
+            Controller::Deployment(d) => d.metadata.name.as_deref(),
+            Controller::StatefulSet(s) => s.metadata.name.as_deref(),
+        }
+        .unwrap_or_default()
+    }
+
     /// Every object as JSON (what the API receives), in apply order.
     pub fn objects(&self) -> Result<Vec<serde_json::Value>, Error> {
         let mut out = vec![to_json(&self.namespace)?];

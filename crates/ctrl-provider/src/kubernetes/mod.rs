@@ -69,6 +69,11 @@ const OBJECTS: &str = "ctrl.dev/objects";
 const RESTARTED_AT: &str = "ctrl.dev/restarted-at";
 /// Replicas to come back to after `stop`.
 const STOPPED_REPLICAS: &str = "ctrl.dev/stopped-replicas";
+/// The controller's `metadata.generation` right after the last apply: a
+/// different generation means someone (or an autoscaler) changed its spec
+/// since, so the next provision applies again instead of trusting
+/// [`APPLY_HASH`].
+const APPLIED_GENERATION: &str = "ctrl.dev/applied-generation";
 
 /// Settings of a [`KubernetesProvider`] (seed 004's options).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -388,16 +393,17 @@ impl KubernetesProvider {
         let secrets = self.resolve_secrets(spec).await?;
         let manifests = manifests::build(spec, &self.inner.settings, &history, &secrets)?;
         let cached = self.inner.caches.controller(&namespace, &spec.id);
-        let unchanged = cached
-            .as_ref()
-            .is_some_and(|c| c.annotation(APPLY_HASH) == Some(manifests.apply_hash.as_str()))
-            && (manifests.service.is_none()
-                || self
-                    .inner
-                    .caches
-                    .services
-                    .get(&kube::runtime::reflector::ObjectRef::new(&spec.id).within(&namespace))
-                    .is_some());
+        let unchanged = cached.as_ref().is_some_and(|c| {
+            c.annotation(APPLY_HASH) == Some(manifests.apply_hash.as_str())
+                && c.annotation(APPLIED_GENERATION)
+                    == c.meta().generation.map(|g| g.to_string()).as_deref()
+        }) && (manifests.service.is_none()
+            || self
+                .inner
+                .caches
+                .services
+                .get(&kube::runtime::reflector::ObjectRef::new(&spec.id).within(&namespace))
+                .is_some());
         if !unchanged {
             self.apply_all(&manifests, cached.as_ref()).await?;
         }
@@ -447,14 +453,14 @@ impl KubernetesProvider {
             None => {}
         }
         let recorded = objects.join(",");
-        match &m.controller {
+        let generation = match &m.controller {
             Controller::Deployment(d) => {
                 let mut d = d.as_ref().clone();
                 d.metadata
                     .annotations
                     .get_or_insert_default()
                     .insert(OBJECTS.into(), recorded);
-                self.apply(Some(&ns), &d).await?;
+                self.apply(Some(&ns), &d).await?.metadata.generation
             }
             Controller::StatefulSet(s) => {
                 let mut s = s.as_ref().clone();
@@ -462,9 +468,9 @@ impl KubernetesProvider {
                     .annotations
                     .get_or_insert_default()
                     .insert(OBJECTS.into(), recorded);
-                self.apply(Some(&ns), &s).await?;
+                self.apply(Some(&ns), &s).await?.metadata.generation
             }
-        }
+        };
         if let Some(h) = &m.autoscaler {
             self.apply(Some(&ns), h).await?;
         }
@@ -480,6 +486,18 @@ impl KubernetesProvider {
             }
             None => {}
         }
+        // Recorded last: a crash before this leaves the next provision
+        // applying again. (Metadata changes do not bump the generation.)
+        let workload = m.controller_name();
+        self.annotate_in(
+            &ns,
+            &m.controller,
+            workload,
+            serde_json::json!({"metadata": {"annotations": {
+                APPLIED_GENERATION: generation.unwrap_or_default().to_string()
+            }}}),
+        )
+        .await?;
         if let Some(previous) = previous {
             let now: Vec<String> = objects;
             let stale: Vec<String> = previous
@@ -588,7 +606,25 @@ impl KubernetesProvider {
         let deadline = tokio::time::Instant::now() + budget;
         let mut changes = self.inner.caches.subscribe();
         loop {
-            let status = self.observe(&spec.id, Some(spec), &manifests.spec_hash)?;
+            // Right after the first apply the cache may not show the
+            // controller yet: that is "not ready", not "not found".
+            let status = match self.observe(&spec.id, Some(spec), &manifests.spec_hash) {
+                Ok(status) => status,
+                Err(Error::NotFound(_)) => WorkloadStatus {
+                    workload: spec.id.clone(),
+                    release: spec.release.clone(),
+                    state: crate::State::Provisioning,
+                    ready: false,
+                    replicas: spec.replicas,
+                    ready_replicas: 0,
+                    restarts: 0,
+                    services: Vec::new(),
+                    endpoints: Vec::new(),
+                    message: String::new(),
+                    metadata: Default::default(),
+                },
+                Err(e) => return Err(e),
+            };
             if status.ready {
                 return Ok(status);
             }
@@ -720,6 +756,35 @@ impl KubernetesProvider {
                     api.patch_scale(workload, &params, &Patch::Merge(&body)),
                 )
                 .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A merge patch of the controller of a just-applied `Manifests`.
+    async fn annotate_in(
+        &self,
+        namespace: &str,
+        controller: &Controller,
+        workload: &str,
+        body: serde_json::Value,
+    ) -> Result<(), Error> {
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        let client = self.inner.client.clone();
+        let what = format!("record the applied generation of {namespace}/{workload}");
+        match controller {
+            Controller::Deployment(_) => {
+                let api: Api<Deployment> = Api::namespaced(client, namespace);
+                self.call(what, api.patch(workload, &params, &Patch::Merge(&body)))
+                    .await?;
+            }
+            Controller::StatefulSet(_) => {
+                let api: Api<StatefulSet> = Api::namespaced(client, namespace);
+                self.call(what, api.patch(workload, &params, &Patch::Merge(&body)))
+                    .await?;
             }
         }
         Ok(())

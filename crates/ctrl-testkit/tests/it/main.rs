@@ -4,6 +4,7 @@
 mod acme;
 mod cleanup;
 mod depot;
+mod helm;
 mod mariadb;
 mod podman;
 mod registry;

@@ -1,7 +1,9 @@
 //! The whole loop on real processes: MariaDB, restate-server, ctrl-worker,
 //! ctrl-api and ctrl-cluster-sync (in this process, on loopback ports) and
-//! the krane binary on podman. A deployment becomes a container that
-//! answers HTTP; the workflow learns it is healthy through cluster-sync.
+//! the krane binary on podman — or, with [`Backend::Kubernetes`], on the
+//! testkit's fake Kubernetes API (see `kubernetes.rs`). A deployment
+//! becomes a container that answers HTTP; the workflow learns it is healthy
+//! through cluster-sync.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -21,18 +23,27 @@ const VAULT_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const V1: &str = "localhost/demo:v1";
 const V2: &str = "localhost/demo:v2";
 
-struct Stack {
+/// Where krane runs workloads.
+pub(crate) enum Backend {
+    /// podman's Docker-compatible API.
+    Podman,
+    /// The testkit's fake Kubernetes API server.
+    Kubernetes,
+}
+
+pub(crate) struct Stack {
     // Stopped first (fields drop in order), then the servers they use.
     _services: InProcess,
-    db: ctrl_testkit::TestDatabase,
-    podman: Podman,
+    pub(crate) db: ctrl_testkit::TestDatabase,
+    podman: Option<Podman>,
+    pub(crate) kube: Option<ctrl_testkit::FakeKube>,
     _restate: RestateServer,
     _sync: SyncServer,
-    krane: Option<Supervised>,
+    pub(crate) krane: Option<Supervised>,
     krane_config: std::path::PathBuf,
     krane_health: u16,
-    api: Channel,
-    dir: tempfile::TempDir,
+    pub(crate) api: Channel,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 fn parse<T: serde::de::DeserializeOwned + ctrl_runtime::config::Validate>(
@@ -45,12 +56,36 @@ fn parse<T: serde::de::DeserializeOwned + ctrl_runtime::config::Validate>(
 
 impl Stack {
     async fn start() -> Result<Self> {
+        Self::start_on(Backend::Podman).await
+    }
+
+    pub(crate) async fn start_on(backend: Backend) -> Result<Self> {
         let restate = RestateServer::start().await?;
         let db = ctrl_testkit::test_database().await?;
-        let podman = Podman::start().await?;
-        images::build_http_image(podman.docker(), V1).await?;
-        images::derive_image(podman.docker(), V1, V2, &[("VERSION", "v2")]).await?;
         let dir = tempfile::tempdir()?;
+        let (podman, kube, backend_config) = match backend {
+            Backend::Podman => {
+                let podman = Podman::start().await?;
+                images::build_http_image(podman.docker(), V1).await?;
+                images::derive_image(podman.docker(), V1, V2, &[("VERSION", "v2")]).await?;
+                let config = format!(
+                    "[docker]\nsocket = \"{}\"\ndrain_delay_ms = 200\n",
+                    podman.socket().display()
+                );
+                (Some(podman), None, config)
+            }
+            Backend::Kubernetes => {
+                let kube = ctrl_testkit::FakeKube::start().await?;
+                let kubeconfig = dir.path().join("kubeconfig");
+                kube.write_kubeconfig(&kubeconfig)?;
+                let config = format!(
+                    "[provider]\nkind = \"kubernetes\"\n\
+                     [kubernetes]\nkubeconfig = \"{}\"\nstart_timeout_seconds = 30\n",
+                    kubeconfig.display()
+                );
+                (None, Some(kube), config)
+            }
+        };
         let [worker_port, worker_health, api_port, krane_health] = free_ports()?;
         let mut services = InProcess::default();
 
@@ -99,12 +134,11 @@ impl Stack {
             format!(
                 "[cluster]\nplatform = \"dev\"\nregion = \"local\"\ncell_id = \"local-1\"\n\
                  [control]\nurl = \"{sync}\"\ntoken = \"{TOKEN}\"\n\
-                 [docker]\nsocket = \"{socket}\"\ndrain_delay_ms = 200\n\
+                 {backend_config}\
                  [vault]\nkeys = [{{ id = \"k1\", key = \"{VAULT_KEY}\" }}]\n\
                  [agent]\nreconcile_seconds = 2\nreport_seconds = 1\nreconnect_min_ms = 100\nreconnect_max_ms = 300\n\
                  [http]\nlisten = \"127.0.0.1:{krane_health}\"\n",
                 sync = sync.url(),
-                socket = podman.socket().display(),
             ),
         )?;
         let api_channel =
@@ -113,6 +147,7 @@ impl Stack {
             _services: services,
             db,
             podman,
+            kube,
             _restate: restate,
             _sync: sync,
             krane: None,
@@ -130,7 +165,7 @@ impl Stack {
         Ok(stack)
     }
 
-    async fn start_krane(&mut self) -> Result<()> {
+    pub(crate) async fn start_krane(&mut self) -> Result<()> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_krane"));
         cmd.arg("--config")
             .arg(&self.krane_config)
@@ -145,14 +180,19 @@ impl Stack {
         .with_context(|| self.krane_log())
     }
 
-    fn krane_log(&self) -> String {
+    /// The podman of a [`Backend::Podman`] stack.
+    fn podman(&self) -> &Podman {
+        self.podman.as_ref().expect("a podman stack")
+    }
+
+    pub(crate) fn krane_log(&self) -> String {
         self.krane
             .as_ref()
             .map(|k| k.log_tail(40))
             .unwrap_or_default()
     }
 
-    async fn deploy(&self, app: &str, env: &str, image: &str) -> Result<String> {
+    pub(crate) async fn deploy(&self, app: &str, env: &str, image: &str) -> Result<String> {
         let mut client =
             pb::deployment_service_client::DeploymentServiceClient::new(self.api.clone());
         Ok(client
@@ -171,7 +211,7 @@ impl Stack {
             .deployment_id)
     }
 
-    async fn get(&self, id: &str) -> Result<pb::Deployment> {
+    pub(crate) async fn get(&self, id: &str) -> Result<pb::Deployment> {
         let mut client =
             pb::deployment_service_client::DeploymentServiceClient::new(self.api.clone());
         client
@@ -184,7 +224,11 @@ impl Stack {
             .context("deployment")
     }
 
-    async fn wait_status(&self, id: &str, want: pb::DeploymentStatus) -> Result<pb::Deployment> {
+    pub(crate) async fn wait_status(
+        &self,
+        id: &str,
+        want: pb::DeploymentStatus,
+    ) -> Result<pb::Deployment> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
             let d = self.get(id).await?;
@@ -230,7 +274,7 @@ impl Stack {
             vec![format!("ctrl.dev/deployment-id={id}")],
         )]);
         let list = self
-            .podman
+            .podman()
             .docker()
             .list_containers(Some(bollard::query_parameters::ListContainersOptions {
                 all: true,
@@ -245,7 +289,7 @@ impl Stack {
 impl Stack {
     /// Workspace `acme`, project `shop`, app `web` (running in region
     /// dev/local, which krane registered first).
-    async fn app(&self) -> Result<pb::App> {
+    pub(crate) async fn app(&self) -> Result<pb::App> {
         let ch = self.api.clone();
         let ws = pb::workspace_service_client::WorkspaceServiceClient::new(ch.clone())
             .create_workspace(auth(pb::CreateWorkspaceRequest {
@@ -282,7 +326,7 @@ impl Stack {
     }
 
     /// Waits until the deployment's deploying step says something with `text`.
-    async fn wait_step_message(&self, id: &str, text: &str) -> Result<String> {
+    pub(crate) async fn wait_step_message(&self, id: &str, text: &str) -> Result<String> {
         let mut seen = String::new();
         for _ in 0..150 {
             let d = self.get(id).await?;
@@ -305,7 +349,7 @@ impl Stack {
     }
 
     /// Waits until the deployment reaches a status the workflow is done with.
-    async fn wait_end(&self, id: &str) -> Result<pb::Deployment> {
+    pub(crate) async fn wait_end(&self, id: &str) -> Result<pb::Deployment> {
         for _ in 0..600 {
             let d = self.get(id).await?;
             if !matches!(
@@ -325,7 +369,7 @@ impl Stack {
     }
 }
 
-fn auth<T>(msg: T) -> tonic::Request<T> {
+pub(crate) fn auth<T>(msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     req.metadata_mut().insert(
         "authorization",
@@ -363,7 +407,7 @@ async fn deployments_run_roll_back_survive_restarts_and_stop() -> Result<()> {
     let containers = stack.containers_of(&d1).await?;
     assert_eq!(containers.len(), 1);
     let inspect = stack
-        .podman
+        .podman()
         .docker()
         .inspect_container(&containers[0], None)
         .await?;
@@ -409,7 +453,7 @@ async fn deployments_run_roll_back_survive_restarts_and_stop() -> Result<()> {
     // A container removed behind krane's back is recreated by the reconcile.
     let old = stack.containers_of(&d1).await?;
     stack
-        .podman
+        .podman()
         .docker()
         .remove_container(
             &old[0],
@@ -551,7 +595,7 @@ async fn a_deploy_that_cannot_start_says_why_slow_starters_deploy_and_wake_ends_
     // (The engine restarts it at once, which resets the exit code it shows.)
     let crash = "localhost/demo:crash";
     images::derive_image(
-        stack.podman.docker(),
+        stack.podman().docker(),
         V1,
         crash,
         &[("CRASH", "fatal: no config")],
@@ -572,7 +616,7 @@ async fn a_deploy_that_cannot_start_says_why_slow_starters_deploy_and_wake_ends_
     // An app that needs 8 s to warm up (its health check fails until then):
     // the startup window waits for it.
     let slow = "localhost/demo:slow";
-    images::derive_image(stack.podman.docker(), V1, slow, &[("HEALTHY_AFTER", "8")]).await?;
+    images::derive_image(stack.podman().docker(), V1, slow, &[("HEALTHY_AFTER", "8")]).await?;
     let slow_deploy = stack.deploy(&app.id, "production", slow).await?;
     stack
         .wait_step_message(
