@@ -30,8 +30,14 @@ pub(super) struct Caches {
     pub(super) services: Store<Service>,
     pub(super) pods: Store<Pod>,
     changed: watch::Sender<u64>,
+    /// Pods by workload, as of a change count: rebuilt by the first lookup
+    /// after a change, so a reconcile of N workloads scans the pods once,
+    /// not N times.
+    pod_index: std::sync::Mutex<(u64, Arc<PodIndex>)>,
     _tasks: JoinSet<()>,
 }
+
+type PodIndex = std::collections::HashMap<String, Vec<Arc<Pod>>>;
 
 impl Caches {
     /// Starts the watches selecting `region` and `cluster`; waits up to
@@ -72,6 +78,7 @@ impl Caches {
             services,
             pods,
             changed,
+            pod_index: std::sync::Mutex::new((u64::MAX, Arc::default())),
             _tasks: tasks,
         })
     }
@@ -83,8 +90,23 @@ impl Caches {
 
     /// The pods of `workload`.
     pub(super) fn pods_of(&self, workload: &str) -> Vec<Arc<Pod>> {
-        self.pods
-            .state_filter(|p| label(p, WORKLOAD) == Some(workload))
+        // The count is read before the store: an index built now holds at
+        // least every change counted.
+        let version = *self.changed.borrow();
+        let index = {
+            let mut cached = self.pod_index.lock().unwrap_or_else(|e| e.into_inner());
+            if cached.0 != version {
+                let mut index = PodIndex::new();
+                for pod in self.pods.state() {
+                    if let Some(w) = label(pod.as_ref(), WORKLOAD) {
+                        index.entry(w.to_owned()).or_default().push(pod.clone());
+                    }
+                }
+                *cached = (version, Arc::new(index));
+            }
+            cached.1.clone()
+        };
+        index.get(workload).cloned().unwrap_or_default()
     }
 
     /// The namespace a workload's objects live in, if any is cached.
@@ -214,9 +236,9 @@ where
     let api: Api<K> = Api::all(client.clone());
     let config = watcher::Config::default().labels(selector);
     let changed = changed.clone();
-    let stream = reflector::reflector(writer, watcher(api, config))
-        .default_backoff()
-        .touched_objects();
+    // Every event counts as a change — relist markers too: the store swaps
+    // in a relisted state at `InitDone`, which carries no object.
+    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
     tasks.spawn(async move {
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {

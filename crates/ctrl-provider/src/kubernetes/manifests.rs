@@ -105,7 +105,7 @@ pub enum NetworkPolicyMode {
 }
 
 /// Cluster facts the builders need.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Settings {
     /// Region label value.
     pub region: String,
@@ -287,6 +287,28 @@ pub fn spec_hash(spec: &WorkloadSpec) -> String {
     normalized.replicas = 0;
     normalized.autoscaling = None;
     digest(&serde_json::to_vec(&normalized).unwrap_or_default())
+}
+
+/// Bumped whenever the builders produce different objects for the same
+/// spec, so agents re-apply after an upgrade.
+const BUILDERS_REVISION: u32 = 1;
+
+/// Identifies everything applied for `spec` under `settings` (replicas
+/// included): the spec with its secret *references* — values never enter a
+/// hash that is stored in the cluster — the settings and the builders'
+/// revision. Cheap, so an unchanged re-apply is decided before anything is
+/// resolved or built.
+pub fn apply_hash(spec: &WorkloadSpec, settings: &Settings) -> String {
+    digest(&serde_json::to_vec(&(spec, settings, BUILDERS_REVISION)).unwrap_or_default())
+}
+
+/// Whether `spec` gets a Service (it listens on a port, or is stateful).
+pub fn has_service(spec: &WorkloadSpec) -> bool {
+    spec.kind == WorkloadKind::Stateful
+        || spec
+            .services
+            .iter()
+            .any(|s| s.is_long_lived() && !s.ports.is_empty())
 }
 
 fn digest(bytes: &[u8]) -> String {
@@ -673,14 +695,7 @@ pub fn build(
         spec_hash,
         apply_hash: String::new(),
     };
-    // The apply hash covers every object but itself; secret values enter
-    // only as their digest.
-    let mut hasher = Sha256::new();
-    for object in manifests.objects()? {
-        hasher.update(serde_json::to_vec(&object).unwrap_or_default());
-    }
-    hasher.update(spec.replicas.to_le_bytes());
-    let apply_hash = hex::encode(&hasher.finalize()[..12]);
+    let apply_hash = apply_hash(spec, settings);
     annotations.insert(APPLY_HASH.into(), apply_hash.clone());
     controller_meta.annotations = Some(annotations);
     match &mut manifests.controller {

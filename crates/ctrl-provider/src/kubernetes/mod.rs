@@ -388,16 +388,19 @@ impl KubernetesProvider {
 
     async fn provision_locked(&self, spec: &WorkloadSpec) -> Result<ProvisionResult, Error> {
         spec.plan()?;
-        let namespace = manifests::namespace_of(spec, &self.inner.settings);
-        let history = self.history(&namespace, &spec.id);
-        let secrets = self.resolve_secrets(spec).await?;
-        let manifests = manifests::build(spec, &self.inner.settings, &history, &secrets)?;
+        let settings = &self.inner.settings;
+        let namespace = manifests::namespace_of(spec, settings);
+        let spec_hash = manifests::spec_hash(spec);
         let cached = self.inner.caches.controller(&namespace, &spec.id);
+        // Unchanged: the same inputs were applied, nobody changed the
+        // controller since, and its Service is there. Decided from the
+        // caches alone — no request, no secret opened, nothing built.
+        let apply_hash = manifests::apply_hash(spec, settings);
         let unchanged = cached.as_ref().is_some_and(|c| {
-            c.annotation(APPLY_HASH) == Some(manifests.apply_hash.as_str())
+            c.annotation(APPLY_HASH) == Some(apply_hash.as_str())
                 && c.annotation(APPLIED_GENERATION)
                     == c.meta().generation.map(|g| g.to_string()).as_deref()
-        }) && (manifests.service.is_none()
+        }) && (!manifests::has_service(spec)
             || self
                 .inner
                 .caches
@@ -405,9 +408,12 @@ impl KubernetesProvider {
                 .get(&kube::runtime::reflector::ObjectRef::new(&spec.id).within(&namespace))
                 .is_some());
         if !unchanged {
+            let history = self.history(&namespace, &spec.id);
+            let secrets = self.resolve_secrets(spec).await?;
+            let manifests = manifests::build(spec, settings, &history, &secrets)?;
             self.apply_all(&manifests, cached.as_ref()).await?;
         }
-        let status = self.wait_rollout(spec, &manifests).await?;
+        let status = self.wait_rollout(spec, &namespace, &spec_hash).await?;
         Ok(ProvisionResult {
             provider_ref: format!("{namespace}/{}", spec.id),
             release: spec.release.clone(),
@@ -595,7 +601,8 @@ impl KubernetesProvider {
     async fn wait_rollout(
         &self,
         spec: &WorkloadSpec,
-        manifests: &Manifests,
+        namespace: &str,
+        spec_hash: &str,
     ) -> Result<WorkloadStatus, Error> {
         let budget = spec
             .services
@@ -608,7 +615,7 @@ impl KubernetesProvider {
         loop {
             // Right after the first apply the cache may not show the
             // controller yet: that is "not ready", not "not found".
-            let status = match self.observe(&spec.id, Some(spec), &manifests.spec_hash) {
+            let status = match self.observe(&spec.id, Some(spec), spec_hash) {
                 Ok(status) => status,
                 Err(Error::NotFound(_)) => WorkloadStatus {
                     workload: spec.id.clone(),
@@ -628,10 +635,9 @@ impl KubernetesProvider {
             if status.ready {
                 return Ok(status);
             }
-            let namespace = manifests.namespace_name();
             for pod in self.inner.caches.pods_of(&spec.id) {
                 if pod.metadata.namespace.as_deref() != Some(namespace)
-                    || cache::label(pod.as_ref(), SPEC_HASH) != Some(manifests.spec_hash.as_str())
+                    || cache::label(pod.as_ref(), SPEC_HASH) != Some(spec_hash)
                 {
                     continue;
                 }
@@ -689,9 +695,15 @@ impl KubernetesProvider {
         let Some(cached) = self.inner.caches.controller(&namespace, workload) else {
             return Err(Error::NotFound(workload.to_owned()));
         };
-        let history = manifests::read_history(cached.meta().annotations.as_ref());
-        let head = history.first().map(|r| &r.spec);
-        let spec = spec.or(head);
+        // The recorded spec is parsed only when the caller has none.
+        let head = match spec {
+            Some(_) => None,
+            None => manifests::read_history(cached.meta().annotations.as_ref())
+                .into_iter()
+                .next()
+                .map(|r| r.spec),
+        };
+        let spec = spec.or(head.as_ref());
         let kind = match cached {
             Cached::Deployment(_) => WorkloadKind::Stateless,
             Cached::StatefulSet(_) => WorkloadKind::Stateful,
