@@ -26,6 +26,9 @@ pub struct ProviderInfo {
     pub version: String,
     /// Region it places workloads in.
     pub region: String,
+    /// Where the region is (country, city), when configured.
+    #[serde(default)]
+    pub location: Option<(String, String)>,
 }
 
 /// A workload the provider manages, as listed (what an agent compares

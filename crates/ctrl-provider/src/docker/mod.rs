@@ -280,6 +280,7 @@ impl Provider for DockerProvider {
             name: self.config.name.clone(),
             version: self.version.clone(),
             region: self.config.region.clone(),
+            location: None,
         }
     }
 

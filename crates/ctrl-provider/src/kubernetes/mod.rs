@@ -866,6 +866,10 @@ impl Provider for KubernetesProvider {
             name: self.inner.config.name.clone(),
             version: self.inner.version.clone(),
             region: self.inner.config.region.clone(),
+            location: Some((
+                self.inner.config.country.clone(),
+                self.inner.config.city.clone(),
+            )),
         }
     }
 

@@ -596,6 +596,12 @@ async fn logs_exec_resources_and_autoscaling() -> Result<()> {
         "{some:?}"
     );
 
+    let info = k.provider.info();
+    assert_eq!(
+        (info.name.as_str(), info.region.as_str()),
+        ("kubernetes", "eu")
+    );
+    assert_eq!(info.location, Some(("Local".into(), "Localhost".into())));
     let health = k.provider.health(Duration::from_secs(5)).await?;
     assert!(health.starts_with("Kubernetes"), "{health}");
     k.fake.set_down(true);

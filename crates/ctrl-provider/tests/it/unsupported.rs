@@ -88,6 +88,7 @@ impl Provider for Bare {
             name: "bare".into(),
             version: "0".into(),
             region: "nowhere".into(),
+            location: None,
         }
     }
 

@@ -3,14 +3,18 @@
 //! unchanged but for `[provider] kind = "kubernetes"`, against the
 //! testkit's fake API server — deploy → ready, a sealed variable reaching
 //! the pod only through a Secret, rollback, scale, drift and orphans fixed
-//! by the reconcile, stop, and a crash-looping image failing the deploy
-//! with its reason. Every object krane wrote is then validated against the
-//! real Kubernetes schemas.
+//! by the reconcile (another cluster's objects untouched), stop, and a
+//! crash-looping image failing the deploy with its reason. Every object
+//! krane wrote is then validated against the real Kubernetes schemas.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ctrl_proto::ctrl::v1 as pb;
+use ctrl_provider::kubernetes::{KubernetesConfig, KubernetesProvider};
+use ctrl_provider::spec::{ServiceSpec, WorkloadKind};
+use ctrl_provider::{NoSecrets, Provider, WorkloadSpec};
 use ctrl_testkit::kube::Behaviour;
 use ctrl_testkit::{FakeKube, kube_schema};
 use serde_json::Value;
@@ -143,6 +147,51 @@ async fn krane_runs_deployments_on_kubernetes() -> Result<()> {
         Ok(deployments_of(kube(&stack)?, &d1).len() == 1)
     })
     .await?;
+
+    // Orphans: a workload labelled for this region and cluster that no
+    // deployment asks for is removed by krane's reconcile; another
+    // cluster's is never touched.
+    let agent = |cluster: &str| KubernetesConfig {
+        kubeconfig: Some(stack.dir.path().join("kubeconfig")),
+        region: "local".into(),
+        cluster: cluster.into(),
+        start_timeout_seconds: 20,
+        ..KubernetesConfig::default()
+    };
+    let stray = |id: &str| WorkloadSpec {
+        id: id.into(),
+        release: "r1".into(),
+        kind: WorkloadKind::Stateless,
+        replicas: 1,
+        services: vec![ServiceSpec::main("app", V1)],
+        labels: [
+            ("ctrl.dev/namespace".to_owned(), namespace.to_owned()),
+            ("ctrl.dev/deployment-id".to_owned(), format!("dpl_{id}")),
+        ]
+        .into(),
+        autoscaling: None,
+        network_policy: None,
+    };
+    KubernetesProvider::connect(agent("local-1"), Arc::new(NoSecrets))
+        .await?
+        .provision(&stray("stray"))
+        .await?;
+    KubernetesProvider::connect(agent("other-1"), Arc::new(NoSecrets))
+        .await?
+        .provision(&stray("foreign"))
+        .await?;
+    eventually(Duration::from_secs(30), "the orphan removed", || async {
+        Ok(kube(&stack)?
+            .object("apps/v1", "Deployment", Some(namespace), "stray")
+            .is_none())
+    })
+    .await?;
+    assert!(
+        kube(&stack)?
+            .object("apps/v1", "Deployment", Some(namespace), "foreign")
+            .is_some(),
+        "another cluster's workload was touched"
+    );
 
     // Scale: two replicas in the region → two pods.
     let region = ctrl_db::cluster::list_regions(&stack.db.pool)
