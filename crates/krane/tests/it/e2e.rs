@@ -19,6 +19,8 @@ use tonic::transport::Channel;
 
 use crate::support::{SyncServer, TOKEN, eventually};
 
+/// The token of krane's log endpoint (served on the Kubernetes stack).
+pub(crate) const LOGS_TOKEN: &str = "logs-token-0123456789";
 const VAULT_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const V1: &str = "localhost/demo:v1";
 const V2: &str = "localhost/demo:v2";
@@ -41,7 +43,7 @@ pub(crate) struct Stack {
     _sync: SyncServer,
     pub(crate) krane: Option<Supervised>,
     krane_config: std::path::PathBuf,
-    krane_health: u16,
+    pub(crate) krane_health: u16,
     pub(crate) api: Channel,
     pub(crate) dir: tempfile::TempDir,
 }
@@ -80,7 +82,8 @@ impl Stack {
                 kube.write_kubeconfig(&kubeconfig)?;
                 let config = format!(
                     "[provider]\nkind = \"kubernetes\"\n\
-                     [kubernetes]\nkubeconfig = \"{}\"\nstart_timeout_seconds = 30\n",
+                     [kubernetes]\nkubeconfig = \"{}\"\nstart_timeout_seconds = 30\n\
+                     [logs]\ntoken = \"{LOGS_TOKEN}\"\n",
                     kubeconfig.display()
                 );
                 (None, Some(kube), config)

@@ -2,8 +2,9 @@
 //! restate-server, worker, API, cluster-sync) and the krane binary,
 //! unchanged but for `[provider] kind = "kubernetes"`, against the
 //! testkit's fake API server — deploy → ready, a sealed variable reaching
-//! the pod only through a Secret, rollback, scale, drift and orphans fixed
-//! by the reconcile (another cluster's objects untouched), stop, and a
+//! the pod only through a Secret, logs through krane's endpoint, rollback,
+//! scale, drift and orphans fixed by the reconcile (another cluster's
+//! objects untouched), a restarted krane that writes nothing, stop, and a
 //! crash-looping image failing the deploy with its reason. Every object
 //! krane wrote is then validated against the real Kubernetes schemas.
 
@@ -19,7 +20,7 @@ use ctrl_testkit::kube::Behaviour;
 use ctrl_testkit::{FakeKube, kube_schema};
 use serde_json::Value;
 
-use crate::e2e::{Backend, Stack, auth};
+use crate::e2e::{Backend, LOGS_TOKEN, Stack, auth};
 use crate::support::eventually;
 
 const V1: &str = "registry.example/demo:v1";
@@ -114,6 +115,31 @@ async fn krane_runs_deployments_on_kubernetes() -> Result<()> {
         instances.iter().any(|i| pod_ips.contains(&i.address)),
         "instances {instances:?} are not at pod addresses {pod_ips:?}"
     );
+
+    // krane's log endpoint reads the pod log API.
+    let pod = k
+        .objects("v1", "Pod")
+        .into_iter()
+        .find(|p| p["metadata"]["labels"]["ctrl.dev/deployment-id"] == d1.as_str())
+        .context("no pod of d1")?;
+    let pod_name = pod["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    k.append_log(namespace, &pod_name, "app", "hello from the pod");
+    let body = ctrl_testkit::http_client()
+        .get(format!(
+            "http://127.0.0.1:{}/v1/deployments/{d1}/logs?tail=5",
+            stack.krane_health
+        ))
+        .bearer_auth(LOGS_TOKEN)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    assert!(body.contains("hello from the pod"), "{body}");
 
     // A second deployment, then rollback to the first.
     let d2 = stack.deploy(&app.id, "production", V2).await?;
