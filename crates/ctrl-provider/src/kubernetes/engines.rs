@@ -54,24 +54,26 @@ async fn resource(
         None => ("", api_version),
     };
     let gvk = GroupVersionKind::gvk(group, version, kind);
-    let found = provider
-        .call(
-            format!("discover {kind} ({api_version})"),
+    // A group version the cluster does not serve answers 404; a served one
+    // without the kind is a discovery error.
+    let not_served = || {
+        Error::InvalidSpec(format!(
+            "the cluster does not serve {kind} in {api_version} (is its CRD installed?)"
+        ))
+    };
+    let what = format!("discover {kind} ({api_version})");
+    let found = match provider
+        .bounded(
+            &what,
             kube::discovery::pinned_kind(&provider.inner.client, &gvk),
         )
-        .await
-        .map_err(|e| match e {
-            Error::Backend { message, .. }
-                if message.contains("404")
-                    || message.contains("NotFound")
-                    || message.contains("not found") =>
-            {
-                Error::InvalidSpec(format!(
-                    "the cluster does not serve {kind} in {api_version} (is its CRD installed?)"
-                ))
-            }
-            other => other,
-        })?;
+        .await?
+    {
+        Ok(found) => found,
+        Err(kube::Error::Api(status)) if status.code == 404 => return Err(not_served()),
+        Err(kube::Error::Discovery(_)) => return Err(not_served()),
+        Err(e) => return Err(Error::backend(what, e)),
+    };
     provider
         .inner
         .discovered
@@ -147,16 +149,13 @@ pub(super) async fn delete_dynamic(
         Err(e) => return Err(e),
     };
     let api = dynamic_api(provider, &ar, &caps, Some(namespace));
-    match provider
-        .call(
+    provider
+        .call_opt(
             format!("delete {kind} {namespace}/{name}"),
             api.delete(name, &DeleteParams::background()),
         )
         .await
-    {
-        Err(e) if super::is_not_found(&e) => Ok(()),
-        other => other.map(drop),
-    }
+        .map(drop)
 }
 
 async fn get_dynamic(
@@ -630,10 +629,10 @@ impl Engines for KubernetesProvider {
                 "read the Argo CD application",
                 self.argo_api().get_opt(&app.instance),
             )
-            .await
-            .map_err(argo_missing)?;
+            .await?;
+        // Without Argo CD's CRD the cluster has no such resource: 404.
         let after = self
-            .call(
+            .call_opt(
                 format!("apply Argo CD application {}", app.instance),
                 self.argo_api().patch(
                     &app.instance,
@@ -641,8 +640,12 @@ impl Engines for KubernetesProvider {
                     &Patch::Apply(&object),
                 ),
             )
-            .await
-            .map_err(argo_missing)?;
+            .await?
+            .ok_or_else(|| {
+                Error::InvalidSpec(
+                    "Argo CD is not installed in the cluster (no applications.argoproj.io)".into(),
+                )
+            })?;
         Ok(ProvisionResult {
             provider_ref: format!("{}/{}", self.inner.config.argo_namespace, app.instance),
             release: after.resource_version().unwrap_or_default(),
@@ -657,8 +660,7 @@ impl Engines for KubernetesProvider {
                 "read the Argo CD application",
                 self.argo_api().get_opt(instance),
             )
-            .await
-            .map_err(argo_missing)?
+            .await?
         else {
             return Err(Error::NotFound(instance.to_owned()));
         };
@@ -666,17 +668,13 @@ impl Engines for KubernetesProvider {
     }
 
     async fn argo_delete(&self, instance: &str) -> Result<(), Error> {
-        match self
-            .call(
-                format!("delete Argo CD application {instance}"),
-                self.argo_api()
-                    .delete(instance, &DeleteParams::foreground()),
-            )
-            .await
-        {
-            Err(e) if super::is_not_found(&e) => Ok(()),
-            other => other.map(drop),
-        }
+        self.call_opt(
+            format!("delete Argo CD application {instance}"),
+            self.argo_api()
+                .delete(instance, &DeleteParams::foreground()),
+        )
+        .await
+        .map(drop)
     }
 
     async fn helm_install(&self, release: &HelmRelease) -> Result<ProvisionResult, Error> {
@@ -693,19 +691,6 @@ impl Engines for KubernetesProvider {
 
     async fn helm_uninstall(&self, namespace: &str, instance: &str) -> Result<(), Error> {
         delete_tracked(self, namespace, instance).await
-    }
-}
-
-fn argo_missing(e: Error) -> Error {
-    match e {
-        Error::Backend { message, .. }
-            if message.contains("404") && message.contains("applications") =>
-        {
-            Error::InvalidSpec(
-                "Argo CD is not installed in the cluster (no applications.argoproj.io)".into(),
-            )
-        }
-        other => other,
     }
 }
 

@@ -268,23 +268,48 @@ impl KubernetesProvider {
     }
 
     /// Runs one API call within the configured limit.
-    async fn call<T, E: std::fmt::Display>(
+    async fn call<T>(
         &self,
         what: impl Into<String>,
-        call: impl std::future::Future<Output = Result<T, E>>,
+        call: impl std::future::Future<Output = Result<T, kube::Error>>,
     ) -> Result<T, Error> {
         let what = what.into();
-        match tokio::time::timeout(self.timeout(), call).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(Error::backend(what, e)),
-            Err(_) => Err(Error::backend(
-                what,
-                format!(
-                    "the Kubernetes API did not answer within {:?}",
-                    self.timeout()
-                ),
-            )),
+        match self.bounded(&what, call).await? {
+            Ok(v) => Ok(v),
+            Err(e) => Err(Error::backend(what, e)),
         }
+    }
+
+    /// [`call`](Self::call) where the API's 404 means "absent": `Ok(None)`.
+    async fn call_opt<T>(
+        &self,
+        what: impl Into<String>,
+        call: impl std::future::Future<Output = Result<T, kube::Error>>,
+    ) -> Result<Option<T>, Error> {
+        let what = what.into();
+        match self.bounded(&what, call).await? {
+            Ok(v) => Ok(Some(v)),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+            Err(e) => Err(Error::backend(what, e)),
+        }
+    }
+
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = Result<T, kube::Error>>,
+    ) -> Result<Result<T, kube::Error>, Error> {
+        tokio::time::timeout(self.timeout(), call)
+            .await
+            .map_err(|_| {
+                Error::backend(
+                    what,
+                    format!(
+                        "the Kubernetes API did not answer within {:?}",
+                        self.timeout()
+                    ),
+                )
+            })
     }
 
     fn lock(&self, workload: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -525,75 +550,52 @@ impl KubernetesProvider {
         let Some((kind, name)) = object.split_once('/') else {
             return Ok(());
         };
-        let client = self.inner.client.clone();
-        let dp = DeleteParams::background();
-        let what = format!("delete {kind} {namespace}/{name}");
-        let result = match kind {
-            "Secret" => self
-                .call(
-                    what,
-                    Api::<Secret>::namespaced(client, namespace).delete(name, &dp),
-                )
-                .await
-                .map(drop),
-            "ConfigMap" => self
-                .call(
-                    what,
-                    Api::<ConfigMap>::namespaced(client, namespace).delete(name, &dp),
-                )
-                .await
-                .map(drop),
-            "Service" => self
-                .call(
-                    what,
-                    Api::<Service>::namespaced(client, namespace).delete(name, &dp),
-                )
-                .await
-                .map(drop),
-            "HorizontalPodAutoscaler" => self
-                .call(
-                    what,
-                    Api::<HorizontalPodAutoscaler>::namespaced(client, namespace).delete(name, &dp),
-                )
-                .await
-                .map(drop),
-            "PodDisruptionBudget" => self
-                .call(
-                    what,
-                    Api::<PodDisruptionBudget>::namespaced(client, namespace).delete(name, &dp),
-                )
-                .await
-                .map(drop),
-            "NetworkPolicy" => self
-                .call(
-                    what,
-                    Api::<K8sNetworkPolicy>::namespaced(client, namespace).delete(name, &dp),
-                )
-                .await
-                .map(drop),
+        match kind {
+            "Secret" => self.delete_typed::<Secret>(namespace, name).await,
+            "ConfigMap" => self.delete_typed::<ConfigMap>(namespace, name).await,
+            "Service" => self.delete_typed::<Service>(namespace, name).await,
+            "HorizontalPodAutoscaler" => {
+                self.delete_typed::<HorizontalPodAutoscaler>(namespace, name)
+                    .await
+            }
+            "PodDisruptionBudget" => {
+                self.delete_typed::<PodDisruptionBudget>(namespace, name)
+                    .await
+            }
+            "NetworkPolicy" => self.delete_typed::<K8sNetworkPolicy>(namespace, name).await,
             "CiliumNetworkPolicy" => {
                 engines::delete_dynamic(self, "cilium.io/v2", kind, namespace, name).await
             }
-            "Deployment" => self
-                .call(
-                    what,
-                    Api::<Deployment>::namespaced(client, namespace).delete(name, &dp),
-                )
-                .await
-                .map(drop),
-            "StatefulSet" => self
-                .call(
-                    what,
-                    Api::<StatefulSet>::namespaced(client, namespace).delete(name, &dp),
-                )
-                .await
-                .map(drop),
+            "Deployment" => self.delete_typed::<Deployment>(namespace, name).await,
+            "StatefulSet" => self.delete_typed::<StatefulSet>(namespace, name).await,
+            "PersistentVolumeClaim" => {
+                self.delete_typed::<PersistentVolumeClaim>(namespace, name)
+                    .await
+            }
             _ => Ok(()),
-        };
-        match result {
-            Err(e) if is_not_found(&e) => Ok(()),
-            other => other,
         }
+    }
+
+    /// Deletes one typed object (dependents in the background); a missing
+    /// one is fine.
+    async fn delete_typed<K>(&self, namespace: &str, name: &str) -> Result<(), Error>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + k8s_openapi::Resource
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned,
+    {
+        let api: Api<K> = Api::namespaced(self.inner.client.clone(), namespace);
+        self.call_opt(
+            format!(
+                "delete {} {namespace}/{name}",
+                <K as k8s_openapi::Resource>::KIND
+            ),
+            api.delete(name, &DeleteParams::background()),
+        )
+        .await
+        .map(drop)
     }
 
     /// Waits until the current revision's pods are ready, waking on cache
@@ -854,11 +856,6 @@ fn name_of(meta: &kube::api::ObjectMeta) -> &str {
     meta.name.as_deref().unwrap_or_default()
 }
 
-/// Whether a backend error is the API's 404.
-fn is_not_found(e: &Error) -> bool {
-    matches!(e, Error::Backend { message, .. } if message.contains("(NotFound)") || message.contains("404"))
-}
-
 #[async_trait]
 impl Provider for KubernetesProvider {
     fn info(&self) -> ProviderInfo {
@@ -961,16 +958,8 @@ impl Provider for KubernetesProvider {
                 .await?;
             for claim in claims {
                 let name = claim.metadata.name.unwrap_or_default();
-                match self
-                    .call(
-                        format!("delete PersistentVolumeClaim {namespace}/{name}"),
-                        api.delete(&name, &DeleteParams::background()),
-                    )
-                    .await
-                {
-                    Err(e) if !is_not_found(&e) => return Err(e),
-                    _ => {}
-                }
+                self.delete_typed::<PersistentVolumeClaim>(&namespace, &name)
+                    .await?;
             }
         }
         // Return once the cache no longer shows the workload, so a list
