@@ -38,6 +38,7 @@ pub async fn docker_provider(config: &Config) -> Result<DockerProvider> {
         .context("vault keys")?;
     let settings = DockerConfig {
         region: config.cluster.region.clone(),
+        cluster: config.cluster.cell_id.clone(),
         bind_address: config.docker.bind_address,
         advertise_host: config.docker.advertise_host.clone(),
         allow_exec: config.docker.allow_exec,

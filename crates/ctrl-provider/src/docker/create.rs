@@ -227,7 +227,7 @@ impl DockerProvider {
             cmd: (!service.args.is_empty()).then(|| service.args.clone()),
             env: Some(env),
             labels: Some(
-                labels::container_labels(spec, index, replica, revision, releases)
+                labels::container_labels(spec, &self.owner(), index, replica, revision, releases)
                     .into_iter()
                     .collect(),
             ),

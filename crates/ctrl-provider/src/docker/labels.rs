@@ -2,7 +2,7 @@
 //! objects and read back its releases lives in container labels, so a
 //! restarted agent (or another one) sees exactly what the last one did.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -18,6 +18,10 @@ pub(super) const REPLICA: &str = "ctrl.dev/replica";
 pub(super) const REVISION: &str = "ctrl.dev/revision";
 pub(super) const RELEASE: &str = "ctrl.dev/release";
 pub(super) const SPEC_HASH: &str = "ctrl.dev/spec-hash";
+/// The region of the agent that made the container.
+pub(super) const REGION: &str = "ctrl.dev/region";
+/// The cluster (cell) of the agent that made the container.
+pub(super) const CLUSTER: &str = "ctrl.dev/cluster";
 /// JSON list of [`ReleaseRecord`]s, current first.
 pub(super) const RELEASES: &str = "ctrl.dev/releases";
 
@@ -25,6 +29,7 @@ pub(super) const RELEASES: &str = "ctrl.dev/releases";
 pub(super) fn is_internal(key: &str) -> bool {
     [
         MANAGED_BY, WORKLOAD, SERVICE, ROLE, REPLICA, REVISION, RELEASE, SPEC_HASH, RELEASES,
+        REGION, CLUSTER,
     ]
     .contains(&key)
 }
@@ -60,9 +65,26 @@ pub(super) fn spec_hash(spec: &WorkloadSpec) -> String {
     hex::encode(&Sha256::digest(&json)[..12])
 }
 
+/// Whether a container's labels say another agent made it: another
+/// region or cluster. Containers from before these labels (none set) are
+/// taken as this agent's, so an upgrade leaves nothing behind.
+pub(super) fn is_foreign(labels: &HashMap<String, String>, owner: &Owner) -> bool {
+    labels.get(REGION).is_some_and(|r| *r != owner.region)
+        || labels.get(CLUSTER).is_some_and(|c| *c != owner.cluster)
+}
+
+/// The agent a provider works for: what its containers are labelled with
+/// and what it may touch (two agents can share one engine).
+#[derive(Debug, Clone)]
+pub(super) struct Owner {
+    pub(super) region: String,
+    pub(super) cluster: String,
+}
+
 /// The labels of one container.
 pub(super) fn container_labels(
     spec: &WorkloadSpec,
+    owner: &Owner,
     service: usize,
     replica: u32,
     revision: u64,
@@ -80,6 +102,8 @@ pub(super) fn container_labels(
         (RELEASE.to_owned(), spec.release.clone()),
         (SPEC_HASH.to_owned(), spec_hash(spec)),
         (RELEASES.to_owned(), releases.to_owned()),
+        (REGION.to_owned(), owner.region.clone()),
+        (CLUSTER.to_owned(), owner.cluster.clone()),
     ]);
     labels
 }

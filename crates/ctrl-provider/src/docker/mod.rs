@@ -47,8 +47,11 @@ use crate::{Capabilities, Capability, Error, Provider, SecretResolver, WorkloadS
 pub struct DockerConfig {
     /// Registry name (default `docker`).
     pub name: String,
-    /// Region the workloads run in.
+    /// Region the workloads run in (a label on every container).
     pub region: String,
+    /// Cluster (cell) of the agent (a label on every container): agents
+    /// sharing an engine never see each other's containers.
+    pub cluster: String,
     /// Address published ports bind to (default 127.0.0.1).
     pub bind_address: IpAddr,
     /// Host the provider reaches published ports on (probes, endpoints);
@@ -73,6 +76,7 @@ impl Default for DockerConfig {
         Self {
             name: "docker".into(),
             region: "local".into(),
+            cluster: "local".into(),
             bind_address: IpAddr::from([127, 0, 0, 1]),
             advertise_host: None,
             allow_exec: true,
@@ -136,6 +140,14 @@ impl DockerProvider {
     /// The engine client.
     pub fn docker(&self) -> &Docker {
         &self.docker
+    }
+
+    /// The agent this provider labels for and may touch.
+    fn owner(&self) -> labels::Owner {
+        labels::Owner {
+            region: self.config.region.clone(),
+            cluster: self.config.cluster.clone(),
+        }
     }
 
     /// The configuration.

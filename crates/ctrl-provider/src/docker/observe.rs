@@ -217,9 +217,21 @@ impl DockerProvider {
                 },
             ))
             .await;
+        let owner = self.owner();
         let mut instances = Vec::new();
         for inspected in inspections {
-            if let Some(instance) = inspected?.and_then(Instance::from_inspect) {
+            let Some(container) = inspected? else {
+                continue;
+            };
+            let foreign = container
+                .config
+                .as_ref()
+                .and_then(|c| c.labels.as_ref())
+                .is_some_and(|l| labels::is_foreign(l, &owner));
+            if foreign {
+                continue;
+            }
+            if let Some(instance) = Instance::from_inspect(container) {
                 instances.push(instance);
             }
         }
@@ -250,11 +262,16 @@ impl DockerProvider {
             })
             .await?
             .map_err(|e| Error::backend("list containers", e))?;
+        let owner = self.owner();
         let mut newest: BTreeMap<String, (u64, crate::WorkloadSummary)> = BTreeMap::new();
         for container in summaries {
             let Some(all) = container.labels else {
                 continue;
             };
+            // Another agent's: never listed, so never taken for an orphan.
+            if labels::is_foreign(&all, &owner) {
+                continue;
+            }
             let Some(workload) = all.get(labels::WORKLOAD).cloned() else {
                 continue;
             };

@@ -305,3 +305,61 @@ async fn provisioning_again_after_a_crash_half_way_finishes_the_job() -> Result<
     assert_eq!(answer(&env.provider, "cr").await?, "v2");
     Ok(())
 }
+
+/// Two agents (different regions or clusters) on one engine: each lists
+/// and observes only its own containers, so neither takes the other's for
+/// an orphan; containers without the labels (made before them) stay the
+/// agent's own.
+#[tokio::test]
+async fn agents_sharing_an_engine_never_see_each_others_workloads() -> Result<()> {
+    let env = env_with(
+        ctrl_provider::docker::DockerConfig {
+            region: "eu".into(),
+            cluster: "eu-1".into(),
+            ..test_config()
+        },
+        std::sync::Arc::new(ctrl_provider::NoSecrets),
+    )
+    .await?;
+    let other = ctrl_provider::docker::DockerProvider::connect(
+        env.podman.docker().clone(),
+        ctrl_provider::docker::DockerConfig {
+            region: "us".into(),
+            cluster: "us-1".into(),
+            ..test_config()
+        },
+        std::sync::Arc::new(ctrl_provider::NoSecrets),
+    )
+    .await?;
+    env.provider.provision(&web("ours", V1)).await?;
+    other.provision(&web("theirs", V1)).await?;
+    let ids = |list: Vec<ctrl_provider::WorkloadSummary>| {
+        list.into_iter().map(|w| w.id).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(env.provider.list().await?), ["ours"]);
+    assert_eq!(ids(other.list().await?), ["theirs"]);
+    assert!(matches!(
+        env.provider.status("theirs").await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(env.provider.status("ours").await?.ready);
+    for label in ["ctrl.dev/region=eu", "ctrl.dev/cluster=eu-1"] {
+        let labelled = env
+            .podman
+            .docker()
+            .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+                all: true,
+                filters: Some(std::collections::HashMap::from([(
+                    "label".to_owned(),
+                    vec![label.to_owned()],
+                )])),
+                ..Default::default()
+            }))
+            .await?;
+        assert_eq!(labelled.len(), 1, "{label}");
+    }
+    // Deprovisioning one agent's workload leaves the other's running.
+    env.provider.deprovision("ours").await?;
+    assert!(other.status("theirs").await?.ready);
+    Ok(())
+}
