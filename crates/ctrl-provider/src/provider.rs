@@ -177,6 +177,23 @@ pub trait SecretResolver: Send + Sync + std::fmt::Debug {
     async fn resolve(&self, secret: &SecretRef) -> Result<Zeroizing<String>, String>;
 }
 
+/// Resolves `secret` of `service` with `resolver`; the error names the
+/// service and variable, never the value.
+pub async fn resolve_secret(
+    resolver: &dyn SecretResolver,
+    service: &str,
+    secret: &SecretRef,
+) -> Result<Zeroizing<String>, Error> {
+    resolver
+        .resolve(secret)
+        .await
+        .map_err(|reason| Error::Secret {
+            service: service.to_owned(),
+            env: secret.env.clone(),
+            reason,
+        })
+}
+
 /// A resolver for workloads without secrets: every lookup fails.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoSecrets;

@@ -709,7 +709,7 @@ fn invalid<T>(message: impl Into<String>) -> Result<T, Error> {
 }
 
 /// A lowercase DNS label: `[a-z0-9]([a-z0-9-]*[a-z0-9])?`.
-fn check_label(what: &str, value: &str, max: usize) -> Result<(), Error> {
+pub(crate) fn check_label(what: &str, value: &str, max: usize) -> Result<(), Error> {
     let ok = !value.is_empty()
         && value.len() <= max
         && value

@@ -30,12 +30,6 @@ pub async fn docker_provider(config: &Config) -> Result<DockerProvider> {
         None => bollard::Docker::connect_with_local_defaults(),
     }
     .context("connect to the Docker API")?;
-    let vault = config
-        .vault
-        .as_ref()
-        .map(ctrl_runtime::sections::VaultConfig::vault)
-        .transpose()
-        .context("vault keys")?;
     let settings = DockerConfig {
         region: config.cluster.region.clone(),
         cluster: config.cluster.cell_id.clone(),
@@ -45,30 +39,31 @@ pub async fn docker_provider(config: &Config) -> Result<DockerProvider> {
         drain_delay: Duration::from_millis(config.docker.drain_delay_ms),
         ..DockerConfig::default()
     };
-    DockerProvider::connect(
-        docker,
-        settings,
-        Arc::new(crate::secrets::VaultSecrets::new(vault)),
-    )
-    .await
-    .context("the Docker API does not answer")
+    DockerProvider::connect(docker, settings, secrets(config)?)
+        .await
+        .context("the Docker API does not answer")
 }
 
-/// Connects to the Kubernetes cluster the config names, labelling and
-/// watching only this agent's region and cluster.
-pub async fn kubernetes_provider(config: &Config) -> Result<KubernetesProvider> {
+/// Opens sealed variables with the configured vault keys.
+fn secrets(config: &Config) -> Result<Arc<crate::secrets::VaultSecrets>> {
     let vault = config
         .vault
         .as_ref()
         .map(ctrl_runtime::sections::VaultConfig::vault)
         .transpose()
         .context("vault keys")?;
+    Ok(Arc::new(crate::secrets::VaultSecrets::new(vault)))
+}
+
+/// Connects to the Kubernetes cluster the config names, labelling and
+/// watching only this agent's region and cluster.
+pub async fn kubernetes_provider(config: &Config) -> Result<KubernetesProvider> {
     let settings = KubernetesConfig {
         region: config.cluster.region.clone(),
         cluster: config.cluster.cell_id.clone(),
         ..config.kubernetes.clone()
     };
-    KubernetesProvider::connect(settings, Arc::new(crate::secrets::VaultSecrets::new(vault)))
+    KubernetesProvider::connect(settings, secrets(config)?)
         .await
         .context("the Kubernetes API does not answer")
 }

@@ -137,15 +137,9 @@ impl DockerProvider {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         for secret in &service.secrets {
-            let value = self
-                .secrets
-                .resolve(secret)
-                .await
-                .map_err(|reason| Error::Secret {
-                    service: service.name.clone(),
-                    env: secret.env.clone(),
-                    reason,
-                })?;
+            let value =
+                crate::provider::resolve_secret(self.secrets.as_ref(), &service.name, secret)
+                    .await?;
             env.push(format!("{}={}", secret.env, value.as_str()));
         }
 

@@ -199,6 +199,10 @@ impl Cached {
         u32::try_from(replicas.unwrap_or(1)).unwrap_or(0)
     }
 
+    pub(super) fn is_stateful(&self) -> bool {
+        matches!(self, Cached::StatefulSet(_))
+    }
+
     pub(super) fn kind(&self) -> &'static str {
         match self {
             Cached::Deployment(_) => "Deployment",

@@ -234,21 +234,7 @@ fn labels(provider: &KubernetesProvider, instance: &str) -> BTreeMap<String, Str
 }
 
 fn check_instance(instance: &str) -> Result<(), Error> {
-    let ok = !instance.is_empty()
-        && instance.len() <= 63 - TRACKING_PREFIX.len()
-        && instance
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !instance.starts_with('-')
-        && !instance.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidSpec(format!(
-            "instance {instance:?} is not a DNS label of at most {} characters",
-            63 - TRACKING_PREFIX.len()
-        )))
-    }
+    crate::spec::check_label("instance", instance, 63 - TRACKING_PREFIX.len())
 }
 
 /// Applies `objects` for an instance as engine `engine`, pruning what the
@@ -504,14 +490,7 @@ impl KubernetesProvider {
             _ => {}
         }
         let objects = self.helm_render(release).await?;
-        let digest = {
-            use sha2::Digest;
-            let mut h = sha2::Sha256::new();
-            for o in &objects {
-                h.update(o.to_string());
-            }
-            hex::encode(&h.finalize()[..12])
-        };
+        let digest = super::manifests::digest(&serde_json::to_vec(&objects).unwrap_or_default());
         let notes = BTreeMap::from([
             ("chart".to_owned(), release.chart.display().to_string()),
             ("digest".to_owned(), digest),
@@ -545,14 +524,8 @@ impl KubernetesProvider {
 #[async_trait]
 impl Engines for KubernetesProvider {
     async fn apply_manifests(&self, request: &ManifestApply) -> Result<ProvisionResult, Error> {
-        let digest = {
-            use sha2::Digest;
-            let mut h = sha2::Sha256::new();
-            for o in &request.objects {
-                h.update(o.to_string());
-            }
-            hex::encode(&h.finalize()[..12])
-        };
+        let digest =
+            super::manifests::digest(&serde_json::to_vec(&request.objects).unwrap_or_default());
         apply_tracked(
             self,
             request,

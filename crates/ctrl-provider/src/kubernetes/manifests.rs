@@ -56,7 +56,7 @@ use zeroize::Zeroizing;
 
 use crate::spec::{
     HttpMethod, NetworkPolicy, Persistence, Probe, Protocol, RestartPolicy, Role, ServiceSpec,
-    StopSignal, WorkloadKind, WorkloadSpec,
+    StopSignal, WorkloadKind, WorkloadSpec, check_label,
 };
 use crate::{Capability, Error};
 
@@ -311,7 +311,8 @@ pub fn has_service(spec: &WorkloadSpec) -> bool {
             .any(|s| s.is_long_lived() && !s.ports.is_empty())
 }
 
-fn digest(bytes: &[u8]) -> String {
+/// A short content digest (96 bits of SHA-256, hex).
+pub(super) fn digest(bytes: &[u8]) -> String {
     hex::encode(&Sha256::digest(bytes)[..12])
 }
 
@@ -326,7 +327,7 @@ pub fn build(
 ) -> Result<Manifests, Error> {
     let plan = spec.plan()?;
     let namespace = namespace_of(spec, settings);
-    check_dns_label("namespace", &namespace)?;
+    check_label("namespace", &namespace, 63)?;
     for key in spec.labels.keys().chain(settings.extra_labels.keys()) {
         check_label_key(key)?;
     }
@@ -1124,24 +1125,6 @@ fn invalid<T>(message: impl Into<String>) -> Result<T, Error> {
     Err(Error::InvalidSpec(message.into()))
 }
 
-/// A DNS-1123 label (namespaces, Service names).
-fn check_dns_label(what: &str, value: &str) -> Result<(), Error> {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !value.starts_with('-')
-        && !value.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        invalid(format!(
-            "{what} {value:?} is not a DNS label (lowercase letters, digits and '-', 1-63 characters)"
-        ))
-    }
-}
-
 /// A label key: an optional DNS-subdomain prefix and a name of at most 63
 /// characters.
 fn check_label_key(key: &str) -> Result<(), Error> {
@@ -1152,7 +1135,7 @@ fn check_label_key(key: &str) -> Result<(), Error> {
     let prefix_ok = prefix.is_none_or(|p| {
         !p.is_empty()
             && p.len() <= 253
-            && p.split('.').all(|part| check_dns_label("", part).is_ok())
+            && p.split('.').all(|part| check_label("", part, 63).is_ok())
     });
     if prefix_ok && is_label_name(name, false) {
         Ok(())

@@ -368,16 +368,12 @@ impl KubernetesProvider {
         let mut values = SecretValues::new();
         for service in &spec.services {
             for secret in &service.secrets {
-                let value =
-                    self.inner
-                        .secrets
-                        .resolve(secret)
-                        .await
-                        .map_err(|reason| Error::Secret {
-                            service: service.name.clone(),
-                            env: secret.env.clone(),
-                            reason,
-                        })?;
+                let value = crate::provider::resolve_secret(
+                    self.inner.secrets.as_ref(),
+                    &service.name,
+                    secret,
+                )
+                .await?;
                 values.insert((service.name.clone(), secret.env.clone()), value);
             }
         }
@@ -520,13 +516,15 @@ impl KubernetesProvider {
         // Recorded last: a crash before this leaves the next provision
         // applying again. (Metadata changes do not bump the generation.)
         let workload = m.controller_name();
-        self.annotate_in(
+        self.patch_controller(
             &ns,
-            &m.controller,
+            matches!(m.controller, Controller::StatefulSet(_)),
             workload,
-            serde_json::json!({"metadata": {"annotations": {
+            false,
+            &serde_json::json!({"metadata": {"annotations": {
                 APPLIED_GENERATION: generation.unwrap_or_default().to_string()
             }}}),
+            format!("record the applied generation of {ns}/{workload}"),
         )
         .await?;
         if let Some(previous) = previous {
@@ -745,65 +743,23 @@ impl KubernetesProvider {
 
     async fn scale_to(&self, workload: &str, replicas: u32) -> Result<(), Error> {
         let (namespace, cached, _) = self.current(workload)?;
-        let body = serde_json::json!({"spec": {"replicas": replicas}});
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PatchParams::default()
-        };
         let what = format!(
             "scale {} {namespace}/{workload} to {replicas}",
             cached.kind()
         );
-        match cached {
-            Cached::Deployment(_) => {
-                let api: Api<Deployment> = Api::namespaced(self.inner.client.clone(), &namespace);
-                self.call(
-                    what,
-                    api.patch_scale(workload, &params, &Patch::Merge(&body)),
-                )
-                .await?;
-            }
-            Cached::StatefulSet(_) => {
-                let api: Api<StatefulSet> = Api::namespaced(self.inner.client.clone(), &namespace);
-                self.call(
-                    what,
-                    api.patch_scale(workload, &params, &Patch::Merge(&body)),
-                )
-                .await?;
-            }
-        }
-        Ok(())
+        let body = serde_json::json!({"spec": {"replicas": replicas}});
+        self.patch_controller(
+            &namespace,
+            cached.is_stateful(),
+            workload,
+            true,
+            &body,
+            what,
+        )
+        .await
     }
 
-    /// A merge patch of the controller of a just-applied `Manifests`.
-    async fn annotate_in(
-        &self,
-        namespace: &str,
-        controller: &Controller,
-        workload: &str,
-        body: serde_json::Value,
-    ) -> Result<(), Error> {
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PatchParams::default()
-        };
-        let client = self.inner.client.clone();
-        let what = format!("record the applied generation of {namespace}/{workload}");
-        match controller {
-            Controller::Deployment(_) => {
-                let api: Api<Deployment> = Api::namespaced(client, namespace);
-                self.call(what, api.patch(workload, &params, &Patch::Merge(&body)))
-                    .await?;
-            }
-            Controller::StatefulSet(_) => {
-                let api: Api<StatefulSet> = Api::namespaced(client, namespace);
-                self.call(what, api.patch(workload, &params, &Patch::Merge(&body)))
-                    .await?;
-            }
-        }
-        Ok(())
-    }
-
+    /// A merge patch of a cached workload's controller.
     async fn annotate(
         &self,
         workload: &str,
@@ -811,24 +767,67 @@ impl KubernetesProvider {
         what: &str,
     ) -> Result<(), Error> {
         let (namespace, cached, _) = self.current(workload)?;
+        let what = format!("{what} {} {namespace}/{workload}", cached.kind());
+        self.patch_controller(
+            &namespace,
+            cached.is_stateful(),
+            workload,
+            false,
+            &body,
+            what,
+        )
+        .await
+    }
+
+    /// A merge patch (as [`FIELD_MANAGER`]) of a Deployment or StatefulSet,
+    /// or of its scale subresource.
+    async fn patch_controller(
+        &self,
+        namespace: &str,
+        stateful: bool,
+        name: &str,
+        scale: bool,
+        body: &serde_json::Value,
+        what: String,
+    ) -> Result<(), Error> {
+        if stateful {
+            self.merge_patch::<StatefulSet>(namespace, name, scale, body, what)
+                .await
+        } else {
+            self.merge_patch::<Deployment>(namespace, name, scale, body, what)
+                .await
+        }
+    }
+
+    async fn merge_patch<K>(
+        &self,
+        namespace: &str,
+        name: &str,
+        scale: bool,
+        body: &serde_json::Value,
+        what: String,
+    ) -> Result<(), Error>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned,
+    {
+        let api: Api<K> = Api::namespaced(self.inner.client.clone(), namespace);
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..PatchParams::default()
         };
-        let what = format!("{what} {} {namespace}/{workload}", cached.kind());
-        match cached {
-            Cached::Deployment(_) => {
-                let api: Api<Deployment> = Api::namespaced(self.inner.client.clone(), &namespace);
-                self.call(what, api.patch(workload, &params, &Patch::Merge(&body)))
-                    .await?;
-            }
-            Cached::StatefulSet(_) => {
-                let api: Api<StatefulSet> = Api::namespaced(self.inner.client.clone(), &namespace);
-                self.call(what, api.patch(workload, &params, &Patch::Merge(&body)))
-                    .await?;
-            }
+        let patch = Patch::Merge(body);
+        if scale {
+            self.call(what, api.patch_scale(name, &params, &patch))
+                .await
+                .map(drop)
+        } else {
+            self.call(what, api.patch(name, &params, &patch))
+                .await
+                .map(drop)
         }
-        Ok(())
     }
 
     /// Waits until the cache shows `check` true for the workload (or the

@@ -18,12 +18,8 @@ type IndexedPods = Vec<(u32, std::sync::Arc<Pod>)>;
 /// The workload's pods with their replica index (from the status, which
 /// numbers them the way instance names do), current revision first.
 fn pods(provider: &KubernetesProvider, workload: &str) -> Result<(String, IndexedPods), Error> {
+    let (namespace, _, _) = provider.current(workload)?;
     let status = provider.observe(workload, None, "")?;
-    let namespace = status
-        .metadata
-        .get("namespace")
-        .cloned()
-        .unwrap_or_default();
     let mut out = Vec::new();
     for pod in provider.inner.caches.pods_of(workload) {
         let name = pod.metadata.name.clone().unwrap_or_default();
@@ -240,13 +236,8 @@ pub(super) async fn resources(
     provider: &KubernetesProvider,
     workload: &str,
 ) -> Result<ResourceUsage, Error> {
+    let (namespace, _, spec) = provider.current(workload)?;
     let status = provider.observe(workload, None, "")?;
-    let namespace = status
-        .metadata
-        .get("namespace")
-        .cloned()
-        .unwrap_or_default();
-    let (_, _, spec) = provider.current(workload)?;
     let running = status
         .services
         .iter()

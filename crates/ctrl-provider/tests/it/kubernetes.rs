@@ -96,6 +96,19 @@ impl Kube {
         self.fake.object(api_version, kind, Some(NS), name)
     }
 
+    /// Waits until `workload` runs exactly `count` pods, all of `image`.
+    async fn wait_pods(&self, workload: &str, count: usize, image: &str) -> Result<()> {
+        eventually(&format!("{count} pods of {image}"), async || {
+            let pods = self.pods(workload);
+            (pods.len() == count
+                && pods
+                    .iter()
+                    .all(|p| p["spec"]["containers"][0]["image"] == image))
+            .then_some(())
+        })
+        .await
+    }
+
     fn pods(&self, workload: &str) -> Vec<Value> {
         self.fake
             .objects("v1", "Pod")
@@ -265,29 +278,13 @@ async fn a_workload_rolls_out_reapplies_for_free_and_goes_through_its_lifecycle(
         )
         .await?;
     assert_eq!(deployed.release, "r2");
-    eventually("only v2 pods", async || {
-        let pods = k.pods("web");
-        (pods.len() == 2
-            && pods
-                .iter()
-                .all(|p| p["spec"]["containers"][0]["image"] == V2))
-        .then_some(())
-    })
-    .await?;
+    k.wait_pods("web", 2, V2).await?;
     let unknown = k.provider.rollback("web", "r9").await.unwrap_err();
     assert!(matches!(unknown, Error::UnknownRelease { .. }), "{unknown}");
     assert!(unknown.to_string().contains("r2, r1"), "{unknown}");
     let back = k.provider.rollback("web", "r1").await?;
     assert_eq!(back.release, "r1");
-    eventually("v1 pods again", async || {
-        let pods = k.pods("web");
-        (pods.len() == 2
-            && pods
-                .iter()
-                .all(|p| p["spec"]["containers"][0]["image"] == V1))
-        .then_some(())
-    })
-    .await?;
+    k.wait_pods("web", 2, V1).await?;
 
     // Scale through the scale subresource.
     k.fake.reset_requests();

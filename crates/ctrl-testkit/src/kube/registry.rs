@@ -79,19 +79,20 @@ impl ResourceType {
 
     /// `deployments.apps`, `pods`: how errors name the resource.
     pub(crate) fn qualified_resource(&self) -> String {
-        if self.group.is_empty() {
-            self.plural.clone()
-        } else {
-            format!("{}.{}", self.plural, self.group)
-        }
+        self.qualify(&self.plural)
     }
 
     /// `Deployment.apps`, `Pod`: how `Invalid` errors name the kind.
     pub(crate) fn qualified_kind(&self) -> String {
+        self.qualify(&self.kind)
+    }
+
+    /// `name.group`, or `name` in the core group.
+    fn qualify(&self, name: &str) -> String {
         if self.group.is_empty() {
-            self.kind.clone()
+            name.to_owned()
         } else {
-            format!("{}.{}", self.kind, self.group)
+            format!("{name}.{}", self.group)
         }
     }
 

@@ -372,6 +372,54 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// Sets a write-only (sealed) variable of the app's environment.
+    pub(crate) async fn set_secret(
+        &self,
+        app: &str,
+        env: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<()> {
+        pb::app_service_client::AppServiceClient::new(self.api.clone())
+            .set_environment_variables(auth(pb::SetEnvironmentVariablesRequest {
+                app_id: app.into(),
+                environment_slug: env.into(),
+                variables: vec![pb::EnvironmentVariable {
+                    key: key.into(),
+                    value: value.into(),
+                    r#type: pb::EnvironmentVariableType::Writeonly as i32,
+                    ..Default::default()
+                }],
+                actor: None,
+            }))
+            .await?;
+        Ok(())
+    }
+
+    /// Rolls the deployment's environment back to `target`.
+    pub(crate) async fn rollback_to(&self, target: &str) -> Result<()> {
+        pb::deployment_service_client::DeploymentServiceClient::new(self.api.clone())
+            .rollback(auth(pb::RollbackRequest {
+                target_deployment_id: target.into(),
+                ..Default::default()
+            }))
+            .await?;
+        Ok(())
+    }
+
+    /// Asks ctrl to stop the deployment.
+    pub(crate) async fn stop(&self, id: &str) -> Result<()> {
+        pb::deployment_service_client::DeploymentServiceClient::new(self.api.clone())
+            .stop_deployment(auth(pb::StopDeploymentRequest {
+                deployment_id: id.into(),
+                actor: None,
+            }))
+            .await?;
+        Ok(())
+    }
+}
+
 pub(crate) fn auth<T>(msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     req.metadata_mut().insert(
@@ -388,18 +436,13 @@ async fn deployments_run_roll_back_survive_restarts_and_stop() -> Result<()> {
     let ch = stack.api.clone();
     let app = stack.app().await?;
     // A sealed variable: krane must open it to start the container.
-    pb::app_service_client::AppServiceClient::new(ch.clone())
-        .set_environment_variables(auth(pb::SetEnvironmentVariablesRequest {
-            app_id: app.id.clone(),
-            environment_slug: "production".into(),
-            variables: vec![pb::EnvironmentVariable {
-                key: "DATABASE_PASSWORD".into(),
-                value: "hunter2-plaintext".into(),
-                r#type: pb::EnvironmentVariableType::Writeonly as i32,
-                ..Default::default()
-            }],
-            actor: None,
-        }))
+    stack
+        .set_secret(
+            &app.id,
+            "production",
+            "DATABASE_PASSWORD",
+            "hunter2-plaintext",
+        )
         .await?;
 
     // First deployment: running, ready with routes, answering.
@@ -440,12 +483,7 @@ async fn deployments_run_roll_back_survive_restarts_and_stop() -> Result<()> {
         Ok(stack.get(&d2).await?.is_live)
     })
     .await?;
-    pb::deployment_service_client::DeploymentServiceClient::new(ch.clone())
-        .rollback(auth(pb::RollbackRequest {
-            target_deployment_id: d1.clone(),
-            ..Default::default()
-        }))
-        .await?;
+    stack.rollback_to(&d1).await?;
     assert!(stack.get(&d1).await?.is_live && !stack.get(&d2).await?.is_live);
     assert_eq!(
         stack.answer(&d1).await?,
@@ -489,12 +527,7 @@ async fn deployments_run_roll_back_survive_restarts_and_stop() -> Result<()> {
     assert_eq!(stack.answer(&p1).await?, "v1");
 
     // Stopping the preview removes its containers and marks it stopped.
-    pb::deployment_service_client::DeploymentServiceClient::new(ch.clone())
-        .stop_deployment(auth(pb::StopDeploymentRequest {
-            deployment_id: p1.clone(),
-            actor: None,
-        }))
-        .await?;
+    stack.stop(&p1).await?;
     stack
         .wait_status(&p1, pb::DeploymentStatus::Stopped)
         .await?;
@@ -638,12 +671,7 @@ async fn a_deploy_that_cannot_start_says_why_slow_starters_deploy_and_wake_ends_
         .wait_status(&preview, pb::DeploymentStatus::Ready)
         .await?;
     for round in 0..2 {
-        pb::deployment_service_client::DeploymentServiceClient::new(ch.clone())
-            .stop_deployment(auth(pb::StopDeploymentRequest {
-                deployment_id: preview.clone(),
-                actor: None,
-            }))
-            .await?;
+        stack.stop(&preview).await?;
         stack
             .wait_status(&preview, pb::DeploymentStatus::Stopped)
             .await?;

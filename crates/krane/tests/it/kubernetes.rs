@@ -51,18 +51,13 @@ async fn krane_runs_deployments_on_kubernetes() -> Result<()> {
     );
     let ch = stack.api.clone();
     let app = stack.app().await?;
-    pb::app_service_client::AppServiceClient::new(ch.clone())
-        .set_environment_variables(auth(pb::SetEnvironmentVariablesRequest {
-            app_id: app.id.clone(),
-            environment_slug: "production".into(),
-            variables: vec![pb::EnvironmentVariable {
-                key: "DATABASE_PASSWORD".into(),
-                value: "hunter2-plaintext".into(),
-                r#type: pb::EnvironmentVariableType::Writeonly as i32,
-                ..Default::default()
-            }],
-            actor: None,
-        }))
+    stack
+        .set_secret(
+            &app.id,
+            "production",
+            "DATABASE_PASSWORD",
+            "hunter2-plaintext",
+        )
         .await?;
 
     // Deploy → ready: a Deployment in the workspace's namespace whose pod
@@ -148,12 +143,7 @@ async fn krane_runs_deployments_on_kubernetes() -> Result<()> {
         Ok(stack.get(&d2).await?.is_live)
     })
     .await?;
-    pb::deployment_service_client::DeploymentServiceClient::new(ch.clone())
-        .rollback(auth(pb::RollbackRequest {
-            target_deployment_id: d1.clone(),
-            ..Default::default()
-        }))
-        .await?;
+    stack.rollback_to(&d1).await?;
     assert!(stack.get(&d1).await?.is_live);
     assert_eq!(deployments_of(kube(&stack)?, &d1).len(), 1, "d1 still runs");
 
@@ -262,12 +252,7 @@ async fn krane_runs_deployments_on_kubernetes() -> Result<()> {
     assert!(writes.is_empty(), "a restarted krane wrote {writes:?}");
 
     // Stop removes the preview's objects; the others stay.
-    pb::deployment_service_client::DeploymentServiceClient::new(ch.clone())
-        .stop_deployment(auth(pb::StopDeploymentRequest {
-            deployment_id: p1.clone(),
-            actor: None,
-        }))
-        .await?;
+    stack.stop(&p1).await?;
     stack
         .wait_status(&p1, pb::DeploymentStatus::Stopped)
         .await?;
