@@ -273,7 +273,6 @@ async fn state() -> Result<AppState> {
         db.pool,
         vault,
         &[TOKEN.to_owned()],
-        &[],
         restate,
         None,
     ))

@@ -19,10 +19,6 @@ pub struct Config {
     pub http: HttpConfig,
     /// Who may call the API.
     pub auth: ctrl_runtime::auth::AuthConfig,
-    /// Tokens the edges (frontline) present, for AcmeService and (when
-    /// cluster-sync is mounted) EdgeService; absent = both refuse every call.
-    #[serde(default)]
-    pub edge_auth: Option<ctrl_runtime::auth::AuthConfig>,
     /// The database.
     pub database: DatabaseConfig,
     /// Keys sealing environment variables.
@@ -146,9 +142,6 @@ impl std::fmt::Debug for AgentLogsConfig {
 impl Validate for Config {
     fn validate(&self, v: &mut Validator) {
         self.auth.validate(v);
-        if let Some(edge) = &self.edge_auth {
-            edge.validate_as("edge_auth", v);
-        }
         self.database.validate(v);
         if let Some(sync) = &self.cluster_sync {
             sync.validate("cluster_sync", v);
@@ -282,7 +275,6 @@ mod tests {
                 "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
             ),
             ("CTRL_AGENT_LOGS_TOKEN", "fedcba9876543210fedcba"),
-            ("CTRL_EDGE_TOKEN", "edge-0123456789abcdef"),
             ("CTRL_S3_ACCESS_KEY", "AKIDEXAMPLE"),
             ("CTRL_S3_SECRET_KEY", "s3-secret-value"),
             ("CTRL_GITHUB_WEBHOOK_SECRET", "gh-webhook-secret-value"),

@@ -104,6 +104,15 @@ impl From<ctrl_db::Error> for ApiError {
     }
 }
 
+impl From<ctrl_cluster_sync::agents::IssueError> for ApiError {
+    fn from(e: ctrl_cluster_sync::agents::IssueError) -> Self {
+        match e {
+            ctrl_cluster_sync::agents::IssueError::Invalid(i) => Self::invalid(i.field, i.message),
+            ctrl_cluster_sync::agents::IssueError::Db(e) => e.into(),
+        }
+    }
+}
+
 impl From<ctrl_core::gate::GateError> for ApiError {
     fn from(e: ctrl_core::gate::GateError) -> Self {
         Self::FailedPrecondition(e.message())

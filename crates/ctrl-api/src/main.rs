@@ -23,6 +23,36 @@ enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Agent credentials kept in the database.
+    #[command(subcommand)]
+    Agents(AgentsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentsCommand {
+    /// Register a token you generated (e.g. a Kubernetes Secret's) as an
+    /// agent's credential, once: running it again with the same token and
+    /// binding changes nothing. (`ctrl regions agents add` issues one instead.)
+    Ensure {
+        /// The agent: krane or frontline.
+        #[arg(long, value_parser = ["krane", "frontline"])]
+        kind: String,
+        /// Platform of the region, e.g. aws.
+        #[arg(long)]
+        platform: String,
+        /// The region, e.g. us-east-1.
+        #[arg(long)]
+        region: String,
+        /// krane's cell id (not for frontline).
+        #[arg(long, default_value = "")]
+        cell_id: String,
+        /// A label for operators.
+        #[arg(long)]
+        name: String,
+        /// The environment variable holding the token (never a flag: flags show in process lists).
+        #[arg(long, default_value = "CTRL_AGENT_TOKEN")]
+        token_env: String,
+    },
 }
 
 #[tokio::main]
@@ -53,6 +83,35 @@ async fn run(command: Command, config: &Config) -> anyhow::Result<()> {
         Command::Migrate => {
             ctrl_db::MIGRATOR.run(&db).await?;
             tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Agents(AgentsCommand::Ensure {
+            kind,
+            platform,
+            region,
+            cell_id,
+            name,
+            token_env,
+        }) => {
+            let token = zeroize::Zeroizing::new(std::env::var(&token_env).map_err(|_| {
+                anyhow::anyhow!("{token_env} is not set: it must hold the agent's token")
+            })?);
+            let kind = kind
+                .parse::<ctrl_cluster_sync::agents::AgentKind>()
+                .map_err(anyhow::Error::msg)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            let binding = ctrl_cluster_sync::agents::Binding {
+                kind,
+                platform: &platform,
+                region: &region,
+                cell_id: &cell_id,
+                name: &name,
+            };
+            let credential = ctrl_cluster_sync::agents::ensure(&db, &binding, &token, now).await?;
+            // The id alone on stdout, for scripts (this command logs nothing).
+            println!("{}", credential.id);
             Ok(())
         }
         Command::Serve => {

@@ -13,7 +13,7 @@ use connectrpc_axum::{
 use ctrl_proto::ctrl::v1 as pb;
 
 use crate::error::ApiError;
-use crate::services::{build, custom_domain, deployment, repository, settings, tenancy};
+use crate::services::{agents, build, custom_domain, deployment, repository, settings, tenancy};
 use crate::state::AppState;
 
 /// Largest accepted request body.
@@ -36,11 +36,27 @@ impl FromRequestParts<AppState> for Authorized {
             .tokens()
             .check_headers(&parts.headers)
             .map(|()| Self)
-            .map_err(ConnectError::new_unauthenticated)
+            .map_err(|e| {
+                let agent = parts
+                    .headers
+                    .get(axum::http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| {
+                        v.trim_start_matches("Bearer ")
+                            .starts_with(ctrl_cluster_sync::agents::TOKEN_PREFIX)
+                    });
+                if agent {
+                    ConnectError::new_unauthenticated(
+                        "an agent credential opens only the agents' services, not the API",
+                    )
+                } else {
+                    ConnectError::new_unauthenticated(e)
+                }
+            })
     }
 }
 
-/// Proof that the request carried an accepted edge (frontline) token: the
+/// Proof that the request carried an active frontline credential: the
 /// only credential AcmeService takes, and one the rest of the API refuses.
 #[derive(Debug, Clone, Copy)]
 pub struct EdgeAuthorized;
@@ -52,11 +68,13 @@ impl FromRequestParts<AppState> for EdgeAuthorized {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        state
-            .edge_tokens()
-            .check_headers(&parts.headers)
-            .map(|()| Self)
-            .map_err(ConnectError::new_unauthenticated)
+        ctrl_cluster_sync::agents::authenticate(
+            state.db(),
+            &parts.headers,
+            ctrl_cluster_sync::agents::AgentKind::Frontline,
+        )
+        .await
+        .map(|_| Self)
     }
 }
 
@@ -147,6 +165,9 @@ unary!(generate_upload_url => build::generate_upload_url, pb::GenerateUploadUrlR
 unary!(get_build => build::get_build, pb::GetBuildRequest, pb::GetBuildResponse);
 unary!(list_regions => tenancy::list_regions, pb::ListRegionsRequest, pb::ListRegionsResponse);
 unary!(update_region => tenancy::update_region, pb::UpdateRegionRequest, pb::UpdateRegionResponse);
+unary!(create_agent_credential => agents::create_agent_credential, pb::CreateAgentCredentialRequest, pb::CreateAgentCredentialResponse);
+unary!(list_agent_credentials => agents::list_agent_credentials, pb::ListAgentCredentialsRequest, pb::ListAgentCredentialsResponse);
+unary!(revoke_agent_credential => agents::revoke_agent_credential, pb::RevokeAgentCredentialRequest, pb::RevokeAgentCredentialResponse);
 
 /// How often a watch re-reads its deployment.
 const WATCH_POLL: std::time::Duration = std::time::Duration::from_millis(250);
@@ -607,6 +628,9 @@ pub fn router_with(
         region_service_connect::RegionServiceTonicCompatibleBuilder::new()
             .list_regions(list_regions)
             .update_region(update_region)
+            .create_agent_credential(create_agent_credential)
+            .list_agent_credentials(list_agent_credentials)
+            .revoke_agent_credential(revoke_agent_credential)
             .with_state(state.clone())
             .build();
     let (domains, domains_grpc) =

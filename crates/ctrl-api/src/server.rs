@@ -27,7 +27,6 @@ pub async fn serve(
         db.clone(),
         config.vault().context("vault keys")?,
         &config.auth.tokens,
-        config.edge_auth.as_ref().map_or(&[][..], |e| &e.tokens[..]),
         restate,
         config
             .agent_logs
@@ -44,12 +43,6 @@ pub async fn serve(
     let cluster = config.cluster_sync.as_ref().map(|sync| {
         ctrl_cluster_sync::ClusterSync::new(
             db.clone(),
-            config.auth.bearer_tokens(),
-            config
-                .edge_auth
-                .as_ref()
-                .map(ctrl_runtime::auth::AuthConfig::bearer_tokens)
-                .unwrap_or_default(),
             &config.restate.ingress_url,
             sync.settings(),
         )

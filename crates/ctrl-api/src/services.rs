@@ -5,6 +5,7 @@
 //! [`AppState`]: crate::state::AppState
 
 pub mod acme;
+pub mod agents;
 pub mod build;
 pub mod custom_domain;
 pub mod deployment;

@@ -19,7 +19,6 @@ struct Inner {
     db: MySqlPool,
     vault: Vault,
     tokens: ctrl_runtime::auth::BearerTokens,
-    edge_tokens: ctrl_runtime::auth::BearerTokens,
     agent_logs: Option<crate::agent_logs::AgentLogs>,
     custom_domains: crate::config::CustomDomainsConfig,
     build_contexts: Option<ctrl_build::store::ContextStore>,
@@ -36,15 +35,14 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// State over a database pool, a vault, the accepted bearer tokens
-    /// (several, so tokens can rotate) and the edges' tokens (for
-    /// AcmeService), Restate's ingress and, optionally, the client reading
-    /// logs from the agents.
+    /// State over a database pool (which also holds the agents'
+    /// credentials, for AcmeService), a vault, the accepted bearer tokens
+    /// (several, so tokens can rotate), Restate's ingress and, optionally,
+    /// the client reading logs from the agents.
     pub fn new(
         db: MySqlPool,
         vault: Vault,
         tokens: &[String],
-        edge_tokens: &[String],
         restate: (crate::restate::Ingress, crate::restate::Admin),
         agent_logs: Option<crate::agent_logs::AgentLogs>,
     ) -> Self {
@@ -58,7 +56,6 @@ impl AppState {
                 db,
                 vault,
                 tokens: ctrl_runtime::auth::BearerTokens::new(tokens),
-                edge_tokens: ctrl_runtime::auth::BearerTokens::new(edge_tokens),
                 agent_logs,
                 custom_domains: crate::config::CustomDomainsConfig::default(),
                 build_contexts: None,
@@ -152,11 +149,6 @@ impl AppState {
     /// The accepted bearer tokens.
     pub fn tokens(&self) -> &ctrl_runtime::auth::BearerTokens {
         &self.inner.tokens
-    }
-
-    /// The bearer tokens the edges (frontline) present.
-    pub fn edge_tokens(&self) -> &ctrl_runtime::auth::BearerTokens {
-        &self.inner.edge_tokens
     }
 
     /// The client for the agents' log endpoints, when configured.

@@ -165,6 +165,11 @@ impl Api {
         pb::custom_domain_service_client::CustomDomainServiceClient::new(self.channel.clone())
     }
 
+    /// RegionService.
+    pub fn regions(&self) -> pb::region_service_client::RegionServiceClient<Authed> {
+        pb::region_service_client::RegionServiceClient::new(self.channel.clone())
+    }
+
     /// RepositoryService.
     pub fn repositories(&self) -> pb::repository_service_client::RepositoryServiceClient<Authed> {
         pb::repository_service_client::RepositoryServiceClient::new(self.channel.clone())

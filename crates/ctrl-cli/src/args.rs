@@ -83,6 +83,9 @@ pub enum Command {
     /// GitHub repositories connected to apps: pushes and pull requests deploy them.
     #[command(subcommand)]
     Repos(ReposCommand),
+    /// Regions and their agents' credentials (operators).
+    #[command(subcommand)]
+    Regions(RegionsCommand),
 }
 
 /// `ctrl workspaces …`
@@ -389,6 +392,63 @@ pub enum ReposCommand {
     Disconnect {
         #[command(flatten)]
         app: AppArg,
+    },
+}
+
+/// `ctrl regions …`
+#[derive(Debug, Subcommand)]
+pub enum RegionsCommand {
+    /// List the regions, whether they take new deployments, and their agents' last heartbeat.
+    List,
+    /// Credentials of the regional agents (krane, frontline).
+    #[command(subcommand)]
+    Agents(AgentsCommand),
+}
+
+/// Which agent a credential is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AgentKind {
+    /// The workload agent: bound to one cluster (platform, region, cell).
+    Krane,
+    /// The edge: bound to one region.
+    Frontline,
+}
+
+/// `ctrl regions agents …`
+#[derive(Debug, Subcommand)]
+pub enum AgentsCommand {
+    /// Issue a credential for one agent; its token is printed once (set it as the agent's
+    /// `[control] token`).
+    Add {
+        /// The agent.
+        #[arg(long, value_enum)]
+        kind: AgentKind,
+        /// Platform of the region, e.g. aws.
+        #[arg(long)]
+        platform: String,
+        /// The region, e.g. us-east-1.
+        #[arg(long)]
+        region: String,
+        /// krane's cell id (required for krane, refused for frontline).
+        #[arg(long, required_if_eq("kind", "krane"))]
+        cell: Option<String>,
+        /// A label for operators; default: `<kind> <platform>/<region>[/<cell>]`.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List agent credentials (never their tokens).
+    List {
+        /// Only this region's, as platform/region.
+        #[arg(long, value_name = "PLATFORM/REGION")]
+        region: Option<String>,
+        /// Include revoked credentials.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a credential: its agent's calls are refused and its streams end.
+    Revoke {
+        /// The credential (agt_…).
+        credential: String,
     },
 }
 

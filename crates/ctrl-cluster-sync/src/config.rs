@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ctrl_runtime::auth::AuthConfig;
 use ctrl_runtime::config::{Validate, Validator};
 use ctrl_runtime::sections::{DatabaseConfig, LogConfig};
 use serde::Deserialize;
@@ -24,12 +23,6 @@ pub struct Config {
     /// The listener (Connect, gRPC and health on one port).
     #[serde(default)]
     pub http: HttpConfig,
-    /// Tokens the agents present.
-    pub auth: AuthConfig,
-    /// Tokens the edges (frontline) present; absent = EdgeService refuses
-    /// every call.
-    #[serde(default)]
-    pub edge_auth: Option<AuthConfig>,
     /// The database.
     pub database: DatabaseConfig,
     /// Restate's ingress, to wake Deploy workflows.
@@ -149,10 +142,6 @@ impl SyncConfig {
 
 impl Validate for Config {
     fn validate(&self, v: &mut Validator) {
-        self.auth.validate(v);
-        if let Some(edge) = &self.edge_auth {
-            edge.validate_as("edge_auth", v);
-        }
         self.database.validate(v);
         self.log.validate(v);
         v.url(
@@ -176,16 +165,17 @@ mod tests {
     use super::*;
 
     const GOOD: &str = r#"
-        [auth]
-        tokens = ["${CTRL_TOKEN}"]
         [database]
-        url = "mysql://ctrl:pw@127.0.0.1:3307/ctrl"
+        url = "mysql://ctrl:${CTRL_DB_PASSWORD}@127.0.0.1:3307/ctrl"
         [restate]
         ingress_url = "http://127.0.0.1:8080"
     "#;
 
     fn env() -> HashMap<String, String> {
-        HashMap::from([("CTRL_TOKEN".to_owned(), "0123456789abcdef0123".to_owned())])
+        HashMap::from([(
+            "CTRL_DB_PASSWORD".to_owned(),
+            "0123456789abcdef0123".to_owned(),
+        )])
     }
 
     #[test]
@@ -206,17 +196,7 @@ mod tests {
 
     #[test]
     fn the_example_file_is_valid() {
-        let env = HashMap::from([
-            (
-                "CTRL_AGENT_TOKEN".to_owned(),
-                "0123456789abcdef0123".to_owned(),
-            ),
-            ("CTRL_DB_PASSWORD".to_owned(), "pw".to_owned()),
-            (
-                "CTRL_EDGE_TOKEN".to_owned(),
-                "edge-0123456789abcdef".to_owned(),
-            ),
-        ]);
+        let env = HashMap::from([("CTRL_DB_PASSWORD".to_owned(), "pw".to_owned())]);
         let text = include_str!("../../../deploy/ctrl-cluster-sync.example.toml");
         let c: Config =
             ctrl_runtime::config::parse(text, "example.toml", &env, ENV_PREFIX).unwrap();

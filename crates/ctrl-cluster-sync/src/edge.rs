@@ -30,6 +30,7 @@ use pb::watch_routes_response::Event;
 use sqlx::MySqlPool;
 use tokio::sync::{broadcast, mpsc};
 
+use crate::agents::{Agent, AgentKind};
 use crate::service::{ClusterSync, Stream, db_error, now_ms, stream};
 
 /// How the edge feed polls and what it keeps.
@@ -257,8 +258,8 @@ impl EdgeFeed {
     }
 }
 
-/// The calling edge's region, validated.
-fn region(r: Option<&pb::EdgeRegion>) -> Result<(String, String), ConnectError> {
+/// The calling edge's region, validated: it must be the credential's.
+fn region(agent: &Agent, r: Option<&pb::EdgeRegion>) -> Result<(String, String), ConnectError> {
     let r = r.ok_or_else(|| ConnectError::new_invalid_argument("region: is required"))?;
     for (field, value) in [
         ("region.platform", &r.platform),
@@ -270,6 +271,7 @@ fn region(r: Option<&pb::EdgeRegion>) -> Result<(String, String), ConnectError> 
             )));
         }
     }
+    agent.check_region(&r.platform, &r.region)?;
     Ok((r.platform.clone(), r.region.clone()))
 }
 
@@ -415,13 +417,16 @@ async fn snapshot(
 /// the shared feed, with keepalives.
 pub async fn watch_routes(
     sync: &ClusterSync,
+    agent: &Agent,
     req: pb::WatchRoutesRequest,
 ) -> Result<Stream<pb::WatchRoutesResponse>, ConnectError> {
-    let me = region(req.region.as_ref())?;
+    let me = region(agent, req.region.as_ref())?;
+    crate::agents::touch(sync.db(), agent, now_ms()).await;
     let (tx, rx) = mpsc::channel(256);
     let sync = sync.clone();
+    let agent = agent.clone();
     tokio::spawn(async move {
-        if let Err(e) = follow(&sync, &me, req.version_last_seen, &tx).await {
+        if let Err(e) = follow(&sync, &agent, &me, req.version_last_seen, &tx).await {
             let _ = tx.send(Err(e)).await;
         }
     });
@@ -430,6 +435,7 @@ pub async fn watch_routes(
 
 async fn follow(
     sync: &ClusterSync,
+    agent: &Agent,
     me: &(String, String),
     mut cursor: u64,
     tx: &Tx,
@@ -488,6 +494,12 @@ async fn follow(
                     Err(_) => break,
                 },
                 () = tokio::time::sleep(keepalive) => {
+                    if !crate::agents::still_valid(db, agent).await {
+                        return Err(ConnectError::new_unauthenticated(format!(
+                            "agent credential {} was revoked",
+                            agent.credential_id
+                        )));
+                    }
                     let head = sub.head.load(Ordering::Acquire);
                     if sub.batches.is_empty() && head > cursor {
                         cursor = head;
@@ -507,9 +519,10 @@ async fn follow(
 /// retries and a user's wake all land on one invocation.
 pub async fn wake_deployment(
     sync: &ClusterSync,
+    agent: &Agent,
     req: pb::EdgeServiceWakeDeploymentRequest,
 ) -> Result<pb::EdgeServiceWakeDeploymentResponse, ConnectError> {
-    region(req.region.as_ref())?;
+    region(agent, req.region.as_ref())?;
     let id = req.deployment_id;
     let rows = ctrl_db::edge::deployments(sync.db(), std::slice::from_ref(&id))
         .await
@@ -542,9 +555,10 @@ pub async fn wake_deployment(
 /// EdgeService.ReportTraffic: one batched write per report.
 pub async fn report_traffic(
     sync: &ClusterSync,
+    agent: &Agent,
     req: pb::ReportTrafficRequest,
 ) -> Result<pb::ReportTrafficResponse, ConnectError> {
-    let (platform, name) = region(req.region.as_ref())?;
+    let (platform, name) = region(agent, req.region.as_ref())?;
     if req.traffic.len() > 10_000 {
         return Err(ConnectError::new_invalid_argument(
             "traffic: at most 10000 entries per report",
@@ -576,22 +590,21 @@ pub async fn report_traffic(
     Ok(pb::ReportTrafficResponse {})
 }
 
-/// Proof that the request carried an accepted edge token.
-#[derive(Debug, Clone, Copy)]
-pub struct EdgeAuthorized;
+/// The edge that made the request (its frontline credential
+/// authenticated): what protects an EdgeService RPC.
+#[derive(Debug, Clone)]
+pub struct EdgeAgent(pub Agent);
 
-impl FromRequestParts<ClusterSync> for EdgeAuthorized {
+impl FromRequestParts<ClusterSync> for EdgeAgent {
     type Rejection = ConnectError;
 
     async fn from_request_parts(
         parts: &mut Parts,
         state: &ClusterSync,
     ) -> Result<Self, ConnectError> {
-        state
-            .edge_tokens()
-            .check_headers(&parts.headers)
-            .map(|()| Self)
-            .map_err(ConnectError::new_unauthenticated)
+        crate::agents::authenticate(state.db(), &parts.headers, AgentKind::Frontline)
+            .await
+            .map(Self)
     }
 }
 
@@ -599,10 +612,10 @@ macro_rules! edge_rpc {
     ($handler:ident => $service:path, $req:ty, $resp:ty) => {
         async fn $handler(
             State(sync): State<ClusterSync>,
-            _auth: EdgeAuthorized,
+            EdgeAgent(agent): EdgeAgent,
             ConnectRequest(req): ConnectRequest<$req>,
         ) -> Result<ConnectResponse<$resp>, ConnectError> {
-            $service(&sync, req).await.map(ConnectResponse::new)
+            $service(&sync, &agent, req).await.map(ConnectResponse::new)
         }
     };
 }

@@ -5,6 +5,8 @@
 //! runs; a report that makes a waiting deployment ready wakes its Deploy
 //! workflow through Restate's ingress.
 //!
+//! - [`agents`]: the agents' credentials, each bound to the cluster or
+//!   region it serves; every RPC acts only as its caller.
 //! - [`feed`]: one change feed per region — a single database poll loop
 //!   fanned out to every agent of the region, with catch-up from the database
 //!   for agents that are behind.
@@ -17,6 +19,7 @@
 //! - [`notify`]: the readiness notification to the Deploy workflow.
 //! - [`config`], [`server`]: the standalone binary.
 
+pub mod agents;
 pub mod config;
 pub mod convert;
 pub mod edge;

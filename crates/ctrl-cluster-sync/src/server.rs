@@ -52,12 +52,6 @@ pub async fn serve(
 ) -> Result<()> {
     let sync = ClusterSync::new(
         db.clone(),
-        config.auth.bearer_tokens(),
-        config
-            .edge_auth
-            .as_ref()
-            .map(ctrl_runtime::auth::AuthConfig::bearer_tokens)
-            .unwrap_or_default(),
         &config.restate.ingress_url,
         config.sync.settings(),
     );

@@ -16,10 +16,10 @@ use ctrl_core::status::DesiredState;
 use ctrl_db::cluster::Cluster;
 use ctrl_db::types::Backend;
 use ctrl_proto::ctrl::v1 as pb;
-use ctrl_runtime::auth::BearerTokens;
 use sqlx::MySqlPool;
 use tokio::sync::{broadcast, mpsc};
 
+use crate::agents::{Agent, AgentKind};
 use crate::edge::{EdgeFeed, EdgeSettings};
 use crate::feed::{FeedSettings, Feeds};
 use crate::notify::Notifier;
@@ -65,8 +65,6 @@ pub struct ClusterSync {
 #[derive(Debug)]
 struct Inner {
     db: MySqlPool,
-    tokens: BearerTokens,
-    edge_tokens: BearerTokens,
     feeds: Arc<Feeds>,
     edge_feed: Arc<EdgeFeed>,
     notifier: Notifier,
@@ -75,25 +73,17 @@ struct Inner {
 }
 
 impl ClusterSync {
-    /// The service over a database, the accepted agent tokens, the accepted
-    /// edge tokens (none: EdgeService refuses every call) and Restate's
-    /// ingress (to wake Deploy workflows).
-    pub fn new(
-        db: MySqlPool,
-        tokens: BearerTokens,
-        edge_tokens: BearerTokens,
-        ingress_url: &str,
-        settings: Settings,
-    ) -> Self {
+    /// The service over a database (which also holds the agents'
+    /// credentials, see [`crate::agents`]) and Restate's ingress (to wake
+    /// Deploy workflows).
+    pub fn new(db: MySqlPool, ingress_url: &str, settings: Settings) -> Self {
         let (shutdown, _) = tokio::sync::watch::channel(false);
         Self {
             inner: Arc::new(Inner {
                 feeds: Feeds::new(db.clone(), settings.feed.clone()),
                 edge_feed: EdgeFeed::new(db.clone(), settings.edge.clone()),
-                edge_tokens,
                 notifier: Notifier::new(ingress_url),
                 db,
-                tokens,
                 settings,
                 shutdown,
             }),
@@ -118,10 +108,6 @@ impl ClusterSync {
         &self.inner.edge_feed
     }
 
-    pub(crate) fn edge_tokens(&self) -> &BearerTokens {
-        &self.inner.edge_tokens
-    }
-
     pub(crate) fn notifier(&self) -> &Notifier {
         &self.inner.notifier
     }
@@ -133,9 +119,15 @@ impl ClusterSync {
         }
     }
 
-    /// The cluster of a request's key; `not_found` until it sent a heartbeat.
-    async fn cluster(&self, key: Option<&pb::ClusterKey>) -> Result<Cluster, ConnectError> {
+    /// The caller's cluster: the request's key must be the credential's;
+    /// `not_found` until it sent a heartbeat.
+    async fn cluster(
+        &self,
+        agent: &Agent,
+        key: Option<&pb::ClusterKey>,
+    ) -> Result<Cluster, ConnectError> {
         let key = cluster_key(key)?;
+        agent.check_cluster(&key.platform, &key.region, &key.cell_id)?;
         ctrl_db::cluster::find_cluster(self.db(), &key.platform, &key.region, &key.cell_id)
             .await
             .map_err(|e| match e {
@@ -148,23 +140,21 @@ impl ClusterSync {
     }
 }
 
-/// Proof that the request carried an accepted agent token.
-#[derive(Debug, Clone, Copy)]
-pub struct Authorized;
+/// The krane agent that made the request (its credential authenticated):
+/// taking it as a handler argument is what protects a ClusterService RPC.
+#[derive(Debug, Clone)]
+pub struct KraneAgent(pub Agent);
 
-impl FromRequestParts<ClusterSync> for Authorized {
+impl FromRequestParts<ClusterSync> for KraneAgent {
     type Rejection = ConnectError;
 
     async fn from_request_parts(
         parts: &mut Parts,
         state: &ClusterSync,
     ) -> Result<Self, ConnectError> {
-        state
-            .inner
-            .tokens
-            .check_headers(&parts.headers)
-            .map(|()| Self)
-            .map_err(ConnectError::new_unauthenticated)
+        crate::agents::authenticate(state.db(), &parts.headers, AgentKind::Krane)
+            .await
+            .map(Self)
     }
 }
 
@@ -207,9 +197,11 @@ fn cluster_key(key: Option<&pb::ClusterKey>) -> Result<&pb::ClusterKey, ConnectE
 /// ClusterService.Heartbeat: registers or refreshes the agent's cluster.
 pub async fn heartbeat(
     sync: &ClusterSync,
+    agent: &Agent,
     req: pb::HeartbeatRequest,
 ) -> Result<pb::HeartbeatResponse, ConnectError> {
     let key = cluster_key(req.cluster.as_ref())?;
+    agent.check_cluster(&key.platform, &key.region, &key.cell_id)?;
     let backend = match req.backend() {
         pb::AgentBackend::Kubernetes => Backend::Kubernetes,
         pb::AgentBackend::Docker => Backend::Docker,
@@ -258,6 +250,7 @@ pub async fn heartbeat(
         Err(e) => return Err(db_error(e)),
     };
     tx.commit().await.map_err(|e| db_error(e.into()))?;
+    crate::agents::touch(sync.db(), agent, now_ms()).await;
     Ok(pb::HeartbeatResponse {
         cluster_id: cluster.id,
         region_id: cluster.region_id,
@@ -277,9 +270,10 @@ fn is_logs_url(url: &str) -> bool {
 /// in the caller's region; `not_found` means "remove it".
 pub async fn get_desired_deployment_state(
     sync: &ClusterSync,
+    agent: &Agent,
     req: pb::GetDesiredDeploymentStateRequest,
 ) -> Result<pb::GetDesiredDeploymentStateResponse, ConnectError> {
-    let cluster = sync.cluster(req.cluster.as_ref()).await?;
+    let cluster = sync.cluster(agent, req.cluster.as_ref()).await?;
     if req.deployment_id.is_empty() {
         return Err(ConnectError::new_invalid_argument(
             "deployment_id: is required",
@@ -304,18 +298,29 @@ pub async fn get_desired_deployment_state(
 /// ClusterService.ReportDeploymentStatus: replaces the region's instances of
 /// a deployment (or removes them), then marks a stopped deployment `stopped`
 /// once nothing runs, or wakes a waiting pipeline once enough regions run it.
+/// Only deployments placed in the caller's region can be reported running.
 pub async fn report_deployment_status(
     sync: &ClusterSync,
+    agent: &Agent,
     req: pb::ReportDeploymentStatusRequest,
 ) -> Result<pb::ReportDeploymentStatusResponse, ConnectError> {
     use pb::report_deployment_status_request::Change;
-    let cluster = sync.cluster(req.cluster.as_ref()).await?;
+    let cluster = sync.cluster(agent, req.cluster.as_ref()).await?;
     let now = now_ms();
     let deployment_id = match req.change {
         Some(Change::Update(update)) => {
             let deployment = ctrl_db::deployment::get(sync.db(), &update.deployment_id)
                 .await
                 .map_err(db_error)?;
+            if !ctrl_db::topology::is_placed(sync.db(), &deployment.id, &cluster.region_id)
+                .await
+                .map_err(db_error)?
+            {
+                return Err(ConnectError::new_permission_denied(format!(
+                    "deployment {} is not placed in region {}: its instances cannot be reported from here",
+                    deployment.id, cluster.region_name
+                )));
+            }
             let reported: Vec<ctrl_db::instance::ReportedInstance> = update
                 .instances
                 .iter()
@@ -421,10 +426,11 @@ fn instance(
 /// instance rows (stale events are ignored by the query's guard).
 pub async fn report_instance_events(
     sync: &ClusterSync,
+    agent: &Agent,
     req: pb::ReportInstanceEventsRequest,
 ) -> Result<pb::ReportInstanceEventsResponse, ConnectError> {
     use pb::instance_event::State;
-    let cluster = sync.cluster(req.cluster.as_ref()).await?;
+    let cluster = sync.cluster(agent, req.cluster.as_ref()).await?;
     for event in &req.events {
         let recorded = match &event.state {
             Some(State::Terminated(t)) if t.exit_code != 0 || t.oom_killed => {
@@ -476,10 +482,11 @@ pub(crate) fn stream<T: Send + 'static>(
 /// made while paging is sent again by Watch rather than missed.
 pub async fn sync_desired_state(
     sync: &ClusterSync,
+    agent: &Agent,
     req: pb::SyncDesiredStateRequest,
 ) -> Result<Stream<pb::SyncDesiredStateResponse>, ConnectError> {
     use pb::sync_desired_state_response::Event;
-    let cluster = sync.cluster(req.cluster.as_ref()).await?;
+    let cluster = sync.cluster(agent, req.cluster.as_ref()).await?;
     let version = ctrl_db::topology::current_version(sync.db(), &cluster.region_id)
         .await
         .map_err(db_error)?;
@@ -534,12 +541,15 @@ pub async fn sync_desired_state(
 
 /// ClusterService.Watch: catch up from the database, then follow the
 /// region's shared feed (see [`crate::feed`] for why nothing is lost), with
-/// keepalives; a lagging watcher catches up again.
+/// keepalives; a lagging watcher catches up again. The stream ends at the
+/// first keepalive after its credential is revoked.
 pub async fn watch(
     sync: &ClusterSync,
+    agent: &Agent,
     req: pb::WatchRequest,
 ) -> Result<Stream<pb::WatchResponse>, ConnectError> {
-    let cluster = sync.cluster(req.cluster.as_ref()).await?;
+    let cluster = sync.cluster(agent, req.cluster.as_ref()).await?;
+    crate::agents::touch(sync.db(), agent, now_ms()).await;
     let current = ctrl_db::topology::current_version(sync.db(), &cluster.region_id)
         .await
         .map_err(db_error)?;
@@ -570,9 +580,10 @@ pub async fn watch(
         return Ok(stream(rx));
     }
     let sync = sync.clone();
+    let agent = agent.clone();
     tokio::spawn(async move {
         let region = cluster.region_id.clone();
-        if let Err(e) = follow(&sync, &region, cursor, &tx).await {
+        if let Err(e) = follow(&sync, &agent, &region, cursor, &tx).await {
             let _ = tx.send(Err(e)).await;
         }
     });
@@ -585,10 +596,13 @@ enum Stop {
     Done,
     /// The feed lost messages for this watcher: catch up again.
     Lagged,
+    /// The caller's credential was revoked.
+    Revoked,
 }
 
 async fn follow(
     sync: &ClusterSync,
+    agent: &Agent,
     region: &str,
     mut cursor: u64,
     tx: &mpsc::Sender<Result<pb::WatchResponse, ConnectError>>,
@@ -618,9 +632,15 @@ async fn follow(
             }
         }
         // Follow the feed.
-        let stop = live(sync, &mut sub, &mut cursor, tx, &mut shutdown).await;
+        let stop = live(sync, agent, &mut sub, &mut cursor, tx, &mut shutdown).await;
         match stop {
             Stop::Done => return Ok(()),
+            Stop::Revoked => {
+                return Err(ConnectError::new_unauthenticated(format!(
+                    "agent credential {} was revoked",
+                    agent.credential_id
+                )));
+            }
             Stop::Lagged => tracing::debug!(%region, cursor, "watcher lagged; catching up"),
         }
     }
@@ -628,6 +648,7 @@ async fn follow(
 
 async fn live(
     sync: &ClusterSync,
+    agent: &Agent,
     sub: &mut crate::feed::Subscription,
     cursor: &mut u64,
     tx: &mpsc::Sender<Result<pb::WatchResponse, ConnectError>>,
@@ -651,6 +672,9 @@ async fn live(
                 Err(broadcast::error::RecvError::Closed) => return Stop::Lagged,
             },
             () = tokio::time::sleep(keepalive) => {
+                if !crate::agents::still_valid(sync.db(), agent).await {
+                    return Stop::Revoked;
+                }
                 // Nothing pending means every change up to the head was
                 // already handled (the head is raised after publishing), so
                 // the cursor may skip versions no row carries any more.
@@ -681,10 +705,10 @@ macro_rules! unary {
     ($handler:ident => $service:path, $req:ty, $resp:ty) => {
         async fn $handler(
             State(sync): State<ClusterSync>,
-            _auth: Authorized,
+            KraneAgent(agent): KraneAgent,
             ConnectRequest(req): ConnectRequest<$req>,
         ) -> Result<ConnectResponse<$resp>, ConnectError> {
-            $service(&sync, req).await.map(ConnectResponse::new)
+            $service(&sync, &agent, req).await.map(ConnectResponse::new)
         }
     };
 }

@@ -44,6 +44,8 @@ pub enum IdKind {
     Build,
     /// `net_`
     NetworkPolicy,
+    /// `agt_`
+    AgentCredential,
 }
 
 impl IdKind {
@@ -64,11 +66,12 @@ impl IdKind {
             Self::EnvironmentVariable => "evr",
             Self::Build => "bld",
             Self::NetworkPolicy => "net",
+            Self::AgentCredential => "agt",
         }
     }
 
     /// Every kind (for tests and tooling).
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Workspace,
         Self::Project,
         Self::App,
@@ -83,6 +86,7 @@ impl IdKind {
         Self::EnvironmentVariable,
         Self::Build,
         Self::NetworkPolicy,
+        Self::AgentCredential,
     ];
 }
 

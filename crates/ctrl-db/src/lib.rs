@@ -2,7 +2,7 @@
 //!
 //! The only crate with SQL. It owns the migrations in the workspace's
 //! `migrations/` directory (embedded at compile time as [`MIGRATOR`]) and
-//! every query, grouped by table family: [`tenancy`] (workspaces, projects,
+//! every query, grouped by table family: [`agent`] (agent credentials), [`tenancy`] (workspaces, projects,
 //! apps, environments), [`settings`] (build/runtime/regional settings and
 //! sealed environment variables), [`build`] (builds, build slots, build
 //! output), [`cluster`] (regions, clusters),
@@ -20,6 +20,7 @@
 //!
 //! Works with MySQL 8 and MariaDB 10.11+ (tests run on MariaDB).
 
+pub mod agent;
 pub mod build;
 pub mod certificate;
 pub mod cluster;

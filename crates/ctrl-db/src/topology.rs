@@ -278,6 +278,23 @@ pub async fn list_by_deployment(
     .await?)
 }
 
+/// Whether the deployment is placed in the region (has a topology row
+/// there, whatever its desired state): what an agent may report on.
+pub async fn is_placed(
+    ex: impl MySqlExecutor<'_>,
+    deployment_id: &str,
+    region_id: &str,
+) -> Result<bool> {
+    let found: Option<(i64,)> = sqlx::query_as(
+        "SELECT 1 FROM deployment_topology WHERE deployment_id = ? AND region_id = ?",
+    )
+    .bind(deployment_id)
+    .bind(region_id)
+    .fetch_optional(ex)
+    .await?;
+    Ok(found.is_some())
+}
+
 /// Everything an agent needs to apply one deployment in one region: the
 /// topology row joined with its deployment, workspace, environment and region.
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]

@@ -212,6 +212,16 @@ string_enum! {
     }
 }
 
+string_enum! {
+    /// Which agent a credential belongs to (and so which service it opens).
+    AgentKind {
+        /// The workload agent: ClusterService, bound to a region and a cell.
+        Krane = "krane",
+        /// The edge: EdgeService and AcmeService, bound to a region.
+        Frontline = "frontline",
+    }
+}
+
 /// The health check stored as JSON in settings and deployment snapshots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

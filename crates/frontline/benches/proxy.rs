@@ -29,7 +29,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 
-use harness::{Backend, EDGE_TOKEN, Ingress, Seed, Sync, host};
+use harness::{Backend, Ingress, Seed, Sync, edge_token, host};
 
 /// Keep-alive connections of the load unless given.
 const CONNECTIONS: usize = 32;
@@ -191,9 +191,10 @@ fn start_frontline(
         &config,
         format!(
             "[region]\nplatform = \"dev\"\nname = \"local\"\n\
-             [control]\nurl = \"{control}\"\ntoken = \"{EDGE_TOKEN}\"\n\
+             [control]\nurl = \"{control}\"\ntoken = \"{token}\"\n\
              [listen]\nhttp = \"127.0.0.1:{http}\"\nadmin = \"127.0.0.1:{admin}\"\n\
-             [log]\nformat = \"json\"\n"
+             [log]\nformat = \"json\"\n",
+            token = edge_token("local"),
         ),
     )?;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_frontline"));

@@ -67,7 +67,7 @@ pub struct ControlConfig {
     /// Base URL of AcmeService (ctrl-api); default: `url`.
     #[serde(default)]
     pub acme_url: Option<String>,
-    /// The edge token (one of the control plane's `edge_auth.tokens`).
+    /// This edge's credential (a frontline agent credential bound to its region).
     pub token: String,
     /// Bound on every call (opening a stream included).
     #[serde(default = "default_call_timeout")]

@@ -38,7 +38,7 @@ async fn main() -> Result<()> {
     for agents in [1usize, 10, 50] {
         let received: Arc<Mutex<Vec<HashMap<u64, Instant>>>> =
             Arc::new(Mutex::new(vec![HashMap::new(); agents]));
-        let control = server.control("bench-1")?;
+        let control = server.control("bench-1").await?;
         control.heartbeat(pb::AgentBackend::Docker).await?;
         let start = ctrl_db::topology::current_version(&db.pool, &seed.region).await?;
         let mut tasks = Vec::new();
@@ -114,7 +114,7 @@ async fn main() -> Result<()> {
         "snapshot: {n} deployments inserted in {:.1} s",
         fill.elapsed().as_secs_f64()
     );
-    let control = server.control("bench-1")?;
+    let control = server.control("bench-1").await?;
     for run in 1..=3 {
         let started = Instant::now();
         let mut stream = control.snapshot().await?;

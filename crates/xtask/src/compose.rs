@@ -232,17 +232,22 @@ mod tests {
                     "{name}: {file} needs {var}, which the service does not set"
                 );
             }
+            // `agents ensure` reads the agent's token from the variable it names.
+            let token_env = command
+                .iter()
+                .position(|a| a == "--token-env")
+                .map(|at| command[at + 1].as_str());
             for var in env.keys() {
                 assert!(
-                    refs.iter().any(|(r, _)| r == var),
+                    refs.iter().any(|(r, _)| r == var) || token_env == Some(var.as_str()),
                     "{name} sets {var}, which {file} never reads (a typo?)"
                 );
             }
             checked += 1;
         }
         assert_eq!(
-            checked, 5,
-            "migrate, ctrl-worker, ctrl-api, krane and frontline"
+            checked, 7,
+            "migrate, register-krane, register-frontline, ctrl-worker, ctrl-api, krane and frontline"
         );
     }
 
@@ -261,6 +266,8 @@ mod tests {
             .arg(root().join("docker-compose.yml"))
             .args(["config", "--quiet"])
             .env("CTRL_TOKEN", "0123456789abcdef0123")
+            .env("CTRL_AGENT_TOKEN", "0123456789abcdef0123456789abcdef")
+            .env("CTRL_EDGE_TOKEN", "fedcba9876543210fedcba9876543210")
             .env(
                 "CTRL_VAULT_KEY",
                 "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",

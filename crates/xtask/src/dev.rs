@@ -240,6 +240,7 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
 
     let token = secret(&dir.join("token"), 24, Encoding::Hex)?;
     let edge_token = secret(&dir.join("edge-token"), 24, Encoding::Hex)?;
+    let agent_token = secret(&dir.join("agent-token"), 24, Encoding::Hex)?;
     let vault_key = secret(&dir.join("vault.key"), 32, Encoding::Base64)?;
     eprintln!("starting ctrl-api on 127.0.0.1:{}", args.api_port);
     let api_url = format!("http://127.0.0.1:{}", args.api_port);
@@ -251,12 +252,23 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
         Secrets {
             token: &token,
             edge_token: &edge_token,
+            agent_token: &agent_token,
             vault_key: &vault_key,
         },
         &restate,
         &builds,
     )?;
     wait_for_api(&mut api, &api_url).await?;
+    register_agents(
+        &database_url,
+        Secrets {
+            token: &token,
+            edge_token: &edge_token,
+            agent_token: &agent_token,
+            vault_key: &vault_key,
+        },
+    )
+    .await?;
 
     eprintln!("starting krane (region dev/local) on podman");
     let mut krane = start_krane(
@@ -266,6 +278,7 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
         Secrets {
             token: &token,
             edge_token: &edge_token,
+            agent_token: &agent_token,
             vault_key: &vault_key,
         },
         &podman,
@@ -295,6 +308,7 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
         Secrets {
             token: &token,
             edge_token: &edge_token,
+            agent_token: &agent_token,
             vault_key: &vault_key,
         },
         edge,
@@ -516,14 +530,44 @@ pub(crate) async fn migrate(admin_url: &str, database_url: &str) -> Result<()> {
     Ok(())
 }
 
-/// The stack's API token and vault key, passed to the services that need them.
+/// The stack's API token, agent credentials and vault key, passed to the
+/// services that need them.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Secrets<'a> {
     pub(crate) token: &'a str,
-    /// frontline's token (ctrl-api accepts it for EdgeService and
-    /// AcmeService only).
+    /// frontline's credential (EdgeService and AcmeService only).
     pub(crate) edge_token: &'a str,
+    /// krane's credential (ClusterService only, as dev/local/local-1).
+    pub(crate) agent_token: &'a str,
     pub(crate) vault_key: &'a str,
+}
+
+/// Registers the agents' tokens as their credentials (krane as
+/// `dev/local/local-1`, frontline as `dev/local`), the way an operator does
+/// with `ctrl-api agents ensure`; again on every start changes nothing.
+pub(crate) async fn register_agents(database_url: &str, secrets: Secrets<'_>) -> Result<()> {
+    use ctrl_cluster_sync::agents::{AgentKind, Binding, ensure};
+    let db = ctrl_db::connect(database_url, 1).await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    for (kind, cell_id, token) in [
+        (AgentKind::Krane, "local-1", secrets.agent_token),
+        (AgentKind::Frontline, "", secrets.edge_token),
+    ] {
+        let binding = Binding {
+            kind,
+            platform: "dev",
+            region: "local",
+            cell_id,
+            name: &format!("{} of the dev stack", kind.as_str()),
+        };
+        ensure(&db, &binding, token, now)
+            .await
+            .with_context(|| format!("register {}'s credential", kind.as_str()))?;
+    }
+    db.close().await;
+    Ok(())
 }
 
 /// frontline's ports.
@@ -746,9 +790,7 @@ pub(crate) fn start_ctrl_api(
     overrides: &[(&str, String)],
 ) -> Result<Supervised> {
     let Secrets {
-        token,
-        edge_token,
-        vault_key,
+        token, vault_key, ..
     } = secrets;
     let mut cmd = std::process::Command::new(bin);
     cmd.arg("--config")
@@ -756,7 +798,6 @@ pub(crate) fn start_ctrl_api(
         .arg("serve")
         .env("CTRL_API_LISTEN", format!("127.0.0.1:{port}"))
         .env("CTRL_TOKEN", token)
-        .env("CTRL_EDGE_TOKEN", edge_token)
         .env("DATABASE_URL", database_url)
         .env("CTRL_VAULT_KEY", vault_key)
         .env("RESTATE_INGRESS_URL", restate.ingress_url())
@@ -782,12 +823,16 @@ pub(crate) fn start_krane(
     overrides: &[(&str, String)],
 ) -> Result<Supervised> {
     let Secrets {
-        token, vault_key, ..
+        token,
+        agent_token,
+        vault_key,
+        ..
     } = secrets;
     let mut cmd = std::process::Command::new(bin);
     cmd.arg("--config")
         .arg(config_file("krane.toml"))
         .env("CTRL_API_URL", api_url)
+        .env("CTRL_AGENT_TOKEN", agent_token)
         .env("CTRL_TOKEN", token)
         .env("CTRL_VAULT_KEY", vault_key)
         .env("KRANE_DOCKER_SOCKET", podman.socket())

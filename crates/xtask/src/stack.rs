@@ -74,6 +74,7 @@ pub(crate) struct Stack {
     pub(crate) ports: Ports,
     pub(crate) token: String,
     pub(crate) edge_token: String,
+    pub(crate) agent_token: String,
     pub(crate) vault_key: String,
     pub(crate) database_url: String,
     pub(crate) db: MySqlPool,
@@ -164,11 +165,13 @@ impl Stack {
             },
             token: dev::secret(&dir.join("token"), 24, dev::Encoding::Hex)?,
             edge_token: dev::secret(&dir.join("edge-token"), 24, dev::Encoding::Hex)?,
+            agent_token: dev::secret(&dir.join("agent-token"), 24, dev::Encoding::Hex)?,
             vault_key: dev::secret(&dir.join("vault.key"), 32, dev::Encoding::Base64)?,
             database_url,
             db,
             http: ctrl_testkit::http_client(),
         };
+        dev::register_agents(&stack.database_url, stack.secrets()).await?;
         for victim in [Victim::Worker, Victim::Api, Victim::Krane] {
             stack.start_one(victim).await?;
         }
@@ -205,6 +208,7 @@ impl Stack {
         dev::Secrets {
             token: &self.token,
             edge_token: &self.edge_token,
+            agent_token: &self.agent_token,
             vault_key: &self.vault_key,
         }
     }

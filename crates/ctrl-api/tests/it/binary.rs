@@ -126,3 +126,63 @@ async fn migrate_then_serve_then_drain_on_sigterm() -> Result<()> {
     assert!(!log_text.contains(token), "the token must never be logged");
     Ok(())
 }
+
+#[tokio::test]
+async fn agents_ensure_registers_a_token_once_and_refuses_a_second_binding() -> Result<()> {
+    let db = ctrl_testkit::test_database().await?;
+    let dir = tempfile::tempdir()?;
+    let path = config(
+        dir.path(),
+        &db.url,
+        ctrl_testkit::free_port()?,
+        crate::TOKEN,
+    )?;
+    let token = "0123456789abcdef0123456789abcdef-operator-made";
+    let ensure = |region: &str, token_env: Option<&str>| {
+        let mut cmd = ctrl_api(&path, crate::TOKEN);
+        cmd.args([
+            "agents",
+            "ensure",
+            "--kind",
+            "krane",
+            "--platform",
+            "aws",
+            "--region",
+            region,
+            "--cell-id",
+            "use1-a",
+            "--name",
+            "prod krane",
+        ]);
+        if let Some(value) = token_env {
+            cmd.env("CTRL_AGENT_TOKEN", value);
+        } else {
+            cmd.env_remove("CTRL_AGENT_TOKEN");
+        }
+        cmd.output()
+    };
+    let first = ensure("us-east-1", Some(token))?;
+    assert!(first.status.success(), "{first:?}");
+    let id = String::from_utf8(first.stdout)?.trim().to_owned();
+    assert!(id.starts_with("agt_"), "{id}");
+    // Again: the same credential, nothing added.
+    let again = ensure("us-east-1", Some(token))?;
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!(String::from_utf8(again.stdout)?.trim(), id);
+    assert_eq!(ctrl_db::agent::list(&db.pool, None).await?.len(), 1);
+    // The same token for another binding, a short token, no token: refused,
+    // naming what is wrong, never echoing the token.
+    for (region, value, expected) in [
+        ("eu-west-1", Some(token), "another binding"),
+        ("us-east-1", Some("short"), "at least 32 characters"),
+        ("us-east-1", None, "CTRL_AGENT_TOKEN is not set"),
+    ] {
+        let out = ensure(region, value)?;
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(!stderr.contains(token), "{stderr}");
+    }
+    assert_eq!(ctrl_db::agent::list(&db.pool, None).await?.len(), 1);
+    Ok(())
+}

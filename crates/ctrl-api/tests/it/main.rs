@@ -20,7 +20,8 @@ use ctrl_vault::{KeyConfig, Vault};
 
 /// The token tests authenticate with.
 pub(crate) const TOKEN: &str = "test-token-0123456789abcdef";
-pub(crate) const EDGE_TOKEN: &str = "edge-token-0123456789abcdef";
+/// frontline's credential for dev/local, registered by [`state`].
+pub(crate) const EDGE_TOKEN: &str = "ctrl_agent_test_edge_local_0123456789abcdef";
 
 /// State over a fresh database, a test vault key and [`TOKEN`] (plus a
 /// second, rotated-in token).
@@ -43,14 +44,20 @@ pub(crate) async fn state_with_restate(ingress: &str, admin: &str) -> anyhow::Re
         ctrl_api::restate::Ingress::new(ingress),
         ctrl_api::restate::Admin::new(admin),
     );
-    Ok(AppState::new(
-        db.pool,
-        vault,
-        &tokens,
-        &[EDGE_TOKEN.to_owned()],
-        restate,
-        None,
-    ))
+    ctrl_cluster_sync::agents::ensure(
+        &db.pool,
+        &ctrl_cluster_sync::agents::Binding {
+            kind: ctrl_cluster_sync::agents::AgentKind::Frontline,
+            platform: "dev",
+            region: "local",
+            cell_id: "",
+            name: "test edge",
+        },
+        EDGE_TOKEN,
+        0,
+    )
+    .await?;
+    Ok(AppState::new(db.pool, vault, &tokens, restate, None))
 }
 
 /// Serves the API for `state` on 127.0.0.1:<free port>; returns the base URL.

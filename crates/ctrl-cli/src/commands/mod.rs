@@ -5,6 +5,7 @@ mod deploy;
 mod deployments;
 mod domains;
 mod logs;
+mod regions;
 mod repos;
 mod tenancy;
 mod variables;
@@ -160,6 +161,7 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<ExitCode> {
         Command::Logs(args) => logs::run(ctx, args).await?,
         Command::Domains(c) => domains::run(ctx, c).await?,
         Command::Repos(c) => repos::run(ctx, c).await?,
+        Command::Regions(c) => regions::run(ctx, c).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -190,6 +190,59 @@ async fn a_newcomer_deploys_rolls_back_and_scripts_with_json() -> Result<()> {
     )?;
     let found = run_ctrl(&["projects", "list"], &[], &repo.path().join("src/deep")).await?;
     assert!(found.success() && found.stdout.contains("shop"), "{found}");
+
+    // Operators: the region and its agents' credentials (the stack issued
+    // krane's with `regions agents add`).
+    let regions = stack.ok(&["regions", "list"]).await?;
+    assert!(regions.stdout.contains("dev/local"), "{regions}");
+    let agents = stack.json(&["regions", "agents", "list"]).await?;
+    assert_eq!(agents[0]["cellId"], "local-1", "{agents}");
+    assert!(agents[0]["lastUsedAt"].as_str().is_some(), "{agents}");
+    let edge = stack
+        .ok(&[
+            "regions",
+            "agents",
+            "add",
+            "--kind",
+            "frontline",
+            "--platform",
+            "dev",
+            "--region",
+            "local",
+        ])
+        .await?;
+    assert!(edge.stdout.trim().starts_with("ctrl_agent_"), "{edge}");
+    assert!(edge.stderr.contains("shown only now"), "{edge}");
+    let edge_id = stack
+        .json(&["regions", "agents", "list", "--region", "dev/local"])
+        .await?[1]["id"]
+        .as_str()
+        .map(str::to_owned)
+        .expect("the edge's credential");
+    let listed = stack.ok(&["regions", "agents", "list"]).await?;
+    assert!(listed.stdout.contains("frontline dev/local"), "{listed}");
+    assert!(
+        !listed.stdout.contains(edge.stdout.trim()),
+        "no token in lists"
+    );
+    let revoked = stack.ok(&["regions", "agents", "revoke", &edge_id]).await?;
+    assert!(revoked.stdout.contains("revoked"), "{revoked}");
+    let active = stack.json(&["regions", "agents", "list"]).await?;
+    assert_eq!(active.as_array().map(Vec::len), Some(1), "{active}");
+    let bad = stack
+        .ctrl(&[
+            "regions",
+            "agents",
+            "add",
+            "--kind",
+            "krane",
+            "--platform",
+            "dev",
+            "--region",
+            "local",
+        ])
+        .await?;
+    assert_eq!(bad.code, Some(2), "--cell is required for krane: {bad}");
     Ok(())
 }
 

@@ -113,10 +113,41 @@ impl Stack {
         });
         let api_url = format!("http://127.0.0.1:{api_port}");
 
+        // krane's own credential, issued the way an operator does.
+        let cwd = tempfile::tempdir()?;
+        wait_until_ok(&format!("{api_url}/health/live"), Duration::from_secs(30)).await?;
+        let issued = run_ctrl(
+            &[
+                "regions",
+                "agents",
+                "add",
+                "--kind",
+                "krane",
+                "--platform",
+                "dev",
+                "--region",
+                "local",
+                "--cell",
+                "local-1",
+                "-o",
+                "json",
+            ],
+            &[("CTRL_API_URL", api_url.as_str()), ("CTRL_TOKEN", TOKEN)],
+            cwd.path(),
+        )
+        .await?;
+        if !issued.success() {
+            bail!("ctrl regions agents add failed: {issued}");
+        }
+        let agent_token = serde_json::from_str::<serde_json::Value>(&issued.stdout)?["token"]
+            .as_str()
+            .context("the issued credential's token")?
+            .to_owned();
+
         let krane: krane::config::Config = parse(
             &format!(
                 "[cluster]\nplatform = \"dev\"\nregion = \"local\"\ncell_id = \"local-1\"\n\
-                 [control]\nurl = \"{api_url}\"\ntoken = \"{TOKEN}\"\n\
+                 [control]\nurl = \"{api_url}\"\ntoken = \"{agent_token}\"\n\
                  [docker]\nsocket = \"{socket}\"\ndrain_delay_ms = 200\n\
                  [vault]\nkeys = [{{ id = \"k1\", key = \"{VAULT_KEY}\" }}]\n\
                  [agent]\nreconcile_seconds = 2\nreport_seconds = 1\nreconnect_min_ms = 100\nreconnect_max_ms = 300\n\
@@ -132,7 +163,7 @@ impl Stack {
         let stack = Self {
             api_url,
             krane_url: format!("http://127.0.0.1:{krane_health}"),
-            cwd: tempfile::tempdir()?,
+            cwd,
             _services: services,
             db,
             _podman: podman,

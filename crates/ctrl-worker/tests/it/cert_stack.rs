@@ -23,7 +23,8 @@ use ctrl_testkit::{ChallTestSrv, Moto, Pebble, PebbleOptions};
 use crate::harness::Harness;
 
 pub(crate) const VAULT_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-pub(crate) const EDGE_TOKEN: &str = "edge-token-0123456789abcdef";
+/// The edge's credential (frontline of dev/local), registered at start.
+pub(crate) const EDGE_TOKEN: &str = "ctrl_agent_test_edge_local_0123456789abcdef";
 pub(crate) const APEX: &str = "ctrl.test";
 pub(crate) const CNAME_DOMAIN: &str = "edge.ctrl-dns.test";
 
@@ -111,7 +112,6 @@ impl Stack {
             h.db.pool.clone(),
             vault,
             &["api-token-0123456789abcdef".to_owned()],
-            &[EDGE_TOKEN.to_owned()],
             (
                 ctrl_api::restate::Ingress::new(&h.restate.ingress_url()),
                 ctrl_api::restate::Admin::new(&h.restate.admin_url()),
@@ -123,10 +123,21 @@ impl Stack {
             platform_domains: vec![APEX.into()],
             apex_addresses: Vec::new(),
         });
+        ctrl_cluster_sync::agents::ensure(
+            &h.db.pool,
+            &ctrl_cluster_sync::agents::Binding {
+                kind: ctrl_cluster_sync::agents::AgentKind::Frontline,
+                platform: "dev",
+                region: "local",
+                cell_id: "",
+                name: "test edge",
+            },
+            EDGE_TOKEN,
+            0,
+        )
+        .await?;
         let sync = ctrl_cluster_sync::ClusterSync::new(
             h.db.pool.clone(),
-            ctrl_runtime::auth::BearerTokens::new(&["agent-token-0123456789abcdef".to_owned()]),
-            ctrl_runtime::auth::BearerTokens::new(&[EDGE_TOKEN.to_owned()]),
             &h.restate.ingress_url(),
             ctrl_cluster_sync::service::Settings::default(),
         );

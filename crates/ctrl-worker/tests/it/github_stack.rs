@@ -99,7 +99,6 @@ impl Stack {
             s.h.db.pool.clone(),
             vault,
             &["api-token-0123456789abcdef".to_owned()],
-            &[],
             (
                 ctrl_api::restate::Ingress::new(&s.h.restate.ingress_url()),
                 ctrl_api::restate::Admin::new(&s.h.restate.admin_url()),

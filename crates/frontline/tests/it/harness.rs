@@ -27,8 +27,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use sqlx::MySqlPool;
 use tokio::net::TcpListener;
 
-pub(crate) const EDGE_TOKEN: &str = "edge-token-0123456789abcdef";
-pub(crate) const AGENT_TOKEN: &str = "agent-token-0123456789abcdef";
+/// frontline's credential for region dev/`region` (registered by [`Sync`]).
+pub(crate) fn edge_token(region: &str) -> String {
+    format!("ctrl_agent_test_edge_{region}_0123456789abcdef")
+}
+
+/// The regions the tests run edges in.
+const EDGE_REGIONS: [&str; 2] = ["local", "other"];
 pub(crate) const VAULT_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 pub(crate) const APEX: &str = "edge.test";
 
@@ -290,13 +295,22 @@ impl Sync {
 
     async fn serve(&mut self) -> Result<()> {
         let listener = TcpListener::bind(self.addr).await?;
-        let sync = ClusterSync::new(
-            self.db.clone(),
-            ctrl_runtime::auth::BearerTokens::new(&[AGENT_TOKEN.to_owned()]),
-            ctrl_runtime::auth::BearerTokens::new(&[EDGE_TOKEN.to_owned()]),
-            &self.ingress,
-            Settings::default(),
-        );
+        for region in EDGE_REGIONS {
+            ctrl_cluster_sync::agents::ensure(
+                &self.db,
+                &ctrl_cluster_sync::agents::Binding {
+                    kind: ctrl_cluster_sync::agents::AgentKind::Frontline,
+                    platform: "dev",
+                    region,
+                    cell_id: "",
+                    name: &format!("test edge {region}"),
+                },
+                &edge_token(region),
+                0,
+            )
+            .await?;
+        }
+        let sync = ClusterSync::new(self.db.clone(), &self.ingress, Settings::default());
         let app = ctrl_cluster_sync::server::router(sync.clone(), self.db.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         self.stop = Some(tx);
@@ -363,6 +377,7 @@ impl Edge {
 
     /// [`Edge::start`] for region dev/`region`.
     pub(crate) async fn start_in(region: &str, control_url: &str, extra: &str) -> Result<Self> {
+        let token = edge_token(region);
         let toml = format!(
             r#"
             [region]
@@ -370,7 +385,7 @@ impl Edge {
             name = "{region}"
             [control]
             url = "{control_url}"
-            token = "{EDGE_TOKEN}"
+            token = "{token}"
             call_timeout_seconds = 3
             [listen]
             http = "127.0.0.1:0"

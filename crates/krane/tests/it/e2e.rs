@@ -17,7 +17,7 @@ use ctrl_testkit::{
 };
 use tonic::transport::Channel;
 
-use crate::support::{SyncServer, TOKEN, eventually};
+use crate::support::{SyncServer, TOKEN, agent_token, eventually};
 
 /// The token of krane's log endpoint (served on the Kubernetes stack).
 pub(crate) const LOGS_TOKEN: &str = "logs-token-0123456789";
@@ -136,12 +136,13 @@ impl Stack {
             &krane_config,
             format!(
                 "[cluster]\nplatform = \"dev\"\nregion = \"local\"\ncell_id = \"local-1\"\n\
-                 [control]\nurl = \"{sync}\"\ntoken = \"{TOKEN}\"\n\
+                 [control]\nurl = \"{sync}\"\ntoken = \"{agent}\"\n\
                  {backend_config}\
                  [vault]\nkeys = [{{ id = \"k1\", key = \"{VAULT_KEY}\" }}]\n\
                  [agent]\nreconcile_seconds = 2\nreport_seconds = 1\nreconnect_min_ms = 100\nreconnect_max_ms = 300\n\
                  [http]\nlisten = \"127.0.0.1:{krane_health}\"\n",
                 sync = sync.url(),
+                agent = agent_token(&db.pool, "local-1").await?,
             ),
         )?;
         let api_channel =

@@ -20,7 +20,27 @@ use krane::control::Control;
 use krane::stream::DesiredSink;
 use sqlx::MySqlPool;
 
-pub(crate) const TOKEN: &str = "agent-token-0123456789";
+/// The API's token (never an agent's).
+pub(crate) const TOKEN: &str = "api-token-0123456789abcdef";
+
+/// The test token of krane `dev/local/<cell>`, registered as its credential.
+pub(crate) async fn agent_token(db: &MySqlPool, cell: &str) -> Result<String> {
+    let token = format!("ctrl_agent_test_{cell}_0123456789abcdef0123");
+    ctrl_cluster_sync::agents::ensure(
+        db,
+        &ctrl_cluster_sync::agents::Binding {
+            kind: ctrl_cluster_sync::agents::AgentKind::Krane,
+            platform: "dev",
+            region: "local",
+            cell_id: cell,
+            name: &format!("test krane {cell}"),
+        },
+        &token,
+        0,
+    )
+    .await?;
+    Ok(token)
+}
 
 /// A workspace → app → environment, a region, and deployments in it.
 pub(crate) struct Seed {
@@ -184,13 +204,7 @@ impl SyncServer {
 
     async fn serve(&mut self) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(self.addr).await?;
-        let sync = ClusterSync::new(
-            self.db.clone(),
-            ctrl_runtime::auth::BearerTokens::new(&[TOKEN.to_owned()]),
-            ctrl_runtime::auth::BearerTokens::default(),
-            &self.ingress,
-            self.settings.clone(),
-        );
+        let sync = ClusterSync::new(self.db.clone(), &self.ingress, self.settings.clone());
         let app = ctrl_cluster_sync::server::router(sync.clone(), self.db.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         self.stop = Some(tx);
@@ -221,11 +235,18 @@ impl SyncServer {
         self.serve().await
     }
 
-    /// A client for the agent `dev/local/<cell>`.
-    pub(crate) fn control(&self, cell: &str) -> Result<Control> {
+    /// A client for the agent `dev/local/<cell>`, with its own credential
+    /// (a cell that is not a DNS label borrows `local-1`'s, so the request
+    /// can show how a bad key is answered).
+    pub(crate) async fn control(&self, cell: &str) -> Result<Control> {
+        let owner = if ctrl_core::names::is_dns_label(cell) {
+            cell
+        } else {
+            "local-1"
+        };
         Control::new(
             &self.url(),
-            TOKEN,
+            &agent_token(&self.db, owner).await?,
             pb::ClusterKey {
                 platform: "dev".into(),
                 region: "local".into(),

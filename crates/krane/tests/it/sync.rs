@@ -24,7 +24,7 @@ fn fast() -> Settings {
 }
 
 /// Runs krane's stream (heartbeat + snapshot + watch) into a recorder.
-fn follow(
+async fn follow(
     server: &SyncServer,
     cell: &str,
 ) -> Result<(
@@ -32,7 +32,7 @@ fn follow(
     tokio::sync::watch::Sender<bool>,
     tokio::task::JoinHandle<()>,
 )> {
-    let control = server.control(cell)?;
+    let control = server.control(cell).await?;
     let recorder = Arc::new(Recorder::default());
     let state = Arc::new(StreamState::default());
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -67,7 +67,7 @@ async fn registration_lookups_reports_and_resync() -> Result<()> {
     let seed = Seed::new(&db.pool).await?;
     // Readiness notifications go nowhere here (the deployment is not waiting).
     let server = SyncServer::start(&db.pool, "http://127.0.0.1:9", fast()).await?;
-    let control = server.control("local-1")?;
+    let control = server.control("local-1").await?;
 
     // Wrong token: unauthenticated, nothing registered.
     let intruder = krane::control::Control::new(
@@ -86,7 +86,7 @@ async fn registration_lookups_reports_and_resync() -> Result<()> {
     assert_eq!(err.code(), tonic::Code::NotFound);
     assert!(err.message().contains("Heartbeat"), "{}", err.message());
     // A bad key is named.
-    let bad = server.control("Cell_1")?;
+    let bad = server.control("Cell_1").await?;
     let err = bad.heartbeat(pb::AgentBackend::Docker).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(
@@ -97,7 +97,8 @@ async fn registration_lookups_reports_and_resync() -> Result<()> {
 
     // A log URL ctrl-api could not call is refused before anything is stored.
     let unreachable = server
-        .control("local-1")?
+        .control("local-1")
+        .await?
         .with_logs_url("ftp://agent:8070".into());
     let err = unreachable
         .heartbeat(pb::AgentBackend::Docker)
@@ -259,7 +260,7 @@ async fn snapshots_page_through_every_running_deployment() -> Result<()> {
             running.push(d);
         }
     }
-    let control = server.control("local-1")?;
+    let control = server.control("local-1").await?;
     control.heartbeat(pb::AgentBackend::Docker).await?;
     let mut stream = control.snapshot().await?;
     let mut seen = Vec::new();
@@ -328,7 +329,7 @@ async fn concurrent_changes_reach_agents_in_order_across_restarts() -> Result<()
     };
 
     // Agent A follows from the start; cluster-sync restarts mid-way.
-    let (a, stop_a, task_a) = follow(&server, "local-1")?;
+    let (a, stop_a, task_a) = follow(&server, "local-1").await?;
     let writers: Vec<_> = (0..5).map(|_| write(100)).collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.restart().await?;
@@ -360,7 +361,7 @@ async fn concurrent_changes_reach_agents_in_order_across_restarts() -> Result<()
     task_a.abort();
     let writers: Vec<_> = (0..5).map(|_| write(100)).collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (b, _stop_b, _task_b) = follow(&server, "local-1")?;
+    let (b, _stop_b, _task_b) = follow(&server, "local-1").await?;
     for w in writers {
         w.await??;
     }
