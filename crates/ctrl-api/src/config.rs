@@ -121,6 +121,10 @@ pub struct RestateConfig {
     pub ingress_url: String,
     /// Admin API base URL, e.g. `http://restate:9070` (cancelling invocations).
     pub admin_url: String,
+    /// Sent as `Authorization: Bearer` to the admin API (a managed Restate,
+    /// or a proxy guarding it); empty = none.
+    #[serde(default)]
+    pub api_key: ctrl_runtime::sections::Secret,
 }
 
 /// Reading logs from the agents' log endpoints.

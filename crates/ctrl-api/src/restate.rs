@@ -13,12 +13,14 @@ use crate::error::ApiError;
 /// The HTTP client for Restate: bounded connect and request times, and no
 /// proxy (Restate is reached directly).
 fn http_client() -> reqwest::Client {
+    builder().build().expect("build the Restate HTTP client")
+}
+
+fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(10))
-        .build()
-        .expect("build the Restate HTTP client")
 }
 
 /// A client for one Restate ingress.
@@ -166,6 +168,18 @@ impl Admin {
             base: base.trim_end_matches('/').to_owned(),
             http,
         }
+    }
+
+    /// The same client sending `Authorization: Bearer <key>` (Restate's
+    /// `restate.api_key`) with every call; `None` changes nothing.
+    pub fn with_api_key(self, key: Option<&str>) -> anyhow::Result<Self> {
+        if key.is_none() {
+            return Ok(self);
+        }
+        let http = builder()
+            .default_headers(ctrl_runtime::sections::bearer_headers(key)?)
+            .build()?;
+        Ok(Self { http, ..self })
     }
 
     /// Cancels an invocation; cancelling one that already finished (or is

@@ -21,7 +21,9 @@ pub async fn serve(
 ) -> Result<()> {
     let restate = (
         crate::restate::Ingress::new(&config.restate.ingress_url),
-        crate::restate::Admin::new(&config.restate.admin_url),
+        crate::restate::Admin::new(&config.restate.admin_url)
+            .with_api_key(config.restate.api_key.get())
+            .context("restate.api_key")?,
     );
     let state = AppState::new(
         db.clone(),

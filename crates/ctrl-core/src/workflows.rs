@@ -104,8 +104,20 @@ pub struct LiveSwap {
 /// The virtual object serialising a deployment's desired-state changes,
 /// keyed by deployment id.
 pub const DEPLOYMENT_SERVICE: &str = "Deployment";
-/// Its handler scheduling a change (delay 0 = now; last writer wins).
+/// Its handler scheduling a change (delay 0 = now; last writer wins):
+/// ingress-private, the worker's own handlers call it.
 pub const SCHEDULE_DESIRED_STATE_HANDLER: &str = "ScheduleDesiredStateChange";
+/// Its handler stopping the deployment now if the user's stop rules allow
+/// (StopDeployment; no input).
+pub const STOP_HANDLER: &str = "Stop";
+
+/// Input of `Deployment/{deployment_id}/Stop`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopInput {
+    /// Who asked (for the worker's log).
+    #[serde(default)]
+    pub actor: String,
+}
 
 /// Input of `Deployment/{deployment_id}/ScheduleDesiredStateChange`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

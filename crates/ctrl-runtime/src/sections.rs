@@ -245,3 +245,40 @@ impl VaultConfig {
         ctrl_vault::Vault::new(&keys)
     }
 }
+
+/// A secret config value (a key or token): its `Debug` never shows it.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "<unset>"
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+impl Secret {
+    /// The value; `None` when empty (a config naming an unset variable).
+    pub fn get(&self) -> Option<&str> {
+        Some(self.0.trim()).filter(|s| !s.is_empty())
+    }
+}
+
+/// Default headers for a client of an API behind a key (Restate's
+/// `restate.api_key`): `Authorization: Bearer <key>`, marked sensitive so
+/// it never shows in debug output; none without a key.
+pub fn bearer_headers(
+    key: Option<&str>,
+) -> Result<axum::http::HeaderMap, axum::http::header::InvalidHeaderValue> {
+    let mut headers = axum::http::HeaderMap::new();
+    if let Some(key) = key {
+        let mut value = axum::http::HeaderValue::from_str(&format!("Bearer {key}"))?;
+        value.set_sensitive(true);
+        headers.insert(axum::http::header::AUTHORIZATION, value);
+    }
+    Ok(headers)
+}

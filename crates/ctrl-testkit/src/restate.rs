@@ -4,6 +4,10 @@
 //! for speed (one partition, a 1 s retry-backoff cap so a restarted service is
 //! retried at once, small RocksDB budget, no WAL fsync for throwaway data). The dev stack uses the same type
 //! with fixed ports and a persistent data directory.
+//!
+//! Every server signs its requests to services (Restate's request identity)
+//! with an Ed25519 key kept in its directory; [`RestateServer::identity_key`]
+//! is the public half a worker is configured to require.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -87,6 +91,7 @@ impl RestateBuilder {
     pub async fn start(self) -> Result<RestateServer, Error> {
         let binary = paths::restate_server_bin()?;
         let (dir, scratch) = reaper::instance_dir(self.data_dir.as_deref(), "restate-")?;
+        let identity = identity_key(&dir)?;
         // Free ports can be taken by a parallel test between our probe and the
         // server's bind, and on a loaded machine a fresh server has been seen
         // to stall silently during its first start. Both are retried (bounded)
@@ -103,6 +108,7 @@ impl RestateBuilder {
                 dir: dir.clone(),
                 ports,
                 options: self.clone(),
+                identity: identity.clone(),
                 process: None,
                 client: http_client(),
                 _scratch: None,
@@ -135,6 +141,67 @@ impl RestateBuilder {
     }
 }
 
+/// The server's request-identity key (PKCS#8 PEM) in its directory.
+const IDENTITY_FILE: &str = "identity.pem";
+
+/// The public half of the server's request-identity key in `dir`, as
+/// `publickeyv1_<base58 of the raw Ed25519 key>`; the key is made (and kept
+/// private to its owner) when the directory has none.
+fn identity_key(dir: &Path) -> Result<String, Error> {
+    use base64::Engine as _;
+    use ring::signature::KeyPair as _;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let path = dir.join(IDENTITY_FILE);
+    let bad = |what: &str| {
+        Error::io(
+            format!("{what} {}", path.display()),
+            std::io::ErrorKind::InvalidData.into(),
+        )
+    };
+    let der = match std::fs::read_to_string(&path) {
+        Ok(pem) => {
+            let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+            engine.decode(body).map_err(|_| bad("decode"))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let rng = ring::rand::SystemRandom::new();
+            let der = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+                .map_err(|_| bad("generate"))?
+                .as_ref()
+                .to_vec();
+            let encoded = engine.encode(&der);
+            let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+            for line in encoded.as_bytes().chunks(64) {
+                pem.push_str(&String::from_utf8_lossy(line));
+                pem.push('\n');
+            }
+            pem.push_str("-----END PRIVATE KEY-----\n");
+            write_private(&path, &pem)?;
+            der
+        }
+        Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
+    };
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
+        .map_err(|_| bad("parse"))?;
+    Ok(format!(
+        "publickeyv1_{}",
+        bs58::encode(pair.public_key().as_ref()).into_string()
+    ))
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+    file.write_all(contents.as_bytes())
+        .map_err(|e| Error::io(format!("write {}", path.display()), e))
+}
+
 /// How many times [`RestateBuilder::start`] tries before giving up.
 const START_ATTEMPTS: u32 = 3;
 
@@ -160,6 +227,7 @@ pub struct RestateServer {
     dir: PathBuf,
     ports: RestatePorts,
     options: RestateBuilder,
+    identity: String,
     process: Option<Supervised>,
     client: reqwest::Client,
     // Declared last: the directory is removed after the process is killed.
@@ -202,6 +270,12 @@ impl RestateServer {
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The public key its requests to services are signed with, as a
+    /// worker's `restate.identity_keys` takes it (`publickeyv1_…`).
+    pub fn identity_key(&self) -> &str {
+        &self.identity
     }
 
     /// The server's pid, while it runs.
@@ -300,7 +374,11 @@ impl RestateServer {
             .env("RESTATE_LOG_FILTER", &o.log_filter)
             .env("RESTATE_INGRESS__BIND_PORT", self.ports.ingress.to_string())
             .env("RESTATE_ADMIN__BIND_PORT", self.ports.admin.to_string())
-            .env("RESTATE_BIND_PORT", self.ports.fabric.to_string());
+            .env("RESTATE_BIND_PORT", self.ports.fabric.to_string())
+            .env(
+                "RESTATE_WORKER__INVOKER__REQUEST_IDENTITY_PRIVATE_KEY_PEM_FILE",
+                self.dir.join(IDENTITY_FILE),
+            );
         if o.data_dir.is_none() {
             // Throwaway data: write the logs' WAL without fsync. A SIGKILL
             // (the crash tests) still loses nothing, and a busy disk cannot

@@ -385,6 +385,28 @@ pub struct RestateConfig {
     /// renewal and the platform's wildcard).
     #[serde(default = "default_ingress")]
     pub ingress_url: String,
+    /// Public keys of the Restate server's request identity
+    /// (`publickeyv1_…`, from its `request-identity-private-key-pem-file`):
+    /// when any is set, requests not signed by one of them are refused
+    /// (401), so only Restate can invoke the worker. Empty entries are
+    /// skipped (a config can name an unset variable); none = unsigned
+    /// requests are accepted, with a warning at start.
+    #[serde(default)]
+    pub identity_keys: Vec<String>,
+    /// Sent as `Authorization: Bearer` to Restate's admin API (a managed
+    /// Restate, or a proxy guarding it); empty = none.
+    #[serde(default)]
+    pub api_key: ctrl_runtime::sections::Secret,
+}
+
+impl RestateConfig {
+    /// The configured identity keys (empty entries skipped).
+    pub fn identity_keys(&self) -> impl Iterator<Item = &str> {
+        self.identity_keys
+            .iter()
+            .map(|k| k.trim())
+            .filter(|k| !k.is_empty())
+    }
 }
 
 fn default_ingress() -> String {
@@ -470,6 +492,13 @@ impl Validate for Config {
             &self.restate.admin_url,
             &["http", "https"],
         );
+        for (i, key) in self.restate.identity_keys.iter().enumerate() {
+            v.check(
+                key.trim().is_empty() || crate::identity::is_valid_key(key.trim()),
+                &format!("restate.identity_keys[{i}]"),
+                "must be a request identity public key, \"publickeyv1_\" and the base58 of 32 bytes",
+            );
+        }
         if !self.restate.register_as.is_empty() {
             v.url(
                 "restate.register_as",
@@ -737,6 +766,10 @@ mod tests {
         let env = HashMap::from([
             ("CTRL_DB_PASSWORD".to_owned(), "secret".to_owned()),
             (
+                "RESTATE_IDENTITY_KEY".to_owned(),
+                "publickeyv1_3Jmacxu8C8DuVHbJAcjdy4uA39MkGarZDvFzPQpY3Sti".to_owned(),
+            ),
+            (
                 "CTRL_REGISTRY_PASSWORD".to_owned(),
                 "registry-secret-value".to_owned(),
             ),
@@ -758,6 +791,10 @@ mod tests {
         let text = include_str!("../../../deploy/ctrl-worker.example.toml");
         let config = parse(text).expect("example parses");
         assert_eq!(config.deploy.apex_domain, "ctrl.example.com");
+        assert_eq!(config.restate.identity_keys().count(), 1);
+        let bad = text.replace("${RESTATE_IDENTITY_KEY}", "publickeyv1_short");
+        let err = parse(&bad).unwrap_err().to_string();
+        assert!(err.contains("restate.identity_keys[0]"), "{err}");
         assert_eq!(config.deploy.retire_previous_live_seconds, 1800);
         assert_eq!(config.build.backend, "docker");
         assert_eq!(config.build_platform, "linux/amd64");

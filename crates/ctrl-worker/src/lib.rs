@@ -6,7 +6,8 @@
 //! named `ctx.run` blocks through ctrl-db — and [`errors`] decides once what
 //! is terminal (with which code) and what Restate retries. [`sweep`] fails
 //! deployments left on their way with no workflow behind them. [`builds`]
-//! holds what the building phase uses (backend, registry, stores, GitHub). [`startup`]
+//! holds what the building phase uses (backend, registry, stores, GitHub).
+//! [`identity`] makes sure only the Restate server invokes it. [`startup`]
 //! is the process: config → logging → database → endpoint →
 //! self-registration (with retry and `force`) → health endpoint and sweep →
 //! graceful shutdown.
@@ -14,6 +15,7 @@
 pub mod builds;
 pub mod config;
 pub mod errors;
+pub mod identity;
 pub mod serve;
 pub mod services;
 pub mod startup;

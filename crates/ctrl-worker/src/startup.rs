@@ -42,7 +42,7 @@ pub fn endpoint(
     config: &Config,
     certs: &Certificates,
     builds: Arc<Builds>,
-) -> Endpoint {
+) -> Result<Endpoint> {
     let options = || {
         ServiceOptions::new()
             .retry_policy_initial_interval(Duration::from_millis(100))
@@ -56,7 +56,13 @@ pub fn endpoint(
         builds.github.clone(),
         &config.github.dashboard_url,
     );
-    Endpoint::builder()
+    let mut builder = Endpoint::builder();
+    for key in config.restate.identity_keys() {
+        builder = builder
+            .identity_key(key)
+            .map_err(|e| anyhow::anyhow!("restate.identity_keys: {e}"))?;
+    }
+    let endpoint = builder
         .bind(
             DeploymentObject::new(db.clone())
                 .into_service_definition()
@@ -116,7 +122,8 @@ pub fn endpoint(
                 .into_service_definition()
                 .options(options()),
         )
-        .build()
+        .build();
+    Ok(endpoint)
 }
 
 /// What the certificate and custom-domain objects share.
@@ -281,8 +288,16 @@ pub async fn bootstrap_certificates(config: &Config, db: &MySqlPool) -> Result<(
 
 /// Registers `uri` with Restate's admin API (with `force`), retrying with
 /// backoff for `attempts` attempts.
-pub async fn register(admin_url: &str, uri: &str, attempts: u32) -> Result<()> {
+pub async fn register(
+    admin_url: &str,
+    api_key: Option<&str>,
+    uri: &str,
+    attempts: u32,
+) -> Result<()> {
     let http = reqwest::Client::builder()
+        .default_headers(
+            ctrl_runtime::sections::bearer_headers(api_key).context("restate.api_key")?,
+        )
         .no_proxy()
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(15))
@@ -357,7 +372,14 @@ pub async fn run(
         let (builds, config) = (builds.clone(), config.clone());
         async move { builds.create_bucket(&config).await }
     });
-    let services = endpoint(&db, config, &certs, builds);
+    crate::identity::install();
+    if config.restate.identity_keys().next().is_none() {
+        tracing::warn!(
+            "restate.identity_keys is empty: the worker accepts requests that Restate did not sign; \
+             keep its port private or configure the server's request identity key"
+        );
+    }
+    let services = endpoint(&db, config, &certs, builds)?;
     let mut endpoint_stop = stop_rx.clone();
     let serving = tokio::spawn(crate::serve::serve(
         services,
@@ -391,6 +413,7 @@ pub async fn run(
         let sweep = crate::sweep::Sweep::new(
             db_for_sweep.clone(),
             &config.restate.admin_url,
+            config.restate.api_key.get(),
             Duration::from_secs(config.deploy.sweep_grace_seconds),
         );
         let interval = Duration::from_secs(config.deploy.sweep_interval_seconds);
@@ -412,6 +435,7 @@ pub async fn run(
     if !config.restate.register_as.is_empty() {
         register(
             &config.restate.admin_url,
+            config.restate.api_key.get(),
             &config.restate.register_as,
             config.restate.register_attempts,
         )

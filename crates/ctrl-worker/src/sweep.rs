@@ -32,9 +32,18 @@ pub struct Sweep {
 }
 
 impl Sweep {
-    /// A sweep over `db`, asking Restate's admin API at `admin_url`.
-    pub fn new(db: MySqlPool, admin_url: &str, grace: Duration) -> Result<Self> {
+    /// A sweep over `db`, asking Restate's admin API at `admin_url` (with
+    /// `api_key`, if any).
+    pub fn new(
+        db: MySqlPool,
+        admin_url: &str,
+        api_key: Option<&str>,
+        grace: Duration,
+    ) -> Result<Self> {
         let http = reqwest::Client::builder()
+            .default_headers(
+                ctrl_runtime::sections::bearer_headers(api_key).context("restate.api_key")?,
+            )
             .no_proxy()
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(10))

@@ -745,6 +745,7 @@ pub(crate) fn start_ctrl_worker(
         )
         .env("RESTATE_ADMIN_URL", restate.admin_url())
         .env("RESTATE_INGRESS_URL", restate.ingress_url())
+        .env("RESTATE_IDENTITY_KEY", restate.identity_key())
         .env("DATABASE_URL", database_url)
         .envs(overrides.iter().map(|(k, v)| (*k, v)));
     Ok(Supervised::spawn(

@@ -889,24 +889,16 @@ pub async fn promote(
     })
 }
 
-/// Schedules an immediate desired-state change on the worker's Deployment object.
-async fn change_desired_state(s: &AppState, id: &str, state: DesiredState) -> Result<(), ApiError> {
-    use ctrl_core::workflows::{
-        DEPLOYMENT_SERVICE, SCHEDULE_DESIRED_STATE_HANDLER, ScheduleDesiredStateChange,
-    };
-    let input = ScheduleDesiredStateChange {
-        delay_millis: 0,
-        state: state.as_str().into(),
-        overwrite: true,
+/// Stops the deployment through the worker's Deployment object (which
+/// checks the stop rules again).
+async fn stop_now(s: &AppState, id: &str, actor: &str) -> Result<(), ApiError> {
+    use ctrl_core::workflows::{DEPLOYMENT_SERVICE, STOP_HANDLER, StopInput};
+    let input = StopInput {
+        actor: truncate(actor, 256),
     };
     let _: serde_json::Value = s
         .ingress()
-        .call(
-            DEPLOYMENT_SERVICE,
-            id,
-            SCHEDULE_DESIRED_STATE_HANDLER,
-            &input,
-        )
+        .call(DEPLOYMENT_SERVICE, id, STOP_HANDLER, &input)
         .await?;
     Ok(())
 }
@@ -919,7 +911,8 @@ pub async fn stop_deployment(
     let d = gate_view(s, "deployment_id", &req.deployment_id).await?;
     let app = tenancy::get_app(s.db(), &d.row.app_id).await?;
     ctrl_core::gate::check_stop(&d.facts(), &app.gate_facts())?;
-    change_desired_state(s, &d.row.id, DesiredState::Stopped).await?;
+    let actor = req.actor.map(|a| a.name).unwrap_or_default();
+    stop_now(s, &d.row.id, &actor).await?;
     Ok(pb::StopDeploymentResponse {})
 }
 

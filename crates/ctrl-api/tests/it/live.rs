@@ -9,9 +9,7 @@ use ctrl_api::error::ApiError;
 use ctrl_api::services::deployment as svc;
 use ctrl_api::state::AppState;
 use ctrl_core::status::{DeploymentStatus as S, DesiredState};
-use ctrl_core::workflows::{
-    LiveSwap, PromoteInput, RollbackInput, ScheduleDesiredStateChange, WakeInput,
-};
+use ctrl_core::workflows::{LiveSwap, PromoteInput, RollbackInput, StopInput, WakeInput};
 use ctrl_db::deployment;
 use ctrl_proto::ctrl::v1 as pb;
 use ctrl_testkit::RestateServer;
@@ -90,19 +88,16 @@ struct DeploymentStandIn {
 
 #[restate_sdk::object(name = "Deployment")]
 impl DeploymentStandIn {
-    #[handler(name = "ScheduleDesiredStateChange")]
-    async fn schedule(
+    #[handler(name = "Stop")]
+    async fn stop(
         &self,
         ctx: ObjectContext<'_>,
-        Json(input): Json<ScheduleDesiredStateChange>,
+        Json(input): Json<StopInput>,
     ) -> HandlerResult<()> {
-        self.calls.lock().expect("lock").push(format!(
-            "{}@{} delay={} overwrite={}",
-            input.state,
-            ctx.key(),
-            input.delay_millis,
-            input.overwrite
-        ));
+        self.calls
+            .lock()
+            .expect("lock")
+            .push(format!("stop@{} by {}", ctx.key(), input.actor));
         Ok(())
     }
 }
@@ -302,7 +297,10 @@ async fn allowed_changes_call_the_worker_on_the_right_keys_and_return_its_answer
         &s,
         pb::StopDeploymentRequest {
             deployment_id: preview.clone(),
-            actor: None,
+            actor: Some(pb::ActorInfo {
+                name: "ana".into(),
+                ..Default::default()
+            }),
         },
     )
     .await?;
@@ -330,7 +328,7 @@ async fn allowed_changes_call_the_worker_on_the_right_keys_and_return_its_answer
         [
             format!("rollback@{live} -> {old}"),
             format!("promote@{old}"),
-            format!("stopped@{preview} delay=0 overwrite=true"),
+            format!("stop@{preview} by ana"),
             waked,
         ]
     );

@@ -72,7 +72,7 @@ impl Stack {
 
         let worker: ctrl_worker::config::Config = parse(
             &format!(
-                "[restate]\nlisten = \"127.0.0.1:{worker_port}\"\nadmin_url = \"{admin}\"\nregister_as = \"http://127.0.0.1:{worker_port}\"\n\
+                "[restate]\nlisten = \"127.0.0.1:{worker_port}\"\nadmin_url = \"{admin}\"\nregister_as = \"http://127.0.0.1:{worker_port}\"\nidentity_keys = [\"{identity}\"]\n\
                  [database]\nurl = \"{url}\"\n[health]\nlisten = \"127.0.0.1:{worker_health}\"\n\
                  [deploy]\nreadiness_timeout_seconds = {READINESS_TIMEOUT_SECONDS}\n\
                  [custom_domains]\nnameservers = [\"{dns_addr}\"]\ncheck_interval_seconds = 1\n\
@@ -80,6 +80,7 @@ impl Stack {
                  [registry]\nurl = \"{registry}\"\n\
                  {build_contexts}create_bucket = true\n",
                 admin = restate.admin_url(),
+                identity = restate.identity_key(),
                 url = db.url,
                 dns_addr = dns.dns_addr(),
                 socket = podman.socket().display(),

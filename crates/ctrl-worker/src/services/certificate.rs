@@ -760,7 +760,7 @@ impl RenewalObject {
     }
 
     /// Renews what is due (spread out), then schedules itself again.
-    #[handler(name = "Run")]
+    #[handler(name = "Run", ingress_private)]
     async fn run(&self, ctx: ObjectContext<'_>) -> HandlerResult<()> {
         let Some(issuer) = self.issuer.clone() else {
             return Ok(());

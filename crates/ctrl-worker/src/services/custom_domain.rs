@@ -155,7 +155,7 @@ impl CustomDomainObject {
     }
 
     /// One check; schedules the next while not verified.
-    #[handler(name = "Verify")]
+    #[handler(name = "Verify", ingress_private)]
     async fn verify(
         &self,
         ctx: ObjectContext<'_>,
@@ -215,7 +215,7 @@ impl CustomDomainObject {
     /// Checks a verified domain's records again (they may have been removed
     /// or changed since): it stays routed, and what was found shows on the
     /// domain; then schedules the next re-check.
-    #[handler(name = "Recheck")]
+    #[handler(name = "Recheck", ingress_private)]
     async fn recheck(
         &self,
         ctx: ObjectContext<'_>,

@@ -32,6 +32,8 @@ pub(crate) struct Harness {
     pub(crate) production: String,
     pub(crate) preview: String,
     pub(crate) region: String,
+    /// Where the worker serves the Restate protocol.
+    pub(crate) worker_url: String,
     dir: tempfile::TempDir,
 }
 
@@ -56,14 +58,26 @@ impl Harness {
         std::fs::write(
             &config,
             format!(
-                "{sections}\n[restate]\nlisten = \"127.0.0.1:{port}\"\nadmin_url = \"{admin}\"\nregister_as = \"http://127.0.0.1:{port}\"\ningress_url = \"{ingress}\"\n\
+                "{sections}\n[restate]\nlisten = \"127.0.0.1:{port}\"\nadmin_url = \"{admin}\"\nregister_as = \"http://127.0.0.1:{port}\"\ningress_url = \"{ingress}\"\nidentity_keys = [\"{identity}\"]\n\
                  [database]\nurl = \"{url}\"\n[health]\nlisten = \"127.0.0.1:{health_port}\"\n[deploy]\n{deploy}\n",
                 admin = restate.admin_url(),
                 ingress = restate.ingress_url(),
+                identity = restate.identity_key(),
                 url = db.url,
             ),
         )?;
         let worker = spawn_worker(dir.path(), health_port).await?;
+        restate
+            .serve_and_register(
+                restate_sdk::prelude::Endpoint::builder()
+                    .bind(
+                        restate_sdk::service::IntoServiceDefinition::into_service_definition(
+                            internal::Forwarder,
+                        ),
+                    )
+                    .build(),
+            )
+            .await?;
 
         let p = &db.pool;
         let (workspace, project, app) = (
@@ -147,6 +161,7 @@ impl Harness {
             production,
             preview,
             region,
+            worker_url: format!("http://127.0.0.1:{port}"),
             dir,
         })
     }
@@ -413,6 +428,28 @@ impl Harness {
         Ok(())
     }
 
+    /// Calls an ingress-private handler (`Service/key/Handler`) without
+    /// waiting, the way the worker's own handlers do: through a one-line
+    /// test service that forwards it (the ingress refuses the handler).
+    pub(crate) async fn send_private(
+        &self,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<()> {
+        let mut parts = path.splitn(3, '/');
+        let (Some(service), Some(key), Some(handler)) = (parts.next(), parts.next(), parts.next())
+        else {
+            bail!("{path}: expected Service/key/Handler");
+        };
+        self.send(
+            "Internal/Forward",
+            Some(serde_json::json!({
+                "service": service, "key": key, "handler": handler, "body": body,
+            })),
+        )
+        .await
+    }
+
     /// Rows of Restate's `sys_invocation` for a handler of a key.
     pub(crate) async fn invocations(
         &self,
@@ -499,5 +536,35 @@ where
             bail!("condition not met within {limit:?}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A test service that calls another service's handler from inside
+/// Restate, where ingress-private handlers are reachable.
+mod internal {
+    use restate_sdk::context::RequestTarget;
+    use restate_sdk::prelude::*;
+
+    #[derive(serde::Deserialize)]
+    pub(crate) struct Forward {
+        service: String,
+        key: String,
+        handler: String,
+        body: Option<serde_json::Value>,
+    }
+
+    pub(crate) struct Forwarder;
+
+    #[restate_sdk::service(name = "Internal")]
+    impl Forwarder {
+        #[handler(name = "Forward")]
+        async fn forward(&self, ctx: Context<'_>, Json(req): Json<Forward>) -> HandlerResult<()> {
+            let target = RequestTarget::object(req.service, req.key, req.handler);
+            match req.body {
+                Some(body) => ctx.request::<_, ()>(target, Json(body)).send(),
+                None => ctx.request::<_, ()>(target, ()).send(),
+            };
+            Ok(())
+        }
     }
 }

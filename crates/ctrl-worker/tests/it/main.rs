@@ -11,5 +11,6 @@ mod github_stack;
 mod harness;
 mod live;
 mod pipeline;
+mod security;
 mod truth;
 mod webhooks;

@@ -153,8 +153,8 @@ async fn an_older_preview_ready_late_never_takes_its_branch_from_a_newer_one() -
 /// Stops `d` the way StopDeployment does and waits until it is stopped.
 async fn stop(h: &Harness, d: &str) -> Result<()> {
     h.send(
-        &format!("Deployment/{d}/ScheduleDesiredStateChange"),
-        Some(json!({ "delay_millis": 0, "state": "stopped", "overwrite": true })),
+        &format!("Deployment/{d}/Stop"),
+        Some(json!({ "actor": "test" })),
     )
     .await?;
     h.wait_topology(d, DesiredState::Stopped).await?;
@@ -301,7 +301,7 @@ async fn a_retirement_racing_a_rollback_never_leaves_the_live_deployment_stopped
     .await?;
     routing_blocked(&h, &h.production, "SwapLiveDeployment").await?;
     // Meanwhile the retirement of `first` fires.
-    h.send(
+    h.send_private(
         &format!("Deployment/{first}/ScheduleDesiredStateChange"),
         Some(json!({ "delay_millis": 0, "state": "stopped", "overwrite": true })),
     )

@@ -95,10 +95,11 @@ impl Stack {
         // ctrl-worker, registered with Restate.
         let worker: ctrl_worker::config::Config = parse(
             &format!(
-                "[restate]\nlisten = \"127.0.0.1:{worker_port}\"\nadmin_url = \"{admin}\"\nregister_as = \"http://127.0.0.1:{worker_port}\"\n\
+                "[restate]\nlisten = \"127.0.0.1:{worker_port}\"\nadmin_url = \"{admin}\"\nregister_as = \"http://127.0.0.1:{worker_port}\"\nidentity_keys = [\"{identity}\"]\n\
                  [database]\nurl = \"{url}\"\n[health]\nlisten = \"127.0.0.1:{worker_health}\"\n\
                  [deploy]\nreadiness_timeout_seconds = 120\n",
                 admin = restate.admin_url(),
+                identity = restate.identity_key(),
                 url = db.url,
             ),
             ctrl_worker::config::ENV_PREFIX,

@@ -108,6 +108,32 @@ pub(super) async fn run(
     Ok(())
 }
 
+/// Whether the environment, its app, project or workspace is marked for
+/// deletion (what a deletion cascade does first).
+async fn parent_deleting(
+    tx: &mut sqlx::MySqlConnection,
+    env: &tenancy::Environment,
+    app: &tenancy::App,
+) -> Result<bool, HandlerError> {
+    if env.deleting_at.is_some() || app.deleting_at.is_some() {
+        return Ok(true);
+    }
+    // A parent already gone was deleted, too.
+    let project = match tenancy::get_project(&mut *tx, &app.project_id).await {
+        Ok(p) => p.deleting_at.is_some(),
+        Err(ctrl_db::Error::NotFound(_)) => true,
+        Err(e) => return Err(db_error(e)),
+    };
+    if project {
+        return Ok(true);
+    }
+    match tenancy::get_workspace(&mut *tx, &app.workspace_id).await {
+        Ok(w) => Ok(w.deleting_at.is_some()),
+        Err(ctrl_db::Error::NotFound(_)) => Ok(true),
+        Err(e) => Err(db_error(e)),
+    }
+}
+
 /// The rule check and the stop, in one transaction under the app's lock.
 async fn stop(db: &MySqlPool, id: &str, cascade: bool) -> Result<Stopped, HandlerError> {
     let now = now_ms();
@@ -120,10 +146,13 @@ async fn stop(db: &MySqlPool, id: &str, cascade: bool) -> Result<Stopped, Handle
     let app = tenancy::lock_app(&mut tx, &d.app_id)
         .await
         .map_err(db_error)?;
+    let env = tenancy::get_environment(&mut *tx, &d.environment_id)
+        .await
+        .map_err(db_error)?;
+    // A cascade skips the rules only while one of the deployment's parents
+    // is really being deleted (the handler is reachable from the ingress).
+    let cascade = cascade && parent_deleting(&mut tx, &env, &app).await?;
     if !cascade {
-        let env = tenancy::get_environment(&mut *tx, &d.environment_id)
-            .await
-            .map_err(db_error)?;
         let facts = d.gate_facts(env.kind == EnvironmentKind::Production);
         let app_facts = app.gate_facts();
         if let Err(e) = gate::check_delete(&facts, &app_facts) {

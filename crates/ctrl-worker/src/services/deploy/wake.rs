@@ -4,9 +4,11 @@
 //! back to `ready`. If the instances cannot start, the deployment is
 //! stopped again with the reason as its error (it stays wakeable).
 
+use ctrl_core::gate;
 use ctrl_core::status::{DeploymentStatus, DesiredState, StepKind};
 use ctrl_core::workflows::WakeInput;
-use ctrl_db::{deployment, topology};
+use ctrl_db::types::EnvironmentKind;
+use ctrl_db::{deployment, tenancy, topology};
 use restate_sdk::prelude::*;
 use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
@@ -126,6 +128,16 @@ async fn begin_wake(db: &MySqlPool, id: &str) -> Result<Started, HandlerError> {
     let now = now_ms();
     let mut tx = begin(db).await?;
     let d = deployment::get(&mut *tx, id).await.map_err(db_error)?;
+    // The user's wake rules again (the handler is reachable from Restate's
+    // ingress): a production deployment is woken by promote or rollback.
+    if d.desired_state == DesiredState::Stopped {
+        let env = tenancy::get_environment(&mut *tx, &d.environment_id)
+            .await
+            .map_err(db_error)?;
+        if let Err(e) = gate::check_wake(&d.gate_facts(env.kind == EnvironmentKind::Production)) {
+            return Ok(Started::Refused(e.message()));
+        }
+    }
     if !deployment::begin_wake(&mut tx, id, now)
         .await
         .map_err(db_error)?
