@@ -269,11 +269,14 @@ async fn state() -> Result<AppState> {
         ctrl_api::restate::Ingress::new(&nowhere),
         ctrl_api::restate::Admin::new(&nowhere),
     );
-    Ok(AppState::new(
-        db.pool,
-        vault,
-        &[TOKEN.to_owned()],
-        restate,
-        None,
-    ))
+    // Thousands of calls from one token: above the default rate limit.
+    Ok(
+        AppState::new(db.pool, vault, &[TOKEN.to_owned()], restate, None).with_limits(
+            &ctrl_api::limits::LimitsConfig {
+                requests_per_second: 1_000_000,
+                burst: 1_000_000,
+                ..ctrl_api::limits::LimitsConfig::default()
+            },
+        ),
+    )
 }

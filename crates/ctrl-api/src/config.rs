@@ -33,6 +33,9 @@ pub struct Config {
     /// StreamDeploymentLogs answers failed_precondition).
     #[serde(default)]
     pub agent_logs: Option<AgentLogsConfig>,
+    /// Request rates and open streams per token.
+    #[serde(default)]
+    pub limits: crate::limits::LimitsConfig,
     /// Users' own domains (absent: AddCustomDomain is refused).
     #[serde(default)]
     pub custom_domains: CustomDomainsConfig,
@@ -98,8 +101,11 @@ pub struct CustomDomainsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Address to listen on (Connect, gRPC and health on one port).
+    /// Address to listen on (Connect, gRPC, the webhook and liveness).
     pub listen: SocketAddr,
+    /// The operations listener: `/health/live`, `/health/ready` and
+    /// `/metrics`. Keep it off public networks (port 0: any free port).
+    pub ops_listen: SocketAddr,
     /// Seconds to let in-flight requests finish after SIGTERM.
     pub shutdown_grace_seconds: u64,
 }
@@ -108,6 +114,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7091)),
+            ops_listen: SocketAddr::from(([127, 0, 0, 1], 7094)),
             shutdown_grace_seconds: 10,
         }
     }
@@ -147,6 +154,7 @@ impl Validate for Config {
     fn validate(&self, v: &mut Validator) {
         self.auth.validate(v);
         self.database.validate(v);
+        self.limits.validate(v);
         if let Some(sync) = &self.cluster_sync {
             sync.validate("cluster_sync", v);
         }

@@ -5,11 +5,14 @@
 //! [`state::AppState`] — validation with ctrl-core, persistence with ctrl-db —
 //! returning [`error::ApiError`], which maps to Connect/gRPC codes in one place.
 //! [`agent_logs`] reads instance output from the regions' agents;
-//! [`webhook`] takes the GitHub App's deliveries (a plain HTTP route).
+//! [`webhook`] takes the GitHub App's deliveries (a plain HTTP route);
+//! [`watch`] shares one change feed among a deployment's watchers, and
+//! [`limits`] keeps one caller from starving the others.
 
 pub mod agent_logs;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod observe;
 pub mod paging;
 pub mod restate;
@@ -18,4 +21,5 @@ pub mod server;
 pub mod services;
 pub mod state;
 pub mod validate;
+pub mod watch;
 pub mod webhook;

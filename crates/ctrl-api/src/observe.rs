@@ -6,8 +6,11 @@
 //! the RPC path, protocol, code and duration — never headers or bodies,
 //! which may hold tokens or secret values.
 //!
-//! Metrics (Prometheus text at `/metrics`): `ctrl_api_requests_total` and
-//! `ctrl_api_request_duration_seconds`, labelled by RPC, protocol and code.
+//! Metrics (Prometheus text at `/metrics`, on the operations listener):
+//! `ctrl_api_requests_total` and `ctrl_api_request_duration_seconds`,
+//! labelled by RPC, protocol and code, and `ctrl_api_readiness_checks_total`
+//! (readiness checks actually run: at most one per second however often
+//! `/health/ready` is asked).
 //! For gRPC the code is read from a trailers-only error response's
 //! `grpc-status` header; errors sent in trailers after a body (streams)
 //! count as `ok` here.
@@ -43,6 +46,7 @@ pub struct Metrics {
     registry: Arc<Mutex<Registry>>,
     requests: Family<RequestLabels, Counter>,
     durations: Family<RequestLabels, Histogram>,
+    readiness_checks: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -68,15 +72,27 @@ impl Default for Metrics {
             "Time to the response headers, by RPC, protocol and code",
             durations.clone(),
         );
+        let readiness_checks = Counter::default();
+        registry.register(
+            "ctrl_api_readiness_checks",
+            "Readiness checks run (database and Restate pinged)",
+            readiness_checks.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             requests,
             durations,
+            readiness_checks,
         }
     }
 }
 
 impl Metrics {
+    /// Counts a readiness check that ran.
+    pub fn readiness_checked(&self) {
+        self.readiness_checks.inc();
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -2,6 +2,10 @@
 //! binary) and gRPC by one handler, behind bearer authentication, plus the
 //! health endpoints, all on one axum router.
 
+// Handlers and their checks answer with connectrpc-axum's wire error; it is
+// large, and boxing it on every path would only move the allocation.
+#![allow(clippy::result_large_err)]
+
 use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -19,11 +23,22 @@ use crate::state::AppState;
 /// Largest accepted request body.
 pub const MAX_REQUEST_BYTES: usize = 4 << 20;
 
-/// Proof that the request carried an accepted bearer token. Taking it as a
-/// handler argument is what protects an RPC; a rejection is answered as
-/// `unauthenticated` in the caller's protocol (Connect or gRPC).
+/// Proof that the request carried an accepted bearer token, within its
+/// token's rate. Taking it as a handler argument is what protects an RPC; a
+/// rejection is answered as `unauthenticated` (or `resource_exhausted`) in
+/// the caller's protocol (Connect or gRPC).
 #[derive(Debug, Clone, Copy)]
-pub struct Authorized;
+pub struct Authorized {
+    /// Which configured token (limits are kept per token).
+    token: usize,
+}
+
+impl Authorized {
+    /// Opens a stream for this token, within its cap of open streams.
+    fn open_stream(self, state: &AppState) -> Result<crate::limits::StreamPermit, ConnectError> {
+        state.limits().open_stream(self.token)
+    }
+}
 
 impl FromRequestParts<AppState> for Authorized {
     type Rejection = ConnectError;
@@ -32,27 +47,31 @@ impl FromRequestParts<AppState> for Authorized {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        state
-            .tokens()
-            .check_headers(&parts.headers)
-            .map(|()| Self)
-            .map_err(|e| {
-                let agent = parts
-                    .headers
-                    .get(axum::http::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| {
-                        v.trim_start_matches("Bearer ")
-                            .starts_with(ctrl_cluster_sync::agents::TOKEN_PREFIX)
-                    });
-                if agent {
-                    ConnectError::new_unauthenticated(
-                        "an agent credential opens only the agents' services, not the API",
-                    )
-                } else {
-                    ConnectError::new_unauthenticated(e)
-                }
-            })
+        let authenticated = state.tokens().authenticate(&parts.headers);
+        if let Ok(token) = authenticated {
+            state.limits().request(token)?;
+            return Ok(Self { token });
+        }
+        // Requests without a valid token share one rate; beyond it they
+        // are refused before anything else.
+        state.limits().unauthenticated()?;
+        authenticated.map(|token| Self { token }).map_err(|e| {
+            let agent = parts
+                .headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| {
+                    v.trim_start_matches("Bearer ")
+                        .starts_with(ctrl_cluster_sync::agents::TOKEN_PREFIX)
+                });
+            if agent {
+                ConnectError::new_unauthenticated(
+                    "an agent credential opens only the agents' services, not the API",
+                )
+            } else {
+                ConnectError::new_unauthenticated(e)
+            }
+        })
     }
 }
 
@@ -78,8 +97,22 @@ impl FromRequestParts<AppState> for EdgeAuthorized {
     }
 }
 
-/// The one mapping from [`ApiError`] to the wire.
+/// The one mapping from [`ApiError`] to the wire. Messages are clipped to
+/// 1 KiB: gRPC carries them in a header, and a message quoting a huge
+/// input would make the response itself fail.
 pub fn to_connect(e: ApiError) -> ConnectError {
+    let e = match e {
+        ApiError::InvalidArgument { field, message } => ApiError::InvalidArgument {
+            field: ctrl_core::names::clip(&field, 128).to_owned(),
+            message: clipped(message),
+        },
+        ApiError::NotFound(m) => ApiError::NotFound(clipped(m)),
+        ApiError::AlreadyExists(m) => ApiError::AlreadyExists(clipped(m)),
+        ApiError::FailedPrecondition(m) => ApiError::FailedPrecondition(clipped(m)),
+        ApiError::Unavailable(m) => ApiError::Unavailable(clipped(m)),
+        ApiError::Internal(m) => ApiError::Internal(clipped(m)),
+        ApiError::Unauthenticated => ApiError::Unauthenticated,
+    };
     match e {
         ApiError::InvalidArgument { field, message } => {
             ConnectError::new_invalid_argument(format!("{field}: {message}"))
@@ -93,6 +126,16 @@ pub fn to_connect(e: ApiError) -> ConnectError {
         ApiError::Unavailable(m) => ConnectError::new_unavailable(m),
         ApiError::Internal(m) => ConnectError::new(Code::Internal, m),
     }
+}
+
+fn clipped(mut message: String) -> String {
+    const MAX: usize = 1024;
+    if message.len() > MAX {
+        let keep = ctrl_core::names::clip(&message, MAX).len();
+        message.truncate(keep);
+        message.push('…');
+    }
+    message
 }
 
 /// Defines an authenticated handler that calls a service function.
@@ -169,71 +212,75 @@ unary!(create_agent_credential => agents::create_agent_credential, pb::CreateAge
 unary!(list_agent_credentials => agents::list_agent_credentials, pb::ListAgentCredentialsRequest, pb::ListAgentCredentialsResponse);
 unary!(revoke_agent_credential => agents::revoke_agent_credential, pb::RevokeAgentCredentialRequest, pb::RevokeAgentCredentialResponse);
 
-/// How often a watch re-reads its deployment.
-const WATCH_POLL: std::time::Duration = std::time::Duration::from_millis(250);
-
 /// DeploymentService.WatchDeployment: the current state, then every change,
-/// until a terminal status, the client leaving, or server shutdown.
+/// until a terminal status, the client leaving, or server shutdown. Every
+/// watcher of a deployment follows one shared feed (`crate::watch`).
 async fn watch_deployment(
     State(state): State<AppState>,
-    _auth: Authorized,
+    auth: Authorized,
     ConnectRequest(req): ConnectRequest<pb::WatchDeploymentRequest>,
 ) -> Result<ConnectResponse<StreamBody<BoxedStream<pb::WatchDeploymentResponse>>>, ConnectError> {
+    use crate::watch::Update;
     crate::validate::id(
         "deployment_id",
         ctrl_core::id::IdKind::Deployment,
         &req.deployment_id,
     )
     .map_err(to_connect)?;
+    let permit = auth.open_stream(&state)?;
     let first = deployment::load_full(&state, &req.deployment_id)
         .await
         .map_err(to_connect)?;
-    let (tx, mut rx) =
-        tokio::sync::mpsc::channel::<Result<pb::WatchDeploymentResponse, ConnectError>>(8);
-    tokio::spawn(async move {
-        let shutdown = state.shutdown_signal();
+    let message = |d: &pb::Deployment| {
+        Ok(pb::WatchDeploymentResponse {
+            deployment: Some(d.clone()),
+        })
+    };
+    if crate::watch::is_terminal(&first) {
+        let once = futures::stream::iter([message(&first)]);
+        return Ok(ConnectResponse::new(StreamBody::new(
+            Box::pin(once) as BoxedStream<_>
+        )));
+    }
+    let mut feed = state.watch_feeds().subscribe(&state, first);
+    let shutdown = state.shutdown_signal();
+    let stream = async_stream(move |tx| async move {
+        let _permit = permit;
         tokio::pin!(shutdown);
-        let mut last = first;
-        if tx
-            .send(Ok(pb::WatchDeploymentResponse {
-                deployment: Some(last.clone()),
-            }))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        while !is_terminal(&last) {
-            tokio::select! {
-                () = &mut shutdown => return,
-                () = tx.closed() => return,
-                () = tokio::time::sleep(WATCH_POLL) => {}
-            }
-            match deployment::load_full(&state, &last.id).await {
-                Ok(now) if now != last => {
-                    if tx
-                        .send(Ok(pb::WatchDeploymentResponse {
-                            deployment: Some(now.clone()),
-                        }))
-                        .await
-                        .is_err()
-                    {
+        loop {
+            let update = feed.borrow_and_update().clone();
+            match update {
+                Update::Deployment(d) => {
+                    if tx.send(message(&d)).await.is_err() || crate::watch::is_terminal(&d) {
                         return;
                     }
-                    last = now;
                 }
-                Ok(_) => {}
-                Err(e) => {
+                Update::Failed(e) => {
                     let _ = tx.send(Err(to_connect(e))).await;
                     return;
                 }
             }
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tx.closed() => return,
+                changed = feed.changed() => if changed.is_err() { return },
+            }
         }
     });
-    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    Ok(ConnectResponse::new(StreamBody::new(
-        Box::pin(stream) as BoxedStream<_>
-    )))
+    Ok(ConnectResponse::new(StreamBody::new(stream)))
+}
+
+/// A response stream fed by `produce` through a small channel (the task
+/// ends when the client leaves: sends fail, `closed()` resolves).
+fn async_stream<T, F, Fut>(produce: F) -> BoxedStream<T>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<T, ConnectError>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<T, ConnectError>>(8);
+    tokio::spawn(produce(tx));
+    Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }
 
 /// DeploymentService.StreamDeploymentLogs: every region's agent read at
@@ -241,10 +288,11 @@ async fn watch_deployment(
 /// (never, with follow, until the client leaves or the server drains).
 async fn stream_deployment_logs(
     State(state): State<AppState>,
-    _auth: Authorized,
+    auth: Authorized,
     ConnectRequest(req): ConnectRequest<pb::StreamDeploymentLogsRequest>,
 ) -> Result<ConnectResponse<StreamBody<BoxedStream<pb::StreamDeploymentLogsResponse>>>, ConnectError>
 {
+    let permit = auth.open_stream(&state)?;
     let (agents, sources) = deployment::log_sources(&state, &req)
         .await
         .map_err(to_connect)?;
@@ -270,7 +318,11 @@ async fn stream_deployment_logs(
             }
         });
     }
-    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|m| m.map(Ok)));
+    // The permit lives as long as the response stream.
+    let stream = futures::stream::poll_fn(move |cx| {
+        let _held = &permit;
+        rx.poll_recv(cx).map(|m| m.map(Ok))
+    });
     Ok(ConnectResponse::new(StreamBody::new(
         Box::pin(stream) as BoxedStream<_>
     )))
@@ -282,9 +334,10 @@ async fn stream_deployment_logs(
 /// waited for.
 async fn stream_build_logs(
     State(state): State<AppState>,
-    _auth: Authorized,
+    auth: Authorized,
     ConnectRequest(req): ConnectRequest<pb::StreamBuildLogsRequest>,
 ) -> Result<ConnectResponse<StreamBody<BoxedStream<pb::StreamBuildLogsResponse>>>, ConnectError> {
+    let permit = auth.open_stream(&state)?;
     let waiting = |e: &crate::error::ApiError| matches!(e, crate::error::ApiError::NotFound(m) if m.contains("not started building"));
     match build::find(&state, &req.deployment_id).await {
         Ok(_) => {}
@@ -309,7 +362,7 @@ async fn stream_build_logs(
                         return;
                     }
                     tokio::select! {
-                        () = tokio::time::sleep(WATCH_POLL) => continue,
+                        () = tokio::time::sleep(crate::watch::POLL) => continue,
                         () = &mut stop => return,
                     }
                 }
@@ -347,24 +400,19 @@ async fn stream_build_logs(
             }
             if !full {
                 tokio::select! {
-                    () = tokio::time::sleep(WATCH_POLL) => {}
+                    () = tokio::time::sleep(crate::watch::POLL) => {}
                     () = &mut stop => return,
                 }
             }
         }
     });
-    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let stream = futures::stream::poll_fn(move |cx| {
+        let _held = &permit;
+        rx.poll_recv(cx)
+    });
     Ok(ConnectResponse::new(StreamBody::new(
         Box::pin(stream) as BoxedStream<_>
     )))
-}
-
-fn is_terminal(d: &pb::Deployment) -> bool {
-    use pb::DeploymentStatus as P;
-    matches!(
-        P::try_from(d.status),
-        Ok(P::Ready | P::Failed | P::Skipped | P::Stopped | P::Superseded | P::Cancelled)
-    )
 }
 
 /// CtrlService.Liveness: the one RPC without a token.
@@ -385,16 +433,38 @@ fn instance_id() -> &'static str {
     ID.get_or_init(|| ctrl_core::names::random_dns1035(12, &mut rand::rng()))
 }
 
-/// `/health/ready`: the database and Restate's ingress answer.
+/// `/health/ready`: the database and Restate's ingress answer. Checked at
+/// most once a second (concurrent requests share one check), so a flood
+/// costs the database nothing.
 async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    let database =
-        tokio::time::timeout(std::time::Duration::from_secs(2), ctrl_db::ping(state.db()));
-    let (database, restate) = tokio::join!(database, state.ingress().is_healthy());
-    match (matches!(database, Ok(Ok(()))), restate) {
-        (true, true) => (StatusCode::OK, "ready"),
-        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable"),
-        (true, false) => (StatusCode::SERVICE_UNAVAILABLE, "restate unreachable"),
-    }
+    state
+        .readiness()
+        .get(|| async {
+            state.metrics().readiness_checked();
+            let database =
+                tokio::time::timeout(std::time::Duration::from_secs(2), ctrl_db::ping(state.db()));
+            let (database, restate) = tokio::join!(database, state.ingress().is_healthy());
+            match (matches!(database, Ok(Ok(()))), restate) {
+                (true, true) => (StatusCode::OK, "ready"),
+                (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable"),
+                (true, false) => (StatusCode::SERVICE_UNAVAILABLE, "restate unreachable"),
+            }
+        })
+        .await
+}
+
+/// The operations listener (`http.ops_listen`, kept off public networks):
+/// liveness, readiness and Prometheus metrics. The API's own port serves
+/// only the API and liveness.
+pub fn ops_router(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route("/health/live", get(|| async { "ok" }))
+        .route("/health/ready", get(ready))
+        .route(
+            "/metrics",
+            get(crate::observe::metrics_endpoint).with_state(state.metrics().clone()),
+        )
+        .with_state(state)
 }
 
 /// A tonic service with the request size limit, also reachable over
@@ -556,7 +626,8 @@ fn early_close(status: StatusCode, code: &str, message: &str) -> axum::response:
         .into_response()
 }
 
-/// Every service and endpoint on one router (Connect, gRPC, health).
+/// Every service on one router (Connect, gRPC, gRPC-Web, the GitHub
+/// webhook, liveness); see [`ops_router`] for readiness and metrics.
 pub fn router(state: AppState) -> axum::Router {
     router_with(state, None)
 }
@@ -659,11 +730,9 @@ pub fn router_with(
         .verify_certificate(verify_certificate)
         .with_state(state.clone())
         .build();
-    let webhooks = crate::webhook::router(state.clone());
-    let health = axum::Router::new()
-        .route("/health/live", get(|| async { "ok" }))
-        .route("/health/ready", get(ready))
-        .with_state(state);
+    let metrics = state.metrics().clone();
+    let webhooks = crate::webhook::router(state);
+    let health = axum::Router::new().route("/health/live", get(|| async { "ok" }));
 
     let dispatch = MakeServiceBuilder::new()
         .add_routers([
@@ -706,12 +775,7 @@ pub fn router_with(
         None => dispatch,
     }
     .build();
-    let metrics = crate::observe::Metrics::default();
     axum::Router::new()
-        .route(
-            "/metrics",
-            get(crate::observe::metrics_endpoint).with_state(metrics.clone()),
-        )
         .fallback_service(dispatch)
         .layer(axum::middleware::from_fn(http1_bodies_are_read_first))
         .layer(axum::middleware::from_fn(grpc_decode_errors_are_bad_input))

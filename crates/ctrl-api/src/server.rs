@@ -1,5 +1,6 @@
 //! Startup and shutdown, in the order the services share: validated config →
-//! logging → database (bounded retry) → listener → serve → drain on signal.
+//! logging → database (bounded retry) → listeners (the API's, and the
+//! operations listener for readiness and metrics) → serve → drain on signal.
 
 use std::future::Future;
 use std::time::Duration;
@@ -36,6 +37,7 @@ pub async fn serve(
             .map(|l| crate::agent_logs::AgentLogs::new(&l.token)),
     )
     .with_custom_domains(config.custom_domains.clone())
+    .with_limits(&config.limits)
     .with_webhook_secrets(config.github.secrets());
     let state = if config.build_contexts.enabled() {
         state.with_build_contexts(ctrl_build::store::ContextStore::new(&config.build_contexts))
@@ -50,8 +52,26 @@ pub async fn serve(
         )
     });
     let app = crate::rpc::router_with(state.clone(), cluster.clone());
+    let ops_listener = TcpListener::bind(config.http.ops_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (http.ops_listen)",
+                config.http.ops_listen
+            )
+        })?;
+    tracing::info!(address = %ops_listener.local_addr()?, "operations listener (/health, /metrics)");
     let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ops_stop, mut ops_stopped) = tokio::sync::watch::channel(false);
+    let ops = axum::serve(
+        ctrl_runtime::net::nodelay(ops_listener),
+        crate::rpc::ops_router(state.clone()),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = ops_stopped.wait_for(|s| *s).await;
+    });
+    let ops = tokio::spawn(async move { ops.await });
     let server =
         axum::serve(ctrl_runtime::net::nodelay(listener), app).with_graceful_shutdown(async move {
             shutdown.await;
@@ -71,5 +91,7 @@ pub async fn serve(
             tokio::time::sleep(grace).await;
         } => tracing::warn!("drain took longer than {grace:?}; exiting"),
     }
+    ops_stop.send_replace(true);
+    let _ = ops.await;
     Ok(())
 }

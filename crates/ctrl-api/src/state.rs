@@ -6,6 +6,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ctrl_vault::Vault;
 use sqlx::MySqlPool;
 
+/// How long a readiness answer is reused.
+const READINESS_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Shared, cheaply cloned handler state.
 #[derive(Clone)]
 pub struct AppState {
@@ -23,6 +26,10 @@ struct Inner {
     custom_domains: crate::config::CustomDomainsConfig,
     build_contexts: Option<ctrl_build::store::ContextStore>,
     webhook_secrets: Vec<zeroize::Zeroizing<String>>,
+    metrics: crate::observe::Metrics,
+    limits: crate::limits::Limits,
+    watch_feeds: crate::watch::Feeds,
+    readiness: ctrl_runtime::health::CachedCheck<(axum::http::StatusCode, &'static str)>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -60,6 +67,13 @@ impl AppState {
                 custom_domains: crate::config::CustomDomainsConfig::default(),
                 build_contexts: None,
                 webhook_secrets: Vec::new(),
+                metrics: crate::observe::Metrics::default(),
+                limits: crate::limits::Limits::new(
+                    &crate::limits::LimitsConfig::default(),
+                    tokens.len(),
+                ),
+                watch_feeds: crate::watch::Feeds::default(),
+                readiness: ctrl_runtime::health::CachedCheck::new(READINESS_TTL),
             }),
         }
     }
@@ -69,6 +83,15 @@ impl AppState {
         match Arc::get_mut(&mut self.inner) {
             Some(inner) => inner.custom_domains = config,
             None => tracing::error!("with_custom_domains called on a shared state; ignored"),
+        }
+        self
+    }
+
+    /// The same state with these limits (call before sharing it).
+    pub fn with_limits(mut self, config: &crate::limits::LimitsConfig) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.limits = crate::limits::Limits::new(config, inner.tokens.len()),
+            None => tracing::error!("with_limits called on a shared state; ignored"),
         }
         self
     }
@@ -144,6 +167,28 @@ impl AppState {
     /// The vault for environment variables.
     pub fn vault(&self) -> &Vault {
         &self.inner.vault
+    }
+
+    /// The API's metrics (shared by the API and operations listeners).
+    pub fn metrics(&self) -> &crate::observe::Metrics {
+        &self.inner.metrics
+    }
+
+    /// The request and stream limits.
+    pub fn limits(&self) -> &crate::limits::Limits {
+        &self.inner.limits
+    }
+
+    /// The deployments' shared watch feeds.
+    pub fn watch_feeds(&self) -> &crate::watch::Feeds {
+        &self.inner.watch_feeds
+    }
+
+    /// The cached readiness check.
+    pub fn readiness(
+        &self,
+    ) -> &ctrl_runtime::health::CachedCheck<(axum::http::StatusCode, &'static str)> {
+        &self.inner.readiness
     }
 
     /// The accepted bearer tokens.

@@ -129,9 +129,7 @@ impl Binding<'_> {
             } else {
                 Err(Invalid {
                     field,
-                    message: format!(
-                        "{value:?} must be a DNS label (lowercase letters, digits and '-', 1-63 characters)"
-                    ),
+                    message: ctrl_core::names::not_a_dns_label(value),
                 })
             }
         };

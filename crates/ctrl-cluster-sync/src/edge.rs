@@ -267,7 +267,8 @@ fn region(agent: &Agent, r: Option<&pb::EdgeRegion>) -> Result<(String, String),
     ] {
         if !ctrl_core::names::is_dns_label(value) {
             return Err(ConnectError::new_invalid_argument(format!(
-                "{field}: {value:?} must be a DNS label (lowercase letters, digits and '-', 1-63 characters)"
+                "{field}: {}",
+                ctrl_core::names::not_a_dns_label(value)
             )));
         }
     }

@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use connectrpc_axum::MakeServiceBuilder;
+use ctrl_runtime::health::CachedCheck;
 use sqlx::MySqlPool;
 use tokio::net::TcpListener;
 
@@ -19,10 +20,11 @@ use crate::service::{ClusterSync, parts};
 pub fn router(sync: ClusterSync, db: MySqlPool) -> axum::Router {
     let (connect, grpc) = parts(sync.clone());
     let (edge, edge_grpc) = crate::edge::parts(sync);
+    let readiness = std::sync::Arc::new(CachedCheck::new(Duration::from_secs(1)));
     let health = axum::Router::new()
         .route("/health/live", get(|| async { "ok" }))
         .route("/health/ready", get(ready))
-        .with_state(db);
+        .with_state((db, readiness));
     axum::Router::new().fallback_service(
         MakeServiceBuilder::new()
             .add_router(connect)
@@ -35,11 +37,21 @@ pub fn router(sync: ClusterSync, db: MySqlPool) -> axum::Router {
     )
 }
 
-async fn ready(State(db): State<MySqlPool>) -> (StatusCode, &'static str) {
-    match tokio::time::timeout(Duration::from_secs(2), ctrl_db::ping(&db)).await {
-        Ok(Ok(())) => (StatusCode::OK, "ready"),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable"),
-    }
+type Readiness = std::sync::Arc<CachedCheck<(StatusCode, &'static str)>>;
+
+/// The database answers; checked at most once a second (a flood of probes
+/// costs one ping).
+async fn ready(
+    State((db, readiness)): State<(MySqlPool, Readiness)>,
+) -> (StatusCode, &'static str) {
+    readiness
+        .get(|| async {
+            match tokio::time::timeout(Duration::from_secs(2), ctrl_db::ping(&db)).await {
+                Ok(Ok(())) => (StatusCode::OK, "ready"),
+                _ => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable"),
+            }
+        })
+        .await
 }
 
 /// Serves on `listener` until `shutdown` resolves; open streams end at once

@@ -187,11 +187,22 @@ fn cluster_key(key: Option<&pb::ClusterKey>) -> Result<&pb::ClusterKey, ConnectE
     ] {
         if !ctrl_core::names::is_dns_label(value) {
             return Err(ConnectError::new_invalid_argument(format!(
-                "{field}: {value:?} must be a DNS label (lowercase letters, digits and '-', 1-63 characters)"
+                "{field}: {}",
+                ctrl_core::names::not_a_dns_label(value)
             )));
         }
     }
     Ok(key)
+}
+
+/// A deployment id field: present and id-sized (it is quoted in errors).
+fn deployment_id(field: &str, id: &str) -> Result<(), ConnectError> {
+    if id.is_empty() || id.len() > 64 {
+        return Err(ConnectError::new_invalid_argument(format!(
+            "{field}: is required, at most 64 characters"
+        )));
+    }
+    Ok(())
 }
 
 /// ClusterService.Heartbeat: registers or refreshes the agent's cluster.
@@ -274,11 +285,7 @@ pub async fn get_desired_deployment_state(
     req: pb::GetDesiredDeploymentStateRequest,
 ) -> Result<pb::GetDesiredDeploymentStateResponse, ConnectError> {
     let cluster = sync.cluster(agent, req.cluster.as_ref()).await?;
-    if req.deployment_id.is_empty() {
-        return Err(ConnectError::new_invalid_argument(
-            "deployment_id: is required",
-        ));
-    }
+    deployment_id("deployment_id", &req.deployment_id)?;
     let row = ctrl_db::topology::find_desired(sync.db(), &cluster.region_id, &req.deployment_id)
         .await
         .map_err(|e| match e {
@@ -309,6 +316,7 @@ pub async fn report_deployment_status(
     let now = now_ms();
     let deployment_id = match req.change {
         Some(Change::Update(update)) => {
+            deployment_id("update.deployment_id", &update.deployment_id)?;
             let deployment = ctrl_db::deployment::get(sync.db(), &update.deployment_id)
                 .await
                 .map_err(db_error)?;
@@ -353,11 +361,7 @@ pub async fn report_deployment_status(
             deployment.id
         }
         Some(Change::Removed(removed)) => {
-            if removed.deployment_id.is_empty() {
-                return Err(ConnectError::new_invalid_argument(
-                    "removed.deployment_id: is required",
-                ));
-            }
+            deployment_id("removed.deployment_id", &removed.deployment_id)?;
             ctrl_db::instance::delete_for_deployment(
                 sync.db(),
                 &removed.deployment_id,
@@ -408,7 +412,7 @@ fn instance(
     if i.name.is_empty() || i.name.len() > 253 {
         return Err(ConnectError::new_invalid_argument(format!(
             "instances.name: {:?} must be 1-253 characters",
-            i.name
+            ctrl_core::names::clip(&i.name, 64)
         )));
     }
     let clamp = |v: i64| i32::try_from(v.max(0)).unwrap_or(i32::MAX);

@@ -86,6 +86,27 @@ pub fn validate_project_slug(slug: &str) -> Result<(), SlugError> {
     Ok(())
 }
 
+/// `s` cut to at most `max` bytes, at a character boundary: what an error
+/// message may quote of a caller's input.
+pub fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The error message for a value that is not a DNS label (quoted, clipped).
+pub fn not_a_dns_label(value: &str) -> String {
+    format!(
+        "{:?} must be a DNS label (lowercase letters, digits and '-', 1-63 characters)",
+        clip(value, 64)
+    )
+}
+
 /// Whether `label` is a DNS label for hostnames (RFC 1123, lowercase):
 /// 1–63 of a-z, 0-9, "-", not starting or ending with "-".
 pub fn is_dns_label(label: &str) -> bool {

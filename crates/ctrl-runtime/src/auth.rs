@@ -89,17 +89,29 @@ impl BearerTokens {
     /// digests in constant time, so neither a token's content nor its length
     /// leaks through timing; every configured token is checked.
     pub fn accepts(&self, token: &str) -> bool {
+        self.position(token).is_some()
+    }
+
+    /// Which of the accepted tokens `token` is (its index in the
+    /// configuration), comparing digests in constant time against every one.
+    pub fn position(&self, token: &str) -> Option<usize> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.digests
-            .iter()
-            .fold(subtle::Choice::from(0), |found, d| found | d.ct_eq(&digest))
-            .into()
+        self.digests.iter().enumerate().fold(None, |found, (i, d)| {
+            let equal: bool = d.ct_eq(&digest).into();
+            found.or(equal.then_some(i))
+        })
     }
 
     /// Checks a request's `Authorization` header (what each service's
     /// `Authorized` extractor calls).
     pub fn check_headers(&self, headers: &axum::http::HeaderMap) -> Result<(), &'static str> {
-        self.check_header(
+        self.authenticate(headers).map(|_| ())
+    }
+
+    /// [`Self::check_headers`], answering which token it was (for limits
+    /// kept per token).
+    pub fn authenticate(&self, headers: &axum::http::HeaderMap) -> Result<usize, &'static str> {
+        self.header_position(
             headers
                 .get(axum::http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok()),
@@ -109,13 +121,16 @@ impl BearerTokens {
     /// Checks an `Authorization` header value (`Bearer <token>`); the error
     /// says what is wrong without echoing the token.
     pub fn check_header(&self, header: Option<&str>) -> Result<(), &'static str> {
+        self.header_position(header).map(|_| ())
+    }
+
+    fn header_position(&self, header: Option<&str>) -> Result<usize, &'static str> {
         let token = header
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty());
         match token {
-            Some(token) if self.accepts(token) => Ok(()),
-            Some(_) => Err("invalid bearer token"),
+            Some(token) => self.position(token).ok_or("invalid bearer token"),
             None => Err("missing bearer token (Authorization: Bearer <token>)"),
         }
     }
@@ -138,5 +153,10 @@ mod tests {
         assert!(tokens.check_header(Some("Basic new")).is_err());
         assert!(tokens.check_header(None).is_err());
         assert!(!format!("{tokens:?}").contains("old"));
+        assert_eq!(
+            (tokens.position("old"), tokens.position("new")),
+            (Some(0), Some(1))
+        );
+        assert_eq!(tokens.position("other"), None);
     }
 }

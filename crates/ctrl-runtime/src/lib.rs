@@ -4,11 +4,13 @@
 //! environment, environment overrides, defaults, and validation whose errors
 //! name the field, all before any port opens — and [`sections`], the
 //! `[database]` and `[log]` sections every service shares (with logging
-//! initialisation) — [`auth`], the accepted bearer tokens, [`net`], the
+//! initialisation) — [`auth`], the accepted bearer tokens, [`health`],
+//! readiness checks cached against floods, [`net`], the
 //! `TCP_NODELAY` listener every server uses, and [`shutdown_signal`].
 
 pub mod auth;
 pub mod config;
+pub mod health;
 pub mod net;
 pub mod sections;
 

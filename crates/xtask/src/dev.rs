@@ -34,6 +34,7 @@ pub(crate) mod ports {
     pub(crate) const RESTATE_ADMIN: u16 = 9070;
     pub(crate) const RESTATE_FABRIC: u16 = 5122;
     pub(crate) const API: u16 = 7091;
+    pub(crate) const API_OPS: u16 = 7094;
     pub(crate) const WORKER: u16 = 9080;
     pub(crate) const WORKER_HEALTH: u16 = 9081;
     pub(crate) const KRANE_HEALTH: u16 = 8070;
@@ -63,9 +64,12 @@ pub(crate) struct DevArgs {
     /// Restate's node-to-node port.
     #[arg(long, env = "CTRL_DEV_RESTATE_FABRIC_PORT", default_value_t = ports::RESTATE_FABRIC)]
     restate_fabric_port: u16,
-    /// ctrl-api's port (Connect, gRPC and health).
+    /// ctrl-api's port (Connect, gRPC, liveness).
     #[arg(long, env = "CTRL_DEV_API_PORT", default_value_t = ports::API)]
     api_port: u16,
+    /// ctrl-api's operations port (readiness, metrics).
+    #[arg(long, env = "CTRL_DEV_API_OPS_PORT", default_value_t = ports::API_OPS)]
+    api_ops_port: u16,
     /// ctrl-worker's Restate endpoint port.
     #[arg(long, env = "CTRL_DEV_WORKER_PORT", default_value_t = ports::WORKER)]
     worker_port: u16,
@@ -242,8 +246,16 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
     let edge_token = secret(&dir.join("edge-token"), 24, Encoding::Hex)?;
     let agent_token = secret(&dir.join("agent-token"), 24, Encoding::Hex)?;
     let vault_key = secret(&dir.join("vault.key"), 32, Encoding::Base64)?;
-    eprintln!("starting ctrl-api on 127.0.0.1:{}", args.api_port);
+    eprintln!(
+        "starting ctrl-api on 127.0.0.1:{} (readiness and metrics on :{})",
+        args.api_port, args.api_ops_port
+    );
     let api_url = format!("http://127.0.0.1:{}", args.api_port);
+    let mut api_env = builds.clone();
+    api_env.push((
+        "CTRL_API_OPS_LISTEN",
+        format!("127.0.0.1:{}", args.api_ops_port),
+    ));
     let mut api = start_ctrl_api(
         &dir,
         &bin_dir.join("ctrl-api"),
@@ -256,7 +268,7 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
             vault_key: &vault_key,
         },
         &restate,
-        &builds,
+        &api_env,
     )?;
     wait_for_api(&mut api, &api_url).await?;
     register_agents(

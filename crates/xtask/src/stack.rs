@@ -260,7 +260,7 @@ impl Stack {
                     &self.database_url,
                     self.secrets(),
                     &self.restate,
-                    &[],
+                    &[("CTRL_API_OPS_LISTEN", "127.0.0.1:0".into())],
                 )?;
                 dev::wait_for_api(&mut api, &self.api_url()).await?;
                 self.api = Some(api);

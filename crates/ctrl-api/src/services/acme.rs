@@ -24,7 +24,10 @@ pub async fn verify_certificate(
     if !ctrl_core::names::is_hostname(&domain) {
         return Err(ApiError::invalid(
             "domain",
-            format!("{:?} is not a hostname", req.domain),
+            format!(
+                "{:?} is not a hostname",
+                ctrl_core::names::clip(&req.domain, 64)
+            ),
         ));
     }
     if !is_acme_token(&req.token) {

@@ -19,7 +19,7 @@ fn config(dir: &Path, database_url: &str, port: u16, token: &str) -> Result<std:
     std::fs::write(
         &path,
         format!(
-            "[http]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_seconds = 5\n\
+            "[http]\nlisten = \"127.0.0.1:{port}\"\nops_listen = \"127.0.0.1:0\"\nshutdown_grace_seconds = 5\n\
              [auth]\ntokens = [\"${{API_TOKEN}}\"]\n\
              [database]\nurl = \"{database_url}\"\nconnect_timeout_seconds = 5\n\
              [vault]\nkeys = [{{ id = \"k1\", key = \"{KEY}\" }}]\n\

@@ -127,9 +127,9 @@ async fn create_snapshots_the_settings_and_starts_the_deploy_object_once() -> Re
     let app = app(&s, true).await?;
 
     // With a real Restate behind it, the server is ready.
-    let base = crate::serve(s.clone()).await?;
+    let ops = crate::serve_ops(s.clone()).await?;
     let ready = ctrl_testkit::http_client()
-        .get(format!("{base}/health/ready"))
+        .get(format!("{ops}/health/ready"))
         .send()
         .await?;
     assert_eq!(ready.status(), 200, "{}", ready.text().await?);

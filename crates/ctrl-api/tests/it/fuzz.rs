@@ -2,15 +2,17 @@
 //! unary RPC of every ctrl.v1 service (found in the descriptor, so new RPCs
 //! are covered automatically) receives random bytes, truncated and
 //! type-confused messages, invalid UTF-8, malformed JSON and valid messages
-//! with huge strings, over Connect (JSON and binary) and gRPC framing.
+//! with huge strings, over Connect (JSON and binary) and gRPC framing —
+//! the agents' services too (mounted as in the dev stack, called with the
+//! agent credentials they take).
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor, Value};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 
-use crate::{TOKEN, serve, state};
+use crate::{EDGE_TOKEN, TOKEN, state};
 
 /// A message with every string field set to `text` (nested to depth 2).
 fn filled(desc: &MessageDescriptor, text: &str, depth: usize) -> DynamicMessage {
@@ -83,7 +85,38 @@ fn payloads(desc: &MessageDescriptor, rng: &mut StdRng) -> Vec<(&'static str, Ve
 
 #[tokio::test]
 async fn malformed_input_to_every_rpc_never_yields_internal_or_a_crash() -> Result<()> {
-    let base = serve(state().await?).await?;
+    let s = state().await?.with_limits(&ctrl_api::limits::LimitsConfig {
+        requests_per_second: 1_000_000,
+        burst: 1_000_000,
+        ..ctrl_api::limits::LimitsConfig::default()
+    });
+    let krane = "ctrl_agent_fuzz_krane_local_0123456789abcdef";
+    ctrl_cluster_sync::agents::ensure(
+        s.db(),
+        &ctrl_cluster_sync::agents::Binding {
+            kind: ctrl_cluster_sync::agents::AgentKind::Krane,
+            platform: "dev",
+            region: "local",
+            cell_id: "local-1",
+            name: "fuzz",
+        },
+        krane,
+        1,
+    )
+    .await?;
+    let nowhere = format!("http://127.0.0.1:{}", ctrl_testkit::free_port()?);
+    let sync = ctrl_cluster_sync::ClusterSync::new(
+        s.db().clone(),
+        &nowhere,
+        ctrl_cluster_sync::Settings::default(),
+    );
+    let base = crate::serve_router(ctrl_api::rpc::router_with(s, Some(sync))).await?;
+    // Each service with the credential it takes.
+    let token_for = |service: &str| match service {
+        "ClusterService" => krane,
+        "EdgeService" | "AcmeService" => EDGE_TOKEN,
+        _ => TOKEN,
+    };
     let http = ctrl_testkit::http_client();
     let pool = DescriptorPool::decode(ctrl_proto::FILE_DESCRIPTOR_SET)?;
     let mut rng = StdRng::seed_from_u64(0x00c7_71a9);
@@ -91,8 +124,11 @@ async fn malformed_input_to_every_rpc_never_yields_internal_or_a_crash() -> Resu
     for service in pool.services().filter(|s| s.package_name() == "ctrl.v1") {
         for method in service.methods() {
             let path = format!("/{}/{}", service.full_name(), method.name());
+            let token = token_for(service.name());
             let streaming = method.is_server_streaming();
-            for (content_type, body) in payloads(&method.input(), &mut rng) {
+            for (n, (content_type, body)) in
+                payloads(&method.input(), &mut rng).into_iter().enumerate()
+            {
                 // Streams use the Connect streaming content types and envelope.
                 let (content_type, body) = if streaming {
                     let mut framed = vec![0u8];
@@ -112,10 +148,11 @@ async fn malformed_input_to_every_rpc_never_yields_internal_or_a_crash() -> Resu
                 let response = http
                     .post(format!("{base}{path}"))
                     .header("content-type", content_type)
-                    .bearer_auth(TOKEN)
+                    .bearer_auth(token)
                     .body(body.clone())
                     .send()
-                    .await?;
+                    .await
+                    .with_context(|| format!("{path}: payload {n} ({content_type})"))?;
                 let status = response.status();
                 let text = response.text().await.unwrap_or_default();
                 assert!(
@@ -134,10 +171,11 @@ async fn malformed_input_to_every_rpc_never_yields_internal_or_a_crash() -> Resu
                 let response = http
                     .post(format!("{base}{path}"))
                     .header("content-type", "application/grpc-web+proto")
-                    .bearer_auth(TOKEN)
+                    .bearer_auth(token)
                     .body(grpc)
                     .send()
-                    .await?;
+                    .await
+                    .with_context(|| format!("{path}: payload {n} (gRPC-Web)"))?;
                 let grpc_status = response
                     .headers()
                     .get("grpc-status")

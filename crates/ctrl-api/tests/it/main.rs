@@ -9,6 +9,7 @@ mod deletion;
 mod deployments;
 mod fixtures;
 mod fuzz;
+mod limits;
 mod live;
 mod repositories;
 mod server;
@@ -62,7 +63,15 @@ pub(crate) async fn state_with_restate(ingress: &str, admin: &str) -> anyhow::Re
 
 /// Serves the API for `state` on 127.0.0.1:<free port>; returns the base URL.
 pub(crate) async fn serve(state: AppState) -> anyhow::Result<String> {
-    let app = ctrl_api::rpc::router(state);
+    serve_router(ctrl_api::rpc::router(state)).await
+}
+
+/// Serves the operations listener (readiness, metrics) for `state`.
+pub(crate) async fn serve_ops(state: AppState) -> anyhow::Result<String> {
+    serve_router(ctrl_api::rpc::ops_router(state)).await
+}
+
+pub(crate) async fn serve_router(app: axum::Router) -> anyhow::Result<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move {

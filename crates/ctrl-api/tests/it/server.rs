@@ -12,7 +12,15 @@ use crate::{TOKEN, state};
 
 /// Serves the API on 127.0.0.1:<free port> until the test ends.
 async fn serve() -> Result<(String, tokio::task::JoinHandle<()>)> {
-    let app = ctrl_api::rpc::router(state().await?);
+    let (base, _ops, task) = serve_both().await?;
+    Ok((base, task))
+}
+
+/// The API's port and its operations port, over one state.
+async fn serve_both() -> Result<(String, String, tokio::task::JoinHandle<()>)> {
+    let state = state().await?;
+    let ops = crate::serve_ops(state.clone()).await?;
+    let app = ctrl_api::rpc::router(state);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let task = tokio::spawn(async move {
@@ -20,7 +28,7 @@ async fn serve() -> Result<(String, tokio::task::JoinHandle<()>)> {
             .await
             .expect("serve");
     });
-    Ok((base, task))
+    Ok((base, ops, task))
 }
 
 fn grpc_request<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
@@ -164,14 +172,44 @@ async fn connect_json_connect_binary_and_grpc_see_the_same_data() -> Result<()> 
 
 #[tokio::test]
 async fn health_endpoints_and_request_limits() -> Result<()> {
-    let (base, _server) = serve().await?;
+    let (base, ops, _server) = serve_both().await?;
     let http = ctrl_testkit::http_client();
-    let live = http.get(format!("{base}/health/live")).send().await?;
-    assert_eq!(live.status(), 200);
+    for port in [&base, &ops] {
+        let live = http.get(format!("{port}/health/live")).send().await?;
+        assert_eq!(live.status(), 200);
+    }
+    // The public port serves the API and liveness only.
+    for path in ["/health/ready", "/metrics"] {
+        let r = http.get(format!("{base}{path}")).send().await?;
+        assert_eq!(r.status(), 404, "{path} on the API port");
+    }
     // No Restate behind this server's ingress address: not ready, and it says why.
-    let ready = http.get(format!("{base}/health/ready")).send().await?;
+    let ready = http.get(format!("{ops}/health/ready")).send().await?;
     assert_eq!(ready.status(), 503);
     assert_eq!(ready.text().await?, "restate unreachable");
+
+    // A flood of readiness probes costs about one check a second, not one
+    // each: 200 concurrent probes, then the counter.
+    let started = std::time::Instant::now();
+    let probes = (0..200).map(|_| http.get(format!("{ops}/health/ready")).send());
+    for probe in futures::future::join_all(probes).await {
+        assert_eq!(probe?.status(), 503);
+    }
+    // At most one check per started second (plus the first probe's).
+    let bound = started.elapsed().as_secs() + 2;
+    let metrics = http
+        .get(format!("{ops}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let checks: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ctrl_api_readiness_checks_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no readiness counter in {metrics}"));
+    println!("201 readiness probes ran {checks} checks");
+    assert!(checks <= bound, "{checks} checks for 201 probes");
 
     // A body over the limit is refused before any handler runs.
     let huge = format!(
@@ -192,7 +230,7 @@ async fn health_endpoints_and_request_limits() -> Result<()> {
 #[tokio::test]
 async fn metrics_count_requests_by_rpc_protocol_and_code_and_request_ids_are_echoed() -> Result<()>
 {
-    let (base, _server) = serve().await?;
+    let (base, ops, _server) = serve_both().await?;
     let http = ctrl_testkit::http_client();
     let call = |token: Option<&str>, request_id: Option<&str>| {
         let mut req = http
@@ -233,7 +271,7 @@ async fn metrics_count_requests_by_rpc_protocol_and_code_and_request_ids_are_ech
     );
 
     let text = http
-        .get(format!("{base}/metrics"))
+        .get(format!("{ops}/metrics"))
         .send()
         .await?
         .text()

@@ -96,7 +96,7 @@ impl Stack {
         // ctrl-api serving the agents' ClusterService too, as in the dev stack.
         let api: ctrl_api::config::Config = parse(
             &format!(
-                "[http]\nlisten = \"127.0.0.1:{api_port}\"\n[auth]\ntokens = [\"{TOKEN}\"]\n[database]\nurl = \"{url}\"\n\
+                "[http]\nlisten = \"127.0.0.1:{api_port}\"\nops_listen = \"127.0.0.1:0\"\n[auth]\ntokens = [\"{TOKEN}\"]\n[database]\nurl = \"{url}\"\n\
                  [vault]\nkeys = [{{ id = \"k1\", key = \"{VAULT_KEY}\" }}]\n\
                  [restate]\ningress_url = \"{ingress}\"\nadmin_url = \"{admin}\"\n\
                  [cluster_sync]\npoll_interval_ms = 50\n[agent_logs]\ntoken = \"{TOKEN}\"\n\

@@ -183,7 +183,8 @@ async fn the_restate_api_key_goes_to_the_admin_api_and_never_to_the_log() -> Res
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let admin = format!("http://{}", listener.local_addr()?);
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let server =
+        tokio::spawn(async move { axum::serve(ctrl_runtime::net::nodelay(listener), app).await });
     ctrl_worker::startup::register(&admin, Some("restate-key-0123"), "http://worker", 1).await?;
     ctrl_worker::startup::register(&admin, None, "http://worker", 1).await?;
     server.abort();
