@@ -1,7 +1,8 @@
 //! What open WatchDeployment streams cost the rest of the API: the p50 and
 //! p99 of GetDeployment (gRPC) with no watcher — the baseline, measured in
 //! the same run — and with 100 and 1,000 watchers of one deployment, plus
-//! the feeds (database poll loops) running.
+//! the feeds (database poll loops) running and the process's resident
+//! memory (server and clients share the process: an upper bound).
 //!
 //! `cargo bench -p ctrl-api --bench watch_fanout [-- CALLS]`
 //!
@@ -89,14 +90,27 @@ async fn main() -> Result<()> {
         let (p50, p99) = (percentile(&samples, 50), percentile(&samples, 99));
         let base_p50 = *baseline.get_or_insert(p50);
         println!(
-            "{target:>5} watchers: {:>6.2} / {:>6.2}   p50 {:>4.2}x the baseline   feeds running: {}",
+            "{target:>5} watchers: {:>6.2} / {:>6.2}   p50 {:>4.2}x the baseline   feeds running: {}   rss {} MiB",
             ms(p50),
             ms(p99),
             p50.as_secs_f64() / base_p50.as_secs_f64().max(1e-9),
-            state.watch_feeds().running()
+            state.watch_feeds().running(),
+            rss_mib()
         );
     }
     Ok(())
+}
+
+/// Resident memory of this process, from /proc.
+fn rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
 }
 
 fn percentile(sorted: &[Duration], p: usize) -> Duration {

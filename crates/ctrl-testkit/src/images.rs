@@ -8,7 +8,8 @@
 //! seconds (default 0) unless `UNHEALTHY` is set, and `exec`s
 //! `httpd -f -p ${PORT:-8080}`. Two CGI scripts stream in both directions:
 //! `POST /cgi-bin/echo` answers its body, `GET /cgi-bin/bytes?N` answers
-//! N × 64 KiB of zeros.
+//! N × 64 KiB of zeros; `GET /cgi-bin/env` answers the server's environment
+//! (what the workload really got, secret variables included).
 //! [`derive_image`] layers `ENV` lines on top, which makes a different image
 //! with the same code — enough for rollout and rollback tests.
 
@@ -26,6 +27,7 @@ const APPLETS: &[&str] = &[
 
 const CGI_ECHO: &str =
     "#!/bin/sh\nprintf 'Content-Type: application/octet-stream\\r\\n\\r\\n'\nexec cat\n";
+const CGI_ENV: &str = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\nexec env\n";
 const CGI_BYTES: &str = "#!/bin/sh\nprintf 'Content-Type: application/octet-stream\\r\\n\\r\\n'\nexec dd if=/dev/zero bs=65536 count=\"${QUERY_STRING:-1}\" 2>/dev/null\n";
 
 const START: &str = r#"#!/bin/sh
@@ -86,6 +88,13 @@ pub async fn build_http_image(docker: &Docker, tag: &str) -> Result<(), Error> {
         "rootfs/www/cgi-bin/bytes",
         0o755,
         CGI_BYTES.as_bytes(),
+    )
+    .map_err(io)?;
+    append(
+        &mut tar,
+        "rootfs/www/cgi-bin/env",
+        0o755,
+        CGI_ENV.as_bytes(),
     )
     .map_err(io)?;
     append(

@@ -197,3 +197,59 @@ fn first_existing(what: &'static str, candidates: &[PathBuf]) -> Result<PathBuf,
                 .join(", "),
         })
 }
+
+/// `ctrl-init`'s source: one file with no dependencies.
+const CTRL_INIT_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../ctrl-init/src/main.rs");
+
+/// The static `ctrl-init` executable krane mounts into containers with
+/// secret variables: `$CTRL_INIT_BIN` if set, else built from its source
+/// with `rustc -C target-feature=+crt-static` (a static-pie that runs in
+/// any image) into the cache, once per source version. Concurrent callers
+/// each build to a temporary file and rename it into place.
+pub fn ctrl_init_bin() -> Result<PathBuf, Error> {
+    use sha2::Digest as _;
+    if let Some(path) = env::var_os("CTRL_INIT_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let source = std::fs::read(CTRL_INIT_SOURCE)
+        .map_err(|e| Error::io(format!("read {CTRL_INIT_SOURCE}"), e))?;
+    let version: String = sha2::Sha256::digest(&source)
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let dir = cache_dir().join("ctrl-init").join(version);
+    let binary = dir.join("ctrl-init");
+    if binary.is_file() {
+        return Ok(binary);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+    let partial = dir.join(format!("ctrl-init.{}.partial", std::process::id()));
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let out = std::process::Command::new(rustc)
+        .args([
+            "--edition",
+            "2024",
+            "-O",
+            "-C",
+            "target-feature=+crt-static",
+            "-o",
+        ])
+        .arg(&partial)
+        .arg(CTRL_INIT_SOURCE)
+        .output()
+        .map_err(|e| Error::io("run rustc to build ctrl-init", e))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&partial);
+        return Err(Error::io(
+            format!(
+                "build ctrl-init: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            std::io::ErrorKind::Other.into(),
+        ));
+    }
+    std::fs::rename(&partial, &binary)
+        .map_err(|e| Error::io(format!("move ctrl-init to {}", binary.display()), e))?;
+    Ok(binary)
+}

@@ -138,6 +138,11 @@ impl Podman {
         Self::builder().start().await
     }
 
+    /// The instance directory: config, storage, runtime state.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The API socket.
     pub fn socket(&self) -> &Path {
         &self.socket

@@ -129,6 +129,14 @@ pub struct DockerSection {
     pub drain_delay_ms: u64,
     /// Allow `exec` into instances.
     pub allow_exec: bool,
+    /// The static `ctrl-init` that delivers secret variables (see
+    /// `ctrl_provider::docker::secrets`); default: `ctrl-init` next to
+    /// krane's executable, if static. Without one, deployments with secret
+    /// variables are refused.
+    pub init_binary: Option<PathBuf>,
+    /// A directory on a tmpfs for the containers' secret files; default:
+    /// `/dev/shm/ctrl-krane/<cell_id>`.
+    pub secrets_dir: Option<PathBuf>,
 }
 
 impl Default for DockerSection {
@@ -139,6 +147,8 @@ impl Default for DockerSection {
             advertise_host: None,
             drain_delay_ms: 2000,
             allow_exec: true,
+            init_binary: None,
+            secrets_dir: None,
         }
     }
 }

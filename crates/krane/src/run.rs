@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ctrl_proto::ctrl::v1 as pb;
-use ctrl_provider::docker::{DockerConfig, DockerProvider};
+use ctrl_provider::docker::{DockerConfig, DockerProvider, SecretDelivery};
 use ctrl_provider::kubernetes::{KubernetesConfig, KubernetesProvider};
 use ctrl_provider::{Provider, Registry};
 use tokio::sync::watch;
@@ -37,11 +37,45 @@ pub async fn docker_provider(config: &Config) -> Result<DockerProvider> {
         advertise_host: config.docker.advertise_host.clone(),
         allow_exec: config.docker.allow_exec,
         drain_delay: Duration::from_millis(config.docker.drain_delay_ms),
+        secret_delivery: secret_delivery(config)?,
         ..DockerConfig::default()
     };
     DockerProvider::connect(docker, settings, secrets(config)?)
         .await
-        .context("the Docker API does not answer")
+        .context("cannot use the Docker engine")
+}
+
+/// How secret variables reach containers: `[docker] init_binary` (checked:
+/// an error names it), else a static `ctrl-init` next to krane, else none
+/// (deployments with secrets are refused, and the log says why).
+fn secret_delivery(config: &Config) -> Result<Option<SecretDelivery>> {
+    let set = |p: &Option<std::path::PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
+    let init_binary = match set(&config.docker.init_binary) {
+        Some(path) => path,
+        None => {
+            let beside = std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|d| d.join("ctrl-init")))
+                .filter(|p| {
+                    p.is_file()
+                        && ctrl_provider::docker::secrets::is_dynamic(p)
+                            .is_ok_and(|dynamic| !dynamic)
+                });
+            let Some(path) = beside else {
+                tracing::warn!(
+                    "no static ctrl-init next to krane and no [docker] init_binary: \
+                     deployments with secret variables will be refused"
+                );
+                return Ok(None);
+            };
+            path
+        }
+    };
+    let dir = set(&config.docker.secrets_dir).unwrap_or_else(|| {
+        std::path::PathBuf::from("/dev/shm/ctrl-krane").join(&config.cluster.cell_id)
+    });
+    // Checked (and ctrl-init copied into the tmpfs) when the provider connects.
+    Ok(Some(SecretDelivery { init_binary, dir }))
 }
 
 /// Opens sealed variables with the configured vault keys.

@@ -132,6 +132,12 @@ fn all() -> Vec<Dep> {
             install: Install::Apt(&["strace"]),
         },
         Dep {
+            name: "libc6-dev",
+            purpose: "glibc's static libraries, for the static ctrl-init (secret variables)",
+            check: || dpkg_installed("libc6-dev"),
+            install: Install::Apt(&["libc6-dev"]),
+        },
+        Dep {
             name: "busybox-static",
             purpose: "tiny test images built without a registry",
             check: || dpkg_installed("busybox-static"),

@@ -849,6 +849,7 @@ pub(crate) fn start_krane(
         .env("CTRL_TOKEN", token)
         .env("CTRL_VAULT_KEY", vault_key)
         .env("KRANE_DOCKER_SOCKET", podman.socket())
+        .env("KRANE_INIT_BINARY", ctrl_testkit::paths::ctrl_init_bin()?)
         .env("KRANE_LISTEN", format!("127.0.0.1:{health_port}"))
         .envs(overrides.iter().map(|(k, v)| (*k, v)));
     Ok(Supervised::spawn(

@@ -149,11 +149,12 @@ impl Stack {
             &format!(
                 "[cluster]\nplatform = \"dev\"\nregion = \"local\"\ncell_id = \"local-1\"\n\
                  [control]\nurl = \"{api_url}\"\ntoken = \"{agent_token}\"\n\
-                 [docker]\nsocket = \"{socket}\"\ndrain_delay_ms = 200\n\
+                 [docker]\nsocket = \"{socket}\"\ndrain_delay_ms = 200\ninit_binary = \"{init}\"\n\
                  [vault]\nkeys = [{{ id = \"k1\", key = \"{VAULT_KEY}\" }}]\n\
                  [agent]\nreconcile_seconds = 2\nreport_seconds = 1\nreconnect_min_ms = 100\nreconnect_max_ms = 300\n\
                  [http]\nlisten = \"127.0.0.1:{krane_health}\"\n[logs]\ntoken = \"{TOKEN}\"\n",
                 socket = podman.socket().display(),
+                init = ctrl_testkit::paths::ctrl_init_bin()?.display(),
             ),
             krane::config::ENV_PREFIX,
         )?;

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use super::labels;
 use super::{DockerProvider, is_not_found, status_code};
 use crate::Error;
-use crate::spec::{Persistence, RestartPolicy, Role, WorkloadKind, WorkloadSpec};
+use crate::spec::{Persistence, RestartPolicy, Role, ServiceSpec, WorkloadKind, WorkloadSpec};
 
 impl DockerProvider {
     /// Creates the workload's network unless it exists.
@@ -117,6 +117,40 @@ impl DockerProvider {
         })
     }
 
+    /// What the service runs, as the engine would decide it: its command
+    /// (and args), or the image's entrypoint with the service's args or else
+    /// the image's command.
+    async fn command_line(&self, service: &ServiceSpec) -> Result<Vec<String>, Error> {
+        if !service.command.is_empty() {
+            return Ok(service
+                .command
+                .iter()
+                .chain(&service.args)
+                .cloned()
+                .collect());
+        }
+        let image = self
+            .call(
+                &format!("inspect image {}", service.image),
+                self.docker.inspect_image(&service.image),
+            )
+            .await?;
+        let config = image.config.unwrap_or_default();
+        let mut argv = config.entrypoint.unwrap_or_default();
+        if service.args.is_empty() {
+            argv.extend(config.cmd.unwrap_or_default());
+        } else {
+            argv.extend(service.args.iter().cloned());
+        }
+        if argv.is_empty() {
+            return Err(Error::InvalidSpec(format!(
+                "service {:?}: image {} has no entrypoint or command, and the service sets none",
+                service.name, service.image
+            )));
+        }
+        Ok(argv)
+    }
+
     /// Creates (not starts) the container of service `index` in `replica`
     /// at `revision`, with its config files in place.
     pub(super) async fn create_container(
@@ -131,17 +165,54 @@ impl DockerProvider {
         let name = labels::container_name(&spec.id, &service.name, replica, revision);
         self.ensure_image(&service.image).await?;
 
-        let mut env: Vec<String> = service
+        // Secret values never go into the container's config (see
+        // `secrets`): ctrl-init reads them from a tmpfs at start.
+        let env: Vec<String> = service
             .env
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
+        let mut secret_values = Vec::with_capacity(service.secrets.len());
         for secret in &service.secrets {
             let value =
                 crate::provider::resolve_secret(self.secrets.as_ref(), &service.name, secret)
                     .await?;
-            env.push(format!("{}={}", secret.env, value.as_str()));
+            secret_values.push((secret.env.clone(), value));
         }
+        let (entrypoint, cmd, secret_mounts) = if secret_values.is_empty() {
+            (
+                (!service.command.is_empty()).then(|| service.command.clone()),
+                (!service.args.is_empty()).then(|| service.args.clone()),
+                Vec::new(),
+            )
+        } else {
+            let delivery = self.config.secret_delivery.as_ref().ok_or_else(|| {
+                Error::InvalidSpec(format!(
+                    "service {:?} has secret variables, and this agent cannot deliver them \
+                     without writing them into the container's config: set krane's \
+                     [docker] init_binary and secrets_dir",
+                    service.name
+                ))
+            })?;
+            let argv = self.command_line(service).await?;
+            let dir = delivery.write(&name, &secret_values)?;
+            drop(secret_values);
+            let bind = |source: &std::path::Path, target: &str| Mount {
+                target: Some(target.into()),
+                source: Some(source.display().to_string()),
+                typ: Some(MountType::BIND),
+                read_only: Some(true),
+                ..Default::default()
+            };
+            (
+                Some(vec![super::secrets::INIT_PATH.to_owned()]),
+                Some(argv),
+                vec![
+                    bind(&delivery.init_source(), super::secrets::INIT_PATH),
+                    bind(&dir, super::secrets::SECRETS_MOUNT),
+                ],
+            )
+        };
 
         let mut exposed = Vec::new();
         let mut bindings = HashMap::new();
@@ -163,7 +234,7 @@ impl DockerProvider {
             let name = labels::volume_name(&spec.id, &service.name, &volume.name, replica);
             self.ensure_volume(&spec.id, &name).await?;
         }
-        let mut mounts = Vec::new();
+        let mut mounts = secret_mounts;
         let mut anonymous = Vec::new();
         for volume in &service.volumes {
             match (volume.persistence, spec.kind) {
@@ -217,8 +288,8 @@ impl DockerProvider {
         };
         let body = ContainerCreateBody {
             image: Some(service.image.clone()),
-            entrypoint: (!service.command.is_empty()).then(|| service.command.clone()),
-            cmd: (!service.args.is_empty()).then(|| service.args.clone()),
+            entrypoint,
+            cmd,
             env: Some(env),
             labels: Some(
                 labels::container_labels(spec, &self.owner(), index, replica, revision, releases)
@@ -246,7 +317,16 @@ impl DockerProvider {
                     body,
                 ),
             )
-            .await?;
+            .await;
+        let created = match created {
+            Ok(created) => created,
+            Err(e) => {
+                if let Some(delivery) = &self.config.secret_delivery {
+                    delivery.remove(&name);
+                }
+                return Err(e);
+            }
+        };
         if !service.config_files.is_empty() {
             let archive = config_archive(service)?;
             let upload = self.docker.upload_to_container(

@@ -22,6 +22,9 @@ mod labels;
 mod observe;
 mod ops;
 mod rollout;
+pub mod secrets;
+
+pub use secrets::SecretDelivery;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -69,6 +72,10 @@ pub struct DockerConfig {
     pub api_timeout: Duration,
     /// Releases kept for rollback.
     pub history: usize,
+    /// How secret variables reach containers without entering their config
+    /// (`ctrl-init` and a tmpfs directory); none = services with secrets
+    /// are refused.
+    pub secret_delivery: Option<secrets::SecretDelivery>,
 }
 
 impl Default for DockerConfig {
@@ -85,6 +92,7 @@ impl Default for DockerConfig {
             start_timeout: Duration::from_secs(60),
             api_timeout: Duration::from_secs(60),
             history: 10,
+            secret_delivery: None,
         }
     }
 }
@@ -116,6 +124,11 @@ impl DockerProvider {
         config: DockerConfig,
         secrets: Arc<dyn SecretResolver>,
     ) -> Result<Self, Error> {
+        if let Some(delivery) = &config.secret_delivery {
+            delivery
+                .check()
+                .map_err(|e| Error::backend("prepare the delivery of secret variables", e))?;
+        }
         let version = tokio::time::timeout(config.api_timeout, docker.version())
             .await
             .map_err(|_| Error::backend("ask the engine for its version", "timed out"))?

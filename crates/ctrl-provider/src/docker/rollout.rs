@@ -428,8 +428,25 @@ impl DockerProvider {
         }
     }
 
-    /// Force-removes a container and its anonymous volumes; a missing one is fine.
+    /// Force-removes a container and its anonymous volumes (and its
+    /// secrets' tmpfs directory); a missing one is fine.
     pub(super) async fn remove_container(&self, id: &str) -> Result<(), Error> {
+        // The secrets directory is named after the container.
+        let name = match &self.config.secret_delivery {
+            Some(_) => self
+                .call_raw(
+                    "inspect container",
+                    self.docker.inspect_container(
+                        id,
+                        None::<bollard::query_parameters::InspectContainerOptions>,
+                    ),
+                )
+                .await?
+                .ok()
+                .and_then(|c| c.name)
+                .map(|n| n.trim_start_matches('/').to_owned()),
+            None => None,
+        };
         let removed = self
             .call_raw(
                 "remove container",
@@ -443,11 +460,17 @@ impl DockerProvider {
                 ),
             )
             .await?;
-        match removed {
+        let removed = match removed {
             Ok(()) => Ok(()),
             Err(e) if super::is_not_found(&e) || super::status_code(&e) == Some(409) => Ok(()),
             Err(e) => Err(Error::backend(format!("remove container {id}"), e)),
+        };
+        if removed.is_ok()
+            && let (Some(delivery), Some(name)) = (&self.config.secret_delivery, name)
+        {
+            delivery.remove(&name);
         }
+        removed
     }
 
     /// Deprovision: stop and remove every container, the persistent

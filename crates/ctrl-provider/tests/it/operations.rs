@@ -4,6 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
 use async_trait::async_trait;
+use ctrl_provider::docker::{DockerConfig, SecretDelivery};
 use ctrl_provider::spec::{ConfigFile, Resources, SecretRef};
 use ctrl_provider::{Error, ExecRequest, LogOptions, LogStream, Provider, SecretResolver};
 use futures::StreamExt;
@@ -187,9 +188,49 @@ impl SecretResolver for Vault {
     }
 }
 
+/// Secret delivery through `ctrl-init` and a tmpfs directory.
+fn delivery(dir: &std::path::Path) -> Result<SecretDelivery> {
+    Ok(SecretDelivery {
+        init_binary: ctrl_testkit::paths::ctrl_init_bin()?,
+        dir: dir.to_owned(),
+    })
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(path),
+                Ok(t)
+                    if t.is_file()
+                        && std::fs::read(&path)
+                            .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) =>
+                {
+                    found.push(path.display().to_string());
+                }
+                _ => {}
+            }
+        }
+    }
+    found
+}
+
 #[tokio::test]
-async fn secrets_and_config_files_reach_the_container_and_not_the_labels() -> Result<()> {
-    let env = env_with(test_config(), Arc::new(Vault)).await?;
+async fn secrets_reach_the_workload_and_never_the_engines_config_or_disk() -> Result<()> {
+    // The tmpfs every Linux host has.
+    let shm = tempfile::tempdir_in("/dev/shm")?;
+    let config = DockerConfig {
+        secret_delivery: Some(delivery(shm.path())?),
+        ..test_config()
+    };
+    let env = env_with(config, Arc::new(Vault)).await?;
     let mut spec = web("sec", V1);
     spec.services[0].secrets = vec![SecretRef {
         env: "TOKEN".into(),
@@ -202,6 +243,17 @@ async fn secrets_and_config_files_reach_the_container_and_not_the_labels() -> Re
     }];
     spec.services[0].env = BTreeMap::from([("PLAIN".into(), "visible".into())]);
     env.provider.provision(&spec).await?;
+    // The workload's own environment has both (the image's CMD ran behind
+    // ctrl-init, whose entrypoint wraps it).
+    let address = env.provider.status("sec").await?.endpoints[0]
+        .address
+        .clone();
+    let seen = get(&address, "/cgi-bin/env").await?;
+    assert!(
+        seen.lines().any(|l| l == "TOKEN=s3cret-value")
+            && seen.lines().any(|l| l == "PLAIN=visible"),
+        "{seen}"
+    );
     let out = env
         .provider
         .exec(
@@ -210,19 +262,16 @@ async fn secrets_and_config_files_reach_the_container_and_not_the_labels() -> Re
                 command: vec![
                     "sh".into(),
                     "-c".into(),
-                    "echo $TOKEN $PLAIN; cat /etc/app/settings.toml; ls -l /etc/app/settings.toml"
-                        .into(),
+                    "cat /etc/app/settings.toml; ls -l /etc/app/settings.toml".into(),
                 ],
                 ..Default::default()
             },
         )
         .await?;
     let text = String::from_utf8(out.stdout)?;
-    assert!(
-        text.starts_with("s3cret-value visible\nmode = \"fast\"\n-rw-------"),
-        "{text}"
-    );
+    assert!(text.starts_with("mode = \"fast\"\n-rw-------"), "{text}");
 
+    // Not in what the engine stores or shows: inspect, labels, its disk.
     let inspect = env
         .podman
         .docker()
@@ -231,12 +280,75 @@ async fn secrets_and_config_files_reach_the_container_and_not_the_labels() -> Re
             None::<bollard::query_parameters::InspectContainerOptions>,
         )
         .await?;
+    let shown = serde_json::to_string(&inspect)?;
+    assert!(!shown.contains("s3cret-value"), "the secret is in inspect");
+    assert!(
+        shown.contains("PLAIN=visible"),
+        "plain variables stay in the config"
+    );
     let labels = format!("{:?}", inspect.config.and_then(|c| c.labels));
-    assert!(!labels.contains("s3cret-value"), "secret value in labels");
     assert!(
         labels.contains("vault:token:v1"),
         "the reference is recorded for rollback"
     );
+    let on_disk = files_containing(env.podman.dir(), b"s3cret-value");
+    assert!(
+        on_disk.is_empty(),
+        "the secret is on the engine's disk: {on_disk:?}"
+    );
+    // Only the tmpfs holds it, and removing the workload removes it.
+    assert_eq!(files_containing(shm.path(), b"s3cret-value").len(), 1);
+    env.provider.deprovision("sec").await?;
+    assert!(files_containing(shm.path(), b"s3cret-value").is_empty());
+
+    // Without a way to deliver them, secrets are refused, naming the setting.
+    let plain = env_with(test_config(), Arc::new(Vault)).await?;
+    let mut refused = web("nosec", V1);
+    refused.services[0].secrets = spec.services[0].secrets.clone();
+    let err = plain
+        .provider
+        .provision(&refused)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("init_binary") && err.contains("secrets_dir"),
+        "{err}"
+    );
+    assert!(container_names(&plain, "nosec").await?.is_empty());
+    // A directory on a disk, or a dynamically linked init, is refused at
+    // connect, naming the setting.
+    let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    for (delivery, setting) in [
+        (
+            SecretDelivery {
+                init_binary: ctrl_testkit::paths::ctrl_init_bin()?,
+                dir: disk.path().to_owned(),
+            },
+            "not on a tmpfs",
+        ),
+        (
+            SecretDelivery {
+                init_binary: std::env::current_exe()?,
+                dir: shm.path().join("other"),
+            },
+            "dynamically linked",
+        ),
+    ] {
+        let config = DockerConfig {
+            secret_delivery: Some(delivery),
+            ..test_config()
+        };
+        let err = ctrl_provider::docker::DockerProvider::connect(
+            plain.podman.docker().clone(),
+            config,
+            Arc::new(Vault),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(setting), "{err}");
+    }
 
     // An unresolvable secret fails before anything is created, naming the variable.
     let mut bad = web("bad", V1);
