@@ -266,6 +266,8 @@ impl Stack {
                 self.api = Some(api);
             }
             Victim::Krane => {
+                // Its own secrets directory: never a running dev stack's.
+                let secrets_dir = format!("/dev/shm/ctrl-krane/stack-{}", std::process::id());
                 let mut krane = dev::start_krane(
                     &self.dir,
                     &self.bin.join("krane"),
@@ -276,6 +278,7 @@ impl Stack {
                     &[
                         ("KRANE__AGENT__RECONCILE_SECONDS", "5".into()),
                         ("KRANE__AGENT__REPORT_SECONDS", "2".into()),
+                        ("KRANE__DOCKER__SECRETS_DIR", secrets_dir),
                     ],
                 )?;
                 dev::wait_for_http(

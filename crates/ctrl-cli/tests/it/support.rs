@@ -37,6 +37,8 @@ pub(crate) struct Stack {
     _restate: RestateServer,
     _s3: S3Server,
     _registry: Registry,
+    /// krane's secrets directory (a tmpfs), this stack's only.
+    _secrets: tempfile::TempDir,
     /// The DNS server the worker checks custom domains' records with.
     pub(crate) dns: ChallTestSrv,
 }
@@ -145,16 +147,18 @@ impl Stack {
             .context("the issued credential's token")?
             .to_owned();
 
+        let secrets = tempfile::tempdir_in("/dev/shm")?;
         let krane: krane::config::Config = parse(
             &format!(
                 "[cluster]\nplatform = \"dev\"\nregion = \"local\"\ncell_id = \"local-1\"\n\
                  [control]\nurl = \"{api_url}\"\ntoken = \"{agent_token}\"\n\
-                 [docker]\nsocket = \"{socket}\"\ndrain_delay_ms = 200\ninit_binary = \"{init}\"\n\
+                 [docker]\nsocket = \"{socket}\"\ndrain_delay_ms = 200\ninit_binary = \"{init}\"\nsecrets_dir = \"{secrets_dir}\"\n\
                  [vault]\nkeys = [{{ id = \"k1\", key = \"{VAULT_KEY}\" }}]\n\
                  [agent]\nreconcile_seconds = 2\nreport_seconds = 1\nreconnect_min_ms = 100\nreconnect_max_ms = 300\n\
                  [http]\nlisten = \"127.0.0.1:{krane_health}\"\n[logs]\ntoken = \"{TOKEN}\"\n",
                 socket = podman.socket().display(),
                 init = ctrl_testkit::paths::ctrl_init_bin()?.display(),
+                secrets_dir = secrets.path().display(),
             ),
             krane::config::ENV_PREFIX,
         )?;
@@ -172,6 +176,7 @@ impl Stack {
             _restate: restate,
             _s3: s3,
             _registry: registry,
+            _secrets: secrets,
             dns,
         };
         // Ready once krane registered its region (deployments need one).

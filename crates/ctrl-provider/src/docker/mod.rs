@@ -138,7 +138,7 @@ impl DockerProvider {
             .no_proxy()
             .build()
             .map_err(|e| Error::backend("build the probe client", e))?;
-        Ok(Self {
+        let provider = Self {
             inner: Arc::new(Inner {
                 docker,
                 config,
@@ -147,7 +147,9 @@ impl DockerProvider {
                 version: version.version.unwrap_or_default(),
                 locks: Mutex::new(HashMap::new()),
             }),
-        })
+        };
+        provider.prune_secrets().await;
+        Ok(provider)
     }
 
     /// The engine client.

@@ -150,6 +150,57 @@ impl SecretDelivery {
     }
 }
 
+impl super::DockerProvider {
+    /// Removes the secrets of containers that no longer exist (removed
+    /// behind krane's back, or while it was down). Best effort, at connect.
+    pub(super) async fn prune_secrets(&self) {
+        let Some(delivery) = &self.config.secret_delivery else {
+            return;
+        };
+        let filters = std::collections::HashMap::from([(
+            "label".to_owned(),
+            vec![format!(
+                "{}={}",
+                super::labels::MANAGED_BY,
+                super::labels::MANAGED_BY_VALUE
+            )],
+        )]);
+        let listed = self
+            .call(
+                "list containers",
+                self.docker.list_containers(Some(
+                    bollard::query_parameters::ListContainersOptions {
+                        all: true,
+                        filters: Some(filters),
+                        ..Default::default()
+                    },
+                )),
+            )
+            .await;
+        let containers = match listed {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot prune stale secrets: listing containers failed");
+                return;
+            }
+        };
+        let names: std::collections::HashSet<String> = containers
+            .into_iter()
+            .flat_map(|c| c.names.unwrap_or_default())
+            .map(|n| n.trim_start_matches('/').to_owned())
+            .collect();
+        let Ok(entries) = std::fs::read_dir(&delivery.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') && !names.contains(&name) {
+                delivery.remove(&name);
+            }
+        }
+    }
+}
+
 fn remove_dir(dir: &Path) -> std::io::Result<()> {
     match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),

@@ -46,6 +46,8 @@ pub(crate) struct Stack {
     pub(crate) krane_health: u16,
     pub(crate) api: Channel,
     pub(crate) dir: tempfile::TempDir,
+    /// krane's secrets directory (a tmpfs), this stack's only.
+    _secrets: tempfile::TempDir,
 }
 
 fn parse<T: serde::de::DeserializeOwned + ctrl_runtime::config::Validate>(
@@ -65,15 +67,17 @@ impl Stack {
         let restate = RestateServer::start().await?;
         let db = ctrl_testkit::test_database().await?;
         let dir = tempfile::tempdir()?;
+        let secrets = tempfile::tempdir_in("/dev/shm")?;
         let (podman, kube, backend_config) = match backend {
             Backend::Podman => {
                 let podman = Podman::start().await?;
                 images::build_http_image(podman.docker(), V1).await?;
                 images::derive_image(podman.docker(), V1, V2, &[("VERSION", "v2")]).await?;
                 let config = format!(
-                    "[docker]\nsocket = \"{}\"\ndrain_delay_ms = 200\ninit_binary = \"{}\"\n",
+                    "[docker]\nsocket = \"{}\"\ndrain_delay_ms = 200\ninit_binary = \"{}\"\nsecrets_dir = \"{}\"\n",
                     podman.socket().display(),
                     ctrl_testkit::paths::ctrl_init_bin()?.display(),
+                    secrets.path().display(),
                 );
                 (Some(podman), None, config)
             }
@@ -161,6 +165,7 @@ impl Stack {
             krane_health,
             api: api_channel,
             dir,
+            _secrets: secrets,
         };
         stack.start_krane().await?;
         wait_until_ok(
