@@ -1,6 +1,6 @@
 //! The control plane, as frontline calls it: EdgeService (routing table,
 //! wake, traffic) and AcmeService (HTTP-01), gRPC over one HTTP/2
-//! connection each, the edge token on every call, every call bounded.
+//! connection each, the edge's agent credential on every call, every call bounded.
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
 //! AcmeService: the key authorizations the edge serves for HTTP-01
-//! challenges (called by frontline with its edge token).
+//! challenges (called by frontline with its agent credential).
 
 use ctrl_proto::ctrl::v1 as pb;
 

@@ -234,7 +234,10 @@ async fn secrets_reach_the_workload_and_never_the_engines_config_or_disk() -> Re
     std::fs::create_dir_all(shm.path().join("gone-web-0-r3"))?;
     std::fs::write(shm.path().join("gone-web-0-r3/env"), "OLD=s3cret-value\0")?;
     let env = env_with(config, Arc::new(Vault)).await?;
-    assert!(!shm.path().join("gone-web-0-r3").exists(), "stale secrets pruned");
+    assert!(
+        !shm.path().join("gone-web-0-r3").exists(),
+        "stale secrets pruned"
+    );
     assert!(shm.path().join(".ctrl-init").is_file(), "ctrl-init copied");
     let mut spec = web("sec", V1);
     spec.services[0].secrets = vec![SecretRef {
