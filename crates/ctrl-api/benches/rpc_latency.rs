@@ -9,6 +9,8 @@
 //! HTTP/1.1 (Connect JSON, gRPC-Web: reqwest) on loopback. It prints p50
 //! and p99 per RPC and protocol, and the ratio plain/nodelay of the p50.
 
+mod common;
+
 #[path = "../tests/it/fixtures.rs"]
 #[allow(dead_code)]
 mod fixtures;
@@ -16,14 +18,11 @@ mod fixtures;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use ctrl_api::state::AppState;
+use common::{TOKEN, state};
 use ctrl_core::status::DeploymentStatus;
 use ctrl_proto::ctrl::v1 as pb;
-use ctrl_vault::{KeyConfig, Vault};
 use prost::Message;
 use tokio::net::TcpListener;
-
-const TOKEN: &str = "bench-token-0123456789abcdef";
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
@@ -256,27 +255,4 @@ impl tonic::codec::Decoder for RawCodec {
         use bytes::Buf;
         Ok(Some(src.copy_to_bytes(src.remaining())))
     }
-}
-
-async fn state() -> Result<AppState> {
-    let db = ctrl_testkit::test_database().await?;
-    let vault = Vault::new(&[KeyConfig {
-        id: "bench".into(),
-        base64: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into(),
-    }])?;
-    let nowhere = format!("http://127.0.0.1:{}", ctrl_testkit::free_port()?);
-    let restate = (
-        ctrl_api::restate::Ingress::new(&nowhere),
-        ctrl_api::restate::Admin::new(&nowhere),
-    );
-    // Thousands of calls from one token: above the default rate limit.
-    Ok(
-        AppState::new(db.pool, vault, &[TOKEN.to_owned()], restate, None).with_limits(
-            &ctrl_api::limits::LimitsConfig {
-                requests_per_second: 1_000_000,
-                burst: 1_000_000,
-                ..ctrl_api::limits::LimitsConfig::default()
-            },
-        ),
-    )
 }

@@ -9,6 +9,8 @@
 //! Real MariaDB, the real router on loopback, tonic clients; the watchers
 //! spread over ten HTTP/2 connections.
 
+mod common;
+
 #[path = "../tests/it/fixtures.rs"]
 #[allow(dead_code)]
 mod fixtures;
@@ -16,14 +18,11 @@ mod fixtures;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use ctrl_api::state::AppState;
+use common::{TOKEN, state};
 use ctrl_core::status::DeploymentStatus;
 use ctrl_proto::ctrl::v1 as pb;
-use ctrl_vault::{KeyConfig, Vault};
 use pb::deployment_service_client::DeploymentServiceClient;
 use tonic::transport::Channel;
-
-const TOKEN: &str = "bench-token-0123456789abcdef";
 
 fn authed<T>(msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
@@ -119,27 +118,4 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-async fn state() -> Result<AppState> {
-    let db = ctrl_testkit::test_database().await?;
-    let vault = Vault::new(&[KeyConfig {
-        id: "bench".into(),
-        base64: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into(),
-    }])?;
-    let nowhere = format!("http://127.0.0.1:{}", ctrl_testkit::free_port()?);
-    let restate = (
-        ctrl_api::restate::Ingress::new(&nowhere),
-        ctrl_api::restate::Admin::new(&nowhere),
-    );
-    Ok(
-        AppState::new(db.pool, vault, &[TOKEN.to_owned()], restate, None).with_limits(
-            &ctrl_api::limits::LimitsConfig {
-                requests_per_second: 1_000_000,
-                burst: 1_000_000,
-                streams_per_token: 5_000,
-                ..ctrl_api::limits::LimitsConfig::default()
-            },
-        ),
-    )
 }

@@ -56,14 +56,8 @@ impl FromRequestParts<AppState> for Authorized {
         // are refused before anything else.
         state.limits().unauthenticated()?;
         authenticated.map(|token| Self { token }).map_err(|e| {
-            let agent = parts
-                .headers
-                .get(axum::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| {
-                    v.trim_start_matches("Bearer ")
-                        .starts_with(ctrl_cluster_sync::agents::TOKEN_PREFIX)
-                });
+            let agent = ctrl_runtime::auth::bearer_token(&parts.headers)
+                .is_some_and(|t| t.starts_with(ctrl_cluster_sync::agents::TOKEN_PREFIX));
             if agent {
                 ConnectError::new_unauthenticated(
                     "an agent credential opens only the agents' services, not the API",
@@ -101,33 +95,21 @@ impl FromRequestParts<AppState> for EdgeAuthorized {
 /// 1 KiB: gRPC carries them in a header, and a message quoting a huge
 /// input would make the response itself fail.
 pub fn to_connect(e: ApiError) -> ConnectError {
-    let e = match e {
-        ApiError::InvalidArgument { field, message } => ApiError::InvalidArgument {
-            field: ctrl_core::names::clip(&field, 128).to_owned(),
-            message: clipped(message),
-        },
-        ApiError::NotFound(m) => ApiError::NotFound(clipped(m)),
-        ApiError::AlreadyExists(m) => ApiError::AlreadyExists(clipped(m)),
-        ApiError::FailedPrecondition(m) => ApiError::FailedPrecondition(clipped(m)),
-        ApiError::Unavailable(m) => ApiError::Unavailable(clipped(m)),
-        ApiError::Internal(m) => ApiError::Internal(clipped(m)),
-        ApiError::Unauthenticated => ApiError::Unauthenticated,
-    };
-    match e {
+    let (code, message) = match e {
         ApiError::InvalidArgument { field, message } => {
-            ConnectError::new_invalid_argument(format!("{field}: {message}"))
+            (Code::InvalidArgument, format!("{field}: {message}"))
         }
-        ApiError::NotFound(m) => ConnectError::new_not_found(m),
-        ApiError::AlreadyExists(m) => ConnectError::new_already_exists(m),
-        ApiError::FailedPrecondition(m) => ConnectError::new_failed_precondition(m),
-        ApiError::Unauthenticated => {
-            ConnectError::new_unauthenticated(ApiError::Unauthenticated.to_string())
-        }
-        ApiError::Unavailable(m) => ConnectError::new_unavailable(m),
-        ApiError::Internal(m) => ConnectError::new(Code::Internal, m),
-    }
+        ApiError::NotFound(m) => (Code::NotFound, m),
+        ApiError::AlreadyExists(m) => (Code::AlreadyExists, m),
+        ApiError::FailedPrecondition(m) => (Code::FailedPrecondition, m),
+        ApiError::Unauthenticated => (Code::Unauthenticated, e.to_string()),
+        ApiError::Unavailable(m) => (Code::Unavailable, m),
+        ApiError::Internal(m) => (Code::Internal, m),
+    };
+    ConnectError::new(code, clipped(message))
 }
 
+/// At most 1 KiB of `message`, marked with an ellipsis when cut.
 fn clipped(mut message: String) -> String {
     const MAX: usize = 1024;
     if message.len() > MAX {

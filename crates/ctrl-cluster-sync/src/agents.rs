@@ -120,6 +120,30 @@ pub struct Invalid {
     pub message: String,
 }
 
+impl<'a> Binding<'a> {
+    /// A krane's binding: one cluster.
+    pub fn krane(platform: &'a str, region: &'a str, cell_id: &'a str, name: &'a str) -> Self {
+        Self {
+            kind: AgentKind::Krane,
+            platform,
+            region,
+            cell_id,
+            name,
+        }
+    }
+
+    /// A frontline's binding: one region.
+    pub fn frontline(platform: &'a str, region: &'a str, name: &'a str) -> Self {
+        Self {
+            kind: AgentKind::Frontline,
+            platform,
+            region,
+            cell_id: "",
+            name,
+        }
+    }
+}
+
 impl Binding<'_> {
     /// Checks names and the kind's rules; the first problem is named.
     pub fn validate(&self) -> Result<(), Invalid> {
@@ -294,18 +318,12 @@ pub async fn authenticate(
     headers: &HeaderMap,
     kind: AgentKind,
 ) -> Result<Agent, ConnectError> {
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            ConnectError::new_unauthenticated(format!(
-                "missing agent credential (Authorization: Bearer <{} credential>)",
-                kind.as_str()
-            ))
-        })?;
+    let token = ctrl_runtime::auth::bearer_token(headers).ok_or_else(|| {
+        ConnectError::new_unauthenticated(format!(
+            "missing agent credential (Authorization: Bearer <{} credential>)",
+            kind.as_str()
+        ))
+    })?;
     let found = ctrl_db::agent::find_active_by_digest(db, &digest(token))
         .await
         .map_err(crate::service::db_error)?

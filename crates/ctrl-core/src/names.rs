@@ -87,16 +87,9 @@ pub fn validate_project_slug(slug: &str) -> Result<(), SlugError> {
 }
 
 /// `s` cut to at most `max` bytes, at a character boundary: what an error
-/// message may quote of a caller's input.
+/// message may quote of a caller's input, or what fits a `VARCHAR(max)`.
 pub fn clip(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    &s[..s.floor_char_boundary(max)]
 }
 
 /// The error message for a value that is not a DNS label (quoted, clipped).

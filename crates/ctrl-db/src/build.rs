@@ -10,7 +10,8 @@
 use sqlx::{FromRow, MySqlConnection, MySqlExecutor};
 
 use crate::types::BuildStatus;
-use crate::{Error, Result, truncate};
+use crate::{Error, Result};
+use ctrl_core::names::clip;
 
 /// A `builds` row.
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
@@ -102,8 +103,8 @@ pub async fn ensure(conn: &mut MySqlConnection, b: &NewBuild<'_>, now: i64) -> R
     .bind(b.backend)
     .bind(b.is_production)
     .bind(b.git_repository)
-    .bind(truncate(b.context_path, 500))
-    .bind(truncate(b.dockerfile_path, 500))
+    .bind(clip(b.context_path, 500))
+    .bind(clip(b.dockerfile_path, 500))
     .bind(now)
     .bind(now)
     .execute(&mut *conn)
@@ -230,7 +231,7 @@ pub async fn set_progress(
            context_bytes = COALESCE(?, context_bytes), updated_at = ?
          WHERE id = ? AND status = 'running'",
     )
-    .bind(step.map(|s| truncate(s, 512)))
+    .bind(step.map(|s| clip(s, 512)))
     .bind(log_lines)
     .bind(context_bytes)
     .bind(now)
@@ -290,7 +291,7 @@ pub async fn end(
          WHERE id = ? AND status IN ('queued', 'running')",
     )
     .bind(status)
-    .bind(truncate(error, 1024))
+    .bind(clip(error, 1024))
     .bind(now)
     .bind(now)
     .bind(id)
@@ -327,7 +328,7 @@ pub async fn append_logs(
         row.push_bind(build_id)
             .push_bind(n)
             .push_bind(*at)
-            .push_bind(truncate(text, 4096));
+            .push_bind(clip(text, 4096));
     });
     q.build().execute(ex).await?;
     Ok(())

@@ -249,7 +249,7 @@ pub async fn mark_failed(
         "UPDATE custom_domains SET verification_status = 'failed', verification_error = ?, updated_at = ?
          WHERE id = ?",
     )
-    .bind(truncate(why, 512))
+    .bind(ctrl_core::names::clip(why, 512))
     .bind(now)
     .bind(id)
     .execute(ex)
@@ -333,8 +333,4 @@ pub async fn ensure_platform(
         .fetch_optional(ex)
         .await?
         .ok_or(Error::NotFound("platform domain"))
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    &s[..s.floor_char_boundary(max)]
 }

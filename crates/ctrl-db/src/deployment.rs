@@ -9,11 +9,11 @@ use ctrl_core::status::{DeploymentStatus, DesiredState, StepKind};
 use sqlx::types::Json;
 use sqlx::{FromRow, MySqlConnection, MySqlExecutor};
 
-use crate::truncate;
 use crate::types::{
     ActorType, HealthCheck, Page, ShutdownSignal, SourceKind, TriggerKind, UpstreamProtocol,
 };
 use crate::{Error, Result};
+use ctrl_core::names::clip;
 
 /// A deployment row.
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
@@ -370,7 +370,7 @@ pub async fn hold(
          WHERE id = ? AND status = 'pending'",
     )
     .bind(to.as_str())
-    .bind(crate::truncate(reason, 1024))
+    .bind(clip(reason, 1024))
     .bind(now)
     .bind(id)
     .execute(ex)
@@ -820,7 +820,7 @@ pub async fn start_step(
     .bind(workspace_id)
     .bind(deployment_id)
     .bind(step.as_str())
-    .bind(truncate(message, 512))
+    .bind(clip(message, 512))
     .bind(now)
     .execute(ex)
     .await?;
@@ -836,7 +836,7 @@ pub async fn set_step_message(
     step: StepKind,
     message: &str,
 ) -> Result<bool> {
-    let message = truncate(message, 512);
+    let message = clip(message, 512);
     let done = sqlx::query(
         "UPDATE deployment_steps SET message = ? WHERE deployment_id = ? AND step = ? AND ended_at IS NULL AND message <> ?",
     )
@@ -862,7 +862,7 @@ pub async fn end_step(
         "UPDATE deployment_steps SET ended_at = ?, error = ? WHERE deployment_id = ? AND step = ? AND ended_at IS NULL",
     )
     .bind(now)
-    .bind(error.map(|e| truncate(e, 512)))
+    .bind(error.map(|e| clip(e, 512)))
     .bind(deployment_id)
     .bind(step.as_str())
     .execute(ex)
@@ -879,7 +879,7 @@ pub async fn end_running_steps(
 ) -> Result<u64> {
     let done = sqlx::query("UPDATE deployment_steps SET ended_at = ?, error = ? WHERE deployment_id = ? AND ended_at IS NULL")
         .bind(now)
-        .bind(truncate(error, 512))
+        .bind(clip(error, 512))
         .bind(deployment_id)
         .execute(ex)
         .await?;
@@ -998,7 +998,7 @@ pub async fn set_git_commit(
 }
 
 fn non_empty(s: &str, max: usize) -> Option<&str> {
-    (!s.is_empty()).then(|| truncate(s, max))
+    (!s.is_empty()).then(|| clip(s, max))
 }
 
 /// Only the deployment's status (cheap enough to poll, e.g. by a running

@@ -85,19 +85,6 @@ pub async fn ping(ex: impl sqlx::MySqlExecutor<'_>) -> Result<()> {
     Ok(())
 }
 
-/// At most `max` bytes of `s`, cut at a character boundary (what fits a
-/// `VARCHAR(max)` column whatever the characters).
-pub(crate) fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 /// `('pending', …, 'finalizing')`: the statuses of a deployment still on its
 /// way, as an SQL list, derived from `DeploymentStatus::is_progressing` so
 /// the database and the domain rule never disagree.

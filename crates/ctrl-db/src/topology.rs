@@ -13,7 +13,8 @@ use sqlx::types::Json;
 use sqlx::{FromRow, MySqlConnection, MySqlExecutor};
 
 use crate::types::{HealthCheck, ShutdownSignal, UpstreamProtocol};
-use crate::{Error, Result, truncate};
+use crate::{Error, Result};
+use ctrl_core::names::clip;
 
 /// Takes the next version of `region_id`, locking the region's counter until
 /// the surrounding transaction ends. Call only inside a transaction, and
@@ -239,7 +240,7 @@ pub async fn record_problem(
     failed_attempts: u32,
     now: i64,
 ) -> Result<bool> {
-    let problem = problem.map(|p| truncate(p, 512));
+    let problem = problem.map(|p| clip(p, 512));
     let done = sqlx::query(
         "UPDATE deployment_topology
          SET problem = ?, failed_attempts = ?, problem_at = IF(? IS NULL, NULL, COALESCE(problem_at, ?))

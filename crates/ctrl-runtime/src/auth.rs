@@ -52,6 +52,24 @@ impl AuthConfig {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header value, if it
+/// has one (the one parser of the header, for every credential kind).
+pub fn bearer(header: Option<&str>) -> Option<&str> {
+    header
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// The bearer token of a request's headers, if any.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    bearer(
+        headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
 /// The accepted bearer tokens, as digests.
 #[derive(Clone, Default)]
 pub struct BearerTokens {
@@ -111,26 +129,20 @@ impl BearerTokens {
     /// [`Self::check_headers`], answering which token it was (for limits
     /// kept per token).
     pub fn authenticate(&self, headers: &axum::http::HeaderMap) -> Result<usize, &'static str> {
-        self.header_position(
-            headers
-                .get(axum::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok()),
-        )
+        Self::found(bearer_token(headers).map(|t| self.position(t)))
     }
 
     /// Checks an `Authorization` header value (`Bearer <token>`); the error
     /// says what is wrong without echoing the token.
     pub fn check_header(&self, header: Option<&str>) -> Result<(), &'static str> {
-        self.header_position(header).map(|_| ())
+        Self::found(bearer(header).map(|t| self.position(t))).map(|_| ())
     }
 
-    fn header_position(&self, header: Option<&str>) -> Result<usize, &'static str> {
-        let token = header
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty());
-        match token {
-            Some(token) => self.position(token).ok_or("invalid bearer token"),
+    /// A lookup's outcome (no token / unknown token / which) as the answer.
+    fn found(lookup: Option<Option<usize>>) -> Result<usize, &'static str> {
+        match lookup {
+            Some(Some(index)) => Ok(index),
+            Some(None) => Err("invalid bearer token"),
             None => Err("missing bearer token (Authorization: Bearer <token>)"),
         }
     }

@@ -246,6 +246,12 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
     let edge_token = secret(&dir.join("edge-token"), 24, Encoding::Hex)?;
     let agent_token = secret(&dir.join("agent-token"), 24, Encoding::Hex)?;
     let vault_key = secret(&dir.join("vault.key"), 32, Encoding::Base64)?;
+    let secrets = Secrets {
+        token: &token,
+        edge_token: &edge_token,
+        agent_token: &agent_token,
+        vault_key: &vault_key,
+    };
     eprintln!(
         "starting ctrl-api on 127.0.0.1:{} (readiness and metrics on :{})",
         args.api_port, args.api_ops_port
@@ -261,38 +267,19 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
         &bin_dir.join("ctrl-api"),
         args.api_port,
         &database_url,
-        Secrets {
-            token: &token,
-            edge_token: &edge_token,
-            agent_token: &agent_token,
-            vault_key: &vault_key,
-        },
+        secrets,
         &restate,
         &api_env,
     )?;
     wait_for_api(&mut api, &api_url).await?;
-    register_agents(
-        &database_url,
-        Secrets {
-            token: &token,
-            edge_token: &edge_token,
-            agent_token: &agent_token,
-            vault_key: &vault_key,
-        },
-    )
-    .await?;
+    register_agents(&database_url, secrets).await?;
 
     eprintln!("starting krane (region dev/local) on podman");
     let mut krane = start_krane(
         &dir,
         &bin_dir.join("krane"),
         &api_url,
-        Secrets {
-            token: &token,
-            edge_token: &edge_token,
-            agent_token: &agent_token,
-            vault_key: &vault_key,
-        },
+        secrets,
         &podman,
         args.krane_health_port,
         &[],
@@ -317,12 +304,7 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
         &dir,
         &bin_dir.join("frontline"),
         &api_url,
-        Secrets {
-            token: &token,
-            edge_token: &edge_token,
-            agent_token: &agent_token,
-            vault_key: &vault_key,
-        },
+        secrets,
         edge,
         &[],
     )?;

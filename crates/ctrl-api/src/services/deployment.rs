@@ -362,16 +362,9 @@ pub async fn list_deployments(
 /// Longest client idempotency key.
 const MAX_IDEMPOTENCY_KEY: usize = 128;
 
-/// At most `max` bytes of `s`, cut at a character boundary.
+/// At most `max` bytes of `s`, cut at a character boundary, owned.
 fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
+    ctrl_core::names::clip(s, max).to_owned()
 }
 
 /// DeploymentService.CreateDeployment: validate, snapshot the runtime

@@ -93,13 +93,7 @@ async fn malformed_input_to_every_rpc_never_yields_internal_or_a_crash() -> Resu
     let krane = "ctrl_agent_fuzz_krane_local_0123456789abcdef";
     ctrl_cluster_sync::agents::ensure(
         s.db(),
-        &ctrl_cluster_sync::agents::Binding {
-            kind: ctrl_cluster_sync::agents::AgentKind::Krane,
-            platform: "dev",
-            region: "local",
-            cell_id: "local-1",
-            name: "fuzz",
-        },
+        &ctrl_cluster_sync::agents::Binding::krane("dev", "local", "local-1", "fuzz"),
         krane,
         1,
     )

@@ -36,6 +36,13 @@ async fn deploying(s: &AppState) -> Result<String> {
     .await
 }
 
+/// A gRPC client on its own HTTP/2 connection.
+async fn client(base: &str) -> Result<DeploymentServiceClient<Channel>> {
+    Ok(DeploymentServiceClient::new(
+        Channel::from_shared(base.to_owned())?.connect().await?,
+    ))
+}
+
 async fn watch(
     client: &mut DeploymentServiceClient<Channel>,
     id: &str,
@@ -62,8 +69,7 @@ async fn a_thousand_watchers_share_one_feed_and_every_one_sees_the_change() -> R
     // Ten connections of a hundred HTTP/2 streams each.
     let mut streams = Vec::new();
     for _ in 0..10 {
-        let mut client =
-            DeploymentServiceClient::new(Channel::from_shared(base.clone())?.connect().await?);
+        let mut client = client(&base).await?;
         for _ in 0..100 {
             let mut stream = watch(&mut client, &id).await?;
             let first = stream.message().await?.expect("the current state");
@@ -78,8 +84,7 @@ async fn a_thousand_watchers_share_one_feed_and_every_one_sees_the_change() -> R
     assert_eq!(s.limits().open_streams(0), 1000);
 
     // Unary calls still answer meanwhile.
-    let mut client =
-        DeploymentServiceClient::new(Channel::from_shared(base.clone())?.connect().await?);
+    let mut client = client(&base).await?;
     let got = client
         .get_deployment(authed(
             pb::GetDeploymentRequest {
@@ -133,8 +138,7 @@ async fn a_token_has_a_cap_on_open_streams_and_a_rate() -> Result<()> {
     });
     let id = deploying(&s).await?;
     let base = serve(s.clone()).await?;
-    let mut client =
-        DeploymentServiceClient::new(Channel::from_shared(base.clone())?.connect().await?);
+    let mut client = client(&base).await?;
     let mut open = Vec::new();
     for _ in 0..3 {
         open.push(watch(&mut client, &id).await?);

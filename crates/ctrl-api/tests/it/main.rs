@@ -47,13 +47,7 @@ pub(crate) async fn state_with_restate(ingress: &str, admin: &str) -> anyhow::Re
     );
     ctrl_cluster_sync::agents::ensure(
         &db.pool,
-        &ctrl_cluster_sync::agents::Binding {
-            kind: ctrl_cluster_sync::agents::AgentKind::Frontline,
-            platform: "dev",
-            region: "local",
-            cell_id: "",
-            name: "test edge",
-        },
+        &ctrl_cluster_sync::agents::Binding::frontline("dev", "local", "test edge"),
         EDGE_TOKEN,
         0,
     )

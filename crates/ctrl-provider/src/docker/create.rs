@@ -342,7 +342,7 @@ impl DockerProvider {
                 .await
             {
                 // Leave nothing half-made behind.
-                self.remove_container(&created.id).await.ok();
+                self.remove_container(&created.id, &name).await.ok();
                 return Err(e);
             }
         }

@@ -190,7 +190,9 @@ impl DockerProvider {
                         .iter()
                         .filter(|i| i.revision == failed_revision)
                     {
-                        self.remove_container(&instance.id).await.ok();
+                        self.remove_container(&instance.id, &instance.name)
+                            .await
+                            .ok();
                     }
                 }
                 failed
@@ -234,7 +236,7 @@ impl DockerProvider {
                 self.stop_gracefully(instance)
                     .await
                     .map_err(|e| e.to_string())?;
-                self.remove_container(&instance.id)
+                self.remove_container(&instance.id, &instance.name)
                     .await
                     .map_err(|e| e.to_string())?;
             }
@@ -275,7 +277,9 @@ impl DockerProvider {
                     .iter()
                     .filter(|i| i.replica == replica && i.revision == revision)
                 {
-                    self.remove_container(&instance.id).await.ok();
+                    self.remove_container(&instance.id, &instance.name)
+                        .await
+                        .ok();
                 }
             }
             return Err(reason);
@@ -389,7 +393,9 @@ impl DockerProvider {
         drains.spawn(async move {
             tokio::time::sleep(delay).await;
             provider.stop_gracefully(&instance).await?;
-            provider.remove_container(&instance.id).await
+            provider
+                .remove_container(&instance.id, &instance.name)
+                .await
         });
     }
 
@@ -428,25 +434,9 @@ impl DockerProvider {
         }
     }
 
-    /// Force-removes a container and its anonymous volumes (and its
-    /// secrets' tmpfs directory); a missing one is fine.
-    pub(super) async fn remove_container(&self, id: &str) -> Result<(), Error> {
-        // The secrets directory is named after the container.
-        let name = match &self.config.secret_delivery {
-            Some(_) => self
-                .call_raw(
-                    "inspect container",
-                    self.docker.inspect_container(
-                        id,
-                        None::<bollard::query_parameters::InspectContainerOptions>,
-                    ),
-                )
-                .await?
-                .ok()
-                .and_then(|c| c.name)
-                .map(|n| n.trim_start_matches('/').to_owned()),
-            None => None,
-        };
+    /// Force-removes container `id` (named `name`) and its anonymous
+    /// volumes, and its secrets' tmpfs directory; a missing one is fine.
+    pub(super) async fn remove_container(&self, id: &str, name: &str) -> Result<(), Error> {
         let removed = self
             .call_raw(
                 "remove container",
@@ -466,9 +456,9 @@ impl DockerProvider {
             Err(e) => Err(Error::backend(format!("remove container {id}"), e)),
         };
         if removed.is_ok()
-            && let (Some(delivery), Some(name)) = (&self.config.secret_delivery, name)
+            && let Some(delivery) = &self.config.secret_delivery
         {
-            delivery.remove(&name);
+            delivery.remove(name);
         }
         removed
     }
@@ -479,7 +469,7 @@ impl DockerProvider {
         let observed = self.observe(workload).await?;
         let removals = observed.instances.iter().map(|instance| async move {
             self.stop_gracefully(instance).await?;
-            self.remove_container(&instance.id).await
+            self.remove_container(&instance.id, &instance.name).await
         });
         for result in futures::future::join_all(removals).await {
             result?;

@@ -125,13 +125,7 @@ impl Stack {
         });
         ctrl_cluster_sync::agents::ensure(
             &h.db.pool,
-            &ctrl_cluster_sync::agents::Binding {
-                kind: ctrl_cluster_sync::agents::AgentKind::Frontline,
-                platform: "dev",
-                region: "local",
-                cell_id: "",
-                name: "test edge",
-            },
+            &ctrl_cluster_sync::agents::Binding::frontline("dev", "local", "test edge"),
             EDGE_TOKEN,
             0,
         )

@@ -298,13 +298,11 @@ impl Sync {
         for region in EDGE_REGIONS {
             ctrl_cluster_sync::agents::ensure(
                 &self.db,
-                &ctrl_cluster_sync::agents::Binding {
-                    kind: ctrl_cluster_sync::agents::AgentKind::Frontline,
-                    platform: "dev",
+                &ctrl_cluster_sync::agents::Binding::frontline(
+                    "dev",
                     region,
-                    cell_id: "",
-                    name: &format!("test edge {region}"),
-                },
+                    &format!("test edge {region}"),
+                ),
                 &edge_token(region),
                 0,
             )

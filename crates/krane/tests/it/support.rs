@@ -28,13 +28,12 @@ pub(crate) async fn agent_token(db: &MySqlPool, cell: &str) -> Result<String> {
     let token = format!("ctrl_agent_test_{cell}_0123456789abcdef0123");
     ctrl_cluster_sync::agents::ensure(
         db,
-        &ctrl_cluster_sync::agents::Binding {
-            kind: ctrl_cluster_sync::agents::AgentKind::Krane,
-            platform: "dev",
-            region: "local",
-            cell_id: cell,
-            name: &format!("test krane {cell}"),
-        },
+        &ctrl_cluster_sync::agents::Binding::krane(
+            "dev",
+            "local",
+            cell,
+            &format!("test krane {cell}"),
+        ),
         &token,
         0,
     )
