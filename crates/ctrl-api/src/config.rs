@@ -29,10 +29,6 @@ pub struct Config {
     /// enabled; otherwise run ctrl-cluster-sync on its own).
     #[serde(default)]
     pub cluster_sync: Option<ctrl_cluster_sync::config::SyncConfig>,
-    /// Read instance logs from the agents that serve them (absent =
-    /// StreamDeploymentLogs answers failed_precondition).
-    #[serde(default)]
-    pub agent_logs: Option<AgentLogsConfig>,
     /// Request rates and open streams per token.
     #[serde(default)]
     pub limits: crate::limits::LimitsConfig,
@@ -134,22 +130,6 @@ pub struct RestateConfig {
     pub api_key: ctrl_runtime::sections::Secret,
 }
 
-/// Reading logs from the agents' log endpoints.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgentLogsConfig {
-    /// The bearer token the agents accept (their `logs.token`).
-    pub token: String,
-}
-
-impl std::fmt::Debug for AgentLogsConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentLogsConfig")
-            .field("token", &"<redacted>")
-            .finish()
-    }
-}
-
 impl Validate for Config {
     fn validate(&self, v: &mut Validator) {
         self.auth.validate(v);
@@ -164,13 +144,6 @@ impl Validate for Config {
             0..=600,
         );
         self.vault.validate(v);
-        if let Some(logs) = &self.agent_logs {
-            v.check(
-                logs.token.len() >= 16,
-                "agent_logs.token",
-                "must be at least 16 characters",
-            );
-        }
         for (field, secret) in [
             ("github.webhook_secret", &self.github.webhook_secret),
             (
@@ -286,7 +259,6 @@ mod tests {
                 "CTRL_VAULT_KEY",
                 "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
             ),
-            ("CTRL_AGENT_LOGS_TOKEN", "fedcba9876543210fedcba"),
             ("CTRL_S3_ACCESS_KEY", "AKIDEXAMPLE"),
             ("CTRL_S3_SECRET_KEY", "s3-secret-value"),
             ("CTRL_GITHUB_WEBHOOK_SECRET", "gh-webhook-secret-value"),
@@ -297,8 +269,6 @@ mod tests {
         let text = include_str!("../../../deploy/ctrl-api.example.toml");
         let c: Config =
             ctrl_runtime::config::parse(text, "ctrl-api.example.toml", &env, ENV_PREFIX).unwrap();
-        assert!(c.agent_logs.is_some());
-        assert!(!format!("{c:?}").contains("fedcba9876543210fedcba"));
         assert!(c.build_contexts.enabled());
         assert!(!format!("{c:?}").contains("s3-secret-value"));
         assert_eq!(c.github.secrets(), ["gh-webhook-secret-value"]);

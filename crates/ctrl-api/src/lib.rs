@@ -4,7 +4,7 @@
 //! [`services`] holds the RPC implementations as plain functions over
 //! [`state::AppState`] — validation with ctrl-core, persistence with ctrl-db —
 //! returning [`error::ApiError`], which maps to Connect/gRPC codes in one place.
-//! [`agent_logs`] reads instance output from the regions' agents;
+//! [`agent_logs`] reads instance output from the regions' agents through the log relay;
 //! [`webhook`] takes the GitHub App's deliveries (a plain HTTP route);
 //! [`watch`] shares one change feed among a deployment's watchers, and
 //! [`limits`] keeps one caller from starving the others.

@@ -265,9 +265,10 @@ where
     Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }
 
-/// DeploymentService.StreamDeploymentLogs: every region's agent read at
-/// once, lines forwarded as they arrive; ends when every region has ended
-/// (never, with follow, until the client leaves or the server drains).
+/// DeploymentService.StreamDeploymentLogs: every region's agent asked at
+/// once (through the relay, see [`crate::agent_logs`]), lines forwarded as
+/// they arrive; ends when every region has ended (never, with follow, until
+/// the client leaves or the server drains).
 async fn stream_deployment_logs(
     State(state): State<AppState>,
     auth: Authorized,
@@ -275,7 +276,7 @@ async fn stream_deployment_logs(
 ) -> Result<ConnectResponse<StreamBody<BoxedStream<pb::StreamDeploymentLogsResponse>>>, ConnectError>
 {
     let permit = auth.open_stream(&state)?;
-    let (agents, sources) = deployment::log_sources(&state, &req)
+    let sources = deployment::log_sources(&state, &req)
         .await
         .map_err(to_connect)?;
     let request = crate::agent_logs::LogRequest {
@@ -287,17 +288,10 @@ async fn stream_deployment_logs(
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
     for source in sources {
-        let (agents, request, tx) = (agents.clone(), request.clone(), tx.clone());
+        let (db, request, tx) = (state.db().clone(), request.clone(), tx.clone());
         let stop = state.shutdown_signal();
         tokio::spawn(async move {
-            if source.logs_url.is_empty() {
-                let why = "its agent does not serve logs ([logs] in its krane config)";
-                let _ = tx
-                    .send(crate::agent_logs::notice(&source.region_name, why))
-                    .await;
-            } else {
-                agents.forward(&source, &request, &tx, stop).await;
-            }
+            crate::agent_logs::forward(&db, &source, &request, &tx, stop).await;
         });
     }
     // The permit lives as long as the response stream.

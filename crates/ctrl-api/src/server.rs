@@ -31,10 +31,6 @@ pub async fn serve(
         config.vault().context("vault keys")?,
         &config.auth.tokens,
         restate,
-        config
-            .agent_logs
-            .as_ref()
-            .map(|l| crate::agent_logs::AgentLogs::new(&l.token)),
     )
     .with_custom_domains(config.custom_domains.clone())
     .with_limits(&config.limits)

@@ -1,7 +1,7 @@
 //! What every handler shares.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use ctrl_vault::Vault;
 use sqlx::MySqlPool;
@@ -22,7 +22,6 @@ struct Inner {
     db: MySqlPool,
     vault: Vault,
     tokens: ctrl_runtime::auth::BearerTokens,
-    agent_logs: Option<crate::agent_logs::AgentLogs>,
     custom_domains: crate::config::CustomDomainsConfig,
     build_contexts: Option<ctrl_build::store::ContextStore>,
     webhook_secrets: Vec<zeroize::Zeroizing<String>>,
@@ -44,14 +43,12 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     /// State over a database pool (which also holds the agents'
     /// credentials, for AcmeService), a vault, the accepted bearer tokens
-    /// (several, so tokens can rotate), Restate's ingress and, optionally,
-    /// the client reading logs from the agents.
+    /// (several, so tokens can rotate) and Restate's ingress and admin API.
     pub fn new(
         db: MySqlPool,
         vault: Vault,
         tokens: &[String],
         restate: (crate::restate::Ingress, crate::restate::Admin),
-        agent_logs: Option<crate::agent_logs::AgentLogs>,
     ) -> Self {
         let (ingress, admin) = restate;
         let (shutdown, _) = tokio::sync::watch::channel(false);
@@ -63,7 +60,6 @@ impl AppState {
                 db,
                 vault,
                 tokens: ctrl_runtime::auth::BearerTokens::new(tokens),
-                agent_logs,
                 custom_domains: crate::config::CustomDomainsConfig::default(),
                 build_contexts: None,
                 webhook_secrets: Vec::new(),
@@ -196,16 +192,9 @@ impl AppState {
         &self.inner.tokens
     }
 
-    /// The client for the agents' log endpoints, when configured.
-    pub fn agent_logs(&self) -> Option<&crate::agent_logs::AgentLogs> {
-        self.inner.agent_logs.as_ref()
-    }
-
     /// The current time in unix milliseconds.
     pub fn now_ms(&self) -> i64 {
-        self.now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        ctrl_runtime::now_ms()
     }
 
     /// The wall clock.

@@ -86,6 +86,15 @@ impl Agent {
         }
     }
 
+    /// `permission_denied` for a log request filed for another cluster.
+    pub fn denied_request(&self, request_id: &str) -> ConnectError {
+        ConnectError::new_permission_denied(format!(
+            "log request {request_id} is not for {}: credential {} cannot answer it",
+            self.binding(),
+            self.credential_id
+        ))
+    }
+
     fn denied(&self, requested: &str) -> ConnectError {
         ConnectError::new_permission_denied(format!(
             "credential {} is bound to {}; it cannot act for {requested}",

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::edge::EdgeSettings;
 use crate::feed::FeedSettings;
+use crate::logs::LogSettings;
 use crate::service::Settings;
 
 /// The environment prefix for overrides.
@@ -80,6 +81,9 @@ pub struct SyncConfig {
     /// How often the edges' feed polls for routing changes (the floor of the
     /// commit-to-edge latency).
     pub edge_poll_interval_ms: u64,
+    /// How often an agent's log-request stream looks for new requests (the
+    /// floor of `ctrl logs`' start-up latency).
+    pub log_poll_interval_ms: u64,
 }
 
 impl Default for SyncConfig {
@@ -92,6 +96,7 @@ impl Default for SyncConfig {
             keepalive_seconds: s.keepalive.as_secs(),
             resync_after_versions: s.resync_after_versions,
             edge_poll_interval_ms: u64::try_from(s.edge.poll_interval.as_millis()).unwrap_or(20),
+            log_poll_interval_ms: u64::try_from(s.logs.poll_interval.as_millis()).unwrap_or(200),
         }
     }
 }
@@ -117,6 +122,11 @@ impl SyncConfig {
             self.edge_poll_interval_ms,
             5..=10_000,
         );
+        v.range(
+            &field("log_poll_interval_ms"),
+            self.log_poll_interval_ms,
+            10..=10_000,
+        );
     }
 
     /// The service settings this section describes.
@@ -135,6 +145,10 @@ impl SyncConfig {
                 poll_interval: Duration::from_millis(self.edge_poll_interval_ms),
                 keepalive: Duration::from_secs(self.keepalive_seconds),
                 ..EdgeSettings::default()
+            },
+            logs: LogSettings {
+                poll_interval: Duration::from_millis(self.log_poll_interval_ms),
+                ..LogSettings::default()
             },
         }
     }

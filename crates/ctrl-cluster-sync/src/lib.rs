@@ -1,8 +1,8 @@
 //! ctrl-cluster-sync: the `ctrl.v1.ClusterService` the regional agents
 //! (krane) call. Agents only call out: they register with `Heartbeat`, follow
 //! their region's desired state with `Watch` (and `SyncDesiredState` for full
-//! snapshots, `GetDesiredDeploymentState` for point lookups), and report what
-//! runs; a report that makes a waiting deployment ready wakes its Deploy
+//! snapshots, `GetDesiredDeploymentState` for point lookups), report what
+//! runs, and answer log requests (`WatchLogRequests`, `PushLogs`); a report that makes a waiting deployment ready wakes its Deploy
 //! workflow through Restate's ingress.
 //!
 //! - [`agents`]: the agents' credentials, each bound to the cluster or
@@ -12,6 +12,9 @@
 //!   for agents that are behind.
 //! - [`service`]: the RPCs over [`ClusterSync`] state, and the router that
 //!   serves them over Connect and gRPC (standalone, or mounted in ctrl-api).
+//! - [`logs`]: instance logs over the agents' own connections — log
+//!   requests handed to krane, the lines it pushes back recorded for the
+//!   reader (no agent listens on a port).
 //! - [`edge`]: the edges' `ctrl.v1.EdgeService` (frontline): the routing
 //!   table as a snapshot and an ordered change stream, wake on request,
 //!   traffic reports — with the edges' own tokens.
@@ -24,6 +27,7 @@ pub mod config;
 pub mod convert;
 pub mod edge;
 pub mod feed;
+pub mod logs;
 pub mod notify;
 pub mod server;
 pub mod service;

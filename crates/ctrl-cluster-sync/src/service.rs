@@ -5,7 +5,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -22,6 +22,7 @@ use tokio::sync::{broadcast, mpsc};
 use crate::agents::{Agent, AgentKind};
 use crate::edge::{EdgeFeed, EdgeSettings};
 use crate::feed::{FeedSettings, Feeds};
+use crate::logs::LogSettings;
 use crate::notify::Notifier;
 
 /// Tunables of the service.
@@ -41,6 +42,8 @@ pub struct Settings {
     pub feed: FeedSettings,
     /// The edges' routing-table feed.
     pub edge: EdgeSettings,
+    /// The log relay's agent side.
+    pub logs: LogSettings,
 }
 
 impl Default for Settings {
@@ -52,6 +55,7 @@ impl Default for Settings {
             resync_after_versions: 100_000,
             feed: FeedSettings::default(),
             edge: EdgeSettings::default(),
+            logs: LogSettings::default(),
         }
     }
 }
@@ -100,6 +104,10 @@ impl ClusterSync {
         &self.inner.feeds
     }
 
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
     pub(crate) fn db(&self) -> &MySqlPool {
         &self.inner.db
     }
@@ -121,7 +129,7 @@ impl ClusterSync {
 
     /// The caller's cluster: the request's key must be the credential's;
     /// `not_found` until it sent a heartbeat.
-    async fn cluster(
+    pub(crate) async fn cluster(
         &self,
         agent: &Agent,
         key: Option<&pb::ClusterKey>,
@@ -170,11 +178,7 @@ pub(crate) fn db_error(e: ctrl_db::Error) -> ConnectError {
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+pub(crate) use ctrl_runtime::now_ms;
 
 /// Validates a cluster key: each part a DNS label (lowercase letters,
 /// digits, hyphens; at most 63).
@@ -227,11 +231,6 @@ pub async fn heartbeat(
             "agent_version: at most 64 characters",
         ));
     }
-    if !req.logs_url.is_empty() && !is_logs_url(&req.logs_url) {
-        return Err(ConnectError::new_invalid_argument(
-            "logs_url: must be empty or an http(s) URL of at most 255 characters",
-        ));
-    }
     let (cluster_id, region_id) = {
         let mut rng = rand::rng();
         (
@@ -247,7 +246,6 @@ pub async fn heartbeat(
         cell_id: &key.cell_id,
         backend,
         agent_version: &req.agent_version,
-        logs_url: req.logs_url.trim_end_matches('/'),
     };
     let mut tx = sync.db().begin().await.map_err(|e| db_error(e.into()))?;
     let cluster = match ctrl_db::cluster::heartbeat(&mut tx, &hb, now_ms()).await {
@@ -268,13 +266,6 @@ pub async fn heartbeat(
         heartbeat_interval_ms: i64::try_from(sync.inner.settings.heartbeat_interval.as_millis())
             .unwrap_or(i64::MAX),
     })
-}
-
-/// An agent's log URL as ctrl-api will call it: http(s), a host, fits the column.
-fn is_logs_url(url: &str) -> bool {
-    url.len() <= 255
-        && reqwest::Url::parse(url)
-            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
 }
 
 /// ClusterService.GetDesiredDeploymentState: one deployment's desired state
@@ -723,6 +714,8 @@ unary!(report_status_rpc => report_deployment_status, pb::ReportDeploymentStatus
 unary!(report_events_rpc => report_instance_events, pb::ReportInstanceEventsRequest, pb::ReportInstanceEventsResponse);
 unary!(watch_rpc => watch, pb::WatchRequest, Stream<pb::WatchResponse>);
 unary!(sync_rpc => sync_desired_state, pb::SyncDesiredStateRequest, Stream<pb::SyncDesiredStateResponse>);
+unary!(watch_logs_rpc => crate::logs::watch_log_requests, pb::WatchLogRequestsRequest, Stream<pb::WatchLogRequestsResponse>);
+unary!(push_logs_rpc => crate::logs::push_logs, pb::PushLogsRequest, pb::PushLogsResponse);
 
 /// The gRPC side of the service (tonic).
 pub type GrpcService = pb::cluster_service_server::ClusterServiceServer<pb::ClusterTonicService>;
@@ -738,6 +731,8 @@ pub fn parts(sync: ClusterSync) -> (axum::Router, GrpcService) {
         .get_desired_deployment_state(get_desired_rpc)
         .report_deployment_status(report_status_rpc)
         .report_instance_events(report_events_rpc)
+        .watch_log_requests(watch_logs_rpc)
+        .push_logs(push_logs_rpc)
         .with_state(sync)
         .build();
     (router, grpc.max_decoding_message_size(4 << 20))

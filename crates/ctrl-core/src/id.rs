@@ -46,6 +46,8 @@ pub enum IdKind {
     NetworkPolicy,
     /// `agt_`
     AgentCredential,
+    /// `lrq_`
+    LogRequest,
 }
 
 impl IdKind {
@@ -67,11 +69,12 @@ impl IdKind {
             Self::Build => "bld",
             Self::NetworkPolicy => "net",
             Self::AgentCredential => "agt",
+            Self::LogRequest => "lrq",
         }
     }
 
     /// Every kind (for tests and tooling).
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::Workspace,
         Self::Project,
         Self::App,
@@ -87,6 +90,7 @@ impl IdKind {
         Self::Build,
         Self::NetworkPolicy,
         Self::AgentCredential,
+        Self::LogRequest,
     ];
 }
 

@@ -127,8 +127,6 @@ pub struct Cluster {
     pub backend: Backend,
     /// Agent version.
     pub agent_version: String,
-    /// Where the agent serves logs; empty = it does not.
-    pub logs_url: String,
     /// Unix ms.
     pub last_heartbeat_at: i64,
 }
@@ -150,13 +148,11 @@ pub struct Heartbeat<'a> {
     pub backend: Backend,
     /// Agent version.
     pub agent_version: &'a str,
-    /// Where the agent serves logs; empty = it does not.
-    pub logs_url: &'a str,
 }
 
 const CLUSTER: &str =
     "SELECT c.id, c.region_id, r.name AS region_name, r.platform, c.cell_id, c.backend,
-    c.agent_version, c.logs_url, c.last_heartbeat_at FROM clusters c JOIN regions r ON r.id = c.region_id";
+    c.agent_version, c.last_heartbeat_at FROM clusters c JOIN regions r ON r.id = c.region_id";
 
 /// Registers or refreshes a cluster (one per region) and its region (call in
 /// a transaction). A cell id already used by another region's cluster is
@@ -168,10 +164,10 @@ pub async fn heartbeat(
 ) -> Result<Cluster> {
     let region = upsert_region(&mut *conn, hb.new_region_id, hb.region, hb.platform, now).await?;
     sqlx::query(
-        "INSERT INTO clusters (id, region_id, cell_id, backend, agent_version, logs_url, last_heartbeat_at, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+        "INSERT INTO clusters (id, region_id, cell_id, backend, agent_version, last_heartbeat_at, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)
          ON DUPLICATE KEY UPDATE cell_id = VALUES(cell_id), backend = VALUES(backend),
-           agent_version = VALUES(agent_version), logs_url = VALUES(logs_url),
+           agent_version = VALUES(agent_version),
            last_heartbeat_at = VALUES(last_heartbeat_at),
            updated_at = VALUES(updated_at)",
     )
@@ -180,7 +176,6 @@ pub async fn heartbeat(
     .bind(hb.cell_id)
     .bind(hb.backend)
     .bind(hb.agent_version)
-    .bind(hb.logs_url)
     .bind(now)
     .bind(now)
     .bind(now)
@@ -219,19 +214,20 @@ pub async fn find_cluster(
 pub struct LogSource {
     /// Region name.
     pub region_name: String,
-    /// The region's agent's log URL; empty = no agent serves logs there.
-    pub logs_url: String,
+    /// The region's cluster, whose agent reads the logs; `None` = no agent
+    /// ever registered there.
+    pub cluster_id: Option<String>,
     /// Unix ms of the agent's last heartbeat, 0 if it never sent one.
     pub last_heartbeat_at: i64,
 }
 
-/// The deployment's regions and their agents' log URLs, by region name.
+/// The deployment's regions and their clusters, by region name.
 pub async fn log_sources(
     ex: impl MySqlExecutor<'_>,
     deployment_id: &str,
 ) -> Result<Vec<LogSource>> {
     Ok(sqlx::query_as(
-        "SELECT r.name AS region_name, COALESCE(c.logs_url, '') AS logs_url,
+        "SELECT r.name AS region_name, c.id AS cluster_id,
                 COALESCE(c.last_heartbeat_at, 0) AS last_heartbeat_at
          FROM deployment_topology t
          JOIN regions r ON r.id = t.region_id

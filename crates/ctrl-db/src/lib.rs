@@ -7,7 +7,7 @@
 //! sealed environment variables), [`build`] (builds, build slots, build
 //! output), [`cluster`] (regions, clusters),
 //! [`deployment`] (deployments and steps), [`topology`] (versioned desired
-//! state per region), [`instance`], [`route`], [`certificate`] (and ACME
+//! state per region), [`instance`], [`log_relay`] (instance logs on their way from agents to readers), [`route`], [`certificate`] (and ACME
 //! challenges), [`custom_domain`], [`github`] (apps connected to repositories), [`edge`] (what the edge serves, and its change feed) and
 //! [`deletion`] (what a deletion cascade removes).
 //!
@@ -30,6 +30,7 @@ pub mod deployment;
 pub mod edge;
 pub mod github;
 pub mod instance;
+pub mod log_relay;
 pub mod route;
 pub mod settings;
 pub mod tenancy;

@@ -83,6 +83,18 @@ string_enum! {
 }
 
 string_enum! {
+    /// Where a log request stands (`log_requests.state`).
+    LogRequestState {
+        /// Filed, not yet handed to the agent.
+        Pending = "pending",
+        /// Handed to the agent.
+        Claimed = "claimed",
+        /// The agent sent its last batch.
+        Ended = "ended",
+    }
+}
+
+string_enum! {
     /// Where a build is.
     BuildStatus {
         /// Waiting for a build slot.

@@ -6,13 +6,22 @@
 //! `[database]` and `[log]` sections every service shares (with logging
 //! initialisation) — [`auth`], the accepted bearer tokens, [`health`],
 //! readiness checks cached against floods, [`net`], the
-//! `TCP_NODELAY` listener every server uses, and [`shutdown_signal`].
+//! `TCP_NODELAY` listener every server uses, [`now_ms`] and
+//! [`shutdown_signal`].
 
 pub mod auth;
 pub mod config;
 pub mod health;
 pub mod net;
 pub mod sections;
+
+/// The wall clock in unix milliseconds (0 before 1970, saturating after
+/// the year 292 million), the one timestamp form every table stores.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 
 /// Resolves on SIGINT or SIGTERM: when every service starts draining.
 pub async fn shutdown_signal() {

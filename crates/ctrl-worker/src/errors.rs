@@ -3,7 +3,7 @@
 //! retried by Restate's (durable, bounded) retry policy. [`WorkflowError`]
 //! names every terminal failure the handlers raise, with its code.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use restate_sdk::prelude::{HandlerError, RunRetryPolicy, TerminalError};
 use sqlx::{MySql, MySqlPool, Transaction};
@@ -157,9 +157,7 @@ pub async fn commit(tx: Transaction<'_, MySql>) -> Result<(), HandlerError> {
 /// The wall clock in unix milliseconds. Only call it inside `ctx.run`, whose
 /// result is journaled, so a replay never sees a different time.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    ctrl_runtime::now_ms()
 }
 
 /// Retries of a compensation step: it must happen (a deployment row is never

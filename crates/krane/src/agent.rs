@@ -19,11 +19,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ctrl_proto::ctrl::v1 as pb;
 use ctrl_provider::desired::{APP_SERVICE, workload_from_apply};
 use ctrl_provider::{LogLine, LogOptions, Provider, State, WorkloadStatus};
+use ctrl_runtime::now_ms;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use pb::deployment_state::State as Desired;
@@ -727,12 +728,6 @@ fn observed_problem(status: &WorkloadStatus) -> (u32, Option<String>) {
 fn retry_delay(failed: u32) -> Duration {
     let exponent = failed.saturating_sub(1).min(5);
     Duration::from_secs(2u64 << exponent).min(Duration::from_secs(60))
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -40,9 +40,6 @@ pub struct Config {
     /// Health and metrics endpoint.
     #[serde(default)]
     pub http: HttpConfig,
-    /// Serve instance logs to ctrl-api on the HTTP port (absent = not served).
-    #[serde(default)]
-    pub logs: Option<LogsConfig>,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -210,43 +207,6 @@ impl Default for HttpConfig {
     }
 }
 
-/// The log endpoint: `GET /v1/deployments/{id}/logs` on the HTTP port, the
-/// one path into an agent (ctrl-api calls it, like an API server calls a
-/// kubelet for logs).
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogsConfig {
-    /// The bearer token ctrl-api presents (its `agent_logs.token`).
-    pub token: String,
-    /// The base URL ctrl-api reaches this agent's HTTP port on; default
-    /// `http://<http.listen>` (right when both run on one host).
-    #[serde(default)]
-    pub advertise_url: Option<String>,
-}
-
-impl std::fmt::Debug for LogsConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogsConfig")
-            .field("token", &"<redacted>")
-            .field("advertise_url", &self.advertise_url)
-            .finish()
-    }
-}
-
-impl Config {
-    /// The log URL sent with each heartbeat; empty when logs are not served.
-    pub fn logs_url(&self) -> String {
-        match &self.logs {
-            None => String::new(),
-            Some(LogsConfig {
-                advertise_url: Some(url),
-                ..
-            }) => url.trim_end_matches('/').to_owned(),
-            Some(_) => format!("http://{}", self.http.listen),
-        }
-    }
-}
-
 impl Validate for Config {
     fn validate(&self, v: &mut Validator) {
         for (field, value) in [
@@ -266,28 +226,14 @@ impl Validate for Config {
             "control.token",
             "must be at least 16 characters",
         );
+        // At least 5: a log push may wait 3 s for a slow reader.
         v.range(
             "control.call_timeout_seconds",
             self.control.call_timeout_seconds,
-            1..=300,
+            5..=300,
         );
         if let Some(vault) = &self.vault {
             vault.validate(v);
-        }
-        if let Some(logs) = &self.logs {
-            v.check(
-                logs.token.len() >= 16,
-                "logs.token",
-                "must be at least 16 characters",
-            );
-            if let Some(url) = &logs.advertise_url {
-                v.url("logs.advertise_url", url, &["http", "https"]);
-            }
-            v.check(
-                logs.advertise_url.is_some() || !self.http.listen.ip().is_unspecified(),
-                "logs.advertise_url",
-                "is required when http.listen is an unspecified address (0.0.0.0 or ::)",
-            );
         }
         if self.provider.kind == ProviderKind::Kubernetes {
             let k = &self.kubernetes;
@@ -377,17 +323,13 @@ mod tests {
         assert_eq!(c.agent.max_concurrent_applies, 10);
         assert_eq!(c.http.listen.to_string(), "127.0.0.1:8070");
         assert!(!format!("{c:?}").contains("0123456789abcdef0123"));
-        assert_eq!(c.logs_url(), "", "logs are not served unless configured");
+        // The log endpoint is gone (logs travel over the agent's own
+        // connection): an old config naming it is told so, not ignored.
         let served = format!("{GOOD}\n[logs]\ntoken = \"${{CTRL_TOKEN}}\"\n");
-        let c: Config =
-            ctrl_runtime::config::parse(&served, "krane.toml", &env, ENV_PREFIX).unwrap();
-        assert_eq!(c.logs_url(), "http://127.0.0.1:8070");
-        assert!(!format!("{c:?}").contains("0123456789abcdef0123"));
-        let wildcard = served.replace("[logs]", "[http]\nlisten = \"0.0.0.0:8070\"\n[logs]");
-        let err = ctrl_runtime::config::parse::<Config>(&wildcard, "krane.toml", &env, ENV_PREFIX)
+        let err = ctrl_runtime::config::parse::<Config>(&served, "krane.toml", &env, ENV_PREFIX)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("logs.advertise_url"), "{err}");
+        assert!(err.contains("logs"), "{err}");
         let bad = GOOD.replace("local-1", "Local_1");
         let err = ctrl_runtime::config::parse::<Config>(&bad, "krane.toml", &env, ENV_PREFIX)
             .unwrap_err()
@@ -403,10 +345,6 @@ mod tests {
                 "0123456789abcdef0123".to_owned(),
             ),
             (
-                "CTRL_AGENT_LOGS_TOKEN".to_owned(),
-                "fedcba9876543210fedcba".to_owned(),
-            ),
-            (
                 "CTRL_VAULT_KEY".to_owned(),
                 "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned(),
             ),
@@ -416,7 +354,6 @@ mod tests {
             ctrl_runtime::config::parse(text, "krane.example.toml", &env, ENV_PREFIX).unwrap();
         assert_eq!(c.cluster.cell_id, "use1-a");
         assert!(c.vault.is_some());
-        assert_eq!(c.logs_url(), "http://krane.use1-a.internal:8070");
         assert_eq!(c.provider.kind, ProviderKind::Docker);
 
         let text = include_str!("../../../deploy/krane.kubernetes.example.toml");

@@ -17,8 +17,6 @@ pub struct Control {
     client: ClusterServiceClient<InterceptedService<Channel, Bearer>>,
     key: pb::ClusterKey,
     limit: CallLimit,
-    /// Sent with each heartbeat: where this agent serves logs (empty: not).
-    logs_url: String,
 }
 
 impl Control {
@@ -39,15 +37,7 @@ impl Control {
             client,
             key,
             limit: CallLimit(call_timeout),
-            logs_url: String::new(),
         })
-    }
-
-    /// Advertises `url` as where this agent serves logs (see `[logs]`).
-    #[must_use]
-    pub fn with_logs_url(mut self, url: String) -> Self {
-        self.logs_url = url;
-        self
     }
 
     /// This agent's cluster key.
@@ -64,7 +54,6 @@ impl Control {
             cluster: Some(self.key.clone()),
             agent_version: env!("CARGO_PKG_VERSION").into(),
             backend: backend as i32,
-            logs_url: self.logs_url.clone(),
         };
         let mut client = self.client.clone();
         self.limit
@@ -153,5 +142,32 @@ impl Control {
             )
             .await
             .map(|_| ())
+    }
+
+    /// Opens the stream of log requests for this cluster.
+    pub async fn log_requests(
+        &self,
+    ) -> Result<tonic::Streaming<pb::WatchLogRequestsResponse>, tonic::Status> {
+        let req = pb::WatchLogRequestsRequest {
+            cluster: Some(self.key.clone()),
+        };
+        let mut client = self.client.clone();
+        self.limit
+            .bounded("opening the log requests", client.watch_log_requests(req))
+            .await
+    }
+
+    /// Pushes one batch of a log request's lines; `Ok(true)` = stop, the
+    /// reader is gone.
+    pub async fn push_logs(&self, push: pb::PushLogsRequest) -> Result<bool, tonic::Status> {
+        let req = pb::PushLogsRequest {
+            cluster: Some(self.key.clone()),
+            ..push
+        };
+        let mut client = self.client.clone();
+        self.limit
+            .bounded("log push", client.push_logs(self.limit.unary(req)))
+            .await
+            .map(|r| r.stop)
     }
 }

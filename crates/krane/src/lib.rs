@@ -12,8 +12,9 @@
 //! - [`secrets`]: opens sealed environment variables just before a
 //!   container starts.
 //! - [`control`]: the ClusterService client (bearer token, timeouts).
-//! - [`logs`]: the optional log endpoint ctrl-api reads instance output
-//!   from — the one inbound path into an agent.
+//! - [`logs`]: answers `ctrl logs` over the same outbound connection — log
+//!   requests in, batches of lines pushed back; krane listens on no port
+//!   but its health endpoint.
 //! - [`config`], [`http`] (health and metrics), [`run`]: the process.
 
 pub mod agent;

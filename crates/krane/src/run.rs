@@ -132,8 +132,7 @@ pub async fn run(
         &config.control.token,
         key,
         Duration::from_secs(config.control.call_timeout_seconds),
-    )?
-    .with_logs_url(config.logs_url());
+    )?;
     let metrics = Metrics::default();
     let agent = Agent::new(
         control.clone(),
@@ -147,16 +146,9 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http.listen))?;
-    tracing::info!(health = %listener.local_addr()?, control = %config.control.url, logs = %config.logs_url(), "krane starting");
+    tracing::info!(health = %listener.local_addr()?, control = %config.control.url, "krane starting");
     let mut http_stop = stop.clone();
-    let mut app = crate::http::router(state.clone(), metrics.clone());
-    if let Some(logs) = &config.logs {
-        app = app.merge(crate::logs::router(
-            agent.clone(),
-            config.cluster.region.clone(),
-            &logs.token,
-        ));
-    }
+    let app = crate::http::router(state.clone(), metrics.clone());
     let http = tokio::spawn(async move {
         axum::serve(ctrl_runtime::net::nodelay(listener), app)
             .with_graceful_shutdown(async move {
@@ -172,6 +164,13 @@ pub async fn run(
             ProviderKind::Docker => pb::AgentBackend::Docker,
             ProviderKind::Kubernetes => pb::AgentBackend::Kubernetes,
         },
+        state.clone(),
+        reconnect,
+        stop.clone(),
+    ));
+    let logs = tokio::spawn(crate::logs::serve(
+        control.clone(),
+        agent.clone(),
         state.clone(),
         reconnect,
         stop.clone(),
@@ -216,7 +215,7 @@ pub async fn run(
     tracing::info!("shutting down: finishing running applies (workloads keep running)");
     let _ = stop_tx.send(true);
     agent.drain(Duration::from_secs(30)).await;
-    for task in [heartbeat, follow, reconcile, reports] {
+    for task in [heartbeat, logs, follow, reconcile, reports] {
         let _ = task.await;
     }
     let _ = http.await;

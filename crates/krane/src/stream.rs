@@ -89,7 +89,7 @@ pub async fn heartbeat_loop(
     }
 }
 
-fn jitter((min, max): (Duration, Duration)) -> Duration {
+pub(crate) fn jitter((min, max): (Duration, Duration)) -> Duration {
     if max <= min {
         return min;
     }

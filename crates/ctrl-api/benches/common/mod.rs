@@ -21,7 +21,7 @@ pub(crate) async fn state() -> Result<AppState> {
         ctrl_api::restate::Admin::new(&nowhere),
     );
     Ok(
-        AppState::new(db.pool, vault, &[TOKEN.to_owned()], restate, None).with_limits(
+        AppState::new(db.pool, vault, &[TOKEN.to_owned()], restate).with_limits(
             &ctrl_api::limits::LimitsConfig {
                 requests_per_second: 1_000_000,
                 burst: 1_000_000,

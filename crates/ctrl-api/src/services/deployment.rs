@@ -249,12 +249,11 @@ pub async fn get_deployment(
 }
 
 /// DeploymentService.StreamDeploymentLogs, before streaming: checks the
-/// request and returns the regions to read (each with its agent's log URL,
-/// empty where none serves logs) and the agent client.
+/// request and returns the regions to read, each with its cluster.
 pub async fn log_sources(
     s: &AppState,
     req: &pb::StreamDeploymentLogsRequest,
-) -> Result<(crate::agent_logs::AgentLogs, Vec<cluster::LogSource>), ApiError> {
+) -> Result<Vec<cluster::LogSource>, ApiError> {
     validate::id("deployment_id", IdKind::Deployment, &req.deployment_id)?;
     if req.tail_lines.is_some_and(|n| n > MAX_TAIL_LINES) {
         return Err(ApiError::invalid(
@@ -289,19 +288,7 @@ pub async fn log_sources(
             req.deployment_id
         )));
     }
-    let Some(agents) = s.agent_logs() else {
-        return Err(ApiError::FailedPrecondition(
-            "instance logs are not enabled: set [agent_logs] in ctrl-api's config and [logs] in the agents'".into(),
-        ));
-    };
-    if sources.iter().all(|x| x.logs_url.is_empty()) {
-        let names: Vec<&str> = sources.iter().map(|x| x.region_name.as_str()).collect();
-        return Err(ApiError::FailedPrecondition(format!(
-            "no agent of region {} serves logs: set [logs] in its krane config",
-            names.join(", ")
-        )));
-    }
-    Ok((agents.clone(), sources))
+    Ok(sources)
 }
 
 /// DeploymentService.ListDeployments: newest first.

@@ -52,7 +52,7 @@ pub(crate) async fn state_with_restate(ingress: &str, admin: &str) -> anyhow::Re
         0,
     )
     .await?;
-    Ok(AppState::new(db.pool, vault, &tokens, restate, None))
+    Ok(AppState::new(db.pool, vault, &tokens, restate))
 }
 
 /// Serves the API for `state` on 127.0.0.1:<free port>; returns the base URL.

@@ -101,7 +101,7 @@ impl Stack {
                 "[http]\nlisten = \"127.0.0.1:{api_port}\"\nops_listen = \"127.0.0.1:0\"\n[auth]\ntokens = [\"{TOKEN}\"]\n[database]\nurl = \"{url}\"\n\
                  [vault]\nkeys = [{{ id = \"k1\", key = \"{VAULT_KEY}\" }}]\n\
                  [restate]\ningress_url = \"{ingress}\"\nadmin_url = \"{admin}\"\n\
-                 [cluster_sync]\npoll_interval_ms = 50\n[agent_logs]\ntoken = \"{TOKEN}\"\n\
+                 [cluster_sync]\npoll_interval_ms = 50\nlog_poll_interval_ms = 50\n\
                  [custom_domains]\ncname_domain = \"{CNAME_DOMAIN}\"\n{build_contexts}",
                 url = db.url,
                 ingress = restate.ingress_url(),
@@ -155,7 +155,7 @@ impl Stack {
                  [docker]\nsocket = \"{socket}\"\ndrain_delay_ms = 200\ninit_binary = \"{init}\"\nsecrets_dir = \"{secrets_dir}\"\n\
                  [vault]\nkeys = [{{ id = \"k1\", key = \"{VAULT_KEY}\" }}]\n\
                  [agent]\nreconcile_seconds = 2\nreport_seconds = 1\nreconnect_min_ms = 100\nreconnect_max_ms = 300\n\
-                 [http]\nlisten = \"127.0.0.1:{krane_health}\"\n[logs]\ntoken = \"{TOKEN}\"\n",
+                 [http]\nlisten = \"127.0.0.1:{krane_health}\"\n",
                 socket = podman.socket().display(),
                 init = ctrl_testkit::paths::ctrl_init_bin()?.display(),
                 secrets_dir = secrets.path().display(),

@@ -116,7 +116,6 @@ impl Stack {
                 ctrl_api::restate::Ingress::new(&h.restate.ingress_url()),
                 ctrl_api::restate::Admin::new(&h.restate.admin_url()),
             ),
-            None,
         )
         .with_custom_domains(ctrl_api::config::CustomDomainsConfig {
             cname_domain: CNAME_DOMAIN.into(),

@@ -103,7 +103,6 @@ impl Stack {
                 ctrl_api::restate::Ingress::new(&s.h.restate.ingress_url()),
                 ctrl_api::restate::Admin::new(&s.h.restate.admin_url()),
             ),
-            None,
         )
         .with_webhook_secrets(vec![SECRET.to_owned()]);
         let router = ctrl_api::rpc::router(state);

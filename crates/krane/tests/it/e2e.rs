@@ -19,8 +19,6 @@ use tonic::transport::Channel;
 
 use crate::support::{SyncServer, TOKEN, agent_token, eventually};
 
-/// The token of krane's log endpoint (served on the Kubernetes stack).
-pub(crate) const LOGS_TOKEN: &str = "logs-token-0123456789";
 const VAULT_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const V1: &str = "localhost/demo:v1";
 const V2: &str = "localhost/demo:v2";
@@ -87,8 +85,7 @@ impl Stack {
                 kube.write_kubeconfig(&kubeconfig)?;
                 let config = format!(
                     "[provider]\nkind = \"kubernetes\"\n\
-                     [kubernetes]\nkubeconfig = \"{}\"\nstart_timeout_seconds = 30\n\
-                     [logs]\ntoken = \"{LOGS_TOKEN}\"\n",
+                     [kubernetes]\nkubeconfig = \"{}\"\nstart_timeout_seconds = 30\n",
                     kubeconfig.display()
                 );
                 (None, Some(kube), config)

@@ -20,7 +20,7 @@ use ctrl_testkit::kube::Behaviour;
 use ctrl_testkit::{FakeKube, kube_schema};
 use serde_json::Value;
 
-use crate::e2e::{Backend, LOGS_TOKEN, Stack, auth};
+use crate::e2e::{Backend, Stack, auth};
 use crate::support::eventually;
 
 const V1: &str = "registry.example/demo:v1";
@@ -111,7 +111,9 @@ async fn krane_runs_deployments_on_kubernetes() -> Result<()> {
         "instances {instances:?} are not at pod addresses {pod_ips:?}"
     );
 
-    // krane's log endpoint reads the pod log API.
+    // `ctrl logs` reads the pod log API through krane, over its own
+    // connection to cluster-sync (another server than ctrl-api here: they
+    // meet in the database).
     let pod = k
         .objects("v1", "Pod")
         .into_iter()
@@ -122,19 +124,23 @@ async fn krane_runs_deployments_on_kubernetes() -> Result<()> {
         .unwrap_or_default()
         .to_owned();
     k.append_log(namespace, &pod_name, "app", "hello from the pod");
-    let body = ctrl_testkit::http_client()
-        .get(format!(
-            "http://127.0.0.1:{}/v1/deployments/{d1}/logs?tail=5",
-            stack.krane_health
-        ))
-        .bearer_auth(LOGS_TOKEN)
-        .timeout(Duration::from_secs(10))
-        .send()
+    let mut lines = pb::deployment_service_client::DeploymentServiceClient::new(stack.api.clone())
+        .stream_deployment_logs(auth(pb::StreamDeploymentLogsRequest {
+            deployment_id: d1.clone(),
+            tail_lines: Some(5),
+            ..Default::default()
+        }))
         .await?
-        .error_for_status()?
-        .text()
-        .await?;
-    assert!(body.contains("hello from the pod"), "{body}");
+        .into_inner();
+    let mut body = Vec::new();
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(20), lines.message()).await?? {
+        body.push(format!("{}/{} {}", line.region, line.instance, line.line));
+    }
+    assert!(
+        body.iter()
+            .any(|l| l.contains("hello from the pod") && l.starts_with("local/")),
+        "{body:?}"
+    );
 
     // A second deployment, then rollback to the first.
     let d2 = stack.deploy(&app.id, "production", V2).await?;

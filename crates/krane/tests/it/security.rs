@@ -43,7 +43,6 @@ async fn api(db: &MySqlPool, keepalive: Duration) -> Result<Api> {
             ctrl_api::restate::Ingress::new(&nowhere),
             ctrl_api::restate::Admin::new(&nowhere),
         ),
-        None,
     );
     let defaults = ctrl_cluster_sync::Settings::default();
     let settings = ctrl_cluster_sync::Settings {
@@ -393,5 +392,252 @@ async fn operators_issue_and_revoke_credentials_and_revocation_ends_streams() ->
     .json()
     .await?;
     assert_eq!(all["credentials"].as_array().map(Vec::len), Some(1));
+    Ok(())
+}
+
+/// A push from `control` for `request`.
+fn push(request: &str, seq: u64, lines: &[&str], end: bool) -> pb::PushLogsRequest {
+    pb::PushLogsRequest {
+        cluster: None,
+        request_id: request.into(),
+        seq,
+        batch: Some(pb::LogLines {
+            lines: lines
+                .iter()
+                .map(|l| pb::InstanceLogLine {
+                    instance: "web-0".into(),
+                    stream: pb::LogStream::Stdout as i32,
+                    timestamp: String::new(),
+                    line: (*l).into(),
+                })
+                .collect(),
+        }),
+        end,
+        error: String::new(),
+    }
+}
+
+/// The next log request on `stream` (keepalives skipped).
+async fn next_request(
+    stream: &mut tonic::Streaming<pb::WatchLogRequestsResponse>,
+) -> Result<pb::LogRequest> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.message().await? {
+                Some(pb::WatchLogRequestsResponse {
+                    request: Some(request),
+                }) => return Ok(request),
+                Some(_) => {}
+                None => anyhow::bail!("the log request stream ended"),
+            }
+        }
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_travel_over_the_agents_own_connection_and_only_its_own() -> Result<()> {
+    let db = ctrl_testkit::test_database().await?;
+    let seed = Seed::new(&db.pool).await?;
+    let api = api(&db.pool, Duration::from_secs(15)).await?;
+    let owner = control(
+        &api,
+        &agent_token(&db.pool, "local-1").await?,
+        key("local", "local-1"),
+    )?;
+    owner.heartbeat(pb::AgentBackend::Docker).await?;
+    let intruder = control(
+        &api,
+        &credential(&db.pool, AgentKind::Krane, "other", "other-1").await?,
+        key("other", "other-1"),
+    )?;
+    intruder.heartbeat(pb::AgentBackend::Docker).await?;
+    let d = seed.deployment(&db.pool).await?;
+    seed.set(&db.pool, &d, true, 1).await?;
+
+    // No log route and no advertised address: the agents' table has no
+    // column for one any more.
+    let columns: Vec<(String,)> = sqlx::query_as(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = 'clusters'",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    assert!(!columns.iter().any(|(c,)| c.contains("url")), "{columns:?}");
+
+    // The API's token does not open the relay.
+    let err = control(&api, TOKEN, key("local", "local-1"))?
+        .log_requests()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+
+    // A reader asks for the deployment's output through the public API.
+    let mut owner_requests = owner.log_requests().await?;
+    let mut intruder_requests = intruder.log_requests().await?;
+    let channel = tonic::transport::Channel::from_shared(api.url.clone())?.connect_lazy();
+    let mut deployments = pb::deployment_service_client::DeploymentServiceClient::new(channel);
+    let mut read = tonic::Request::new(pb::StreamDeploymentLogsRequest {
+        deployment_id: d.clone(),
+        follow: true,
+        ..Default::default()
+    });
+    read.metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse()?);
+    let mut reader = deployments.stream_deployment_logs(read).await?.into_inner();
+
+    // Only the region's own agent is asked.
+    let request = next_request(&mut owner_requests).await?;
+    assert_eq!(request.deployment_id, d);
+    assert!(request.follow);
+    assert!(
+        tokio::time::timeout(
+            Duration::from_millis(800),
+            next_request(&mut intruder_requests)
+        )
+        .await
+        .is_err(),
+        "another region's agent is never handed the request"
+    );
+
+    // Another region's agent cannot answer it, even knowing its id.
+    let err = intruder
+        .push_logs(push(&request.request_id, 1, &["forged line"], false))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains("dev/other/other-1"),
+        "{}",
+        err.message()
+    );
+
+    // The owner's lines reach the reader once each, in order, named by
+    // the region the request went to — a retried push is not repeated.
+    assert!(
+        !owner
+            .push_logs(push(&request.request_id, 1, &["one", "two"], false))
+            .await?
+    );
+    assert!(
+        !owner
+            .push_logs(push(&request.request_id, 1, &["one", "two"], false))
+            .await?
+    );
+    assert!(
+        !owner
+            .push_logs(push(&request.request_id, 2, &["three"], false))
+            .await?
+    );
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let m = tokio::time::timeout(Duration::from_secs(10), reader.message())
+            .await??
+            .expect("a line");
+        assert_eq!((m.region.as_str(), m.instance.as_str()), ("local", "web-0"));
+        got.push(m.line);
+    }
+    assert_eq!(got, ["one", "two", "three"], "never the forged line");
+
+    // The reader leaves: the agent's next push is told to stop, and the
+    // relay keeps nothing.
+    drop(reader);
+    let stopped = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if owner
+                .push_logs(push(&request.request_id, 0, &[], false))
+                .await?
+            {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(matches!(stopped, Ok(Ok(()))), "{stopped:?}");
+    let left: (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM log_requests), (SELECT COUNT(*) FROM log_batches)",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    assert_eq!(left, (0, 0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_falls_behind_bounds_what_the_relay_holds() -> Result<()> {
+    let db = ctrl_testkit::test_database().await?;
+    let seed = Seed::new(&db.pool).await?;
+    let api = api(&db.pool, Duration::from_secs(15)).await?;
+    let owner = control(
+        &api,
+        &agent_token(&db.pool, "local-1").await?,
+        key("local", "local-1"),
+    )?;
+    let cluster = owner.heartbeat(pb::AgentBackend::Docker).await?.cluster_id;
+    let d = seed.deployment(&db.pool).await?;
+    // A reader that filed a request and then reads nothing.
+    let id = ctrl_core::id::generate(ctrl_core::id::IdKind::LogRequest, &mut rand::rng());
+    let now = ctrl_runtime::now_ms();
+    ctrl_db::log_relay::file(
+        &db.pool,
+        &ctrl_db::log_relay::NewRequest {
+            id: &id,
+            cluster_id: &cluster,
+            deployment_id: &d,
+            follow: true,
+            tail_lines: 0,
+        },
+        now,
+    )
+    .await?;
+    let max = ctrl_core::logs::MAX_UNREAD_BATCHES;
+    for seq in 1..=max {
+        assert!(!owner.push_logs(push(&id, seq, &["line"], false)).await?);
+    }
+    // One more waits for the reader (the server's push_wait), then ends
+    // the request with the reason instead of piling up rows.
+    let stop = owner
+        .push_logs(push(&id, max + 1, &["line"], false))
+        .await?;
+    assert!(stop, "the push is told to stop");
+    let request = ctrl_db::log_relay::get(&db.pool, &id).await?;
+    assert_eq!(request.state, ctrl_db::log_relay::RequestState::Ended);
+    assert!(
+        request
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("fell behind")),
+        "{request:?}"
+    );
+    assert_eq!(ctrl_db::log_relay::unread(&db.pool, &id).await?, max + 1);
+    assert!(
+        owner
+            .push_logs(push(&id, max + 2, &["line"], false))
+            .await?
+    );
+    assert_eq!(ctrl_db::log_relay::unread(&db.pool, &id).await?, max + 1);
+
+    // Bad pushes are named.
+    let err = owner
+        .push_logs(push("lrq_nope", 1, &["x"], false))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("request_id"), "{}", err.message());
+    let err = owner
+        .push_logs(push(&id, 0, &["x"], false))
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("seq"), "{}", err.message());
+    let long = "x".repeat(ctrl_core::logs::MAX_LINE_BYTES + 1);
+    let err = owner
+        .push_logs(push(&id, max + 3, &[&long], false))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("batch.lines[0].line"),
+        "{}",
+        err.message()
+    );
     Ok(())
 }
