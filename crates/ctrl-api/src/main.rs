@@ -81,7 +81,7 @@ async fn run(command: Command, config: &Config) -> anyhow::Result<()> {
     let db = config.database.connect().await?;
     match command {
         Command::Migrate => {
-            ctrl_db::MIGRATOR.run(&db).await?;
+            ctrl_db::migrate(&mut *db.acquire().await?).await?;
             tracing::info!("migrations applied");
             Ok(())
         }

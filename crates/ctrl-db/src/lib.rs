@@ -44,9 +44,40 @@ use std::time::Duration;
 pub use error::{Error, Result};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 
-/// The forward-only migrations of `migrations/`, applied by the services'
-/// `migrate` commands, the dev stack and `ctrl_testkit::test_database`.
+/// The forward-only migrations of `migrations/`, applied by [`migrate`].
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// How long a migration run waits for another one to finish.
+const MIGRATE_LOCK_SECONDS: u32 = 600;
+
+/// Applies [`MIGRATOR`] (for ctrl-api's `migrate` command, the Helm
+/// chart's Job, the dev stack and `ctrl_testkit::test_database`) under a
+/// named lock of this database, so two runs at once — two Jobs, or one
+/// retried while the first still runs — wait for each other instead of
+/// both applying the same migration (sqlx's own lock does not prevent that
+/// on MariaDB).
+pub async fn migrate(
+    conn: &mut sqlx::MySqlConnection,
+) -> std::result::Result<(), sqlx::migrate::MigrateError> {
+    use sqlx::migrate::MigrateError;
+    const NAME: &str = "CONCAT('ctrl_migrate_', COALESCE(DATABASE(), ''))";
+    let got: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT GET_LOCK({NAME}, {MIGRATE_LOCK_SECONDS})"
+    )))
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(MigrateError::Execute)?;
+    if got != Some(1) {
+        return Err(MigrateError::Execute(sqlx::Error::Protocol(format!(
+            "another migration run held the lock for more than {MIGRATE_LOCK_SECONDS} s"
+        ))));
+    }
+    let result = MIGRATOR.run(&mut *conn).await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DO RELEASE_LOCK({NAME})")))
+        .execute(&mut *conn)
+        .await;
+    result
+}
 
 /// Opens a pool with bounded waits: 5 s to connect or acquire a connection.
 pub async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool> {

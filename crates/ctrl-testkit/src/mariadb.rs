@@ -248,8 +248,11 @@ pub async fn test_database() -> Result<TestDatabase, Error> {
         .connect(&url)
         .await
         .map_err(|e| Error::request(format!("connect to {name}"), e))?;
-    ctrl_db::MIGRATOR
-        .run(&pool)
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| Error::request(format!("connect to {name}"), e))?;
+    ctrl_db::migrate(&mut conn)
         .await
         .map_err(|e| Error::request(format!("migrate {name}"), e))?;
     Ok(TestDatabase { pool, name, url })

@@ -517,8 +517,7 @@ pub(crate) async fn migrate(admin_url: &str, database_url: &str) -> Result<()> {
         .execute(&mut admin)
         .await?;
     let mut db = MySqlConnection::connect(database_url).await?;
-    ctrl_db::MIGRATOR
-        .run(&mut db)
+    ctrl_db::migrate(&mut db)
         .await
         .context("apply the database migrations")?;
     Ok(())

@@ -21,6 +21,7 @@ mod dev;
 mod edge;
 mod engine;
 mod github;
+mod helm;
 mod programs;
 mod stack;
 mod test;

@@ -170,6 +170,8 @@ mod time;
 mod validate;
 mod yaml;
 
+pub use yaml::documents as yaml_documents;
+
 #[cfg(test)]
 mod tests;
 

@@ -15,6 +15,16 @@ pub(crate) fn parse(body: &[u8]) -> Result<Value, String> {
     docs.into_iter().next().map_or(Ok(Value::Null), to_json)
 }
 
+/// Every document of a YAML stream (e.g. `helm template`'s output) as
+/// JSON, empty documents left out.
+pub fn documents(text: &str) -> Result<Vec<Value>, String> {
+    let docs = YamlLoader::load_from_str(text).map_err(|e| e.to_string())?;
+    docs.into_iter()
+        .filter(|d| !matches!(d, Yaml::Null))
+        .map(to_json)
+        .collect()
+}
+
 fn to_json(yaml: Yaml) -> Result<Value, String> {
     Ok(match yaml {
         Yaml::Null => Value::Null,
