@@ -84,15 +84,28 @@ impl Validator {
 
     /// The value must be a URL with one of `schemes` and a host.
     pub fn url(&mut self, field: &str, value: &str, schemes: &[&str]) {
-        let ok = value.split_once("://").is_some_and(|(scheme, rest)| {
-            schemes.contains(&scheme) && !rest.is_empty() && !rest.starts_with('/')
-        });
         self.check(
-            ok,
+            is_url(value, schemes),
             field,
             format!("must be a {} URL, got {value:?}", schemes.join(" or ")),
         );
     }
+
+    /// Like [`Validator::url`] for a URL that may carry a credential: the
+    /// message never quotes the value.
+    pub fn secret_url(&mut self, field: &str, value: &str, schemes: &[&str]) {
+        self.check(
+            is_url(value, schemes),
+            field,
+            format!("must be a {} URL (value not shown)", schemes.join(" or ")),
+        );
+    }
+}
+
+fn is_url(value: &str, schemes: &[&str]) -> bool {
+    value.split_once("://").is_some_and(|(scheme, rest)| {
+        schemes.contains(&scheme) && !rest.is_empty() && !rest.starts_with('/')
+    })
 }
 
 /// Why a configuration could not be loaded.

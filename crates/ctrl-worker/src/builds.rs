@@ -60,7 +60,7 @@ impl Builds {
             (None, None)
         } else {
             let registry = Registry::new(RegistryConfig {
-                url: config.registry.url.clone(),
+                url: config.registry.base_url(),
                 image_host: config.registry.image_host.clone(),
                 repository: config.registry.repository.clone(),
                 username: config.registry.username.clone(),

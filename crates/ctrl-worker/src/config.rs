@@ -11,10 +11,46 @@ use serde::Deserialize;
 /// The environment prefix for overrides.
 pub const ENV_PREFIX: &str = "CTRL_WORKER";
 
-/// Everything ctrl-worker reads at startup.
+/// Everything ctrl-worker reads at startup. Seed 001's worker file
+/// (`unkey.toml`'s shape) loads as it is: its top-level keys and sections
+/// are accepted here, the ones naming ctrl settings by another name
+/// (`default_domain`, `dashboard_url`, `restate.http_port`) are the same
+/// settings, and those for features ctrl does not have are validated and
+/// reported at start-up by [`Config::unused`], never silently ignored.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// This worker's name in logs (seed 001's `instance_id`); empty: the
+    /// host name.
+    #[serde(default)]
+    pub instance_id: String,
+    /// The region this worker runs in, for logs (seed 001's `region`).
+    #[serde(default)]
+    pub region: String,
+    /// Seed 001's `default_domain`: the platform's apex, the same setting as
+    /// `deploy.apex_domain` (set either; both set must agree).
+    #[serde(default)]
+    pub default_domain: Option<String>,
+    /// Seed 001's `dashboard_url`, the same setting as
+    /// `github.dashboard_url` (set either; both set must agree).
+    #[serde(default)]
+    pub dashboard_url: Option<String>,
+    /// Seed 001's `cname_domain`. Custom domains' CNAME targets are assigned
+    /// by ctrl-api (`[custom_domains] cname_domain`); the worker only checks
+    /// it is a hostname and reports it unused.
+    #[serde(default)]
+    pub cname_domain: String,
+    /// Seed 001's `[clickhouse]` (analytics): accepted, reported unused.
+    #[serde(default)]
+    pub clickhouse: ClickHouseSection,
+    /// Seed 001's `[heartbeat]` (Checkly URLs): `cert_renewal_url` is
+    /// called after each certificate renewal run; the others name jobs ctrl
+    /// does not have and are reported unused.
+    #[serde(default)]
+    pub heartbeat: HeartbeatSection,
+    /// Seed 001's `[slack]` (quota notifications): accepted, reported unused.
+    #[serde(default)]
+    pub slack: SlackSection,
     /// The Restate endpoint and its registration.
     pub restate: RestateConfig,
     /// The database.
@@ -60,6 +96,100 @@ pub struct Config {
 
 fn default_build_platform() -> String {
     "linux/amd64".into()
+}
+
+/// Seed 001's `[clickhouse]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseSection {
+    /// The analytics database.
+    pub url: ctrl_runtime::sections::Secret,
+    /// Its admin user (provisioning workspace users).
+    pub admin_url: ctrl_runtime::sections::Secret,
+}
+
+/// Seed 001's `[heartbeat]`: Checkly heartbeat URLs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeartbeatSection {
+    /// Called (GET) after each certificate renewal run that succeeded.
+    pub cert_renewal_url: ctrl_runtime::sections::Secret,
+    /// Unkey's quota check job (ctrl has none).
+    pub quota_check_url: ctrl_runtime::sections::Secret,
+    /// Unkey's key refill job (ctrl has none).
+    pub key_refill_url: ctrl_runtime::sections::Secret,
+    /// Unkey's key last-used sync (ctrl has none).
+    pub key_last_used_sync_url: ctrl_runtime::sections::Secret,
+}
+
+/// Seed 001's `[slack]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlackSection {
+    /// Unkey's quota notifications (ctrl has no quotas).
+    pub quota_check_webhook_url: ctrl_runtime::sections::Secret,
+}
+
+impl Config {
+    /// The platform's apex domain (`default_domain` or `deploy.apex_domain`).
+    pub fn apex_domain(&self) -> &str {
+        self.default_domain
+            .as_deref()
+            .unwrap_or(&self.deploy.apex_domain)
+    }
+
+    /// The dashboard's base URL (`dashboard_url` or `github.dashboard_url`;
+    /// empty: none).
+    pub fn dashboard_url(&self) -> &str {
+        match (&self.dashboard_url, self.github.dashboard_url.as_str()) {
+            (_, set) if !set.is_empty() => set,
+            (Some(url), _) => url,
+            (None, _) => "",
+        }
+    }
+
+    /// This worker's name in logs: `instance_id`, else the host name.
+    pub fn instance_id(&self) -> String {
+        if !self.instance_id.is_empty() {
+            return self.instance_id.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "ctrl-worker".into())
+    }
+
+    /// Settings that are set but that ctrl does not use, each with why
+    /// (logged as warnings at start-up).
+    pub fn unused(&self) -> Vec<String> {
+        let mut unused = Vec::new();
+        if !self.cname_domain.is_empty() {
+            unused.push("cname_domain: custom domains' CNAME targets are assigned by ctrl-api ([custom_domains] cname_domain in its config)".to_owned());
+        }
+        for (field, value) in [
+            ("clickhouse.url", &self.clickhouse.url),
+            ("clickhouse.admin_url", &self.clickhouse.admin_url),
+        ] {
+            if value.get().is_some() {
+                unused.push(format!("{field}: ctrl keeps no analytics in ClickHouse"));
+            }
+        }
+        for (field, value) in [
+            ("heartbeat.quota_check_url", &self.heartbeat.quota_check_url),
+            ("heartbeat.key_refill_url", &self.heartbeat.key_refill_url),
+            (
+                "heartbeat.key_last_used_sync_url",
+                &self.heartbeat.key_last_used_sync_url,
+            ),
+        ] {
+            if value.get().is_some() {
+                unused.push(format!("{field}: ctrl has no such job"));
+            }
+        }
+        if self.slack.quota_check_webhook_url.get().is_some() {
+            unused.push("slack.quota_check_webhook_url: ctrl has no quotas".to_owned());
+        }
+        unused
+    }
 }
 
 /// The `[build]` section.
@@ -163,6 +293,18 @@ pub struct RegistrySection {
     pub username: String,
     /// Password or token; never logged.
     pub password: String,
+}
+
+impl RegistrySection {
+    /// `url` with its scheme: a bare host (seed 001's form, e.g.
+    /// "registry.depot.dev") is reached over HTTPS.
+    pub fn base_url(&self) -> String {
+        if self.url.contains("://") {
+            self.url.clone()
+        } else {
+            format!("https://{}", self.url)
+        }
+    }
 }
 
 impl Default for RegistrySection {
@@ -372,7 +514,12 @@ pub struct RestateConfig {
     /// Where this worker serves the Restate protocol (h2c).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Seed 001's `http_port`: the port of `listen` on every interface
+    /// (set this or `listen`).
+    #[serde(default)]
+    pub http_port: Option<u16>,
     /// Restate's admin API, for self-registration.
+    #[serde(default = "default_admin_url")]
     pub admin_url: String,
     /// The URL Restate uses to reach this worker; empty = do not register
     /// (registration happens elsewhere, e.g. in Kubernetes).
@@ -400,6 +547,15 @@ pub struct RestateConfig {
 }
 
 impl RestateConfig {
+    /// Where to serve the Restate protocol: `http_port` on every
+    /// interface, else `listen`.
+    pub fn listen_addr(&self) -> SocketAddr {
+        match self.http_port {
+            Some(port) => SocketAddr::from(([0, 0, 0, 0], port)),
+            None => self.listen,
+        }
+    }
+
     /// The configured identity keys (empty entries skipped).
     pub fn identity_keys(&self) -> impl Iterator<Item = &str> {
         self.identity_keys
@@ -411,6 +567,10 @@ impl RestateConfig {
 
 fn default_ingress() -> String {
     "http://127.0.0.1:8080".into()
+}
+
+fn default_admin_url() -> String {
+    "http://restate:9070".into()
 }
 
 fn default_listen() -> SocketAddr {
@@ -542,14 +702,20 @@ impl Validate for Config {
             self.deploy.delete_drain_seconds,
             0..=24 * 3600,
         );
+        let apex_field = if self.default_domain.is_some() {
+            "default_domain"
+        } else {
+            "deploy.apex_domain"
+        };
         v.check(
-            ctrl_core::names::is_hostname(&self.deploy.apex_domain)
-                && self.deploy.apex_domain.len() <= MAX_APEX_LEN,
-            "deploy.apex_domain",
+            ctrl_core::names::is_hostname(self.apex_domain())
+                && self.apex_domain().len() <= MAX_APEX_LEN,
+            apex_field,
             format!(
                 "must be a lowercase hostname of at most {MAX_APEX_LEN} characters, e.g. \"ctrl.example.com\""
             ),
         );
+        self.validate_seed_settings(v);
         v.url(
             "restate.ingress_url",
             &self.restate.ingress_url,
@@ -656,6 +822,91 @@ impl Validate for Config {
 }
 
 impl Config {
+    /// Seed 001's names for ctrl settings must agree with ctrl's own; its
+    /// sections for features ctrl lacks must still be well-formed.
+    fn validate_seed_settings(&self, v: &mut Validator) {
+        if let Some(domain) = &self.default_domain {
+            let deploy = &self.deploy.apex_domain;
+            v.check(
+                *deploy == DeployConfig::default().apex_domain || deploy == domain,
+                "default_domain",
+                format!("is the same setting as deploy.apex_domain ({deploy:?}): set one of them"),
+            );
+        }
+        if let Some(url) = &self.dashboard_url {
+            let github = &self.github.dashboard_url;
+            v.check(
+                github.is_empty() || github == url,
+                "dashboard_url",
+                format!(
+                    "is the same setting as github.dashboard_url ({github:?}): set one of them"
+                ),
+            );
+        }
+        if !self.dashboard_url().is_empty() {
+            v.url("dashboard_url", self.dashboard_url(), &["http", "https"]);
+        }
+        if let Some(port) = self.restate.http_port {
+            v.check(port > 0, "restate.http_port", "must be 1 to 65535");
+            v.check(
+                self.restate.listen == default_listen() || self.restate.listen.port() == port,
+                "restate.http_port",
+                format!(
+                    "is the port of restate.listen ({}): set one of them",
+                    self.restate.listen
+                ),
+            );
+        }
+        if !self.cname_domain.is_empty() {
+            v.check(
+                ctrl_core::names::is_hostname(&self.cname_domain),
+                "cname_domain",
+                "must be a lowercase hostname, e.g. \"edge.example.com\"",
+            );
+        }
+        for (field, url, schemes) in [
+            (
+                "clickhouse.url",
+                &self.clickhouse.url,
+                &["http", "https", "clickhouse", "tcp"][..],
+            ),
+            (
+                "clickhouse.admin_url",
+                &self.clickhouse.admin_url,
+                &["http", "https", "clickhouse", "tcp"][..],
+            ),
+            (
+                "heartbeat.cert_renewal_url",
+                &self.heartbeat.cert_renewal_url,
+                &["http", "https"][..],
+            ),
+            (
+                "heartbeat.quota_check_url",
+                &self.heartbeat.quota_check_url,
+                &["http", "https"][..],
+            ),
+            (
+                "heartbeat.key_refill_url",
+                &self.heartbeat.key_refill_url,
+                &["http", "https"][..],
+            ),
+            (
+                "heartbeat.key_last_used_sync_url",
+                &self.heartbeat.key_last_used_sync_url,
+                &["http", "https"][..],
+            ),
+            (
+                "slack.quota_check_webhook_url",
+                &self.slack.quota_check_webhook_url,
+                &["https"][..],
+            ),
+        ] {
+            if let Some(url) = url.get() {
+                v.secret_url(field, url, schemes);
+            }
+        }
+    }
+
     fn validate_builds(&self, v: &mut Validator) {
         let b = &self.build;
         v.check(
@@ -728,7 +979,11 @@ impl Config {
         v.range("build.max_log_lines", b.max_log_lines, 100..=1_000_000);
         v.range("build.attempts", b.attempts, 1..=20);
         if !self.registry.url.is_empty() {
-            v.url("registry.url", &self.registry.url, &["http", "https"]);
+            v.url(
+                "registry.url",
+                &self.registry.base_url(),
+                &["http", "https"],
+            );
         }
         for (field, problem) in self.build_contexts.problems() {
             v.check(false, field, problem);
@@ -784,6 +1039,195 @@ mod tests {
             ),
         ]);
         ctrl_runtime::config::parse(text, "test", &env, ENV_PREFIX)
+    }
+
+    /// A worker file shaped like seed 001's (`unkey.toml`): every top-level
+    /// key and section it names.
+    const SEED_SHAPED: &str = r#"
+instance_id = "worker-use1-1"
+region = "us-east-1"
+default_domain = "apps.example.com"
+dashboard_url = "https://dashboard.example.com"
+build_platform = "linux/arm64"
+cname_domain = "edge.example.com"
+
+[database]
+url = "mysql://ctrl:${CTRL_DB_PASSWORD}@mysql:3306/ctrl"
+
+[vault]
+keys = [{ id = "k1", key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=" }]
+
+[acme]
+enabled = false
+email_domain = "example.com"
+
+[acme.route53]
+enabled = false
+access_key_id = ""
+secret_access_key = ""
+region = "us-east-1"
+hosted_zone_id = ""
+
+[restate]
+api_key = ""
+http_port = 9080
+register_as = "http://worker:9080"
+
+[depot]
+api_url = "https://api.depot.dev"
+project_region = "us-east-1"
+
+[registry]
+url = "registry.depot.dev"
+username = "x-token"
+password = "${CTRL_REGISTRY_PASSWORD}"
+
+[clickhouse]
+url = "clickhouse://default:ch-secret-pw@clickhouse:9000"
+admin_url = "clickhouse://admin:ch-admin-pw@clickhouse:9000"
+
+[github]
+app_id = 12345
+private_key_pem = "${CTRL_GITHUB_APP_KEY}"
+allow_unauthenticated_deployments = false
+
+[heartbeat]
+cert_renewal_url = "https://ping.checklyhq.com/cert-secret"
+quota_check_url = "https://ping.checklyhq.com/quota-secret"
+key_refill_url = ""
+key_last_used_sync_url = ""
+
+[slack]
+quota_check_webhook_url = "https://hooks.slack.com/services/slack-secret"
+"#;
+
+    #[test]
+    fn a_seed_shaped_file_loads_and_says_what_ctrl_does_not_use() {
+        let c = parse(SEED_SHAPED).expect("the seed-shaped file loads");
+        // Seed names for ctrl settings are those settings.
+        assert_eq!(c.apex_domain(), "apps.example.com");
+        assert_eq!(c.dashboard_url(), "https://dashboard.example.com");
+        assert_eq!(c.restate.listen_addr().to_string(), "0.0.0.0:9080");
+        assert_eq!(
+            c.restate.admin_url, "http://restate:9070",
+            "seed 001's default"
+        );
+        assert_eq!(c.instance_id(), "worker-use1-1");
+        assert_eq!(c.region, "us-east-1");
+        assert_eq!(c.build_platform, "linux/arm64");
+        // Features ctrl does not have are reported, each with why; the
+        // renewal heartbeat is used, so it is not.
+        let unused = c.unused();
+        let fields: Vec<&str> = unused
+            .iter()
+            .map(|u| u.split(':').next().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "cname_domain",
+                "clickhouse.url",
+                "clickhouse.admin_url",
+                "heartbeat.quota_check_url",
+                "slack.quota_check_webhook_url"
+            ],
+            "{unused:?}"
+        );
+        // Credentials in those URLs never show.
+        let shown = format!("{c:?} {unused:?}");
+        for secret in [
+            "ch-secret-pw",
+            "ch-admin-pw",
+            "cert-secret",
+            "quota-secret",
+            "slack-secret",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        // Without them, nothing is reported and the defaults hold.
+        let plain = parse(
+            "[restate]\nadmin_url = \"http://r:9070\"\n[database]\nurl = \"mysql://u@h/db\"\n",
+        )
+        .expect("minimal");
+        assert!(plain.unused().is_empty());
+        assert_eq!(plain.apex_domain(), "ctrl.localhost");
+        assert_eq!(plain.restate.listen_addr().to_string(), "127.0.0.1:9080");
+    }
+
+    #[test]
+    fn seed_names_and_ctrl_names_of_one_setting_must_agree() {
+        for (edit, field) in [
+            (
+                (
+                    "[slack]",
+                    "[deploy]\napex_domain = \"other.example.com\"\n[slack]",
+                ),
+                "default_domain",
+            ),
+            (
+                // Both names with the same value agree.
+                (
+                    "allow_unauthenticated_deployments = false",
+                    "allow_unauthenticated_deployments = false\ndashboard_url = \"https://dashboard.example.com\"",
+                ),
+                "",
+            ),
+            (
+                (
+                    "http_port = 9080",
+                    "http_port = 9080\nlisten = \"0.0.0.0:9090\"",
+                ),
+                "restate.http_port",
+            ),
+            (
+                (
+                    "default_domain = \"apps.example.com\"",
+                    "default_domain = \"Apps_Example\"",
+                ),
+                "default_domain",
+            ),
+            (
+                (
+                    "cname_domain = \"edge.example.com\"",
+                    "cname_domain = \"not a host\"",
+                ),
+                "cname_domain",
+            ),
+            (
+                (
+                    "url = \"clickhouse://default:ch-secret-pw@clickhouse:9000\"",
+                    "url = \"ftp://ch-secret-pw\"",
+                ),
+                "clickhouse.url",
+            ),
+            (
+                (
+                    "quota_check_webhook_url = \"https://hooks.slack.com/services/slack-secret\"",
+                    "quota_check_webhook_url = \"slack-secret\"",
+                ),
+                "slack.quota_check_webhook_url",
+            ),
+        ] {
+            let text = SEED_SHAPED.replacen(edit.0, edit.1, 1);
+            assert_ne!(text, SEED_SHAPED, "{edit:?}");
+            let result = parse(&text);
+            if field.is_empty() {
+                assert!(result.is_ok(), "{edit:?}: {result:?}");
+                continue;
+            }
+            let err = result.expect_err(field).to_string();
+            assert!(err.contains(field), "{field}: {err}");
+            for secret in ["ch-secret-pw", "slack-secret"] {
+                assert!(!err.contains(secret), "{secret} in {err}");
+            }
+        }
+        let both = SEED_SHAPED.replacen(
+            "allow_unauthenticated_deployments = false",
+            "allow_unauthenticated_deployments = false\ndashboard_url = \"https://other.example.com\"",
+            1,
+        );
+        let err = parse(&both).expect_err("two dashboards").to_string();
+        assert!(err.contains("dashboard_url"), "{err}");
     }
 
     #[test]

@@ -51,11 +51,7 @@ pub fn endpoint(
             .retry_policy_max_attempts(20)
             .retry_policy_pause_on_max_attempts()
     };
-    let reporter = Reporter::new(
-        db.clone(),
-        builds.github.clone(),
-        &config.github.dashboard_url,
-    );
+    let reporter = Reporter::new(db.clone(), builds.github.clone(), config.dashboard_url());
     let mut builder = Endpoint::builder();
     for key in config.restate.identity_keys() {
         builder = builder
@@ -77,11 +73,18 @@ pub fn endpoint(
         // A build runs inside one step; Restate must not abort the attempt
         // before the build timeout (the default is 10 minutes).
         .bind(
-            DeployObject::new(db.clone(), DeploySettings::from(&config.deploy), builds)
-                .into_service_definition()
-                .options(options().abort_timeout(
-                    Duration::from_secs(config.build.timeout_seconds) + Duration::from_secs(300),
-                )),
+            DeployObject::new(
+                db.clone(),
+                DeploySettings {
+                    apex_domain: config.apex_domain().to_owned(),
+                    ..DeploySettings::from(&config.deploy)
+                },
+                builds,
+            )
+            .into_service_definition()
+            .options(options().abort_timeout(
+                Duration::from_secs(config.build.timeout_seconds) + Duration::from_secs(300),
+            )),
         )
         // ctrl-api hands it GitHub's deliveries through the ingress.
         .bind(
@@ -114,6 +117,7 @@ pub fn endpoint(
         )
         .bind(
             RenewalObject::new(db.clone(), certs.issuer.clone())
+                .with_heartbeat(config.heartbeat.cert_renewal_url.get())
                 .into_service_definition()
                 .options(options()),
         )
@@ -247,7 +251,7 @@ pub async fn bootstrap_certificates(config: &Config, db: &MySqlPool) -> Result<(
     )
     .await?;
     if config.acme.route53.enabled {
-        let wildcard = format!("*.{}", config.deploy.apex_domain);
+        let wildcard = format!("*.{}", config.apex_domain());
         let now = crate::errors::now_ms();
         let new_id = ctrl_core::id::generate(ctrl_core::id::IdKind::CustomDomain, &mut rand::rng());
         let domain_id = ctrl_db::custom_domain::ensure_platform(
@@ -356,13 +360,23 @@ pub async fn run(
     db: MySqlPool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let listener = TcpListener::bind(config.restate.listen)
+    let listen = config.restate.listen_addr();
+    let listener = TcpListener::bind(listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.restate.listen))?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let health_listener = TcpListener::bind(config.health.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.health.listen))?;
-    tracing::info!(restate = %listener.local_addr()?, health = %health_listener.local_addr()?, "ctrl-worker listening");
+    tracing::info!(
+        instance_id = %config.instance_id(),
+        region = %config.region,
+        restate = %listener.local_addr()?,
+        health = %health_listener.local_addr()?,
+        "ctrl-worker listening"
+    );
+    for unused in config.unused() {
+        tracing::warn!("set but not used: {unused}");
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let certs = Certificates::from_config(config)?;

@@ -727,12 +727,49 @@ const NEXT_RUN: &str = "next_run_at";
 pub struct RenewalObject {
     db: MySqlPool,
     issuer: Option<Arc<Issuer>>,
+    heartbeat: Option<Heartbeat>,
 }
+
+/// A monitoring URL (seed 001's `heartbeat.cert_renewal_url`, e.g.
+/// Checkly's) called after each renewal run, so a job that stops running
+/// is noticed by someone.
+#[derive(Clone)]
+struct Heartbeat {
+    url: Arc<str>,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Heartbeat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL is a credential of the monitoring service.
+        f.write_str("Heartbeat(<redacted>)")
+    }
+}
+
+/// Bound on the heartbeat call.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl RenewalObject {
     /// The job over the database; idle without an issuer.
     pub fn new(db: MySqlPool, issuer: Option<Arc<Issuer>>) -> Self {
-        Self { db, issuer }
+        Self {
+            db,
+            issuer,
+            heartbeat: None,
+        }
+    }
+
+    /// Calls `url` (GET) after every run that succeeded.
+    #[must_use]
+    pub fn with_heartbeat(mut self, url: Option<&str>) -> Self {
+        self.heartbeat = url.map(|url| Heartbeat {
+            url: url.into(),
+            http: reqwest::Client::builder()
+                .timeout(HEARTBEAT_TIMEOUT)
+                .build()
+                .unwrap_or_default(),
+        });
+        self
     }
 }
 
@@ -798,6 +835,19 @@ impl RenewalObject {
         }
         if !due.is_empty() {
             tracing::info!(count = due.len(), "certificate renewals started");
+        }
+        if let Some(beat) = self.heartbeat.clone() {
+            // Best effort, once: a monitoring outage must not stall renewals.
+            ctx.run(|| async move {
+                match beat.http.get(&*beat.url).send().await {
+                    Ok(r) if r.status().is_success() => {}
+                    Ok(r) => tracing::warn!(status = %r.status(), "renewal heartbeat refused"),
+                    Err(e) => tracing::warn!(error = %e.without_url(), "renewal heartbeat failed"),
+                }
+                Ok(())
+            })
+            .name("heartbeat")
+            .await?;
         }
         let now = ctx.run(|| async { Ok(now_ms()) }).name("now").await?;
         let interval = issuer.renewal_interval;

@@ -56,6 +56,8 @@ pub(crate) struct Options {
     pub(crate) directory: Option<String>,
     /// A Route53 hosted zone id to use (instead of finding it by name).
     pub(crate) hosted_zone_id: Option<&'static str>,
+    /// `[heartbeat] cert_renewal_url`.
+    pub(crate) heartbeat_url: Option<String>,
 }
 
 impl Stack {
@@ -92,7 +94,12 @@ impl Stack {
              request_timeout_seconds = 10\nvalidation_timeout_seconds = 30\nrenewal_spacing_seconds = 0\n{extra}\n\
              {route53}\
              [custom_domains]\nnameservers = [\"{ns}\"]\ncheck_interval_seconds = 1\ngive_up_after_seconds = 3600\nrecheck_interval_seconds = 1\napex_addresses = [\"127.0.0.1\"]\n\
-             [vault]\nkeys = [{{ id = \"k1\", key = \"{VAULT_KEY}\" }}]\n",
+             [vault]\nkeys = [{{ id = \"k1\", key = \"{VAULT_KEY}\" }}]\n{heartbeat}",
+            heartbeat = o
+                .heartbeat_url
+                .as_ref()
+                .map(|url| format!("[heartbeat]\ncert_renewal_url = \"{url}\"\n"))
+                .unwrap_or_default(),
             dir = o
                 .directory
                 .clone()

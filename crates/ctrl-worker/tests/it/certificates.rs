@@ -474,12 +474,29 @@ async fn the_platform_wildcard_is_bootstrapped_through_dns_01() -> Result<()> {
 }
 
 /// Short-lived certificates are renewed by the durable job (same id, new
-/// expiry) and the edge serves the new one without a restart.
+/// expiry) and the edge serves the new one without a restart; each run of
+/// the job calls the monitoring heartbeat (seed 001's
+/// `heartbeat.cert_renewal_url`).
 #[tokio::test]
 async fn certificates_are_renewed_and_served_without_a_restart() -> Result<()> {
+    let beats = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let heartbeat_url = format!("http://{}/beat/s3cr3t-checkly", listener.local_addr()?);
+    let counter = beats.clone();
+    let monitor = tokio::spawn(async move {
+        let app = axum::Router::new().route(
+            "/beat/s3cr3t-checkly",
+            axum::routing::get(move || {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async { "ok" }
+            }),
+        );
+        let _ = axum::serve(listener, app).await;
+    });
     let s = Stack::start(Options {
         validity: Some(Duration::from_secs(120)),
         acme: "renew_before_days = 1\nrenewal_interval_seconds = 2",
+        heartbeat_url: Some(heartbeat_url),
         ..Options::default()
     })
     .await?;
@@ -515,6 +532,13 @@ async fn certificates_are_renewed_and_served_without_a_restart() -> Result<()> {
     })
     .await
     .context("the edge still serves the old certificate")?;
+    let runs = beats.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(runs >= 2, "the heartbeat was called {runs} times");
+    assert!(
+        !s.h.worker_log(10_000).contains("s3cr3t-checkly"),
+        "the heartbeat URL is a credential: never logged"
+    );
+    monitor.abort();
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use ctrl_core::status::DesiredState;
 use ctrl_db::{deployment, tenancy, topology};
 
@@ -225,6 +225,74 @@ async fn the_contract_names_are_the_registered_services_and_handlers() -> Result
             registered.contains(&(service.to_owned(), handler.to_owned())),
             "{service}/{handler} is not registered; the worker has {registered:?}"
         );
+    }
+    Ok(())
+}
+
+/// Seed 001's worker file starts the worker as it is: it listens on
+/// `restate.http_port`, reports ready only once registered with Restate
+/// (here it cannot be: nothing answers at the admin URL), and says at start
+/// which settings ctrl does not use — without their secret values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_shaped_file_starts_the_worker_ready_only_once_registered() -> Result<()> {
+    let db = ctrl_testkit::test_database().await?;
+    let dir = tempfile::tempdir()?;
+    let [restate_port, health_port, nowhere] = ctrl_testkit::free_ports()?;
+    let config = dir.path().join("worker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "instance_id = \"worker-seed-1\"\nregion = \"us-east-1\"\ndefault_domain = \"apps.example.com\"\n\
+             cname_domain = \"edge.example.com\"\n\
+             [database]\nurl = \"{url}\"\n\
+             [restate]\nadmin_url = \"http://127.0.0.1:{nowhere}\"\nhttp_port = {restate_port}\n\
+             register_as = \"http://127.0.0.1:{restate_port}\"\nregister_attempts = 1000\n\
+             [health]\nlisten = \"127.0.0.1:{health_port}\"\n\
+             [clickhouse]\nurl = \"clickhouse://default:ch-secret-pw@127.0.0.1:9000\"\n\
+             [slack]\nquota_check_webhook_url = \"https://hooks.slack.com/services/slack-secret\"\n\
+             [log]\nformat = \"text\"\n",
+            url = db.url,
+        ),
+    )?;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ctrl-worker"));
+    cmd.arg("--config").arg(&config).env_remove("RUST_LOG");
+    let worker = ctrl_testkit::process::Supervised::spawn(
+        "ctrl-worker",
+        cmd,
+        &dir.path().join("worker.log"),
+        None,
+    )?;
+    let client = ctrl_testkit::http_client();
+    let health = format!("http://127.0.0.1:{health_port}");
+    crate::harness::eventually(Duration::from_secs(30), || async {
+        Ok(client
+            .get(format!("{health}/health/live"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success()))
+    })
+    .await
+    .with_context(|| worker.log_tail(40))?;
+    // http_port is where it serves Restate.
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", restate_port))
+            .await
+            .is_ok()
+    );
+    let ready = client.get(format!("{health}/health/ready")).send().await?;
+    assert_eq!(ready.status(), 503);
+    assert!(ready.text().await?.contains("not registered"));
+    let log = worker.log_tail(200);
+    for unused in [
+        "set but not used: cname_domain",
+        "set but not used: clickhouse.url",
+        "set but not used: slack.quota_check_webhook_url",
+        "worker-seed-1",
+    ] {
+        assert!(log.contains(unused), "{unused}:\n{log}");
+    }
+    for secret in ["ch-secret-pw", "slack-secret"] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
     }
     Ok(())
 }
