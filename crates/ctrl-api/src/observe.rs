@@ -15,18 +15,17 @@
 //! `grpc-status` header; errors sent in trailers after a body (streams)
 //! count as `ok` here.
 
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use ctrl_runtime::metrics::MetricsRegistry;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
 use tracing::Instrument;
 
 /// Labels of the request metrics.
@@ -43,7 +42,7 @@ pub struct RequestLabels {
 /// The API's metrics registry.
 #[derive(Clone)]
 pub struct Metrics {
-    registry: Arc<Mutex<Registry>>,
+    registry: MetricsRegistry,
     requests: Family<RequestLabels, Counter>,
     durations: Family<RequestLabels, Histogram>,
     readiness_checks: Counter,
@@ -57,29 +56,29 @@ impl std::fmt::Debug for Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::default();
+        let registry = MetricsRegistry::new("api");
         let requests = Family::<RequestLabels, Counter>::default();
         let durations = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 16))
         });
         registry.register(
-            "ctrl_api_requests",
+            "requests",
             "Requests handled, by RPC, protocol and code",
             requests.clone(),
         );
         registry.register(
-            "ctrl_api_request_duration_seconds",
+            "request_duration_seconds",
             "Time to the response headers, by RPC, protocol and code",
             durations.clone(),
         );
         let readiness_checks = Counter::default();
         registry.register(
-            "ctrl_api_readiness_checks",
+            "readiness_checks",
             "Readiness checks run (database and Restate pinged)",
             readiness_checks.clone(),
         );
         Self {
-            registry: Arc::new(Mutex::new(registry)),
+            registry,
             requests,
             durations,
             readiness_checks,
@@ -95,24 +94,19 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let registry = self
-            .registry
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        prometheus_client::encoding::text::encode(&mut out, &registry)
-            .expect("writing to a String cannot fail");
-        out
+        self.registry.render()
+    }
+
+    /// The registry (mounted services register theirs here too).
+    pub fn registry(&self) -> &MetricsRegistry {
+        &self.registry
     }
 }
 
 /// `GET /metrics`
 pub async fn metrics_endpoint(State(metrics): State<Metrics>) -> impl IntoResponse {
     (
-        [(
-            "content-type",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [("content-type", ctrl_runtime::metrics::CONTENT_TYPE)],
         metrics.render(),
     )
 }

@@ -740,6 +740,8 @@ pub fn router_with(
         .receive_max_bytes(MAX_REQUEST_BYTES);
     let dispatch = match cluster {
         Some(cluster) => {
+            // Its metrics join the API's on the operations listener.
+            cluster.metrics().register(metrics.registry());
             let (connect, grpc) = ctrl_cluster_sync::service::parts(cluster.clone());
             let (edge, edge_grpc) = ctrl_cluster_sync::edge::parts(cluster);
             dispatch

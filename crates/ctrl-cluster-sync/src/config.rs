@@ -40,8 +40,10 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Address to listen on.
+    /// Address to listen on (the agents' services and health).
     pub listen: SocketAddr,
+    /// Health and `/metrics`, for probes and Prometheus only.
+    pub ops_listen: SocketAddr,
     /// Seconds to let in-flight requests finish after SIGTERM (streams end
     /// at once; agents reconnect).
     pub shutdown_grace_seconds: u64,
@@ -51,6 +53,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7092)),
+            ops_listen: SocketAddr::from(([127, 0, 0, 1], 7095)),
             shutdown_grace_seconds: 10,
         }
     }

@@ -427,6 +427,7 @@ pub async fn watch_routes(
     let sync = sync.clone();
     let agent = agent.clone();
     tokio::spawn(async move {
+        let _open = sync.metrics().stream_opened("edge");
         if let Err(e) = follow(&sync, &agent, &me, req.version_last_seen, &tx).await {
             let _ = tx.send(Err(e)).await;
         }
@@ -472,10 +473,12 @@ async fn follow(
             } else {
                 format!("cursor {cursor} cannot be resumed (pruned, or from another database)")
             };
+            let started = std::time::Instant::now();
             match snapshot(db, me, reason, tx).await? {
                 Some(v) => cursor = v,
                 None => return Ok(()),
             }
+            sync.metrics().snapshot_took("edge", started.elapsed());
         }
         // Follow the feed.
         let keepalive = feed.settings.keepalive;

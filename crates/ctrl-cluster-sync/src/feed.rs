@@ -59,6 +59,7 @@ pub struct Change {
 #[derive(Debug)]
 pub struct Feeds {
     db: MySqlPool,
+    metrics: crate::metrics::SyncMetrics,
     settings: FeedSettings,
     regions: Mutex<HashMap<String, RegionFeed>>,
 }
@@ -87,9 +88,14 @@ impl Subscription {
 
 impl Feeds {
     /// Feeds reading from `db`.
-    pub fn new(db: MySqlPool, settings: FeedSettings) -> Arc<Self> {
+    pub fn new(
+        db: MySqlPool,
+        settings: FeedSettings,
+        metrics: crate::metrics::SyncMetrics,
+    ) -> Arc<Self> {
         Arc::new(Self {
             db,
+            metrics,
             settings,
             regions: Mutex::new(HashMap::new()),
         })
@@ -179,6 +185,7 @@ impl Feeds {
             ctrl_db::topology::list_changes(&self.db, region_id, head, self.settings.page_size)
                 .await?;
         let n = rows.len();
+        self.metrics.feed_polled(region_id, n as u64);
         for row in rows {
             let version = row.version;
             if let Some(state) = crate::convert::change(row) {

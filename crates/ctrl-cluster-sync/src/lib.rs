@@ -20,6 +20,7 @@
 //!   traffic reports — with the edges' own tokens.
 //! - [`convert`]: database rows → wire messages.
 //! - [`notify`]: the readiness notification to the Deploy workflow.
+//! - [`metrics`]: open streams, feed polls, notifications, snapshots.
 //! - [`config`], [`server`]: the standalone binary.
 
 pub mod agents;
@@ -28,6 +29,7 @@ pub mod convert;
 pub mod edge;
 pub mod feed;
 pub mod logs;
+pub mod metrics;
 pub mod notify;
 pub mod server;
 pub mod service;

@@ -64,6 +64,7 @@ pub async fn watch_log_requests(
     let sync = sync.clone();
     let agent = agent.clone();
     tokio::spawn(async move {
+        let _open = sync.metrics().stream_opened("log_requests");
         let settings = sync.settings().logs.clone();
         let keepalive = sync.settings().keepalive;
         let shutdown = sync.shutdown_signal();
@@ -180,6 +181,9 @@ pub async fn push_logs(
         .await
         .map_err(db_error)?;
     tx.commit().await.map_err(|e| db_error(e.into()))?;
+    if push.batch.is_some() {
+        sync.metrics().log_batch();
+    }
     if req.end {
         return stop;
     }

@@ -40,6 +40,7 @@ struct Inner {
     dedup_ttl: Duration,
     /// Deployment → (announced state, when).
     announced: Mutex<HashMap<String, (String, Instant)>>,
+    metrics: crate::metrics::SyncMetrics,
 }
 
 /// What a check did (for logs and tests).
@@ -54,8 +55,8 @@ pub enum Outcome {
 }
 
 impl Notifier {
-    /// Notifies through the ingress at `ingress_url`.
-    pub fn new(ingress_url: &str) -> Self {
+    /// Notifies through the ingress at `ingress_url`, counting outcomes.
+    pub fn new(ingress_url: &str, metrics: crate::metrics::SyncMetrics) -> Self {
         let http = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(2))
@@ -68,6 +69,7 @@ impl Notifier {
                 http,
                 dedup_ttl: Duration::from_secs(300),
                 announced: Mutex::new(HashMap::new()),
+                metrics,
             }),
         }
     }
@@ -141,6 +143,7 @@ impl Notifier {
             match self.inner.http.post(&url).send().await {
                 Ok(r) if r.status().is_success() => {
                     tracing::debug!(%deployment_id, "instances changed: handler notified");
+                    self.inner.metrics.notified(true);
                     return;
                 }
                 Ok(r) => {
@@ -155,6 +158,7 @@ impl Notifier {
             tokio::time::sleep(delay).await;
         }
         self.forget(deployment_id);
+        self.inner.metrics.notified(false);
         tracing::warn!(%deployment_id, error = %last, "notification not delivered; the handler's own re-check covers it");
     }
 

@@ -1,5 +1,7 @@
-//! The standalone server: ClusterService (Connect and gRPC) and
-//! `/health/{live,ready}` on one port, drained on shutdown.
+//! The standalone server: ClusterService and EdgeService (Connect and
+//! gRPC) and `/health/{live,ready}` on the agents' port; health and
+//! `/metrics` on the operations listener (`http.ops_listen`, never a public
+//! network); drained on shutdown.
 
 use std::future::Future;
 use std::time::Duration;
@@ -16,15 +18,11 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::service::{ClusterSync, parts};
 
-/// Everything on one router.
+/// The agents' port: both services and health.
 pub fn router(sync: ClusterSync, db: MySqlPool) -> axum::Router {
     let (connect, grpc) = parts(sync.clone());
     let (edge, edge_grpc) = crate::edge::parts(sync);
-    let readiness = std::sync::Arc::new(CachedCheck::new(Duration::from_secs(1)));
-    let health = axum::Router::new()
-        .route("/health/live", get(|| async { "ok" }))
-        .route("/health/ready", get(ready))
-        .with_state((db, readiness));
+    let health = health(db);
     axum::Router::new().fallback_service(
         MakeServiceBuilder::new()
             .add_router(connect)
@@ -35,6 +33,23 @@ pub fn router(sync: ClusterSync, db: MySqlPool) -> axum::Router {
             .receive_max_bytes(4 << 20)
             .build(),
     )
+}
+
+/// `/health/live` and `/health/ready` (the database, checked at most once
+/// a second).
+fn health(db: MySqlPool) -> axum::Router {
+    let readiness = std::sync::Arc::new(CachedCheck::new(Duration::from_secs(1)));
+    axum::Router::new()
+        .route("/health/live", get(|| async { "ok" }))
+        .route("/health/ready", get(ready))
+        .with_state((db, readiness))
+}
+
+/// The operations listener: health and `/metrics` (`ctrl_cluster_sync_…`).
+pub fn ops_router(sync: &ClusterSync, db: MySqlPool) -> axum::Router {
+    let metrics = ctrl_runtime::metrics::MetricsRegistry::new("cluster_sync");
+    sync.metrics().register(&metrics);
+    health(db).merge(metrics.router())
 }
 
 type Readiness = std::sync::Arc<CachedCheck<(StatusCode, &'static str)>>;
@@ -67,6 +82,20 @@ pub async fn serve(
         &config.restate.ingress_url,
         config.sync.settings(),
     );
+    let ops_listener = TcpListener::bind(config.http.ops_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http.ops_listen))?;
+    tracing::info!(address = %ops_listener.local_addr()?, "operations listener (health, metrics)");
+    let ops = ops_router(&sync, db.clone());
+    let (ops_stop_tx, ops_stop) = tokio::sync::watch::channel(false);
+    let ops_server = tokio::spawn(async move {
+        let mut ops_stop = ops_stop;
+        axum::serve(ctrl_runtime::net::nodelay(ops_listener), ops)
+            .with_graceful_shutdown(async move {
+                let _ = ops_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
     let app = router(sync.clone(), db);
     let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
@@ -85,5 +114,7 @@ pub async fn serve(
             tokio::time::sleep(grace).await;
         } => tracing::warn!("drain took longer than {grace:?}; exiting"),
     }
+    let _ = ops_stop_tx.send(true);
+    let _ = ops_server.await;
     Ok(())
 }

@@ -69,6 +69,7 @@ pub struct ClusterSync {
 #[derive(Debug)]
 struct Inner {
     db: MySqlPool,
+    metrics: crate::metrics::SyncMetrics,
     feeds: Arc<Feeds>,
     edge_feed: Arc<EdgeFeed>,
     notifier: Notifier,
@@ -82,11 +83,13 @@ impl ClusterSync {
     /// Deploy workflows).
     pub fn new(db: MySqlPool, ingress_url: &str, settings: Settings) -> Self {
         let (shutdown, _) = tokio::sync::watch::channel(false);
+        let metrics = crate::metrics::SyncMetrics::default();
         Self {
             inner: Arc::new(Inner {
-                feeds: Feeds::new(db.clone(), settings.feed.clone()),
+                feeds: Feeds::new(db.clone(), settings.feed.clone(), metrics.clone()),
                 edge_feed: EdgeFeed::new(db.clone(), settings.edge.clone()),
-                notifier: Notifier::new(ingress_url),
+                notifier: Notifier::new(ingress_url, metrics.clone()),
+                metrics,
                 db,
                 settings,
                 shutdown,
@@ -102,6 +105,11 @@ impl ClusterSync {
     /// The change feeds (for metrics and tests).
     pub fn feeds(&self) -> &Arc<Feeds> {
         &self.inner.feeds
+    }
+
+    /// The service's metrics (register them where they are served).
+    pub fn metrics(&self) -> &crate::metrics::SyncMetrics {
+        &self.inner.metrics
     }
 
     pub(crate) fn settings(&self) -> &Settings {
@@ -489,6 +497,7 @@ pub async fn sync_desired_state(
     let (tx, rx) = mpsc::channel(page_size as usize);
     let sync = sync.clone();
     tokio::spawn(async move {
+        let started = std::time::Instant::now();
         let mut after_pk = 0;
         let mut sent = 0u64;
         loop {
@@ -529,7 +538,9 @@ pub async fn sync_desired_state(
                 deployments: sent,
             })),
         };
-        let _ = tx.send(Ok(done)).await;
+        if tx.send(Ok(done)).await.is_ok() {
+            sync.metrics().snapshot_took("krane", started.elapsed());
+        }
     });
     Ok(stream(rx))
 }
@@ -577,6 +588,7 @@ pub async fn watch(
     let sync = sync.clone();
     let agent = agent.clone();
     tokio::spawn(async move {
+        let _open = sync.metrics().stream_opened("krane");
         let region = cluster.region_id.clone();
         if let Err(e) = follow(&sync, &agent, &region, cursor, &tx).await {
             let _ = tx.send(Err(e)).await;

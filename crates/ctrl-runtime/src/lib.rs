@@ -5,13 +5,15 @@
 //! name the field, all before any port opens — and [`sections`], the
 //! `[database]` and `[log]` sections every service shares (with logging
 //! initialisation) — [`auth`], the accepted bearer tokens, [`health`],
-//! readiness checks cached against floods, [`net`], the
+//! readiness checks cached against floods, [`metrics`], one Prometheus
+//! registry per service with one naming scheme, [`net`], the
 //! `TCP_NODELAY` listener every server uses, [`now_ms`] and
 //! [`shutdown_signal`].
 
 pub mod auth;
 pub mod config;
 pub mod health;
+pub mod metrics;
 pub mod net;
 pub mod sections;
 

@@ -54,6 +54,7 @@ async fn main() -> Result<()> {
         listener,
         std::future::pending::<()>(),
         Duration::ZERO,
+        ctrl_worker::metrics::WorkerMetrics::default(),
     ));
     h.restate
         .register(&format!("http://127.0.0.1:{port}"))

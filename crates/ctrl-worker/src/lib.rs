@@ -7,7 +7,8 @@
 //! is terminal (with which code) and what Restate retries. [`sweep`] fails
 //! deployments left on their way with no workflow behind them. [`builds`]
 //! holds what the building phase uses (backend, registry, stores, GitHub).
-//! [`identity`] makes sure only the Restate server invokes it. [`startup`]
+//! [`identity`] makes sure only the Restate server invokes it. [`metrics`]
+//! counts handler attempts and pipeline runs. [`startup`]
 //! is the process: config → logging → database → endpoint →
 //! self-registration (with retry and `force`) → health endpoint and sweep →
 //! graceful shutdown.
@@ -16,6 +17,7 @@ pub mod builds;
 pub mod config;
 pub mod errors;
 pub mod identity;
+pub mod metrics;
 pub mod serve;
 pub mod services;
 pub mod startup;

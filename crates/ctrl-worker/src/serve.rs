@@ -7,15 +7,29 @@
 use std::future::Future;
 use std::time::Duration;
 
+use hyper::body::Incoming;
+use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
 use restate_sdk::prelude::Endpoint;
 use tokio::net::TcpListener;
 
+use crate::metrics::{MeasuredBody, WorkerMetrics};
+
 /// Accepts connections until `stop` resolves, then lets open invocations
-/// finish (or suspend) for up to `grace`.
-pub async fn serve(endpoint: Endpoint, listener: TcpListener, stop: impl Future, grace: Duration) {
-    let endpoint = restate_sdk::hyper::HyperEndpoint::new(endpoint);
+/// finish (or suspend) for up to `grace`; every invocation attempt is
+/// counted and timed in `metrics`.
+pub async fn serve(
+    endpoint: Endpoint,
+    listener: TcpListener,
+    stop: impl Future,
+    grace: Duration,
+    metrics: WorkerMetrics,
+) {
+    let endpoint = Measured {
+        inner: restate_sdk::hyper::HyperEndpoint::new(endpoint),
+        metrics,
+    };
     let graceful = GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
     loop {
@@ -48,5 +62,27 @@ pub async fn serve(endpoint: Endpoint, listener: TcpListener, stop: impl Future,
         .is_err()
     {
         tracing::warn!("Restate connections still open after {grace:?}; closing them");
+    }
+}
+
+/// The endpoint, measuring each attempt until its response stream ends.
+#[derive(Clone)]
+struct Measured {
+    inner: restate_sdk::hyper::HyperEndpoint,
+    metrics: WorkerMetrics,
+}
+
+impl Service<hyper::Request<Incoming>> for Measured {
+    type Response = hyper::Response<MeasuredBody<restate_sdk::endpoint::ResponseBody>>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
+        let guard = self.metrics.attempt(req.uri().path());
+        let response = match self.inner.call(req).into_inner() {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        std::future::ready(Ok(response.map(|body| MeasuredBody::new(body, guard))))
     }
 }

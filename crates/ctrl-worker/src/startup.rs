@@ -42,6 +42,7 @@ pub fn endpoint(
     config: &Config,
     certs: &Certificates,
     builds: Arc<Builds>,
+    metrics: &crate::metrics::WorkerMetrics,
 ) -> Result<Endpoint> {
     let options = || {
         ServiceOptions::new()
@@ -81,6 +82,7 @@ pub fn endpoint(
                 },
                 builds,
             )
+            .with_metrics(metrics.clone())
             .into_service_definition()
             .options(options().abort_timeout(
                 Duration::from_secs(config.build.timeout_seconds) + Duration::from_secs(300),
@@ -393,7 +395,8 @@ pub async fn run(
              keep its port private or configure the server's request identity key"
         );
     }
-    let services = endpoint(&db, config, &certs, builds)?;
+    let metrics = crate::metrics::WorkerMetrics::default();
+    let services = endpoint(&db, config, &certs, builds, &metrics)?;
     let mut endpoint_stop = stop_rx.clone();
     let serving = tokio::spawn(crate::serve::serve(
         services,
@@ -403,6 +406,7 @@ pub async fn run(
         },
         // In-flight handlers get this long to finish or suspend.
         Duration::from_secs(10),
+        metrics.clone(),
     ));
 
     let db_for_sweep = db.clone();
@@ -413,7 +417,8 @@ pub async fn run(
         .with_state(Health {
             db,
             registered: registered.clone(),
-        });
+        })
+        .merge(metrics.router());
     let mut health_stop = stop_rx.clone();
     let health_server = tokio::spawn(async move {
         let _ = axum::serve(ctrl_runtime::net::nodelay(health_listener), health)

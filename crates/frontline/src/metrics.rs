@@ -99,7 +99,8 @@ impl Metrics {
             hosts: Gauge::default(),
             deployments: Gauge::default(),
             certificates: Gauge::default(),
-            registry: Registry::with_prefix("frontline"),
+            // The naming scheme of every ctrl service (ctrl_runtime::metrics).
+            registry: Registry::with_prefix("ctrl_frontline"),
         };
         let mut r = std::mem::take(&mut m.registry);
         r.register(

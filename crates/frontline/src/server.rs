@@ -473,7 +473,7 @@ async fn metrics(
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ctrl_runtime::metrics::CONTENT_TYPE,
         )],
         edge.metrics.render(&edge.routes),
     )

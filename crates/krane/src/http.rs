@@ -44,21 +44,8 @@ async fn ready(State(h): State<Health>) -> (StatusCode, &'static str) {
 }
 
 async fn metrics_endpoint(State(h): State<Health>) -> impl IntoResponse {
-    let mut body = String::new();
-    let registry = h.metrics.registry();
-    if prometheus_client::encoding::text::encode(&mut body, &registry).is_err() {
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "encoding failed".to_owned(),
-        )
-            .into_response();
-    }
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        body,
+        [(header::CONTENT_TYPE, ctrl_runtime::metrics::CONTENT_TYPE)],
+        h.metrics.registry().render(),
     )
-        .into_response()
 }

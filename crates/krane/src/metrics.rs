@@ -1,10 +1,11 @@
-//! Prometheus metrics of the agent.
+//! Prometheus metrics of the agent (`ctrl_krane_…`, see
+//! [`ctrl_runtime::metrics`]).
 
 use prometheus_client::metrics::counter::Counter;
 use std::sync::atomic::AtomicU64;
 
+use ctrl_runtime::metrics::MetricsRegistry;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 
 /// Every metric krane exports (cheap to clone; clones share values).
 #[derive(Debug, Clone, Default)]
@@ -32,9 +33,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// A registry exposing these metrics.
-    pub fn registry(&self) -> Registry {
-        let mut r = Registry::with_prefix("krane");
+    /// A registry exposing these metrics (`ctrl_krane_…`).
+    pub fn registry(&self) -> MetricsRegistry {
+        let r = MetricsRegistry::new("krane");
         r.register(
             "changes_received",
             "Desired-state changes received",

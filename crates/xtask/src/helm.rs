@@ -262,7 +262,29 @@ regions:
         for absent in ["ciliumnetworkpolicies", "pods/exec", "metrics.k8s.io"] {
             assert!(!default_role.contains(absent), "{absent}: {default_role}");
         }
-        assert_eq!(of_kind(&separate, "ServiceMonitor").len(), 1);
+        // Prometheus scrapes every metrics Service's port.
+        let monitor = of_kind(&separate, "ServiceMonitor")[0];
+        let scraped: Vec<&str> = monitor["spec"]["endpoints"]
+            .as_array()
+            .expect("endpoints")
+            .iter()
+            .filter_map(|e| e["port"].as_str())
+            .collect();
+        let exposed: Vec<(&str, &str)> = of_kind(&separate, "Service")
+            .into_iter()
+            .filter(|s| s["metadata"]["labels"]["ctrl.dev/metrics"] == "true")
+            .flat_map(|s| {
+                s["spec"]["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(move |p| Some((name(s), p["name"].as_str()?)))
+            })
+            .collect();
+        assert_eq!(exposed.len(), 6, "{exposed:?}");
+        for (service, port) in exposed {
+            assert!(scraped.contains(&port), "{service}:{port} is not scraped");
+        }
         let region_only = render(REGION_ONLY).expect("render");
         assert!(
             of_kind(&region_only, "Job").is_empty(),

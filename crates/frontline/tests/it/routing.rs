@@ -150,8 +150,14 @@ async fn routes_follow_the_control_plane() -> Result<()> {
 
     let (status, metrics) = w.edge.admin_get("/metrics").await?;
     assert_eq!(status, StatusCode::OK);
-    assert!(metrics.contains("frontline_requests_total"), "{metrics}");
-    assert!(metrics.contains("frontline_table_connected 1"), "{metrics}");
+    assert!(
+        metrics.contains("ctrl_frontline_requests_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ctrl_frontline_table_connected 1"),
+        "{metrics}"
+    );
     w.edge.shutdown().await
 }
 
@@ -189,7 +195,10 @@ async fn the_last_table_keeps_serving_while_the_control_plane_is_away() -> Resul
         assert_eq!(get(w.edge.http, &host("web"), "/").await?.text(), "v1\n");
     }
     let (_, metrics) = w.edge.admin_get("/metrics").await?;
-    assert!(metrics.contains("frontline_table_connected 0"), "{metrics}");
+    assert!(
+        metrics.contains("ctrl_frontline_table_connected 0"),
+        "{metrics}"
+    );
 
     // Changed while away; seen after the control plane is back.
     w.seed.move_route(&live, &d2).await?;
@@ -359,7 +368,7 @@ async fn h2c_balancing_and_ejection() -> Result<()> {
     let (_, metrics) = w.edge.admin_get("/metrics").await?;
     let refused = metrics
         .lines()
-        .find(|l| l.starts_with("frontline_upstream_errors_total{kind=\"connect\"}"))
+        .find(|l| l.starts_with("ctrl_frontline_upstream_errors_total{kind=\"connect\"}"))
         .and_then(|l| l.split_whitespace().last())
         .and_then(|n| n.parse::<u64>().ok())
         .unwrap_or(0);

@@ -38,10 +38,11 @@ pub(crate) struct Stack {
     podman: Option<Podman>,
     pub(crate) kube: Option<ctrl_testkit::FakeKube>,
     _restate: RestateServer,
-    _sync: SyncServer,
+    pub(crate) sync: SyncServer,
     pub(crate) krane: Option<Supervised>,
     krane_config: std::path::PathBuf,
     pub(crate) krane_health: u16,
+    pub(crate) worker_health: u16,
     pub(crate) api: Channel,
     pub(crate) dir: tempfile::TempDir,
     /// krane's secrets directory (a tmpfs), this stack's only.
@@ -156,10 +157,11 @@ impl Stack {
             podman,
             kube,
             _restate: restate,
-            _sync: sync,
+            sync,
             krane: None,
             krane_config,
             krane_health,
+            worker_health,
             api: api_channel,
             dir,
             _secrets: secrets,
@@ -302,6 +304,29 @@ impl Stack {
 impl Stack {
     /// Workspace `acme`, project `shop`, app `web` (running in region
     /// dev/local, which krane registered first).
+    /// The worker's, krane's and cluster-sync's metrics, concatenated.
+    pub(crate) async fn metrics(&self) -> Result<String> {
+        let client = http_client();
+        let mut text = String::new();
+        for port in [self.worker_health, self.krane_health] {
+            text.push_str(
+                &client
+                    .get(format!("http://127.0.0.1:{port}/metrics"))
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .text()
+                    .await?,
+            );
+        }
+        let registry = ctrl_runtime::metrics::MetricsRegistry::new("cluster_sync");
+        if let Some(sync) = &self.sync.sync {
+            sync.metrics().register(&registry);
+        }
+        text.push_str(&registry.render());
+        Ok(text)
+    }
+
     pub(crate) async fn app(&self) -> Result<pb::App> {
         let ch = self.api.clone();
         let ws = pb::workspace_service_client::WorkspaceServiceClient::new(ch.clone())
@@ -456,10 +481,55 @@ async fn deployments_run_roll_back_survive_restarts_and_stop() -> Result<()> {
         .await?;
 
     // First deployment: running, ready with routes, answering.
+    let before = stack.metrics().await?;
     let d1 = stack.deploy(&app.id, "production", V1).await?;
     let ready = stack.wait_status(&d1, pb::DeploymentStatus::Ready).await?;
     assert!(!ready.hostnames.is_empty(), "ready with its routes");
     assert_eq!(stack.answer(&d1).await?, "v1");
+
+    // Every service counted the work (one naming scheme: ctrl_<service>_…).
+    eventually(Duration::from_secs(10), "the deploy is counted", || async {
+        let after = stack.metrics().await?;
+        Ok(sum(&after, "ctrl_worker_deploys_total{outcome=\"ready\"}")
+            > sum(&before, "ctrl_worker_deploys_total{outcome=\"ready\"}"))
+    })
+    .await?;
+    let after = stack.metrics().await?;
+    for (name, grew) in [
+        (
+            "ctrl_worker_handler_attempts_total{service=\"Deploy\",handler=\"Deploy\"}",
+            true,
+        ),
+        ("ctrl_worker_handler_attempt_duration_seconds_count", true),
+        (
+            "ctrl_worker_deploy_step_duration_seconds_count{step=\"deploying\"}",
+            true,
+        ),
+        ("ctrl_worker_handler_attempts_in_flight", false),
+        ("ctrl_cluster_sync_open_streams{kind=\"krane\"}", false),
+        ("ctrl_cluster_sync_feed_changes_published_total", true),
+        (
+            "ctrl_cluster_sync_notifications_total{outcome=\"sent\"}",
+            true,
+        ),
+        (
+            "ctrl_cluster_sync_snapshot_duration_seconds_count{kind=\"krane\"}",
+            false,
+        ),
+        ("ctrl_krane_changes_received_total", true),
+        ("ctrl_krane_applies_succeeded_total", true),
+    ] {
+        assert!(after.contains(name), "{name} is not exposed:\n{after}");
+        if grew {
+            assert!(
+                sum(&after, name) > sum(&before, name),
+                "{name} did not grow: {} → {}",
+                sum(&before, name),
+                sum(&after, name)
+            );
+        }
+    }
+    assert!(sum(&after, "ctrl_cluster_sync_open_streams{kind=\"krane\"}") >= 1.0);
     let containers = stack.containers_of(&d1).await?;
     assert_eq!(containers.len(), 1);
     let inspect = stack
@@ -716,4 +786,12 @@ async fn a_deploy_that_cannot_start_says_why_slow_starters_deploy_and_wake_ends_
         assert_eq!(stack.answer(&preview).await?, "v1");
     }
     Ok(())
+}
+
+/// The sum of every sample whose name (and labels) start with `name`.
+fn sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

@@ -272,6 +272,37 @@ async fn snapshots_page_through_every_running_deployment() -> Result<()> {
         complete.version,
         ctrl_db::topology::current_version(&db.pool, &seed.region).await?
     );
+
+    // The operations listener shows the snapshot (and health), never the
+    // agents' services.
+    let sync = server.sync.clone().expect("serving");
+    let ops = ctrl_cluster_sync::server::ops_router(&sync, db.pool.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let serving = tokio::spawn(async move {
+        let _ = axum::serve(listener, ops).await;
+    });
+    let client = ctrl_testkit::http_client();
+    let text = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        text.contains("ctrl_cluster_sync_snapshot_duration_seconds_count{kind=\"krane\"} 1"),
+        "{text}"
+    );
+    let ready = client.get(format!("{url}/health/ready")).send().await?;
+    assert_eq!(ready.status(), 200);
+    let agents = client
+        .post(format!("{url}/ctrl.v1.ClusterService/Heartbeat"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await?;
+    assert_eq!(agents.status(), 404);
+    serving.abort();
     Ok(())
 }
 

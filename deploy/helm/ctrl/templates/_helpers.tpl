@@ -163,6 +163,7 @@ keepalive_seconds = {{ int .Values.clusterSync.keepaliveSeconds }}
 {{- define "ctrl.syncConfig" -}}
 [http]
 listen = {{ printf "0.0.0.0:%d" (int .Values.clusterSync.port) | toJson }}
+ops_listen = {{ printf "0.0.0.0:%d" (int .Values.clusterSync.opsPort) | toJson }}
 shutdown_grace_seconds = 10
 
 {{ include "ctrl.databaseSection" . }}

@@ -68,6 +68,7 @@ pub struct DeployObject {
     db: MySqlPool,
     settings: Arc<DeploySettings>,
     builds: Arc<crate::builds::Builds>,
+    metrics: crate::metrics::WorkerMetrics,
 }
 
 impl DeployObject {
@@ -81,7 +82,15 @@ impl DeployObject {
             db,
             settings: Arc::new(settings),
             builds,
+            metrics: crate::metrics::WorkerMetrics::default(),
         }
+    }
+
+    /// Records pipeline runs in `metrics` (the worker's served registry).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: crate::metrics::WorkerMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 }
 
@@ -94,7 +103,15 @@ impl DeployObject {
         ctx: ObjectContext<'_>,
         Json(req): Json<DeployInput>,
     ) -> HandlerResult<()> {
-        pipeline::run(&self.db, &self.settings, &self.builds, &ctx, req).await
+        pipeline::run(
+            &self.db,
+            &self.settings,
+            &self.builds,
+            &self.metrics,
+            &ctx,
+            req,
+        )
+        .await
     }
 
     /// Starts a stopped deployment's instances again and waits until they

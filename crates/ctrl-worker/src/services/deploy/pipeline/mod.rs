@@ -93,6 +93,7 @@ pub(super) async fn run(
     db: &MySqlPool,
     settings: &DeploySettings,
     builds: &crate::builds::Builds,
+    metrics: &crate::metrics::WorkerMetrics,
     ctx: &ObjectContext<'_>,
     req: DeployInput,
 ) -> HandlerResult<()> {
@@ -120,6 +121,7 @@ pub(super) async fn run(
     match phases(db, settings, builds, ctx, &plan, &mut undo).await {
         Ok(()) => {
             github(DeploymentState::Success, "Deployed");
+            record(db, metrics, ctx, &plan.deployment_id, true).await;
             Ok(())
         }
         Err(e) => {
@@ -127,8 +129,36 @@ pub(super) async fn run(
             compensation::unwind(db, ctx, &plan.deployment_id, &plan.environment_id, undo, &e)
                 .await;
             github(DeploymentState::Failure, e.message());
+            record(db, metrics, ctx, &plan.deployment_id, false).await;
             Err(e.into())
         }
+    }
+}
+
+/// Counts the ended run and its steps' durations, once: inside a journaled
+/// step (a replay does not record again); best effort.
+async fn record(
+    db: &MySqlPool,
+    metrics: &crate::metrics::WorkerMetrics,
+    ctx: &ObjectContext<'_>,
+    deployment_id: &str,
+    ready: bool,
+) {
+    let (db, metrics, id) = (db.clone(), metrics.clone(), deployment_id.to_owned());
+    let recorded = ctx
+        .run(|| async move {
+            match ctrl_db::deployment::list_steps(&db, &id).await {
+                Ok(steps) => metrics.deploy_ended(ready, &steps),
+                Err(e) => {
+                    tracing::debug!(deployment_id = %id, error = %e, "steps not read for metrics")
+                }
+            }
+            Ok(())
+        })
+        .name("record metrics")
+        .await;
+    if let Err(e) = recorded {
+        tracing::debug!(deployment_id, error = %e, "metrics not recorded");
     }
 }
 
