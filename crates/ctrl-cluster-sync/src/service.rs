@@ -384,22 +384,22 @@ async fn after_report(sync: &ClusterSync, deployment_id: &str, now: i64) {
             match ctrl_db::deployment::mark_stopped_if_drained(sync.db(), deployment_id, now).await
             {
                 Ok(true) => {
-                    tracing::info!(deployment = %deployment_id, "no instance left: stopped")
+                    tracing::info!(deployment_id = %deployment_id, "no instance left: stopped")
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    tracing::warn!(deployment = %deployment_id, error = %e, "could not mark stopped")
+                    tracing::warn!(deployment_id = %deployment_id, error = %e, "could not mark stopped")
                 }
             }
         }
         Ok(d) => {
             if let Err(e) = sync.inner.notifier.after_report(sync.db(), &d).await {
-                tracing::warn!(deployment = %deployment_id, error = %e, "readiness notification failed");
+                tracing::warn!(deployment_id = %deployment_id, error = %e, "readiness notification failed");
             }
         }
         Err(ctrl_db::Error::NotFound(_)) => {}
         Err(e) => {
-            tracing::warn!(deployment = %deployment_id, error = %e, "could not read deployment")
+            tracing::warn!(deployment_id = %deployment_id, error = %e, "could not read deployment")
         }
     }
 }

@@ -106,6 +106,26 @@ impl LogConfig {
     /// is dropped (a full queue makes the caller wait instead). Hold the
     /// guard until exit: dropping it flushes the queue.
     pub fn init(&self) -> LogGuard {
+        self.init_filtered(tracing_subscriber::filter::LevelFilter::TRACE)
+    }
+
+    /// [`LogConfig::init`] with one more filter on the log lines (the
+    /// worker's drops what a Restate handler logs while it replays its
+    /// journal, so each line appears once, not on every replay).
+    pub fn init_filtered<F>(&self, extra: F) -> LogGuard
+    where
+        F: tracing_subscriber::layer::Filter<
+                tracing_subscriber::layer::Layered<
+                    tracing_subscriber::EnvFilter,
+                    tracing_subscriber::Registry,
+                >,
+            > + Send
+            + Sync
+            + 'static,
+    {
+        use tracing_subscriber::Layer;
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
         let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
             .lossy(false)
             .thread_name("log-writer")
@@ -119,15 +139,18 @@ impl LogConfig {
                 filter = filter.add_directive(directive);
             }
         }
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
+        let lines = tracing_subscriber::fmt::layer()
             .with_target(false)
             .with_writer(writer);
-        if self.format == "json" {
-            builder.json().init();
+        let lines = if self.format == "json" {
+            lines.json().with_filter(extra).boxed()
         } else {
-            builder.init();
-        }
+            lines.with_filter(extra).boxed()
+        };
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(lines)
+            .init();
         LogGuard { _writer: guard }
     }
 }

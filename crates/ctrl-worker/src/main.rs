@@ -34,7 +34,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _logs = config.log.init();
+    // What a handler logs while Restate replays its journal is dropped:
+    // each line appears once, not on every replay.
+    let _logs = config
+        .log
+        .init_filtered(restate_sdk::filter::ReplayAwareFilter);
     let result = async {
         let db = config.database.connect().await?;
         startup::run(&config, db, ctrl_runtime::shutdown_signal()).await

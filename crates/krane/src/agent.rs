@@ -247,7 +247,7 @@ impl Agent {
                 };
                 match outcome {
                     None => {
-                        tracing::info!(deployment = %id, "a newer desired state arrived: the apply stops here");
+                        tracing::info!(deployment_id = %id, "a newer desired state arrived: the apply stops here");
                         return;
                     }
                     Some(Ok(changed)) => {
@@ -255,7 +255,7 @@ impl Agent {
                         if changed && again {
                             // Same desired state, but the workload had drifted.
                             self.inner.metrics.reconcile_corrections.inc();
-                            tracing::info!(deployment = %id, "drift corrected");
+                            tracing::info!(deployment_id = %id, "drift corrected");
                         }
                         lock(&self.inner.applied).insert(id.to_owned(), state.clone());
                         if let Some(a) = lock(&self.inner.attempts).get_mut(id) {
@@ -274,7 +274,7 @@ impl Agent {
                             a.failed
                         };
                         let retry = retry_delay(failed);
-                        tracing::warn!(deployment = %id, error = %e, failed, ?retry, "apply failed; retrying");
+                        tracing::warn!(deployment_id = %id, error = %e, failed, ?retry, "apply failed; retrying");
                         let agent = self.clone();
                         let id = id.to_owned();
                         tokio::spawn(async move {
@@ -308,13 +308,13 @@ impl Agent {
                                 }
                             }
                             Err(e) => {
-                                tracing::warn!(deployment = %id, code = ?e.code(), message = %e.message(), "removal report failed; retried by the reconcile")
+                                tracing::warn!(deployment_id = %id, code = ?e.code(), message = %e.message(), "removal report failed; retried by the reconcile")
                             }
                         }
                     }
                     Err(e) => {
                         self.inner.metrics.applies_failed.inc();
-                        tracing::warn!(deployment = %id, error = %e, "delete failed; the reconcile retries it");
+                        tracing::warn!(deployment_id = %id, error = %e, "delete failed; the reconcile retries it");
                     }
                 }
             }
@@ -363,7 +363,7 @@ impl Agent {
             Ok(s) => Some(s),
             Err(ctrl_provider::Error::NotFound(_)) => None,
             Err(e) => {
-                tracing::warn!(deployment = %apply.deployment_id, error = %e, "status unavailable");
+                tracing::warn!(deployment_id = %apply.deployment_id, error = %e, "status unavailable");
                 return;
             }
         };
@@ -398,7 +398,7 @@ impl Agent {
                     lock(&self.inner.reported).insert(id.clone(), fingerprint);
                 }
                 Err(e) => {
-                    tracing::warn!(deployment = %id, code = ?e.code(), message = %e.message(), "status report failed; retried later")
+                    tracing::warn!(deployment_id = %id, code = ?e.code(), message = %e.message(), "status report failed; retried later")
                 }
             }
         }
@@ -409,7 +409,7 @@ impl Agent {
         if !events.is_empty()
             && let Err(e) = self.inner.control.events(events).await
         {
-            tracing::warn!(deployment = %id, message = %e.message(), "instance events not delivered");
+            tracing::warn!(deployment_id = %id, message = %e.message(), "instance events not delivered");
         }
     }
 

@@ -131,7 +131,7 @@ async fn stream(agent: &Agent, request: &pb::LogRequest, push: &mut Pusher<'_>) 
                     format!("deployment {id} has no instances running here now")
                 }
                 LogsError::Provider(e) => {
-                    tracing::warn!(deployment = %id, error = %e, "reading logs failed");
+                    tracing::warn!(deployment_id = %id, error = %e, "reading logs failed");
                     format!("reading the logs failed: {e}")
                 }
             };
@@ -181,7 +181,7 @@ async fn stream(agent: &Agent, request: &pb::LogRequest, push: &mut Pusher<'_>) 
             Ok(false) => {}
             Ok(true) => return,
             Err(e) => {
-                tracing::warn!(deployment = %id, code = ?e.code(), message = %e.message(), "pushing logs failed; giving up this request");
+                tracing::warn!(deployment_id = %id, code = ?e.code(), message = %e.message(), "pushing logs failed; giving up this request");
                 return;
             }
         }

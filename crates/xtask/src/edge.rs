@@ -81,7 +81,11 @@ pub(crate) async fn run(args: EdgeArgs) -> Result<ExitCode> {
     // Replaced deployments stay up: the rollbacks need them.
     let mut stack = Stack::start(scratch.path(), &bin, Duration::from_secs(3600)).await?;
     let mut c = Checks::default();
+    // Idle: connected, nothing deployed yet.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = stack.rss();
     let outcome = scenario(&mut stack, &mut c, &args).await;
+    print_rss(&idle, &stack.rss());
     stack.stop();
     if let Err(e) = &outcome {
         c.failed.push(format!("the scenario stopped: {e:#}"));
@@ -101,6 +105,26 @@ pub(crate) async fn run(args: EdgeArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Each service's resident memory idle and after the scenario's load
+/// (deploys, rollbacks, a few hundred requests through the edge), and the
+/// ratio; debug builds, so above what release images use.
+fn print_rss(idle: &[(&str, Option<u64>)], loaded: &[(&str, Option<u64>)]) {
+    println!("\nresident memory (debug builds; target < 30 MB idle):");
+    for ((name, before), (_, after)) in idle.iter().zip(loaded) {
+        let mib =
+            |k: &Option<u64>| k.map_or("-".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+        let ratio = match (before, after) {
+            (Some(b), Some(a)) if *b > 0 => format!("{:.2}x", *a as f64 / *b as f64),
+            _ => "-".to_owned(),
+        };
+        println!(
+            "  {name:<12} idle {:>10}   loaded {:>10}   {ratio}",
+            mib(before),
+            mib(after)
+        );
+    }
 }
 
 /// The hostnames of a deployment by stickiness.

@@ -303,6 +303,33 @@ impl Stack {
         Ok(())
     }
 
+    /// Resident memory (KiB, `/proc/<pid>/status` VmRSS) of each ctrl
+    /// service running now (ctrl-api serves cluster-sync here).
+    pub(crate) fn rss(&self) -> Vec<(&'static str, Option<u64>)> {
+        [
+            (Victim::Api, &self.api),
+            (Victim::Worker, &self.worker),
+            (Victim::Krane, &self.krane),
+            (Victim::Frontline, &self.frontline),
+        ]
+        .into_iter()
+        .map(|(victim, process)| {
+            let kib = process.as_ref().and_then(|p| {
+                std::fs::read_to_string(format!("/proc/{}/status", p.id().pid))
+                    .ok()?
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))?
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .ok()
+            });
+            (victim.name(), kib)
+        })
+        .collect()
+    }
+
     /// SIGKILLs `victim` (by its pid), waits `down_for`, starts it again.
     pub(crate) async fn crash(&mut self, victim: Victim, down_for: Duration) -> Result<()> {
         match victim {

@@ -491,7 +491,7 @@ async fn certificates_are_renewed_and_served_without_a_restart() -> Result<()> {
                 async { "ok" }
             }),
         );
-        let _ = axum::serve(listener, app).await;
+        let _ = axum::serve(ctrl_runtime::net::nodelay(listener), app).await;
     });
     let s = Stack::start(Options {
         validity: Some(Duration::from_secs(120)),

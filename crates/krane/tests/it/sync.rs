@@ -280,7 +280,7 @@ async fn snapshots_page_through_every_running_deployment() -> Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let serving = tokio::spawn(async move {
-        let _ = axum::serve(listener, ops).await;
+        let _ = axum::serve(ctrl_runtime::net::nodelay(listener), ops).await;
     });
     let client = ctrl_testkit::http_client();
     let text = client
