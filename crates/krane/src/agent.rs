@@ -30,6 +30,7 @@ use futures::{StreamExt, TryStreamExt};
 use pb::deployment_state::State as Desired;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::control::Control;
 use crate::metrics::Metrics;
@@ -203,7 +204,13 @@ impl Agent {
             };
             let state = lock(&self.inner.desired).get(&id).cloned();
             if let Some(state) = state {
-                self.run_one(&id, state, &mut changed).await;
+                // Everything logged while applying (provider included)
+                // carries the deployment and the desired-state version.
+                let span =
+                    tracing::info_span!("apply", deployment_id = %id, version = state.version);
+                self.run_one(&id, state, &mut changed)
+                    .instrument(span)
+                    .await;
             }
             drop(permit);
             let mut slots = lock(&self.inner.slots);
