@@ -143,7 +143,15 @@ pub async fn observe(State(metrics): State<Metrics>, mut req: Request, next: Nex
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         req.headers_mut().insert("x-request-id", value);
     }
-    let span = tracing::info_span!("request", request_id = %request_id, rpc = %rpc, protocol);
+    // deployment_id is filled in by the handler once it has checked one
+    // (`validate::id`), so a request's lines say which deployment.
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        rpc = %rpc,
+        protocol,
+        deployment_id = tracing::field::Empty
+    );
     let mut response = REQUEST_ID
         .scope(request_id.clone(), next.run(req).instrument(span.clone()))
         .await;

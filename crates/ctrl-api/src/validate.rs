@@ -10,7 +10,12 @@ pub fn id(field: &str, kind: IdKind, value: &str) -> Result<(), ApiError> {
     if value.is_empty() {
         return Err(ApiError::invalid(field, "is required"));
     }
-    id::validate(kind, value).map_err(|e| ApiError::invalid(field, e))
+    id::validate(kind, value).map_err(|e| ApiError::invalid(field, e))?;
+    if kind == IdKind::Deployment {
+        // The request's span (crate::observe) carries it from here on.
+        tracing::Span::current().record("deployment_id", tracing::field::display(value));
+    }
+    Ok(())
 }
 
 /// A display name: 1–128 characters, no control characters.

@@ -139,8 +139,11 @@ impl LogConfig {
                 filter = filter.add_directive(directive);
             }
         }
+        // Colours only on a terminal: log files and collectors get plain text.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
         let lines = tracing_subscriber::fmt::layer()
             .with_target(false)
+            .with_ansi(ansi)
             .with_writer(writer);
         let lines = if self.format == "json" {
             lines.json().with_filter(extra).boxed()

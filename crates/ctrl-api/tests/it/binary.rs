@@ -109,6 +109,17 @@ async fn migrate_then_serve_then_drain_on_sigterm() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A request about a deployment: its log line names the deployment.
+    let asked = ctrl_testkit::http_client()
+        .post(format!(
+            "http://127.0.0.1:{port}/ctrl.v1.DeploymentService/GetDeployment"
+        ))
+        .header("content-type", "application/json")
+        .bearer_auth(token)
+        .body(r#"{"deploymentId":"d_0123456789abcdef"}"#)
+        .send()
+        .await?;
+    assert_eq!(asked.status(), 404);
     kill(Pid::from_raw(server.id().pid), Signal::SIGTERM)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
@@ -123,6 +134,12 @@ async fn migrate_then_serve_then_drain_on_sigterm() -> Result<()> {
     assert!(status.success(), "{status}: {}", server.log_tail(20));
     let log_text = std::fs::read_to_string(&log).context("log")?;
     assert!(log_text.contains("shutting down"), "{log_text}");
+    assert!(
+        log_text.lines().any(|l| l.contains("GetDeployment")
+            && l.contains("deployment_id=d_0123456789abcdef")
+            && l.contains("handled")),
+        "{log_text}"
+    );
     assert!(!log_text.contains(token), "the token must never be logged");
     Ok(())
 }
