@@ -141,10 +141,10 @@ impl Config {
     /// The dashboard's base URL (`dashboard_url` or `github.dashboard_url`;
     /// empty: none).
     pub fn dashboard_url(&self) -> &str {
-        match (&self.dashboard_url, self.github.dashboard_url.as_str()) {
-            (_, set) if !set.is_empty() => set,
-            (Some(url), _) => url,
-            (None, _) => "",
+        if self.github.dashboard_url.is_empty() {
+            self.dashboard_url.as_deref().unwrap_or_default()
+        } else {
+            &self.github.dashboard_url
         }
     }
 
@@ -547,12 +547,13 @@ pub struct RestateConfig {
 }
 
 impl RestateConfig {
-    /// Where to serve the Restate protocol: `http_port` on every
-    /// interface, else `listen`.
+    /// Where to serve the Restate protocol: `listen` when set (with
+    /// `http_port`, their ports agree), else `http_port` on every interface
+    /// (seed 001's meaning), else the default loopback address.
     pub fn listen_addr(&self) -> SocketAddr {
         match self.http_port {
-            Some(port) => SocketAddr::from(([0, 0, 0, 0], port)),
-            None => self.listen,
+            Some(port) if self.listen == default_listen() => SocketAddr::from(([0, 0, 0, 0], port)),
+            _ => self.listen,
         }
     }
 
@@ -1175,7 +1176,7 @@ quota_check_webhook_url = "https://hooks.slack.com/services/slack-secret"
             (
                 (
                     "http_port = 9080",
-                    "http_port = 9080\nlisten = \"0.0.0.0:9090\"",
+                    "http_port = 9080\nlisten = \"127.0.0.1:9090\"",
                 ),
                 "restate.http_port",
             ),

@@ -135,6 +135,18 @@ regions:
         .collect()
     }
 
+    /// `text` through a service's own config loader.
+    fn load<T>(
+        text: &str,
+        env: &HashMap<String, String>,
+        prefix: &str,
+    ) -> Result<(), ctrl_runtime::config::ConfigError>
+    where
+        T: serde::de::DeserializeOwned + ctrl_runtime::config::Validate,
+    {
+        ctrl_runtime::config::parse::<T>(text, "rendered.toml", env, prefix).map(|_| ())
+    }
+
     /// Loads every rendered config with its service's own loader; returns
     /// the files loaded.
     fn load_configs(objects: &[Value]) -> Vec<String> {
@@ -148,45 +160,25 @@ regions:
                 let text = text.as_str().expect("config text");
                 let where_ = format!("{} {file}", name(map));
                 let result = match file.as_str() {
-                    "ctrl-api.toml" => ctrl_runtime::config::parse::<ctrl_api::config::Config>(
-                        text,
-                        file,
-                        &env,
-                        ctrl_api::config::ENV_PREFIX,
-                    )
-                    .map(|_| ()),
-                    "ctrl-worker.toml" => {
-                        ctrl_runtime::config::parse::<ctrl_worker::config::Config>(
-                            text,
-                            file,
-                            &env,
-                            ctrl_worker::config::ENV_PREFIX,
-                        )
-                        .map(|_| ())
+                    "ctrl-api.toml" => {
+                        load::<ctrl_api::config::Config>(text, &env, ctrl_api::config::ENV_PREFIX)
                     }
-                    "ctrl-cluster-sync.toml" => {
-                        ctrl_runtime::config::parse::<ctrl_cluster_sync::config::Config>(
-                            text,
-                            file,
-                            &env,
-                            ctrl_cluster_sync::config::ENV_PREFIX,
-                        )
-                        .map(|_| ())
+                    "ctrl-worker.toml" => load::<ctrl_worker::config::Config>(
+                        text,
+                        &env,
+                        ctrl_worker::config::ENV_PREFIX,
+                    ),
+                    "ctrl-cluster-sync.toml" => load::<ctrl_cluster_sync::config::Config>(
+                        text,
+                        &env,
+                        ctrl_cluster_sync::config::ENV_PREFIX,
+                    ),
+                    "krane.toml" => {
+                        load::<krane::config::Config>(text, &env, krane::config::ENV_PREFIX)
                     }
-                    "krane.toml" => ctrl_runtime::config::parse::<krane::config::Config>(
-                        text,
-                        file,
-                        &env,
-                        krane::config::ENV_PREFIX,
-                    )
-                    .map(|_| ()),
-                    "frontline.toml" => ctrl_runtime::config::parse::<frontline::config::Config>(
-                        text,
-                        file,
-                        &env,
-                        frontline::config::ENV_PREFIX,
-                    )
-                    .map(|_| ()),
+                    "frontline.toml" => {
+                        load::<frontline::config::Config>(text, &env, frontline::config::ENV_PREFIX)
+                    }
                     other => panic!("{where_}: no loader for {other}"),
                 };
                 if let Err(e) = result {

@@ -230,7 +230,7 @@ async fn the_contract_names_are_the_registered_services_and_handlers() -> Result
 }
 
 /// Seed 001's worker file starts the worker as it is: it listens on
-/// `restate.http_port`, reports ready only once registered with Restate
+/// `restate.http_port` (on loopback here, through `listen`), reports ready only once registered with Restate
 /// (here it cannot be: nothing answers at the admin URL), and says at start
 /// which settings ctrl does not use — without their secret values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,6 +246,7 @@ async fn a_seed_shaped_file_starts_the_worker_ready_only_once_registered() -> Re
              cname_domain = \"edge.example.com\"\n\
              [database]\nurl = \"{url}\"\n\
              [restate]\nadmin_url = \"http://127.0.0.1:{nowhere}\"\nhttp_port = {restate_port}\n\
+             listen = \"127.0.0.1:{restate_port}\"\n\
              register_as = \"http://127.0.0.1:{restate_port}\"\nregister_attempts = 1000\n\
              [health]\nlisten = \"127.0.0.1:{health_port}\"\n\
              [clickhouse]\nurl = \"clickhouse://default:ch-secret-pw@127.0.0.1:9000\"\n\

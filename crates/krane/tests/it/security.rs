@@ -395,6 +395,15 @@ async fn operators_issue_and_revoke_credentials_and_revocation_ends_streams() ->
     Ok(())
 }
 
+/// The krane of dev/local/local-1, with its own credential.
+async fn local_agent(api: &Api, db: &MySqlPool) -> Result<Control> {
+    control(
+        api,
+        &agent_token(db, "local-1").await?,
+        key("local", "local-1"),
+    )
+}
+
 /// A push from `control` for `request`.
 fn push(request: &str, seq: u64, lines: &[&str], end: bool) -> pb::PushLogsRequest {
     pb::PushLogsRequest {
@@ -440,11 +449,7 @@ async fn logs_travel_over_the_agents_own_connection_and_only_its_own() -> Result
     let db = ctrl_testkit::test_database().await?;
     let seed = Seed::new(&db.pool).await?;
     let api = api(&db.pool, Duration::from_secs(15)).await?;
-    let owner = control(
-        &api,
-        &agent_token(&db.pool, "local-1").await?,
-        key("local", "local-1"),
-    )?;
+    let owner = local_agent(&api, &db.pool).await?;
     owner.heartbeat(pb::AgentBackend::Docker).await?;
     let intruder = control(
         &api,
@@ -568,11 +573,7 @@ async fn a_reader_that_falls_behind_bounds_what_the_relay_holds() -> Result<()> 
     let db = ctrl_testkit::test_database().await?;
     let seed = Seed::new(&db.pool).await?;
     let api = api(&db.pool, Duration::from_secs(15)).await?;
-    let owner = control(
-        &api,
-        &agent_token(&db.pool, "local-1").await?,
-        key("local", "local-1"),
-    )?;
+    let owner = local_agent(&api, &db.pool).await?;
     let cluster = owner.heartbeat(pb::AgentBackend::Docker).await?.cluster_id;
     let d = seed.deployment(&db.pool).await?;
     // A reader that filed a request and then reads nothing.
