@@ -35,6 +35,10 @@ bench-sync *ARGS:
 ctrl *ARGS:
     cargo run -q -p ctrl-cli -- {{ARGS}}
 
+# The services' container images (release binaries, deploy/Dockerfile) into the Docker engine at DOCKER_HOST.
+images *ARGS:
+    cargo xtask images {{ARGS}}
+
 # Install or verify the real dependencies.
 deps:
     cargo xtask deps

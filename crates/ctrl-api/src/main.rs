@@ -66,7 +66,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _logs = config.log.init();
+    let _logs = config.log.init("ctrl-api");
     match run(cli.command.unwrap_or(Command::Serve), &config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

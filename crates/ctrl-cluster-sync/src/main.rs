@@ -33,7 +33,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _logs = config.log.init();
+    let _logs = config.log.init("ctrl-cluster-sync");
     match run(&config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -52,6 +52,11 @@ impl fmt::Display for FieldProblem {
 }
 
 impl Validator {
+    /// The problems recorded so far.
+    pub fn problems(&self) -> &[FieldProblem] {
+        &self.errors
+    }
+
     /// Records a problem unless `ok`.
     pub fn check(&mut self, ok: bool, field: &str, message: impl Into<String>) {
         if !ok {

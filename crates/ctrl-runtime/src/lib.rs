@@ -7,14 +7,15 @@
 //! initialisation) — [`auth`], the accepted bearer tokens, [`health`],
 //! readiness checks cached against floods, [`metrics`], one Prometheus
 //! registry per service with one naming scheme, [`net`], the
-//! `TCP_NODELAY` listener every server uses, [`now_ms`] and
-//! [`shutdown_signal`].
+//! `TCP_NODELAY` listener every server uses, [`otlp`], span export to an
+//! OpenTelemetry collector, [`now_ms`] and [`shutdown_signal`].
 
 pub mod auth;
 pub mod config;
 pub mod health;
 pub mod metrics;
 pub mod net;
+pub mod otlp;
 pub mod sections;
 
 /// The wall clock in unix milliseconds (0 before 1970, saturating after

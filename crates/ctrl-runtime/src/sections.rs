@@ -79,6 +79,13 @@ pub struct LogConfig {
     pub filter: String,
     /// "text" or "json".
     pub format: String,
+    /// An OTLP/gRPC collector the spans are exported to, e.g.
+    /// "http://otel-collector.observability:4317" (plain gRPC: a collector
+    /// beside the service). Unset: no export.
+    pub otlp_endpoint: Option<String>,
+    /// The fraction of traces exported, 0.0–1.0 (a request's spans are
+    /// kept or dropped together).
+    pub otlp_sample_ratio: f64,
 }
 
 impl Default for LogConfig {
@@ -86,6 +93,8 @@ impl Default for LogConfig {
         Self {
             filter: "info".into(),
             format: "text".into(),
+            otlp_endpoint: None,
+            otlp_sample_ratio: 1.0,
         }
     }
 }
@@ -98,21 +107,28 @@ impl LogConfig {
             "log.format",
             "must be \"text\" or \"json\"",
         );
+        if let Some(endpoint) = &self.otlp_endpoint {
+            v.url("log.otlp_endpoint", endpoint, &["http"]);
+        }
+        v.range("log.otlp_sample_ratio", self.otlp_sample_ratio, 0.0..=1.0);
     }
 
     /// Installs the global `tracing` subscriber (`RUST_LOG` overrides the
-    /// filter). Lines are formatted where they happen but written to stdout
-    /// by a thread of their own, so a request never waits on the write; none
-    /// is dropped (a full queue makes the caller wait instead). Hold the
-    /// guard until exit: dropping it flushes the queue.
-    pub fn init(&self) -> LogGuard {
-        self.init_filtered(tracing_subscriber::filter::LevelFilter::TRACE)
+    /// filter) for `service` (its name in exported traces). Lines are
+    /// formatted where they happen but written to stdout by a thread of
+    /// their own, so a request never waits on the write; none is dropped (a
+    /// full queue makes the caller wait instead). With `otlp_endpoint`, the
+    /// spans the filter lets through are also exported in batches. Call it
+    /// inside the Tokio runtime and hold the guard until exit: dropping it
+    /// flushes the queue and the last spans.
+    pub fn init(&self, service: &'static str) -> LogGuard {
+        self.init_filtered(service, tracing_subscriber::filter::LevelFilter::TRACE)
     }
 
     /// [`LogConfig::init`] with one more filter on the log lines (the
     /// worker's drops what a Restate handler logs while it replays its
     /// journal, so each line appears once, not on every replay).
-    pub fn init_filtered<F>(&self, extra: F) -> LogGuard
+    pub fn init_filtered<F>(&self, service: &'static str, extra: F) -> LogGuard
     where
         F: tracing_subscriber::layer::Filter<
                 tracing_subscriber::layer::Layered<
@@ -150,11 +166,31 @@ impl LogConfig {
         } else {
             lines.with_filter(extra).boxed()
         };
+        let traces = self.otlp_endpoint.as_deref().map(|endpoint| {
+            crate::otlp::tracer_provider(endpoint, service, self.otlp_sample_ratio)
+        });
+        let (traces, traces_failed) = match traces {
+            Some(Ok(provider)) => (Some(provider), None),
+            Some(Err(e)) => (None, Some(e)),
+            None => (None, None),
+        };
+        let spans = traces.as_ref().map(|provider| {
+            use opentelemetry::trace::TracerProvider as _;
+            tracing_opentelemetry::layer().with_tracer(provider.tracer(service))
+        });
         tracing_subscriber::registry()
             .with(filter)
             .with(lines)
+            .with(spans)
             .init();
-        LogGuard { _writer: guard }
+        if let Some(e) = traces_failed {
+            // Telemetry never stops a service: say so, and run without it.
+            tracing::error!("traces are not exported: {e}");
+        }
+        LogGuard {
+            _writer: guard,
+            traces,
+        }
     }
 }
 
@@ -162,10 +198,21 @@ impl LogConfig {
 /// they never log below info.
 pub const SECRET_BEARING_TARGETS: &[&str] = &["octocrab", "tower_http"];
 
-/// Keeps the log writer thread; dropping it writes what is still queued.
+/// Keeps the log writer thread and the span exporter; dropping it writes
+/// what is still queued and exports the last spans (bounded by
+/// [`crate::otlp::SHUTDOWN_TIMEOUT`]).
 #[must_use = "hold it until exit, or the last log lines are lost"]
 pub struct LogGuard {
     _writer: tracing_appender::non_blocking::WorkerGuard,
+    traces: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.traces.take() {
+            crate::otlp::shutdown(&provider);
+        }
+    }
 }
 
 impl std::fmt::Debug for LogGuard {
@@ -203,6 +250,32 @@ mod tests {
             connect_timeout_seconds: 1,
         };
         assert!(!format!("{c:?}").contains("secret"));
+    }
+
+    #[test]
+    fn a_trace_collector_needs_a_plain_grpc_url_and_a_ratio() {
+        let mut v = crate::config::Validator::default();
+        LogConfig {
+            otlp_endpoint: Some("collector:4317".into()),
+            otlp_sample_ratio: 1.5,
+            ..LogConfig::default()
+        }
+        .validate(&mut v);
+        let problems: Vec<String> = v.problems().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            problems,
+            [
+                "`log.otlp_endpoint` must be a http URL, got \"collector:4317\"",
+                "`log.otlp_sample_ratio` must be between 0 and 1, got 1.5"
+            ]
+        );
+        let mut v = crate::config::Validator::default();
+        LogConfig {
+            otlp_endpoint: Some("http://otel-collector:4317".into()),
+            ..LogConfig::default()
+        }
+        .validate(&mut v);
+        assert!(v.problems().is_empty());
     }
 }
 

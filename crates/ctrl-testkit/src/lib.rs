@@ -17,6 +17,7 @@
 //! dev stack and the edge's tests. ctrl's own services, when a test runs them
 //! as tasks, are stopped the same way by an [`InProcess`] set;
 //! [`wait_until_ok`] waits for their health endpoints.
+//! [`OtlpCollector`] receives the spans a service exports over OTLP/gRPC.
 //! [`kube_schema::validate`] checks Kubernetes objects against Kubernetes'
 //! own schemas (kubernetes-validate), and [`paths::helm_bin`] is a Helm CLI
 //! (`ctrl-helm`: `helm template` and `helm show` on Helm's own engine).
@@ -39,6 +40,7 @@ pub mod in_process;
 pub mod kube;
 pub mod kube_schema;
 pub mod mariadb;
+pub mod otlp;
 pub mod paths;
 pub mod podman;
 pub mod process;
@@ -59,6 +61,7 @@ pub use error::Error;
 pub use in_process::InProcess;
 pub use kube::FakeKube;
 pub use mariadb::{MariaDb, TestDatabase, test_database};
+pub use otlp::OtlpCollector;
 pub use podman::{Podman, StorageDriver};
 pub use registry::Registry;
 pub use restate::{RestatePorts, RestateServer};

@@ -38,7 +38,7 @@ async fn main() -> ExitCode {
     // each line appears once, not on every replay.
     let _logs = config
         .log
-        .init_filtered(restate_sdk::filter::ReplayAwareFilter);
+        .init_filtered("ctrl-worker", restate_sdk::filter::ReplayAwareFilter);
     let result = async {
         let db = config.database.connect().await?;
         startup::run(&config, db, ctrl_runtime::shutdown_signal()).await

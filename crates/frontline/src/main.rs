@@ -29,7 +29,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _logs = config.log.init();
+    let _logs = config.log.init("frontline");
     let run = async {
         let listeners = frontline::server::Listeners::bind(&config).await?;
         frontline::server::run(&config, listeners, ctrl_runtime::shutdown_signal()).await

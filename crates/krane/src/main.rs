@@ -24,7 +24,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _logs = config.log.init();
+    let _logs = config.log.init("krane");
     match krane::run::run(&config, ctrl_runtime::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -122,9 +122,34 @@ mod tests {
                 );
             }
         }
-        let build = get(&doc["services"]["ctrl-api"], "build");
-        let dockerfile = build["dockerfile"].as_str().expect("a dockerfile");
-        assert!(root().join(dockerfile).is_file(), "{dockerfile} missing");
+        // ctrl's services run the images `cargo xtask images` builds: one
+        // per Dockerfile target, read-only with a writable /tmp.
+        let dockerfile =
+            std::fs::read_to_string(root().join("deploy/Dockerfile")).expect("the Dockerfile");
+        let targets: BTreeSet<String> = crate::images::targets(&dockerfile)
+            .expect("targets")
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        let mut used = BTreeSet::new();
+        for (name, service) in &all {
+            let image = get(service, "image").as_str().unwrap_or_default();
+            if let Some(target) = image
+                .strip_prefix("localhost/")
+                .and_then(|i| i.strip_suffix(":dev"))
+            {
+                assert!(targets.contains(target), "{name}: no target {target}");
+                assert_eq!(get(service, "read_only").as_bool(), Some(true), "{name}");
+                assert_eq!(strings(get(service, "tmpfs")), ["/tmp"], "{name}");
+                used.insert(target.to_owned());
+            }
+        }
+        assert!(
+            targets
+                .iter()
+                .all(|t| used.contains(t) || t == "ctrl-cluster-sync"),
+            "targets no service runs: {targets:?} vs {used:?}"
+        );
         docker_compose_config();
     }
 

@@ -138,6 +138,18 @@ fn all() -> Vec<Dep> {
             install: Install::Apt(&["libc6-dev"]),
         },
         Dep {
+            name: "binutils",
+            purpose: "`strip`, for the binaries `cargo xtask images` packs",
+            check: || dpkg_installed("binutils"),
+            install: Install::Apt(&["binutils"]),
+        },
+        Dep {
+            name: "ca-certificates",
+            purpose: "the CA bundle `cargo xtask images` puts into the images",
+            check: || dpkg_installed("ca-certificates"),
+            install: Install::Apt(&["ca-certificates"]),
+        },
+        Dep {
             name: "busybox-static",
             purpose: "tiny test images built without a registry",
             check: || dpkg_installed("busybox-static"),
@@ -253,6 +265,8 @@ pub(crate) const PROGRAMS: &[&str] = &[
     "pebble",
     "pebble-challtestsrv",
     "docker-registry",
+    "strip",
+    "ldd",
 ];
 
 /// Programs ctrl's code runs from the virtualenv by path (through

@@ -700,17 +700,24 @@ pub(crate) fn build_services() -> Result<PathBuf> {
     if !status.success() {
         bail!("cargo build -p ctrl-api -p ctrl-worker -p krane -p frontline -p ctrl-cli failed");
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+    Ok(target_dir().join("debug"))
+}
+
+/// The repository's root directory.
+pub(crate) fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Cargo's target directory (`CARGO_TARGET_DIR`, else `target/`).
+pub(crate) fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    Ok(target.join("debug"))
+        .unwrap_or_else(|| repo_root().join("target"))
 }
 
 /// The local stack's config files, shared with docker-compose.yml.
 fn config_file(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../deploy/dev")
-        .join(name)
+    repo_root().join("deploy/dev").join(name)
 }
 
 /// Starts ctrl-worker with `deploy/dev/ctrl-worker.toml`; it registers

@@ -65,6 +65,9 @@ networkPolicy:
     - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}
 monitoring:
   serviceMonitor: {enabled: true}
+log:
+  otlpEndpoint: http://otel-collector.observability:4317
+  otlpSampleRatio: 0.25
 worker:
   extraConfig: |
     [acme]
@@ -238,6 +241,21 @@ regions:
         );
         assert!(deployments.contains(&"rel-ctrl-krane-aws-eu-west-1"));
         assert!(!deployments.contains(&"rel-ctrl-frontline-aws-eu-west-1"));
+        // Every service exports its spans to the collector named once.
+        for config in of_kind(&separate, "ConfigMap") {
+            for (file, text) in config["data"].as_object().expect("data") {
+                if file.ends_with(".toml") {
+                    let text = text.as_str().expect("text");
+                    assert!(
+                        text.contains(
+                            "otlp_endpoint = \"http://otel-collector.observability:4317\"\n\
+                             otlp_sample_ratio = 0.25"
+                        ),
+                        "{file}: {text}"
+                    );
+                }
+            }
+        }
         // The existing Secret is used, none is made (not even for the Job).
         assert!(of_kind(&separate, "Secret").is_empty());
         // Both network policy modes are granted, exec and metrics too.
@@ -300,7 +318,13 @@ regions:
                 .map(|o| (name(o), &o["spec"]["template"]["spec"]));
             for (workload, pod) in pods {
                 assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{workload}");
-                for c in pod["containers"].as_array().expect("containers") {
+                let init = pod["initContainers"].as_array().into_iter().flatten();
+                for c in pod["containers"]
+                    .as_array()
+                    .expect("containers")
+                    .iter()
+                    .chain(init)
+                {
                     let sc = &c["securityContext"];
                     assert_eq!(sc["readOnlyRootFilesystem"], true, "{workload}");
                     assert_eq!(sc["allowPrivilegeEscalation"], false, "{workload}");
@@ -344,23 +368,63 @@ regions:
                 .as_str()
                 .is_some_and(|h| h.contains("pre-install") && h.contains("pre-upgrade"))
         );
-        let script = job["spec"]["template"]["spec"]["containers"][0]["command"][2]
-            .as_str()
-            .expect("script")
-            .to_owned();
-        assert!(script.starts_with("ctrl-api --config /etc/ctrl/ctrl-api.toml migrate\n"));
-        for needed in [
-            "--kind krane --platform \"aws\" --region \"us-east-1\" --cell-id \"use1-a\"",
-            "--kind krane --platform \"aws\" --region \"eu-west-1\" --cell-id \"euw1-a\"",
-            "--kind frontline --platform \"aws\" --region \"us-east-1\"",
+        // No shell in the image: the migration runs first, as the init
+        // container, then one container per agent registers its token,
+        // which it alone receives.
+        let pod = &job["spec"]["template"]["spec"];
+        let command = |c: &Value| -> String {
+            c["command"]
+                .as_array()
+                .expect("a command")
+                .iter()
+                .map(|a| a.as_str().expect("a string"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let init = pod["initContainers"].as_array().expect("init containers");
+        assert_eq!(init.len(), 1);
+        assert_eq!(
+            command(&init[0]),
+            "ctrl-api --config /etc/ctrl/ctrl-api.toml migrate"
+        );
+        assert_eq!(init[0]["image"], "ghcr.io/ctrl-dev/ctrl-api:0.1.0");
+        let steps: Vec<(String, String)> = pod["containers"]
+            .as_array()
+            .expect("containers")
+            .iter()
+            .map(|c| (command(c), c["env"].to_string()))
+            .collect();
+        for (needed, token) in [
+            (
+                "--kind krane --platform aws --region us-east-1 --cell-id use1-a",
+                "krane-aws-us-east-1-token",
+            ),
+            (
+                "--kind krane --platform aws --region eu-west-1 --cell-id euw1-a",
+                "krane-aws-eu-west-1-token",
+            ),
+            (
+                "--kind frontline --platform aws --region us-east-1",
+                "frontline-aws-us-east-1-token",
+            ),
         ] {
-            assert!(script.contains(needed), "{needed}:\n{script}");
+            let (command, env) = steps
+                .iter()
+                .find(|(c, _)| c.contains(needed))
+                .unwrap_or_else(|| panic!("{needed}: {steps:?}"));
+            assert!(
+                command.starts_with("ctrl-api --config /etc/ctrl/ctrl-api.toml agents ensure ")
+                    && command.ends_with("--token-env AGENT_TOKEN"),
+                "{command}"
+            );
+            assert!(env.contains(token), "{env}");
+            // Each step gets its own agent's token only.
+            let tokens = env.matches("\"krane-").count() + env.matches("\"frontline-").count();
+            assert_eq!(tokens, 1, "{env}");
         }
-        assert!(!script.contains("--kind frontline --platform \"aws\" --region \"eu-west-1\""));
+        assert_eq!(steps.len(), 3, "{steps:?}");
         // Tokens come from the Secret as variables, never on the command line.
-        assert!(!script.contains("ctrl_agent_"));
-        let env = job["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
-        assert!(env.contains("krane-aws-eu-west-1-token"), "{env}");
+        assert!(!steps.iter().any(|(c, _)| c.contains("ctrl_agent_")));
 
         // Restate's guard: in Restate's namespace, its ingress and admin
         // ports open to this release's pods only.

@@ -10,6 +10,8 @@
 //! - `edge`: the edge (frontline) end to end on the stack: hostnames,
 //!   rollback and promote under load, streaming, a control-plane outage,
 //!   wake on request, and rollback latency at the edge;
+//! - `images`: the services' container images from `deploy/Dockerfile`,
+//!   built through the Docker API with no base image and no network;
 //! - `github push`: push to deploy on the dev stack through its fake
 //!   GitHub (a commit, the signed webhook, the deployment followed).
 
@@ -22,6 +24,7 @@ mod edge;
 mod engine;
 mod github;
 mod helm;
+mod images;
 mod programs;
 mod stack;
 mod test;
@@ -58,6 +61,8 @@ enum Task {
     Chaos(chaos::ChaosArgs),
     /// Check the edge end to end on the stack and print its figures.
     Edge(edge::EdgeArgs),
+    /// Build the services' container images (deploy/Dockerfile) through the Docker API.
+    Images(images::ImagesArgs),
     /// Act as GitHub on the dev stack: push a directory and deliver the webhook.
     #[command(name = "github")]
     GitHub(github::GitHubArgs),
@@ -72,6 +77,7 @@ async fn main() -> ExitCode {
         Task::Dev(args) => dev::run(args).await.map(|()| ExitCode::SUCCESS),
         Task::Chaos(args) => chaos::run(args).await,
         Task::Edge(args) => edge::run(args).await,
+        Task::Images(args) => images::run(args).await.map(|()| ExitCode::SUCCESS),
         Task::GitHub(args) => github::run(args).await.map(|()| ExitCode::SUCCESS),
     };
     match result {

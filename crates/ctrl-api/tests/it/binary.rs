@@ -67,6 +67,8 @@ async fn bad_configuration_exits_before_any_port_opens_and_names_the_field() -> 
     Ok(())
 }
 
+/// Migrates, serves, exports its spans to an OTLP collector, and drains on
+/// SIGTERM, flushing the last spans before it exits.
 #[tokio::test]
 async fn migrate_then_serve_then_drain_on_sigterm() -> Result<()> {
     // An empty database (not migrated) on the shared test server.
@@ -95,6 +97,15 @@ async fn migrate_then_serve_then_drain_on_sigterm() -> Result<()> {
     .fetch_one(&mut conn)
     .await?;
     assert!(tables >= 20, "{tables}");
+
+    // Spans go to a collector, exported in batches while it runs.
+    let collector = ctrl_testkit::OtlpCollector::start().await?;
+    let mut text = std::fs::read_to_string(&path)?;
+    text.push_str(&format!(
+        "[log]\notlp_endpoint = \"{}\"\n",
+        collector.endpoint()
+    ));
+    std::fs::write(&path, text)?;
 
     let log = dir.path().join("api.log");
     let mut server = Supervised::spawn("ctrl-api", ctrl_api(&path, token), &log, None)?;
@@ -141,6 +152,31 @@ async fn migrate_then_serve_then_drain_on_sigterm() -> Result<()> {
         "{log_text}"
     );
     assert!(!log_text.contains(token), "the token must never be logged");
+
+    // The request's span reached the collector, named after ctrl-api and
+    // carrying the RPC and the deployment it was about.
+    let span = collector
+        .wait_for(Duration::from_secs(10), |s| {
+            s.name == "request"
+                && s.attributes.get("deployment_id").map(String::as_str)
+                    == Some("d_0123456789abcdef")
+        })
+        .await?;
+    assert_eq!(span.service, "ctrl-api");
+    assert!(
+        span.attributes
+            .get("rpc")
+            .is_some_and(|r| r.contains("GetDeployment")),
+        "{span:?}"
+    );
+    assert_eq!(span.trace_id.len(), 16);
+    assert!(
+        !collector
+            .spans()
+            .iter()
+            .any(|s| format!("{s:?}").contains(token)),
+        "the token must never be exported"
+    );
     Ok(())
 }
 

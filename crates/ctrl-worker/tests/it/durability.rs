@@ -156,3 +156,51 @@ async fn a_deploy_survives_a_restate_restart_while_it_waits() -> Result<()> {
     h.wait_finished(&d).await?;
     assert_applied_once(&h, &d, versions_before).await
 }
+
+/// A deploy that waits long enough for Restate to suspend it (its
+/// inactivity timeout) resumes by replaying its journal from the start;
+/// what it logged before is not logged again.
+#[tokio::test]
+async fn a_suspended_and_replayed_deploy_logs_its_lines_once() -> Result<()> {
+    let restate = ctrl_testkit::RestateServer::builder()
+        .inactivity_timeout(Duration::from_millis(300))
+        .start()
+        .await?;
+    let h = Harness::start_on(restate, "", "").await?;
+    let id = h.pending_deployment(&h.preview, None).await?;
+    h.deploy(&id).await?;
+    h.wait_topology(&id, DesiredState::Running).await?;
+    // Waiting for the region, long enough to be suspended.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    h.report_running(&id, 1).await?;
+    h.wait_finished(&id).await?;
+
+    // It was replayed: Restate sent the handler more than one attempt.
+    let metrics = ctrl_testkit::http_client()
+        .get(format!("{}/metrics", h.health_url()))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let attempts: f64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("ctrl_worker_handler_attempts_total{")
+                && l.contains("service=\"Deploy\"")
+                && l.contains("handler=\"Deploy\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default();
+    assert!(
+        attempts >= 2.0,
+        "not replayed ({attempts} attempts):\n{metrics}"
+    );
+    let log = h.worker_log(10_000);
+    let started = log
+        .lines()
+        .filter(|l| l.contains("deploy started") && l.contains(&id))
+        .count();
+    assert_eq!(started, 1, "{log}");
+    Ok(())
+}

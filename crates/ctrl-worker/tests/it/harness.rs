@@ -50,7 +50,15 @@ impl Harness {
     /// Like [`Harness::start_with`], with more sections (whole TOML tables,
     /// e.g. `[build]`) in the worker's configuration.
     pub(crate) async fn start_with_sections(deploy: &str, sections: &str) -> Result<Self> {
-        let restate = RestateServer::start().await?;
+        Self::start_on(RestateServer::start().await?, deploy, sections).await
+    }
+
+    /// Like [`Harness::start_with_sections`] on a given Restate server.
+    pub(crate) async fn start_on(
+        restate: RestateServer,
+        deploy: &str,
+        sections: &str,
+    ) -> Result<Self> {
         let db = ctrl_testkit::test_database().await?;
         let dir = tempfile::tempdir()?;
         let [port, health_port] = free_ports()?;
@@ -366,6 +374,11 @@ impl Harness {
         self.worker.kill();
         self.worker = spawn_worker(self.dir.path(), self.health_port).await?;
         Ok(())
+    }
+
+    /// The worker's health listener (`/health/*`, `/metrics`).
+    pub(crate) fn health_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.health_port)
     }
 
     /// The last `n` lines of the worker's log (for failure messages).

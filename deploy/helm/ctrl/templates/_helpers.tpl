@@ -32,8 +32,9 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* One service's image: (dict "root" $ "name" "ctrl-api"). */}}
 {{- define "ctrl.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- printf "%s/%s:%s" (trimSuffix "/" .root.Values.image.prefix) .name (default .root.Chart.AppVersion .root.Values.image.tag) -}}
 {{- end -}}
 
 {{- define "ctrl.secretName" -}}
@@ -109,6 +110,10 @@ keys = [{ id = {{ .Values.secrets.vaultKeyId | toJson }}, key = "${CTRL_VAULT_KE
 [log]
 filter = {{ .Values.log.filter | toJson }}
 format = {{ .Values.log.format | toJson }}
+{{- with .Values.log.otlpEndpoint }}
+otlp_endpoint = {{ . | toJson }}
+otlp_sample_ratio = {{ $.Values.log.otlpSampleRatio | float64 }}
+{{- end }}
 {{- end -}}
 
 {{/* ctrl-api's config (also the migration Job's). */}}
@@ -350,4 +355,26 @@ spec:
 {{- $out = append $out (mergeOverwrite (deepCopy $.Values.regionDefaults) (deepCopy .)) -}}
 {{- end -}}
 {{- toYaml (dict "regions" $out) -}}
+{{- end -}}
+
+{{- /* One step of the migration Job: `ctrl-api <args>`, with the control
+plane's variables and (for an agent) its token as AGENT_TOKEN only. */ -}}
+{{- define "ctrl.migrateStep" -}}
+- name: {{ .step.name }}
+  image: {{ include "ctrl.image" (dict "root" .root "name" "ctrl-api") }}
+  imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+  command: {{ concat (list "ctrl-api" "--config" "/etc/ctrl/ctrl-api.toml") .step.args | toJson }}
+  env:
+    {{- include "ctrl.controlPlaneEnv" (dict "root" .root "secret" .secret) | nindent 4 }}
+    {{- with .step.tokenKey }}
+    {{- include "ctrl.secretEnv" (dict "root" $.root "secret" $.secret "name" "AGENT_TOKEN" "key" .) | nindent 4 }}
+    {{- end }}
+  resources:
+    requests: {cpu: 50m, memory: 32Mi}
+    limits: {memory: 128Mi}
+  securityContext:
+    {{- toYaml .root.Values.securityContext | nindent 4 }}
+  volumeMounts:
+    - {name: config, mountPath: /etc/ctrl, readOnly: true}
+    - {name: tmp, mountPath: /tmp}
 {{- end -}}

@@ -105,7 +105,12 @@ pub(super) async fn run(
         .into());
     }
     let plan = match claim::claim(db, ctx, &req.deployment_id).await? {
-        Claim::Started(plan) => *plan,
+        Claim::Started(plan) => {
+            // Once per deploy: a replay of this handler does not print it
+            // again (the worker's log filter drops replayed lines).
+            tracing::info!(deployment_id = %plan.deployment_id, "deploy started");
+            *plan
+        }
         Claim::Skipped(why) => {
             tracing::info!(deployment_id = %req.deployment_id, %why, "deployment skipped");
             return Ok(());
