@@ -51,7 +51,7 @@ pub(crate) struct ChaosArgs {
 pub(crate) async fn run(args: ChaosArgs) -> Result<ExitCode> {
     let started = Instant::now();
     crate::deps::ensure(false)?;
-    let bin = dev::build_services()?;
+    let bin = dev::build_services("dev")?;
     let scratch = tempfile::Builder::new()
         .prefix("ctrl-chaos-")
         .tempdir()

@@ -164,7 +164,7 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
 
     let bin_dir = match &args.bin_dir {
         Some(dir) => dir.clone(),
-        None => build_services()?,
+        None => build_services("dev")?,
     };
 
     eprintln!(
@@ -676,31 +676,30 @@ pub(crate) fn secret(path: &Path, bytes: usize, encoding: Encoding) -> Result<St
     Ok(value)
 }
 
-/// Builds the service binaries with the cargo that runs us; returns their directory.
-pub(crate) fn build_services() -> Result<PathBuf> {
-    eprintln!("building ctrl-api, ctrl-worker, krane, frontline and the ctrl CLI");
-    let status = std::process::Command::new(crate::deps::cargo())
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "ctrl-api",
-            "-p",
-            "ctrl-worker",
-            "-p",
-            "krane",
-            "-p",
-            "frontline",
-            "-p",
-            "ctrl-cli",
-            "--bins",
-        ])
-        .status()
-        .context("run cargo build")?;
-    if !status.success() {
-        bail!("cargo build -p ctrl-api -p ctrl-worker -p krane -p frontline -p ctrl-cli failed");
+/// The packages whose binaries make the product: the services and the CLI.
+pub(crate) const SERVICE_PACKAGES: &[&str] = &[
+    "ctrl-api",
+    "ctrl-worker",
+    "ctrl-cluster-sync",
+    "krane",
+    "frontline",
+    "ctrl-cli",
+];
+
+/// Builds the service binaries with the cargo that runs us, in `profile`
+/// (`dev` or `release`); returns their directory.
+pub(crate) fn build_services(profile: &str) -> Result<PathBuf> {
+    eprintln!("building {} ({profile})", SERVICE_PACKAGES.join(", "));
+    let mut cargo = std::process::Command::new(crate::deps::cargo());
+    cargo.args(["build", "--quiet", "--bins", "--profile", profile]);
+    for package in SERVICE_PACKAGES {
+        cargo.args(["-p", package]);
     }
-    Ok(target_dir().join("debug"))
+    if !cargo.status().context("run cargo build")?.success() {
+        bail!("cargo build --profile {profile} of the services failed");
+    }
+    let dir = if profile == "dev" { "debug" } else { profile };
+    Ok(target_dir().join(dir))
 }
 
 /// The repository's root directory.

@@ -49,6 +49,10 @@ pub(crate) struct EdgeArgs {
     /// Keep the scratch directory (logs, data).
     #[arg(long)]
     keep: bool,
+    /// The cargo profile the services are built with (`release` for the
+    /// memory figures of production builds).
+    #[arg(long, default_value = "dev")]
+    profile: String,
 }
 
 /// Failed checks, printed as they happen.
@@ -72,7 +76,7 @@ impl Checks {
 pub(crate) async fn run(args: EdgeArgs) -> Result<ExitCode> {
     let started = Instant::now();
     crate::deps::ensure(false)?;
-    let bin = crate::dev::build_services()?;
+    let bin = crate::dev::build_services(&args.profile)?;
     let scratch = tempfile::Builder::new()
         .prefix("ctrl-edge-")
         .tempdir()
@@ -81,11 +85,20 @@ pub(crate) async fn run(args: EdgeArgs) -> Result<ExitCode> {
     // Replaced deployments stay up: the rollbacks need them.
     let mut stack = Stack::start(scratch.path(), &bin, Duration::from_secs(3600)).await?;
     let mut c = Checks::default();
+    // cluster-sync runs inside ctrl-api here; a standalone one beside it
+    // (no agents connect to it, it follows the same feed) is measured too.
+    let sync = start_cluster_sync(&stack).await?;
+    let rss = |stack: &Stack| {
+        let mut all = stack.rss();
+        all.push(("cluster-sync", crate::stack::rss_kib(&sync)));
+        all
+    };
     // Idle: connected, nothing deployed yet.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let idle = stack.rss();
+    let idle = rss(&stack);
     let outcome = scenario(&mut stack, &mut c, &args).await;
-    print_rss(&idle, &stack.rss());
+    print_rss(&args.profile, &idle, &rss(&stack));
+    drop(sync);
     stack.stop();
     if let Err(e) = &outcome {
         c.failed.push(format!("the scenario stopped: {e:#}"));
@@ -107,11 +120,39 @@ pub(crate) async fn run(args: EdgeArgs) -> Result<ExitCode> {
     })
 }
 
+/// Starts `ctrl-cluster-sync` on its own, on the stack's database, and
+/// waits until it is ready.
+async fn start_cluster_sync(stack: &Stack) -> Result<ctrl_testkit::process::Supervised> {
+    let [listen, ops] = ctrl_testkit::free_ports()?;
+    let config = stack.dir.join("ctrl-cluster-sync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{listen}\"\nops_listen = \"127.0.0.1:{ops}\"\n\
+             [database]\nurl = \"${{DATABASE_URL}}\"\n\
+             [restate]\ningress_url = \"{}\"\n",
+            stack.restate.ingress_url()
+        ),
+    )?;
+    let mut cmd = std::process::Command::new(stack.bin.join("ctrl-cluster-sync"));
+    cmd.arg("--config")
+        .arg(&config)
+        .env("DATABASE_URL", &stack.database_url);
+    let mut sync = ctrl_testkit::process::Supervised::spawn(
+        "ctrl-cluster-sync",
+        cmd,
+        &stack.dir.join("ctrl-cluster-sync.log"),
+        None,
+    )?;
+    crate::dev::wait_for_http(&mut sync, &format!("http://127.0.0.1:{ops}/health/ready")).await?;
+    Ok(sync)
+}
+
 /// Each service's resident memory idle and after the scenario's load
 /// (deploys, rollbacks, a few hundred requests through the edge), and the
-/// ratio; debug builds, so above what release images use.
-fn print_rss(idle: &[(&str, Option<u64>)], loaded: &[(&str, Option<u64>)]) {
-    println!("\nresident memory (debug builds; target < 30 MB idle):");
+/// ratio (debug builds stay above what release images use).
+fn print_rss(profile: &str, idle: &[(&str, Option<u64>)], loaded: &[(&str, Option<u64>)]) {
+    println!("\nresident memory ({profile} builds; target < 30 MB idle):");
     for ((name, before), (_, after)) in idle.iter().zip(loaded) {
         let mib =
             |k: &Option<u64>| k.map_or("-".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0));

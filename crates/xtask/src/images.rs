@@ -23,16 +23,6 @@ use futures::StreamExt;
 /// How long one target's build may take (the context upload included).
 const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// The packages (`cargo build -p`) whose binaries the images hold.
-const PACKAGES: &[&str] = &[
-    "ctrl-api",
-    "ctrl-worker",
-    "ctrl-cluster-sync",
-    "krane",
-    "frontline",
-    "ctrl-cli",
-];
-
 #[derive(Debug, clap::Args)]
 pub(crate) struct ImagesArgs {
     /// The cargo profile the binaries are built with.
@@ -70,7 +60,7 @@ pub(crate) struct Target {
 pub(crate) async fn run(args: ImagesArgs) -> Result<()> {
     let bin_dir = match args.bin_dir {
         Some(dir) => dir,
-        None => build(&args.profile)?,
+        None => crate::dev::build_services(&args.profile)?,
     };
     let context = args
         .context_dir
@@ -102,21 +92,6 @@ pub(crate) async fn run(args: ImagesArgs) -> Result<()> {
         println!("{image:<width$} {:>6.1} MiB", size as f64 / 1048576.0);
     }
     Ok(())
-}
-
-/// Builds the binaries with `profile`; returns their directory.
-fn build(profile: &str) -> Result<PathBuf> {
-    eprintln!("building {} ({profile})", PACKAGES.join(", "));
-    let mut cargo = Command::new(crate::deps::cargo());
-    cargo.args(["build", "--locked", "--bins", "--profile", profile]);
-    for package in PACKAGES {
-        cargo.args(["-p", package]);
-    }
-    if !cargo.status().context("run cargo build")?.success() {
-        bail!("cargo build --profile {profile} failed");
-    }
-    let dir = if profile == "dev" { "debug" } else { profile };
-    Ok(crate::dev::target_dir().join(dir))
 }
 
 /// The targets of `dockerfile`: each stage that copies from `bin/`, with the

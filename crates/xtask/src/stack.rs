@@ -313,20 +313,7 @@ impl Stack {
             (Victim::Frontline, &self.frontline),
         ]
         .into_iter()
-        .map(|(victim, process)| {
-            let kib = process.as_ref().and_then(|p| {
-                std::fs::read_to_string(format!("/proc/{}/status", p.id().pid))
-                    .ok()?
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))?
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse()
-                    .ok()
-            });
-            (victim.name(), kib)
-        })
+        .map(|(victim, process)| (victim.name(), process.as_ref().and_then(rss_kib)))
         .collect()
     }
 
@@ -527,4 +514,17 @@ impl Stack {
             .map(str::to_owned);
         Ok((status, served, r.text().await?))
     }
+}
+
+/// A process's resident memory in KiB (`/proc/<pid>/status` VmRSS).
+pub(crate) fn rss_kib(process: &Supervised) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{}/status", process.id().pid))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }

@@ -159,14 +159,17 @@ async fn a_deploy_survives_a_restate_restart_while_it_waits() -> Result<()> {
 
 /// A deploy that waits long enough for Restate to suspend it (its
 /// inactivity timeout) resumes by replaying its journal from the start;
-/// what it logged before is not logged again.
+/// what it logged before is not logged again. Each attempt is a span
+/// naming the deployment, exported to the collector.
 #[tokio::test]
 async fn a_suspended_and_replayed_deploy_logs_its_lines_once() -> Result<()> {
     let restate = ctrl_testkit::RestateServer::builder()
         .inactivity_timeout(Duration::from_millis(300))
         .start()
         .await?;
-    let h = Harness::start_on(restate, "", "").await?;
+    let collector = ctrl_testkit::OtlpCollector::start().await?;
+    let traces = format!("[log]\notlp_endpoint = \"{}\"\n", collector.endpoint());
+    let h = Harness::start_on(restate, "", &traces).await?;
     let id = h.pending_deployment(&h.preview, None).await?;
     h.deploy(&id).await?;
     h.wait_topology(&id, DesiredState::Running).await?;
@@ -202,5 +205,12 @@ async fn a_suspended_and_replayed_deploy_logs_its_lines_once() -> Result<()> {
         .filter(|l| l.contains("deploy started") && l.contains(&id))
         .count();
     assert_eq!(started, 1, "{log}");
+
+    let span = collector
+        .wait_for(Duration::from_secs(10), |s| {
+            s.name == "deploy" && s.attributes.get("deployment_id") == Some(&id)
+        })
+        .await?;
+    assert_eq!(span.service, "ctrl-worker");
     Ok(())
 }

@@ -20,6 +20,7 @@ use ctrl_core::workflows::{
 };
 use restate_sdk::prelude::*;
 use sqlx::MySqlPool;
+use tracing::Instrument;
 
 pub use pipeline::SUPERSEDED;
 
@@ -103,6 +104,8 @@ impl DeployObject {
         ctx: ObjectContext<'_>,
         Json(req): Json<DeployInput>,
     ) -> HandlerResult<()> {
+        // One span per attempt, so a trace shows which deployment it was.
+        let span = tracing::info_span!("deploy", deployment_id = %ctx.key());
         pipeline::run(
             &self.db,
             &self.settings,
@@ -111,6 +114,7 @@ impl DeployObject {
             &ctx,
             req,
         )
+        .instrument(span)
         .await
     }
 
@@ -118,7 +122,10 @@ impl DeployObject {
     /// are ready, like a deploy (see `wake`).
     #[handler(name = "Wake")]
     async fn wake(&self, ctx: ObjectContext<'_>, Json(req): Json<WakeInput>) -> HandlerResult<()> {
-        wake::run(&self.db, &self.settings, &ctx, req).await
+        let span = tracing::info_span!("wake", deployment_id = %ctx.key());
+        wake::run(&self.db, &self.settings, &ctx, req)
+            .instrument(span)
+            .await
     }
 
     /// Deletes the deployment (see `delete`).
