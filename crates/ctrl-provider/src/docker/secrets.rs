@@ -44,7 +44,8 @@ impl SecretDelivery {
     pub fn check(&self) -> Result<(), String> {
         let init = std::fs::metadata(&self.init_binary).map_err(|e| {
             format!(
-                "docker.init_binary: {}: {e} (build it with `cargo xtask init-binary`)",
+                "docker.init_binary: {}: {e} (krane's image has it next to krane; \
+                 `cargo xtask images --context-only` builds one into the context's bin/)",
                 self.init_binary.display()
             )
         })?;
@@ -61,7 +62,7 @@ impl SecretDelivery {
         {
             return Err(format!(
                 "docker.init_binary: {} is dynamically linked; it must be static to run in any \
-                 image (rustc -C target-feature=+crt-static; `cargo xtask init-binary`)",
+                 image (rustc -C target-feature=+crt-static, as `cargo xtask images` builds it)",
                 self.init_binary.display()
             ));
         }
