@@ -1,8 +1,9 @@
 //! A real container registry on a loopback port: Debian's
 //! `docker-registry` (distribution/registry 2.8) over a fresh directory.
 //!
-//! It serves the Docker Registry HTTP API v2 over plain HTTP without
-//! authentication, from a generated config; images pushed to it live in a
+//! It serves the Docker Registry HTTP API v2 over plain HTTP, without
+//! authentication or with a Basic login ([`Registry::start_with_login`]),
+//! from a generated config; images pushed to it live in a
 //! throwaway directory. Like the other handles, it runs as a supervised child
 //! and is killed on drop (see [`crate::process`]).
 
@@ -40,11 +41,38 @@ impl Registry {
     /// registry stops: the dev stack's images outlive a restart) and
     /// listening on `port` when given.
     pub async fn start_in(dir: Option<&Path>, fixed_port: Option<u16>) -> Result<Self, Error> {
+        Self::start_inner(dir, fixed_port, None).await
+    }
+
+    /// [`Registry::start`] asking for a login: every API call needs Basic
+    /// auth as `user` with `password` (an htpasswd file with its bcrypt
+    /// hash, as operators configure distribution), else 401 with a
+    /// `WWW-Authenticate: Basic` challenge.
+    pub async fn start_with_login(user: &str, password: &str) -> Result<Self, Error> {
+        Self::start_inner(None, None, Some((user, password))).await
+    }
+
+    async fn start_inner(
+        dir: Option<&Path>,
+        fixed_port: Option<u16>,
+        login: Option<(&str, &str)>,
+    ) -> Result<Self, Error> {
         let binary = paths::system_program("docker-registry")?;
         let (dir, scratch) = reaper::instance_dir(dir, "registry-")?;
         let data = dir.join("data");
         std::fs::create_dir_all(&data)
             .map_err(|e| Error::io(format!("create {}", data.display()), e))?;
+        let htpasswd = match login {
+            Some((user, password)) => {
+                let hash = bcrypt::hash(password, 4)
+                    .map_err(|e| Error::request("hash the registry password", e))?;
+                let path = dir.join("htpasswd");
+                std::fs::write(&path, format!("{user}:{hash}\n"))
+                    .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
+                Some(path)
+            }
+            None => None,
+        };
         let client = http_client();
         let mut attempt = 0;
         loop {
@@ -54,7 +82,7 @@ impl Registry {
                 None => free_port()?,
             };
             let config = dir.join("config.yml");
-            std::fs::write(&config, config_yaml(&data, port))
+            std::fs::write(&config, config_yaml(&data, port, htpasswd.as_deref()))
                 .map_err(|e| Error::io(format!("write {}", config.display()), e))?;
             let mut cmd = Command::new(&binary);
             cmd.arg("serve").arg(&config).current_dir(&dir);
@@ -73,12 +101,11 @@ impl Registry {
             )?;
             let url = format!("http://127.0.0.1:{port}/v2/");
             let ready = wait_ready(&mut process, STARTUP_TIMEOUT, || async {
-                client
-                    .get(&url)
-                    .timeout(Duration::from_millis(500))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
+                let mut request = client.get(&url).timeout(Duration::from_millis(500));
+                if let Some((user, password)) = login {
+                    request = request.basic_auth(user, Some(password));
+                }
+                request.send().await.is_ok_and(|r| r.status().is_success())
             })
             .await;
             match ready {
@@ -120,9 +147,16 @@ impl Registry {
 }
 
 /// The registry's configuration: filesystem storage in `data`, plain HTTP
-/// on `127.0.0.1:port`, no authentication, deletes allowed.
-fn config_yaml(data: &Path, port: u16) -> String {
+/// on `127.0.0.1:port`, deletes allowed, and Basic auth from `htpasswd`
+/// when given (none otherwise).
+fn config_yaml(data: &Path, port: u16, htpasswd: Option<&Path>) -> String {
     let secret = format!("{:032x}", rand::random::<u128>());
+    let auth = htpasswd.map_or_else(String::new, |path| {
+        format!(
+            "auth:\n  htpasswd:\n    realm: ctrl-testkit\n    path: \"{}\"\n",
+            path.display()
+        )
+    });
     format!(
         "# Written by ctrl-testkit.
 version: 0.1
@@ -139,7 +173,7 @@ storage:
 http:
   addr: 127.0.0.1:{port}
   secret: {secret}
-",
+{auth}",
         data = data.display()
     )
 }

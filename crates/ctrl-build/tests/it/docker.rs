@@ -20,14 +20,26 @@ struct Setup {
 }
 
 async fn setup() -> Result<Setup> {
-    let (registry_server, podman) = tokio::try_join!(RegistryServer::start(), Podman::start())?;
+    setup_with(None, ("", "")).await
+}
+
+/// A podman and a registry (asking for `login` when given), and a builder
+/// configured with `credentials` (user, password; empty: none).
+async fn setup_with(login: Option<(&str, &str)>, credentials: (&str, &str)) -> Result<Setup> {
+    let registry = async {
+        match login {
+            Some((user, password)) => RegistryServer::start_with_login(user, password).await,
+            None => RegistryServer::start().await,
+        }
+    };
+    let (registry_server, podman) = tokio::try_join!(registry, Podman::start())?;
     podman.import_busybox_image("docker.io/library/busybox:latest")?;
     let config = RegistryConfig {
         url: registry_server.url(),
         repository: "ctrl".into(),
         image_host: String::new(),
-        username: String::new(),
-        password: String::new().into(),
+        username: credentials.0.into(),
+        password: credentials.1.to_owned().into(),
         request_timeout: Duration::from_secs(10),
     };
     let registry = Registry::new(config).map_err(anyhow::Error::msg)?;
@@ -76,6 +88,60 @@ async fn build(
     Vec<BuildEvent>,
 ) {
     crate::run_build(b, req, ctx, cancel).await
+}
+
+/// A registry that asks for a login gets the configured one, on the push
+/// (through the engine) and on ctrl's own digest checks. A wrong password
+/// fails the build, naming the registry's refusal and never the password,
+/// and is not retried.
+#[tokio::test]
+async fn a_registry_that_asks_for_a_login_gets_the_configured_one() -> Result<()> {
+    const PASSWORD: &str = "s3cret-registry-pw";
+    let s = setup_with(Some(("ctrl", PASSWORD)), ("ctrl", PASSWORD)).await?;
+    let req = request(&s, "bld_login", "d_login");
+    let (built, _) = build(
+        &s.builder,
+        &req,
+        hello_context()?,
+        &CancellationToken::new(),
+    )
+    .await;
+    let built = built?;
+    assert_eq!(built.how, HowBuilt::Built);
+    assert_eq!(
+        s.registry.digest("ctrl/acme/hello", "d_login").await?,
+        Some(built.digest.clone())
+    );
+    // Without the login the registry refuses: the image is really private.
+    let anonymous = reqwest::get(format!(
+        "{}/v2/ctrl/acme/hello/tags/list",
+        s.registry_server.url()
+    ))
+    .await?;
+    assert_eq!(anonymous.status(), 401);
+
+    let wrong = "wrong-registry-pw";
+    let s = setup_with(Some(("ctrl", PASSWORD)), ("ctrl", wrong)).await?;
+    let req = request(&s, "bld_wrong", "d_wrong");
+    let (built, events) = build(
+        &s.builder,
+        &req,
+        hello_context()?,
+        &CancellationToken::new(),
+    )
+    .await;
+    let Err(e) = built else {
+        bail!("a wrong password pushed: {built:?}")
+    };
+    let message = e.to_string();
+    assert!(
+        message.contains("401") || message.to_lowercase().contains("unauthorized"),
+        "{message}"
+    );
+    assert!(!e.is_transient(), "{e:?}");
+    let everything = format!("{e:?} {events:?}");
+    assert!(!everything.contains(wrong) && !everything.contains(PASSWORD));
+    Ok(())
 }
 
 #[tokio::test]

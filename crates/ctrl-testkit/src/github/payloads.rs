@@ -184,6 +184,45 @@ pub fn pull_request(repo: &Repository<'_>, pr: &PullRequest<'_>) -> Value {
     })
 }
 
+/// An `installation_repositories` event: `repositories` (the `Repository`
+/// values' ids and names) were `removed` from (or `added` to) the
+/// installation they name, as GitHub sends it when an owner changes which
+/// repositories the app may see.
+pub fn installation_repositories(action: &str, repositories: &[Repository<'_>]) -> Value {
+    let installation_id = repositories.first().map_or(0, |r| r.installation_id);
+    let owner = repositories.first().map_or("", |r| r.owner());
+    let listed: Vec<Value> = repositories
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.id,
+                "node_id": format!("R_{}", r.id),
+                "name": r.full_name.split_once('/').map_or(r.full_name, |(_, n)| n),
+                "full_name": r.full_name,
+                "private": r.private,
+            })
+        })
+        .collect();
+    let (added, removed) = if action == "added" {
+        (listed, Vec::new())
+    } else {
+        (Vec::new(), listed)
+    };
+    json!({
+        "action": action,
+        "installation": {
+            "id": installation_id,
+            "account": { "login": owner, "type": "Organization" },
+            "repository_selection": "selected",
+        },
+        "repository_selection": "selected",
+        "repositories_added": added,
+        "repositories_removed": removed,
+        "requester": null,
+        "sender": { "login": format!("{owner}-admin"), "type": "User" },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +273,12 @@ mod tests {
         assert_eq!(pr["pull_request"]["head"]["repo"]["fork"], true);
         assert_eq!(pr["pull_request"]["base"]["label"], "acme:main");
         assert_eq!(pr["pull_request"]["head"]["label"], "stranger:nicer");
+        let removed = installation_repositories("removed", &[REPO]);
+        assert_eq!(removed["installation"]["id"], 77);
+        assert_eq!(
+            removed["repositories_removed"][0]["full_name"],
+            REPO.full_name
+        );
+        assert_eq!(removed["repositories_added"], json!([]));
     }
 }

@@ -12,9 +12,10 @@ use serde_json::json;
 
 use crate::github_stack::{
     INSTALLATION, REPO, REPO_ID, SECRET, Stack, ZERO, pull_request_payload, push_payload,
-    web_commit,
+    repository, web_commit,
 };
 use crate::harness::eventually;
+use ctrl_testkit::github::payloads;
 
 #[tokio::test]
 async fn a_signed_push_deploys_once_and_bad_deliveries_start_nothing() -> Result<()> {
@@ -320,6 +321,65 @@ async fn a_fork_pull_request_waits_for_approval_and_closing_it_cancels_its_previ
             .is_none())
     })
     .await?;
+    Ok(())
+}
+
+/// The owner takes a repository away from the app: the apps connected to
+/// it through that installation are disconnected, no other; its pushes then
+/// start nothing.
+#[tokio::test]
+async fn a_repository_removed_from_the_installation_is_disconnected() -> Result<()> {
+    let st = Stack::start().await?;
+    let other = payloads::Repository {
+        id: 4321,
+        full_name: "acme/other",
+        ..repository()
+    };
+    let (status, _) = st
+        .deliver(
+            "installation_repositories",
+            "d-removed-other",
+            &payloads::installation_repositories("removed", &[other]),
+            Some(SECRET),
+        )
+        .await?;
+    assert_eq!(status, 202);
+    // Another repository went: this connection stays.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        connections::get(&st.s.h.db.pool, &st.s.h.app)
+            .await?
+            .is_some()
+    );
+    let (status, _) = st
+        .deliver(
+            "installation_repositories",
+            "d-removed-shop",
+            &payloads::installation_repositories("removed", &[repository()]),
+            Some(SECRET),
+        )
+        .await?;
+    assert_eq!(status, 202);
+    eventually(Duration::from_secs(30), || async {
+        Ok(connections::get(&st.s.h.db.pool, &st.s.h.app)
+            .await?
+            .is_none())
+    })
+    .await?;
+    // Its pushes now answer like any repository nobody connected.
+    let sha = st.github.push(REPO, "main", web_commit("After", "after\n"));
+    let payload = push_payload("main", ZERO, &sha, &["web/index.html"], false);
+    let (status, body) = st
+        .deliver("push", "d-after-removal", &payload, Some(SECRET))
+        .await?;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no app is connected to acme/shop"),
+        "{body}"
+    );
     Ok(())
 }
 
