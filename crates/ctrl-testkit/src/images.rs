@@ -143,10 +143,32 @@ fn append(
 }
 
 async fn build(docker: &Docker, tag: &str, context: Vec<u8>) -> Result<(), Error> {
+    build_context(
+        docker,
+        tag,
+        None,
+        context,
+        std::time::Duration::from_secs(120),
+    )
+    .await
+}
+
+/// Builds `context` (a tar with a `Dockerfile` at its root) as `tag`
+/// through `POST /build` — the Dockerfile's `target` stage when given —
+/// following the build until it ends; fails with the engine's message, or
+/// after `limit`.
+pub async fn build_context(
+    docker: &Docker,
+    tag: &str,
+    target: Option<&str>,
+    context: Vec<u8>,
+    limit: std::time::Duration,
+) -> Result<(), Error> {
     let what = format!("build image {tag}");
     let mut progress = docker.build_image(
         BuildImageOptions {
             t: Some(tag.to_owned()),
+            target: target.unwrap_or_default().to_owned(),
             dockerfile: "Dockerfile".into(),
             rm: true,
             ..Default::default()
@@ -163,7 +185,7 @@ async fn build(docker: &Docker, tag: &str, context: Vec<u8>) -> Result<(), Error
         }
         Ok(())
     };
-    tokio::time::timeout(std::time::Duration::from_secs(120), run)
+    tokio::time::timeout(limit, run)
         .await
-        .map_err(|_| Error::request(&what, "timed out after 120 s"))?
+        .map_err(|_| Error::request(&what, format!("no result after {limit:?}")))?
 }

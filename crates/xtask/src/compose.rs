@@ -8,15 +8,11 @@
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeSet, HashMap};
-    use std::path::{Path, PathBuf};
 
     use yaml_rust2::{Yaml, YamlLoader};
 
     use crate::dev::ports;
-
-    fn root() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-    }
+    use crate::dev::repo_root as root;
 
     fn compose() -> Yaml {
         let text = std::fs::read_to_string(root().join("docker-compose.yml")).expect("read");

@@ -980,7 +980,7 @@ mod tests {
     /// [`PREREQUISITES`].
     #[test]
     fn every_program_the_code_runs_is_listed() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let root = crate::dev::repo_root();
         let mut named = std::collections::BTreeSet::new();
         let mut stack = vec![root.join("crates")];
         while let Some(dir) = stack.pop() {

@@ -10,14 +10,14 @@
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::path::{Path, PathBuf};
+    use std::path::PathBuf;
     use std::process::Command;
 
     use ctrl_testkit::kube_schema;
     use serde_json::Value;
 
     fn chart() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/helm/ctrl")
+        crate::dev::repo_root().join("deploy/helm/ctrl")
     }
 
     /// Secret values every chart-made Secret needs (the region is the

@@ -17,8 +17,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use bollard::Docker;
-use bollard::query_parameters::BuildImageOptions;
-use futures::StreamExt;
 
 /// How long one target's build may take (the context upload included).
 const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
@@ -252,29 +250,9 @@ async fn build_target(docker: &Docker, context: &Path, target: &Target, image: &
         tar.append_path_with_name(context.join("bin").join(binary), format!("bin/{binary}"))?;
     }
     let body = tar.into_inner()?;
-    let mut progress = docker.build_image(
-        BuildImageOptions {
-            t: Some(image.to_owned()),
-            target: target.name.clone(),
-            dockerfile: "Dockerfile".into(),
-            rm: true,
-            ..Default::default()
-        },
-        None,
-        Some(bollard::body_full(bytes::Bytes::from(body))),
-    );
-    let steps = async {
-        while let Some(step) = progress.next().await {
-            let step = step.with_context(|| format!("build {image}"))?;
-            if let Some(error) = step.error_detail.and_then(|d| d.message) {
-                bail!("build {image}: {error}");
-            }
-        }
-        Ok(())
-    };
-    tokio::time::timeout(BUILD_TIMEOUT, steps)
-        .await
-        .with_context(|| format!("build {image}: no result after {BUILD_TIMEOUT:?}"))?
+    ctrl_testkit::images::build_context(docker, image, Some(&target.name), body, BUILD_TIMEOUT)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -315,12 +315,7 @@ async fn a_fork_pull_request_waits_for_approval_and_closing_it_cancels_its_previ
         )
         .await?;
     assert_eq!(status, 202);
-    eventually(Duration::from_secs(30), || async {
-        Ok(connections::get(&st.s.h.db.pool, &st.s.h.app)
-            .await?
-            .is_none())
-    })
-    .await?;
+    wait_disconnected(&st).await?;
     Ok(())
 }
 
@@ -360,12 +355,7 @@ async fn a_repository_removed_from_the_installation_is_disconnected() -> Result<
         )
         .await?;
     assert_eq!(status, 202);
-    eventually(Duration::from_secs(30), || async {
-        Ok(connections::get(&st.s.h.db.pool, &st.s.h.app)
-            .await?
-            .is_none())
-    })
-    .await?;
+    wait_disconnected(&st).await?;
     // Its pushes now answer like any repository nobody connected.
     let sha = st.github.push(REPO, "main", web_commit("After", "after\n"));
     let payload = push_payload("main", ZERO, &sha, &["web/index.html"], false);
@@ -588,4 +578,14 @@ async fn github_being_down_never_fails_or_holds_a_deploy() -> Result<()> {
         DeploymentStatus::Ready
     );
     Ok(())
+}
+
+/// Waits until the stack's app has no repository connection.
+async fn wait_disconnected(st: &Stack) -> Result<()> {
+    eventually(Duration::from_secs(30), || async {
+        Ok(connections::get(&st.s.h.db.pool, &st.s.h.app)
+            .await?
+            .is_none())
+    })
+    .await
 }
