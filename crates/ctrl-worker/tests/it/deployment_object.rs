@@ -28,7 +28,7 @@ async fn a_scheduled_stop_applies_after_the_delay_with_new_region_versions() -> 
     let h = Harness::start().await?;
     let id = h.ready_deployment(&h.preview).await?;
     let (_, before) = desired(&h, &id).await?;
-    h.send_private(
+    h.call_private(
         &format!("Deployment/{id}/ScheduleDesiredStateChange"),
         Some(schedule("stopped", 600, true)),
     )
@@ -57,34 +57,34 @@ async fn a_scheduled_stop_applies_after_the_delay_with_new_region_versions() -> 
 async fn the_last_schedule_wins_and_a_cleared_change_never_applies() -> Result<()> {
     let h = Harness::start().await?;
     let replaced = h.ready_deployment(&h.preview).await?;
-    h.send_private(
+    h.call_private(
         &format!("Deployment/{replaced}/ScheduleDesiredStateChange"),
         Some(schedule("stopped", 800, true)),
     )
     .await?;
-    h.send_private(
+    h.call_private(
         &format!("Deployment/{replaced}/ScheduleDesiredStateChange"),
         Some(schedule("running", 0, true)),
     )
     .await?;
     let cleared = h.ready_deployment(&h.preview).await?;
-    h.send_private(
+    h.call_private(
         &format!("Deployment/{cleared}/ScheduleDesiredStateChange"),
         Some(schedule("stopped", 800, true)),
     )
     .await?;
-    h.send_private(
+    h.call_private(
         &format!("Deployment/{cleared}/ClearScheduledStateChanges"),
         None,
     )
     .await?;
     let kept = h.ready_deployment(&h.preview).await?;
-    h.send_private(
+    h.call_private(
         &format!("Deployment/{kept}/ScheduleDesiredStateChange"),
         Some(schedule("stopped", 600, false)),
     )
     .await?;
-    h.send_private(
+    h.call_private(
         &format!("Deployment/{kept}/ScheduleDesiredStateChange"),
         Some(schedule("running", 0, false)),
     )
@@ -134,7 +134,7 @@ async fn the_live_deployment_is_never_stopped() -> Result<()> {
     let mut conn = h.db.pool.acquire().await?;
     tenancy::swap_live_deployment(&mut conn, &h.app, &live, false, "test-swap", 3).await?;
     drop(conn);
-    h.send_private(
+    h.call_private(
         &format!("Deployment/{live}/ScheduleDesiredStateChange"),
         Some(schedule("stopped", 0, true)),
     )

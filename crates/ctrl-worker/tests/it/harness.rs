@@ -441,10 +441,12 @@ impl Harness {
         Ok(())
     }
 
-    /// Calls an ingress-private handler (`Service/key/Handler`) without
-    /// waiting, the way the worker's own handlers do: through a one-line
-    /// test service that forwards it (the ingress refuses the handler).
-    pub(crate) async fn send_private(
+    /// Calls an ingress-private handler (`Service/key/Handler`) and waits
+    /// until it has run, through a one-line test service that forwards it
+    /// from inside Restate (the ingress refuses the handler). Waiting keeps
+    /// consecutive calls in order: two one-way forwards could reach the
+    /// object in either order.
+    pub(crate) async fn call_private(
         &self,
         path: &str,
         body: Option<serde_json::Value>,
@@ -454,13 +456,14 @@ impl Harness {
         else {
             bail!("{path}: expected Service/key/Handler");
         };
-        self.send(
-            "Internal/Forward",
-            Some(serde_json::json!({
-                "service": service, "key": key, "handler": handler, "body": body,
-            })),
-        )
-        .await
+        let body = serde_json::json!({
+            "service": service, "key": key, "handler": handler, "body": body,
+        });
+        let (status, answer) = self.call("Internal/Forward", body).await?;
+        if !(200..300).contains(&status) {
+            bail!("{path}: {status} {answer}");
+        }
+        Ok(())
     }
 
     /// Rows of Restate's `sys_invocation` for a handler of a key.
@@ -553,7 +556,8 @@ where
 }
 
 /// A test service that calls another service's handler from inside
-/// Restate, where ingress-private handlers are reachable.
+/// Restate, where ingress-private handlers are reachable, and answers
+/// with its outcome.
 mod internal {
     use restate_sdk::context::RequestTarget;
     use restate_sdk::prelude::*;
@@ -574,9 +578,9 @@ mod internal {
         async fn forward(&self, ctx: Context<'_>, Json(req): Json<Forward>) -> HandlerResult<()> {
             let target = RequestTarget::object(req.service, req.key, req.handler);
             match req.body {
-                Some(body) => ctx.request::<_, ()>(target, Json(body)).send(),
-                None => ctx.request::<_, ()>(target, ()).send(),
-            };
+                Some(body) => ctx.request::<_, ()>(target, Json(body)).call().await?,
+                None => ctx.request::<_, ()>(target, ()).call().await?,
+            }
             Ok(())
         }
     }

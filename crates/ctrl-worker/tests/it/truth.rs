@@ -301,7 +301,7 @@ async fn a_retirement_racing_a_rollback_never_leaves_the_live_deployment_stopped
     .await?;
     routing_blocked(&h, &h.production, "SwapLiveDeployment").await?;
     // Meanwhile the retirement of `first` fires.
-    h.send_private(
+    h.call_private(
         &format!("Deployment/{first}/ScheduleDesiredStateChange"),
         Some(json!({ "delay_millis": 0, "state": "stopped", "overwrite": true })),
     )
