@@ -7,8 +7,9 @@
 //! (308), wake an idle deployment and wait for it (503 + Retry-After when it
 //! takes too long), pick a backend by the power of two choices on in-flight
 //! requests, and forward with `X-Forwarded-*`, a request id and the hop
-//! count. A backend that refuses a connection is ejected for a while, and a
-//! request that can be replayed (no body, safe method) goes to another one.
+//! count. A backend that refuses a connection, or does not accept it within
+//! the connect timeout, is ejected for a while, and a request that can be
+//! replayed (no body, safe method) goes to another one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -76,6 +77,7 @@ pub struct Proxy {
     https_port: Option<u16>,
     redirect_https: bool,
     response_header_timeout: Duration,
+    connect_timeout: Duration,
     max_body_bytes: u64,
     max_hops: u32,
     ejection: Duration,
@@ -135,6 +137,7 @@ impl Proxy {
             response_header_timeout: Duration::from_secs(
                 config.proxy.response_header_timeout_seconds,
             ),
+            connect_timeout: config.proxy.connect_timeout(),
             max_body_bytes: config.proxy.max_body_bytes,
             max_hops: config.proxy.max_hops,
             ejection: Duration::from_secs(config.proxy.ejection_seconds),
@@ -427,7 +430,7 @@ impl Proxy {
                     if e.is_connect() {
                         let until = clock::mono_ms() + self.ejection.as_millis() as u64;
                         backend.ejected_until.store(until, Ordering::Relaxed);
-                        tracing::warn!(address = %backend.address, deployment_id = %d.id, "backend refused the connection; ejected");
+                        tracing::warn!(address = %backend.address, deployment_id = %d.id, kind = e.kind(), "backend did not take the connection; ejected");
                     }
                     let retry = e.is_connect() && replayable;
                     last_error = Some(e);
@@ -483,6 +486,13 @@ impl Proxy {
                 format!(
                     "The deployment did not answer within {} s.",
                     self.response_header_timeout.as_secs()
+                ),
+            ),
+            SendError::Client(c) if c.is_connect() && connect_timed_out(c) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "The deployment did not accept the connection within {} ms.",
+                    self.connect_timeout.as_millis()
                 ),
             ),
             SendError::Client(c) if c.is_connect() => (
@@ -543,6 +553,7 @@ impl SendError {
     fn kind(&self) -> &'static str {
         match self {
             Self::Timeout => "timeout",
+            Self::Client(c) if c.is_connect() && connect_timed_out(c) => "connect_timeout",
             Self::Client(c) if c.is_connect() => "connect",
             Self::Client(c) if is_body_limit(c) => "body_limit",
             Self::Client(_) => "protocol",
@@ -550,15 +561,32 @@ impl SendError {
     }
 }
 
-fn is_body_limit(e: &hyper_util::client::legacy::Error) -> bool {
+/// Whether any error in `e`'s chain satisfies `test`.
+fn in_chain(
+    e: &hyper_util::client::legacy::Error,
+    test: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
-        if s.is::<http_body_util::LengthLimitError>() {
+        if test(s) {
             return true;
         }
         source = s.source();
     }
     false
+}
+
+fn is_body_limit(e: &hyper_util::client::legacy::Error) -> bool {
+    in_chain(e, |s| s.is::<http_body_util::LengthLimitError>())
+}
+
+/// The connector gave up waiting (`proxy.connect_timeout_ms`), as opposed
+/// to a refusal.
+fn connect_timed_out(e: &hyper_util::client::legacy::Error) -> bool {
+    in_chain(e, |s| {
+        s.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+    })
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

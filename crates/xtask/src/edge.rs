@@ -4,11 +4,12 @@
 //! ctrl-worker, ctrl-api, krane and frontline as processes) it checks, as a
 //! user would see it through frontline:
 //!
-//! 1. v1's per-deployment, environment and live hostnames answer v1 over
-//!    HTTP and HTTPS (the stack's CA); an unknown host answers 404; the
-//!    ACME HTTP-01 path answers an open challenge;
-//! 2. after deploying v2 the live and environment hosts answer v2 while
-//!    v1's own host still answers v1; rollback → v1; promote → v2;
+//! 1. v1's commit, branch, per-deployment, environment and live hostnames
+//!    answer v1 over HTTP and HTTPS (the stack's CA); an unknown host
+//!    answers 404; the ACME HTTP-01 path answers an open challenge;
+//! 2. after deploying v2 (a later commit on the same branch) the live,
+//!    environment and branch hosts answer v2 while v1's commit and
+//!    deployment hosts still answer v1; rollback → v1; promote → v2;
 //! 3. under steady load (`--rps` for `--load-seconds`) a deploy, a rollback
 //!    and a promote: no failed request, and every answer comes from the
 //!    deployment live when the request started or the one before it;
@@ -32,6 +33,13 @@ use clap::Args;
 use serde_json::json;
 
 use crate::stack::{IMAGES, Stack, Victim};
+
+/// The commits v1 and v2 are deployed as (their branch hostname is shared).
+const COMMITS: [&str; 2] = [
+    "e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1",
+    "e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2",
+];
+const BRANCH: &str = "feature/edge";
 
 /// `cargo xtask edge` options.
 #[derive(Debug, Args)]
@@ -207,12 +215,15 @@ async fn https_body(stack: &Stack, host: &str) -> Result<(u16, String)> {
 async fn scenario(stack: &mut Stack, c: &mut Checks, args: &EdgeArgs) -> Result<()> {
     let app = stack.seed_app().await?;
     println!("1. v1 through the edge");
-    let v1 = stack.deploy(&app, IMAGES[0], "edge-1").await?;
+    let v1 = stack
+        .deploy_commit(&app, IMAGES[0], "edge-1", Some((COMMITS[0], BRANCH)))
+        .await?;
     stack.wait_terminal(&v1).await?;
     let hosts = hosts_of(stack, &v1).await?;
+    let kinds: BTreeSet<&str> = hosts.iter().map(|(s, _)| s.as_str()).collect();
     c.check(
-        hosts.len() == 3,
-        "v1 has a deployment, an environment and a live hostname",
+        kinds == BTreeSet::from(["branch", "deployment", "environment", "live", "none"]),
+        "v1 has a commit, a branch, a deployment, an environment and a live hostname",
         || format!("{hosts:?}"),
     );
     for (sticky, host) in &hosts {
@@ -287,16 +298,23 @@ async fn scenario(stack: &mut Stack, c: &mut Checks, args: &EdgeArgs) -> Result<
         .find(|(s, _)| s == "environment")
         .map(|(_, h)| h.clone())
         .context("an environment host")?;
-    let v1_host = hosts
-        .iter()
-        .find(|(s, _)| s == "deployment")
-        .map(|(_, h)| h.clone())
-        .context("a deployment host")?;
+    let host_of = |sticky: &str| {
+        hosts
+            .iter()
+            .find(|(s, _)| s == sticky)
+            .map(|(_, h)| h.clone())
+            .with_context(|| format!("a {sticky} host"))
+    };
+    let v1_host = host_of("deployment")?;
+    let commit_host = host_of("none")?;
+    let branch_host = host_of("branch")?;
 
     println!("2. v2, rollback, promote");
-    let v2 = stack.deploy(&app, IMAGES[1], "edge-2").await?;
+    let v2 = stack
+        .deploy_commit(&app, IMAGES[1], "edge-2", Some((COMMITS[1], BRANCH)))
+        .await?;
     stack.wait_terminal(&v2).await?;
-    for host in [&live_host, &env_host] {
+    for host in [&live_host, &env_host, &branch_host] {
         let t = until_served(stack, host, &v2, Duration::from_secs(10)).await;
         c.check(
             t.is_ok(),
@@ -304,12 +322,14 @@ async fn scenario(stack: &mut Stack, c: &mut Checks, args: &EdgeArgs) -> Result<
             || format!("{t:?}"),
         );
     }
-    let (_, served, body) = stack.edge_get(&v1_host, "/").await?;
-    c.check(
-        served.as_deref() == Some(v1.as_str()) && body.trim() == "v1",
-        "v1's own host still answers v1",
-        || format!("{served:?} {body:?}"),
-    );
+    for (what, host) in [("deployment", &v1_host), ("commit", &commit_host)] {
+        let (_, served, body) = stack.edge_get(host, "/").await?;
+        c.check(
+            served.as_deref() == Some(v1.as_str()) && body.trim() == "v1",
+            &format!("v1's {what} host still answers v1"),
+            || format!("{served:?} {body:?}"),
+        );
+    }
     stack
         .rpc(
             "DeploymentService/Rollback",

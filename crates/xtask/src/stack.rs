@@ -414,16 +414,29 @@ impl Stack {
     }
 
     pub(crate) async fn deploy(&self, app: &str, image: &str, key: &str) -> Result<String> {
+        self.deploy_commit(app, image, key, None).await
+    }
+
+    /// Deploys `image` to production, as built from `commit` (sha, branch)
+    /// if given: the commit and branch hostnames come from it.
+    pub(crate) async fn deploy_commit(
+        &self,
+        app: &str,
+        image: &str,
+        key: &str,
+        commit: Option<(&str, &str)>,
+    ) -> Result<String> {
+        let mut request = json!({
+            "appId": app,
+            "environmentSlug": "production",
+            "image": { "image": image },
+            "idempotencyKey": key,
+        });
+        if let Some((sha, branch)) = commit {
+            request["git"] = json!({ "commitSha": sha, "branch": branch });
+        }
         let created = self
-            .rpc(
-                "DeploymentService/CreateDeployment",
-                json!({
-                    "appId": app,
-                    "environmentSlug": "production",
-                    "image": { "image": image },
-                    "idempotencyKey": key,
-                }),
-            )
+            .rpc("DeploymentService/CreateDeployment", request)
             .await?;
         created["deploymentId"]
             .as_str()
