@@ -8,7 +8,8 @@
 //! - [`sync`]: follows `ctrl.v1.EdgeService.WatchRoutes` (snapshot, then
 //!   ordered changes) over [`control`], the control-plane client.
 //! - [`proxy`]: the request path (routing, redirects, wake, balancing,
-//!   forwarding, WebSockets); [`wake`] and [`traffic`] serve it.
+//!   forwarding, WebSockets); [`upstream`] (each worker's HTTP/1.1
+//!   connections to instances), [`wake`] and [`traffic`] serve it.
 //! - [`tls`]: SNI certificates from the table, keys opened by the vault.
 //! - [`server`]: listeners and drain; [`metrics`], [`config`], [`clock`].
 
@@ -22,4 +23,5 @@ pub mod sync;
 pub mod table;
 pub mod tls;
 pub mod traffic;
+pub mod upstream;
 pub mod wake;

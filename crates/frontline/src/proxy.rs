@@ -33,6 +33,7 @@ use crate::control::Control;
 use crate::metrics::Metrics;
 use crate::table::{Backend, Deployment, Routes, State, Upstream};
 use crate::traffic::Traffic;
+use crate::upstream::{Checkin, Http1Pool};
 use crate::wake::Wakes;
 
 /// Errors of bodies that cross the proxy.
@@ -58,12 +59,23 @@ const STARTING_ATTEMPTS: usize = 30;
 const STARTING_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 /// The connection a request came in on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Conn {
     /// The client.
     pub peer: SocketAddr,
     /// Over TLS.
     pub tls: bool,
+    /// The client's address as a header value, made once per connection.
+    client: HeaderValue,
+}
+
+impl Conn {
+    /// A connection from `peer`.
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+        let client = HeaderValue::try_from(peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { peer, tls, client }
+    }
 }
 
 /// What handling a request needs, shared by every connection.
@@ -71,7 +83,11 @@ pub struct Conn {
 pub struct Proxy {
     routes: Arc<Routes>,
     control: Control,
-    http1: Client<HttpConnector, Body>,
+    /// HTTP/1.1 to this region's instances.
+    instances: Arc<Http1Pool>,
+    /// HTTP/1.1 to peer edges.
+    peer_client: Client<HttpConnector, Body>,
+    /// h2c to instances that speak it.
     h2c: Client<HttpConnector, Body>,
     peers: Vec<(String, Uri)>,
     https_port: Option<u16>,
@@ -86,6 +102,8 @@ pub struct Proxy {
     wakes: Arc<Wakes>,
     /// Which worker thread this proxy serves (its metrics and counts shard).
     worker: usize,
+    /// Access log lines are on (decided once: the filter is fixed at start).
+    access_log: bool,
 }
 
 fn client(config: &Config, h2c: bool) -> Client<HttpConnector, Body> {
@@ -125,11 +143,16 @@ impl Proxy {
             peers.push((region.clone(), url.trim_end_matches('/').parse::<Uri>()?));
         }
         Ok(Self {
+            access_log: tracing::enabled!(target: "frontline::access", tracing::Level::INFO),
             wakes,
             worker,
             routes,
             control,
-            http1: client(config, false),
+            instances: Http1Pool::new(
+                config.proxy.connect_timeout(),
+                Duration::from_secs(config.proxy.idle_timeout_seconds),
+            ),
+            peer_client: client(config, false),
             h2c: client(config, true),
             peers,
             https_port,
@@ -155,12 +178,15 @@ impl Proxy {
         let start = Instant::now();
         let request_id = request_id(req.headers());
         // What the access log needs, kept only when it is on.
-        let logged = tracing::enabled!(target: "frontline::access", tracing::Level::INFO)
+        let logged = self
+            .access_log
             .then(|| (req.method().clone(), req.uri().clone()));
+        let peer = conn.peer;
+        let tls = conn.tls;
         let (mut response, host, deployment) = self.route(req, conn, &request_id).await;
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert(REQUEST_ID, v);
-        }
+        response
+            .headers_mut()
+            .insert(REQUEST_ID, request_id.clone());
         let status = response.status();
         let elapsed = start.elapsed();
         self.metrics
@@ -168,9 +194,9 @@ impl Proxy {
         if let Some((method, uri)) = logged {
             tracing::info!(
                 target: "frontline::access",
-                request_id = %request_id,
-                client = %conn.peer.ip(),
-                tls = conn.tls,
+                request_id = request_id.to_str().unwrap_or("-"),
+                client = %peer.ip(),
+                tls,
                 method = %method,
                 host = %host,
                 path = %&uri.path()[..uri.path().floor_char_boundary(256)],
@@ -187,7 +213,7 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
         conn: Conn,
-        request_id: &str,
+        request_id: &HeaderValue,
     ) -> (Response<Body>, String, Option<Arc<Deployment>>) {
         let Some(host) = host_of(&req) else {
             return (
@@ -326,7 +352,7 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         prepare_headers(
             &mut parts.headers,
-            conn,
+            &conn,
             host,
             hops,
             request_id,
@@ -356,8 +382,15 @@ impl Proxy {
             };
             let mut req = Request::from_parts(parts, body);
             *req.uri_mut() = uri;
-            return match self.send(&self.http1, req).await {
-                Ok(resp) => self.respond(resp, d, None),
+            let sent = self.within_header_timeout(async {
+                self.peer_client
+                    .request(req)
+                    .await
+                    .map(|r| (r, None))
+                    .map_err(SendError::from_client)
+            });
+            return match sent.await {
+                Ok((resp, _)) => self.respond(resp, d, None, None),
                 Err(e) => {
                     self.metrics.upstream_error(e.kind());
                     self.upstream_failure(&e, "peer")
@@ -367,8 +400,11 @@ impl Proxy {
 
         // A deployment this request just woke may run before its app
         // listens: a replayable request keeps trying its instances for a
-        // moment instead of failing on the first refusal.
-        let attempts = match (replayable, starting) {
+        // moment instead of failing on the first refusal. Over HTTP/1.1 the
+        // connection is made before the request is handed over, so any
+        // request whose connect failed can go to another instance.
+        let h2c = d.upstream == Upstream::H2c && upgrade.is_none();
+        let attempts = match (replayable || !h2c, starting) {
             (true, true) => STARTING_ATTEMPTS,
             (true, false) => d.backends.len().min(3),
             (false, _) => 1,
@@ -385,45 +421,70 @@ impl Proxy {
             };
             tried.push(i);
             let backend = &d.backends[i];
-            let body = if replayable {
-                Empty::new().map_err(|e| match e {}).boxed()
-            } else {
-                self.request_body(body.take())
-            };
             let Some(authority) = backend.authority.clone() else {
                 continue;
             };
-            let mut uri = hyper::http::uri::Parts::default();
-            uri.scheme = Some(hyper::http::uri::Scheme::HTTP);
-            uri.authority = Some(authority);
-            uri.path_and_query = Some(path_and_query.clone());
-            let Ok(uri) = Uri::from_parts(uri) else {
-                return page(StatusCode::BAD_REQUEST, "Bad request path.");
-            };
-            // The last attempt takes the parts; earlier ones copy them.
-            let this = if attempt + 1 == attempts {
-                std::mem::replace(&mut parts, Request::new(()).into_parts().0)
-            } else {
-                parts.clone()
-            };
-            let mut out = Request::from_parts(this, body);
-            *out.uri_mut() = uri;
-            let client = if d.upstream == Upstream::H2c && upgrade.is_none() {
-                *out.version_mut() = Version::HTTP_2;
-                &self.h2c
-            } else {
-                &self.http1
-            };
             let guard = InFlight::new(backend.clone());
-            match self.send(client, out).await {
-                Ok(mut resp) => {
+            let sent = if h2c {
+                let body = if replayable {
+                    Empty::new().map_err(|e| match e {}).boxed()
+                } else {
+                    self.request_body(body.take())
+                };
+                let mut uri = hyper::http::uri::Parts::default();
+                uri.scheme = Some(hyper::http::uri::Scheme::HTTP);
+                uri.authority = Some(authority);
+                uri.path_and_query = Some(path_and_query.clone());
+                let Ok(uri) = Uri::from_parts(uri) else {
+                    return page(StatusCode::BAD_REQUEST, "Bad request path.");
+                };
+                // The last attempt takes the parts; earlier ones copy them.
+                let this = if attempt + 1 == attempts {
+                    std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+                } else {
+                    parts.clone()
+                };
+                let mut out = Request::from_parts(this, body);
+                *out.uri_mut() = uri;
+                *out.version_mut() = Version::HTTP_2;
+                self.within_header_timeout(async {
+                    self.h2c
+                        .request(out)
+                        .await
+                        .map(|r| (r, None))
+                        .map_err(SendError::from_client)
+                })
+                .await
+            } else {
+                match self.instances.connection(&authority).await {
+                    Err(e) => Err(SendError::connect(e)),
+                    Ok(connection) => {
+                        let body = self.request_body(body.take());
+                        let this = std::mem::replace(&mut parts, Request::new(()).into_parts().0);
+                        let mut out = Request::from_parts(this, body);
+                        *out.uri_mut() = Uri::from(path_and_query.clone());
+                        self.within_header_timeout(async {
+                            connection
+                                .send(out)
+                                .await
+                                .map(|(r, checkin)| (r, Some(checkin)))
+                                .map_err(|e| SendError::Exchange(e.into()))
+                        })
+                        .await
+                    }
+                }
+            };
+            match sent {
+                Ok((mut resp, checkin)) => {
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                         && let Some(client_side) = upgrade
                     {
                         let upstream_side = hyper::upgrade::on(&mut resp);
                         tokio::spawn(tunnel(client_side, upstream_side));
+                        // The connection is the tunnel's now.
+                        return self.respond(resp, d, Some(guard), None);
                     }
-                    return self.respond(resp, d, Some(guard));
+                    return self.respond(resp, d, Some(guard), checkin);
                 }
                 Err(e) => {
                     self.metrics.upstream_error(e.kind());
@@ -432,7 +493,7 @@ impl Proxy {
                         backend.ejected_until.store(until, Ordering::Relaxed);
                         tracing::warn!(address = %backend.address, deployment_id = %d.id, kind = e.kind(), "backend did not take the connection; ejected");
                     }
-                    let retry = e.is_connect() && replayable;
+                    let retry = e.is_connect() && (replayable || !h2c);
                     last_error = Some(e);
                     if !retry {
                         break;
@@ -466,20 +527,17 @@ impl Proxy {
             .map(|(_, uri)| uri)
     }
 
-    async fn send(
-        &self,
-        client: &Client<HttpConnector, Body>,
-        req: Request<Body>,
-    ) -> Result<Response<Incoming>, SendError> {
-        match tokio::time::timeout(self.response_header_timeout, client.request(req)).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(SendError::Client(e)),
-            Err(_) => Err(SendError::Timeout),
-        }
+    /// Waits at most the response-header timeout for `sent`.
+    async fn within_header_timeout<F>(&self, sent: F) -> Result<Answered, SendError>
+    where
+        F: std::future::Future<Output = Result<Answered, SendError>>,
+    {
+        tokio::time::timeout(self.response_header_timeout, sent)
+            .await
+            .unwrap_or(Err(SendError::Timeout))
     }
 
     fn upstream_failure(&self, e: &SendError, to: &str) -> Response<Body> {
-        let kind = e.kind();
         let (status, msg) = match e {
             SendError::Timeout => (
                 StatusCode::GATEWAY_TIMEOUT,
@@ -488,31 +546,33 @@ impl Proxy {
                     self.response_header_timeout.as_secs()
                 ),
             ),
-            SendError::Client(c) if c.is_connect() && connect_timed_out(c) => (
+            SendError::Connect {
+                timed_out: true, ..
+            } => (
                 StatusCode::GATEWAY_TIMEOUT,
                 format!(
                     "The deployment did not accept the connection within {} ms.",
                     self.connect_timeout.as_millis()
                 ),
             ),
-            SendError::Client(c) if c.is_connect() => (
+            SendError::Connect { .. } => (
                 StatusCode::BAD_GATEWAY,
                 "The deployment refused the connection.".to_owned(),
             ),
-            SendError::Client(c) if is_body_limit(c) => (
+            SendError::Exchange(x) if is_body_limit(x.as_ref()) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "The request body is larger than {} bytes.",
                     self.max_body_bytes
                 ),
             ),
-            SendError::Client(_) => (
+            SendError::Exchange(_) => (
                 StatusCode::BAD_GATEWAY,
                 "The deployment's answer was cut off or malformed.".to_owned(),
             ),
         };
-        if let SendError::Client(c) = e {
-            tracing::warn!(to, kind, error = %error_chain(c), "upstream request failed");
+        if let SendError::Connect { error, .. } | SendError::Exchange(error) = e {
+            tracing::warn!(to, kind = e.kind(), error = %error_chain(error.as_ref()), "upstream request failed");
         }
         page(status, &msg)
     }
@@ -522,6 +582,7 @@ impl Proxy {
         resp: Response<Incoming>,
         d: &Deployment,
         guard: Option<InFlight>,
+        checkin: Option<Checkin>,
     ) -> Response<Body> {
         let (mut parts, body) = resp.into_parts();
         if parts.status != StatusCode::SWITCHING_PROTOCOLS {
@@ -533,40 +594,75 @@ impl Proxy {
         let body = GuardedBody {
             inner: body,
             _guard: guard,
+            checkin,
+            ended: false,
         };
         Response::from_parts(parts, body.boxed())
     }
 }
 
+/// A response head and, for a pooled connection, what hands it back.
+type Answered = (Response<Incoming>, Option<Checkin>);
+
+/// Why a request got no response head.
 #[derive(Debug)]
 enum SendError {
-    Client(hyper_util::client::legacy::Error),
+    /// No connection: refused, unreachable, or not accepted in time.
+    Connect { timed_out: bool, error: BoxError },
+    /// The exchange failed: cut off, malformed, or the body over its limit.
+    Exchange(BoxError),
+    /// No response head within the response-header timeout.
     Timeout,
 }
 
 impl SendError {
+    fn connect(e: std::io::Error) -> Self {
+        Self::Connect {
+            timed_out: e.kind() == std::io::ErrorKind::TimedOut,
+            error: e.into(),
+        }
+    }
+
+    /// An error of hyper-util's client (peers, h2c).
+    fn from_client(e: hyper_util::client::legacy::Error) -> Self {
+        if e.is_connect() {
+            let timed_out = in_chain(&e, |s| {
+                s.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            });
+            Self::Connect {
+                timed_out,
+                error: e.into(),
+            }
+        } else {
+            Self::Exchange(e.into())
+        }
+    }
+
     fn is_connect(&self) -> bool {
-        matches!(self, Self::Client(e) if e.is_connect())
+        matches!(self, Self::Connect { .. })
     }
 
     /// The metric label.
     fn kind(&self) -> &'static str {
         match self {
             Self::Timeout => "timeout",
-            Self::Client(c) if c.is_connect() && connect_timed_out(c) => "connect_timeout",
-            Self::Client(c) if c.is_connect() => "connect",
-            Self::Client(c) if is_body_limit(c) => "body_limit",
-            Self::Client(_) => "protocol",
+            Self::Connect {
+                timed_out: true, ..
+            } => "connect_timeout",
+            Self::Connect { .. } => "connect",
+            Self::Exchange(e) if is_body_limit(e.as_ref()) => "body_limit",
+            Self::Exchange(_) => "protocol",
         }
     }
 }
 
 /// Whether any error in `e`'s chain satisfies `test`.
 fn in_chain(
-    e: &hyper_util::client::legacy::Error,
+    e: &(dyn std::error::Error + 'static),
     test: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
 ) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut source = Some(e);
     while let Some(s) = source {
         if test(s) {
             return true;
@@ -576,17 +672,8 @@ fn in_chain(
     false
 }
 
-fn is_body_limit(e: &hyper_util::client::legacy::Error) -> bool {
+fn is_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
     in_chain(e, |s| s.is::<http_body_util::LengthLimitError>())
-}
-
-/// The connector gave up waiting (`proxy.connect_timeout_ms`), as opposed
-/// to a refusal.
-fn connect_timed_out(e: &hyper_util::client::legacy::Error) -> bool {
-    in_chain(e, |s| {
-        s.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-    })
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -617,10 +704,27 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its backend's in-flight count until it ends.
+/// A response body that keeps its backend's in-flight count until it
+/// ends, and then hands its pooled connection back.
 struct GuardedBody {
     inner: Incoming,
     _guard: Option<InFlight>,
+    checkin: Option<Checkin>,
+    /// The body was read to its end.
+    ended: bool,
+}
+
+impl Drop for GuardedBody {
+    fn drop(&mut self) {
+        // Read to the end (a server may stop polling once the length is
+        // reached): the connection can serve another request. Otherwise
+        // dropping it closes it.
+        if (self.ended || hyper::body::Body::is_end_stream(&self.inner))
+            && let Some(c) = self.checkin.take()
+        {
+            c.put();
+        }
+    }
 }
 
 impl hyper::body::Body for GuardedBody {
@@ -631,9 +735,13 @@ impl hyper::body::Body for GuardedBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        std::pin::Pin::new(&mut self.inner)
+        let polled = std::pin::Pin::new(&mut self.inner)
             .poll_frame(cx)
-            .map_err(BoxError::from)
+            .map_err(BoxError::from);
+        if let std::task::Poll::Ready(None) = polled {
+            self.ended = true;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -656,7 +764,7 @@ struct Forwarding<'a> {
     /// Edges it went through so far.
     hops: u32,
     /// Its request id.
-    request_id: &'a str,
+    request_id: &'a HeaderValue,
     /// It just woke the deployment (whose app may not listen yet).
     starting: bool,
 }
@@ -705,15 +813,18 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
 /// The request's host: lowercase, without port or trailing dot; `None` if
 /// missing or not a hostname.
 pub fn host_of<B>(req: &Request<B>) -> Option<String> {
-    let raw = match req.uri().authority() {
-        Some(a) => a.host().to_owned(),
+    match req.uri().authority() {
+        Some(a) => normalize_host(a.host()),
         None => {
             let h = req.headers().get(header::HOST)?.to_str().ok()?;
-            let h = h.parse::<hyper::http::uri::Authority>().ok()?;
-            h.host().to_owned()
+            // `name[:port]`; anything else fails the hostname rule below.
+            let name = match h.rsplit_once(':') {
+                Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+                _ => h,
+            };
+            normalize_host(name)
         }
-    };
-    normalize_host(&raw)
+    }
 }
 
 /// Lowercase, no trailing dot, and a hostname by ctrl's one rule
@@ -731,16 +842,25 @@ fn hops_of(headers: &HeaderMap) -> u32 {
         .unwrap_or(0)
 }
 
-/// The client's request id if sane (1-128 of `[A-Za-z0-9._:-]`), else a new one.
-pub fn request_id(headers: &HeaderMap) -> String {
-    if let Some(v) = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok())
+/// The client's request id if sane (1-128 of `[A-Za-z0-9._:-]`), else a
+/// new one (32 hex digits).
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(REQUEST_ID)
         && (1..=128).contains(&v.len())
-        && v.bytes()
+        && v.as_bytes()
+            .iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
     {
-        return v.to_owned();
+        return v.clone();
     }
-    format!("{:032x}", rand::rng().random::<u128>())
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n = rand::rng().random::<u128>();
+    let mut id = [0u8; 32];
+    for (i, digit) in id.iter_mut().enumerate() {
+        *digit = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_maybe_shared(Bytes::copy_from_slice(&id))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -783,7 +903,16 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Whether a header never crosses the proxy as is.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == header::UPGRADE || name == header::PROXY_AUTHORIZATION
+}
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names, no hashing.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -795,29 +924,34 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(h);
     }
     headers.remove(header::UPGRADE);
+    headers.remove(header::PROXY_AUTHORIZATION);
 }
 
 fn prepare_headers(
     headers: &mut HeaderMap,
-    conn: Conn,
+    conn: &Conn,
     host: &str,
     hops: u32,
-    request_id: &str,
+    request_id: &HeaderValue,
     upgrade: bool,
 ) {
-    let upgrade_value = headers.get(header::UPGRADE).cloned();
+    let upgrade_value = if upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
     strip_hop_by_hop(headers);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    if upgrade && let Some(u) = upgrade_value {
+    if let Some(u) = upgrade_value {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, u);
     }
-    let client = conn.peer.ip().to_string();
     let forwarded_for = match headers.get(FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(chain) if !chain.is_empty() => format!("{chain}, {client}"),
-        _ => client,
+        Some(chain) if !chain.is_empty() => {
+            HeaderValue::try_from(format!("{chain}, {}", conn.peer.ip())).ok()
+        }
+        _ => Some(conn.client.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+    if let Some(v) = forwarded_for {
         headers.insert(FORWARDED_FOR, v);
     }
     if !headers.contains_key(FORWARDED_PROTO) || hops == 0 {
@@ -832,10 +966,15 @@ fn prepare_headers(
         }
         headers.insert(header::HOST, v);
     }
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert(REQUEST_ID, v);
-    }
-    headers.insert(HOPS, HeaderValue::from(hops + 1));
+    headers.insert(REQUEST_ID, request_id.clone());
+    headers.insert(
+        HOPS,
+        match hops {
+            0 => HeaderValue::from_static("1"),
+            1 => HeaderValue::from_static("2"),
+            n => HeaderValue::from(n + 1),
+        },
+    );
 }
 
 fn full(s: impl Into<Bytes>) -> Body {
@@ -931,11 +1070,9 @@ mod tests {
             header::PROXY_AUTHORIZATION,
             HeaderValue::from_static("Basic x"),
         );
-        let conn = Conn {
-            peer: "192.0.2.7:5555".parse().unwrap(),
-            tls: true,
-        };
-        prepare_headers(&mut h, conn, "app.example.com", 0, "rid", false);
+        let conn = Conn::new("192.0.2.7:5555".parse().unwrap(), true);
+        let rid = HeaderValue::from_static("rid");
+        prepare_headers(&mut h, &conn, "app.example.com", 0, &rid, false);
         assert!(!h.contains_key("x-secret"));
         assert!(!h.contains_key(header::TRANSFER_ENCODING));
         assert!(!h.contains_key(header::PROXY_AUTHORIZATION));

@@ -381,21 +381,15 @@ async fn accept_loop(
                     if !first_byte_within(&stream, header_timeout).await {
                         return;
                     }
-                    serve(stream, Conn { peer, tls: false }, proxy, &builder, watcher).await;
+                    serve(stream, Conn::new(peer, false), proxy, &builder, watcher).await;
                 }
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
                         Ok(Ok(tls_stream)) => {
                             metrics.tls_handshake("ok");
-                            serve(
-                                tls_stream,
-                                Conn { peer, tls: true },
-                                proxy,
-                                &builder,
-                                watcher,
-                            )
-                            .await;
+                            serve(tls_stream, Conn::new(peer, true), proxy, &builder, watcher)
+                                .await;
                         }
                         Ok(Err(e)) => {
                             metrics.tls_handshake("error");
@@ -426,12 +420,13 @@ async fn serve<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| proxy.clone().handle(req, conn));
+    let peer = conn.peer;
+    let service = service_fn(move |req| proxy.clone().handle(req, conn.clone()));
     let connection = builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
     if let Err(e) = watcher.watch(connection).await {
-        tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 

@@ -604,6 +604,8 @@ impl Ca {
 pub(crate) struct Backend {
     pub(crate) addr: SocketAddr,
     pub(crate) hits: Arc<AtomicUsize>,
+    /// TCP connections accepted.
+    pub(crate) accepted: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -615,15 +617,27 @@ impl Drop for Backend {
 
 impl Backend {
     pub(crate) async fn start(name: &str, h2c: bool) -> Result<Self> {
+        Self::start_with(name, h2c, None).await
+    }
+
+    /// [`Backend::start`]; an HTTP/1.1 backend closes a keep-alive
+    /// connection left idle for `idle_close`, if given.
+    pub(crate) async fn start_with(
+        name: &str,
+        h2c: bool,
+        idle_close: Option<Duration>,
+    ) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let hits = Arc::new(AtomicUsize::new(0));
-        let (name, counter) = (Arc::<str>::from(name), hits.clone());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (name, counter, accepts) = (Arc::<str>::from(name), hits.clone(), accepted.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                accepts.fetch_add(1, Ordering::Relaxed);
                 let (name, counter) = (name.clone(), counter.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
@@ -636,15 +650,24 @@ impl Backend {
                             .serve_connection(io, service)
                             .await;
                     } else {
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(io, service)
-                            .with_upgrades()
-                            .await;
+                        let mut b = hyper::server::conn::http1::Builder::new();
+                        if let Some(idle) = idle_close {
+                            // Waiting for the next request's head counts as
+                            // the header read: an idle connection is closed.
+                            b.timer(hyper_util::rt::TokioTimer::new())
+                                .header_read_timeout(idle);
+                        }
+                        let _ = b.serve_connection(io, service).with_upgrades().await;
                     }
                 });
             }
         });
-        Ok(Self { addr, hits, task })
+        Ok(Self {
+            addr,
+            hits,
+            accepted,
+            task,
+        })
     }
 }
 

@@ -380,6 +380,72 @@ async fn h2c_balancing_and_ejection() -> Result<()> {
     w.edge.shutdown().await
 }
 
+/// Each worker keeps its connections to an instance and reuses them; one
+/// the instance closed while idle is replaced without the client seeing
+/// it; and a request with a body whose connect was refused goes to another
+/// instance (it was never sent).
+#[tokio::test]
+async fn instance_connections_are_reused_and_failed_connects_move_on() -> Result<()> {
+    let w = world("[proxy]\nejection_seconds = 1\n").await?;
+    let app = Backend::start_with("kept", false, Some(Duration::from_millis(300))).await?;
+    let d = w
+        .seed
+        .deployment(&w.seed.production, UpstreamProtocol::Http1)
+        .await?;
+    w.seed.instances(&d, &[app.addr]).await?;
+    w.seed.route(&host("kept"), &d, &w.seed.production).await?;
+    w.edge.wait_host(&host("kept"), StatusCode::OK).await?;
+
+    // 100 requests one after another: a connection or two (one per worker
+    // thread at most), not one per request.
+    let before = app.accepted.load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..100 {
+        assert_eq!(get(w.edge.http, &host("kept"), "/").await?.text(), "kept\n");
+    }
+    let opened = app.accepted.load(std::sync::atomic::Ordering::Relaxed) - before;
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    assert!(
+        (1..=workers).contains(&opened),
+        "{opened} connections for 100 requests ({workers} workers)"
+    );
+
+    // The instance closes idle connections after 300 ms: the next request
+    // still answers, on a new connection.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for _ in 0..5 {
+        let r = get(w.edge.http, &host("kept"), "/").await?;
+        assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "kept\n"));
+    }
+    assert!(app.accepted.load(std::sync::atomic::Ordering::Relaxed) > before + opened);
+
+    // POSTs with a body, to a deployment with two dead instances beside a
+    // live one, each after the ejections ran out (so most first try a
+    // dead one): never a 502, the body always arrives whole.
+    let live = Backend::start("live", false).await?;
+    let [dead1, dead2] =
+        ctrl_testkit::free_ports()?.map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    let d2 = w
+        .seed
+        .deployment(&w.seed.production, UpstreamProtocol::Http1)
+        .await?;
+    w.seed.instances(&d2, &[dead1, dead2, live.addr]).await?;
+    w.seed.route(&host("post"), &d2, &w.seed.production).await?;
+    w.edge.wait_host(&host("post"), StatusCode::OK).await?;
+    for i in 0..5 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let body = format!("payload {i}");
+        let r = send(
+            w.edge.http,
+            Request::post("/echo")
+                .header("host", host("post"))
+                .body(Full::new(Bytes::from(body.clone())))?,
+        )
+        .await?;
+        assert_eq!((r.status, r.text()), (StatusCode::OK, body));
+    }
+    w.edge.shutdown().await
+}
+
 /// A request for an idle preview wakes it through EdgeService and is
 /// answered once an instance runs; traffic is reported in batches.
 #[tokio::test]
