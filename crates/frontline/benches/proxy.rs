@@ -3,15 +3,21 @@
 //! measured in one run; then how fast a route move (a rollback's write)
 //! reaches the edge.
 //!
-//! `cargo bench -p frontline --bench proxy [-- SECONDS [CONNECTIONS]]`
+//! `cargo bench -p frontline --bench proxy [-- SECONDS [CONNECTIONS...]]`
 //!
 //! Everything is real: MariaDB, cluster-sync (in this process), the
 //! frontline binary and nginx as processes on loopback, and an app
 //! instance (an HTTP/1.1 server in this process) answering a small body.
 //! The load: a fixed number of keep-alive connections, each sending one
-//! request after another. It prints requests/s and p50/p99 per path, the
-//! ratios, and the added p99 of each proxy over going direct. Neither
-//! proxy writes access logs (`FRONTLINE_BENCH_LOG=info` turns frontline's on).
+//! request after another, at each concurrency given (default 4 and 32). It
+//! prints requests/s and p50/p99 per path, the ratios, the added p99 of
+//! each proxy over going direct, and each proxy's CPU time per request
+//! (from `/proc`, all its threads or worker processes: the figure the
+//! shared cores blur least). Neither proxy writes access logs
+//! (`FRONTLINE_BENCH_LOG=info` turns frontline's on).
+//!
+//! The route-move figure is the edge's share of a rollback; `cargo xtask
+//! edge` measures the whole of it, from the Rollback RPC's answer.
 
 #[path = "../tests/it/harness.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -32,7 +38,7 @@ use hyper_util::rt::TokioIo;
 use harness::{Backend, Ingress, Seed, Sync, edge_token, host};
 
 /// Keep-alive connections of the load unless given.
-const CONNECTIONS: usize = 32;
+const CONNECTIONS: [usize; 2] = [4, 32];
 /// Route moves timed at the end.
 const SWAPS: usize = 50;
 /// Interleaved rounds per path.
@@ -45,9 +51,14 @@ async fn main() -> Result<()> {
         .filter_map(|a| a.parse().ok())
         .collect();
     let seconds = numbers.first().copied().unwrap_or(5);
-    let connections = numbers
-        .get(1)
-        .map_or(CONNECTIONS, |&n| usize::try_from(n).unwrap_or(CONNECTIONS));
+    let mut levels: Vec<usize> = numbers
+        .iter()
+        .skip(1)
+        .filter_map(|&n| usize::try_from(n).ok())
+        .collect();
+    if levels.is_empty() {
+        levels = CONNECTIONS.to_vec();
+    }
     let db = ctrl_testkit::test_database().await?;
     let seed = Seed::new(&db.pool).await?;
     let ingress = Ingress::start().await?;
@@ -69,81 +80,30 @@ async fn main() -> Result<()> {
     let [edge_http, edge_admin, nginx_port] = ctrl_testkit::free_ports()?;
     let edge_addr = SocketAddr::from(([127, 0, 0, 1], edge_http));
     let nginx_addr = SocketAddr::from(([127, 0, 0, 1], nginx_port));
-    let _frontline = start_frontline(dir.path(), &sync.url(), edge_http, edge_admin)?;
-    let _nginx = start_nginx(dir.path(), nginx_port, app.addr)?;
+    let frontline = start_frontline(dir.path(), &sync.url(), edge_http, edge_admin)?;
+    let nginx = start_nginx(dir.path(), nginx_port, app.addr)?;
     wait_answers(edge_addr, &bench_host).await?;
     wait_answers(nginx_addr, &bench_host).await?;
-
-    println!(
-        "{connections} keep-alive connections, {ROUNDS} interleaved rounds of {seconds} s per path (each after 1 s of warm-up; medians), GET of a 3-byte body\n"
-    );
-    // Rounds interleave the paths, so a noisy moment of this shared
-    // machine hits all three; each figure is the median over the rounds.
     let paths = [
-        ("direct", app.addr),
-        ("frontline", edge_addr),
-        ("nginx", nginx_addr),
+        Path {
+            name: "direct",
+            addr: app.addr,
+            cpu: None,
+        },
+        Path {
+            name: "frontline",
+            addr: edge_addr,
+            cpu: Some(Cpu::Process(frontline.id().pid)),
+        },
+        Path {
+            name: "nginx",
+            addr: nginx_addr,
+            cpu: Some(Cpu::Children(nginx.id().pid)),
+        },
     ];
-    let mut rounds: Vec<Vec<Figures>> = paths.iter().map(|_| Vec::new()).collect();
-    for round in 1..=ROUNDS {
-        for (i, (name, addr)) in paths.iter().enumerate() {
-            let r = load(
-                *addr,
-                &bench_host,
-                connections,
-                Duration::from_secs(seconds),
-            )
-            .await?;
-            eprintln!(
-                "round {round} {name:<10} {:>9.0}/s p50 {:.3} ms p99 {:.3} ms",
-                r.rps, r.p50_ms, r.p99_ms
-            );
-            rounds[i].push(r);
-        }
+    for connections in levels {
+        compare(&paths, &bench_host, connections, seconds).await?;
     }
-    println!(
-        "{:<10} {:>12} {:>10} {:>10}",
-        "path", "requests/s", "p50 ms", "p99 ms"
-    );
-    let mut results = Vec::new();
-    for ((name, _), all) in paths.iter().zip(rounds) {
-        let median = |f: fn(&Figures) -> f64| {
-            let mut v: Vec<f64> = all.iter().map(f).collect();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        let r = Figures {
-            rps: median(|f| f.rps),
-            p50_ms: median(|f| f.p50_ms),
-            p99_ms: median(|f| f.p99_ms),
-        };
-        println!(
-            "{name:<10} {:>12.0} {:>10.3} {:>10.3}",
-            r.rps, r.p50_ms, r.p99_ms
-        );
-        results.push((*name, r));
-    }
-    let get = |n: &str| {
-        &results
-            .iter()
-            .find(|(name, _)| *name == n)
-            .expect("measured")
-            .1
-    };
-    let (direct, edge, nginx) = (get("direct"), get("frontline"), get("nginx"));
-    println!(
-        "\nfrontline / nginx throughput: {:.2}×   frontline / direct: {:.2}×   nginx / direct: {:.2}×",
-        edge.rps / nginx.rps,
-        edge.rps / direct.rps,
-        nginx.rps / direct.rps
-    );
-    println!(
-        "added p99 over direct: frontline {:+.3} ms, nginx {:+.3} ms (p50: {:+.3} / {:+.3} ms)",
-        edge.p99_ms - direct.p99_ms,
-        nginx.p99_ms - direct.p99_ms,
-        edge.p50_ms - direct.p50_ms,
-        nginx.p50_ms - direct.p50_ms
-    );
 
     // A route move's commit → the first answer from the target at the edge.
     let mut took = Vec::new();
@@ -170,6 +130,124 @@ async fn main() -> Result<()> {
         percentile(&took, 0.99)
     );
     drop(sync);
+    Ok(())
+}
+
+/// A way to the app, and whose CPU time it costs.
+struct Path {
+    name: &'static str,
+    addr: SocketAddr,
+    cpu: Option<Cpu>,
+}
+
+/// Where a proxy's CPU time is read.
+#[derive(Clone, Copy)]
+enum Cpu {
+    /// One process (all its threads).
+    Process(i32),
+    /// A master process's children (nginx's workers).
+    Children(i32),
+}
+
+impl Cpu {
+    /// User and system time so far, in clock ticks.
+    fn ticks(self) -> u64 {
+        let of = |pid: i32| -> u64 {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = stat.get(stat.rfind(')')? + 2..)?.to_owned();
+                    let f: Vec<&str> = rest.split_whitespace().collect();
+                    // Fields 14 and 15 (utime, stime); `rest` starts at field 3.
+                    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+                })
+                .unwrap_or(0)
+        };
+        match self {
+            Self::Process(pid) => of(pid),
+            Self::Children(pid) => {
+                std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .filter_map(|c| c.parse().ok())
+                    .map(of)
+                    .sum()
+            }
+        }
+    }
+}
+
+/// Clock ticks per second of `/proc`'s times (USER_HZ: 100 on x86-64 and arm64).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// The three paths at `connections` keep-alive connections: rounds that
+/// interleave the paths (so a noisy moment of this shared machine hits all
+/// three), each figure the median over the rounds.
+async fn compare(paths: &[Path], host: &str, connections: usize, seconds: u64) -> Result<()> {
+    println!(
+        "\n{connections} keep-alive connections, {ROUNDS} interleaved rounds of {seconds} s per path (each after 1 s of warm-up; medians), GET of a 3-byte body"
+    );
+    let mut rounds: Vec<Vec<Figures>> = paths.iter().map(|_| Vec::new()).collect();
+    for round in 1..=ROUNDS {
+        for (i, path) in paths.iter().enumerate() {
+            let r = load(
+                path.addr,
+                host,
+                connections,
+                Duration::from_secs(seconds),
+                path.cpu,
+            )
+            .await?;
+            eprintln!(
+                "round {round} {:<10} {:>9.0}/s p50 {:.3} ms p99 {:.3} ms",
+                path.name, r.rps, r.p50_ms, r.p99_ms
+            );
+            rounds[i].push(r);
+        }
+    }
+    println!(
+        "{:<10} {:>12} {:>10} {:>10} {:>16}",
+        "path", "requests/s", "p50 ms", "p99 ms", "CPU µs/request"
+    );
+    let mut results = Vec::new();
+    for (path, all) in paths.iter().zip(rounds) {
+        let median = |f: fn(&Figures) -> f64| {
+            let mut v: Vec<f64> = all.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let r = Figures {
+            rps: median(|f| f.rps),
+            p50_ms: median(|f| f.p50_ms),
+            p99_ms: median(|f| f.p99_ms),
+            cpu_us: median(|f| f.cpu_us),
+        };
+        let cpu = if path.cpu.is_some() {
+            format!("{:.1}", r.cpu_us)
+        } else {
+            "-".to_owned()
+        };
+        println!(
+            "{:<10} {:>12.0} {:>10.3} {:>10.3} {:>16}",
+            path.name, r.rps, r.p50_ms, r.p99_ms, cpu
+        );
+        results.push(r);
+    }
+    let (direct, edge, nginx) = (&results[0], &results[1], &results[2]);
+    println!(
+        "frontline / nginx throughput: {:.2}×   frontline / direct: {:.2}×   nginx / direct: {:.2}×   frontline / nginx CPU per request: {:.2}×",
+        edge.rps / nginx.rps,
+        edge.rps / direct.rps,
+        nginx.rps / direct.rps,
+        edge.cpu_us / nginx.cpu_us
+    );
+    println!(
+        "added p99 over direct: frontline {:+.3} ms, nginx {:+.3} ms (p50: {:+.3} / {:+.3} ms)",
+        edge.p99_ms - direct.p99_ms,
+        nginx.p99_ms - direct.p99_ms,
+        edge.p50_ms - direct.p50_ms,
+        nginx.p50_ms - direct.p50_ms
+    );
     Ok(())
 }
 
@@ -266,15 +344,18 @@ struct Figures {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// The proxy's CPU time per request over the measured window.
+    cpu_us: f64,
 }
 
 /// `connections` connections, each sending requests back to back: a
-/// 1 s warm-up, then `duration` measured.
+/// 1 s warm-up, then `duration` measured (and `cpu`'s time over it).
 async fn load(
     addr: SocketAddr,
     host: &str,
     connections: usize,
     duration: Duration,
+    cpu: Option<Cpu>,
 ) -> Result<Figures> {
     let warmup = Duration::from_secs(1);
     let start = Instant::now();
@@ -325,14 +406,21 @@ async fn load(
             anyhow::Ok(latencies)
         }));
     }
+    tokio::time::sleep_until(measure_from.into()).await;
+    let ticks_before = cpu.map(Cpu::ticks);
     let mut all = Vec::new();
     for t in tasks {
         all.extend(t.await.context("load task")??);
     }
+    let cpu_seconds = match (cpu, ticks_before) {
+        (Some(c), Some(before)) => c.ticks().saturating_sub(before) as f64 / TICKS_PER_SECOND,
+        _ => 0.0,
+    };
     all.sort_by(f64::total_cmp);
     Ok(Figures {
         rps: all.len() as f64 / duration.as_secs_f64(),
         p50_ms: percentile(&all, 0.5),
         p99_ms: percentile(&all, 0.99),
+        cpu_us: cpu_seconds * 1e6 / all.len().max(1) as f64,
     })
 }
