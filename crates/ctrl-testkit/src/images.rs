@@ -9,7 +9,10 @@
 //! `httpd -f -p ${PORT:-8080}`. Two CGI scripts stream in both directions:
 //! `POST /cgi-bin/echo` answers its body, `GET /cgi-bin/bytes?N` answers
 //! N × 64 KiB of zeros; `GET /cgi-bin/env` answers the server's environment
-//! (what the workload really got, secret variables included).
+//! (what the workload really got, secret variables included). With
+//! `$WEBSOCKET` set it serves a WebSocket echo instead (`nc -ll` running
+//! `/bin/ws.sh` per connection: short frames echoed, any other request
+//! answered 200 `ws`, `/health` included).
 //! [`derive_image`] layers `ENV` lines on top, which makes a different image
 //! with the same code — enough for rollout and rollback tests.
 
@@ -22,7 +25,7 @@ use crate::{Error, paths};
 /// Applets linked into the image's `/bin`.
 const APPLETS: &[&str] = &[
     "sh", "httpd", "sleep", "cat", "echo", "env", "ls", "true", "false", "wget", "kill", "head",
-    "mkdir", "rm", "ps", "dd", "printf",
+    "mkdir", "rm", "ps", "dd", "printf", "nc", "od", "sha1sum", "base64", "tr", "cut",
 ];
 
 const CGI_ECHO: &str =
@@ -30,9 +33,61 @@ const CGI_ECHO: &str =
 const CGI_ENV: &str = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\nexec env\n";
 const CGI_BYTES: &str = "#!/bin/sh\nprintf 'Content-Type: application/octet-stream\\r\\n\\r\\n'\nexec dd if=/dev/zero bs=65536 count=\"${QUERY_STRING:-1}\" 2>/dev/null\n";
 
+/// One connection on stdin/stdout: the WebSocket handshake (the accept
+/// key from `sha1sum` and `base64`), then frames of up to 125 bytes
+/// unmasked and echoed (ping answered with pong, close with close); a
+/// request without a key answers 200 `ws`.
+const WS: &str = r#"#!/bin/sh
+key=""
+while IFS= read -r line; do
+  line=$(printf '%s' "$line" | tr -d '\r')
+  [ -z "$line" ] && break
+  case "$line" in
+    [Ss]ec-[Ww]eb[Ss]ocket-[Kk]ey:*) key=$(printf '%s' "${line#*:}" | tr -d ' ') ;;
+  esac
+done
+if [ -z "$key" ]; then
+  printf 'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nws\n'
+  exit 0
+fi
+byte() { printf '\\%03o' "$1"; }
+digest=$(printf '%s258EAFA5-E914-47DA-95CA-C5AB0DC85B11' "$key" | sha1sum | cut -c1-40)
+raw=""
+while [ -n "$digest" ]; do
+  rest=${digest#??}
+  raw="$raw$(byte $((0x${digest%"$rest"})))"
+  digest=$rest
+done
+accept=$(printf "$raw" | base64)
+printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n' "$accept"
+while :; do
+  set -- $(dd bs=1 count=2 2>/dev/null | od -An -tu1 -v)
+  [ $# -eq 2 ] || exit 0
+  op=$(($1 & 15))
+  len=$(($2 & 127))
+  [ "$len" -le 125 ] || exit 0
+  set -- $(dd bs=1 count=$((4 + len)) 2>/dev/null | od -An -tu1 -v)
+  m0=$1 m1=$2 m2=$3 m3=$4
+  shift 4
+  out=""
+  i=0
+  for b in "$@"; do
+    case $((i % 4)) in 0) m=$m0 ;; 1) m=$m1 ;; 2) m=$m2 ;; *) m=$m3 ;; esac
+    out="$out$(byte $((b ^ m)))"
+    i=$((i + 1))
+  done
+  case $op in
+    8) printf "$(byte 136)$(byte 0)"; exit 0 ;;
+    9) printf "$(byte 138)$(byte "$len")$out" ;;
+    1|2) printf "$(byte $((128 | op)))$(byte "$len")$out" ;;
+  esac
+done
+"#;
+
 const START: &str = r#"#!/bin/sh
 echo "starting ${VERSION:-v1} on port ${PORT:-8080}"
 if [ -n "$CRASH" ]; then echo "$CRASH" >&2; exit 1; fi
+if [ -n "$WEBSOCKET" ]; then exec nc -ll -p "${PORT:-8080}" -e /bin/ws.sh; fi
 echo "${VERSION:-v1}" > /www/index.html
 if [ -z "$UNHEALTHY" ]; then (sleep "${HEALTHY_AFTER:-0}"; echo ok > /www/health) & fi
 exec httpd -f -v -p "${PORT:-8080}" -h /www
@@ -76,6 +131,7 @@ pub async fn build_http_image(docker: &Docker, tag: &str) -> Result<(), Error> {
             .map_err(io)?;
     }
     append(&mut tar, "rootfs/bin/start.sh", 0o755, START.as_bytes()).map_err(io)?;
+    append(&mut tar, "rootfs/bin/ws.sh", 0o755, WS.as_bytes()).map_err(io)?;
     append(
         &mut tar,
         "rootfs/www/cgi-bin/echo",

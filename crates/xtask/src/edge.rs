@@ -19,7 +19,9 @@
 //!    are back, without a restart of its own;
 //! 6. a stopped preview is woken by a request;
 //! 7. rollback at the edge: from a Rollback RPC's answer to the first
-//!    response served by the target, `--rollbacks` times (p50/p99).
+//!    response served by the target, `--rollbacks` times (p50/p99);
+//! 8. a WebSocket echo: an app answering WebSockets, deployed, echoes
+//!    text and binary messages through the edge.
 //!
 //! It prints each check and the figures, and fails if any check failed.
 
@@ -32,7 +34,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::json;
 
-use crate::stack::{IMAGES, Stack, Victim};
+use crate::stack::{IMAGES, Stack, Victim, WEBSOCKET_IMAGE};
 
 /// The commits v1 and v2 are deployed as (their branch hostname is shared).
 const COMMITS: [&str; 2] = [
@@ -577,6 +579,56 @@ async fn scenario(stack: &mut Stack, c: &mut Checks, args: &EdgeArgs) -> Result<
         pct(1.0),
         ms.len()
     );
+
+    println!("8. a WebSocket echo through the edge");
+    let ws = stack.deploy(&app, WEBSOCKET_IMAGE, "edge-ws").await?;
+    stack.wait_terminal(&ws).await?;
+    let ws_host = hosts_of(stack, &ws)
+        .await?
+        .into_iter()
+        .find(|(s, _)| s == "deployment")
+        .map(|(_, h)| h)
+        .context("the WebSocket deployment's host")?;
+    until_served(stack, &ws_host, &ws, Duration::from_secs(10)).await?;
+    let echoed = websocket_echo(stack, &ws_host).await;
+    c.check(
+        echoed.is_ok(),
+        "text and binary messages come back through the edge",
+        || format!("{echoed:?}"),
+    );
+    Ok(())
+}
+
+/// Opens a WebSocket to `host` through the edge's plain-HTTP port, sends
+/// text and binary messages, and checks each comes back unchanged.
+async fn websocket_echo(stack: &Stack, host: &str) -> Result<()> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let mut request =
+        format!("ws://127.0.0.1:{}/ws", stack.ports.edge.http).into_client_request()?;
+    request.headers_mut().insert("host", host.parse()?);
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(request),
+    )
+    .await
+    .context("no handshake within 10 s")??;
+    let messages = [
+        Message::text("hello through the edge"),
+        Message::binary((0u8..=124).collect::<Vec<u8>>()),
+        Message::text("ü ✓"),
+    ];
+    for sent in messages {
+        ws.send(sent.clone()).await?;
+        let back = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .context("no echo within 10 s")?
+            .context("the connection ended")??;
+        anyhow::ensure!(back == sent, "sent {sent:?}, got {back:?}");
+    }
+    ws.close(None).await?;
     Ok(())
 }
 

@@ -18,6 +18,8 @@ use crate::dev;
 
 /// The images apps deploy: the testkit's HTTP image answering `v1`, `v2`.
 pub(crate) const IMAGES: [&str; 2] = ["localhost/chaos:v1", "localhost/chaos:v2"];
+/// The same image serving a WebSocket echo (testkit's `$WEBSOCKET`).
+pub(crate) const WEBSOCKET_IMAGE: &str = "localhost/chaos:ws";
 /// How long the stack may take to settle after a change.
 pub(crate) const SETTLE: Duration = Duration::from_secs(150);
 
@@ -134,6 +136,13 @@ impl Stack {
         for (tag, version) in [(IMAGES[0], "v1"), (IMAGES[1], "v2")] {
             images::derive_image(podman.docker(), base, tag, &[("VERSION", version)]).await?;
         }
+        images::derive_image(
+            podman.docker(),
+            base,
+            WEBSOCKET_IMAGE,
+            &[("WEBSOCKET", "1")],
+        )
+        .await?;
         let db = sqlx::mysql::MySqlPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(3))
