@@ -91,8 +91,14 @@ impl Http1Pool {
         authority: &Authority,
     ) -> Result<Connection, std::io::Error> {
         while let Some(mut sender) = self.checkout(authority) {
-            // An idle connection is ready at once, unless it was closed.
-            if sender.ready().await.is_ok() {
+            // An idle connection is ready at once (or as soon as its task
+            // has seen the last response out), unless it was closed.
+            if sender.is_ready()
+                || matches!(
+                    tokio::time::timeout(self.connect_timeout, sender.ready()).await,
+                    Ok(Ok(()))
+                )
+            {
                 return Ok(self.wrap(authority, sender, true));
             }
         }
