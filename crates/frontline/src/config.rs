@@ -32,7 +32,7 @@ pub struct Config {
     #[serde(default)]
     pub proxy: ProxyConfig,
     /// Other regions' edges, by "platform/region", for deployments that do
-    /// not run here.
+    /// not run here (plain `http://` URLs).
     #[serde(default)]
     pub peers: BTreeMap<String, String>,
     /// Logging.
@@ -254,7 +254,9 @@ impl Validate for Config {
                 &format!("peers.{region:?}"),
                 "key must be \"platform/region\"",
             );
-            v.url(&format!("peers.{region:?}"), url, &["http", "https"]);
+            // Edge-to-edge forwarding is plain HTTP (the peer client
+            // refuses https URLs): say so at start, not on the first request.
+            v.url(&format!("peers.{region:?}"), url, &["http"]);
         }
         self.log.validate(v);
     }
@@ -286,12 +288,18 @@ mod tests {
         assert_eq!(c.listen.http.to_string(), "127.0.0.1:8880");
         assert_eq!(c.proxy.max_hops, 10);
         assert!(!format!("{c:?}").contains("edge-0123456789abcdef"));
-        let bad = format!("{GOOD}\n[proxy]\nmax_hops = 0\n[peers]\n\"nowhere\" = \"ftp://x\"\n");
+        let bad = format!(
+            "{GOOD}\n[proxy]\nmax_hops = 0\n[peers]\n\"nowhere\" = \"ftp://x\"\n\"aws/eu\" = \"https://edge.eu\"\n"
+        );
         let err = ctrl_runtime::config::parse::<Config>(&bad, "frontline.toml", &env(), ENV_PREFIX)
             .unwrap_err()
             .to_string();
         assert!(err.contains("proxy.max_hops"), "{err}");
         assert!(err.contains("peers.\"nowhere\""), "{err}");
+        assert!(
+            err.contains("`peers.\"aws/eu\"` must be a http URL"),
+            "https peers are refused at start: {err}"
+        );
     }
 
     #[test]
