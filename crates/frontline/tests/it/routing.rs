@@ -387,7 +387,7 @@ async fn h2c_balancing_and_ejection() -> Result<()> {
 #[tokio::test]
 async fn instance_connections_are_reused_and_failed_connects_move_on() -> Result<()> {
     let w = world("[proxy]\nejection_seconds = 1\n").await?;
-    let app = Backend::start_with("kept", false, Some(Duration::from_millis(300))).await?;
+    let app = Backend::start_with("kept", false, Some(Duration::from_secs(1))).await?;
     let d = w
         .seed
         .deployment(&w.seed.production, UpstreamProtocol::Http1)
@@ -409,9 +409,9 @@ async fn instance_connections_are_reused_and_failed_connects_move_on() -> Result
         "{opened} connections for 100 requests ({workers} workers)"
     );
 
-    // The instance closes idle connections after 300 ms: the next request
+    // The instance closes idle connections after 1 s: the next request
     // still answers, on a new connection.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     for _ in 0..5 {
         let r = get(w.edge.http, &host("kept"), "/").await?;
         assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "kept\n"));
