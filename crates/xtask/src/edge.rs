@@ -188,6 +188,16 @@ async fn hosts_of(stack: &Stack, deployment: &str) -> Result<Vec<(String, String
     .await?)
 }
 
+/// The hostname unique to `deployment`.
+async fn own_host(stack: &Stack, deployment: &str) -> Result<String> {
+    hosts_of(stack, deployment)
+        .await?
+        .into_iter()
+        .find(|(sticky, _)| sticky == "deployment")
+        .map(|(_, host)| host)
+        .with_context(|| format!("no hostname of its own for {deployment}"))
+}
+
 /// Waits until `host` answers through the edge from `deployment`.
 async fn until_served(
     stack: &Stack,
@@ -527,12 +537,7 @@ async fn scenario(stack: &mut Stack, c: &mut Checks, args: &EdgeArgs) -> Result<
         .map(str::to_owned)
         .context("a preview deployment id")?;
     stack.wait_terminal(&preview).await?;
-    let preview_host = hosts_of(stack, &preview)
-        .await?
-        .into_iter()
-        .find(|(s, _)| s == "deployment")
-        .map(|(_, h)| h)
-        .context("the preview's own host")?;
+    let preview_host = own_host(stack, &preview).await?;
     stack
         .rpc(
             "DeploymentService/StopDeployment",
@@ -583,12 +588,7 @@ async fn scenario(stack: &mut Stack, c: &mut Checks, args: &EdgeArgs) -> Result<
     println!("8. a WebSocket echo through the edge");
     let ws = stack.deploy(&app, WEBSOCKET_IMAGE, "edge-ws").await?;
     stack.wait_terminal(&ws).await?;
-    let ws_host = hosts_of(stack, &ws)
-        .await?
-        .into_iter()
-        .find(|(s, _)| s == "deployment")
-        .map(|(_, h)| h)
-        .context("the WebSocket deployment's host")?;
+    let ws_host = own_host(stack, &ws).await?;
     until_served(stack, &ws_host, &ws, Duration::from_secs(10)).await?;
     let echoed = websocket_echo(stack, &ws_host).await;
     c.check(

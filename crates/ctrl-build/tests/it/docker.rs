@@ -90,6 +90,17 @@ async fn build(
     crate::run_build(b, req, ctx, cancel).await
 }
 
+/// Builds the hello app for `req`, not cancelled.
+async fn build_hello(
+    s: &Setup,
+    req: &BuildRequest,
+) -> Result<(
+    Result<ctrl_build::builder::Built, BuildError>,
+    Vec<BuildEvent>,
+)> {
+    Ok(build(&s.builder, req, hello_context()?, &CancellationToken::new()).await)
+}
+
 /// A registry that asks for a login gets the configured one, on the push
 /// (through the engine) and on ctrl's own digest checks. A wrong password
 /// fails the build, naming the registry's refusal and never the password,
@@ -99,13 +110,7 @@ async fn a_registry_that_asks_for_a_login_gets_the_configured_one() -> Result<()
     const PASSWORD: &str = "s3cret-registry-pw";
     let s = setup_with(Some(("ctrl", PASSWORD)), ("ctrl", PASSWORD)).await?;
     let req = request(&s, "bld_login", "d_login");
-    let (built, _) = build(
-        &s.builder,
-        &req,
-        hello_context()?,
-        &CancellationToken::new(),
-    )
-    .await;
+    let (built, _) = build_hello(&s, &req).await?;
     let built = built?;
     assert_eq!(built.how, HowBuilt::Built);
     assert_eq!(
@@ -123,13 +128,7 @@ async fn a_registry_that_asks_for_a_login_gets_the_configured_one() -> Result<()
     let wrong = "wrong-registry-pw";
     let s = setup_with(Some(("ctrl", PASSWORD)), ("ctrl", wrong)).await?;
     let req = request(&s, "bld_wrong", "d_wrong");
-    let (built, events) = build(
-        &s.builder,
-        &req,
-        hello_context()?,
-        &CancellationToken::new(),
-    )
-    .await;
+    let (built, events) = build_hello(&s, &req).await?;
     let Err(e) = built else {
         bail!("a wrong password pushed: {built:?}")
     };
@@ -148,13 +147,7 @@ async fn a_registry_that_asks_for_a_login_gets_the_configured_one() -> Result<()
 async fn builds_pushes_by_digest_and_reuses_an_earlier_attempt() -> Result<()> {
     let s = setup().await?;
     let req = request(&s, "bld_first", "d_first");
-    let (built, events) = build(
-        &s.builder,
-        &req,
-        hello_context()?,
-        &CancellationToken::new(),
-    )
-    .await;
+    let (built, events) = build_hello(&s, &req).await?;
     let built = built?;
     assert_eq!(built.how, HowBuilt::Built);
     assert!(built.digest.starts_with("sha256:"), "{built:?}");
@@ -183,13 +176,7 @@ async fn builds_pushes_by_digest_and_reuses_an_earlier_attempt() -> Result<()> {
     );
 
     // A retry of the same build (its result already pushed) builds nothing.
-    let (again, events) = build(
-        &s.builder,
-        &req,
-        hello_context()?,
-        &CancellationToken::new(),
-    )
-    .await;
+    let (again, events) = build_hello(&s, &req).await?;
     let again = again?;
     assert_eq!(again.how, HowBuilt::AlreadyPushed);
     assert_eq!(again.digest, built.digest);

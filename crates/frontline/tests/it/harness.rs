@@ -357,6 +357,47 @@ impl Drop for Sync {
     }
 }
 
+/// A database, cluster-sync, a Restate ingress and an edge following them.
+pub(crate) struct World {
+    pub(crate) seed: Seed,
+    pub(crate) sync: Sync,
+    pub(crate) edge: Edge,
+    pub(crate) ingress: Ingress,
+    _db: ctrl_testkit::TestDatabase,
+}
+
+/// A [`World`] whose edge has `extra` appended to its config.
+pub(crate) async fn world(extra: &str) -> Result<World> {
+    let db = ctrl_testkit::test_database().await?;
+    let seed = Seed::new(&db.pool).await?;
+    let ingress = Ingress::start().await?;
+    let sync = Sync::start(&db.pool, &ingress.url).await?;
+    let edge = Edge::start(&sync.url(), extra).await?;
+    Ok(World {
+        seed,
+        sync,
+        edge,
+        ingress,
+        _db: db,
+    })
+}
+
+impl World {
+    /// Routes `host(label)` to a new HTTP/1.1 production deployment whose
+    /// instances are `addresses`; its id.
+    pub(crate) async fn host_on(&self, label: &str, addresses: &[SocketAddr]) -> Result<String> {
+        let d = self
+            .seed
+            .deployment(&self.seed.production, UpstreamProtocol::Http1)
+            .await?;
+        self.seed.instances(&d, addresses).await?;
+        self.seed
+            .route(&host(label), &d, &self.seed.production)
+            .await?;
+        Ok(d)
+    }
+}
+
 /// frontline in process.
 pub(crate) struct Edge {
     pub(crate) http: SocketAddr,

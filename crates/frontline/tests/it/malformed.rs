@@ -12,60 +12,23 @@ use rand::{Rng, RngCore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::harness::{Backend, Edge, Ingress, Seed, Sync, get, host};
+use crate::harness::{Backend, World, get, host, world};
 
-/// An edge serving `host("web")` from one instance answering "v1".
-struct Served {
-    edge: Edge,
-    seed: Seed,
-    ingress: Ingress,
-    _v1: Backend,
-    _sync: Sync,
-    _db: ctrl_testkit::TestDatabase,
+/// An edge serving `host("web")` from one instance answering "v1"
+/// (`extra` appended to its config); the instance lives as long as the
+/// second value.
+async fn served(extra: &str) -> Result<(World, Backend)> {
+    let w = world(extra).await?;
+    let v1 = Backend::start("v1", false).await?;
+    w.host_on("web", &[v1.addr]).await?;
+    w.edge.wait_host(&host("web"), StatusCode::OK).await?;
+    Ok((w, v1))
 }
 
-impl Served {
-    /// `extra` is appended to the edge's config.
-    async fn start(extra: &str) -> Result<Self> {
-        let db = ctrl_testkit::test_database().await?;
-        let seed = Seed::new(&db.pool).await?;
-        let ingress = Ingress::start().await?;
-        let sync = Sync::start(&db.pool, &ingress.url).await?;
-        let edge = Edge::start(&sync.url(), extra).await?;
-        let v1 = Backend::start("v1", false).await?;
-        let d = seed
-            .deployment(&seed.production, UpstreamProtocol::Http1)
-            .await?;
-        seed.instances(&d, &[v1.addr]).await?;
-        seed.route(&host("web"), &d, &seed.production).await?;
-        edge.wait_host(&host("web"), StatusCode::OK).await?;
-        Ok(Self {
-            edge,
-            seed,
-            ingress,
-            _v1: v1,
-            _sync: sync,
-            _db: db,
-        })
-    }
-
-    /// A new host of a deployment whose only instance is `addr`.
-    async fn host_on(&self, label: &str, addr: SocketAddr) -> Result<String> {
-        let d = self
-            .seed
-            .deployment(&self.seed.production, UpstreamProtocol::Http1)
-            .await?;
-        self.seed.instances(&d, &[addr]).await?;
-        let h = host(label);
-        self.seed.route(&h, &d, &self.seed.production).await?;
-        Ok(h)
-    }
-
-    /// The edge still answers, then stops cleanly.
-    async fn still_serving_then_stop(self) -> Result<()> {
-        assert_eq!(get(self.edge.http, &host("web"), "/").await?.text(), "v1\n");
-        self.edge.shutdown().await
-    }
+/// The edge still answers, then stops cleanly.
+async fn still_serving_then_stop(w: World) -> Result<()> {
+    assert_eq!(get(w.edge.http, &host("web"), "/").await?.text(), "v1\n");
+    w.edge.shutdown().await
 }
 
 /// Reads until EOF or `within`; true if the server closed the connection.
@@ -102,7 +65,7 @@ fn rss_kib() -> u64 {
 
 #[tokio::test]
 async fn oversized_headers_answer_431() -> Result<()> {
-    let s = Served::start("[proxy]\nmax_header_bytes = 16384\n").await?;
+    let (s, _v1) = served("[proxy]\nmax_header_bytes = 16384\n").await?;
     let mut c = TcpStream::connect(s.edge.http).await?;
     let big = "a".repeat(64 * 1024);
     let request = format!(
@@ -114,12 +77,12 @@ async fn oversized_headers_answer_431() -> Result<()> {
     let head = answer_head(&mut c).await?;
     assert!(head.starts_with("HTTP/1.1 431"), "{head:?}");
     assert!(closed_within(&mut c, Duration::from_secs(5)).await);
-    s.still_serving_then_stop().await
+    still_serving_then_stop(s).await
 }
 
 #[tokio::test]
 async fn headers_trickled_byte_by_byte_are_cut_off() -> Result<()> {
-    let s = Served::start("[proxy]\nrequest_header_timeout_seconds = 1\n").await?;
+    let (s, _v1) = served("[proxy]\nrequest_header_timeout_seconds = 1\n").await?;
     let mut c = TcpStream::connect(s.edge.http).await?;
     c.write_all(b"GET / HTTP/1.1\r\nHost: web").await?;
     let started = Instant::now();
@@ -141,20 +104,20 @@ async fn headers_trickled_byte_by_byte_are_cut_off() -> Result<()> {
         "cut off after {:?}",
         started.elapsed()
     );
-    s.still_serving_then_stop().await
+    still_serving_then_stop(s).await
 }
 
 #[tokio::test]
 async fn a_connection_that_never_speaks_is_closed() -> Result<()> {
-    let s = Served::start("[proxy]\nrequest_header_timeout_seconds = 1\n").await?;
+    let (s, _v1) = served("[proxy]\nrequest_header_timeout_seconds = 1\n").await?;
     let mut c = TcpStream::connect(s.edge.http).await?;
     assert!(closed_within(&mut c, Duration::from_secs(5)).await);
-    s.still_serving_then_stop().await
+    still_serving_then_stop(s).await
 }
 
 #[tokio::test]
 async fn invalid_tls_client_hellos_are_refused() -> Result<()> {
-    let s = Served::start("").await?;
+    let (s, _v1) = served("").await?;
     let mut random = vec![0u8; 512];
     rand::rng().fill_bytes(&mut random);
     // Plain HTTP on the TLS port; a record header promising more than it
@@ -185,12 +148,12 @@ async fn invalid_tls_client_hellos_are_refused() -> Result<()> {
             .any(|l| l.contains("tls_handshakes") && !l.contains("\"ok\"") && !l.starts_with('#')),
         "failed handshakes are counted:\n{metrics}"
     );
-    s.still_serving_then_stop().await
+    still_serving_then_stop(s).await
 }
 
 #[tokio::test]
 async fn http2_protocol_errors_close_the_connection() -> Result<()> {
-    let s = Served::start("").await?;
+    let (s, _v1) = served("").await?;
     let mut c = TcpStream::connect(s.edge.http).await?;
     c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
     // A frame of an unknown type, then HEADERS on stream 0 (forbidden).
@@ -198,12 +161,12 @@ async fn http2_protocol_errors_close_the_connection() -> Result<()> {
         .await?;
     c.write_all(&[0, 0, 1, 1, 0x05, 0, 0, 0, 0, 0]).await?;
     assert!(closed_within(&mut c, Duration::from_secs(5)).await);
-    s.still_serving_then_stop().await
+    still_serving_then_stop(s).await
 }
 
 #[tokio::test]
 async fn random_host_headers_never_answer_5xx() -> Result<()> {
-    let s = Served::start("").await?;
+    let (s, _v1) = served("").await?;
     let mut rng = rand::rng();
     let mut answered = 0;
     for _ in 0..300 {
@@ -222,7 +185,7 @@ async fn random_host_headers_never_answer_5xx() -> Result<()> {
         );
     }
     assert!(answered > 100, "only {answered} of 300 were sent");
-    s.still_serving_then_stop().await
+    still_serving_then_stop(s).await
 }
 
 /// Thousands of broken connections (plain and TLS) leave no memory behind:
@@ -230,7 +193,7 @@ async fn random_host_headers_never_answer_5xx() -> Result<()> {
 /// (a leak of one connection's buffers each would be tens of MiB).
 #[tokio::test]
 async fn broken_connections_leave_no_memory_behind() -> Result<()> {
-    let s = Served::start("[proxy]\nrequest_header_timeout_seconds = 1\n").await?;
+    let (s, _v1) = served("[proxy]\nrequest_header_timeout_seconds = 1\n").await?;
     let storm = |n: usize| {
         let (http, https) = (s.edge.http, s.edge.https);
         async move {
@@ -257,14 +220,14 @@ async fn broken_connections_leave_no_memory_behind() -> Result<()> {
         after < before + 4000,
         "RSS grew from {before} to {after} KiB over 4000 broken connections"
     );
-    s.still_serving_then_stop().await
+    still_serving_then_stop(s).await
 }
 
 /// A keep-alive connection that stays idle after its request is closed
 /// after the request-header timeout (the idle timeout towards clients).
 #[tokio::test]
 async fn idle_keep_alive_connections_are_closed() -> Result<()> {
-    let s = Served::start("[proxy]\nrequest_header_timeout_seconds = 1\n").await?;
+    let (s, _v1) = served("[proxy]\nrequest_header_timeout_seconds = 1\n").await?;
     let mut c = TcpStream::connect(s.edge.http).await?;
     c.write_all(format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", host("web")).as_bytes())
         .await?;
@@ -274,14 +237,14 @@ async fn idle_keep_alive_connections_are_closed() -> Result<()> {
         closed_within(&mut c, Duration::from_secs(5)).await,
         "idle connection closed"
     );
-    s.still_serving_then_stop().await
+    still_serving_then_stop(s).await
 }
 
 /// An instance that accepts the connection but never answers: 504 after
 /// the response-header timeout, naming it.
 #[tokio::test]
 async fn an_instance_that_never_answers_gets_504_after_the_header_timeout() -> Result<()> {
-    let s = Served::start("[proxy]\nresponse_header_timeout_seconds = 1\n").await?;
+    let (s, _v1) = served("[proxy]\nresponse_header_timeout_seconds = 1\n").await?;
     let mute = TcpListener::bind("127.0.0.1:0").await?;
     let mute_addr = mute.local_addr()?;
     let held = tokio::spawn(async move {
@@ -290,7 +253,8 @@ async fn an_instance_that_never_answers_gets_504_after_the_header_timeout() -> R
             open.push(c); // read nothing, answer nothing
         }
     });
-    let h = s.host_on("mute", mute_addr).await?;
+    let h = host("mute");
+    s.host_on("mute", &[mute_addr]).await?;
     s.edge.wait_host(&h, StatusCode::GATEWAY_TIMEOUT).await?;
     let started = Instant::now();
     let r = get(s.edge.http, &h, "/").await?;
@@ -306,14 +270,14 @@ async fn an_instance_that_never_answers_gets_504_after_the_header_timeout() -> R
         "answered after {took:?}"
     );
     held.abort();
-    s.still_serving_then_stop().await
+    still_serving_then_stop(s).await
 }
 
 /// An instance whose accept queue is full (SYNs dropped): 504 after the
 /// connect timeout, not a hang, and the instance is ejected.
 #[tokio::test]
 async fn an_instance_that_never_accepts_gets_504_after_the_connect_timeout() -> Result<()> {
-    let s = Served::start("[proxy]\nconnect_timeout_ms = 300\n").await?;
+    let (s, _v1) = served("[proxy]\nconnect_timeout_ms = 300\n").await?;
     // A listener that never accepts, its backlog filled by a few clients:
     // the kernel then drops further SYNs, as for an overloaded instance.
     let socket = tokio::net::TcpSocket::new_v4()?;
@@ -335,7 +299,8 @@ async fn an_instance_that_never_accepts_gets_504_after_the_connect_timeout() -> 
         "the backlog did not fill ({} fillers)",
         fillers.len()
     );
-    let h = s.host_on("full", full_addr).await?;
+    let h = host("full");
+    s.host_on("full", &[full_addr]).await?;
     s.edge.wait_host(&h, StatusCode::GATEWAY_TIMEOUT).await?;
     let started = Instant::now();
     let r = get(s.edge.http, &h, "/").await?;
@@ -354,14 +319,14 @@ async fn an_instance_that_never_accepts_gets_504_after_the_connect_timeout() -> 
         "the upstream error is counted by kind:\n{metrics}"
     );
     drop(full);
-    s.still_serving_then_stop().await
+    still_serving_then_stop(s).await
 }
 
 /// A preview woken by a request that does not come up in time: 503 with a
 /// Retry-After after the wake timeout, having asked for the wake once.
 #[tokio::test]
 async fn a_wake_that_does_not_finish_in_time_answers_503_with_retry_after() -> Result<()> {
-    let s = Served::start("[proxy]\nwake_timeout_seconds = 1\n").await?;
+    let (s, _v1) = served("[proxy]\nwake_timeout_seconds = 1\n").await?;
     let d = s
         .seed
         .deployment(&s.seed.preview, UpstreamProtocol::Http1)
@@ -391,5 +356,5 @@ async fn a_wake_that_does_not_finish_in_time_answers_503_with_retry_after() -> R
         s.ingress.woken.lock().expect("lock").contains(&d),
         "the wake was asked for"
     );
-    s.still_serving_then_stop().await
+    still_serving_then_stop(s).await
 }

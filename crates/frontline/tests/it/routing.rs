@@ -7,30 +7,7 @@ use futures::{SinkExt, StreamExt};
 use http_body_util::Full;
 use hyper::{Request, StatusCode};
 
-use crate::harness::{Backend, Ca, Edge, Ingress, Seed, Sync, get, host, send, wait_until};
-
-struct World {
-    seed: Seed,
-    sync: Sync,
-    edge: Edge,
-    ingress: Ingress,
-    _db: ctrl_testkit::TestDatabase,
-}
-
-async fn world(extra: &str) -> Result<World> {
-    let db = ctrl_testkit::test_database().await?;
-    let seed = Seed::new(&db.pool).await?;
-    let ingress = Ingress::start().await?;
-    let sync = Sync::start(&db.pool, &ingress.url).await?;
-    let edge = Edge::start(&sync.url(), extra).await?;
-    Ok(World {
-        seed,
-        sync,
-        edge,
-        ingress,
-        _db: db,
-    })
-}
+use crate::harness::{Backend, Ca, Edge, Ingress, Seed, Sync, get, host, send, wait_until, world};
 
 /// Hosts route to their deployment's instances; unknown hosts, bad hosts
 /// and loops get the edge's own answers; a rollback (a route move) reaches
@@ -388,12 +365,7 @@ async fn h2c_balancing_and_ejection() -> Result<()> {
 async fn instance_connections_are_reused_and_failed_connects_move_on() -> Result<()> {
     let w = world("[proxy]\nejection_seconds = 1\n").await?;
     let app = Backend::start_with("kept", false, Some(Duration::from_secs(1))).await?;
-    let d = w
-        .seed
-        .deployment(&w.seed.production, UpstreamProtocol::Http1)
-        .await?;
-    w.seed.instances(&d, &[app.addr]).await?;
-    w.seed.route(&host("kept"), &d, &w.seed.production).await?;
+    w.host_on("kept", &[app.addr]).await?;
     w.edge.wait_host(&host("kept"), StatusCode::OK).await?;
 
     // 100 requests one after another: a connection or two (one per worker
@@ -424,12 +396,7 @@ async fn instance_connections_are_reused_and_failed_connects_move_on() -> Result
     let live = Backend::start("live", false).await?;
     let [dead1, dead2] =
         ctrl_testkit::free_ports()?.map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port)));
-    let d2 = w
-        .seed
-        .deployment(&w.seed.production, UpstreamProtocol::Http1)
-        .await?;
-    w.seed.instances(&d2, &[dead1, dead2, live.addr]).await?;
-    w.seed.route(&host("post"), &d2, &w.seed.production).await?;
+    w.host_on("post", &[dead1, dead2, live.addr]).await?;
     w.edge.wait_host(&host("post"), StatusCode::OK).await?;
     for i in 0..5 {
         tokio::time::sleep(Duration::from_millis(1100)).await;
