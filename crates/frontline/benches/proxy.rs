@@ -151,17 +151,17 @@ enum Cpu {
 
 impl Cpu {
     /// User and system time so far, in clock ticks.
-    fn ticks(self) -> u64 {
-        let of = |pid: i32| -> u64 {
+    fn ticks(self) -> [u64; 2] {
+        let of = |pid: i32| -> [u64; 2] {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
                 .and_then(|stat| {
                     let rest = stat.get(stat.rfind(')')? + 2..)?.to_owned();
                     let f: Vec<&str> = rest.split_whitespace().collect();
                     // Fields 14 and 15 (utime, stime); `rest` starts at field 3.
-                    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+                    Some([f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?])
                 })
-                .unwrap_or(0)
+                .unwrap_or_default()
         };
         match self {
             Self::Process(pid) => of(pid),
@@ -171,7 +171,7 @@ impl Cpu {
                     .split_whitespace()
                     .filter_map(|c| c.parse().ok())
                     .map(of)
-                    .sum()
+                    .fold([0, 0], |a, b| [a[0] + b[0], a[1] + b[1]])
             }
         }
     }
@@ -206,7 +206,7 @@ async fn compare(paths: &[Path], host: &str, connections: usize, seconds: u64) -
         }
     }
     println!(
-        "{:<10} {:>12} {:>10} {:>10} {:>16}",
+        "{:<10} {:>12} {:>10} {:>10} {:>22}",
         "path", "requests/s", "p50 ms", "p99 ms", "CPU µs/request"
     );
     let mut results = Vec::new();
@@ -221,14 +221,15 @@ async fn compare(paths: &[Path], host: &str, connections: usize, seconds: u64) -
             p50_ms: median(|f| f.p50_ms),
             p99_ms: median(|f| f.p99_ms),
             cpu_us: median(|f| f.cpu_us),
+            sys_us: median(|f| f.sys_us),
         };
         let cpu = if path.cpu.is_some() {
-            format!("{:.1}", r.cpu_us)
+            format!("{:.1} ({:.1} sys)", r.cpu_us, r.sys_us)
         } else {
             "-".to_owned()
         };
         println!(
-            "{:<10} {:>12.0} {:>10.3} {:>10.3} {:>16}",
+            "{:<10} {:>12.0} {:>10.3} {:>10.3} {:>22}",
             path.name, r.rps, r.p50_ms, r.p99_ms, cpu
         );
         results.push(r);
@@ -346,6 +347,8 @@ struct Figures {
     p99_ms: f64,
     /// The proxy's CPU time per request over the measured window.
     cpu_us: f64,
+    /// The part of it spent in the kernel.
+    sys_us: f64,
 }
 
 /// `connections` connections, each sending requests back to back: a
@@ -412,15 +415,21 @@ async fn load(
     for t in tasks {
         all.extend(t.await.context("load task")??);
     }
-    let cpu_seconds = match (cpu, ticks_before) {
-        (Some(c), Some(before)) => c.ticks().saturating_sub(before) as f64 / TICKS_PER_SECOND,
-        _ => 0.0,
+    let [user, sys] = match (cpu, ticks_before) {
+        (Some(c), Some(before)) => {
+            let after = c.ticks();
+            [0, 1].map(|i| after[i].saturating_sub(before[i]) as f64 / TICKS_PER_SECOND)
+        }
+        _ => [0.0, 0.0],
     };
+    let requests = all.len().max(1) as f64;
+    let per_request = |seconds: f64| seconds * 1e6 / requests;
     all.sort_by(f64::total_cmp);
     Ok(Figures {
         rps: all.len() as f64 / duration.as_secs_f64(),
         p50_ms: percentile(&all, 0.5),
         p99_ms: percentile(&all, 0.99),
-        cpu_us: cpu_seconds * 1e6 / all.len().max(1) as f64,
+        cpu_us: per_request(user + sys),
+        sys_us: per_request(sys),
     })
 }

@@ -33,7 +33,7 @@ use crate::control::Control;
 use crate::metrics::Metrics;
 use crate::table::{Backend, Deployment, Routes, State, Upstream};
 use crate::traffic::Traffic;
-use crate::upstream::{Checkin, Http1Pool};
+use crate::upstream::{self, Http1Pool, Lease};
 use crate::wake::Wakes;
 
 /// Errors of bodies that cross the proxy.
@@ -467,24 +467,27 @@ impl Proxy {
                             connection
                                 .send(out)
                                 .await
-                                .map(|(r, checkin)| (r, Some(checkin)))
-                                .map_err(|e| SendError::Exchange(e.into()))
+                                .map(|(r, lease)| (r, Some(lease)))
+                                .map_err(SendError::from_failed)
                         })
                         .await
                     }
                 }
             };
             match sent {
-                Ok((mut resp, checkin)) => {
+                Ok((mut resp, lease)) => {
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                         && let Some(client_side) = upgrade
                     {
                         let upstream_side = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(tunnel(client_side, upstream_side));
                         // The connection is the tunnel's now.
+                        if let Some(lease) = lease {
+                            lease.detach();
+                        }
+                        tokio::spawn(tunnel(client_side, upstream_side));
                         return self.respond(resp, d, Some(guard), None);
                     }
-                    return self.respond(resp, d, Some(guard), checkin);
+                    return self.respond(resp, d, Some(guard), lease);
                 }
                 Err(e) => {
                     self.metrics.upstream_error(e.kind());
@@ -582,7 +585,7 @@ impl Proxy {
         resp: Response<Incoming>,
         d: &Deployment,
         guard: Option<InFlight>,
-        checkin: Option<Checkin>,
+        lease: Option<Lease>,
     ) -> Response<Body> {
         let (mut parts, body) = resp.into_parts();
         if parts.status != StatusCode::SWITCHING_PROTOCOLS {
@@ -594,15 +597,16 @@ impl Proxy {
         let body = GuardedBody {
             inner: body,
             _guard: guard,
-            checkin,
+            lease,
             ended: false,
         };
         Response::from_parts(parts, body.boxed())
     }
 }
 
-/// A response head and, for a pooled connection, what hands it back.
-type Answered = (Response<Incoming>, Option<Checkin>);
+/// A response head and, for a pooled connection, what drives it and
+/// hands it back.
+type Answered = (Response<Incoming>, Option<Lease>);
 
 /// Why a request got no response head.
 #[derive(Debug)]
@@ -620,6 +624,14 @@ impl SendError {
         Self::Connect {
             timed_out: e.kind() == std::io::ErrorKind::TimedOut,
             error: e.into(),
+        }
+    }
+
+    /// An error of the instance pool's exchange.
+    fn from_failed(e: upstream::Failed) -> Self {
+        match e {
+            upstream::Failed::Connect(e) => Self::connect(e),
+            upstream::Failed::Exchange(e) => Self::Exchange(e.into()),
         }
     }
 
@@ -705,11 +717,12 @@ impl Drop for InFlight {
 }
 
 /// A response body that keeps its backend's in-flight count until it
-/// ends, and then hands its pooled connection back.
+/// ends, drives its pooled connection while read, and then hands the
+/// connection back.
 struct GuardedBody {
     inner: Incoming,
     _guard: Option<InFlight>,
-    checkin: Option<Checkin>,
+    lease: Option<Lease>,
     /// The body was read to its end.
     ended: bool,
 }
@@ -720,7 +733,7 @@ impl Drop for GuardedBody {
         // reached): the connection can serve another request. Otherwise
         // dropping it closes it.
         if (self.ended || hyper::body::Body::is_end_stream(&self.inner))
-            && let Some(c) = self.checkin.take()
+            && let Some(c) = self.lease.take()
         {
             c.put();
         }
@@ -735,13 +748,20 @@ impl hyper::body::Body for GuardedBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = std::pin::Pin::new(&mut self.inner)
-            .poll_frame(cx)
-            .map_err(BoxError::from);
-        if let std::task::Poll::Ready(None) = polled {
-            self.ended = true;
+        let this = &mut *self;
+        let mut polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        // Nothing buffered yet (the body has now said it wants more): let
+        // the connection read some, then look again.
+        if polled.is_pending()
+            && let Some(lease) = &mut this.lease
+        {
+            lease.drive(cx);
+            polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
         }
-        polled
+        if let std::task::Poll::Ready(None) = polled {
+            this.ended = true;
+        }
+        polled.map_err(BoxError::from)
     }
 
     fn is_end_stream(&self) -> bool {
