@@ -33,7 +33,7 @@ use crate::control::Control;
 use crate::metrics::Metrics;
 use crate::table::{Backend, Deployment, Routes, State, Upstream};
 use crate::traffic::Traffic;
-use crate::upstream::{self, Http1Pool, Lease};
+use crate::upstream::{self, Http1Pool, UpstreamBody};
 use crate::wake::Wakes;
 
 /// Errors of bodies that cross the proxy.
@@ -386,11 +386,11 @@ impl Proxy {
                 self.peer_client
                     .request(req)
                     .await
-                    .map(|r| (r, None))
+                    .map(|r| r.map(UpstreamBody::from))
                     .map_err(SendError::from_client)
             });
             return match sent.await {
-                Ok((resp, _)) => self.respond(resp, d, None, None),
+                Ok(resp) => self.respond(resp, d, None),
                 Err(e) => {
                     self.metrics.upstream_error(e.kind());
                     self.upstream_failure(&e, "peer")
@@ -410,6 +410,8 @@ impl Proxy {
             (false, _) => 1,
         };
         let mut tried: Vec<usize> = Vec::new();
+        // The request went to hyper's client: it cannot go again.
+        let mut consumed = false;
         let mut last_error = None;
         for attempt in 0..attempts {
             if starting && !d.backends.is_empty() && tried.len() == d.backends.len() {
@@ -451,23 +453,34 @@ impl Proxy {
                     self.h2c
                         .request(out)
                         .await
-                        .map(|r| (r, None))
+                        .map(|r| r.map(UpstreamBody::from))
                         .map_err(SendError::from_client)
                 })
                 .await
             } else {
+                let bodiless = body.as_ref().is_some_and(hyper::body::Body::is_end_stream);
                 match self.instances.connection(&authority).await {
                     Err(e) => Err(SendError::connect(e)),
+                    // Most requests: the fast path.
+                    Ok(connection) if bodiless && upgrade.is_none() => {
+                        self.within_header_timeout(async {
+                            connection
+                                .exchange(&parts)
+                                .await
+                                .map_err(SendError::from_failed)
+                        })
+                        .await
+                    }
                     Ok(connection) => {
+                        consumed = true;
                         let body = self.request_body(body.take());
                         let this = std::mem::replace(&mut parts, Request::new(()).into_parts().0);
                         let mut out = Request::from_parts(this, body);
                         *out.uri_mut() = Uri::from(path_and_query.clone());
                         self.within_header_timeout(async {
                             connection
-                                .send(out)
+                                .send(out, upgrade.is_some())
                                 .await
-                                .map(|(r, lease)| (r, Some(lease)))
                                 .map_err(SendError::from_failed)
                         })
                         .await
@@ -475,19 +488,14 @@ impl Proxy {
                 }
             };
             match sent {
-                Ok((mut resp, lease)) => {
+                Ok(mut resp) => {
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                         && let Some(client_side) = upgrade
                     {
                         let upstream_side = hyper::upgrade::on(&mut resp);
-                        // The connection is the tunnel's now.
-                        if let Some(lease) = lease {
-                            lease.detach();
-                        }
                         tokio::spawn(tunnel(client_side, upstream_side));
-                        return self.respond(resp, d, Some(guard), None);
                     }
-                    return self.respond(resp, d, Some(guard), lease);
+                    return self.respond(resp, d, Some(guard));
                 }
                 Err(e) => {
                     self.metrics.upstream_error(e.kind());
@@ -496,7 +504,7 @@ impl Proxy {
                         backend.ejected_until.store(until, Ordering::Relaxed);
                         tracing::warn!(address = %backend.address, deployment_id = %d.id, kind = e.kind(), "backend did not take the connection; ejected");
                     }
-                    let retry = e.is_connect() && (replayable || !h2c);
+                    let retry = e.is_connect() && (replayable || !h2c) && !consumed;
                     last_error = Some(e);
                     if !retry {
                         break;
@@ -582,10 +590,9 @@ impl Proxy {
 
     fn respond(
         &self,
-        resp: Response<Incoming>,
+        resp: Response<UpstreamBody>,
         d: &Deployment,
         guard: Option<InFlight>,
-        lease: Option<Lease>,
     ) -> Response<Body> {
         let (mut parts, body) = resp.into_parts();
         if parts.status != StatusCode::SWITCHING_PROTOCOLS {
@@ -597,16 +604,13 @@ impl Proxy {
         let body = GuardedBody {
             inner: body,
             _guard: guard,
-            lease,
-            ended: false,
         };
         Response::from_parts(parts, body.boxed())
     }
 }
 
-/// A response head and, for a pooled connection, what drives it and
-/// hands it back.
-type Answered = (Response<Incoming>, Option<Lease>);
+/// A response head, its body still to be read.
+type Answered = Response<UpstreamBody>;
 
 /// Why a request got no response head.
 #[derive(Debug)]
@@ -631,7 +635,7 @@ impl SendError {
     fn from_failed(e: upstream::Failed) -> Self {
         match e {
             upstream::Failed::Connect(e) => Self::connect(e),
-            upstream::Failed::Exchange(e) => Self::Exchange(e.into()),
+            upstream::Failed::Exchange(e) => Self::Exchange(e),
         }
     }
 
@@ -717,27 +721,10 @@ impl Drop for InFlight {
 }
 
 /// A response body that keeps its backend's in-flight count until it
-/// ends, drives its pooled connection while read, and then hands the
-/// connection back.
+/// ends or is dropped.
 struct GuardedBody {
-    inner: Incoming,
+    inner: UpstreamBody,
     _guard: Option<InFlight>,
-    lease: Option<Lease>,
-    /// The body was read to its end.
-    ended: bool,
-}
-
-impl Drop for GuardedBody {
-    fn drop(&mut self) {
-        // Read to the end (a server may stop polling once the length is
-        // reached): the connection can serve another request. Otherwise
-        // dropping it closes it.
-        if (self.ended || hyper::body::Body::is_end_stream(&self.inner))
-            && let Some(c) = self.lease.take()
-        {
-            c.put();
-        }
-    }
 }
 
 impl hyper::body::Body for GuardedBody {
@@ -748,20 +735,7 @@ impl hyper::body::Body for GuardedBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let mut polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
-        // Nothing buffered yet (the body has now said it wants more): let
-        // the connection read some, then look again.
-        if polled.is_pending()
-            && let Some(lease) = &mut this.lease
-        {
-            lease.drive(cx);
-            polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
-        }
-        if let std::task::Poll::Ready(None) = polled {
-            this.ended = true;
-        }
-        polled.map_err(BoxError::from)
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -6,3 +6,4 @@
 mod harness;
 mod malformed;
 mod routing;
+mod upstream;

@@ -1,0 +1,500 @@
+//! The HTTP/1.1 client side of the edge's fast path: a request without a
+//! body written as one buffer, the response head parsed with `httparse`,
+//! the response body framed (RFC 9112 §6.3) and decoded as it is read.
+//!
+//! Pure functions over buffers, no I/O: `upstream` does the reading and
+//! writing. Anything unusual (a request body, an upgrade) goes through
+//! hyper's client instead; what comes back here is checked as strictly as
+//! hyper checks it (one Content-Length, a valid chunked encoding, bounded
+//! heads, chunk lines and trailers).
+
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::{Method, StatusCode, Version};
+
+/// The largest response head read (hyper's default buffer limit is
+/// about 400 KiB; an instance's head is rarely over a few KiB).
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Headers a response head may have.
+const MAX_HEADERS: usize = 128;
+/// The longest chunk-size line (with extensions) or trailer section.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// Why an instance's answer cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Malformed {
+    #[error("the response head is malformed: {0}")]
+    Head(httparse::Error),
+    #[error("the response head is over {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("the response has a header that is not valid")]
+    Header,
+    #[error("the response's Content-Length is not valid")]
+    ContentLength,
+    #[error("the response's chunked encoding is not valid")]
+    Chunked,
+    #[error("the response switched protocols although no upgrade was asked for")]
+    UnaskedUpgrade,
+}
+
+/// Writes `parts`' request line and headers (its URI in origin form, its
+/// headers as prepared by the proxy) into `buf`, for a request without a
+/// body.
+pub fn encode_request(parts: &Parts, buf: &mut BytesMut) {
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let size = parts
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + path.len()
+        + 32;
+    buf.reserve(size);
+    buf.extend_from_slice(parts.method.as_str().as_bytes());
+    buf.extend_from_slice(b" ");
+    buf.extend_from_slice(path.as_bytes());
+    buf.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        buf.extend_from_slice(name.as_str().as_bytes());
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+    buf.extend_from_slice(b"\r\n");
+}
+
+/// A parsed response head, and how its body is framed.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// The connection may carry another request once the body is read.
+    pub keep_alive: bool,
+}
+
+/// How a response body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 204, 304, or `Content-Length: 0`).
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Until the instance closes the connection.
+    Close,
+}
+
+/// Parses a response head at the start of `buf`: `Ok(None)` while it is
+/// incomplete, else the head and, removed from `buf`, its bytes. An
+/// informational (1xx) head is returned like any other; the caller skips
+/// it.
+pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Malformed> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+            return Err(Malformed::HeadTooLarge);
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(Malformed::Head(e)),
+    };
+    let status = StatusCode::from_u16(parsed.code.unwrap_or(0)).map_err(|_| Malformed::Header)?;
+    let version = if parsed.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Header values are slices of the head's bytes, not copies.
+    let base = buf.as_ptr() as usize;
+    let ranges: Vec<(HeaderName, usize, usize)> = parsed
+        .headers
+        .iter()
+        .map(|h| {
+            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Malformed::Header)?;
+            let start = h.value.as_ptr() as usize - base;
+            Ok((name, start, start + h.value.len()))
+        })
+        .collect::<Result<_, Malformed>>()?;
+    let bytes = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(ranges.len());
+    for (name, start, end) in ranges {
+        let value = HeaderValue::from_maybe_shared(bytes.slice(start..end))
+            .map_err(|_| Malformed::Header)?;
+        headers.append(name, value);
+    }
+    let framing = framing(status, method, &headers)?;
+    let keep_alive = version == Version::HTTP_11
+        && !has_token(&headers, &header::CONNECTION, "close")
+        && framing != Framing::Close
+        // Both framings named: the length is not to be trusted, nor
+        // whatever follows the body (RFC 9112 §6.3, item 3).
+        && !(headers.contains_key(header::TRANSFER_ENCODING)
+            && headers.contains_key(header::CONTENT_LENGTH));
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// RFC 9112 §6.3 for a response to `method`.
+fn framing(status: StatusCode, method: &Method, headers: &HeaderMap) -> Result<Framing, Malformed> {
+    if *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Empty);
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Chunked must be the final coding; anything else runs to the close.
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim);
+        return Ok(match last {
+            Some(c) if c.eq_ignore_ascii_case("chunked") => Framing::Chunked,
+            _ => Framing::Close,
+        });
+    }
+    let mut length = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        for part in v.to_str().map_err(|_| Malformed::ContentLength)?.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(Malformed::ContentLength);
+            }
+            let n: u64 = part.parse().map_err(|_| Malformed::ContentLength)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Malformed::ContentLength);
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => Framing::Empty,
+        Some(n) => Framing::Length(n),
+        None => Framing::Close,
+    })
+}
+
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Decodes a chunked body as its bytes arrive.
+#[derive(Debug, Default)]
+pub struct Chunked {
+    state: ChunkState,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Before a chunk-size line.
+    #[default]
+    Size,
+    /// Inside a chunk's data.
+    Data(u64),
+    /// After a chunk's data, before its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer lines up to an empty one.
+    Trailers,
+    Done,
+}
+
+/// What the decoder made of the buffered bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// Body data (consumed from the buffer).
+    Data(Bytes),
+    /// More bytes are needed.
+    More,
+    /// The body has ended (trailers, if any, were consumed and dropped).
+    End,
+}
+
+impl Chunked {
+    /// Decodes from the front of `buf`, consuming what it uses.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, Malformed> {
+        loop {
+            match self.state {
+                ChunkState::Size => match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        buf.advance(used);
+                        self.state = if size == 0 {
+                            ChunkState::Trailers
+                        } else {
+                            ChunkState::Data(size)
+                        };
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
+                        return Err(Malformed::Chunked);
+                    }
+                    Ok(httparse::Status::Partial) => return Ok(Decoded::More),
+                    Err(_) => return Err(Malformed::Chunked),
+                },
+                ChunkState::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::More);
+                    }
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    let left = left - take as u64;
+                    self.state = if left == 0 {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(left)
+                    };
+                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                }
+                ChunkState::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::More);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(Malformed::Chunked);
+                    }
+                    buf.advance(2);
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers => {
+                    // Trailer fields are dropped: lines up to an empty one.
+                    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+                        if buf.len() > MAX_TRAILERS {
+                            return Err(Malformed::Chunked);
+                        }
+                        return Ok(Decoded::More);
+                    };
+                    if end > MAX_TRAILERS {
+                        return Err(Malformed::Chunked);
+                    }
+                    buf.advance(end + 2);
+                    if end == 0 {
+                        self.state = ChunkState::Done;
+                    }
+                }
+                ChunkState::Done => return Ok(Decoded::End),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str, method: &Method) -> Result<Option<Head>, Malformed> {
+        parse_response(&mut BytesMut::from(raw), method)
+    }
+
+    #[test]
+    fn requests_are_written_in_origin_form_with_their_headers() {
+        let (mut parts, ()) = hyper::Request::get("/a/b?c=d")
+            .header("host", "x.example")
+            .header("x-forwarded-for", "10.0.0.1")
+            .body(())
+            .unwrap()
+            .into_parts();
+        parts
+            .headers
+            .append("accept", HeaderValue::from_static("*/*"));
+        let mut buf = BytesMut::new();
+        encode_request(&parts, &mut buf);
+        assert_eq!(
+            &buf[..],
+            b"GET /a/b?c=d HTTP/1.1\r\nhost: x.example\r\nx-forwarded-for: 10.0.0.1\r\naccept: */*\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn heads_are_parsed_framed_and_consumed() {
+        let mut buf = BytesMut::from(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-A: 1\r\nX-A: 2\r\n\r\nabcHTTP",
+        );
+        let h = parse_response(&mut buf, &Method::GET).unwrap().unwrap();
+        assert_eq!(h.status, StatusCode::OK);
+        assert_eq!(h.framing, Framing::Length(3));
+        assert!(h.keep_alive);
+        assert_eq!(h.headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(&buf[..], b"abcHTTP");
+
+        let incomplete = "HTTP/1.1 200 OK\r\nContent-Len";
+        let mut partial = BytesMut::from(incomplete);
+        assert!(
+            parse_response(&mut partial, &Method::GET)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            &partial[..],
+            incomplete.as_bytes(),
+            "an incomplete head is left in place"
+        );
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let f = |raw: &str, m: &Method| head(raw, m).unwrap().unwrap().framing;
+        let get = &Method::GET;
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                &Method::HEAD
+            ),
+            Framing::Empty
+        );
+        assert_eq!(f("HTTP/1.1 204 No Content\r\n\r\n", get), Framing::Empty);
+        assert_eq!(
+            f(
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+                get
+            ),
+            Framing::Empty
+        );
+        assert_eq!(f("HTTP/1.1 100 Continue\r\n\r\n", get), Framing::Empty);
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", get),
+            Framing::Empty
+        );
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\n\r\n", get),
+            Framing::Length(7)
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                get
+            ),
+            Framing::Chunked
+        );
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", get),
+            Framing::Close
+        );
+        assert_eq!(f("HTTP/1.1 200 OK\r\n\r\n", get), Framing::Close);
+        let both = head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n",
+            get,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(both.framing, Framing::Chunked);
+        assert!(
+            !both.keep_alive,
+            "a message naming both framings is never reused"
+        );
+    }
+
+    #[test]
+    fn connections_are_kept_only_when_http_1_1_says_so() {
+        let keep = |raw: &str| head(raw, &Method::GET).unwrap().unwrap().keep_alive;
+        assert!(keep("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n"));
+        assert!(!keep(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 1\r\n\r\n"
+        ));
+        assert!(!keep("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n"));
+        assert!(
+            !keep("HTTP/1.1 200 OK\r\n\r\n"),
+            "a body ending at the close ends the connection"
+        );
+    }
+
+    #[test]
+    fn bad_heads_are_refused_with_their_reason() {
+        let get = &Method::GET;
+        for raw in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: +3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+        ] {
+            assert!(
+                matches!(head(raw, get), Err(Malformed::ContentLength)),
+                "{raw}"
+            );
+        }
+        assert!(matches!(
+            head("HTTP/1.1 2x0 OK\r\n\r\n", get),
+            Err(Malformed::Head(_))
+        ));
+        assert!(matches!(
+            head("HTTP/1.1 200 OK\r\nBad Name: 1\r\n\r\n", get),
+            Err(Malformed::Head(_))
+        ));
+        let huge = format!("HTTP/1.1 200 OK\r\nX: {}", "a".repeat(MAX_HEAD_BYTES));
+        assert!(matches!(head(&huge, get), Err(Malformed::HeadTooLarge)));
+    }
+
+    /// Decodes `wire` fed in pieces of `step` bytes.
+    fn dechunk(wire: &[u8], step: usize) -> Result<Vec<u8>, Malformed> {
+        let mut c = Chunked::default();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut fed = 0;
+        loop {
+            match c.decode(&mut buf)? {
+                Decoded::Data(d) => out.extend_from_slice(&d),
+                Decoded::End => return Ok(out),
+                Decoded::More if fed == wire.len() => return Err(Malformed::Chunked),
+                Decoded::More => {
+                    let end = (fed + step).min(wire.len());
+                    buf.extend_from_slice(&wire[fed..end]);
+                    fed = end;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_pieces() {
+        let wire = b"5;ext=1\r\nhello\r\n1\r\n \r\n6\r\nworld!\r\n0\r\nx-trailer: t\r\n\r\n";
+        for step in [1, 2, 3, 7, wire.len()] {
+            assert_eq!(dechunk(wire, step).unwrap(), b"hello world!", "step {step}");
+        }
+        // What follows the body stays in the buffer (the next response).
+        let mut c = Chunked::default();
+        let mut buf = BytesMut::from(&b"1\r\na\r\n0\r\n\r\nHTTP/1.1"[..]);
+        assert_eq!(
+            c.decode(&mut buf).unwrap(),
+            Decoded::Data(Bytes::from_static(b"a"))
+        );
+        assert_eq!(c.decode(&mut buf).unwrap(), Decoded::End);
+        assert_eq!(&buf[..], b"HTTP/1.1");
+    }
+
+    #[test]
+    fn bad_chunked_bodies_are_refused() {
+        for wire in [
+            &b"zz\r\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"ffffffffffffffffffff\r\n",
+        ] {
+            assert!(
+                matches!(dechunk(wire, 1), Err(Malformed::Chunked)),
+                "{wire:?}"
+            );
+        }
+        let long = format!("1;{}\r\n", "e".repeat(MAX_CHUNK_LINE + 1));
+        assert!(matches!(
+            dechunk(long.as_bytes(), 4096),
+            Err(Malformed::Chunked)
+        ));
+        // A body cut off before its last chunk is the caller's to report.
+        assert!(matches!(dechunk(b"5\r\nhel", 1), Err(Malformed::Chunked)));
+    }
+}
