@@ -9,7 +9,8 @@
 //!   ordered changes) over [`control`], the control-plane client.
 //! - [`proxy`]: the request path (routing, redirects, wake, balancing,
 //!   forwarding, WebSockets); [`upstream`] (each worker's HTTP/1.1
-//!   connections to instances), [`wake`] and [`traffic`] serve it.
+//!   connections to instances, and the fast path over [`h1`]), [`wake`]
+//!   and [`traffic`] serve it.
 //! - [`tls`]: SNI certificates from the table, keys opened by the vault.
 //! - [`server`]: listeners and drain; [`metrics`], [`config`], [`clock`].
 
