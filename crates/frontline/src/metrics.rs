@@ -33,6 +33,11 @@ struct KindLabels {
     kind: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: u64,
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new([
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -46,6 +51,7 @@ pub struct Metrics {
     duration: Vec<[Histogram; 5]>,
     upstream_errors: Family<KindLabels, Counter>,
     tls_handshakes: Family<KindLabels, Counter>,
+    connections: Family<WorkerLabels, Gauge>,
     table_version: Gauge<u64, AtomicU64>,
     table_connected: Gauge,
     table_ready: Gauge,
@@ -92,6 +98,7 @@ impl Metrics {
             duration: Vec::new(),
             upstream_errors: Family::default(),
             tls_handshakes: Family::default(),
+            connections: Family::default(),
             table_version: Gauge::default(),
             table_connected: Gauge::default(),
             table_ready: Gauge::default(),
@@ -137,6 +144,11 @@ impl Metrics {
             "tls_handshakes",
             "TLS handshakes, by result",
             m.tls_handshakes.clone(),
+        );
+        r.register(
+            "connections",
+            "Client connections open, by worker thread",
+            m.connections.clone(),
         );
         r.register(
             "table_version",
@@ -218,6 +230,15 @@ impl Metrics {
     }
 
     /// Counts a TLS handshake (`ok`, `error`, `timeout`).
+    /// The gauge of client connections `worker` serves (clones share it).
+    pub fn connections(&self, worker: usize) -> Gauge {
+        self.connections
+            .get_or_create(&WorkerLabels {
+                worker: worker as u64,
+            })
+            .clone()
+    }
+
     pub fn tls_handshake(&self, kind: &'static str) {
         self.tls_handshakes
             .get_or_create(&KindLabels { kind })

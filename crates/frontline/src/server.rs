@@ -24,8 +24,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
@@ -189,9 +190,10 @@ pub async fn run(
         control.clone(),
         Duration::from_secs(config.proxy.wake_timeout_seconds),
     ));
+    let (balance, mut inboxes) = Balance::new(count, &metrics);
     let mut first = Some((listeners.http, listeners.https));
     let mut workers = Vec::with_capacity(count);
-    for i in 0..count {
+    for (i, inbox) in inboxes.drain(..).enumerate() {
         // The first worker takes the bound sockets; the others bind their own.
         let (http, https) = match first.take() {
             Some(pair) => pair,
@@ -212,6 +214,8 @@ pub async fn run(
             metrics: metrics.clone(),
             traffic: traffic.clone(),
             wakes: wakes.clone(),
+            balance: balance.clone(),
+            inbox,
         };
         let stop = stop_rx.clone();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -253,6 +257,65 @@ struct Worker {
     metrics: Arc<Metrics>,
     traffic: Arc<Traffic>,
     wakes: Arc<crate::wake::Wakes>,
+    balance: Arc<Balance>,
+    /// Connections other workers hand over.
+    inbox: mpsc::UnboundedReceiver<Handover>,
+}
+
+/// Spreads client connections evenly over the workers. `SO_REUSEPORT`
+/// hashes each connection to a worker, so a few long-lived connections can
+/// all land on one worker while another idles (at 4 connections, half the
+/// time 3 or 4 on one). A worker that accepts a connection while another
+/// serves fewer hands it over: one cross-thread wake per connection, never
+/// per request.
+#[derive(Debug)]
+struct Balance {
+    /// Client connections each worker serves or is being handed.
+    open: Vec<Gauge>,
+    inboxes: Vec<mpsc::UnboundedSender<Handover>>,
+}
+
+/// A connection on its way to the worker that serves it.
+#[derive(Debug)]
+struct Handover {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    tls: bool,
+    open: Open,
+}
+
+/// Counts a connection in its worker's `open` gauge until dropped.
+#[derive(Debug)]
+struct Open(Gauge);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Balance {
+    fn new(
+        workers: usize,
+        metrics: &Metrics,
+    ) -> (Arc<Self>, Vec<mpsc::UnboundedReceiver<Handover>>) {
+        let (inboxes, receivers) = (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
+        let open = (0..workers).map(|w| metrics.connections(w)).collect();
+        (Arc::new(Self { open, inboxes }), receivers)
+    }
+
+    /// Which worker serves a connection `worker` accepted: the one serving
+    /// the fewest, `worker` itself on a tie; counted there from now on.
+    fn pick(&self, worker: usize) -> (usize, Open) {
+        let mut best = worker;
+        for (i, g) in self.open.iter().enumerate() {
+            if g.get() < self.open[best].get() {
+                best = i;
+            }
+        }
+        self.open[best].inc();
+        (best, Open(self.open[best].clone()))
+    }
 }
 
 impl Worker {
@@ -277,10 +340,18 @@ impl Worker {
                 self.traffic,
                 self.wakes,
             )?);
-            let builder = Arc::new(http_builder(&self.config));
-            let graceful = Arc::new(GracefulShutdown::new());
-            let header_timeout =
-                Duration::from_secs(self.config.proxy.request_header_timeout_seconds);
+            let serving = Arc::new(Serving {
+                index: self.index,
+                proxy,
+                builder: Arc::new(http_builder(&self.config)),
+                graceful: Arc::new(GracefulShutdown::new()),
+                metrics: self.metrics,
+                tls: self.tls,
+                header_timeout: Duration::from_secs(
+                    self.config.proxy.request_header_timeout_seconds,
+                ),
+                balance: self.balance,
+            });
             let stopped = || {
                 let mut rx = stop.clone();
                 async move {
@@ -290,30 +361,27 @@ impl Worker {
             let mut loops = tokio::task::JoinSet::new();
             loops.spawn(accept_loop(
                 TcpListener::from_std(self.http)?,
-                None,
-                proxy.clone(),
-                builder.clone(),
-                graceful.clone(),
-                self.metrics.clone(),
-                header_timeout,
+                false,
+                serving.clone(),
                 stopped(),
             ));
-            if let (Some(https), Some(tls)) = (self.https, self.tls) {
+            if let Some(https) = self.https
+                && serving.tls.is_some()
+            {
                 loops.spawn(accept_loop(
                     TcpListener::from_std(https)?,
-                    Some(tls),
-                    proxy,
-                    builder,
-                    graceful.clone(),
-                    self.metrics,
-                    header_timeout,
+                    true,
+                    serving.clone(),
                     stopped(),
                 ));
             }
+            loops.spawn(inbox_loop(self.inbox, serving.clone(), stopped()));
             while loops.join_next().await.is_some() {}
             let grace = Duration::from_secs(self.config.listen.shutdown_grace_seconds);
-            let graceful = Arc::try_unwrap(graceful)
-                .map_err(|_| anyhow::anyhow!("listeners still running"))?;
+            let graceful = Arc::try_unwrap(serving)
+                .ok()
+                .and_then(|s| Arc::try_unwrap(s.graceful).ok())
+                .ok_or_else(|| anyhow::anyhow!("listeners still running"))?;
             if tokio::time::timeout(grace, graceful.shutdown())
                 .await
                 .is_err()
@@ -360,15 +428,22 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     b
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+/// What a worker's loops share to serve a connection.
+struct Serving {
+    index: usize,
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     graceful: Arc<GracefulShutdown>,
     metrics: Arc<Metrics>,
+    tls: Option<TlsAcceptor>,
     header_timeout: Duration,
+    balance: Arc<Balance>,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: bool,
+    serving: Arc<Serving>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -386,31 +461,81 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
+        let (worker, open) = serving.balance.pick(serving.index);
+        if worker == serving.index {
+            serving.serve(stream, peer, tls, open);
+            continue;
+        }
+        // Another worker serves fewer: its runtime takes the socket over.
+        match stream.into_std() {
+            Ok(stream) => {
+                let handover = Handover {
+                    stream,
+                    peer,
+                    tls,
+                    open,
+                };
+                // A worker gone (shutting down) drops the connection.
+                let _ = serving.balance.inboxes[worker].send(handover);
+            }
+            Err(e) => tracing::debug!(%peer, error = %e, "hand-over failed"),
+        }
+    }
+}
+
+/// Serves the connections other workers hand over.
+async fn inbox_loop(
+    mut inbox: mpsc::UnboundedReceiver<Handover>,
+    serving: Arc<Serving>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let h = tokio::select! {
+            () = &mut shutdown => return,
+            h = inbox.recv() => match h {
+                Some(h) => h,
+                None => return,
+            },
+        };
+        match TcpStream::from_std(h.stream) {
+            Ok(stream) => serving.serve(stream, h.peer, h.tls, h.open),
+            Err(e) => tracing::debug!(peer = %h.peer, error = %e, "hand-over failed"),
+        }
+    }
+}
+
+impl Serving {
+    /// Serves one client connection on a task of this worker, counted in
+    /// `open` until it ends.
+    fn serve(&self, stream: TcpStream, peer: SocketAddr, tls: bool, open: Open) {
         // A watcher, not the shutdown itself: the drain owns that.
-        let (proxy, builder, watcher, metrics, tls) = (
-            proxy.clone(),
-            builder.clone(),
-            graceful.watcher(),
-            metrics.clone(),
-            tls.clone(),
+        let (proxy, builder, watcher, metrics, header_timeout) = (
+            self.proxy.clone(),
+            self.builder.clone(),
+            self.graceful.watcher(),
+            self.metrics.clone(),
+            self.header_timeout,
         );
+        let acceptor = if tls { self.tls.clone() } else { None };
         tokio::spawn(async move {
-            match tls {
+            let _open = open;
+            let builder = &*builder;
+            match acceptor {
                 None => {
                     // A client must start its request within the header
                     // timeout (HTTP/2 prior knowledge included).
                     if !first_byte_within(&stream, header_timeout).await {
                         return;
                     }
-                    serve(stream, Conn::new(peer, false), proxy, &builder, watcher).await;
+                    serve(stream, Conn::new(peer, false), proxy, builder, watcher).await;
                 }
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
                         Ok(Ok(tls_stream)) => {
                             metrics.tls_handshake("ok");
-                            serve(tls_stream, Conn::new(peer, true), proxy, &builder, watcher)
-                                .await;
+                            serve(tls_stream, Conn::new(peer, true), proxy, builder, watcher).await;
                         }
                         Ok(Err(e)) => {
                             metrics.tls_handshake("error");

@@ -431,6 +431,7 @@ impl Edge {
             https = "127.0.0.1:0"
             admin = "127.0.0.1:0"
             shutdown_grace_seconds = 2
+            workers = 2
             [vault]
             keys = [{{ id = "k1", key = "{VAULT_KEY}" }}]
             {extra}

@@ -614,3 +614,54 @@ async fn requests_for_other_regions_go_to_their_edge() -> Result<()> {
     edge_a.shutdown().await?;
     edge_b.shutdown().await
 }
+
+/// Client connections are spread evenly over the edge's two workers
+/// whatever the kernel's `SO_REUSEPORT` hash says: after each new
+/// keep-alive connection, the workers' counts differ by at most one; and
+/// closed connections are counted out.
+#[tokio::test]
+async fn client_connections_are_spread_evenly_over_the_workers() -> Result<()> {
+    let w = world("").await?;
+    let app = Backend::start("even", false).await?;
+    w.host_on("even", &[app.addr]).await?;
+    w.edge.wait_host(&host("even"), StatusCode::OK).await?;
+    let counts = || async {
+        let (_, text) = w.edge.admin_get("/metrics").await?;
+        let of = |worker: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with(&format!(
+                        "ctrl_frontline_connections{{worker=\"{worker}\"}}"
+                    ))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(0)
+        };
+        anyhow::Ok((of("0"), of("1")))
+    };
+    let mut kept = Vec::new();
+    for n in 1..=12 {
+        let stream = tokio::net::TcpStream::connect(w.edge.http).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let req = Request::get("/")
+            .header("host", host("even"))
+            .body(Full::new(Bytes::new()))?;
+        let resp = sender.send_request(req).await?;
+        assert_eq!(resp.status(), StatusCode::OK);
+        kept.push(sender);
+        let (a, b) = counts().await?;
+        assert_eq!(a + b, n, "{a} + {b} connections counted, {n} open");
+        assert!((a - b).abs() <= 1, "{a} and {b} connections after {n}");
+    }
+    drop(kept);
+    wait_until(
+        "closed connections to be counted out",
+        Duration::from_secs(5),
+        || async { counts().await.is_ok_and(|c| c == (0, 0)) },
+    )
+    .await?;
+    w.edge.shutdown().await
+}
