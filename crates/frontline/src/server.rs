@@ -4,9 +4,10 @@
 //!
 //! The request path runs thread-per-core, as nginx's workers do: each
 //! worker thread has its own single-threaded runtime, its own listening
-//! sockets on the same ports (`SO_REUSEPORT`, the kernel spreads
-//! connections) and its own upstream connection pools, so a request and the
-//! upstream connection serving it never wake another thread. The routing
+//! sockets on the same ports (`SO_REUSEPORT`; a worker hands a connection it
+//! accepted to one serving fewer, see `Balance`) and its own upstream
+//! connection pools, so a request and the upstream connection serving it
+//! never wake another thread. The routing
 //! table, metrics and traffic counts are shared (atomics and an `Arc` swap);
 //! the control-plane stream, traffic reports and the admin port run on the
 //! caller's runtime.
