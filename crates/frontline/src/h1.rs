@@ -110,20 +110,23 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head
     } else {
         Version::HTTP_11
     };
-    // Header values are slices of the head's bytes, not copies.
+    // Header values are slices of the head's bytes, not copies: where each
+    // name and value lies, then the head frozen and sliced.
     let base = buf.as_ptr() as usize;
-    let ranges: Vec<(HeaderName, usize, usize)> = parsed
-        .headers
-        .iter()
-        .map(|h| {
-            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Malformed::Header)?;
-            let start = h.value.as_ptr() as usize - base;
-            Ok((name, start, start + h.value.len()))
-        })
-        .collect::<Result<_, Malformed>>()?;
+    let mut ranges = [(0, 0, 0, 0); MAX_HEADERS];
+    for (range, h) in ranges.iter_mut().zip(parsed.headers.iter()) {
+        let (name, value) = (
+            h.name.as_ptr() as usize - base,
+            h.value.as_ptr() as usize - base,
+        );
+        *range = (name, name + h.name.len(), value, value + h.value.len());
+    }
+    let count = parsed.headers.len();
     let bytes = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(ranges.len());
-    for (name, start, end) in ranges {
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(name_start, name_end, start, end) in &ranges[..count] {
+        let name =
+            HeaderName::from_bytes(&bytes[name_start..name_end]).map_err(|_| Malformed::Header)?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(start..end))
             .map_err(|_| Malformed::Header)?;
         headers.append(name, value);

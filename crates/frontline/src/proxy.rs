@@ -421,7 +421,9 @@ impl Proxy {
             let Some(i) = pick(&d.backends, &tried) else {
                 break;
             };
-            tried.push(i);
+            if attempts > 1 {
+                tried.push(i);
+            }
             let backend = &d.backends[i];
             let Some(authority) = backend.authority.clone() else {
                 continue;
@@ -765,20 +767,21 @@ struct Forwarding<'a> {
 
 fn pick(backends: &[Arc<Backend>], tried: &[usize]) -> Option<usize> {
     let now = clock::mono_ms();
-    let fresh: Vec<usize> = (0..backends.len()).filter(|i| !tried.contains(i)).collect();
-    let available: Vec<usize> = fresh
-        .iter()
-        .copied()
-        .filter(|&i| backends[i].available(now))
-        .collect();
-    let pool = if available.is_empty() {
-        &fresh
-    } else {
-        &available
+    let fresh = |i: &usize| !tried.contains(i);
+    let available = |i: &usize| fresh(i) && backends[*i].available(now);
+    // Scans instead of collecting: no allocation on the request path.
+    let any_available = (0..backends.len()).any(|i| available(&i));
+    let candidate = |i: &usize| {
+        if any_available {
+            available(i)
+        } else {
+            fresh(i)
+        }
     };
-    match pool.len() {
+    let nth = |k: usize| (0..backends.len()).filter(candidate).nth(k);
+    match (0..backends.len()).filter(candidate).count() {
         0 => None,
-        1 => Some(pool[0]),
+        1 => nth(0),
         n => {
             let mut rng = rand::rng();
             let a = rng.random_range(0..n);
@@ -786,8 +789,9 @@ fn pick(backends: &[Arc<Backend>], tried: &[usize]) -> Option<usize> {
             if b >= a {
                 b += 1;
             }
-            let load = |i: usize| backends[pool[i]].in_flight.load(Ordering::Relaxed);
-            Some(if load(b) < load(a) { pool[b] } else { pool[a] })
+            let (a, b) = (nth(a)?, nth(b)?);
+            let load = |i: usize| backends[i].in_flight.load(Ordering::Relaxed);
+            Some(if load(b) < load(a) { b } else { a })
         }
     }
 }
