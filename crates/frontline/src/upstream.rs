@@ -70,6 +70,13 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Idle for less than `timeout`, and still open.
+    fn usable(&self, timeout: Duration) -> bool {
+        self.since.elapsed() < timeout && is_open(&self.stream)
+    }
+}
+
 /// Whether an idle connection is still open and silent. Its socket's
 /// readiness says so without a system call, unless something arrived
 /// (the instance's close, or bytes it should not have sent).
@@ -144,7 +151,7 @@ impl Http1Pool {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(authority)?;
         while let Some(i) = list.pop() {
-            if i.since.elapsed() < self.idle_timeout && is_open(&i.stream) {
+            if i.usable(self.idle_timeout) {
                 return Some(i.stream);
             }
         }
@@ -156,7 +163,7 @@ impl Http1Pool {
         if self.checkins.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             let timeout = self.idle_timeout;
             idle.retain(|_, list| {
-                list.retain(|i| i.since.elapsed() < timeout && is_open(&i.stream));
+                list.retain(|i| i.usable(timeout));
                 !list.is_empty()
             });
         }
@@ -167,6 +174,12 @@ impl Http1Pool {
                 since: Instant::now(),
             });
         }
+    }
+
+    /// A fresh connection for a request whose reused one was closed under
+    /// it (its failure is the connect's, for the caller to retry elsewhere).
+    async fn reconnect(&self, authority: &Authority) -> Result<TcpStream, Failed> {
+        self.connect(authority).await.map_err(Failed::Connect)
     }
 
     async fn connect(&self, authority: &Authority) -> Result<TcpStream, std::io::Error> {
@@ -191,25 +204,13 @@ impl Connection {
         h1::encode_request(parts, &mut head);
         // The instance closing the connection without an answer is sent
         // again only where that cannot do anything twice.
-        let idempotent = matches!(
-            parts.method,
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::TRACE
-                | Method::PUT
-                | Method::DELETE
-        );
+        let idempotent = parts.method.is_idempotent();
         loop {
             match self.attempt(&head, &parts.method, idempotent).await {
                 Ok((head, buf)) => return Ok(self.respond(head, buf)),
                 Err(Attempt::Closed(_)) if self.reused => {
                     self.reused = false;
-                    self.stream = self
-                        .pool
-                        .connect(&self.authority)
-                        .await
-                        .map_err(Failed::Connect)?;
+                    self.stream = self.pool.reconnect(&self.authority).await?;
                 }
                 Err(Attempt::Closed(e) | Attempt::Failed(e)) => return Err(Failed::Exchange(e)),
             }
@@ -331,11 +332,7 @@ impl Connection {
                     Some(unsent) if self.reused => {
                         req = unsent;
                         self.reused = false;
-                        self.stream = self
-                            .pool
-                            .connect(&self.authority)
-                            .await
-                            .map_err(Failed::Connect)?;
+                        self.stream = self.pool.reconnect(&self.authority).await?;
                     }
                     _ => return Err(Failed::Exchange(e.into_error().into())),
                 },

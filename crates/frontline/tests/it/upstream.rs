@@ -141,8 +141,9 @@ async fn served() -> Result<(World, Raw)> {
 /// One client connection to the edge (so one edge worker, one pool).
 struct Client(SendRequest<Full<Bytes>>);
 
-/// An answer whose body may have failed part way.
-struct Answer {
+/// An answer whose body may have failed part way (unlike the
+/// harness's `Answer`, whose body was read whole).
+struct Reply {
     status: StatusCode,
     headers: HeaderMap,
     body: Result<Bytes>,
@@ -156,7 +157,7 @@ impl Client {
         Ok(Self(sender))
     }
 
-    async fn send(&mut self, method: Method, path: &str) -> Result<Answer> {
+    async fn send(&mut self, method: Method, path: &str) -> Result<Reply> {
         self.0.ready().await?;
         let req = Request::builder()
             .method(method)
@@ -170,7 +171,7 @@ impl Client {
             .await?
             .map(|b| b.to_bytes())
             .map_err(anyhow::Error::from);
-        Ok(Answer {
+        Ok(Reply {
             status: parts.status,
             headers: parts.headers,
             body,
