@@ -1,6 +1,7 @@
-//! The HTTP/1.1 client side of the edge's fast path: a request without a
-//! body written as one buffer, the response head parsed with `httparse`,
-//! the response body framed (RFC 9112 §6.3) and decoded as it is read.
+//! The HTTP/1.1 client side of the edge's fast path: the response head
+//! parsed with `httparse`, the response body framed (RFC 9112 §6.3) and
+//! decoded as it is read (the request, without a body, is written as one
+//! buffer by `proxy`).
 //!
 //! Pure functions over buffers, no I/O: `upstream` does the reading and
 //! writing. Anything unusual (a request body, an upgrade) goes through
@@ -10,7 +11,6 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::http::request::Parts;
 use hyper::{Method, StatusCode, Version};
 
 /// The largest response head read (hyper's default buffer limit is
@@ -37,32 +37,6 @@ pub enum Malformed {
     Chunked,
     #[error("the response switched protocols although no upgrade was asked for")]
     UnaskedUpgrade,
-}
-
-/// Writes `parts`' request line and headers (its URI in origin form, its
-/// headers as prepared by the proxy) into `buf`, for a request without a
-/// body.
-pub fn encode_request(parts: &Parts, buf: &mut BytesMut) {
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let size = parts
-        .headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum::<usize>()
-        + path.len()
-        + 32;
-    buf.reserve(size);
-    buf.extend_from_slice(parts.method.as_str().as_bytes());
-    buf.extend_from_slice(b" ");
-    buf.extend_from_slice(path.as_bytes());
-    buf.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        buf.extend_from_slice(name.as_str().as_bytes());
-        buf.extend_from_slice(b": ");
-        buf.extend_from_slice(value.as_bytes());
-        buf.extend_from_slice(b"\r\n");
-    }
-    buf.extend_from_slice(b"\r\n");
 }
 
 /// A parsed response head, and how its body is framed.
@@ -303,25 +277,6 @@ mod tests {
 
     fn head(raw: &str, method: &Method) -> Result<Option<Head>, Malformed> {
         parse_response(&mut BytesMut::from(raw), method)
-    }
-
-    #[test]
-    fn requests_are_written_in_origin_form_with_their_headers() {
-        let (mut parts, ()) = hyper::Request::get("/a/b?c=d")
-            .header("host", "x.example")
-            .header("x-forwarded-for", "10.0.0.1")
-            .body(())
-            .unwrap()
-            .into_parts();
-        parts
-            .headers
-            .append("accept", HeaderValue::from_static("*/*"));
-        let mut buf = BytesMut::new();
-        encode_request(&parts, &mut buf);
-        assert_eq!(
-            &buf[..],
-            b"GET /a/b?c=d HTTP/1.1\r\nhost: x.example\r\nx-forwarded-for: 10.0.0.1\r\naccept: */*\r\n\r\n"
-        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod h1;
+pub mod headers;
 pub mod metrics;
 pub mod proxy;
 pub mod server;

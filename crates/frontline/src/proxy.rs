@@ -16,11 +16,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::Body as _;
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -30,6 +31,7 @@ use rand::Rng;
 use crate::clock;
 use crate::config::Config;
 use crate::control::Control;
+use crate::headers::{Forward, forward_headers, strip_hop_by_hop};
 use crate::metrics::Metrics;
 use crate::table::{Backend, Deployment, Routes, State, Upstream};
 use crate::traffic::Traffic;
@@ -41,15 +43,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A body in either direction.
 pub type Body = BoxBody<Bytes, BoxError>;
 
-/// Hop counter carried between edges.
-pub const HOPS: HeaderName = HeaderName::from_static("x-ctrl-frontline-hops");
-/// Request id, kept if sane, else generated.
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-/// Which deployment answered (debugging, and the edge tests).
-pub const DEPLOYMENT: HeaderName = HeaderName::from_static("x-ctrl-deployment");
-const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub use crate::headers::{DEPLOYMENT, HOPS, REQUEST_ID};
+pub use fast::{Left, Rewind};
+
+mod fast;
 const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
 /// Connection attempts of a replayable request to a deployment it just
 /// woke, [`STARTING_RETRY_DELAY`] apart once every instance refused: about
@@ -93,6 +90,12 @@ pub struct Proxy {
     https_port: Option<u16>,
     redirect_https: bool,
     response_header_timeout: Duration,
+    /// The wait for a client's request head (the fast path's; hyper's own
+    /// is set on its builder).
+    request_header_timeout: Duration,
+    /// The largest request head (the fast path hands a larger one to
+    /// hyper, which answers 431).
+    max_header_bytes: usize,
     connect_timeout: Duration,
     max_body_bytes: u64,
     max_hops: u32,
@@ -160,6 +163,10 @@ impl Proxy {
             response_header_timeout: Duration::from_secs(
                 config.proxy.response_header_timeout_seconds,
             ),
+            request_header_timeout: Duration::from_secs(
+                config.proxy.request_header_timeout_seconds,
+            ),
+            max_header_bytes: config.proxy.max_header_bytes.max(8192),
             connect_timeout: config.proxy.connect_timeout(),
             max_body_bytes: config.proxy.max_body_bytes,
             max_hops: config.proxy.max_hops,
@@ -176,43 +183,109 @@ impl Proxy {
         conn: Conn,
     ) -> Result<Response<Body>, std::convert::Infallible> {
         let start = Instant::now();
-        let request_id = request_id(req.headers());
+        let request_id =
+            crate::headers::request_id(req.headers().get(REQUEST_ID).map(HeaderValue::as_bytes));
         // What the access log needs, kept only when it is on.
         let logged = self
             .access_log
             .then(|| (req.method().clone(), req.uri().clone()));
-        let peer = conn.peer;
-        let tls = conn.tls;
-        let (mut response, host, deployment) = self.route(req, conn, &request_id).await;
+        let (mut response, host, deployment) = self.route(req, &conn, &request_id).await;
         response
             .headers_mut()
             .insert(REQUEST_ID, request_id.clone());
-        let status = response.status();
-        let elapsed = start.elapsed();
+        let answer = Answer {
+            start,
+            request_id: request_id.as_bytes(),
+            host: &host,
+            status: response.status(),
+            deployment: deployment.as_deref(),
+        };
+        let logged = logged.as_ref().map(|(m, u)| (m.as_str(), u.path()));
+        self.served(&conn, &answer, logged);
+        Ok(response)
+    }
+
+    /// Counts an answered request and, when access logs are on, writes
+    /// its line (`logged`: its method and path).
+    fn served(&self, conn: &Conn, a: &Answer<'_>, logged: Option<(&str, &str)>) {
+        let elapsed = a.start.elapsed();
         self.metrics
-            .request(self.worker, deployment.as_deref(), status, elapsed);
-        if let Some((method, uri)) = logged {
+            .request(self.worker, a.deployment, a.status, elapsed);
+        if let Some((method, path)) = logged {
             tracing::info!(
                 target: "frontline::access",
-                request_id = request_id.to_str().unwrap_or("-"),
-                client = %peer.ip(),
-                tls,
-                method = %method,
-                host = %host,
-                path = %&uri.path()[..uri.path().floor_char_boundary(256)],
-                status = status.as_u16(),
-                deployment_id = deployment.as_ref().map_or("-", |d| &*d.id),
+                request_id = std::str::from_utf8(a.request_id).unwrap_or("-"),
+                client = %conn.peer.ip(),
+                tls = conn.tls,
+                method,
+                host = a.host,
+                path = &path[..path.floor_char_boundary(256)],
+                status = a.status.as_u16(),
+                deployment_id = a.deployment.map_or("-", |d| &*d.id),
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 "request"
             );
         }
-        Ok(response)
+    }
+
+    /// Where a request for `host` goes, from what its head says: the
+    /// routing rules both ways of serving a request share.
+    fn destination(
+        &self,
+        host: &str,
+        hops: u32,
+        tls: bool,
+        method: &[u8],
+        path: &str,
+    ) -> Destination {
+        if hops >= self.max_hops {
+            return Destination::Page(
+                StatusCode::LOOP_DETECTED,
+                format!("The request crossed {hops} edges: a routing loop."),
+                None,
+            );
+        }
+        if !tls && method == b"GET" && path.starts_with(ACME_PREFIX) {
+            return Destination::Acme(path[ACME_PREFIX.len()..].to_owned());
+        }
+        let table = self.routes.current();
+        let Some(deployment) = table.route(host).cloned() else {
+            return if self.routes.is_ready() {
+                Destination::Page(
+                    StatusCode::NOT_FOUND,
+                    format!("No deployment serves {host}."),
+                    None,
+                )
+            } else {
+                Destination::Page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The edge has not received its routing table yet.".to_owned(),
+                    None,
+                )
+            };
+        };
+        if !tls
+            && self.redirect_https
+            && let Some(port) = self.https_port
+            && table.certificate(host).is_some()
+        {
+            return Destination::Redirect(port, deployment);
+        }
+        match deployment.state {
+            State::Running => Destination::Forward(deployment),
+            State::Stopped => Destination::Page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "This deployment is stopped.".to_owned(),
+                Some(deployment),
+            ),
+            State::Idle => Destination::Wake(deployment),
+        }
     }
 
     async fn route(
         &self,
         req: Request<Incoming>,
-        conn: Conn,
+        conn: &Conn,
         request_id: &HeaderValue,
     ) -> (Response<Body>, String, Option<Arc<Deployment>>) {
         let Some(host) = host_of(&req) else {
@@ -222,72 +295,29 @@ impl Proxy {
                 None,
             );
         };
-        let hops = hops_of(req.headers());
-        if hops >= self.max_hops {
-            return (
-                page(
-                    StatusCode::LOOP_DETECTED,
-                    &format!("The request crossed {hops} edges: a routing loop."),
-                ),
-                host,
-                None,
-            );
-        }
-        if !conn.tls && req.method() == Method::GET && req.uri().path().starts_with(ACME_PREFIX) {
-            let token = req.uri().path()[ACME_PREFIX.len()..].to_owned();
-            return (self.acme(&host, &token).await, host, None);
-        }
-        let table = self.routes.current();
-        let Some(deployment) = table.route(&host).cloned() else {
-            let msg = if self.routes.is_ready() {
-                format!("No deployment serves {host}.")
-            } else {
-                "The edge has not received its routing table yet.".to_owned()
-            };
-            let status = if self.routes.is_ready() {
-                StatusCode::NOT_FOUND
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            return (page(status, &msg), host, None);
-        };
-        if !conn.tls
-            && self.redirect_https
-            && let Some(port) = self.https_port
-            && table.certificate(&host).is_some()
-        {
-            return (redirect(&host, port, req.uri()), host, Some(deployment));
-        }
-        drop(table);
-        let mut starting = false;
-        let deployment = match deployment.state {
-            State::Running => deployment,
-            State::Stopped => {
-                return (
-                    page(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "This deployment is stopped.",
-                    ),
-                    host,
-                    Some(deployment),
-                );
-            }
-            State::Idle => match self.wakes.wake_and_wait(&deployment.id, &host).await {
-                Some(d) => {
-                    starting = true;
-                    d
+        let hops = crate::headers::hops(req.headers().get(HOPS).map(HeaderValue::as_bytes));
+        let method = req.method().as_str().as_bytes();
+        let (deployment, starting) =
+            match self.destination(&host, hops, conn.tls, method, req.uri().path()) {
+                Destination::Page(status, message, d) => return (page(status, &message), host, d),
+                Destination::Acme(token) => return (self.acme(&host, &token).await, host, None),
+                Destination::Redirect(port, d) => {
+                    return (redirect(&host, port, req.uri()), host, Some(d));
                 }
-                None => {
-                    let mut r = page(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "This deployment is starting; retry in a few seconds.",
-                    );
-                    r.headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-                    return (r, host, Some(deployment));
-                }
-            },
-        };
+                Destination::Forward(d) => (d, false),
+                Destination::Wake(d) => match self.wakes.wake_and_wait(&d.id, &host).await {
+                    Some(d) => (d, true),
+                    None => {
+                        let mut r = page(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "This deployment is starting; retry in a few seconds.",
+                        );
+                        r.headers_mut()
+                            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                        return (r, host, Some(d));
+                    }
+                },
+            };
         self.traffic.record(self.worker, &deployment.id);
         let how = Forwarding {
             host: &host,
@@ -326,7 +356,7 @@ impl Proxy {
         &self,
         mut req: Request<Incoming>,
         d: &Deployment,
-        conn: Conn,
+        conn: &Conn,
         how: Forwarding<'_>,
     ) -> Response<Body> {
         let Forwarding {
@@ -350,20 +380,43 @@ impl Proxy {
         let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let replayable = is_replayable(&req);
         let (mut parts, body) = req.into_parts();
-        prepare_headers(
-            &mut parts.headers,
-            &conn,
+        let f = Forward {
+            client: conn.client.as_bytes(),
+            tls: conn.tls,
             host,
             hops,
-            request_id,
-            upgrade.is_some(),
-        );
-        parts.version = Version::HTTP_11;
+            request_id: request_id.as_bytes(),
+            upgrade: upgrade.is_some(),
+        };
         let path_and_query = parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
+        let h2c = d.upstream == Upstream::H2c && upgrade.is_none();
+
+        // Most requests: no body, to this region's instances over HTTP/1.1.
+        if !d.backends.is_empty() && !h2c && upgrade.is_none() && body.is_end_stream() {
+            let head = request_head(
+                parts.method.as_str().as_bytes(),
+                path_and_query.as_str().as_bytes(),
+                &crate::headers::pairs(&parts.headers).into_iter(),
+                &f,
+            );
+            let sent = self.within_header_timeout(self.exchange(d, &head, &parts.method, starting));
+            return match sent.await {
+                Ok((resp, guard)) => self.respond(resp, d, Some(guard)),
+                Err(e) => self.upstream_failure(&e, "backend"),
+            };
+        }
+        let mut headers = HeaderMap::with_capacity(parts.headers.len() + 6);
+        forward_headers(
+            &crate::headers::pairs(&parts.headers).into_iter(),
+            &f,
+            &mut headers,
+        );
+        parts.headers = headers;
+        parts.version = Version::HTTP_11;
         let mut body = Some(body);
 
         // Where to send it: this region's backends, else a peer edge.
@@ -392,18 +445,19 @@ impl Proxy {
             return match sent.await {
                 Ok(resp) => self.respond(resp, d, None),
                 Err(e) => {
-                    self.metrics.upstream_error(e.kind());
+                    self.count(&e);
                     self.upstream_failure(&e, "peer")
                 }
             };
         }
 
-        // A deployment this request just woke may run before its app
-        // listens: a replayable request keeps trying its instances for a
-        // moment instead of failing on the first refusal. Over HTTP/1.1 the
-        // connection is made before the request is handed over, so any
-        // request whose connect failed can go to another instance.
-        let h2c = d.upstream == Upstream::H2c && upgrade.is_none();
+        // A request with a body or an upgrade (through hyper's client on a
+        // pooled connection), or to an h2c instance. A deployment this
+        // request just woke may run before its app listens: a replayable
+        // request keeps trying its instances for a moment instead of
+        // failing on the first refusal. Over HTTP/1.1 the connection is
+        // made before the request is handed over, so any request whose
+        // connect failed can go to another instance.
         let attempts = match (replayable || !h2c, starting) {
             (true, true) => STARTING_ATTEMPTS,
             (true, false) => d.backends.len().min(3),
@@ -412,19 +466,11 @@ impl Proxy {
         let mut tried: Vec<usize> = Vec::new();
         // The request went to hyper's client: it cannot go again.
         let mut consumed = false;
-        let mut last_error = None;
+        let mut last_error = SendError::Unavailable;
         for attempt in 0..attempts {
-            if starting && !d.backends.is_empty() && tried.len() == d.backends.len() {
-                tried.clear();
-                tokio::time::sleep(STARTING_RETRY_DELAY).await;
-            }
-            let Some(i) = pick(&d.backends, &tried) else {
+            let Some(backend) = next_backend(d, &mut tried, attempts, starting).await else {
                 break;
             };
-            if attempts > 1 {
-                tried.push(i);
-            }
-            let backend = &d.backends[i];
             let Some(authority) = backend.authority.clone() else {
                 continue;
             };
@@ -460,19 +506,8 @@ impl Proxy {
                 })
                 .await
             } else {
-                let bodiless = body.as_ref().is_some_and(hyper::body::Body::is_end_stream);
                 match self.instances.connection(&authority).await {
                     Err(e) => Err(SendError::connect(e)),
-                    // Most requests: the fast path.
-                    Ok(connection) if bodiless && upgrade.is_none() => {
-                        self.within_header_timeout(async {
-                            connection
-                                .exchange(&parts)
-                                .await
-                                .map_err(SendError::from_failed)
-                        })
-                        .await
-                    }
                     Ok(connection) => {
                         consumed = true;
                         let body = self.request_body(body.take());
@@ -500,26 +535,75 @@ impl Proxy {
                     return self.respond(resp, d, Some(guard));
                 }
                 Err(e) => {
-                    self.metrics.upstream_error(e.kind());
-                    if e.is_connect() {
-                        let until = clock::mono_ms() + self.ejection.as_millis() as u64;
-                        backend.ejected_until.store(until, Ordering::Relaxed);
-                        tracing::warn!(address = %backend.address, deployment_id = %d.id, kind = e.kind(), "backend did not take the connection; ejected");
-                    }
+                    self.failed(backend, d, &e);
                     let retry = e.is_connect() && (replayable || !h2c) && !consumed;
-                    last_error = Some(e);
+                    last_error = e;
                     if !retry {
                         break;
                     }
                 }
             }
         }
-        match last_error {
-            Some(e) => self.upstream_failure(&e, "backend"),
-            None => page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "No instance of this deployment is available.",
-            ),
+        self.upstream_failure(&last_error, "backend")
+    }
+
+    /// Sends a request without a body (`head`, from [`request_head`]) to
+    /// one of `d`'s instances over HTTP/1.1, on the fast path. A connect
+    /// that fails moves it to another instance (up to three; for a
+    /// deployment it just woke, for about three seconds). The answer keeps
+    /// its instance counted in flight until its body ends.
+    async fn exchange(
+        &self,
+        d: &Deployment,
+        head: &[u8],
+        method: &Method,
+        starting: bool,
+    ) -> Result<(Answered, InFlight), SendError> {
+        let attempts = if starting {
+            STARTING_ATTEMPTS
+        } else {
+            d.backends.len().min(3)
+        };
+        let mut tried = Vec::new();
+        let mut last_error = SendError::Unavailable;
+        for _ in 0..attempts {
+            let Some(backend) = next_backend(d, &mut tried, attempts, starting).await else {
+                break;
+            };
+            let Some(authority) = &backend.authority else {
+                continue;
+            };
+            let guard = InFlight::new(backend.clone());
+            let sent = match self.instances.connection(authority).await {
+                Err(e) => Err(SendError::connect(e)),
+                Ok(connection) => connection
+                    .exchange(head, method)
+                    .await
+                    .map_err(SendError::from_failed),
+            };
+            match sent {
+                Ok(resp) => return Ok((resp, guard)),
+                Err(e) => {
+                    self.failed(backend, d, &e);
+                    let retry = e.is_connect();
+                    last_error = e;
+                    if !retry {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    /// Counts a failed attempt; a backend that did not take the connection
+    /// is ejected for a while.
+    fn failed(&self, backend: &Backend, d: &Deployment, e: &SendError) {
+        self.count(e);
+        if e.is_connect() {
+            let until = clock::mono_ms() + self.ejection.as_millis() as u64;
+            backend.ejected_until.store(until, Ordering::Relaxed);
+            tracing::warn!(address = %backend.address, deployment_id = %d.id, kind = e.kind(), "backend did not take the connection; ejected");
         }
     }
 
@@ -541,16 +625,37 @@ impl Proxy {
     }
 
     /// Waits at most the response-header timeout for `sent`.
-    async fn within_header_timeout<F>(&self, sent: F) -> Result<Answered, SendError>
+    /// (A timeout is counted here; other failures where they happen.)
+    async fn within_header_timeout<F, T>(&self, sent: F) -> Result<T, SendError>
     where
-        F: std::future::Future<Output = Result<Answered, SendError>>,
+        F: std::future::Future<Output = Result<T, SendError>>,
     {
         tokio::time::timeout(self.response_header_timeout, sent)
             .await
-            .unwrap_or(Err(SendError::Timeout))
+            .unwrap_or_else(|_| Err(self.timed_out()))
+    }
+
+    /// The response-header timeout passed: counted, and its error.
+    fn timed_out(&self) -> SendError {
+        self.metrics.upstream_error(SendError::Timeout.kind());
+        SendError::Timeout
+    }
+
+    /// Counts a failure other than a timeout (counted where it happens).
+    fn count(&self, e: &SendError) {
+        if !matches!(e, SendError::Timeout | SendError::Unavailable) {
+            self.metrics.upstream_error(e.kind());
+        }
     }
 
     fn upstream_failure(&self, e: &SendError, to: &str) -> Response<Body> {
+        let (status, message) = self.failure(e, to);
+        page(status, &message)
+    }
+
+    /// The answer to a request that got no response head (the failure
+    /// logged, `to` naming where it went).
+    fn failure(&self, e: &SendError, to: &str) -> (StatusCode, String) {
         let (status, msg) = match e {
             SendError::Timeout => (
                 StatusCode::GATEWAY_TIMEOUT,
@@ -583,11 +688,15 @@ impl Proxy {
                 StatusCode::BAD_GATEWAY,
                 "The deployment's answer was cut off or malformed.".to_owned(),
             ),
+            SendError::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "No instance of this deployment is available.".to_owned(),
+            ),
         };
         if let SendError::Connect { error, .. } | SendError::Exchange(error) = e {
             tracing::warn!(to, kind = e.kind(), error = %error_chain(error.as_ref()), "upstream request failed");
         }
-        page(status, &msg)
+        (status, msg)
     }
 
     fn respond(
@@ -614,6 +723,32 @@ impl Proxy {
 /// A response head, its body still to be read.
 type Answered = Response<UpstreamBody>;
 
+/// Where a request goes ([`Proxy::destination`]).
+#[derive(Debug)]
+enum Destination {
+    /// The edge answers itself: a status and a short message (and the
+    /// deployment, if one was found).
+    Page(StatusCode, String, Option<Arc<Deployment>>),
+    /// The ACME HTTP-01 challenge with this token.
+    Acme(String),
+    /// To HTTPS on this port.
+    Redirect(u16, Arc<Deployment>),
+    /// Woken first: the deployment is idle.
+    Wake(Arc<Deployment>),
+    /// To a running deployment.
+    Forward(Arc<Deployment>),
+}
+
+/// A request answered, as its metrics and access log line see it.
+#[derive(Debug)]
+struct Answer<'a> {
+    start: Instant,
+    request_id: &'a [u8],
+    host: &'a str,
+    status: StatusCode,
+    deployment: Option<&'a Deployment>,
+}
+
 /// Why a request got no response head.
 #[derive(Debug)]
 enum SendError {
@@ -623,6 +758,8 @@ enum SendError {
     Exchange(BoxError),
     /// No response head within the response-header timeout.
     Timeout,
+    /// No instance could be tried.
+    Unavailable,
 }
 
 impl SendError {
@@ -665,6 +802,7 @@ impl SendError {
     fn kind(&self) -> &'static str {
         match self {
             Self::Timeout => "timeout",
+            Self::Unavailable => "unavailable",
             Self::Connect {
                 timed_out: true, ..
             } => "connect_timeout",
@@ -796,6 +934,43 @@ fn pick(backends: &[Arc<Backend>], tried: &[usize]) -> Option<usize> {
     }
 }
 
+/// The next backend of `d` an attempt tries ([`pick`]), never one tried
+/// already; for a deployment just woken, once each was tried, all of them
+/// again after a pause.
+async fn next_backend<'d>(
+    d: &'d Deployment,
+    tried: &mut Vec<usize>,
+    attempts: usize,
+    starting: bool,
+) -> Option<&'d Arc<Backend>> {
+    if starting && !d.backends.is_empty() && tried.len() == d.backends.len() {
+        tried.clear();
+        tokio::time::sleep(STARTING_RETRY_DELAY).await;
+    }
+    let i = pick(&d.backends, tried)?;
+    if attempts > 1 {
+        tried.push(i);
+    }
+    Some(&d.backends[i])
+}
+
+/// The head of a request without a body as an instance gets it: its
+/// request line (`target` in origin form) and [`forward_headers`]' headers.
+fn request_head<'h, H>(method: &[u8], target: &[u8], headers: &H, f: &Forward<'_>) -> BytesMut
+where
+    H: Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
+{
+    let size: usize = headers.clone().map(|(n, v)| n.len() + v.len() + 4).sum();
+    let mut head = BytesMut::with_capacity(size + target.len() + f.host.len() * 2 + 256);
+    head.extend_from_slice(method);
+    head.extend_from_slice(b" ");
+    head.extend_from_slice(target);
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    forward_headers(headers, f, &mut head);
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
 async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
     match tokio::try_join!(client, upstream) {
         Ok((c, u)) => {
@@ -812,53 +987,9 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
 /// missing or not a hostname.
 pub fn host_of<B>(req: &Request<B>) -> Option<String> {
     match req.uri().authority() {
-        Some(a) => normalize_host(a.host()),
-        None => {
-            let h = req.headers().get(header::HOST)?.to_str().ok()?;
-            // `name[:port]`; anything else fails the hostname rule below.
-            let name = match h.rsplit_once(':') {
-                Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-                _ => h,
-            };
-            normalize_host(name)
-        }
+        Some(a) => crate::headers::normalize_host(a.host()),
+        None => crate::headers::host_from_header(req.headers().get(header::HOST)?.as_bytes()),
     }
-}
-
-/// Lowercase, no trailing dot, and a hostname by ctrl's one rule
-/// (`ctrl_core::names::is_hostname`: the rule routes were made by).
-pub fn normalize_host(raw: &str) -> Option<String> {
-    let h = raw.trim_end_matches('.').to_ascii_lowercase();
-    ctrl_core::names::is_hostname(&h).then_some(h)
-}
-
-fn hops_of(headers: &HeaderMap) -> u32 {
-    headers
-        .get(HOPS)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// The client's request id if sane (1-128 of `[A-Za-z0-9._:-]`), else a
-/// new one (32 hex digits).
-pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(REQUEST_ID)
-        && (1..=128).contains(&v.len())
-        && v.as_bytes()
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-    {
-        return v.clone();
-    }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let n = rand::rng().random::<u128>();
-    let mut id = [0u8; 32];
-    for (i, digit) in id.iter_mut().enumerate() {
-        *digit = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
-    }
-    HeaderValue::from_maybe_shared(Bytes::copy_from_slice(&id))
-        .unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -889,90 +1020,6 @@ fn is_replayable<B>(req: &Request<B>) -> bool {
         && !req.headers().contains_key(header::TRANSFER_ENCODING)
         && content_length(req.headers()).is_none_or(|n| n == 0)
         && !is_upgrade(req)
-}
-
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
-
-/// Whether a header never crosses the proxy as is.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name == header::UPGRADE || name == header::PROXY_AUTHORIZATION
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names, no hashing.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for h in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(h);
-    }
-    headers.remove(header::UPGRADE);
-    headers.remove(header::PROXY_AUTHORIZATION);
-}
-
-fn prepare_headers(
-    headers: &mut HeaderMap,
-    conn: &Conn,
-    host: &str,
-    hops: u32,
-    request_id: &HeaderValue,
-    upgrade: bool,
-) {
-    let upgrade_value = if upgrade {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    };
-    strip_hop_by_hop(headers);
-    if let Some(u) = upgrade_value {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, u);
-    }
-    let forwarded_for = match headers.get(FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(chain) if !chain.is_empty() => {
-            HeaderValue::try_from(format!("{chain}, {}", conn.peer.ip())).ok()
-        }
-        _ => Some(conn.client.clone()),
-    };
-    if let Some(v) = forwarded_for {
-        headers.insert(FORWARDED_FOR, v);
-    }
-    if !headers.contains_key(FORWARDED_PROTO) || hops == 0 {
-        headers.insert(
-            FORWARDED_PROTO,
-            HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
-        );
-    }
-    if let Ok(v) = HeaderValue::from_str(host) {
-        if hops == 0 {
-            headers.insert(FORWARDED_HOST, v.clone());
-        }
-        headers.insert(header::HOST, v);
-    }
-    headers.insert(REQUEST_ID, request_id.clone());
-    headers.insert(
-        HOPS,
-        match hops {
-            0 => HeaderValue::from_static("1"),
-            1 => HeaderValue::from_static("2"),
-            n => HeaderValue::from(n + 1),
-        },
-    );
 }
 
 fn full(s: impl Into<Bytes>) -> Body {
@@ -1014,70 +1061,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hosts_are_normalised_or_refused() {
-        assert_eq!(
-            normalize_host("Shop.Example.COM."),
-            Some("shop.example.com".into())
-        );
-        for bad in [
-            "",
-            ".",
-            "a..b",
-            "a b",
-            "evil\u{0}.com",
-            &"a".repeat(64),
-            "x/y",
-        ] {
-            assert_eq!(normalize_host(bad), None, "{bad:?}");
-        }
+    fn the_host_is_the_authority_or_the_host_header() {
         let req = Request::builder()
             .uri("/")
             .header(header::HOST, "App.Localhost:8443")
             .body(())
             .unwrap();
         assert_eq!(host_of(&req), Some("app.localhost".into()));
+        let absolute = Request::builder()
+            .uri("http://Other.Localhost/")
+            .header(header::HOST, "app.localhost")
+            .body(())
+            .unwrap();
+        assert_eq!(host_of(&absolute), Some("other.localhost".into()));
         let no_host = Request::builder().uri("/").body(()).unwrap();
         assert_eq!(host_of(&no_host), None);
     }
 
     #[test]
-    fn request_ids_are_kept_if_sane() {
-        let mut h = HeaderMap::new();
-        h.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
-        assert_eq!(request_id(&h), "abc-123");
-        h.insert(REQUEST_ID, HeaderValue::from_static("a b<script>"));
-        let generated = request_id(&h);
-        assert_eq!(generated.len(), 32);
-        assert_ne!(generated, request_id(&h), "fresh each time");
-    }
-
-    #[test]
-    fn forwarded_headers_and_hop_by_hop() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
+    fn a_bodiless_request_is_written_as_one_head() {
+        let f = Forward {
+            client: b"192.0.2.7",
+            tls: false,
+            host: "x.example",
+            hops: 0,
+            request_id: b"rid",
+            upgrade: false,
+        };
+        let headers = [(&b"Accept"[..], &b"*/*"[..]), (b"Host", b"X.Example:80")];
+        let head = request_head(b"GET", b"/a/b?c=d", &headers.into_iter(), &f);
+        assert_eq!(
+            std::str::from_utf8(&head).unwrap(),
+            "GET /a/b?c=d HTTP/1.1\r\nAccept: */*\r\nx-forwarded-for: 192.0.2.7\r\n\
+             x-forwarded-proto: http\r\nx-forwarded-host: x.example\r\nhost: x.example\r\n\
+             x-request-id: rid\r\nx-ctrl-frontline-hops: 1\r\n\r\n"
         );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        h.insert(FORWARDED_FOR, HeaderValue::from_static("10.1.1.1"));
-        h.insert(
-            header::PROXY_AUTHORIZATION,
-            HeaderValue::from_static("Basic x"),
-        );
-        let conn = Conn::new("192.0.2.7:5555".parse().unwrap(), true);
-        let rid = HeaderValue::from_static("rid");
-        prepare_headers(&mut h, &conn, "app.example.com", 0, &rid, false);
-        assert!(!h.contains_key("x-secret"));
-        assert!(!h.contains_key(header::TRANSFER_ENCODING));
-        assert!(!h.contains_key(header::PROXY_AUTHORIZATION));
-        assert_eq!(h[FORWARDED_FOR], "10.1.1.1, 192.0.2.7");
-        assert_eq!(h[FORWARDED_PROTO], "https");
-        assert_eq!(h[FORWARDED_HOST], "app.example.com");
-        assert_eq!(h[HOPS], "1");
     }
 
     #[test]

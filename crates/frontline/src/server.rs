@@ -33,7 +33,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::Config;
 use crate::control::Control;
 use crate::metrics::Metrics;
-use crate::proxy::{Conn, Proxy};
+use crate::proxy::{Conn, Left, Proxy, Rewind};
 use crate::table::Routes;
 use crate::tls::VaultLoader;
 use crate::traffic::Traffic;
@@ -348,10 +348,8 @@ impl Worker {
                 graceful: Arc::new(GracefulShutdown::new()),
                 metrics: self.metrics,
                 tls: self.tls,
-                header_timeout: Duration::from_secs(
-                    self.config.proxy.request_header_timeout_seconds,
-                ),
                 balance: self.balance,
+                stop: stop.clone(),
             });
             let stopped = || {
                 let mut rx = stop.clone();
@@ -437,8 +435,9 @@ struct Serving {
     graceful: Arc<GracefulShutdown>,
     metrics: Arc<Metrics>,
     tls: Option<TlsAcceptor>,
-    header_timeout: Duration,
     balance: Arc<Balance>,
+    /// Says when the edge drains (the fast path's connections watch it).
+    stop: watch::Receiver<bool>,
 }
 
 async fn accept_loop(
@@ -511,32 +510,32 @@ impl Serving {
     /// `open` until it ends.
     fn serve(&self, stream: TcpStream, peer: SocketAddr, tls: bool, open: Open) {
         // A watcher, not the shutdown itself: the drain owns that.
-        let (proxy, builder, watcher, metrics, header_timeout) = (
+        let (proxy, builder, watcher, metrics, stop) = (
             self.proxy.clone(),
             self.builder.clone(),
             self.graceful.watcher(),
             self.metrics.clone(),
-            self.header_timeout,
+            self.stop.clone(),
         );
         let acceptor = if tls { self.tls.clone() } else { None };
         tokio::spawn(async move {
             let _open = open;
-            let builder = &*builder;
+            let serving = Connection {
+                proxy,
+                builder,
+                watcher,
+                stop,
+            };
             match acceptor {
-                None => {
-                    // A client must start its request within the header
-                    // timeout (HTTP/2 prior knowledge included).
-                    if !first_byte_within(&stream, header_timeout).await {
-                        return;
-                    }
-                    serve(stream, Conn::new(peer, false), proxy, builder, watcher).await;
-                }
+                None => serving.serve(stream, Conn::new(peer, false), true).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
                         Ok(Ok(tls_stream)) => {
                             metrics.tls_handshake("ok");
-                            serve(tls_stream, Conn::new(peer, true), proxy, builder, watcher).await;
+                            // HTTP/2 (by ALPN) is hyper's from the start.
+                            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            serving.serve(tls_stream, Conn::new(peer, true), !h2).await;
                         }
                         Ok(Err(e)) => {
                             metrics.tls_handshake("error");
@@ -550,30 +549,40 @@ impl Serving {
     }
 }
 
-async fn first_byte_within(stream: &TcpStream, timeout: Duration) -> bool {
-    let mut buf = [0u8; 1];
-    matches!(
-        tokio::time::timeout(timeout, stream.peek(&mut buf)).await,
-        Ok(Ok(n)) if n > 0
-    )
+/// What serving one client connection takes.
+struct Connection {
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    /// Keeps the drain waiting until the connection ends.
+    watcher: hyper_util::server::graceful::Watcher,
+    stop: watch::Receiver<bool>,
 }
 
-async fn serve<I>(
-    io: I,
-    conn: Conn,
-    proxy: Arc<Proxy>,
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let peer = conn.peer;
-    let service = service_fn(move |req| proxy.clone().handle(req, conn.clone()));
-    let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .into_owned();
-    if let Err(e) = watcher.watch(connection).await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+impl Connection {
+    /// Serves `io`: on the fast path while it can (`fast`), then, for the
+    /// rest of the connection, through hyper.
+    async fn serve<I>(self, io: I, conn: Conn, fast: bool)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = if fast {
+            match self.proxy.serve_fast(io, &conn, &self.stop).await {
+                Left::Closed => return,
+                Left::Hyper(io) => io,
+            }
+        } else {
+            Rewind::new(io, bytes::Bytes::new())
+        };
+        let peer = conn.peer;
+        let proxy = self.proxy;
+        let service = service_fn(move |req| proxy.clone().handle(req, conn.clone()));
+        let connection = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        if let Err(e) = self.watcher.watch(connection).await {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
     }
 }
 

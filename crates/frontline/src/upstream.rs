@@ -35,7 +35,6 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::http::request::Parts;
 use hyper::http::uri::Authority;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
@@ -195,18 +194,20 @@ impl Http1Pool {
 }
 
 impl Connection {
-    /// The fast path: sends a request without a body (`parts`: origin-form
-    /// URI, `Host` set, hop-by-hop headers gone) and answers its response,
-    /// whose body reads the rest from the connection and hands it back at
-    /// its end.
-    pub async fn exchange(mut self, parts: &Parts) -> Result<Response<UpstreamBody>, Failed> {
-        let mut head = BytesMut::new();
-        h1::encode_request(parts, &mut head);
+    /// The fast path: sends a request without a body (`head`: its request
+    /// line and headers, as the instance gets them) and answers its
+    /// response, whose body reads the rest from the connection and hands
+    /// it back at its end.
+    pub async fn exchange(
+        mut self,
+        head: &[u8],
+        method: &Method,
+    ) -> Result<Response<UpstreamBody>, Failed> {
         // The instance closing the connection without an answer is sent
         // again only where that cannot do anything twice.
-        let idempotent = parts.method.is_idempotent();
+        let idempotent = method.is_idempotent();
         loop {
-            match self.attempt(&head, &parts.method, idempotent).await {
+            match self.attempt(head, method, idempotent).await {
                 Ok((head, buf)) => return Ok(self.respond(head, buf)),
                 Err(Attempt::Closed(_)) if self.reused => {
                     self.reused = false;
