@@ -9,8 +9,10 @@
 //! hyper checks it (one Content-Length, a valid chunked encoding, bounded
 //! heads, chunk lines and trailers).
 
+use std::mem::MaybeUninit;
+
 use bytes::{Buf, Bytes, BytesMut};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, StatusCode, Version};
 
 /// The largest response head read (hyper's default buffer limit is
@@ -44,10 +46,11 @@ pub enum Malformed {
 pub struct Head {
     pub status: StatusCode,
     pub version: Version,
-    pub headers: HeaderMap,
     pub framing: Framing,
     /// The connection may carry another request once the body is read.
     pub keep_alive: bool,
+    /// The head as it came: status line, headers, blank line.
+    raw: Bytes,
 }
 
 /// How a response body ends.
@@ -63,14 +66,62 @@ pub enum Framing {
     Close,
 }
 
+impl Head {
+    /// Each header, in order, as the instance sent it.
+    pub fn each_header<'a>(&'a self, mut f: impl FnMut(&'a [u8], &'a [u8])) {
+        let raw: &'a [u8] = &self.raw;
+        let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        // Parsed whole once already: the same again.
+        if httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut parsed, raw, &mut slots)
+            .is_ok()
+        {
+            for h in &*parsed.headers {
+                f(h.name.as_bytes(), h.value);
+            }
+        }
+    }
+
+    /// The headers as a map; values are slices of the head's bytes, not
+    /// copies.
+    pub fn header_map(&self) -> Result<HeaderMap, Malformed> {
+        let base = self.raw.as_ptr() as usize;
+        let mut headers = HeaderMap::new();
+        let mut bad = false;
+        self.each_header(|name, value| {
+            let start = value.as_ptr() as usize - base;
+            let value = if value.is_empty() {
+                Ok(HeaderValue::from_static(""))
+            } else {
+                HeaderValue::from_maybe_shared(self.raw.slice(start..start + value.len()))
+            };
+            match (HeaderName::from_bytes(name), value) {
+                (Ok(n), Ok(v)) => {
+                    headers.append(n, v);
+                }
+                _ => bad = true,
+            }
+        });
+        if bad {
+            return Err(Malformed::Header);
+        }
+        Ok(headers)
+    }
+}
+
 /// Parses a response head at the start of `buf`: `Ok(None)` while it is
 /// incomplete, else the head and, removed from `buf`, its bytes. An
 /// informational (1xx) head is returned like any other; the caller skips
 /// it.
 pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Malformed> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let len = match parsed.parse(buf) {
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
             return Err(Malformed::HeadTooLarge);
@@ -84,46 +135,41 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head
     } else {
         Version::HTTP_11
     };
-    // Header values are slices of the head's bytes, not copies: where each
-    // name and value lies, then the head frozen and sliced.
-    let base = buf.as_ptr() as usize;
-    let mut ranges = [(0, 0, 0, 0); MAX_HEADERS];
-    for (range, h) in ranges.iter_mut().zip(parsed.headers.iter()) {
-        let (name, value) = (
-            h.name.as_ptr() as usize - base,
-            h.value.as_ptr() as usize - base,
-        );
-        *range = (name, name + h.name.len(), value, value + h.value.len());
-    }
-    let count = parsed.headers.len();
-    let bytes = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(name_start, name_end, start, end) in &ranges[..count] {
-        let name =
-            HeaderName::from_bytes(&bytes[name_start..name_end]).map_err(|_| Malformed::Header)?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice(start..end))
-            .map_err(|_| Malformed::Header)?;
-        headers.append(name, value);
-    }
-    let framing = framing(status, method, &headers)?;
+    let headers = &*parsed.headers;
+    let framing = framing(status, method, headers)?;
+    let named = |name: &str| headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
     let keep_alive = version == Version::HTTP_11
-        && !has_token(&headers, &header::CONNECTION, "close")
+        && !has_token(headers, "connection", "close")
         && framing != Framing::Close
         // Both framings named: the length is not to be trusted, nor
         // whatever follows the body (RFC 9112 §6.3, item 3).
-        && !(headers.contains_key(header::TRANSFER_ENCODING)
-            && headers.contains_key(header::CONTENT_LENGTH));
+        && !(named("transfer-encoding") && named("content-length"));
     Ok(Some(Head {
         status,
         version,
-        headers,
         framing,
         keep_alive,
+        raw: buf.split_to(len).freeze(),
     }))
 }
 
+/// The values of the headers called `name`, in order.
+fn values<'h>(
+    headers: &'h [httparse::Header<'_>],
+    name: &'h str,
+) -> impl DoubleEndedIterator<Item = &'h [u8]> {
+    headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
 /// RFC 9112 §6.3 for a response to `method`.
-fn framing(status: StatusCode, method: &Method, headers: &HeaderMap) -> Result<Framing, Malformed> {
+fn framing(
+    status: StatusCode,
+    method: &Method,
+    headers: &[httparse::Header<'_>],
+) -> Result<Framing, Malformed> {
     if *method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -131,28 +177,25 @@ fn framing(status: StatusCode, method: &Method, headers: &HeaderMap) -> Result<F
     {
         return Ok(Framing::Empty);
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if let Some(last) = values(headers, "transfer-encoding").next_back() {
         // Chunked must be the final coding; anything else runs to the close.
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim);
+        let last = last.rsplit(|b| *b == b',').next().map(<[u8]>::trim_ascii);
         return Ok(match last {
-            Some(c) if c.eq_ignore_ascii_case("chunked") => Framing::Chunked,
+            Some(c) if c.eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
             _ => Framing::Close,
         });
     }
     let mut length = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.to_str().map_err(|_| Malformed::ContentLength)?.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+    for v in values(headers, "content-length") {
+        for part in v.split(|b| *b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
                 return Err(Malformed::ContentLength);
             }
-            let n: u64 = part.parse().map_err(|_| Malformed::ContentLength)?;
+            let n: u64 = std::str::from_utf8(part)
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .ok_or(Malformed::ContentLength)?;
             if length.is_some_and(|l| l != n) {
                 return Err(Malformed::ContentLength);
             }
@@ -166,13 +209,10 @@ fn framing(status: StatusCode, method: &Method, headers: &HeaderMap) -> Result<F
     })
 }
 
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+fn has_token(headers: &[httparse::Header<'_>], name: &str, token: &str) -> bool {
+    values(headers, name)
+        .flat_map(|v| v.split(|b| *b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Decodes a chunked body as its bytes arrive.
@@ -288,7 +328,14 @@ mod tests {
         assert_eq!(h.status, StatusCode::OK);
         assert_eq!(h.framing, Framing::Length(3));
         assert!(h.keep_alive);
-        assert_eq!(h.headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(h.header_map().unwrap().get_all("x-a").iter().count(), 2);
+        let mut names = Vec::new();
+        h.each_header(|n, v| names.push((n.to_vec(), v.to_vec())));
+        assert_eq!(
+            names[1],
+            (b"X-A".to_vec(), b"1".to_vec()),
+            "as sent, in order"
+        );
         assert_eq!(&buf[..], b"abcHTTP");
 
         let incomplete = "HTTP/1.1 200 OK\r\nContent-Len";

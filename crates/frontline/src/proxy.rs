@@ -404,7 +404,17 @@ impl Proxy {
                 &f,
             );
             let sent = self.within_header_timeout(self.exchange(d, &head, &parts.method, starting));
-            return match sent.await {
+            let sent = sent
+                .await
+                .and_then(|(fast, guard)| match fast.into_response() {
+                    Ok(resp) => Ok((resp, guard)),
+                    Err(e) => {
+                        let e = SendError::Exchange(e.into());
+                        self.count(&e);
+                        Err(e)
+                    }
+                });
+            return match sent {
                 Ok((resp, guard)) => self.respond(resp, d, Some(guard)),
                 Err(e) => self.upstream_failure(&e, "backend"),
             };
@@ -558,7 +568,7 @@ impl Proxy {
         head: &[u8],
         method: &Method,
         starting: bool,
-    ) -> Result<(Answered, InFlight), SendError> {
+    ) -> Result<(upstream::Fast, InFlight), SendError> {
         let attempts = if starting {
             STARTING_ATTEMPTS
         } else {
@@ -719,9 +729,6 @@ impl Proxy {
         Response::from_parts(parts, body.boxed())
     }
 }
-
-/// A response head, its body still to be read.
-type Answered = Response<UpstreamBody>;
 
 /// Where a request goes ([`Proxy::destination`]).
 #[derive(Debug)]
@@ -887,9 +894,6 @@ impl hyper::body::Body for GuardedBody {
     }
 }
 
-/// Power of two choices on in-flight requests, among backends not ejected
-/// and not tried yet; if every one is ejected, any not tried (better a
-/// likely failure than a certain 503).
 /// What one request's forwarding needs to know besides the request.
 #[derive(Debug, Clone, Copy)]
 struct Forwarding<'a> {
@@ -903,10 +907,20 @@ struct Forwarding<'a> {
     starting: bool,
 }
 
+/// Power of two choices on in-flight requests, among backends not ejected
+/// and not tried yet; if every one is ejected, any not tried (better a
+/// likely failure than a certain 503).
 fn pick(backends: &[Arc<Backend>], tried: &[usize]) -> Option<usize> {
-    let now = clock::mono_ms();
+    // The clock is read only if some backend was ever ejected.
+    let now = std::cell::OnceCell::new();
     let fresh = |i: &usize| !tried.contains(i);
-    let available = |i: &usize| fresh(i) && backends[*i].available(now);
+    let available = |i: &usize| {
+        fresh(i) && {
+            let b = &backends[*i];
+            b.ejected_until.load(Ordering::Relaxed) == 0
+                || b.available(*now.get_or_init(clock::mono_ms))
+        }
+    };
     // Scans instead of collecting: no allocation on the request path.
     let any_available = (0..backends.len()).any(|i| available(&i));
     let candidate = |i: &usize| {

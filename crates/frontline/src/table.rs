@@ -5,6 +5,10 @@
 //! of a change.
 
 use std::collections::HashMap;
+
+/// The maps requests look things up in: a fast hash, which is safe here
+/// because their keys come from the control plane (clients only look up).
+pub type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -79,9 +83,9 @@ pub struct Deployment {
 /// One immutable version of the table.
 #[derive(Debug, Default, Clone)]
 pub struct Table {
-    hosts: HashMap<String, Arc<str>>,
-    deployments: HashMap<Arc<str>, Arc<Deployment>>,
-    certificates: HashMap<String, Arc<CertifiedKey>>,
+    hosts: Map<String, Arc<str>>,
+    deployments: Map<Arc<str>, Arc<Deployment>>,
+    certificates: Map<String, Arc<CertifiedKey>>,
     /// The control plane's version this table reflects.
     pub version: u64,
 }

@@ -24,7 +24,6 @@
 //!   is safe: nothing of it was taken, or it is idempotent and nothing came
 //!   back.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -43,6 +42,7 @@ use tokio::net::TcpStream;
 
 use crate::h1::{self, Chunked, Decoded, Framing, Malformed};
 use crate::proxy::{Body, BoxError};
+use crate::table::Map;
 
 /// Idle connections kept per instance.
 const MAX_IDLE_PER_INSTANCE: usize = 256;
@@ -57,7 +57,8 @@ const BODY_READ: usize = 64 * 1024;
 /// One worker's idle connections, by instance address.
 #[derive(Debug)]
 pub struct Http1Pool {
-    idle: Mutex<HashMap<Authority, Vec<Idle>>>,
+    /// By the instance's address (`host:port`).
+    idle: Mutex<Map<Box<str>, Vec<Idle>>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     checkins: AtomicUsize,
@@ -98,6 +99,25 @@ pub struct Connection {
     stream: TcpStream,
     /// Came from the idle list (so its instance may have closed it).
     reused: bool,
+}
+
+/// A fast-path answer: the instance's head, its body still to be read.
+#[derive(Debug)]
+pub struct Fast {
+    pub head: h1::Head,
+    pub body: UpstreamBody,
+}
+
+impl Fast {
+    /// The answer as hyper's server takes it.
+    pub fn into_response(self) -> Result<Response<UpstreamBody>, Malformed> {
+        let headers = self.head.header_map()?;
+        let mut resp = Response::new(self.body);
+        *resp.status_mut() = self.head.status;
+        *resp.version_mut() = self.head.version;
+        *resp.headers_mut() = headers;
+        Ok(resp)
+    }
 }
 
 /// Why a request sent on a [`Connection`] got no response head.
@@ -148,7 +168,7 @@ impl Http1Pool {
 
     fn checkout(&self, authority: &Authority) -> Option<TcpStream> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.get_mut(authority)?;
+        let list = idle.get_mut(authority.as_str())?;
         while let Some(i) = list.pop() {
             if i.usable(self.idle_timeout) {
                 return Some(i.stream);
@@ -157,7 +177,7 @@ impl Http1Pool {
         None
     }
 
-    fn put(&self, authority: Authority, stream: TcpStream) {
+    fn put(&self, authority: &Authority, stream: TcpStream) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if self.checkins.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             let timeout = self.idle_timeout;
@@ -166,12 +186,16 @@ impl Http1Pool {
                 !list.is_empty()
             });
         }
-        let list = idle.entry(authority).or_default();
-        if list.len() < MAX_IDLE_PER_INSTANCE {
-            list.push(Idle {
-                stream,
-                since: Instant::now(),
-            });
+        let idle_one = Idle {
+            stream,
+            since: Instant::now(),
+        };
+        match idle.get_mut(authority.as_str()) {
+            Some(list) if list.len() < MAX_IDLE_PER_INSTANCE => list.push(idle_one),
+            Some(_) => {}
+            None => {
+                idle.insert(authority.as_str().into(), vec![idle_one]);
+            }
         }
     }
 
@@ -198,11 +222,7 @@ impl Connection {
     /// line and headers, as the instance gets them) and answers its
     /// response, whose body reads the rest from the connection and hands
     /// it back at its end.
-    pub async fn exchange(
-        mut self,
-        head: &[u8],
-        method: &Method,
-    ) -> Result<Response<UpstreamBody>, Failed> {
+    pub async fn exchange(mut self, head: &[u8], method: &Method) -> Result<Fast, Failed> {
         // The instance closing the connection without an answer is sent
         // again only where that cannot do anything twice.
         let idempotent = method.is_idempotent();
@@ -261,7 +281,7 @@ impl Connection {
         }
     }
 
-    fn respond(self, head: h1::Head, buf: BytesMut) -> Response<UpstreamBody> {
+    fn respond(self, head: h1::Head, buf: BytesMut) -> Fast {
         let state = match head.framing {
             Framing::Empty => Frames::Done,
             Framing::Length(n) => Frames::Length(n),
@@ -279,11 +299,10 @@ impl Connection {
         if matches!(body.state, Frames::Done) {
             body.finish();
         }
-        let mut resp = Response::new(UpstreamBody::Fast(body));
-        *resp.status_mut() = head.status;
-        *resp.version_mut() = head.version;
-        *resp.headers_mut() = head.headers;
-        resp
+        Fast {
+            head,
+            body: UpstreamBody::Fast(body),
+        }
     }
 
     /// Through hyper's client (a request with a body, or an upgrade):
@@ -380,7 +399,7 @@ impl FastBody {
             && self.keep_alive
             && self.buf.is_empty()
         {
-            self.pool.put(self.authority.clone(), stream);
+            self.pool.put(&self.authority, stream);
         }
     }
 
@@ -509,7 +528,7 @@ impl Lease {
         if let Poll::Ready(Ok(())) = conn.poll_without_shutdown(&mut cx) {
             let parts = conn.into_parts();
             if parts.read_buf.is_empty() {
-                self.pool.put(self.authority, parts.io.into_inner());
+                self.pool.put(&self.authority, parts.io.into_inner());
             }
         }
     }

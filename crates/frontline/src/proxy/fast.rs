@@ -22,8 +22,10 @@
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::pin::{Pin, pin};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,15 +33,15 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::FutureExt;
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
-use hyper::header::{self, HeaderValue};
-use hyper::{Method, Response, StatusCode};
+use hyper::header::HeaderValue;
+use hyper::{Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
 use super::{Answer, Conn, Destination, Proxy, request_head};
 use crate::headers::{self, DEPLOYMENT, Forward, HeaderSink, REQUEST_ID, is_hop_by_hop, is_listed};
 use crate::table::{Deployment, Upstream};
-use crate::upstream::UpstreamBody;
+use crate::upstream::{self, UpstreamBody};
 
 /// First room for request heads (grown up to the configured maximum).
 const HEAD_BUFFER: usize = 4 * 1024;
@@ -57,60 +59,51 @@ pub enum Left<I> {
     Hyper(Rewind<I>),
 }
 
-/// A request head, as positions in the connection's buffer.
-struct Head {
-    len: usize,
-    method: Range<usize>,
-    path: Range<usize>,
-    headers: [(Range<usize>, Range<usize>); MAX_HEADERS],
-    count: usize,
-}
-
-enum Parsed {
-    Complete(Box<Head>),
+/// What became of the bytes read so far.
+enum Prepared {
+    /// A request the fast path serves.
+    Ready(Box<Ready>),
+    /// The head is not complete yet.
     Partial,
-    /// Not HTTP/1.1, or not valid: hyper answers it as it should.
+    /// Not for the fast path: hyper serves it (and answers what is not
+    /// valid as it should).
     Hyper,
 }
 
-fn parse(buf: &[u8]) -> Parsed {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut slots);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Hyper,
-    };
-    if req.version != Some(1) {
-        return Parsed::Hyper;
-    }
-    // Slices of `buf` as positions (an empty one may lie anywhere).
-    let base = buf.as_ptr() as usize;
-    let at = |s: &[u8]| match s.as_ptr() as usize {
-        _ if s.is_empty() => 0..0,
-        p => p - base..p - base + s.len(),
-    };
-    let (Some(method), Some(path)) = (req.method, req.path) else {
-        return Parsed::Hyper;
-    };
-    let mut head = Box::new(Head {
-        len,
-        method: at(method.as_bytes()),
-        path: at(path.as_bytes()),
-        headers: std::array::from_fn(|_| (0..0, 0..0)),
-        count: req.headers.len(),
-    });
-    for (slot, h) in head.headers.iter_mut().zip(req.headers.iter()) {
-        *slot = (at(h.name.as_bytes()), at(h.value));
-    }
-    Parsed::Complete(head)
+/// A request ready to go: its head read, routed, and the instance's head
+/// written.
+struct Ready {
+    /// The length of the client's head in the buffer.
+    len: usize,
+    method: Method,
+    /// Where the path lies in the buffer.
+    path: Range<usize>,
+    host: String,
+    request_id: HeaderValue,
+    close: bool,
+    deployment: Arc<Deployment>,
+    /// The head for the instance.
+    head: BytesMut,
 }
 
-impl Head {
-    fn pairs<'b>(&'b self, buf: &'b [u8]) -> impl Iterator<Item = (&'b [u8], &'b [u8])> + Clone {
-        self.headers[..self.count]
-            .iter()
-            .map(move |(n, v)| (&buf[n.clone()], &buf[v.clone()]))
+/// A first look at the request head at the start of `buf`.
+enum Look {
+    /// A complete HTTP/1.1 head this long.
+    Complete(usize),
+    Partial,
+    /// Not HTTP/1.1, or not valid.
+    Hyper,
+}
+
+fn look<'h, 'b>(
+    req: &mut httparse::Request<'h, 'b>,
+    buf: &'b [u8],
+    slots: &'h mut [MaybeUninit<httparse::Header<'b>>],
+) -> Look {
+    match req.parse_with_uninit_headers(buf, slots) {
+        Ok(httparse::Status::Complete(len)) if req.version == Some(1) => Look::Complete(len),
+        Ok(httparse::Status::Complete(_)) | Err(_) => Look::Hyper,
+        Ok(httparse::Status::Partial) => Look::Partial,
     }
 }
 
@@ -164,6 +157,58 @@ impl<'b> Plain<'b> {
 }
 
 impl Proxy {
+    /// Parses the request head at the start of `buf` and, if the fast path
+    /// can serve it, routes it and writes the instance's head. Synchronous:
+    /// httparse's view of the head never outlives it.
+    fn prepare(&self, buf: &[u8], conn: &Conn) -> Prepared {
+        let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let len = match look(&mut req, buf, &mut slots) {
+            Look::Complete(len) => len,
+            Look::Partial => return Prepared::Partial,
+            Look::Hyper => return Prepared::Hyper,
+        };
+        let (Some(method), Some(path)) = (req.method, req.path) else {
+            return Prepared::Hyper;
+        };
+        let pairs = req.headers.iter().map(|h| (h.name.as_bytes(), h.value));
+        let Some(plain) = Plain::of(method.as_bytes(), path.as_bytes(), pairs.clone()) else {
+            return Prepared::Hyper;
+        };
+        let Some(host) = headers::host_from_header(plain.host) else {
+            return Prepared::Hyper;
+        };
+        let hops = headers::hops(plain.hops);
+        let deployment = match self.destination(&host, hops, conn.tls, method.as_bytes(), path) {
+            Destination::Forward(d) if d.upstream == Upstream::Http1 && !d.backends.is_empty() => d,
+            _ => return Prepared::Hyper,
+        };
+        let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+            return Prepared::Hyper;
+        };
+        let request_id = headers::request_id(plain.request_id);
+        let f = Forward {
+            client: conn.client.as_bytes(),
+            tls: conn.tls,
+            host: &host,
+            hops,
+            request_id: request_id.as_bytes(),
+            upgrade: false,
+        };
+        let head = request_head(method.as_str().as_bytes(), path.as_bytes(), &pairs, &f);
+        let start = path.as_ptr() as usize - buf.as_ptr() as usize;
+        Prepared::Ready(Box::new(Ready {
+            len,
+            method,
+            path: start..start + path.len(),
+            host,
+            request_id,
+            close: plain.close,
+            deployment,
+            head,
+        }))
+    }
+
     /// Serves `io`'s requests on the fast path until the connection ends
     /// or a request needs hyper (see the module's docs). `stop` says when
     /// the edge drains: an idle connection closes, a busy one after its
@@ -190,15 +235,15 @@ impl Proxy {
             deadline
                 .as_mut()
                 .reset(tokio::time::Instant::from_std(now) + self.request_header_timeout);
-            let head = loop {
-                match parse(&buf) {
-                    Parsed::Complete(head) => break head,
-                    Parsed::Hyper => return Left::Hyper(Rewind::new(io, buf.freeze())),
+            let r = loop {
+                match self.prepare(&buf, conn) {
+                    Prepared::Ready(r) => break r,
+                    Prepared::Hyper => return Left::Hyper(Rewind::new(io, buf.freeze())),
                     // hyper answers 431.
-                    Parsed::Partial if buf.len() >= self.max_header_bytes => {
+                    Prepared::Partial if buf.len() >= self.max_header_bytes => {
                         return Left::Hyper(Rewind::new(io, buf.freeze()));
                     }
-                    Parsed::Partial => {}
+                    Prepared::Partial => {}
                 }
                 if buf.capacity() - buf.len() < 1024 {
                     buf.reserve(HEAD_BUFFER);
@@ -215,40 +260,8 @@ impl Proxy {
                 }
             };
             now = Instant::now();
-            let bytes = &buf[..head.len];
-            let (method, path) = (&bytes[head.method.clone()], &bytes[head.path.clone()]);
-            let Some(plain) = Plain::of(method, path, head.pairs(bytes)) else {
-                return Left::Hyper(Rewind::new(io, buf.freeze()));
-            };
-            let Some(host) = headers::host_from_header(plain.host) else {
-                return Left::Hyper(Rewind::new(io, buf.freeze()));
-            };
-            let hops = headers::hops(plain.hops);
-            // httparse checked the path is visible ASCII.
-            let path_str = std::str::from_utf8(path).unwrap_or_default();
-            let d = match self.destination(&host, hops, conn.tls, method, path_str) {
-                Destination::Forward(d)
-                    if d.upstream == Upstream::Http1 && !d.backends.is_empty() =>
-                {
-                    d
-                }
-                _ => return Left::Hyper(Rewind::new(io, buf.freeze())),
-            };
-            let Ok(method) = Method::from_bytes(method) else {
-                return Left::Hyper(Rewind::new(io, buf.freeze()));
-            };
-            let request_id = headers::request_id(plain.request_id);
+            let d = &r.deployment;
             self.traffic.record(self.worker, &d.id);
-            let f = Forward {
-                client: conn.client.as_bytes(),
-                tls: conn.tls,
-                host: &host,
-                hops,
-                request_id: request_id.as_bytes(),
-                upgrade: false,
-            };
-            let upstream_head =
-                request_head(method.as_str().as_bytes(), path, &head.pairs(bytes), &f);
 
             // Its answer, within the response-header timeout.
             deadline
@@ -256,52 +269,49 @@ impl Proxy {
                 .reset(tokio::time::Instant::from_std(now) + self.response_header_timeout);
             let sent = tokio::select! {
                 biased;
-                sent = self.exchange(&d, &upstream_head, &method, false) => sent,
+                sent = self.exchange(d, &r.head, &r.method, false) => sent,
                 () = &mut deadline => Err(self.timed_out()),
             };
-            let close = plain.close || *stop.borrow();
-            let failure = sent.as_ref().err().map(|e| self.failure(e, "backend"));
-            let status = match (&sent, &failure) {
-                (Ok((resp, _)), _) => resp.status(),
-                (Err(_), Some((status, _))) => *status,
-                (Err(_), None) => StatusCode::BAD_GATEWAY,
+            let close = r.close || *stop.borrow();
+            let (status, page) = match &sent {
+                Ok((fast, _)) => (fast.head.status, None),
+                Err(e) => {
+                    let (status, message) = self.failure(e, "backend");
+                    (status, Some(message))
+                }
             };
+            // httparse checked the path is visible ASCII.
+            let path = std::str::from_utf8(&buf[r.path.clone()]).unwrap_or_default();
             let answer = Answer {
                 start: now,
-                request_id: request_id.as_bytes(),
-                host: &host,
+                request_id: r.request_id.as_bytes(),
+                host: &r.host,
                 status,
-                deployment: Some(&d),
+                deployment: Some(d),
             };
             self.served(
                 conn,
                 &answer,
-                self.access_log.then_some((method.as_str(), path_str)),
+                self.access_log.then_some((r.method.as_str(), path)),
             );
-            let bodiless = method == Method::HEAD;
-            let written = match (sent, failure) {
-                (Ok((mut resp, _in_flight)), _) => {
+            let head_request = r.method == Method::HEAD;
+            let request_id = r.request_id.as_bytes();
+            let written = match (sent, page) {
+                (Ok((mut fast, _in_flight)), _) => {
                     let framing =
-                        response_head(&mut out, &resp, &d, request_id.as_bytes(), bodiless, close);
-                    send_body(&mut io, &mut out, resp.body_mut(), framing).await
+                        response_head(&mut out, &fast, d, request_id, head_request, close);
+                    send_body(&mut io, &mut out, &mut fast.body, framing).await
                 }
-                (Err(_), failure) => {
-                    let message = failure.map_or_else(String::new, |(_, m)| m);
-                    page_head(
-                        &mut out,
-                        status,
-                        &message,
-                        request_id.as_bytes(),
-                        bodiless,
-                        close,
-                    );
+                (Err(_), page) => {
+                    let message = page.unwrap_or_default();
+                    page_head(&mut out, status, &message, request_id, head_request, close);
                     write(&mut io, &mut out).await
                 }
             };
             if written.is_err() {
                 return Left::Closed;
             }
-            buf.advance(head.len);
+            buf.advance(r.len);
             if close {
                 let _ = tokio::time::timeout(self.request_header_timeout, io.shutdown()).await;
                 return Left::Closed;
@@ -327,13 +337,13 @@ enum Framing {
 /// had none) and the framing of the body that follows.
 fn response_head(
     out: &mut BytesMut,
-    resp: &Response<UpstreamBody>,
+    fast: &upstream::Fast,
     d: &Deployment,
     request_id: &[u8],
     head_request: bool,
     close: bool,
 ) -> Framing {
-    let status = resp.status();
+    let status = fast.head.status;
     let framing = if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -341,34 +351,50 @@ fn response_head(
     {
         Framing::None
     } else {
-        match resp.body().size_hint().exact() {
+        match fast.body.size_hint().exact() {
             Some(n) => Framing::Length(n),
             None => Framing::Chunked,
         }
     };
     status_line(out, status);
-    let headers = resp.headers();
-    let listed = headers.contains_key(header::CONNECTION);
-    let connection = || {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .map(HeaderValue::as_bytes)
+    // Headers the instance's `Connection` names are hop-by-hop too.
+    let mut connection: [&[u8]; 4] = [b""; 4];
+    let mut listed = 0;
+    let mut more = false;
+    fast.head.each_header(|n, v| {
+        if n.eq_ignore_ascii_case(b"connection") {
+            match connection.get_mut(listed) {
+                Some(slot) => *slot = v,
+                None => more = true,
+            }
+            listed += 1;
+        }
+    });
+    let named = |n: &[u8]| {
+        if !more {
+            return is_listed(connection[..listed].iter().copied(), n);
+        }
+        // Over four `Connection` headers: looked up again, exactly.
+        let mut found = false;
+        fast.head.each_header(|cn, cv| {
+            found |= cn.eq_ignore_ascii_case(b"connection") && is_listed(std::iter::once(cv), n);
+        });
+        found
     };
     let mut dated = false;
-    for (name, value) in headers {
-        let n = name.as_str().as_bytes();
+    fast.head.each_header(|n, v| {
+        let is = |name: &str| n.eq_ignore_ascii_case(name.as_bytes());
         if is_hop_by_hop(n)
-            || (listed && is_listed(connection(), n))
-            || name == DEPLOYMENT
-            || name == REQUEST_ID
-            || (name == header::CONTENT_LENGTH && framing != Framing::None)
+            || (listed > 0 && named(n))
+            || is(DEPLOYMENT.as_str())
+            || is(REQUEST_ID.as_str())
+            || (framing != Framing::None && is("content-length"))
         {
-            continue;
+            return;
         }
-        dated |= name == header::DATE;
-        out.put(n, value.as_bytes());
-    }
+        dated |= is("date");
+        out.put(n, v);
+    });
     if let Some(v) = &d.header {
         out.put(DEPLOYMENT.as_str().as_bytes(), v.as_bytes());
     }
@@ -581,16 +607,19 @@ mod tests {
     use super::*;
 
     fn plain(raw: &str) -> Option<(String, bool)> {
-        let Parsed::Complete(head) = parse(raw.as_bytes()) else {
+        let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let Look::Complete(_) = look(&mut req, raw.as_bytes(), &mut slots) else {
             return None;
         };
-        let b = raw.as_bytes();
-        let p = Plain::of(
-            &b[head.method.clone()],
-            &b[head.path.clone()],
-            head.pairs(b),
-        )?;
+        let pairs = req.headers.iter().map(|h| (h.name.as_bytes(), h.value));
+        let p = Plain::of(req.method?.as_bytes(), req.path?.as_bytes(), pairs)?;
         Some((String::from_utf8_lossy(p.host).into_owned(), p.close))
+    }
+
+    fn looked(raw: &[u8]) -> Look {
+        let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        look(&mut httparse::Request::new(&mut []), raw, &mut slots)
     }
 
     #[test]
@@ -617,20 +646,20 @@ mod tests {
             assert_eq!(plain(hyper), None, "{hyper:?}");
         }
         assert!(matches!(
-            parse(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n"),
-            Parsed::Hyper
+            looked(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n"),
+            Look::Hyper
         ));
         assert!(matches!(
-            parse(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
-            Parsed::Hyper
+            looked(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Look::Hyper
         ));
         assert!(matches!(
-            parse(b"GET / HTTP/1.1\r\nHo st: x\r\n\r\n"),
-            Parsed::Hyper
+            looked(b"GET / HTTP/1.1\r\nHo st: x\r\n\r\n"),
+            Look::Hyper
         ));
         assert!(matches!(
-            parse(b"GET / HTTP/1.1\r\nHost: x\r\n"),
-            Parsed::Partial
+            looked(b"GET / HTTP/1.1\r\nHost: x\r\n"),
+            Look::Partial
         ));
     }
 

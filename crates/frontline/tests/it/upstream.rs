@@ -1,6 +1,8 @@
 //! The edge's HTTP/1.1 fast path against an instance that writes its
 //! answers by hand: every way RFC 9112 frames a response body, informational
-//! answers, malformed answers, and a connection closed under a request.
+//! answers, malformed answers, and a connection closed under a request; and
+//! its server side against a client that writes by hand too: pipelined
+//! requests, a connection handed to hyper half way, `Connection: close`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,6 +17,9 @@ use hyper::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use bytes::BytesMut;
+use frontline::h1::{self, Chunked, Decoded, Framing};
 
 use crate::harness::{World, host, world};
 
@@ -114,6 +119,21 @@ async fn serve(mut stream: TcpStream, index: usize, seen: Arc<Mutex<Vec<(usize, 
         };
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
         buf.drain(..end);
+        // A request body is read and dropped.
+        let length = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        while buf.len() < length {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..length);
         let line = head.lines().next().unwrap_or_default().to_owned();
         seen.lock().unwrap().push((index, line.clone()));
         if armed {
@@ -289,5 +309,156 @@ async fn a_connection_closed_under_a_request_is_retried_only_when_safe() -> Resu
     let post = c.send(Method::POST, "/once").await?;
     assert_eq!(post.status, StatusCode::BAD_GATEWAY);
     assert_eq!(raw.connections_of("POST /once HTTP/1.1").len(), 1);
+    w.edge.shutdown().await
+}
+
+/// A response as a hand-written client reads it.
+#[derive(Debug)]
+struct Read {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+/// Reads the responses to `methods`, in order, from `stream` (what is
+/// left of `buf` first), framed as RFC 9112 says.
+async fn read_responses(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    methods: &[Method],
+) -> Result<Vec<Read>> {
+    async fn more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<usize> {
+        Ok(tokio::time::timeout(Duration::from_secs(10), stream.read_buf(buf)).await??)
+    }
+    let mut out = Vec::new();
+    for method in methods {
+        let head = loop {
+            match h1::parse_response(buf, method)? {
+                Some(h) if h.status.is_informational() => {}
+                Some(h) => break h,
+                None => anyhow::ensure!(more(stream, buf).await? > 0, "closed before a head"),
+            }
+        };
+        let mut body = Vec::new();
+        match head.framing {
+            Framing::Empty => {}
+            Framing::Length(n) => {
+                let n = usize::try_from(n)?;
+                while buf.len() < n {
+                    anyhow::ensure!(more(stream, buf).await? > 0, "closed in a body");
+                }
+                body.extend_from_slice(&buf.split_to(n));
+            }
+            Framing::Chunked => {
+                let mut chunked = Chunked::default();
+                loop {
+                    match chunked.decode(buf)? {
+                        Decoded::Data(d) => body.extend_from_slice(&d),
+                        Decoded::End => break,
+                        Decoded::More => {
+                            anyhow::ensure!(more(stream, buf).await? > 0, "closed in a body");
+                        }
+                    }
+                }
+            }
+            Framing::Close => while more(stream, buf).await? > 0 {},
+        }
+        out.push(Read {
+            status: head.status,
+            headers: head.header_map()?,
+            body,
+        });
+    }
+    Ok(out)
+}
+
+/// Requests written back to back in one write are answered in order on
+/// the one connection, each framed for the client (a body that ended at
+/// the instance's close arrives chunked, its connection kept); a request
+/// with a body hands the connection to hyper half way, and what the client
+/// sent after it is still answered.
+#[tokio::test]
+async fn pipelined_requests_and_a_hand_over_to_hyper_share_one_connection() -> Result<()> {
+    let (w, raw) = served().await?;
+    let h = host("raw");
+    let mut c = TcpStream::connect(w.edge.http).await?;
+    let requests = format!(
+        "GET /chunked HTTP/1.1\r\nHost: {h}\r\n\r\n\
+         GET /close HTTP/1.1\r\nHost: {h}\r\nX-Request-Id: mine-1\r\n\r\n\
+         HEAD / HTTP/1.1\r\nHost: {h}\r\n\r\n\
+         POST /form HTTP/1.1\r\nHost: {h}\r\nContent-Length: 3\r\n\r\nabc\
+         GET /after HTTP/1.1\r\nHost: {h}\r\n\r\n"
+    );
+    c.write_all(requests.as_bytes()).await?;
+    let methods = [
+        Method::GET,
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::GET,
+    ];
+    let mut buf = BytesMut::new();
+    let answers = read_responses(&mut c, &mut buf, &methods).await?;
+    let bodies: Vec<_> = answers
+        .iter()
+        .map(|a| (a.status, String::from_utf8_lossy(&a.body).into_owned()))
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            (StatusCode::OK, "hello world".into()),
+            (StatusCode::OK, "until the close".into()),
+            (StatusCode::OK, String::new()),
+            (StatusCode::OK, "raw\n".into()),
+            (StatusCode::OK, "raw\n".into()),
+        ]
+    );
+    for a in &answers {
+        assert!(a.headers.contains_key("date"), "{:?}", a.headers);
+        assert!(
+            a.headers.contains_key("x-ctrl-deployment"),
+            "{:?}",
+            a.headers
+        );
+        assert!(!a.headers.contains_key("connection"), "{:?}", a.headers);
+    }
+    assert_eq!(answers[0].headers["transfer-encoding"], "chunked");
+    assert_eq!(answers[1].headers["transfer-encoding"], "chunked");
+    assert_eq!(answers[1].headers["x-request-id"], "mine-1");
+    assert_eq!(answers[2].headers["content-length"], "4");
+    assert_eq!(
+        raw.connections_of("POST /form HTTP/1.1").len(),
+        1,
+        "the body's request reached the instance once"
+    );
+    assert_eq!(raw.connections_of("GET /after HTTP/1.1").len(), 1);
+    // Still the same client connection, now hyper's.
+    c.write_all(format!("GET / HTTP/1.1\r\nHost: {h}\r\n\r\n").as_bytes())
+        .await?;
+    let again = read_responses(&mut c, &mut buf, &[Method::GET]).await?;
+    assert_eq!(again[0].body, b"raw\n");
+    w.edge.shutdown().await
+}
+
+/// `Connection: close` from the client is answered with it, and the edge
+/// then closes; a client's keep-alive connection is not closed.
+#[tokio::test]
+async fn a_client_asking_to_close_is_answered_then_closed() -> Result<()> {
+    let (w, _raw) = served().await?;
+    let h = host("raw");
+    let mut c = TcpStream::connect(w.edge.http).await?;
+    let mut buf = BytesMut::new();
+    c.write_all(format!("GET / HTTP/1.1\r\nHost: {h}\r\n\r\n").as_bytes())
+        .await?;
+    let kept = read_responses(&mut c, &mut buf, &[Method::GET]).await?;
+    assert!(!kept[0].headers.contains_key("connection"));
+    c.write_all(format!("GET / HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let closing = read_responses(&mut c, &mut buf, &[Method::GET]).await?;
+    assert_eq!(closing[0].body, b"raw\n");
+    assert_eq!(closing[0].headers["connection"], "close");
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest)).await??;
+    assert_eq!(n, 0, "bytes after the last answer: {rest:?}");
     w.edge.shutdown().await
 }
