@@ -8,9 +8,11 @@
 //! - [`sync`]: follows `ctrl.v1.EdgeService.WatchRoutes` (snapshot, then
 //!   ordered changes) over [`control`], the control-plane client.
 //! - [`proxy`]: the request path (routing, redirects, wake, balancing,
-//!   forwarding, WebSockets); [`upstream`] (each worker's HTTP/1.1
-//!   connections to instances, and the fast path over [`h1`]), [`wake`]
-//!   and [`traffic`] serve it.
+//!   forwarding, WebSockets), with the server side of the HTTP/1.1 fast
+//!   path for plain requests (hyper serves the rest); [`headers`] (what
+//!   crosses the edge in headers), [`upstream`] (each worker's HTTP/1.1
+//!   connections to instances, and the fast path's client side over
+//!   [`h1`]), [`wake`] and [`traffic`] serve it.
 //! - [`tls`]: SNI certificates from the table, keys opened by the vault.
 //! - [`server`]: listeners and drain; [`metrics`], [`config`], [`clock`].
 

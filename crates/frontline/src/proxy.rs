@@ -10,6 +10,10 @@
 //! count. A backend that refuses a connection, or does not accept it within
 //! the connect timeout, is ejected for a while, and a request that can be
 //! replayed (no body, safe method) goes to another one.
+//!
+//! Two ways in share these rules: [`Proxy::handle`] for requests hyper's
+//! server parsed, and `fast` for the plain HTTP/1.1 requests it serves from
+//! their raw bytes (`Proxy::destination` decides for both).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,6 +1,8 @@
 //! Startup and the listeners: plain HTTP (HTTP/1.1, or HTTP/2 with prior
 //! knowledge), TLS (ALPN h2 or http/1.1) and the admin port (health,
-//! metrics); every connection tracked and drained on shutdown.
+//! metrics); every connection tracked and drained on shutdown. A client's
+//! HTTP/1.1 connection starts on the fast path (`proxy::fast`); hyper
+//! serves HTTP/2 and whatever the fast path hands it.
 //!
 //! The request path runs thread-per-core, as nginx's workers do: each
 //! worker thread has its own single-threaded runtime, its own listening

@@ -6,13 +6,13 @@
 //! encodes a response from one, with a timer per request head; for a
 //! request without a body, which most of an edge's traffic is, the edge
 //! needs none of that. Here the head is parsed in place (`httparse`), the
-//! instance's head written straight from its bytes ([`super::request_head`]),
+//! instance's head written straight from its bytes (`request_head`),
 //! and the response head written from the instance's with one pass over
 //! its headers. One timer per connection serves every deadline (the next
 //! head, the instance's answer): resetting it to a later time costs no
 //! timer-wheel work.
 //!
-//! The routing rules are `Proxy`'s own ([`Proxy::destination`]), as are
+//! The routing rules are `Proxy`'s own (`Proxy::destination`), as are
 //! the header rules (`crate::headers`): the fast path serves only what it
 //! can serve in full, a request without a body forwarded to this region's
 //! HTTP/1.1 instances. Anything else (a body, an upgrade, HTTP/1.0 or
