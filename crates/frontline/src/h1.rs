@@ -49,6 +49,8 @@ pub struct Head {
     pub framing: Framing,
     /// The connection may carry another request once the body is read.
     pub keep_alive: bool,
+    /// It has a `Connection` header (which may name more hop-by-hop ones).
+    pub connection: bool,
     /// The head as it came: status line, headers, blank line.
     raw: Bytes,
 }
@@ -144,11 +146,13 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head
         // Both framings named: the length is not to be trusted, nor
         // whatever follows the body (RFC 9112 §6.3, item 3).
         && !(named("transfer-encoding") && named("content-length"));
+    let connection = named("connection");
     Ok(Some(Head {
         status,
         version,
         framing,
         keep_alive,
+        connection,
         raw: buf.split_to(len).freeze(),
     }))
 }

@@ -4,7 +4,7 @@
 //! headers never cross a proxy (hop-by-hop), and what the edge adds to a
 //! forwarded request (`X-Forwarded-*`, `Host`, the request id, the hops).
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use rand::Rng;
 
@@ -94,25 +94,48 @@ pub fn hops(value: Option<&[u8]>) -> u32 {
         .unwrap_or(0)
 }
 
+/// A request's id, held inline (no allocation on the request path).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestId {
+    bytes: [u8; 128],
+    len: u8,
+}
+
+impl RequestId {
+    /// Its bytes (valid in a header value).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// As a header value (hyper's path).
+    pub fn to_header_value(&self) -> HeaderValue {
+        HeaderValue::from_bytes(self.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    }
+}
+
 /// The client's request id if sane (1-128 of `[A-Za-z0-9._:-]`), else a
 /// new one (32 hex digits).
-pub fn request_id(value: Option<&[u8]>) -> HeaderValue {
+pub fn request_id(value: Option<&[u8]>) -> RequestId {
+    let mut id = RequestId {
+        bytes: [0; 128],
+        len: 0,
+    };
     if let Some(v) = value
         && (1..=128).contains(&v.len())
         && v.iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-        && let Ok(v) = HeaderValue::from_bytes(v)
     {
-        return v;
+        id.bytes[..v.len()].copy_from_slice(v);
+        id.len = v.len() as u8;
+        return id;
     }
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let n = rand::rng().random::<u128>();
-    let mut id = [0u8; 32];
-    for (i, digit) in id.iter_mut().enumerate() {
+    for (i, digit) in id.bytes[..32].iter_mut().enumerate() {
         *digit = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
     }
-    HeaderValue::from_maybe_shared(Bytes::copy_from_slice(&id))
-        .unwrap_or_else(|_| HeaderValue::from_static("-"))
+    id.len = 32;
+    id
 }
 
 /// Where the headers of a forwarded request go: a head written for an
@@ -286,10 +309,17 @@ mod tests {
 
     #[test]
     fn request_ids_are_kept_if_sane() {
-        assert_eq!(request_id(Some(b"abc-123")), "abc-123");
+        assert_eq!(request_id(Some(b"abc-123")).as_bytes(), b"abc-123");
+        assert_eq!(request_id(Some(&[b'a'; 128])).as_bytes(), &[b'a'; 128]);
         let generated = request_id(Some(b"a b<script>"));
-        assert_eq!(generated.len(), 32);
-        assert_ne!(generated, request_id(None), "fresh each time");
+        assert_eq!(generated.as_bytes().len(), 32);
+        assert!(generated.as_bytes().iter().all(u8::is_ascii_hexdigit));
+        assert_ne!(
+            generated.as_bytes(),
+            request_id(None).as_bytes(),
+            "fresh each time"
+        );
+        assert_eq!(generated.to_header_value(), generated.as_bytes());
     }
 
     #[test]

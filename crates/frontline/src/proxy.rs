@@ -188,7 +188,8 @@ impl Proxy {
     ) -> Result<Response<Body>, std::convert::Infallible> {
         let start = Instant::now();
         let request_id =
-            crate::headers::request_id(req.headers().get(REQUEST_ID).map(HeaderValue::as_bytes));
+            crate::headers::request_id(req.headers().get(REQUEST_ID).map(HeaderValue::as_bytes))
+                .to_header_value();
         // What the access log needs, kept only when it is on.
         let logged = self
             .access_log
@@ -252,8 +253,15 @@ impl Proxy {
         if !tls && method == b"GET" && path.starts_with(ACME_PREFIX) {
             return Destination::Acme(path[ACME_PREFIX.len()..].to_owned());
         }
-        let table = self.routes.current();
-        let Some(deployment) = table.route(host).cloned() else {
+        let found = self.routes.with_current(|table| {
+            let deployment = table.route(host).cloned()?;
+            let redirect = (!tls && self.redirect_https)
+                .then_some(self.https_port)
+                .flatten()
+                .filter(|_| table.certificate(host).is_some());
+            Some((deployment, redirect))
+        });
+        let Some((deployment, redirect)) = found else {
             return if self.routes.is_ready() {
                 Destination::Page(
                     StatusCode::NOT_FOUND,
@@ -268,11 +276,7 @@ impl Proxy {
                 )
             };
         };
-        if !tls
-            && self.redirect_https
-            && let Some(port) = self.https_port
-            && table.certificate(host).is_some()
-        {
+        if let Some(port) = redirect {
             return Destination::Redirect(port, deployment);
         }
         match deployment.state {

@@ -248,10 +248,29 @@ impl Backends {
     }
 }
 
+/// Numbers each [`Routes`] of the process.
+static NEXT_ROUTES: AtomicU64 = AtomicU64::new(0);
+
+/// The table a thread read last ([`Routes::with_current`]).
+struct Seen {
+    routes: u64,
+    generation: u64,
+    table: Arc<Table>,
+}
+
+thread_local! {
+    static SEEN: std::cell::RefCell<Option<Seen>> = const { std::cell::RefCell::new(None) };
+}
+
 /// The live table and what the sync task knows about it.
 #[derive(Debug)]
 pub struct Routes {
     table: RwLock<Arc<Table>>,
+    /// Tells this `Routes` apart from others in the process (threads keep
+    /// the table they last read, see [`Routes::with_current`]).
+    id: u64,
+    /// Bumped after every published table.
+    generation: AtomicU64,
     changed: watch::Sender<u64>,
     /// Has ever had a complete table.
     ready: AtomicBool,
@@ -271,6 +290,8 @@ impl Default for Routes {
     fn default() -> Self {
         Self {
             table: RwLock::new(Arc::new(Table::default())),
+            id: NEXT_ROUTES.fetch_add(1, Ordering::Relaxed),
+            generation: AtomicU64::new(0),
             changed: watch::channel(0).0,
             ready: AtomicBool::new(false),
             cursor: AtomicU64::new(0),
@@ -287,10 +308,35 @@ impl Routes {
         self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Runs `f` on the current table (which `f` must not ask for again).
+    /// Each thread keeps the table it last read and takes the lock again
+    /// only after a newer one was published, so a request touches no lock
+    /// and no shared reference count to find its route. (A worker that
+    /// stays idle keeps its last table alive until its next request.)
+    pub fn with_current<R>(&self, f: impl FnOnce(&Table) -> R) -> R {
+        let generation = self.generation.load(Ordering::Acquire);
+        SEEN.with_borrow_mut(|seen| {
+            let table = match seen {
+                Some(s) if s.routes == self.id && s.generation == generation => &s.table,
+                _ => {
+                    &seen
+                        .insert(Seen {
+                            routes: self.id,
+                            generation,
+                            table: self.current(),
+                        })
+                        .table
+                }
+            };
+            f(table)
+        })
+    }
+
     /// Replaces the table (a complete one).
     pub fn publish(&self, table: Table) {
         let version = table.version;
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        self.generation.fetch_add(1, Ordering::Release);
         self.cursor.store(version, Ordering::Release);
         self.ready.store(true, Ordering::Release);
         self.confirm();

@@ -33,7 +33,6 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::FutureExt;
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
-use hyper::header::HeaderValue;
 use hyper::{Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
@@ -79,7 +78,7 @@ struct Ready {
     /// Where the path lies in the buffer.
     path: Range<usize>,
     host: String,
-    request_id: HeaderValue,
+    request_id: headers::RequestId,
     close: bool,
     deployment: Arc<Deployment>,
     /// The head for the instance.
@@ -229,6 +228,9 @@ impl Proxy {
             let mut rx = stop.clone();
             let _ = rx.wait_for(|s| *s).await;
         });
+        // The value only ever turns true: a change seen is the drain.
+        let stopped_before = *stop.borrow();
+        let draining = || stopped_before || stop.has_changed().unwrap_or(true);
         let mut now = Instant::now();
         loop {
             // The next head, within the request-header timeout.
@@ -272,7 +274,7 @@ impl Proxy {
                 sent = self.exchange(d, &r.head, &r.method, false) => sent,
                 () = &mut deadline => Err(self.timed_out()),
             };
-            let close = r.close || *stop.borrow();
+            let close = r.close || draining();
             let (status, page) = match &sent {
                 Ok((fast, _)) => (fast.head.status, None),
                 Err(e) => {
@@ -361,15 +363,17 @@ fn response_head(
     let mut connection: [&[u8]; 4] = [b""; 4];
     let mut listed = 0;
     let mut more = false;
-    fast.head.each_header(|n, v| {
-        if n.eq_ignore_ascii_case(b"connection") {
-            match connection.get_mut(listed) {
-                Some(slot) => *slot = v,
-                None => more = true,
+    if fast.head.connection {
+        fast.head.each_header(|n, v| {
+            if n.eq_ignore_ascii_case(b"connection") {
+                match connection.get_mut(listed) {
+                    Some(slot) => *slot = v,
+                    None => more = true,
+                }
+                listed += 1;
             }
-            listed += 1;
-        }
-    });
+        });
+    }
     let named = |n: &[u8]| {
         if !more {
             return is_listed(connection[..listed].iter().copied(), n);
