@@ -403,11 +403,13 @@ const TIMER_FLOOR: Duration = Duration::from_secs(1);
 /// request head. A timer always due within [`TIMER_FLOOR`] keeps the
 /// request path's timers (seconds away) behind it: about one system call
 /// less per request.
+/// The same tick refreshes the worker's coarse clock (`clock::tick`).
 async fn keep_a_timer_due() {
     let mut tick = tokio::time::interval(TIMER_FLOOR);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
+        crate::clock::tick();
     }
 }
 

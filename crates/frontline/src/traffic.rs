@@ -97,9 +97,10 @@ impl Traffic {
         }
     }
 
-    /// Counts one request `worker` served for `deployment_id` now.
+    /// Counts one request `worker` served for `deployment_id` now (to
+    /// within the coarse clock's second).
     pub fn record(&self, worker: usize, deployment_id: &Arc<str>) {
-        let now = clock::wall_ms();
+        let now = clock::coarse_wall_ms();
         let minute = now - now.rem_euclid(60_000);
         let shard = &self.shards[worker % self.shards.len()];
         let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());

@@ -40,6 +40,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::clock;
 use crate::h1::{self, Chunked, Decoded, Framing, Malformed};
 use crate::proxy::{Body, BoxError};
 use crate::table::Map;
@@ -67,13 +68,15 @@ pub struct Http1Pool {
 #[derive(Debug)]
 struct Idle {
     stream: TcpStream,
+    /// Checked in (by the coarse clock: the idle timeout is seconds).
     since: Instant,
 }
 
 impl Idle {
     /// Idle for less than `timeout`, and still open.
     fn usable(&self, timeout: Duration) -> bool {
-        self.since.elapsed() < timeout && is_open(&self.stream)
+        clock::coarse_instant().saturating_duration_since(self.since) < timeout
+            && is_open(&self.stream)
     }
 }
 
@@ -188,7 +191,7 @@ impl Http1Pool {
         }
         let idle_one = Idle {
             stream,
-            since: Instant::now(),
+            since: clock::coarse_instant(),
         };
         match idle.get_mut(authority.as_str()) {
             Some(list) if list.len() < MAX_IDLE_PER_INSTANCE => list.push(idle_one),
