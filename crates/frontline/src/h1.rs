@@ -323,6 +323,43 @@ mod tests {
         parse_response(&mut BytesMut::from(raw), method)
     }
 
+    /// Instance heads mangled at random never panic the parse, the
+    /// header walk or the map built from it.
+    #[test]
+    fn mangled_response_heads_never_panic() {
+        use rand::Rng;
+        let valid = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive, x-a\r\n\
+            X-A: 1\r\nTransfer-Encoding: gzip, chunked\r\nDate: x\r\n\r\nabc";
+        let mut rng = rand::rng();
+        let mut parsed = 0;
+        for _ in 0..20_000 {
+            let mut raw = valid.to_vec();
+            for _ in 0..rng.random_range(1..6) {
+                let i = rng.random_range(0..raw.len());
+                match rng.random_range(0..3) {
+                    0 => raw[i] = rng.random(),
+                    1 => {
+                        raw.remove(i);
+                    }
+                    _ => raw.truncate(i),
+                }
+                if raw.is_empty() {
+                    break;
+                }
+            }
+            let mut buf = BytesMut::from(&raw[..]);
+            if let Ok(Some(h)) = parse_response(&mut buf, &Method::GET) {
+                parsed += 1;
+                let mut n = 0;
+                h.each_header(|_, _| n += 1);
+                if let Ok(map) = h.header_map() {
+                    assert_eq!(map.len(), n);
+                }
+            }
+        }
+        assert!(parsed > 1_000, "only {parsed} mangled heads parsed whole");
+    }
+
     #[test]
     fn heads_are_parsed_framed_and_consumed() {
         let mut buf = BytesMut::from(

@@ -667,6 +667,53 @@ mod tests {
         ));
     }
 
+    /// Client heads mangled at random (bytes changed, dropped, cut
+    /// short) never panic the parse or the checks that follow it, and a
+    /// complete head never claims more bytes than were read.
+    #[test]
+    fn mangled_heads_never_panic_the_fast_path() {
+        use rand::Rng;
+        let valid = b"GET /a?b=c HTTP/1.1\r\nHost: App.Localhost:7080\r\nX-Request-Id: r-1\r\n\
+            Connection: keep-alive, close\r\nx-ctrl-frontline-hops: 2\r\nContent-Length: 0\r\n\r\n";
+        let mut rng = rand::rng();
+        let mut complete = 0;
+        for _ in 0..20_000 {
+            let mut buf = valid.to_vec();
+            for _ in 0..rng.random_range(1..6) {
+                let i = rng.random_range(0..buf.len());
+                match rng.random_range(0..3) {
+                    0 => buf[i] = rng.random(),
+                    1 => {
+                        buf.remove(i);
+                    }
+                    _ => buf.truncate(i),
+                }
+                if buf.is_empty() {
+                    break;
+                }
+            }
+            let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+            let mut req = httparse::Request::new(&mut []);
+            if let Look::Complete(len) = look(&mut req, &buf, &mut slots) {
+                assert!(len <= buf.len());
+                complete += 1;
+                let pairs = req.headers.iter().map(|h| (h.name.as_bytes(), h.value));
+                if let (Some(m), Some(p)) = (req.method, req.path)
+                    && let Some(plain) = Plain::of(m.as_bytes(), p.as_bytes(), pairs)
+                {
+                    let _ = headers::host_from_header(plain.host);
+                    let _ = headers::hops(plain.hops);
+                    let id = headers::request_id(plain.request_id);
+                    assert!((1..=128).contains(&id.as_bytes().len()));
+                }
+            }
+        }
+        assert!(
+            complete > 1_000,
+            "only {complete} mangled heads parsed whole"
+        );
+    }
+
     #[tokio::test]
     async fn a_rewound_connection_reads_what_was_read_first() {
         let (a, mut b) = tokio::io::duplex(64);
