@@ -49,8 +49,9 @@ pub struct Head {
     pub framing: Framing,
     /// The connection may carry another request once the body is read.
     pub keep_alive: bool,
-    /// It has a `Connection` header (which may name more hop-by-hop ones).
-    pub connection: bool,
+    /// Its `Connection` headers name headers that are not hop-by-hop
+    /// already (which then are, for this message).
+    pub connection_names: bool,
     /// The head as it came: status line, headers, blank line.
     raw: Bytes,
 }
@@ -146,13 +147,16 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head
         // Both framings named: the length is not to be trusted, nor
         // whatever follows the body (RFC 9112 §6.3, item 3).
         && !(named("transfer-encoding") && named("content-length"));
-    let connection = named("connection");
+    let connection_names = values(headers, "connection")
+        .flat_map(|v| v.split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .any(|t| !t.eq_ignore_ascii_case(b"close") && !crate::headers::is_hop_by_hop(t));
     Ok(Some(Head {
         status,
         version,
         framing,
         keep_alive,
-        connection,
+        connection_names,
         raw: buf.split_to(len).freeze(),
     }))
 }
@@ -316,8 +320,29 @@ impl Chunked {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// `valid` with a few bytes changed, dropped, or cut short, at random.
+    pub(crate) fn mangle(valid: &[u8]) -> Vec<u8> {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        let mut raw = valid.to_vec();
+        for _ in 0..rng.random_range(1..6) {
+            if raw.is_empty() {
+                break;
+            }
+            let i = rng.random_range(0..raw.len());
+            match rng.random_range(0..3) {
+                0 => raw[i] = rng.random(),
+                1 => {
+                    raw.remove(i);
+                }
+                _ => raw.truncate(i),
+            }
+        }
+        raw
+    }
 
     fn head(raw: &str, method: &Method) -> Result<Option<Head>, Malformed> {
         parse_response(&mut BytesMut::from(raw), method)
@@ -327,26 +352,11 @@ mod tests {
     /// header walk or the map built from it.
     #[test]
     fn mangled_response_heads_never_panic() {
-        use rand::Rng;
         let valid = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive, x-a\r\n\
             X-A: 1\r\nTransfer-Encoding: gzip, chunked\r\nDate: x\r\n\r\nabc";
-        let mut rng = rand::rng();
         let mut parsed = 0;
         for _ in 0..20_000 {
-            let mut raw = valid.to_vec();
-            for _ in 0..rng.random_range(1..6) {
-                let i = rng.random_range(0..raw.len());
-                match rng.random_range(0..3) {
-                    0 => raw[i] = rng.random(),
-                    1 => {
-                        raw.remove(i);
-                    }
-                    _ => raw.truncate(i),
-                }
-                if raw.is_empty() {
-                    break;
-                }
-            }
+            let raw = mangle(valid);
             let mut buf = BytesMut::from(&raw[..]);
             if let Ok(Some(h)) = parse_response(&mut buf, &Method::GET) {
                 parsed += 1;
@@ -369,6 +379,7 @@ mod tests {
         assert_eq!(h.status, StatusCode::OK);
         assert_eq!(h.framing, Framing::Length(3));
         assert!(h.keep_alive);
+        assert!(!h.connection_names);
         assert_eq!(h.header_map().unwrap().get_all("x-a").iter().count(), 2);
         let mut names = Vec::new();
         h.each_header(|n, v| names.push((n.to_vec(), v.to_vec())));
@@ -391,6 +402,23 @@ mod tests {
             incomplete.as_bytes(),
             "an incomplete head is left in place"
         );
+    }
+
+    #[test]
+    fn a_connection_header_naming_other_headers_is_noted() {
+        let names = |c: &str| {
+            head(
+                &format!("HTTP/1.1 200 OK\r\nConnection: {c}\r\nContent-Length: 0\r\n\r\n"),
+                &Method::GET,
+            )
+            .unwrap()
+            .unwrap()
+            .connection_names
+        };
+        assert!(!names("keep-alive"));
+        assert!(!names("Close"));
+        assert!(!names("keep-alive, Upgrade"));
+        assert!(names("keep-alive, X-Secret"));
     }
 
     #[test]

@@ -238,35 +238,9 @@ where
     }
     sink.put(b"host", f.host.as_bytes());
     sink.put(REQUEST_ID.as_str().as_bytes(), f.request_id);
-    let mut hops = itoa(f.hops.saturating_add(1));
-    sink.put(HOPS.as_str().as_bytes(), hops.digits());
-}
-
-/// A number's decimal digits, without allocating.
-struct Digits {
-    buf: [u8; 10],
-    start: usize,
-}
-
-impl Digits {
-    fn digits(&mut self) -> &[u8] {
-        &self.buf[self.start..]
-    }
-}
-
-fn itoa(mut n: u32) -> Digits {
-    let mut d = Digits {
-        buf: [0; 10],
-        start: 10,
-    };
-    loop {
-        d.start -= 1;
-        d.buf[d.start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return d;
-        }
-    }
+    let mut hops = itoa::Buffer::new();
+    let hops = hops.format(f.hops.saturating_add(1));
+    sink.put(HOPS.as_str().as_bytes(), hops.as_bytes());
 }
 
 /// A header map's entries as the byte pairs [`forward_headers`] reads
@@ -327,8 +301,6 @@ mod tests {
         assert_eq!(hops(Some(b" 3 ")), 3);
         assert_eq!(hops(Some(b"x")), 0);
         assert_eq!(hops(None), 0);
-        assert_eq!(itoa(0).digits(), b"0");
-        assert_eq!(itoa(u32::MAX).digits(), b"4294967295");
     }
 
     fn forwarded(raw: &[(&str, &str)], hops: u32, upgrade: bool) -> (BytesMut, HeaderMap) {

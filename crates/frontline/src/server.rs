@@ -324,11 +324,8 @@ impl Balance {
 impl Worker {
     /// Serves until `stop` says so, then drains (bounded by the grace).
     fn run(self, stop: watch::Receiver<bool>) -> Result<()> {
-        // Sockets and timers only: a worker has no signals or child
-        // processes to watch on each turn of its loop.
         let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
+            .enable_all()
             .build()
             .context("a worker runtime")?;
         rt.block_on(async move {

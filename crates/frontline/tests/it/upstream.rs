@@ -85,6 +85,10 @@ fn answer(method: &str, path: &str) -> (&'static [u8], bool) {
             false,
         ),
         "/304" => (b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n", false),
+        "/named" => (
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nX-Kept: 2\r\nContent-Length: 2\r\n\r\nok",
+            false,
+        ),
         "/conflict" => (
             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc",
             true,
@@ -460,5 +464,27 @@ async fn a_client_asking_to_close_is_answered_then_closed() -> Result<()> {
     let mut rest = Vec::new();
     let n = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest)).await??;
     assert_eq!(n, 0, "bytes after the last answer: {rest:?}");
+    w.edge.shutdown().await
+}
+
+/// Headers the instance's `Connection` header names are hop-by-hop for
+/// that answer: the client never sees them, nor the `Connection` itself.
+#[tokio::test]
+async fn headers_an_answer_names_in_connection_do_not_cross() -> Result<()> {
+    let (w, _raw) = served().await?;
+    let h = host("raw");
+    let mut c = TcpStream::connect(w.edge.http).await?;
+    c.write_all(format!("GET /named HTTP/1.1\r\nHost: {h}\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = BytesMut::new();
+    let a = read_responses(&mut c, &mut buf, &[Method::GET]).await?;
+    assert_eq!(a[0].body, b"ok");
+    assert_eq!(a[0].headers["x-kept"], "2");
+    assert!(!a[0].headers.contains_key("x-secret"), "{:?}", a[0].headers);
+    assert!(
+        !a[0].headers.contains_key("connection"),
+        "{:?}",
+        a[0].headers
+    );
     w.edge.shutdown().await
 }
