@@ -42,7 +42,7 @@ const CONNECTIONS: [usize; 2] = [4, 32];
 /// Route moves timed at the end.
 const SWAPS: usize = 50;
 /// Interleaved rounds per path.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
@@ -182,14 +182,17 @@ const TICKS_PER_SECOND: f64 = 100.0;
 
 /// The three paths at `connections` keep-alive connections: rounds that
 /// interleave the paths (so a noisy moment of this shared machine hits all
-/// three), each figure the median over the rounds.
+/// three; the two proxies swap places every round, so neither always runs
+/// first), each figure the median over the rounds.
 async fn compare(paths: &[Path], host: &str, connections: usize, seconds: u64) -> Result<()> {
     println!(
         "\n{connections} keep-alive connections, {ROUNDS} interleaved rounds of {seconds} s per path (each after 1 s of warm-up; medians), GET of a 3-byte body"
     );
     let mut rounds: Vec<Vec<Figures>> = paths.iter().map(|_| Vec::new()).collect();
     for round in 1..=ROUNDS {
-        for (i, path) in paths.iter().enumerate() {
+        let order = if round % 2 == 1 { [0, 1, 2] } else { [0, 2, 1] };
+        for i in order {
+            let path = &paths[i];
             let r = load(
                 path.addr,
                 host,
@@ -209,6 +212,10 @@ async fn compare(paths: &[Path], host: &str, connections: usize, seconds: u64) -
         "{:<10} {:>12} {:>10} {:>10} {:>22}",
         "path", "requests/s", "p50 ms", "p99 ms", "CPU µs/request"
     );
+    let rounds_rps: Vec<Vec<f64>> = rounds
+        .iter()
+        .map(|all| all.iter().map(|f| f.rps).collect())
+        .collect();
     let mut results = Vec::new();
     for (path, all) in paths.iter().zip(rounds) {
         let median = |f: fn(&Figures) -> f64| {
@@ -234,10 +241,22 @@ async fn compare(paths: &[Path], host: &str, connections: usize, seconds: u64) -
         );
         results.push(r);
     }
+    // Each round's two proxies ran back to back, so their ratio within a
+    // round cancels this machine's drift between rounds; the spread of
+    // those ratios is the figure's resolution.
+    let mut paired: Vec<f64> = rounds_rps[1]
+        .iter()
+        .zip(&rounds_rps[2])
+        .map(|(edge, nginx)| edge / nginx)
+        .collect();
+    paired.sort_by(f64::total_cmp);
     let (direct, edge, nginx) = (&results[0], &results[1], &results[2]);
     println!(
-        "frontline / nginx throughput: {:.2}×   frontline / direct: {:.2}×   nginx / direct: {:.2}×   frontline / nginx CPU per request: {:.2}×",
+        "frontline / nginx throughput: {:.2}× (round by round: median {:.2}×, {:.2}–{:.2}×)   frontline / direct: {:.2}×   nginx / direct: {:.2}×   frontline / nginx CPU per request: {:.2}×",
         edge.rps / nginx.rps,
+        paired[paired.len() / 2],
+        paired[0],
+        paired[paired.len() - 1],
         edge.rps / direct.rps,
         nginx.rps / direct.rps,
         edge.cpu_us / nginx.cpu_us
