@@ -81,9 +81,16 @@ async fn main() -> Result<()> {
     let edge_addr = SocketAddr::from(([127, 0, 0, 1], edge_http));
     let nginx_addr = SocketAddr::from(([127, 0, 0, 1], nginx_port));
     let frontline = start_frontline(dir.path(), &sync.url(), edge_http, edge_admin)?;
-    let nginx = start_nginx(dir.path(), nginx_port, app.addr)?;
+    let nginx = start_nginx(dir.path(), nginx_port, app.addr, &d1)?;
     wait_answers(edge_addr, &bench_host).await?;
     wait_answers(nginx_addr, &bench_host).await?;
+    // Both proxies answer with the edge's headers (the client reads the same).
+    for addr in [edge_addr, nginx_addr] {
+        let r = harness::get(addr, &bench_host, "/").await?;
+        if r.deployment() != Some(d1.as_str()) || !r.headers.contains_key("x-request-id") {
+            bail!("{addr} answers without the edge's headers: {:?}", r.headers);
+        }
+    }
     let paths = [
         Path {
             name: "direct",
@@ -309,9 +316,16 @@ fn start_frontline(
 }
 
 /// nginx as the same reverse proxy: keep-alive to the instance, HTTP/1.1
-/// upstream, the same forwarded headers, no access log (frontline's goes
-/// to a warn-level filter in this bench).
-fn start_nginx(dir: &std::path::Path, port: u16, upstream: SocketAddr) -> Result<Supervised> {
+/// upstream, the same headers both ways (the forwarded ones, the request
+/// id kept or made, the hop count; the deployment and request id on the
+/// answer), no access log (frontline's goes to a warn-level filter in this
+/// bench).
+fn start_nginx(
+    dir: &std::path::Path,
+    port: u16,
+    upstream: SocketAddr,
+    deployment: &str,
+) -> Result<Supervised> {
     let nginx = ctrl_testkit::paths::system_program("nginx")?;
     let d = dir.display();
     let conf = dir.join("nginx.conf");
@@ -322,11 +336,14 @@ fn start_nginx(dir: &std::path::Path, port: u16, upstream: SocketAddr) -> Result
              events {{ worker_connections 4096; }}\n\
              http {{\n  access_log off;\n  keepalive_requests 1000000;\n  keepalive_timeout 75s;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
                fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               map $http_x_request_id $ctrl_request_id {{ \"\" $request_id; default $http_x_request_id; }}\n\
                upstream app {{ server {upstream}; keepalive 128; }}\n\
                server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://app;\n\
                  proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $host;\n\
                  proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n      proxy_set_header X-Forwarded-Proto $scheme;\n\
-                 proxy_set_header X-Forwarded-Host $host;\n    }}\n  }}\n}}\n"
+                 proxy_set_header X-Forwarded-Host $host;\n      proxy_set_header X-Request-Id $ctrl_request_id;\n\
+                 proxy_set_header X-Ctrl-Frontline-Hops 1;\n      add_header X-Ctrl-Deployment {deployment} always;\n\
+                 add_header X-Request-Id $ctrl_request_id always;\n    }}\n  }}\n}}\n"
         ),
     )?;
     let mut cmd = Command::new(nginx);
