@@ -219,10 +219,15 @@ async fn compare(paths: &[Path], host: &str, connections: usize, seconds: u64) -
         "{:<10} {:>12} {:>10} {:>10} {:>22}",
         "path", "requests/s", "p50 ms", "p99 ms", "CPU µs/request"
     );
-    let rounds_rps: Vec<Vec<f64>> = rounds
+    // Each round's two proxies ran back to back, so their ratio within a
+    // round cancels this machine's drift between rounds; the spread of
+    // those ratios is the figure's resolution.
+    let mut paired: Vec<f64> = rounds[1]
         .iter()
-        .map(|all| all.iter().map(|f| f.rps).collect())
+        .zip(&rounds[2])
+        .map(|(edge, nginx)| edge.rps / nginx.rps)
         .collect();
+    paired.sort_by(f64::total_cmp);
     let mut results = Vec::new();
     for (path, all) in paths.iter().zip(rounds) {
         let median = |f: fn(&Figures) -> f64| {
@@ -248,15 +253,6 @@ async fn compare(paths: &[Path], host: &str, connections: usize, seconds: u64) -
         );
         results.push(r);
     }
-    // Each round's two proxies ran back to back, so their ratio within a
-    // round cancels this machine's drift between rounds; the spread of
-    // those ratios is the figure's resolution.
-    let mut paired: Vec<f64> = rounds_rps[1]
-        .iter()
-        .zip(&rounds_rps[2])
-        .map(|(edge, nginx)| edge / nginx)
-        .collect();
-    paired.sort_by(f64::total_cmp);
     let (direct, edge, nginx) = (&results[0], &results[1], &results[2]);
     println!(
         "frontline / nginx throughput: {:.2}× (round by round: median {:.2}×, {:.2}–{:.2}×)   frontline / direct: {:.2}×   nginx / direct: {:.2}×   frontline / nginx CPU per request: {:.2}×",

@@ -632,18 +632,13 @@ mod tests {
         ] {
             assert_eq!(plain(hyper), None, "{hyper:?}");
         }
-        assert!(matches!(
-            looked(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n"),
-            Look::Hyper
-        ));
-        assert!(matches!(
-            looked(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
-            Look::Hyper
-        ));
-        assert!(matches!(
-            looked(b"GET / HTTP/1.1\r\nHo st: x\r\n\r\n"),
-            Look::Hyper
-        ));
+        for hyper in [
+            &b"GET / HTTP/1.0\r\nHost: x\r\n\r\n"[..],
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHo st: x\r\n\r\n",
+        ] {
+            assert!(matches!(looked(hyper), Look::Hyper), "{hyper:?}");
+        }
         assert!(matches!(
             looked(b"GET / HTTP/1.1\r\nHost: x\r\n"),
             Look::Partial

@@ -324,6 +324,22 @@ struct Read {
     body: Vec<u8>,
 }
 
+/// Sends one GET head (`path`, `Host: host`, then `extra` header lines)
+/// on `stream` and reads its response.
+async fn get_on(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    host: &str,
+    path: &str,
+    extra: &str,
+) -> Result<Read> {
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n").as_bytes())
+        .await?;
+    let mut answers = read_responses(stream, buf, &[Method::GET]).await?;
+    Ok(answers.remove(0))
+}
+
 /// Reads the responses to `methods`, in order, from `stream` (what is
 /// left of `buf` first), framed as RFC 9112 says.
 async fn read_responses(
@@ -437,10 +453,8 @@ async fn pipelined_requests_and_a_hand_over_to_hyper_share_one_connection() -> R
     );
     assert_eq!(raw.connections_of("GET /after HTTP/1.1").len(), 1);
     // Still the same client connection, now hyper's.
-    c.write_all(format!("GET / HTTP/1.1\r\nHost: {h}\r\n\r\n").as_bytes())
-        .await?;
-    let again = read_responses(&mut c, &mut buf, &[Method::GET]).await?;
-    assert_eq!(again[0].body, b"raw\n");
+    let again = get_on(&mut c, &mut buf, &h, "/", "").await?;
+    assert_eq!(again.body, b"raw\n");
     w.edge.shutdown().await
 }
 
@@ -452,15 +466,11 @@ async fn a_client_asking_to_close_is_answered_then_closed() -> Result<()> {
     let h = host("raw");
     let mut c = TcpStream::connect(w.edge.http).await?;
     let mut buf = BytesMut::new();
-    c.write_all(format!("GET / HTTP/1.1\r\nHost: {h}\r\n\r\n").as_bytes())
-        .await?;
-    let kept = read_responses(&mut c, &mut buf, &[Method::GET]).await?;
-    assert!(!kept[0].headers.contains_key("connection"));
-    c.write_all(format!("GET / HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
-    let closing = read_responses(&mut c, &mut buf, &[Method::GET]).await?;
-    assert_eq!(closing[0].body, b"raw\n");
-    assert_eq!(closing[0].headers["connection"], "close");
+    let kept = get_on(&mut c, &mut buf, &h, "/", "").await?;
+    assert!(!kept.headers.contains_key("connection"));
+    let closing = get_on(&mut c, &mut buf, &h, "/", "Connection: close\r\n").await?;
+    assert_eq!(closing.body, b"raw\n");
+    assert_eq!(closing.headers["connection"], "close");
     let mut rest = Vec::new();
     let n = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest)).await??;
     assert_eq!(n, 0, "bytes after the last answer: {rest:?}");
@@ -474,17 +484,11 @@ async fn headers_an_answer_names_in_connection_do_not_cross() -> Result<()> {
     let (w, _raw) = served().await?;
     let h = host("raw");
     let mut c = TcpStream::connect(w.edge.http).await?;
-    c.write_all(format!("GET /named HTTP/1.1\r\nHost: {h}\r\n\r\n").as_bytes())
-        .await?;
     let mut buf = BytesMut::new();
-    let a = read_responses(&mut c, &mut buf, &[Method::GET]).await?;
-    assert_eq!(a[0].body, b"ok");
-    assert_eq!(a[0].headers["x-kept"], "2");
-    assert!(!a[0].headers.contains_key("x-secret"), "{:?}", a[0].headers);
-    assert!(
-        !a[0].headers.contains_key("connection"),
-        "{:?}",
-        a[0].headers
-    );
+    let a = get_on(&mut c, &mut buf, &h, "/named", "").await?;
+    assert_eq!(a.body, b"ok");
+    assert_eq!(a.headers["x-kept"], "2");
+    assert!(!a.headers.contains_key("x-secret"), "{:?}", a.headers);
+    assert!(!a.headers.contains_key("connection"), "{:?}", a.headers);
     w.edge.shutdown().await
 }
